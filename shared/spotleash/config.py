@@ -1,0 +1,128 @@
+"""One settings object, read from ``SPOTLEASH_*`` environment variables and an optional TOML file.
+
+``load_settings()`` validates everything at start and turns pydantic's errors into one
+``ConfigError`` whose message names each variable and what to put in it.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from spotleash.errors import ConfigError
+
+ENV_PREFIX = "SPOTLEASH_"
+CONFIG_FILE_VAR = "SPOTLEASH_CONFIG_FILE"
+LABEL_VALUE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+
+    # --- where we run
+    project: str = Field("spotleash-local", description="Google Cloud project id")
+    deployment_id: str = Field("default", pattern=LABEL_VALUE, description="label value marking our instances")
+    region: str = "us-central1"
+    zones: list[str] = Field(default_factory=lambda: ["us-central1-a", "us-central1-b", "us-central1-c"], min_length=1)
+
+    # --- the local agent
+    ram_threshold: float = Field(0.85, gt=0, le=1, description="fraction of RAM that triggers demand")
+    ram_release_below: float = Field(0.70, gt=0, le=1, description="release once usage stays below this")
+    release_hold_s: float = Field(300.0, ge=0, description="how long usage must stay low before release")
+    sample_interval_s: float = Field(1.0, gt=0)
+    predict_window_s: float = Field(60.0, gt=0)
+    predict_horizon_s: float = Field(120.0, ge=0)
+    demand_cooldown_s: float = Field(120.0, ge=0, description="minimum time between two demands of one agent")
+    lease_renew_s: float = Field(30.0, gt=0)
+    lease_ttl_s: float = Field(90.0, gt=0)
+    shutdown_budget_s: float = Field(10.0, gt=0)
+    components: list[str] = Field(default_factory=lambda: ["vision", "ml_models", "chatbots"])
+    state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
+
+    # --- launching
+    machine_type: str = "e2-highmem-4"
+    max_runtime_s: int = Field(3 * 3600, ge=60, description="hard cap on an instance's life")
+    gpu_names: list[str] = Field(default_factory=lambda: ["RTX 4090", "RTX 3090", "A100 PCIE"])
+    gpu_min_vram_gb: float = Field(16.0, ge=0)
+    gpu_max_dph: float = Field(1.0, gt=0, description="most we pay per GPU hour")
+    gpu_min_reliability: float = Field(0.95, ge=0, le=1)
+    gpu_image: str = "pytorch/pytorch:latest"
+    max_instances_per_lease: int = Field(2, ge=1)
+    max_instances_total: int = Field(10, ge=1)
+    monthly_budget_usd: float = Field(50.0, gt=0)
+    launch_retry_s: float = Field(20.0, ge=0, description="time a launch spends retrying transient errors")
+
+    # --- reaping
+    heartbeat_interval_s: float = Field(30.0, gt=0)
+    heartbeat_timeout_s: float = Field(180.0, gt=0)
+    provisioning_timeout_s: float = Field(600.0, gt=0)
+    orphan_grace_s: float = Field(300.0, ge=0)
+    reap_max_deletions: int = Field(20, ge=1, description="a reap refuses to delete more unless forced")
+    reap_dry_run: bool = False
+
+    # --- endpoints (unset = the real service)
+    compute_endpoint: str | None = None
+    metadata_host: str | None = None
+    vast_url: str = "https://console.vast.ai"
+    vast_api_key: SecretStr | None = None
+    heartbeat_url: str | None = Field(None, description="URL of the on_heartbeat function")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Settings:
+        if self.ram_release_below >= self.ram_threshold:
+            raise ValueError(
+                f"ram_release_below ({self.ram_release_below}) must be lower than ram_threshold "
+                f"({self.ram_threshold}), or instances would flap"
+            )
+        if self.lease_renew_s * 2 > self.lease_ttl_s:
+            raise ValueError(
+                f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice lease_renew_s ({self.lease_renew_s}), "
+                "so one lost renewal does not expire the lease"
+            )
+        if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
+            raise ValueError(
+                f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be at least twice "
+                f"heartbeat_interval_s ({self.heartbeat_interval_s})"
+            )
+        return self
+
+
+def _explain(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "settings"
+        var = f"{ENV_PREFIX}{loc.upper()}" if e["loc"] else "settings"
+        lines.append(f"{var}: {e['msg']} (got {e.get('input')!r})")
+    return "invalid spotleash configuration — fix these:\n  " + "\n  ".join(lines)
+
+
+def _file_values(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{CONFIG_FILE_VAR} points to {path}, which does not exist") from e
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, then the optional file, then explicit overrides (highest)."""
+    values: dict[str, Any] = {}
+    file_var = os.environ.get(CONFIG_FILE_VAR)
+    if file_var:
+        values.update(_file_values(Path(file_var)))
+    values.update(overrides)
+    # Environment variables must win over the file: pass only keys the environment does not set.
+    env_keys = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
+    values = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
+    try:
+        return Settings(**values)
+    except ValidationError as e:
+        raise ConfigError(_explain(e)) from e

@@ -1,0 +1,47 @@
+"""One exception tree. Bad input is never retried; transient failures are retried with backoff.
+
+Adapters translate SDK errors into these with ``raise ... from e`` so that the core and the
+entry points decide on retry / ack / dead-letter from the type alone.
+"""
+
+from __future__ import annotations
+
+
+class SpotleashError(Exception):
+    """Root of every error spotleash raises on purpose."""
+
+
+class BadInput(SpotleashError):
+    """The input can never succeed: acknowledge it, record the reason, do not retry."""
+
+
+class ConfigError(BadInput):
+    """Wrong or missing configuration; the message says what to fix."""
+
+
+class Transient(SpotleashError):
+    """Worth retrying: rate limits, timeouts, 5xx, contention."""
+
+
+class ProviderError(SpotleashError):
+    """A cloud provider refused or failed a call."""
+
+
+class ProviderTransient(ProviderError, Transient):
+    """The provider failed in a way that may pass (429, 503, timeout, connection reset)."""
+
+
+class ProviderPermanent(ProviderError, BadInput):
+    """The provider rejected the request itself (400, 403, invalid spec)."""
+
+
+class CapacityExhausted(ProviderError):
+    """No capacity where we asked (zone pool exhausted, offer gone); try elsewhere."""
+
+
+class NotFound(ProviderError):
+    """The provider has no such instance."""
+
+
+class InvalidTransition(SpotleashError):
+    """A state change the instance state machine does not allow."""

@@ -1,0 +1,176 @@
+"""Every message on every topic, as pydantic models, and a parser that never raises.
+
+``parse_event(raw, Model)`` returns either the model or a ``Rejected`` carrying a precise,
+machine-readable reason (``bad_json``, ``invalid``, ``unknown_version``, ``oversize``,
+``wrong_kind``, ``not_an_object``, ``bad_encoding``) so that an entry point can ack,
+record and dead-letter bad input instead of crash-looping on it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+MAX_EVENT_BYTES = 32 * 1024
+ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # also a valid GCE label value
+
+Id = Annotated[str, Field(pattern=ID_PATTERN)]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=2048)
+    KIND: ClassVar[str] = ""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    event_id: Id = Field(default_factory=new_id)
+    created_at: AwareDatetime = Field(default_factory=utcnow)
+
+    def to_bytes(self) -> bytes:
+        return self.model_dump_json().encode()
+
+
+class Component(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
+    ram_gb: Annotated[float, Field(gt=0, le=1024)] = 4.0
+    gpu: bool = False
+
+
+class DemandEvent(Event):
+    KIND: ClassVar[str] = "demand"
+    kind: Literal["demand"] = "demand"
+    lease_id: Id
+    trigger: Literal["threshold", "predictive", "manual"]
+    ram_percent: Annotated[float, Field(ge=0, le=100)]
+    components: Annotated[list[Component], Field(min_length=1, max_length=32)]
+    provider: Literal["gce", "vast"] | None = None  # None: the control plane chooses
+
+    @field_validator("components")
+    @classmethod
+    def _unique_names(cls, v: list[Component]) -> list[Component]:
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError("component names must be unique")
+        return v
+
+    @property
+    def needs_gpu(self) -> bool:
+        return any(c.gpu for c in self.components)
+
+    @property
+    def ram_gb(self) -> float:
+        return sum(c.ram_gb for c in self.components)
+
+
+class ReleaseEvent(Event):
+    KIND: ClassVar[str] = "release"
+    kind: Literal["release"] = "release"
+    lease_id: Id
+    instance_id: Id | None = None  # None: every instance of the lease
+    reason: Annotated[str, Field(max_length=200)] = "released"
+
+
+class LeaseEvent(Event):
+    KIND: ClassVar[str] = "lease"
+    kind: Literal["lease"] = "lease"
+    lease_id: Id
+    ttl_s: Annotated[float, Field(gt=0, le=3600)]
+    holder: Annotated[str, Field(max_length=200)] = ""
+
+
+class ReapTick(Event):
+    KIND: ClassVar[str] = "reap"
+    kind: Literal["reap"] = "reap"
+    lease_id: Id | None = None  # reap ticks come from the scheduler, not from a lease
+    dry_run: bool = False
+    force: bool = False  # lets a reap delete past the mass-deletion guard
+
+
+class Heartbeat(Event):
+    KIND: ClassVar[str] = "heartbeat"
+    kind: Literal["heartbeat"] = "heartbeat"
+    lease_id: Id
+    instance_id: Id
+    preempted: bool = False
+    backend_alive: bool = True
+    cpu_percent: Annotated[float, Field(ge=0, le=100 * 1024)] = 0.0
+    idle_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+class BudgetAlert(BaseModel):
+    """Cloud Billing's budget notification (its own schema, not ours)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    KIND: ClassVar[str] = "budget"
+
+    budgetDisplayName: str = ""  # noqa: N815 - Google's field names
+    costAmount: Annotated[float, Field(ge=0)]  # noqa: N815
+    budgetAmount: Annotated[float, Field(gt=0)]  # noqa: N815
+    alertThresholdExceeded: Annotated[float, Field(ge=0)] = 0.0  # noqa: N815
+    costIntervalStart: str = ""  # noqa: N815
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """Why an event could not be parsed. ``reason`` is a short code; ``detail`` is for humans."""
+
+    reason: str
+    detail: str
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def _first_errors(err: ValidationError, limit: int = 3) -> str:
+    parts = []
+    for e in err.errors()[:limit]:
+        loc = ".".join(str(p) for p in e["loc"]) or "(root)"
+        parts.append(f"{loc}: {e['msg']}")
+    more = err.error_count() - limit
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+def parse_event(raw: bytes | str, model: type[M]) -> M | Rejected:
+    """Parse one message body into ``model``. Never raises for bad input."""
+    if isinstance(raw, str):
+        raw = raw.encode("utf-8", "surrogatepass")
+    if len(raw) > MAX_EVENT_BYTES:
+        return Rejected("oversize", f"{len(raw)} bytes, limit is {MAX_EVENT_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejected("bad_encoding", f"not UTF-8: {e.reason} at byte {e.start}")
+    try:
+        data: Any = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        return Rejected("bad_json", f"not JSON: {e}"[:300])
+    if not isinstance(data, dict):
+        return Rejected("not_an_object", f"expected a JSON object, got {type(data).__name__}")
+    version = data.get("schema_version")
+    if issubclass(model, Event) and version != SCHEMA_VERSION:
+        return Rejected("unknown_version", f"schema_version {version!r}; this build reads {SCHEMA_VERSION}")
+    kind = data.get("kind")
+    expected = getattr(model, "KIND", "")
+    if issubclass(model, Event) and kind != expected:
+        return Rejected("wrong_kind", f"kind {kind!r} on a topic that carries {expected!r}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        return Rejected("invalid", _first_errors(e))
+    except (ValueError, TypeError, RecursionError) as e:  # pydantic lets a few odd inputs through as these
+        return Rejected("invalid", str(e)[:300])

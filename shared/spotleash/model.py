@@ -1,0 +1,151 @@
+"""The instance record and its state machine. Transitions are pure functions of (record, now)."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict
+
+from spotleash.errors import InvalidTransition
+
+ProviderName = Literal["gce", "vast"]
+
+
+class State(StrEnum):
+    REQUESTED = "REQUESTED"  # intent written, no create call yet
+    PROVISIONING = "PROVISIONING"  # create called, not yet confirmed running
+    RUNNING = "RUNNING"  # the provider says it runs
+    READY = "READY"  # the instance agent has sent its first heartbeat
+    TERMINATING = "TERMINATING"  # delete requested, not yet confirmed gone
+    TERMINATED = "TERMINATED"  # the provider confirmed it is gone
+    FAILED = "FAILED"  # never ran (launch refused or failed permanently); nothing left at the provider
+
+
+LIVE = frozenset({State.REQUESTED, State.PROVISIONING, State.RUNNING, State.READY, State.TERMINATING})
+ENDED = frozenset({State.TERMINATED, State.FAILED})
+
+_ALLOWED: dict[State, frozenset[State]] = {
+    State.REQUESTED: frozenset({State.PROVISIONING, State.RUNNING, State.TERMINATING, State.FAILED}),
+    State.PROVISIONING: frozenset({State.RUNNING, State.READY, State.TERMINATING, State.FAILED}),
+    State.RUNNING: frozenset({State.READY, State.TERMINATING}),
+    State.READY: frozenset({State.TERMINATING}),
+    State.TERMINATING: frozenset({State.TERMINATED}),
+    State.TERMINATED: frozenset(),
+    State.FAILED: frozenset(),
+}
+
+
+def can_transition(src: State, dst: State) -> bool:
+    return dst == src or dst in _ALLOWED[src]
+
+
+def instance_id_for(event_id: str, slot: int = 0) -> str:
+    """Deterministic id from the demand event, so a redelivered event finds the same record.
+
+    Valid as a GCE instance name and label value: starts with a letter, lowercase, <= 63 chars.
+    """
+    digest = hashlib.sha256(f"{event_id}/{slot}".encode()).hexdigest()[:20]
+    return f"sl-{digest}"
+
+
+class InstanceRecord(BaseModel):
+    """One rented instance, as Firestore stores it (collection ``instances``, doc id = instance_id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    instance_id: str
+    lease_id: str
+    deployment_id: str
+    event_id: str
+    provider: ProviderName
+    state: State
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    deadline: AwareDatetime  # hard cap: created_at + max runtime
+    provider_id: str | None = None  # GCE instance name or VAST contract id
+    zone: str | None = None
+    machine: str | None = None  # machine type or GPU model
+    price_per_hour: float = 0.0
+    running_at: AwareDatetime | None = None
+    last_heartbeat: AwareDatetime | None = None
+    ended_at: AwareDatetime | None = None
+    reason: str | None = None  # why it ended (or failed)
+    token_hash: str | None = None  # sha256 of the heartbeat token; the token itself is never stored
+    host_key: str | None = None  # pinned SSH host key (VAST), learned at first contact
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    preempted: bool = False
+    replaced_by: str | None = None
+    replaces: str | None = None
+    attempts: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE
+
+    def cost_so_far(self, now: datetime) -> float:
+        if self.running_at is None:
+            return 0.0
+        end = self.ended_at or now
+        hours = max((end - self.running_at).total_seconds(), 0.0) / 3600
+        return round(hours * self.price_per_hour, 6)
+
+    def worst_case_cost(self) -> float:
+        start = self.running_at or self.created_at
+        return max((self.deadline - start).total_seconds(), 0.0) / 3600 * self.price_per_hour
+
+
+def transition(record: InstanceRecord, dst: State, now: datetime, **changes: object) -> InstanceRecord:
+    """The record moved to ``dst`` with ``changes`` applied. Raises InvalidTransition if not allowed."""
+    if not can_transition(record.state, dst):
+        raise InvalidTransition(f"{record.instance_id}: {record.state} -> {dst} is not allowed")
+    update: dict[str, object] = {"state": dst, "updated_at": now, **changes}
+    if dst in (State.RUNNING, State.READY) and record.running_at is None and "running_at" not in changes:
+        update["running_at"] = now
+    if dst in ENDED and record.ended_at is None:
+        update["ended_at"] = now
+    return record.model_copy(update=update)
+
+
+def new_record(
+    *,
+    instance_id: str,
+    lease_id: str,
+    deployment_id: str,
+    event_id: str,
+    provider: ProviderName,
+    now: datetime,
+    max_runtime_s: float,
+    **extra: object,
+) -> InstanceRecord:
+    return InstanceRecord(
+        instance_id=instance_id,
+        lease_id=lease_id,
+        deployment_id=deployment_id,
+        event_id=event_id,
+        provider=provider,
+        state=State.REQUESTED,
+        created_at=now,
+        updated_at=now,
+        deadline=now + timedelta(seconds=max_runtime_s),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+class Lease(BaseModel):
+    """An agent's claim on capacity (collection ``leases``). Expired = its instances are reaped."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    lease_id: str
+    deployment_id: str
+    expires_at: AwareDatetime
+    renewed_at: AwareDatetime
+    holder: str = ""
+    released: bool = False
+
+    def expired(self, now: datetime) -> bool:
+        return self.released or now >= self.expires_at

@@ -1,0 +1,141 @@
+"""The one protocol every provider implements, and the plain data that crosses it.
+
+A provider *acts*: it never decides what to launch or delete. Ownership is carried by labels
+on the instance itself, so that the reaper can find what we own without any record of ours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Protocol
+
+# Label keys (GCE label rules: lowercase, digits, '-', '_'; values <= 63 chars).
+LABEL_MANAGED = "spotleash-managed"
+LABEL_DEPLOYMENT = "spotleash-deployment"
+LABEL_LEASE = "spotleash-lease"
+LABEL_INSTANCE = "spotleash-instance"
+MANAGED_VALUE = "true"
+
+
+def ownership_labels(deployment_id: str, lease_id: str, instance_id: str) -> dict[str, str]:
+    return {
+        LABEL_MANAGED: MANAGED_VALUE,
+        LABEL_DEPLOYMENT: deployment_id,
+        LABEL_LEASE: lease_id,
+        LABEL_INSTANCE: instance_id,
+    }
+
+
+class ProviderStatus(StrEnum):
+    """Each provider maps its native states to these in exactly one place."""
+
+    PENDING = "PENDING"  # being created / booting
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"  # not running but still exists (and may still bill for disk)
+    TERMINATED = "TERMINATED"  # gone, or going with nothing left to pay
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True)
+class GpuRequirements:
+    gpu_names: tuple[str, ...] = ()
+    min_vram_gb: float = 0.0
+    max_dph: float = 1.0
+    min_reliability: float = 0.95
+    verified: bool = True
+    num_gpus: int = 1
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything a provider needs to create one instance. Built by the launcher."""
+
+    instance_id: str
+    lease_id: str
+    deployment_id: str
+    deadline: datetime  # the instance must be gone by then, whatever happens to us
+    max_run_s: int  # remaining allowance at create time (GCE max_run_duration)
+    machine_type: str = "e2-highmem-4"
+    zones: tuple[str, ...] = ("us-central1-a",)
+    gpu: GpuRequirements | None = None
+    image: str = ""
+    # Settings for the instance agent on the box. ``heartbeat_token`` is a secret: providers must
+    # never put it in a label or log it.
+    heartbeat_url: str = ""
+    heartbeat_token: str = ""
+    heartbeat_interval_s: float = 30.0
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return ownership_labels(self.deployment_id, self.lease_id, self.instance_id)
+
+
+@dataclass(frozen=True)
+class ProviderInstance:
+    """What a provider reports about one instance."""
+
+    provider: str
+    provider_id: str  # GCE instance name / VAST contract id (as a string)
+    status: ProviderStatus
+    labels: dict[str, str]
+    created_at: datetime | None = None
+    zone: str | None = None
+    machine: str | None = None
+    price_per_hour: float = 0.0
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    native_status: str | None = None
+
+    @property
+    def instance_id(self) -> str | None:
+        return self.labels.get(LABEL_INSTANCE)
+
+    @property
+    def lease_id(self) -> str | None:
+        return self.labels.get(LABEL_LEASE)
+
+    @property
+    def owned(self) -> bool:
+        return self.labels.get(LABEL_MANAGED) == MANAGED_VALUE
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """A provider listing. ``ok=False`` means unknown — never read it as "nothing is running"."""
+
+    provider: str
+    ok: bool
+    instances: tuple[ProviderInstance, ...] = ()
+    error: str | None = None
+
+
+class Provider(Protocol):
+    name: str
+
+    def create(self, spec: LaunchSpec) -> ProviderInstance:
+        """Create the instance, or return the existing one carrying ``spec.instance_id``'s label.
+
+        Idempotent: calling it twice for one spec never makes two instances.
+        Raises CapacityExhausted (tried every zone / offer), ProviderTransient, ProviderPermanent.
+        """
+        ...
+
+    def get(self, provider_id: str) -> ProviderInstance | None:
+        """The instance, or None once it is gone."""
+        ...
+
+    def find(self, instance_id: str) -> ProviderInstance | None:
+        """The instance carrying our ``spotleash-instance`` label, or None."""
+        ...
+
+    def list_owned(self, deployment_id: str) -> list[ProviderInstance]:
+        """Every instance carrying our labels for this deployment, all pages. Raises on failure."""
+        ...
+
+    def delete(self, provider_id: str) -> None:
+        """Delete; already gone counts as success. Returns once the provider accepted it."""
+        ...
