@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     vast_url: str = "https://console.vast.ai"
     vast_api_key: SecretStr | None = None
     heartbeat_url: str | None = Field(None, description="URL of the on_heartbeat function")
+    heartbeat_signing_key: SecretStr | None = Field(None, description="derives each instance's heartbeat token")
+    confirm_delete_s: float = Field(60.0, gt=0, description="how long a delete waits for the provider to confirm")
+    budget_stop_all: bool = Field(True, description="a budget alert past 100 % makes the reaper stop everything")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @model_validator(mode="after")

@@ -35,7 +35,7 @@ class Event(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=2048)
     KIND: ClassVar[str] = ""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     event_id: Id = Field(default_factory=new_id)
     created_at: AwareDatetime = Field(default_factory=utcnow)
 
@@ -55,7 +55,7 @@ class DemandEvent(Event):
     KIND: ClassVar[str] = "demand"
     kind: Literal["demand"] = "demand"
     lease_id: Id
-    trigger: Literal["threshold", "predictive", "manual"]
+    trigger: Literal["threshold", "predictive", "manual", "failover"]
     ram_percent: Annotated[float, Field(ge=0, le=100)]
     components: Annotated[list[Component], Field(min_length=1, max_length=32)]
     provider: Literal["gce", "vast"] | None = None  # None: the control plane chooses

@@ -81,6 +81,9 @@ class InstanceRecord(BaseModel):
     replaced_by: str | None = None
     replaces: str | None = None
     attempts: int = 0
+    ram_gb: float = 0.0  # what the demand asked for, kept so a failover can ask again
+    gpu: bool = False
+    components: list[str] = []
 
     @property
     def live(self) -> bool:
@@ -131,7 +134,7 @@ def new_record(
         created_at=now,
         updated_at=now,
         deadline=now + timedelta(seconds=max_runtime_s),
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 

@@ -1,0 +1,59 @@
+"""What a service needs: settings, the store, providers, a clock. Built once per process."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from spotleash.config import Settings
+from spotleash.errors import ConfigError
+from spotleash.providers import build_provider
+from spotleash.providers.base import Provider
+from spotleash.store import Store
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Context:
+    settings: Settings
+    store: Store
+    clock: Callable[[], datetime] = utcnow
+    providers: dict[str, Provider] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Context:
+        return cls(settings=settings, store=Store.from_settings(settings))
+
+    def provider(self, name: str) -> Provider:
+        if name not in self.providers:
+            self.providers[name] = build_provider(name, self.settings)
+        return self.providers[name]
+
+    def now(self) -> datetime:
+        return self.clock()
+
+    # Heartbeat tokens are derived, not stored: HMAC(signing key, instance id). A redelivered demand
+    # re-derives the same token, and Firestore keeps only its sha256.
+    def heartbeat_token(self, instance_id: str) -> str:
+        key = self.settings.heartbeat_signing_key
+        if key is None:
+            raise ConfigError("SPOTLEASH_HEARTBEAT_SIGNING_KEY is not set: the launcher needs it to give each "
+                              "instance a heartbeat token (terraform stores it in Secret Manager)")
+        return hmac.new(key.get_secret_value().encode(), instance_id.encode(), hashlib.sha256).hexdigest()
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_matches(token: str, stored_hash: str | None) -> bool:
+    """Constant-time comparison of a presented token against the stored hash."""
+    if not stored_hash:
+        return False
+    return hmac.compare_digest(token_hash(token), stored_hash)

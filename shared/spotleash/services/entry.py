@@ -1,0 +1,85 @@
+"""What every entry point does around its service: decode, dedup, dispatch, ack or nack, log.
+
+The ack/nack policy in one place: bad input is acknowledged, recorded in ``rejected`` with its
+reason and copied to the dead-letter topic (never redelivered); transient failures raise, so
+Pub/Sub redelivers with backoff and, past max attempts, dead-letters the message.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from functools import cache
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from spotleash import log as slog
+from spotleash.config import Settings, load_settings
+from spotleash.errors import BadInput
+from spotleash.events import Rejected, parse_event
+from spotleash.services.context import Context
+from spotleash.topology import load_topology
+
+log = slog.get_logger("spotleash.entry")
+M = TypeVar("M", bound=BaseModel)
+
+
+@cache
+def settings() -> Settings:
+    s = load_settings()
+    slog.configure(s.log_level)
+    return s
+
+
+@cache
+def context() -> Context:
+    return Context.from_settings(settings())
+
+
+def unwrap_pubsub(data: Any) -> tuple[bytes, str]:
+    """(message bytes, message id) from a messagePublished CloudEvent's data."""
+    from google.events.cloud.pubsub_v1 import MessagePublishedData
+
+    payload = data if isinstance(data, (str, bytes)) else json.dumps(data)
+    parsed = MessagePublishedData.from_json(payload, ignore_unknown_fields=True)
+    return bytes(parsed.message.data), str(parsed.message.message_id)
+
+
+def dead_letter(ctx: Context, source: str, reason: str, raw: bytes) -> None:
+    from google.cloud import pubsub_v1  # type: ignore[attr-defined]
+
+    topic = f"projects/{ctx.settings.project}/topics/{load_topology().dead_letter_topic}"
+    pubsub_v1.PublisherClient().publish(topic, raw, source=source, reason=reason).result(timeout=10)
+
+
+def reject(ctx: Context, source: str, reason: str, detail: str, raw: bytes, message_id: str) -> None:
+    log.warning("event rejected", source=source, reason=reason, detail=detail, message_id=message_id)
+    ctx.store.reject(source=source, reason=reason, detail=detail, raw=raw, message_id=message_id, now=ctx.now())
+    dead_letter(ctx, source, reason, raw)
+
+
+def handle_message(source: str, data: Any, model: type[M], service: Callable[[Context, M], Any],
+                   *, dedup: bool = False) -> str:
+    """Run ``service`` on one Pub/Sub message. Returns a short outcome; raises only to get a redelivery."""
+    ctx = context()
+    try:
+        raw, message_id = unwrap_pubsub(data)
+    except (ValueError, TypeError, KeyError) as e:
+        reject(ctx, source, "bad_envelope", str(e), json.dumps(data, default=str).encode()[:4096], "")
+        return "rejected"
+    parsed = parse_event(raw, model)
+    if isinstance(parsed, Rejected):
+        reject(ctx, source, parsed.reason, parsed.detail, raw, message_id)
+        return "rejected"
+    event_id = getattr(parsed, "event_id", message_id)
+    if dedup and not ctx.store.mark_event(f"{source}-{event_id}", source, ctx.now()):
+        log.info("duplicate delivery", source=source, event_id=event_id, message_id=message_id)
+    try:
+        result = service(ctx, parsed)
+    except BadInput as e:
+        reject(ctx, source, "refused", str(e), raw, message_id)
+        return "rejected"
+    log.info("handled", source=source, event_id=event_id, lease_id=getattr(parsed, "lease_id", None),
+             message_id=message_id, outcome=str(result)[:300])
+    return "ok"

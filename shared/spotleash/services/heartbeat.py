@@ -1,0 +1,73 @@
+"""on_heartbeat: the instance agent's beat. Token-checked in constant time; drives READY and failover."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spotleash.errors import Transient
+from spotleash.events import Heartbeat
+from spotleash.log import get_logger
+from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
+from spotleash.services.context import Context, token_matches
+from spotleash.services.launch import failover_event, handle_demand
+from spotleash.services.terminate import terminate
+
+log = get_logger("spotleash.heartbeat")
+
+
+@dataclass(frozen=True)
+class BeatReply:
+    status: int  # HTTP status
+    action: str  # "continue" | "stop" | ""
+    detail: str = ""
+
+
+def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
+    rec = ctx.store.get(beat.instance_id)
+    if rec is None:
+        return BeatReply(404, "", "unknown instance")
+    if not token_matches(token, rec.token_hash) or rec.lease_id != beat.lease_id:
+        log.warning("heartbeat with a wrong token", instance_id=beat.instance_id, lease_id=beat.lease_id)
+        return BeatReply(401, "", "wrong token")
+    if rec.state in ENDED or rec.state == State.TERMINATING:
+        return BeatReply(200, "stop", f"instance is {rec.state}")
+    now = ctx.now()
+
+    def beat_in(r: InstanceRecord) -> InstanceRecord | None:
+        if r.state in ENDED or r.state == State.TERMINATING:
+            return None
+        dst = State.READY if r.state in (State.PROVISIONING, State.RUNNING) else r.state
+        return transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted)
+
+    updated = ctx.store.update(beat.instance_id, beat_in)
+    if updated is not None and updated.state == State.READY and rec.state != State.READY:
+        ctx.store.audit("ready", "first heartbeat", now, instance_id=rec.instance_id, lease_id=rec.lease_id)
+    if beat.preempted and not rec.preempted:
+        _failover(ctx, rec)
+        return BeatReply(200, "stop", "preempted; a replacement is being launched")
+    return BeatReply(200, "continue")
+
+
+def _lease_wants_capacity(lease: Lease | None, ctx: Context) -> bool:
+    return lease is not None and not lease.expired(ctx.now())
+
+
+def _failover(ctx: Context, rec: InstanceRecord) -> None:
+    """The provider is taking this instance back: record it, launch a replacement if still wanted."""
+    now = ctx.now()
+    ctx.store.audit("preempted", "preemption notice", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                    provider=rec.provider)
+    replacement = None
+    if _lease_wants_capacity(ctx.store.get_lease(rec.lease_id), ctx):
+        event = failover_event(rec, now)
+        outcome = handle_demand(ctx, event, replaces=rec.instance_id)
+        replacement = outcome.instance_id
+        ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"replaced_by": replacement}))
+        ctx.store.audit("failover", "preempted", ctx.now(), instance_id=rec.instance_id,
+                        replacement=replacement, replacement_state=str(outcome.state), lease_id=rec.lease_id)
+        log.info("failover launched", instance_id=rec.instance_id, replacement=replacement,
+                 state=str(outcome.state))
+    try:
+        terminate(ctx, rec.instance_id, "preempted", action="preempted")
+    except Transient as e:  # the provider deletes preempted instances itself; the reaper confirms later
+        log.warning("preempted instance not yet confirmed gone", instance_id=rec.instance_id, detail=str(e))

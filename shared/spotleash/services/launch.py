@@ -1,0 +1,188 @@
+"""on_demand: turn a demand into a running instance, idempotently, never leaving one untracked.
+
+Order matters: the intent record is written *before* the provider's create call, and the
+instance carries our labels, so a crash anywhere in between leaves something the reaper finds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from spotleash.errors import BadInput, CapacityExhausted, ProviderPermanent, Transient
+from spotleash.events import DemandEvent
+from spotleash.log import get_logger
+from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
+from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, plan_launch
+from spotleash.providers.base import GpuRequirements, LaunchSpec, ProviderInstance
+from spotleash.services.context import Context, token_hash
+from spotleash.services.terminate import terminate
+
+log = get_logger("spotleash.launch")
+
+
+@dataclass(frozen=True)
+class LaunchOutcome:
+    instance_id: str
+    state: State
+    created: bool  # False: a duplicate or redelivered event found the existing record
+    reason: str | None = None
+
+
+def month_start(now: datetime) -> datetime:
+    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
+    store = ctx.store
+    live = store.live_instances()
+    month = store.instances_since(month_start(now))
+    lease = store.get_lease(lease_id)
+    budget = store.get_budget() or {}
+    return LaunchFacts(
+        lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING],
+        total_live=len(live),
+        month_spend=sum(r.cost_so_far(now) for r in month),
+        month_committed=sum(max(r.worst_case_cost() - r.cost_so_far(now), 0.0) for r in live),
+        budget_alert_exceeded=bool(budget.get("exceeded")),
+        lease_released=bool(lease and lease.released),
+    )
+
+
+def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: datetime) -> LaunchSpec:
+    s = ctx.settings
+    remaining = int((rec.deadline - now).total_seconds())
+    gpu = None
+    if rec.provider == "vast":
+        gpu = GpuRequirements(tuple(s.gpu_names), s.gpu_min_vram_gb, s.gpu_max_dph, s.gpu_min_reliability)
+    return LaunchSpec(
+        instance_id=rec.instance_id, lease_id=rec.lease_id, deployment_id=rec.deployment_id,
+        deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),
+        gpu=gpu, image=s.gpu_image, heartbeat_url=s.heartbeat_url or "",
+        heartbeat_token=ctx.heartbeat_token(rec.instance_id), heartbeat_interval_s=s.heartbeat_interval_s,
+    )
+
+
+def _create_with_retry(ctx: Context, spec: LaunchSpec, provider_name: str) -> ProviderInstance:
+    provider = ctx.provider(provider_name)
+    for attempt in Retrying(
+        retry=retry_if_exception_type(Transient),
+        stop=stop_after_delay(ctx.settings.launch_retry_s),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    ):
+        with attempt:
+            return provider.create(spec)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _fail(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> LaunchOutcome:
+    """A permanent failure: make sure nothing is left at the provider, then record FAILED."""
+    found = ctx.provider(rec.provider).find(rec.instance_id)
+    if found is not None:  # a partial create: delete it, it must not outlive the record
+        terminate(ctx, rec.instance_id, f"launch failed: {reason}", action="launch_cleanup")
+        return LaunchOutcome(rec.instance_id, State.TERMINATED, True, reason)
+    now = ctx.now()
+    ctx.store.update(rec.instance_id, lambda r: transition(r, State.FAILED, now, reason=f"{reason}: {detail}")
+                     if r.state in (State.REQUESTED, State.PROVISIONING) else None)
+    ctx.store.audit("launch_failed", reason, now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                    provider=rec.provider, detail=detail)
+    log.warning("launch failed", instance_id=rec.instance_id, lease_id=rec.lease_id, reason=reason, detail=detail)
+    return LaunchOutcome(rec.instance_id, State.FAILED, True, reason)
+
+
+def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = None) -> LaunchOutcome:
+    now = ctx.now()
+    s = ctx.settings
+    instance_id = instance_id_for(event.event_id)
+    existing = ctx.store.get(instance_id)
+    if existing is not None and existing.state not in (State.REQUESTED, State.PROVISIONING):
+        log.info("duplicate demand ignored", event_id=event.event_id, instance_id=instance_id,
+                 state=str(existing.state))
+        return LaunchOutcome(instance_id, existing.state, False, existing.reason)
+
+    if existing is None:
+        decision = plan_launch(event, gather_facts(ctx, event.lease_id, now), s, now)
+        provider_name = decision.provider if isinstance(decision, LaunchPlan) else "gce"
+        intent = new_record(
+            instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
+            event_id=event.event_id, provider=provider_name, now=now, max_runtime_s=s.max_runtime_s,
+            ram_gb=event.ram_gb, gpu=event.needs_gpu, components=[c.name for c in event.components],
+            replaces=replaces, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
+            machine=decision.machine if isinstance(decision, LaunchPlan) else None,
+        )
+        if isinstance(decision, Refusal):
+            refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
+            stored, created = ctx.store.create_intent(refused)
+            if created:
+                ctx.store.audit("launch_refused", decision.reason, now, instance_id=instance_id,
+                                lease_id=event.lease_id, event_id=event.event_id, detail=decision.detail)
+                log.warning("launch refused", event_id=event.event_id, lease_id=event.lease_id,
+                            reason=decision.reason, detail=decision.detail)
+            return LaunchOutcome(instance_id, stored.state, created, decision.reason)
+        # The intent is durable before any provider call: a crash after this point leaves a record.
+        rec, created = ctx.store.create_intent(intent)
+        if created:
+            ctx.store.audit("launch_intent", event.trigger, now, instance_id=instance_id, lease_id=event.lease_id,
+                            event_id=event.event_id, provider=provider_name, machine=intent.machine)
+        elif rec.state not in (State.REQUESTED, State.PROVISIONING):
+            return LaunchOutcome(instance_id, rec.state, False, rec.reason)
+    else:
+        rec = existing  # a redelivery resumes an interrupted launch; create() reconciles by label
+
+    rec = ctx.store.update(instance_id, lambda r: transition(r, State.PROVISIONING, ctx.now(),
+                                                               attempts=r.attempts + 1)
+                           if r.state in (State.REQUESTED, State.PROVISIONING) else None) or rec
+    if rec.state != State.PROVISIONING:
+        return LaunchOutcome(instance_id, rec.state, False, rec.reason)
+    spec = build_spec(ctx, rec, rec.machine or s.machine_type, ctx.now())
+    try:
+        made = _create_with_retry(ctx, spec, rec.provider)
+    except CapacityExhausted as e:
+        return _fail(ctx, rec, "no_capacity", str(e))
+    except (ProviderPermanent, BadInput) as e:
+        return _fail(ctx, rec, "provider_refused", str(e))
+    # Transient past the retry budget propagates: the event is redelivered and resumes here.
+
+    at = ctx.now()
+
+    def record_running(r: InstanceRecord) -> InstanceRecord | None:
+        if r.state not in (State.REQUESTED, State.PROVISIONING):
+            return None  # released (or reaped) while we were creating
+        return transition(r, State.RUNNING, at, provider_id=made.provider_id, zone=made.zone,
+                          machine=made.machine or r.machine, price_per_hour=made.price_per_hour,
+                          last_heartbeat=at, ssh_host=made.ssh_host, ssh_port=made.ssh_port)
+
+    final = ctx.store.update(instance_id, record_running)
+    if final is None or final.state not in (State.RUNNING, State.READY):
+        # Someone ended it while create was in flight: the new instance must not outlive the record.
+        log.warning("instance created after its lease ended; deleting it", instance_id=instance_id)
+        if final is not None and final.state in LIVE:
+            terminate(ctx, instance_id, "released during launch", action="launch_cleanup")
+        else:
+            ctx.provider(rec.provider).delete(made.provider_id)
+        return LaunchOutcome(instance_id, State.TERMINATED, True, "released during launch")
+    ctx.store.audit("launched", event.trigger, at, instance_id=instance_id, lease_id=event.lease_id,
+                    event_id=event.event_id, provider=rec.provider, provider_id=made.provider_id, zone=made.zone,
+                    price_per_hour=made.price_per_hour, seconds=(at - now).total_seconds(),
+                    deadline=(final.deadline if final else rec.deadline))
+    log.info("instance running", instance_id=instance_id, lease_id=event.lease_id, event_id=event.event_id,
+             provider=rec.provider, provider_id=made.provider_id, zone=made.zone)
+    return LaunchOutcome(instance_id, State.RUNNING, True)
+
+
+def failover_event(rec: InstanceRecord, now: datetime) -> DemandEvent:
+    """The demand that replaces a preempted instance: deterministic id, so it launches at most once."""
+    from spotleash.events import Component
+
+    names = rec.components or ["workload"]
+    per = max(rec.ram_gb / len(names), 0.5)
+    return DemandEvent(
+        event_id=f"failover-{rec.instance_id}"[:63], created_at=now, lease_id=rec.lease_id, trigger="failover",
+        ram_percent=100.0, provider=rec.provider,
+        components=[Component(name=n, ram_gb=per, gpu=rec.gpu) for n in names],
+    )
+
+

@@ -1,0 +1,117 @@
+"""on_reap: gather the facts, let reaper.decide() decide, execute, audit everything."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from spotleash.errors import SpotleashError, Transient
+from spotleash.events import ReapTick
+from spotleash.log import get_logger
+from spotleash.model import InstanceRecord, Lease
+from spotleash.providers import PROVIDER_NAMES
+from spotleash.providers.base import Inventory
+from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide
+from spotleash.services.context import Context
+from spotleash.services.launch import failover_event, handle_demand
+from spotleash.services.terminate import delete_at_provider, terminate
+
+log = get_logger("spotleash.reap")
+
+
+@dataclass
+class ReapReport:
+    plan: ReapPlan
+    dry_run: bool
+    done: list[Decision] = field(default_factory=list)
+    failed: list[tuple[Decision, str]] = field(default_factory=list)
+    reads: int = 0
+
+
+def inventory(ctx: Context, name: str) -> Inventory:
+    """A provider listing; a failure is recorded as unknown, never as empty."""
+    try:
+        found = ctx.provider(name).list_owned(ctx.settings.deployment_id)
+        return Inventory(name, True, tuple(found))
+    except (SpotleashError, OSError) as e:
+        log.warning("provider listing failed; treating as unknown", provider=name, detail=str(e))
+        return Inventory(name, False, (), str(e))
+
+
+def configured_providers(ctx: Context) -> list[str]:
+    names = ["gce"]
+    if ctx.settings.vast_api_key is not None:
+        names.append("vast")
+    return [n for n in PROVIDER_NAMES if n in names]
+
+
+def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], dict[str, Lease], dict[str, Inventory]]:
+    """Only records that may be due, plus those the inventories name: cost follows what is due."""
+    store, now = ctx.store, ctx.now()
+    cfg = ReapConfig.from_settings(ctx.settings)
+    cut = candidate_cutoffs(now, cfg)
+    found: dict[str, InstanceRecord] = {}
+    for batch in (store.past_deadline(now), store.heartbeat_older_than(cut["heartbeat"]),
+                  store.pending_older_than(cut["pending"])):
+        found.update((r.instance_id, r) for r in batch)
+    leases = {}
+    for lease in store.expired_leases(now):
+        live = store.instances_of_lease(lease.lease_id)
+        if live:
+            leases[lease.lease_id] = lease
+            found.update((r.instance_id, r) for r in live)
+        else:
+            store.retire_lease(lease.lease_id)
+    inventories = {name: inventory(ctx, name) for name in providers}
+    named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
+    found.update(store.get_many(named - found.keys()))
+    return list(found.values()), leases, inventories
+
+
+def _execute(ctx: Context, d: Decision) -> None:
+    if d.instance_id is not None and ctx.store.get(d.instance_id) is not None and d.reason != "orphan":
+        rec = ctx.store.get(d.instance_id)
+        if d.reason == "stopped_at_provider" and rec is not None:
+            lease = ctx.store.get_lease(rec.lease_id)
+            if lease is not None and not lease.expired(ctx.now()):  # outbid / preempted: replace it
+                handle_demand(ctx, failover_event(rec, ctx.now()), replaces=rec.instance_id)
+        terminate(ctx, d.instance_id, d.reason, action="reap")
+        return
+    if d.provider_id is None:
+        raise Transient(f"orphan without a provider id: {d}")
+    if not delete_at_provider(ctx, d.provider, d.provider_id):
+        raise Transient(f"{d.provider} has not confirmed the deletion of orphan {d.provider_id}")
+    ctx.store.audit("reap", d.reason, ctx.now(), instance_id=d.instance_id, provider=d.provider,
+                    provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail)
+
+
+def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -> ReapReport:
+    now = ctx.now()
+    reads_before = ctx.store.reads
+    records, leases, inventories = gather(ctx, providers or configured_providers(ctx))
+    budget = ctx.store.get_budget() or {}
+    plan = decide(records, leases, inventories, now, ReapConfig.from_settings(ctx.settings),
+                  budget_exceeded=bool(budget.get("stop_all")), force=tick.force)
+    dry = tick.dry_run or ctx.settings.reap_dry_run
+    report = ReapReport(plan, dry)
+    for note in plan.notes:
+        log.warning(note, event_id=tick.event_id)
+    if plan.blocked:
+        ctx.store.audit("reap_blocked", "mass_deletion_guard", now, event_id=tick.event_id,
+                        count=len(plan.decisions), detail="; ".join(plan.notes))
+        log.error("reap refused: too many deletions", count=len(plan.decisions), event_id=tick.event_id)
+    for d in plan.decisions:
+        ctx.store.audit("reap_decision", d.reason, now, instance_id=d.instance_id, provider=d.provider,
+                        provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail, dry_run=dry,
+                        blocked=plan.blocked)
+        if dry or plan.blocked:
+            continue
+        try:
+            _execute(ctx, d)
+            report.done.append(d)
+        except SpotleashError as e:  # one failure must not stop the others; the next tick retries
+            report.failed.append((d, str(e)))
+            log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
+    report.reads = ctx.store.reads - reads_before
+    log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
+             failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)
+    return report

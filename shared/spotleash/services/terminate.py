@@ -1,0 +1,72 @@
+"""Delete an instance and confirm it is gone before recording it so. Shared by release, reap, launch."""
+
+from __future__ import annotations
+
+import time
+
+from spotleash.errors import Transient
+from spotleash.log import get_logger
+from spotleash.model import ENDED, InstanceRecord, State, transition
+from spotleash.providers.base import Provider
+from spotleash.services.context import Context
+
+log = get_logger("spotleash.terminate")
+POLL_S = 0.25
+
+
+def confirm_gone(provider: Provider, provider_id: str, timeout_s: float) -> bool:
+    """True once the provider's get() says the instance no longer exists. Bounded by ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if provider.get(provider_id) is None:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(POLL_S)
+
+
+def delete_at_provider(ctx: Context, provider_name: str, provider_id: str) -> bool:
+    provider = ctx.provider(provider_name)
+    provider.delete(provider_id)
+    return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s)
+
+
+def terminate(ctx: Context, instance_id: str, reason: str, *, action: str = "delete") -> InstanceRecord | None:
+    """Move a live record to TERMINATING, delete at the provider, confirm, then TERMINATED.
+
+    Idempotent: an ended record is left as it is. Raises Transient if the provider did not confirm
+    the deletion in time (the caller's redelivery or the next reap tries again).
+    """
+    now = ctx.now()
+
+    def start(r: InstanceRecord) -> InstanceRecord | None:
+        if r.state in ENDED:
+            return None
+        if r.state == State.TERMINATING:
+            return r.model_copy(update={"updated_at": now})
+        return transition(r, State.TERMINATING, now, reason=reason)
+
+    rec = ctx.store.update(instance_id, start)
+    if rec is None or rec.state in ENDED:
+        return rec
+    provider = ctx.provider(rec.provider)
+    provider_id = rec.provider_id
+    if provider_id is None:  # crashed between create and record: find it by its label
+        found = provider.find(rec.instance_id)
+        provider_id = found.provider_id if found else None
+    if provider_id is not None:
+        provider.delete(provider_id)
+        if not confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s):
+            ctx.store.audit(action, "delete_unconfirmed", now, instance_id=instance_id, provider=rec.provider,
+                            provider_id=provider_id, detail=f"{reason}; provider still lists it")
+            raise Transient(f"{instance_id}: {rec.provider} has not confirmed the deletion of {provider_id}")
+    done_at = ctx.now()
+    final = ctx.store.update(instance_id, lambda r: transition(r, State.TERMINATED, done_at)
+                             if r.state == State.TERMINATING else None)
+    cost = final.cost_so_far(done_at) if final else 0.0
+    ctx.store.audit(action, rec.reason or reason, done_at, instance_id=instance_id, lease_id=rec.lease_id,
+                    provider=rec.provider, provider_id=provider_id, cost_so_far=cost,
+                    seconds=(done_at - now).total_seconds())
+    log.info("instance deleted", instance_id=instance_id, lease_id=rec.lease_id, reason=rec.reason or reason,
+             provider=rec.provider, provider_id=provider_id, cost_so_far=cost)
+    return final

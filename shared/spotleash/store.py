@@ -1,0 +1,212 @@
+"""The Firestore repository: the only module that imports google.cloud.firestore.
+
+Collections: ``instances`` (InstanceRecord, doc id = instance_id), ``leases`` (Lease), ``events``
+(dedup marks), ``rejected`` (bad input with its reason), ``audit`` (every decision and action),
+``budget`` (the latest billing alert). Transactions stay short: the emulator locks pessimistically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from google.api_core import exceptions as gexc
+from google.cloud import firestore
+from google.cloud.firestore_v1.base_query import FieldFilter
+
+from spotleash.config import Settings
+from spotleash.errors import Transient
+from spotleash.model import LIVE, InstanceRecord, Lease, State
+
+RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
+_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
+              gexc.TooManyRequests, gexc.RetryError)
+
+
+def _doc(record: InstanceRecord) -> dict[str, Any]:
+    data = record.model_dump(mode="python")
+    data["state"] = str(record.state)
+    return data
+
+
+class Store:
+    def __init__(self, client: firestore.Client, deployment_id: str) -> None:
+        self.client = client
+        self.deployment_id = deployment_id
+        self.reads = 0  # documents read by this Store (the benchmark reports it)
+        self._instances = client.collection("instances")
+        self._leases = client.collection("leases")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Store:
+        return cls(firestore.Client(project=settings.project), settings.deployment_id)
+
+    # ---------------------------------------------------------------- helpers
+    def _wrap(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except _TRANSIENT as e:
+            raise Transient(f"firestore: {e}") from e
+
+    def _records(self, query: Any) -> list[InstanceRecord]:
+        docs = self._wrap(lambda: list(query.stream()))
+        self.reads += len(docs)
+        return [InstanceRecord.model_validate(d.to_dict()) for d in docs]
+
+    # ---------------------------------------------------------------- instances
+    def get(self, instance_id: str) -> InstanceRecord | None:
+        snap = self._wrap(lambda: self._instances.document(instance_id).get())
+        self.reads += 1
+        return InstanceRecord.model_validate(snap.to_dict()) if snap.exists else None
+
+    def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]:
+        refs = [self._instances.document(i) for i in set(instance_ids)]
+        if not refs:
+            return {}
+        snaps = self._wrap(lambda: list(self.client.get_all(refs)))
+        self.reads += len(snaps)
+        return {s.id: InstanceRecord.model_validate(s.to_dict()) for s in snaps if s.exists}
+
+    def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        """Create the record unless it exists. Returns (the stored record, created?)."""
+        ref = self._instances.document(record.instance_id)
+        try:
+            self._wrap(lambda: ref.create(_doc(record)))
+            return record, True
+        except gexc.AlreadyExists:
+            existing = self.get(record.instance_id)
+            assert existing is not None
+            return existing, False
+
+    def put(self, record: InstanceRecord) -> None:
+        self._wrap(lambda: self._instances.document(record.instance_id).set(_doc(record)))
+
+    def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        """Read-modify-write in one transaction. ``change`` returns the new record or None (no write)."""
+        ref = self._instances.document(instance_id)
+        result: list[InstanceRecord | None] = [None]
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            snap = ref.get(transaction=txn)
+            self.reads += 1
+            if not snap.exists:
+                result[0] = None
+                return
+            current = InstanceRecord.model_validate(snap.to_dict())
+            new = change(current)
+            if new is not None and new != current:
+                txn.set(ref, _doc(new))
+            result[0] = new if new is not None else current
+
+        self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        return result[0]
+
+    def _live(self) -> Any:
+        return self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
+            filter=FieldFilter("state", "in", [str(s) for s in LIVE])
+        )
+
+    def live_instances(self) -> list[InstanceRecord]:
+        return self._records(self._live())
+
+    def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]:
+        q = self._instances.where(filter=FieldFilter("lease_id", "==", lease_id))
+        if live_only:
+            q = q.where(filter=FieldFilter("state", "in", [str(s) for s in LIVE]))
+        return [r for r in self._records(q) if r.deployment_id == self.deployment_id]
+
+    def all_instances(self, limit: int = 500) -> list[InstanceRecord]:
+        q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).limit(limit)
+        return self._records(q)
+
+    def instances_since(self, since: datetime) -> list[InstanceRecord]:
+        q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
+            filter=FieldFilter("created_at", ">=", since)
+        )
+        return self._records(q)
+
+    # Reap candidates: each query returns only what is due, so a reap costs what is due, not the total.
+    def past_deadline(self, now: datetime) -> list[InstanceRecord]:
+        return self._records(self._live().where(filter=FieldFilter("deadline", "<=", now)))
+
+    def heartbeat_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
+        q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
+            filter=FieldFilter("state", "in", [str(State.RUNNING), str(State.READY)])
+        ).where(filter=FieldFilter("last_heartbeat", "<=", cutoff))
+        return self._records(q)
+
+    def pending_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
+        q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
+            filter=FieldFilter("state", "in", [str(State.REQUESTED), str(State.PROVISIONING), str(State.TERMINATING)])
+        ).where(filter=FieldFilter("updated_at", "<=", cutoff))
+        return self._records(q)
+
+    # ---------------------------------------------------------------- leases
+    def get_lease(self, lease_id: str) -> Lease | None:
+        snap = self._wrap(lambda: self._leases.document(lease_id).get())
+        self.reads += 1
+        return Lease.model_validate(snap.to_dict()) if snap.exists else None
+
+    def put_lease(self, lease: Lease) -> None:
+        self._wrap(lambda: self._leases.document(lease.lease_id).set(lease.model_dump(mode="python")))
+
+    def expired_leases(self, now: datetime) -> list[Lease]:
+        """Leases past expiry (or released) that still own a live instance are reaped."""
+        base = self._leases.where(filter=FieldFilter("deployment_id", "==", self.deployment_id))
+        docs = self._wrap(lambda: list(base.where(filter=FieldFilter("expires_at", "<=", now)).stream()))
+        docs += self._wrap(lambda: list(base.where(filter=FieldFilter("released", "==", True)).stream()))
+        self.reads += len(docs)
+        seen: dict[str, Lease] = {}
+        for d in docs:
+            lease = Lease.model_validate(d.to_dict())
+            seen[lease.lease_id] = lease
+        return list(seen.values())
+
+    def retire_lease(self, lease_id: str) -> None:
+        """A lease with nothing live left: delete it so expired leases don't pile up in every reap."""
+        self._wrap(lambda: self._leases.document(lease_id).delete())
+
+    # ---------------------------------------------------------------- events, rejects, audit, budget
+    def mark_event(self, event_id: str, kind: str, now: datetime) -> bool:
+        """True the first time an event id is seen, False for a duplicate delivery."""
+        try:
+            self._wrap(lambda: self.client.collection("events").document(event_id).create(
+                {"kind": kind, "at": now, "expire_at": now + RETENTION}))
+            return True
+        except gexc.AlreadyExists:
+            return False
+
+    def reject(self, *, source: str, reason: str, detail: str, raw: bytes, message_id: str, now: datetime) -> None:
+        self._wrap(lambda: self.client.collection("rejected").add({
+            "source": source, "reason": reason, "detail": detail[:1000], "message_id": message_id,
+            "raw": raw[:4096], "size": len(raw), "at": now, "expire_at": now + RETENTION,
+        }))
+
+    def rejected(self, limit: int = 1000) -> list[dict[str, Any]]:
+        docs = self._wrap(lambda: list(self.client.collection("rejected").limit(limit).stream()))
+        return [d.to_dict() for d in docs]
+
+    def audit(self, action: str, reason: str, now: datetime, **fields: Any) -> None:
+        entry = {"action": action, "reason": reason, "at": now, "expire_at": now + RETENTION,
+                 "deployment_id": self.deployment_id, **fields}
+        self._wrap(lambda: self.client.collection("audit").add(entry))
+
+    def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        q: Any = self.client.collection("audit").where(
+            filter=FieldFilter("deployment_id", "==", self.deployment_id))
+        if instance_id:
+            q = q.where(filter=FieldFilter("instance_id", "==", instance_id))
+        docs = self._wrap(lambda: list(q.limit(limit).stream()))
+        return sorted((d.to_dict() for d in docs), key=lambda e: e["at"])
+
+    def put_budget(self, data: dict[str, Any]) -> None:
+        self._wrap(lambda: self.client.collection("budget").document(self.deployment_id).set(data))
+
+    def get_budget(self) -> dict[str, Any] | None:
+        snap = self._wrap(lambda: self.client.collection("budget").document(self.deployment_id).get())
+        self.reads += 1
+        return snap.to_dict() if snap.exists else None
