@@ -1,0 +1,24 @@
+# The two commands of the README, plus the checks. Each target does its own set-up.
+.PHONY: setup test demo lint bench chaos archive
+
+setup:
+	@bash scripts/bootstrap.sh
+
+test: setup
+	uv run pytest -q -p no:cacheprovider
+
+demo: setup
+	uv run spotleash demo
+
+lint: setup
+	uv run ruff check .
+	uv run mypy
+
+chaos: setup
+	uv run pytest -q -m chaos tests/chaos
+
+bench: setup
+	uv run python -m bench
+
+archive: setup
+	uv run python scripts/build_function_archive.py

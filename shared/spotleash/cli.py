@@ -1,0 +1,249 @@
+"""The ``spotleash`` command line. Thin: it parses options and calls spotleash's modules.
+
+Exit codes: 0 ok, 1 the operation failed, 2 wrong usage or configuration, 3 instances left running.
+Errors print as one sentence; ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from spotleash.config import Settings, load_settings
+from spotleash.errors import ConfigError, SpotleashError
+
+EXIT_FAILED, EXIT_USAGE, EXIT_LEFT_RUNNING = 1, 2, 3
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+local_app = typer.Typer(no_args_is_help=True, help="The local stack: Google's emulators, our fakes, the functions.")
+vast_app = typer.Typer(no_args_is_help=True, help="VAST.ai GPU commands.")
+app.add_typer(local_app, name="local")
+app.add_typer(vast_app, name="vast")
+console = Console()
+err_console = Console(stderr=True)
+_debug = False
+
+
+def stack_env_file(state_dir: Path) -> Path:
+    return state_dir / "local" / "stack.env"
+
+
+def _load_stack_env() -> None:
+    """If a local stack is up, point the clients at it (explicit environment variables win)."""
+    state_dir = Path(os.environ.get("SPOTLEASH_STATE_DIR", Path.home() / ".spotleash"))
+    env_file = stack_env_file(state_dir)
+    if not env_file.exists():
+        return
+    for line in env_file.read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key and not line.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())
+
+
+def settings() -> Settings:
+    _load_stack_env()
+    return load_settings()
+
+
+@app.callback()
+def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+    global _debug
+    _debug = debug
+
+
+def _iso(dt: datetime | None) -> str:
+    return dt.astimezone(UTC).strftime("%H:%M:%S") if dt else "-"
+
+
+def _age(dt: datetime | None, now: datetime) -> str:
+    if dt is None:
+        return "-"
+    s = int((now - dt).total_seconds())
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+# ------------------------------------------------------------------ local stack
+@local_app.command("up")
+def local_up(json_out: bool = typer.Option(False, "--json")) -> None:
+    """Start the local stack and print where everything runs."""
+    from local_emulator import stack
+
+    s = load_settings()
+    with console.status("starting Google's emulators, the fakes and the functions..."):
+        info = stack.up(s.state_dir)
+    if json_out:
+        print(json.dumps(stack.read_env(s.state_dir)))
+    else:
+        console.print(f"[green]local stack up[/] — env file: {stack_env_file(s.state_dir)}")
+        local_status()
+
+
+@local_app.command("down")
+def local_down() -> None:
+    """Stop exactly the processes the local stack started."""
+    from local_emulator import stack
+
+    stopped = stack.down(load_settings().state_dir)
+    console.print(f"stopped {len(stopped)} process(es)" + (": " + ", ".join(stopped) if stopped else ""))
+
+
+@local_app.command("status")
+def local_status(json_out: bool = typer.Option(False, "--json")) -> None:
+    """What runs where."""
+    from local_emulator import stack
+
+    st = stack.status(load_settings().state_dir)
+    rows: list[dict[str, Any]] = [dict(r) for r in st.as_rows()]
+    if json_out:
+        print(json.dumps(rows))
+        return
+    table = Table("part", "pid", "address", "alive")
+    for r in rows:
+        table.add_row(str(r["name"]), str(r["pid"]), str(r.get("address", "")), "yes" if r["alive"] else "[red]no[/]")
+    console.print(table)
+
+
+# ------------------------------------------------------------------ agent
+@app.command()
+def agent(
+    lease_id: str | None = typer.Option(None, help="lease id (default: from host and user)"),
+    trace: Path | None = typer.Option(None, help="replay a recorded RAM trace (CSV t_seconds,percent)"),
+    trace_speed: float = typer.Option(1.0, help="trace playback speed"),
+) -> None:
+    """Watch RAM; rent compute when it runs short; release it on any exit."""
+    from spotleash.agent import agent_main
+
+    raise typer.Exit(agent_main(settings(), lease_id, trace, trace_speed))
+
+
+# ------------------------------------------------------------------ status / down / reap
+@app.command()
+def status(
+    json_out: bool = typer.Option(False, "--json"),
+    all_: bool = typer.Option(False, "--all", help="include ended instances"),
+) -> None:
+    """A table of the deployment's instances."""
+    from spotleash.store import Store
+
+    s = settings()
+    store = Store.from_settings(s)
+    now = datetime.now(UTC)
+    records = store.all_instances() if all_ else store.live_instances()
+    records.sort(key=lambda r: r.created_at)
+    if json_out:
+        print(json.dumps([r.model_dump(mode="json", exclude={"token_hash"}) | {"cost_so_far": r.cost_so_far(now)}
+                          for r in records]))
+        return
+    table = Table("instance", "lease", "provider", "state", "age", "last beat", "deadline", "cost $", "reason")
+    for r in records:
+        table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), _age(r.created_at, now),
+                      _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}", r.reason or "")
+    console.print(table if records else "no instances" + ("" if all_ else " running"))
+
+
+@app.command()
+def down(
+    all_: bool = typer.Option(False, "--all", help="release every lease of the deployment"),
+    lease_id: str | None = typer.Option(None, help="lease to release (default: this machine's)"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+) -> None:
+    """Release this lease's instances (or, with --all, every instance of the deployment)."""
+    from spotleash.agent import default_lease_id
+    from spotleash.agent.publisher import Publisher
+    from spotleash.events import ReleaseEvent
+    from spotleash.store import Store
+
+    s = settings()
+    if all_:
+        leases = sorted({r.lease_id for r in Store.from_settings(s).live_instances()})
+        if not leases:
+            console.print("nothing is running")
+            return
+        if not yes and not typer.confirm(f"release {len(leases)} lease(s): {', '.join(leases)}?"):
+            raise typer.Exit(EXIT_FAILED)
+    else:
+        leases = [lease_id or default_lease_id()]
+    pub = Publisher(s)
+    for lid in leases:
+        pub.publish_and_wait(ReleaseEvent(lease_id=lid, reason="spotleash down"), s.shutdown_budget_s)
+        console.print(f"release published for lease {lid}")
+
+
+@app.command()
+def reap(
+    dry_run: bool = typer.Option(False, "--dry-run", help="decide and print, delete nothing"),
+    force: bool = typer.Option(False, "--force", help="pass the mass-deletion guard"),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Run a reap now and print its decisions."""
+    from spotleash.events import ReapTick
+    from spotleash.services.context import Context
+    from spotleash.services.reap import run_reap
+
+    report = run_reap(Context.from_settings(settings()), ReapTick(dry_run=dry_run, force=force))
+    rows = [{"reason": d.reason, "provider": d.provider, "instance_id": d.instance_id,
+             "provider_id": d.provider_id, "detail": d.detail} for d in report.plan.decisions]
+    if json_out:
+        print(json.dumps({"decisions": rows, "blocked": report.plan.blocked, "dry_run": report.dry_run,
+                          "failed": [str(f[1]) for f in report.failed], "notes": list(report.plan.notes)}))
+    else:
+        table = Table("reason", "provider", "instance", "provider id", "detail")
+        for r in rows:
+            table.add_row(*(str(r[k] or "") for k in ("reason", "provider", "instance_id", "provider_id", "detail")))
+        console.print(table if rows else "nothing to reap")
+        for note in report.plan.notes:
+            err_console.print(f"[yellow]{note}[/]")
+    if report.plan.blocked or report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+# ------------------------------------------------------------------ demo, vast
+@app.command()
+def demo(keep_stack: bool = typer.Option(False, help="leave the local stack running afterwards")) -> None:
+    """The whole system on the local stack: launch, SIGTERM, SIGKILL, GPU smoke; fails if anything is left."""
+    from spotleash.demo import run_demo
+
+    raise typer.Exit(run_demo(console, keep_stack=keep_stack))
+
+
+@vast_app.command("smoke")
+def vast_smoke(
+    real: bool = typer.Option(False, "--real", help="rent a real GPU (needs VAST_API_KEY)"),
+    json_out: Path | None = typer.Option(None, "--json", help="write the report here"),
+    yes: bool = typer.Option(False, "--yes", "-y", help="do not ask to confirm the price"),
+) -> None:
+    """search → create → wait → SSH write/read → destroy, with a timing breakdown."""
+    from spotleash.smoke import smoke_command
+
+    raise typer.Exit(smoke_command(real=real, json_out=json_out, yes=yes))
+
+
+def main() -> None:
+    try:
+        app()  # click's standalone mode handles usage errors (exit 2) and typer.Exit
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except ConfigError as e:
+        if _debug:
+            raise
+        err_console.print(f"[red]configuration error:[/] {e}")
+        sys.exit(EXIT_USAGE)
+    except (SpotleashError, OSError) as e:
+        if _debug:
+            raise
+        err_console.print(f"[red]error:[/] {e}")
+        sys.exit(EXIT_FAILED)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
+        if _debug:
+            raise
+        err_console.print(f"[red]unexpected error ({type(e).__name__}):[/] {e} — run with --debug for details")
+        sys.exit(EXIT_FAILED)
