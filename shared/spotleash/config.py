@@ -27,54 +27,62 @@ class Settings(BaseSettings):
     # --- where we run
     project: str = Field("spotleash-local", description="Google Cloud project id")
     deployment_id: str = Field("default", pattern=LABEL_VALUE, description="label value marking our instances")
-    region: str = "us-central1"
-    zones: list[str] = Field(default_factory=lambda: ["us-central1-a", "us-central1-b", "us-central1-c"], min_length=1)
+    region: str = Field("us-central1", description="region of the functions and Firestore")
+    zones: list[str] = Field(
+        default_factory=lambda: ["us-central1-a", "us-central1-b", "us-central1-c"],
+        min_length=1,
+        description="zones tried in order when one has no Spot capacity (JSON list)",
+    )
 
     # --- the local agent
     ram_threshold: float = Field(0.85, gt=0, le=1, description="fraction of RAM that triggers demand")
     ram_release_below: float = Field(0.70, gt=0, le=1, description="release once usage stays below this")
     release_hold_s: float = Field(300.0, ge=0, description="how long usage must stay low before release")
-    sample_interval_s: float = Field(1.0, gt=0)
-    predict_window_s: float = Field(60.0, gt=0)
-    predict_horizon_s: float = Field(120.0, ge=0)
+    sample_interval_s: float = Field(1.0, gt=0, description="how often the agent samples RAM")
+    predict_window_s: float = Field(60.0, gt=0, description="trend window of the predictive trigger")
+    predict_horizon_s: float = Field(120.0, ge=0, description="demand early if the trend crosses within this")
     demand_cooldown_s: float = Field(120.0, ge=0, description="minimum time between two demands of one agent")
-    lease_renew_s: float = Field(30.0, gt=0)
-    lease_ttl_s: float = Field(90.0, gt=0)
-    shutdown_budget_s: float = Field(10.0, gt=0)
-    components: list[str] = Field(default_factory=lambda: ["vision", "ml_models", "chatbots"])
+    lease_renew_s: float = Field(30.0, gt=0, description="how often the agent renews its lease")
+    lease_ttl_s: float = Field(90.0, gt=0, description="a lease not renewed for this long expires")
+    shutdown_budget_s: float = Field(10.0, gt=0, description="time the agent may spend releasing on exit")
+    components: list[str] = Field(
+        default_factory=lambda: ["vision", "ml_models", "chatbots"], description="parts of the app to move"
+    )
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
 
     # --- launching
-    machine_type: str = "e2-highmem-4"
+    machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")
     max_runtime_s: int = Field(3 * 3600, ge=60, description="hard cap on an instance's life")
-    gpu_names: list[str] = Field(default_factory=lambda: ["RTX 4090", "RTX 3090", "A100 PCIE"])
-    gpu_min_vram_gb: float = Field(16.0, ge=0)
+    gpu_names: list[str] = Field(
+        default_factory=lambda: ["RTX 4090", "RTX 3090", "A100 PCIE"], description="acceptable VAST GPU models"
+    )
+    gpu_min_vram_gb: float = Field(16.0, ge=0, description="least GPU memory")
     gpu_max_dph: float = Field(1.0, gt=0, description="most we pay per GPU hour")
-    gpu_min_reliability: float = Field(0.95, ge=0, le=1)
-    gpu_image: str = "pytorch/pytorch:latest"
-    max_instances_per_lease: int = Field(2, ge=1)
-    max_instances_total: int = Field(10, ge=1)
-    monthly_budget_usd: float = Field(50.0, gt=0)
+    gpu_min_reliability: float = Field(0.95, ge=0, le=1, description="least VAST host reliability")
+    gpu_image: str = Field("pytorch/pytorch:latest", description="container image of a GPU box")
+    max_instances_per_lease: int = Field(2, ge=1, description="live instances one agent may hold")
+    max_instances_total: int = Field(10, ge=1, description="live instances the deployment may hold")
+    monthly_budget_usd: float = Field(50.0, gt=0, description="launches must keep worst-case spend under this")
     launch_retry_s: float = Field(20.0, ge=0, description="time a launch spends retrying transient errors")
 
     # --- reaping
-    heartbeat_interval_s: float = Field(30.0, gt=0)
-    heartbeat_timeout_s: float = Field(180.0, gt=0)
-    provisioning_timeout_s: float = Field(600.0, gt=0)
-    orphan_grace_s: float = Field(300.0, ge=0)
+    heartbeat_interval_s: float = Field(30.0, gt=0, description="how often an instance agent beats")
+    heartbeat_timeout_s: float = Field(180.0, gt=0, description="an instance silent this long is reaped")
+    provisioning_timeout_s: float = Field(600.0, gt=0, description="a launch stuck this long is reaped")
+    orphan_grace_s: float = Field(300.0, ge=0, description="age before an unrecorded instance of ours is reaped")
     reap_max_deletions: int = Field(20, ge=1, description="a reap refuses to delete more unless forced")
-    reap_dry_run: bool = False
+    reap_dry_run: bool = Field(False, description="the reaper decides and audits but deletes nothing")
 
     # --- endpoints (unset = the real service)
-    compute_endpoint: str | None = None
-    metadata_host: str | None = None
-    vast_url: str = "https://console.vast.ai"
-    vast_api_key: SecretStr | None = None
+    compute_endpoint: str | None = Field(None, description="Compute Engine API endpoint (unset: the real one)")
+    metadata_host: str | None = Field(None, description="metadata server host (unset: the real one)")
+    vast_url: str = Field("https://console.vast.ai", description="VAST.ai API base URL")
+    vast_api_key: SecretStr | None = Field(None, description="VAST.ai API key (unset: GPU launches are off)")
     heartbeat_url: str | None = Field(None, description="URL of the on_heartbeat function")
     heartbeat_signing_key: SecretStr | None = Field(None, description="derives each instance's heartbeat token")
     confirm_delete_s: float = Field(60.0, gt=0, description="how long a delete waits for the provider to confirm")
     budget_stop_all: bool = Field(True, description="a budget alert past 100 % makes the reaper stop everything")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
