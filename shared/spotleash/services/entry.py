@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from spotleash import log as slog
 from spotleash.config import Settings, load_settings
-from spotleash.errors import BadInput
+from spotleash.errors import BadInput, ConfigError
 from spotleash.events import Rejected, parse_event
 from spotleash.services.context import Context
 from spotleash.topology import load_topology
@@ -27,8 +27,14 @@ M = TypeVar("M", bound=BaseModel)
 
 @cache
 def settings() -> Settings:
+    """The functions' settings, checked at start: a function with a wrong configuration must not serve."""
     s = load_settings()
     slog.configure(s.log_level)
+    if s.heartbeat_signing_key is None:
+        raise ConfigError("SPOTLEASH_HEARTBEAT_SIGNING_KEY is not set: the functions need it to issue and check "
+                          "instance heartbeat tokens (Terraform passes it from Secret Manager)")
+    if not s.heartbeat_url:
+        raise ConfigError("SPOTLEASH_HEARTBEAT_URL is not set: instances need the on_heartbeat URL to report")
     return s
 
 
