@@ -1,0 +1,288 @@
+"""Process-group helpers for the local stack.
+
+Every process the stack starts runs in its own session (``start_new_session=True``), so its
+process-group id equals its pid and the whole tree under it (the ``gcloud`` wrapper *and* its Java
+child, functions-framework and its workers) can be stopped with one ``killpg``. A record of what
+was started (:meth:`ManagedProcess.to_record`) is enough to stop it later from another process,
+and the record carries the leader's ``create_time`` so a recycled pid is never killed by mistake.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from spotleash.errors import SpotleashError
+from spotleash.log import get_logger
+
+log = get_logger("spotleash.local.procs")
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(SpotleashError):
+    """The local stack could not be started, reached or stopped; the message says what and why."""
+
+
+class MissingDependency(StackError):
+    """A program the local stack needs is not installed; the message says what to install."""
+
+
+def free_port(host: str = LOOPBACK) -> int:
+    """A TCP port that is free on ``host`` right now (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
+    """True if something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port_closed(port: int, *, timeout: float = 10.0, host: str = LOOPBACK) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not port_open(port, host):
+            return True
+        time.sleep(0.1)
+    return not port_open(port, host)
+
+
+def _tail(path: Path, limit: int = 2000) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return ""
+    return data[-limit:].decode("utf-8", errors="replace")
+
+
+@dataclass
+class ManagedProcess:
+    """A process (and its whole process group) started by the local stack."""
+
+    name: str
+    pid: int
+    pgid: int
+    create_time: float
+    port: int | None
+    log_path: Path
+    argv: list[str] = field(default_factory=list)
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
+
+    # ---------------------------------------------------------------- records
+    def to_record(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "pgid": self.pgid,
+            "create_time": self.create_time,
+            "port": self.port,
+            "log_path": str(self.log_path),
+            "argv": self.argv,
+        }
+
+    @classmethod
+    def from_record(cls, rec: Mapping[str, Any]) -> ManagedProcess:
+        return cls(
+            name=str(rec["name"]),
+            pid=int(rec["pid"]),
+            pgid=int(rec["pgid"]),
+            create_time=float(rec["create_time"]),
+            port=None if rec.get("port") is None else int(rec["port"]),
+            log_path=Path(rec.get("log_path", "")),
+            argv=list(rec.get("argv", [])),
+        )
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT`` (what ``*_EMULATOR_HOST`` variables want)."""
+        if self.port is None:
+            raise StackError(f"{self.name} has no port")
+        return f"{LOOPBACK}:{self.port}"
+
+    # ---------------------------------------------------------------- state
+    def _leader(self) -> psutil.Process | None:
+        """The leader process if it is still the one we started (same pid *and* create_time)."""
+        try:
+            p = psutil.Process(self.pid)
+            if abs(p.create_time() - self.create_time) > 0.05 or p.status() == psutil.STATUS_ZOMBIE:
+                return None
+            return p
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            return None
+
+    def members(self) -> list[psutil.Process]:
+        """Every live process of our group (plus the leader's descendants, wherever they moved).
+
+        A group whose id is held by a *different* leader (pid reused since) is not ours: empty list.
+        """
+        found: dict[int, psutil.Process] = {}
+        leader = self._leader()
+        if leader is None:
+            try:
+                other = psutil.Process(self.pgid)
+                if other.status() != psutil.STATUS_ZOMBIE and abs(other.create_time() - self.create_time) > 0.05:
+                    return []  # the id now belongs to someone else
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        else:
+            found[leader.pid] = leader
+            with contextlib.suppress(psutil.Error):
+                for c in leader.children(recursive=True):
+                    found[c.pid] = c
+        for p in psutil.process_iter():
+            try:
+                if p.pid in found or os.getpgid(p.pid) != self.pgid:
+                    continue
+                # members of our group were born after the leader
+                if p.create_time() + 0.05 >= self.create_time and p.status() != psutil.STATUS_ZOMBIE:
+                    found[p.pid] = p
+            except (psutil.Error, ProcessLookupError, PermissionError):
+                continue
+        return list(found.values())
+
+    def alive(self) -> bool:
+        return bool(self.members())
+
+    def exited_early(self) -> int | None:
+        """The leader's exit code if it already exited (only known for processes we spawned)."""
+        if self.popen is not None:
+            return self.popen.poll()
+        return None if self._leader() is not None else -1
+
+    # ---------------------------------------------------------------- stop
+    def stop(self, *, timeout: float = 10.0) -> bool:
+        """SIGTERM the whole group, then SIGKILL what is left; wait for the port to close.
+
+        Returns True if anything of ours was running.
+        """
+        procs = self.members()
+        was_running = bool(procs)
+        if procs:
+            self._signal(procs, signal.SIGTERM)
+            _, still = psutil.wait_procs(procs, timeout=min(5.0, timeout))
+            still += [p for p in self.members() if p not in still]
+            if still:
+                log.warning("process did not stop on SIGTERM; killing", process=self.name, pids=[p.pid for p in still])
+                self._signal(still, signal.SIGKILL)
+                _, still = psutil.wait_procs(still, timeout=timeout)
+                if still:
+                    raise StackError(f"could not stop {self.name}: pids {[p.pid for p in still]} survive SIGKILL")
+        if self.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=1.0)
+        if self.port is not None and not wait_port_closed(self.port, timeout=timeout):
+            raise StackError(f"{self.name} stopped but port {self.port} is still open")
+        return was_running
+
+    def _signal(self, procs: Sequence[psutil.Process], sig: signal.Signals) -> None:
+        if self._leader() is not None or any(_pgid(p) == self.pgid for p in procs):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pgid, sig)
+        for p in procs:  # descendants that left the group, and belt and braces
+            with contextlib.suppress(psutil.Error):
+                p.send_signal(sig)
+
+
+def _pgid(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except (ProcessLookupError, PermissionError):
+        return None
+
+
+def spawn(
+    name: str,
+    argv: Sequence[str],
+    *,
+    log_path: Path,
+    port: int | None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    on_start: Callable[[ManagedProcess], None] | None = None,
+) -> ManagedProcess:
+    """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``.
+
+    ``on_start`` is called with the process right after it starts (the stack records it there,
+    before waiting for readiness, so an interrupted start can still be cleaned up).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as out:
+        try:
+            popen = subprocess.Popen(
+                list(argv),
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=dict(env) if env is not None else None,
+                cwd=str(cwd) if cwd else None,
+                start_new_session=True,
+            )
+        except FileNotFoundError as e:
+            raise MissingDependency(f"cannot start {name}: program {argv[0]!r} not found") from e
+    try:
+        ctime = psutil.Process(popen.pid).create_time()
+    except psutil.NoSuchProcess:
+        ctime = time.time()
+    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), popen)
+    log.info("process started", process=name, pid=popen.pid, port=port, log=str(log_path))
+    if on_start is not None:
+        on_start(proc)
+    return proc
+
+
+def wait_ready(
+    proc: ManagedProcess,
+    *,
+    timeout: float,
+    line: str | None = None,
+    check: Callable[[], bool] | None = None,
+    explain_exit: Callable[[str], str | None] | None = None,
+) -> None:
+    """Wait until ``line`` appears in the process's log and/or ``check()`` is true.
+
+    Raises StackError (or MissingDependency, via ``explain_exit``) if the process exits first or
+    the deadline passes; the message carries the end of the log.
+    """
+    deadline = time.monotonic() + timeout
+    offset = 0
+    seen_line = line is None
+    while True:
+        if not seen_line and line is not None:
+            try:
+                with proc.log_path.open("rb") as f:
+                    f.seek(max(0, offset - len(line)))
+                    chunk = f.read()
+                    offset = f.tell()
+                seen_line = line.encode() in chunk
+            except OSError:
+                pass
+        if seen_line and (check is None or check()):
+            return
+        code = proc.exited_early()
+        if code is not None:
+            tail = _tail(proc.log_path)
+            if explain_exit is not None:
+                why = explain_exit(tail)
+                if why:
+                    raise MissingDependency(why)
+            raise StackError(f"{proc.name} exited (code {code}) before it was ready; end of {proc.log_path}:\n{tail}")
+        if time.monotonic() >= deadline:
+            tail = _tail(proc.log_path)
+            raise StackError(f"{proc.name} was not ready within {timeout:.0f}s; end of {proc.log_path}:\n{tail}")
+        time.sleep(0.1)
