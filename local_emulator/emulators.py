@@ -16,7 +16,15 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from local_emulator.procs import LOOPBACK, ManagedProcess, MissingDependency, free_port, port_open, spawn, wait_ready
+from local_emulator.procs import (
+    LOOPBACK,
+    ManagedProcess,
+    MissingDependency,
+    free_port,
+    port_open,
+    spawn,
+    wait_ready,
+)
 
 PUBSUB_READY = "Server started, listening on"
 FIRESTORE_READY = "Dev App Server is now running"
