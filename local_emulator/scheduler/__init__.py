@@ -1,0 +1,26 @@
+"""Cloud Scheduler fake: the CloudScheduler gRPC subset the official client needs, firing jobs on cron.
+
+    with SchedulerServer(project="p", pubsub_host=emulator) as fake:
+        client = scheduler_client(fake.address)
+        client.create_job(parent="projects/p/locations/us-central1", job=...)
+
+Run standalone: ``python -m local_emulator.scheduler --host 127.0.0.1 --port PORT --project P``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from local_emulator.scheduler.models import Scheduler, SchedulerFault
+from local_emulator.scheduler.server import SchedulerServer, control_call
+
+__all__ = ["Scheduler", "SchedulerFault", "SchedulerServer", "control_call", "scheduler_client"]
+
+
+def scheduler_client(host: str) -> Any:
+    """The official ``CloudSchedulerClient`` talking gRPC, without TLS or credentials, to ``host`` (HOST:PORT)."""
+    import grpc
+    from google.cloud import scheduler_v1
+    from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudSchedulerGrpcTransport
+
+    return scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=grpc.insecure_channel(host)))
