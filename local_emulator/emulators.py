@@ -78,6 +78,51 @@ def _env() -> dict[str, str]:
     return env
 
 
+def spawn_pubsub_emulator(
+    project: str,
+    port: int | None = None,
+    log_dir: Path | None = None,
+    *,
+    name: str = "pubsub",
+    on_start: Callable[[ManagedProcess], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    """Start the Pub/Sub emulator without waiting; pair with :func:`wait_pubsub_ready`."""
+    gcloud = _require_tools()
+    port = port or free_port()
+    argv = [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={LOOPBACK}:{port}", f"--project={project}"]
+    return spawn(name, argv, log_path=Path(log_dir or ".") / f"{name}.log", port=port,
+                 env={**_env(), **(env or {})}, on_start=on_start)
+
+
+def wait_pubsub_ready(proc: ManagedProcess, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    port = proc.port or 0
+    wait_ready(proc, timeout=timeout, line=PUBSUB_READY, check=lambda: port_open(port),
+               explain_exit=_explainer("pubsub-emulator", "google-cloud-cli-pubsub-emulator"))
+
+
+def spawn_firestore_emulator(
+    port: int | None = None,
+    log_dir: Path | None = None,
+    *,
+    name: str = "firestore",
+    on_start: Callable[[ManagedProcess], None] | None = None,
+    env: dict[str, str] | None = None,
+) -> ManagedProcess:
+    """Start the Firestore emulator without waiting; pair with :func:`wait_firestore_ready`."""
+    gcloud = _require_tools()
+    port = port or free_port()
+    argv = [gcloud, "emulators", "firestore", "start", f"--host-port={LOOPBACK}:{port}"]
+    return spawn(name, argv, log_path=Path(log_dir or ".") / f"{name}.log", port=port,
+                 env={**_env(), **(env or {})}, on_start=on_start)
+
+
+def wait_firestore_ready(proc: ManagedProcess, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+    port = proc.port or 0
+    wait_ready(proc, timeout=timeout, line=FIRESTORE_READY, check=lambda: port_open(port),
+               explain_exit=_explainer("cloud-firestore-emulator", "google-cloud-cli-firestore-emulator"))
+
+
 def start_pubsub_emulator(
     project: str,
     port: int | None = None,
@@ -89,20 +134,12 @@ def start_pubsub_emulator(
 ) -> ManagedProcess:
     """Start ``gcloud beta emulators pubsub start`` on a free loopback port; return once it listens.
 
-    Logs go to ``log_dir/NAME.log`` (``log_dir`` defaults to the current directory).
+    Logs go to ``log_dir/NAME.log`` (``log_dir`` defaults to the current directory). On failure
+    the process group is stopped before the error propagates.
     """
-    gcloud = _require_tools()
-    port = port or free_port()
-    argv = [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port={LOOPBACK}:{port}", f"--project={project}"]
-    proc = spawn(name, argv, log_path=Path(log_dir or ".") / f"{name}.log", port=port, env=_env(), on_start=on_start)
+    proc = spawn_pubsub_emulator(project, port, log_dir, name=name, on_start=on_start)
     try:
-        wait_ready(
-            proc,
-            timeout=timeout,
-            line=PUBSUB_READY,
-            check=lambda: port_open(port),
-            explain_exit=_explainer("pubsub-emulator", "google-cloud-cli-pubsub-emulator"),
-        )
+        wait_pubsub_ready(proc, timeout)
     except BaseException:
         proc.stop()
         raise
@@ -118,18 +155,9 @@ def start_firestore_emulator(
     on_start: Callable[[ManagedProcess], None] | None = None,
 ) -> ManagedProcess:
     """Start ``gcloud emulators firestore start`` on a free loopback port; return once it serves."""
-    gcloud = _require_tools()
-    port = port or free_port()
-    argv = [gcloud, "emulators", "firestore", "start", f"--host-port={LOOPBACK}:{port}"]
-    proc = spawn(name, argv, log_path=Path(log_dir or ".") / f"{name}.log", port=port, env=_env(), on_start=on_start)
+    proc = spawn_firestore_emulator(port, log_dir, name=name, on_start=on_start)
     try:
-        wait_ready(
-            proc,
-            timeout=timeout,
-            line=FIRESTORE_READY,
-            check=lambda: port_open(port),
-            explain_exit=_explainer("cloud-firestore-emulator", "google-cloud-cli-firestore-emulator"),
-        )
+        wait_firestore_ready(proc, timeout)
     except BaseException:
         proc.stop()
         raise

@@ -1,0 +1,558 @@
+"""The local stack: everything a deployment has, on free loopback ports, built from the topology.
+
+``up`` starts Google's Pub/Sub and Firestore emulators, the Compute Engine, VAST.ai and Cloud
+Scheduler fakes, and one functions-framework process per function of the topology; then creates
+the topics, push subscriptions (ack deadline, dead-letter and retry policies), the dead-letter hold
+subscription and the scheduler jobs through Google's official clients.
+
+State lives in ``STATE_DIR/local/``:
+- ``stack.json``  every process started (pid, process group, create time, port), written as each
+  process starts, so ``down`` can clean even an interrupted ``up``;
+- ``stack.env``   the connection settings (KEY=VALUE lines) the CLI, the agent and tests read;
+- ``logs/NAME.log`` each process's output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local_emulator import emulators
+from local_emulator.procs import (
+    LOOPBACK,
+    ManagedProcess,
+    MissingDependency,
+    StackError,
+    free_port,
+    port_open,
+    spawn,
+    wait_ready,
+)
+from spotleash.log import get_logger
+from spotleash.topology import Topology, load_topology
+
+log = get_logger("spotleash.local.stack")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
+DEFAULT_PROJECT = "spotleash-local"
+DEFAULT_REGION = "us-central1"
+ALL_FAKES = ("compute", "vast", "scheduler")
+READY_TIMEOUT_S = 120.0
+MARKER_VAR = "SPOTLEASH_LOCAL_STACK"  # set in every process's environment: the state dir that owns it
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST")
+
+_FAKE_MODULES = {
+    "compute": ("local_emulator.compute", "the Compute Engine fake"),
+    "vast": ("local_emulator.vast", "the VAST.ai fake"),
+    "scheduler": ("local_emulator.scheduler", "the Cloud Scheduler fake"),
+}
+
+
+# ---------------------------------------------------------------------------- public data
+@dataclass(frozen=True)
+class StackInfo:
+    """Where the running stack is. ``env`` holds exactly what ``stack.env`` holds."""
+
+    state_dir: Path
+    project: str
+    env: dict[str, str]
+    ports: dict[str, int]
+    ready_s: float = 0.0
+
+    def url_of(self, function_name: str) -> str:
+        try:
+            return self.env[fn_url_var(function_name)]
+        except KeyError as e:
+            raise StackError(f"no function {function_name!r} in this stack") from e
+
+    @property
+    def compute_url(self) -> str:
+        return self.env["SPOTLEASH_COMPUTE_ENDPOINT"]
+
+    @property
+    def vast_url(self) -> str:
+        return self.env["SPOTLEASH_VAST_URL"]
+
+    @property
+    def pubsub_host(self) -> str:
+        return self.env["PUBSUB_EMULATOR_HOST"]
+
+    @property
+    def firestore_host(self) -> str:
+        return self.env["FIRESTORE_EMULATOR_HOST"]
+
+    @property
+    def scheduler_host(self) -> str:
+        return self.env["SPOTLEASH_SCHEDULER_HOST"]
+
+
+@dataclass(frozen=True)
+class PartStatus:
+    name: str
+    pid: int
+    port: int | None
+    alive: bool
+    log_path: str
+
+    @property
+    def address(self) -> str:
+        return f"{LOOPBACK}:{self.port}" if self.port else ""
+
+
+@dataclass(frozen=True)
+class StackStatus:
+    state_dir: Path
+    recorded: bool  # stack.json exists
+    complete: bool  # up finished
+    parts: list[PartStatus] = field(default_factory=list)
+    ready_s: float | None = None
+
+    @property
+    def all_alive(self) -> bool:
+        return self.recorded and bool(self.parts) and all(p.alive for p in self.parts)
+
+    @property
+    def any_alive(self) -> bool:
+        return any(p.alive for p in self.parts)
+
+    def as_rows(self) -> list[dict[str, Any]]:
+        return [
+            {"name": p.name, "pid": p.pid, "port": p.port, "address": p.address, "alive": p.alive, "log": p.log_path}
+            for p in self.parts
+        ]
+
+
+# ---------------------------------------------------------------------------- paths and files
+def local_dir(state_dir: Path) -> Path:
+    return Path(state_dir) / "local"
+
+
+def stack_file(state_dir: Path) -> Path:
+    return local_dir(state_dir) / "stack.json"
+
+
+def env_file(state_dir: Path) -> Path:
+    return local_dir(state_dir) / "stack.env"
+
+
+def logs_dir(state_dir: Path) -> Path:
+    return local_dir(state_dir) / "logs"
+
+
+def fn_url_var(function_name: str) -> str:
+    return f"SPOTLEASH_FN_{function_name.upper()}_URL"
+
+
+def _write_atomic(path: Path, text: str, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_state(state_dir: Path) -> dict[str, Any] | None:
+    path = stack_file(state_dir)
+    try:
+        data: dict[str, Any] = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, json.JSONDecodeError) as e:
+        raise StackError(f"{path} is unreadable ({e}); stop its processes by hand and delete it") from e
+    return data
+
+
+class _Recorder:
+    """Keeps stack.json current: every process is on disk before we wait for it."""
+
+    def __init__(self, state_dir: Path, project: str) -> None:
+        self.state_dir = state_dir
+        self.state: dict[str, Any] = {
+            "project": project,
+            "started_at": time.time(),
+            "owner_pid": os.getpid(),
+            "complete": False,
+            "ready_s": None,
+            "processes": [],
+        }
+        self.procs: list[ManagedProcess] = []
+        self.flush()
+
+    def flush(self) -> None:
+        _write_atomic(stack_file(self.state_dir), json.dumps(self.state, indent=2))
+
+    def add(self, proc: ManagedProcess) -> None:
+        self.procs.append(proc)
+        self.state["processes"].append(proc.to_record())
+        self.flush()
+
+    def complete(self, ready_s: float) -> None:
+        self.state["complete"] = True
+        self.state["ready_s"] = round(ready_s, 3)
+        self.flush()
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) -> str | None:
+    """Everything that must exist before anything starts; returns the functions-framework path."""
+    unknown = [f for f in fakes if f not in _FAKE_MODULES]
+    if unknown:
+        raise StackError(f"unknown fake(s) {unknown}; choose from {list(ALL_FAKES)}")
+    for fake in fakes:
+        module, what = _FAKE_MODULES[fake]
+        try:
+            spec = importlib.util.find_spec(f"{module}.__main__")
+        except ModuleNotFoundError:
+            spec = None
+        if spec is None:
+            raise StackError(
+                f"{what} is missing: `python -m {module}` cannot run ({module.replace('.', '/')}/__main__.py not found). "
+                f"Start the stack without it, e.g. up(..., fakes={tuple(f for f in fakes if f != fake)!r})"
+            )
+    emulators._require_tools()
+    if not functions:
+        return None
+    if not FUNCTIONS_SOURCE.is_file():
+        raise StackError(f"{FUNCTIONS_SOURCE} does not exist: the functions cannot be served (or pass functions=False)")
+    ff = Path(sys.executable).parent / "functions-framework"
+    found = str(ff) if ff.exists() else shutil.which("functions-framework")
+    if not found:
+        raise MissingDependency("functions-framework is not installed in this environment: run `uv sync`")
+    if not topo.functions:
+        raise StackError("the topology defines no functions")
+    return found
+
+
+def _project(overrides: Mapping[str, str]) -> str:
+    return overrides.get("SPOTLEASH_PROJECT") or os.environ.get("SPOTLEASH_PROJECT") or DEFAULT_PROJECT
+
+
+def _region(overrides: Mapping[str, str]) -> str:
+    return overrides.get("SPOTLEASH_REGION") or os.environ.get("SPOTLEASH_REGION") or DEFAULT_REGION
+
+
+def _http_ready(url: str, *, want_200: bool) -> bool:
+    try:
+        r = httpx.get(url, timeout=1.0)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200 if want_200 else True
+
+
+def _scheduler_ready(port: int) -> bool:
+    if not port_open(port):
+        return False
+    from local_emulator.scheduler import control_call
+
+    try:
+        return bool(control_call(f"{LOOPBACK}:{port}", "Health", timeout=1.0).get("ok"))
+    except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+        return False
+
+
+# ---------------------------------------------------------------------------- wiring
+def _pubsub_clients(host: str) -> tuple[Any, Any]:
+    import grpc
+    from google.cloud import pubsub_v1
+    from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
+    from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
+
+    pub = pubsub_v1.PublisherClient(transport=PublisherGrpcTransport(channel=grpc.insecure_channel(host)))
+    sub = pubsub_v1.SubscriberClient(transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(host)))
+    return pub, sub
+
+
+def create_pubsub_topology(pubsub_host: str, project: str, fn_ports: Mapping[str, int], topo: Topology) -> None:
+    """Topics, push subscriptions (with dead-letter and retry policies) and the hold subscription."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import pubsub_v1
+    from google.protobuf import duration_pb2
+
+    pub, sub = _pubsub_clients(pubsub_host)
+    try:
+        for topic in topo.topics:
+            with contextlib.suppress(gexc.AlreadyExists):
+                pub.create_topic(name=pub.topic_path(project, topic))
+        dead_letter = pub.topic_path(project, topo.dead_letter_topic)
+        for s in topo.subscriptions.values():
+            req: dict[str, Any] = {
+                "name": sub.subscription_path(project, s.name),
+                "topic": pub.topic_path(project, s.topic),
+                "ack_deadline_seconds": s.ack_deadline_s,
+            }
+            if s.function is not None:
+                if s.function not in fn_ports:
+                    continue  # functions not served: no push target
+                req["push_config"] = pubsub_v1.types.PushConfig(
+                    push_endpoint=f"http://{LOOPBACK}:{fn_ports[s.function]}/projects/{project}/topics/{s.topic}"
+                )
+            if s.max_delivery_attempts is not None:
+                req["dead_letter_policy"] = pubsub_v1.types.DeadLetterPolicy(
+                    dead_letter_topic=dead_letter, max_delivery_attempts=s.max_delivery_attempts
+                )
+            if s.min_backoff_s is not None and s.max_backoff_s is not None:
+                req["retry_policy"] = pubsub_v1.types.RetryPolicy(
+                    minimum_backoff=duration_pb2.Duration(seconds=s.min_backoff_s),
+                    maximum_backoff=duration_pb2.Duration(seconds=s.max_backoff_s),
+                )
+            with contextlib.suppress(gexc.AlreadyExists):
+                sub.create_subscription(request=req)
+    finally:
+        pub.stop()
+        sub.close()
+
+
+def create_schedules(scheduler_host: str, project: str, region: str, topo: Topology) -> list[str]:
+    """The topology's scheduler jobs, created through the official google-cloud-scheduler client."""
+    from google.api_core import exceptions as gexc
+    from google.cloud import scheduler_v1
+
+    from local_emulator.scheduler import scheduler_client
+
+    client = scheduler_client(scheduler_host)
+    parent = f"projects/{project}/locations/{region}"
+    names = []
+    try:
+        for sch in topo.schedules.values():
+            job = scheduler_v1.Job(
+                name=f"{parent}/jobs/{sch.name}",
+                schedule=sch.cron,
+                time_zone=sch.time_zone,
+                pubsub_target=scheduler_v1.PubsubTarget(
+                    topic_name=f"projects/{project}/topics/{sch.topic}", data=json.dumps(sch.payload).encode()
+                ),
+            )
+            with contextlib.suppress(gexc.AlreadyExists):
+                client.create_job(parent=parent, job=job)
+            names.append(job.name)
+    finally:
+        client.transport.close()
+    return names
+
+
+# ---------------------------------------------------------------------------- up / down / status
+def up(
+    state_dir: Path,
+    *,
+    overrides: dict[str, str] | None = None,
+    fakes: Iterable[str] = ALL_FAKES,
+    functions: bool = True,
+    fake_args: Mapping[str, Sequence[str]] | None = None,
+    timeout: float = READY_TIMEOUT_S,
+) -> StackInfo:
+    """Start the whole local stack in ``state_dir``; return once every part answers.
+
+    ``overrides`` are SPOTLEASH_* (or other) variables given to every function and written to the
+    env file; ``fake_args`` adds command-line flags per fake, e.g. ``{"compute": ["--boot-delay", "0.5"]}``.
+    On failure everything started is stopped and StackError (or MissingDependency) is raised.
+    """
+    started = time.monotonic()
+    state_dir = Path(state_dir).resolve()
+    overrides = dict(overrides or {})
+    fakes = tuple(fakes)
+    topo = load_topology()
+    ff = _check_prerequisites(topo, fakes, functions)
+
+    previous = _read_state(state_dir)
+    if previous is not None:
+        if status(state_dir).any_alive:
+            raise StackError(f"a local stack already runs in {state_dir}: run `spotleash local down` first")
+        down(state_dir)
+
+    project, region = _project(overrides), _region(overrides)
+    logs = logs_dir(state_dir)
+    logs.mkdir(parents=True, exist_ok=True)
+    rec = _Recorder(state_dir, project)
+    try:
+        info = _start_all(state_dir, rec, topo, project, region, overrides, fakes, ff, fake_args or {}, timeout, started)
+    except BaseException as e:
+        log.error("local stack failed to start; cleaning up", state_dir=str(state_dir), error=str(e))
+        try:
+            down(state_dir)
+        except Exception as cleanup_error:  # noqa: BLE001 - report both, the original first
+            log.error("cleanup after a failed up also failed", error=str(cleanup_error))
+        if isinstance(e, StackError | KeyboardInterrupt | SystemExit):
+            raise
+        raise StackError(f"local stack failed to start: {type(e).__name__}: {e}") from e
+    return info
+
+
+def _start_all(
+    state_dir: Path,
+    rec: _Recorder,
+    topo: Topology,
+    project: str,
+    region: str,
+    overrides: Mapping[str, str],
+    fakes: tuple[str, ...],
+    ff: str | None,
+    fake_args: Mapping[str, Sequence[str]],
+    timeout: float,
+    started: float,
+) -> StackInfo:
+    logs = logs_dir(state_dir)
+    deadline = time.monotonic() + timeout
+
+    def left() -> float:
+        return max(1.0, deadline - time.monotonic())
+
+    ports: dict[str, int] = {"pubsub": free_port(), "firestore": free_port()}
+    for fake in fakes:
+        ports[fake] = free_port()
+    fn_ports = {name: free_port() for name in topo.functions} if ff else {}
+    ports.update(fn_ports)
+
+    # --- the environment every process (and the env file) gets
+    env_vars: dict[str, str] = {
+        "PUBSUB_EMULATOR_HOST": f"{LOOPBACK}:{ports['pubsub']}",
+        "FIRESTORE_EMULATOR_HOST": f"{LOOPBACK}:{ports['firestore']}",
+        "GOOGLE_CLOUD_PROJECT": project,
+        "SPOTLEASH_PROJECT": project,
+        "SPOTLEASH_REGION": region,
+        "SPOTLEASH_HEARTBEAT_SIGNING_KEY": secrets.token_urlsafe(32),
+    }
+    if "compute" in fakes:
+        env_vars["SPOTLEASH_COMPUTE_ENDPOINT"] = f"http://{LOOPBACK}:{ports['compute']}"
+    vast_key = secrets.token_hex(24)
+    if "vast" in fakes:
+        env_vars["SPOTLEASH_VAST_URL"] = f"http://{LOOPBACK}:{ports['vast']}"
+        env_vars["SPOTLEASH_VAST_API_KEY"] = vast_key
+    if "scheduler" in fakes:
+        env_vars["SPOTLEASH_SCHEDULER_HOST"] = f"{LOOPBACK}:{ports['scheduler']}"
+    if "on_heartbeat" in fn_ports:
+        env_vars["SPOTLEASH_HEARTBEAT_URL"] = f"http://{LOOPBACK}:{fn_ports['on_heartbeat']}/"
+    for name, port in fn_ports.items():
+        env_vars[fn_url_var(name)] = f"http://{LOOPBACK}:{port}/"
+    caller = {k: v for k, v in os.environ.items() if k.startswith("SPOTLEASH_") and k != MARKER_VAR}
+    file_env = {**caller, **env_vars, **overrides}
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
+    proc_env = {**base, **file_env, MARKER_VAR: str(state_dir), "PYTHONUNBUFFERED": "1"}
+
+    # --- start everything at once (ports are known up front), then wait for each
+    waits: list[tuple[ManagedProcess, Any]] = []
+    ps = emulators.spawn_pubsub_emulator(project, ports["pubsub"], logs, on_start=rec.add,
+                                         env={MARKER_VAR: str(state_dir)})
+    waits.append((ps, lambda p: emulators.wait_pubsub_ready(p, left())))
+    fs = emulators.spawn_firestore_emulator(ports["firestore"], logs, on_start=rec.add,
+                                            env={MARKER_VAR: str(state_dir)})
+    waits.append((fs, lambda p: emulators.wait_firestore_ready(p, left())))
+
+    py = sys.executable
+    for fake in fakes:
+        module = _FAKE_MODULES[fake][0]
+        argv = [py, "-m", module, "--host", LOOPBACK, "--port", str(ports[fake])]
+        if fake in ("compute", "scheduler"):
+            argv += ["--project", project]
+        if fake == "vast":
+            argv += ["--api-key", vast_key]
+        argv += list(fake_args.get(fake, ()))
+        proc = spawn(fake, argv, log_path=logs / f"{fake}.log", port=ports[fake], env=proc_env, cwd=REPO_ROOT,
+                     on_start=rec.add)
+        if fake == "scheduler":
+            port = ports[fake]
+            waits.append((proc, lambda p, port=port: wait_ready(p, timeout=left(), check=lambda: _scheduler_ready(port))))
+        else:
+            url = f"http://{LOOPBACK}:{ports[fake]}/_control/health"
+            waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
+                                                              check=lambda: _http_ready(url, want_200=True))))
+
+    if ff:
+        for name, fn in topo.functions.items():
+            sig = "http" if fn.trigger == "http" else "cloudevent"
+            argv = [ff, "--target", name, "--source", str(FUNCTIONS_SOURCE), "--signature-type", sig,
+                    "--host", LOOPBACK, "--port", str(fn_ports[name])]
+            proc = spawn(name, argv, log_path=logs / f"{name}.log", port=fn_ports[name], env=proc_env,
+                         cwd=REPO_ROOT / "functions", on_start=rec.add)
+            url = f"http://{LOOPBACK}:{fn_ports[name]}/_spotleash/ready"
+            waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
+                                                              check=lambda: _http_ready(url, want_200=False))))
+
+    for proc, wait in waits:
+        wait(proc)
+        log.info("part ready", part=proc.name, port=proc.port, after_s=round(time.monotonic() - started, 2))
+
+    # --- wire: topics and subscriptions, then scheduler jobs (subscriptions first: nothing is lost)
+    create_pubsub_topology(env_vars["PUBSUB_EMULATOR_HOST"], project, fn_ports, topo)
+    if "scheduler" in fakes:
+        create_schedules(env_vars["SPOTLEASH_SCHEDULER_HOST"], project, region, topo)
+
+    _write_atomic(env_file(state_dir), "".join(f"{k}={v}\n" for k, v in sorted(file_env.items())))
+    ready_s = time.monotonic() - started
+    rec.complete(ready_s)
+    log.info("local stack ready", state_dir=str(state_dir), ready_s=round(ready_s, 2), parts=len(rec.procs))
+    return StackInfo(state_dir=state_dir, project=project, env=dict(file_env), ports=ports, ready_s=ready_s)
+
+
+def down(state_dir: Path) -> list[str]:
+    """Stop exactly what ``stack.json`` records (whole process groups) and remove the state files.
+
+    Returns the names of the parts that were still running. Safe to call twice, or after an
+    interrupted ``up``.
+    """
+    state_dir = Path(state_dir).resolve()
+    state = _read_state(state_dir)
+    if state is None:
+        return []
+    stopped: list[str] = []
+    failures: list[str] = []
+    for record in reversed(state.get("processes", [])):
+        proc = ManagedProcess.from_record(record)
+        try:
+            if proc.stop():
+                stopped.append(proc.name)
+        except StackError as e:
+            failures.append(str(e))
+    if failures:
+        raise StackError("local stack not fully stopped (state kept in place):\n  " + "\n  ".join(failures))
+    for path in (env_file(state_dir), stack_file(state_dir)):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    log.info("local stack stopped", state_dir=str(state_dir), stopped=stopped)
+    return stopped
+
+
+def status(state_dir: Path) -> StackStatus:
+    """What the state dir records, and whether each part is still alive."""
+    state_dir = Path(state_dir).resolve()
+    state = _read_state(state_dir)
+    if state is None:
+        return StackStatus(state_dir=state_dir, recorded=False, complete=False)
+    parts = []
+    for record in state.get("processes", []):
+        proc = ManagedProcess.from_record(record)
+        alive = proc.alive() and (proc.port is None or port_open(proc.port))
+        parts.append(PartStatus(proc.name, proc.pid, proc.port, alive, str(proc.log_path)))
+    return StackStatus(state_dir, True, bool(state.get("complete")), parts, state.get("ready_s"))
+
+
+def read_env(state_dir: Path) -> dict[str, str]:
+    """The connection settings of the stack running in ``state_dir``."""
+    path = env_file(Path(state_dir).resolve())
+    try:
+        text = path.read_text()
+    except FileNotFoundError as e:
+        raise StackError(f"no local stack env file at {path}: run `spotleash local up` first") from e
+    env: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, sep, value = line.partition("=")
+            if sep:
+                env[key.strip()] = value
+    return env
