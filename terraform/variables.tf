@@ -1,0 +1,179 @@
+# Inputs of a spotleash deployment. Nothing secret is an input: the VAST API key and the heartbeat
+# signing key are Secret Manager secrets whose values are added out of band (see docs/deploy.md).
+
+variable "project" {
+  description = "Google Cloud project id to deploy into."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{4,28}[a-z0-9]$", var.project))
+    error_message = "project must be a project id: 6-30 characters, lowercase letters, digits and hyphens, starting with a letter."
+  }
+}
+
+variable "billing_account" {
+  description = "Billing account id (XXXXXX-XXXXXX-XXXXXX) the budget is created on."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[0-9A-F]{6}-[0-9A-F]{6}-[0-9A-F]{6}$", var.billing_account))
+    error_message = "billing_account must look like 012345-6789AB-CDEF01."
+  }
+}
+
+variable "region" {
+  description = "Region of the functions, the scheduler job and the source bucket."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^[a-z]+-[a-z]+[0-9]$", var.region))
+    error_message = "region must be a Google Cloud region such as us-central1."
+  }
+}
+
+variable "zones" {
+  description = "Zones tried in order when one has no Spot capacity; all must be in var.region."
+  type        = list(string)
+  default     = ["us-central1-a", "us-central1-b", "us-central1-c"]
+
+  validation {
+    condition     = length(var.zones) > 0 && alltrue([for z in var.zones : can(regex("^[a-z]+-[a-z]+[0-9]-[a-z]$", z))])
+    error_message = "zones must be a non-empty list of zones such as us-central1-a."
+  }
+}
+
+variable "firestore_location" {
+  description = "Firestore location (a region such as us-central1, or a multi-region such as nam5). Cannot change after creation."
+  type        = string
+  default     = "us-central1"
+
+  validation {
+    condition     = can(regex("^([a-z]+-[a-z]+[0-9]|nam5|eur3)$", var.firestore_location))
+    error_message = "firestore_location must be a region (us-central1) or nam5 / eur3."
+  }
+}
+
+variable "deployment_id" {
+  description = "Label value marking every instance and resource of this deployment (GCE label rules)."
+  type        = string
+  default     = "default"
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9_-]{0,62}$", var.deployment_id))
+    error_message = "deployment_id must be a label value: 1-63 lowercase letters, digits, '_' or '-', starting with a letter or digit."
+  }
+}
+
+variable "machine_type" {
+  description = "Smallest Spot machine type the launcher creates."
+  type        = string
+  default     = "e2-highmem-4"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9]*-[a-z0-9-]+$", var.machine_type))
+    error_message = "machine_type must be a Compute Engine machine type such as e2-highmem-4."
+  }
+}
+
+variable "max_runtime_s" {
+  description = "Hard cap on an instance's life in seconds (GCE max_run_duration); at most 3 hours."
+  type        = number
+  default     = 10800
+
+  validation {
+    condition     = var.max_runtime_s >= 60 && var.max_runtime_s <= 10800 && floor(var.max_runtime_s) == var.max_runtime_s
+    error_message = "max_runtime_s must be a whole number of seconds between 60 and 10800 (3 hours)."
+  }
+}
+
+variable "monthly_budget_usd" {
+  description = "The launcher refuses a launch whose worst-case cost would take the month past this."
+  type        = number
+  default     = 50
+
+  validation {
+    condition     = var.monthly_budget_usd > 0
+    error_message = "monthly_budget_usd must be positive."
+  }
+}
+
+variable "budget_thresholds_usd" {
+  description = "Billing alert thresholds in USD, ascending; the last one is the budget amount and, when crossed, makes the reaper stop everything."
+  type        = list(number)
+  default     = [20, 50, 100]
+
+  validation {
+    condition = (
+      length(var.budget_thresholds_usd) > 0 &&
+      alltrue([for v in var.budget_thresholds_usd : v > 0]) &&
+      join(",", [for v in var.budget_thresholds_usd : format("%012.2f", v)]) == join(",", sort([for v in var.budget_thresholds_usd : format("%012.2f", v)]))
+    )
+    error_message = "budget_thresholds_usd must be a non-empty ascending list of positive amounts, e.g. [20, 50, 100]."
+  }
+}
+
+variable "budget_stop_all" {
+  description = "Past the last threshold, the reaper deletes every instance of the deployment (not only refuses launches)."
+  type        = bool
+  default     = true
+}
+
+variable "reap_dry_run" {
+  description = "The reaper decides and audits but deletes nothing (for a first, careful deployment)."
+  type        = bool
+  default     = false
+}
+
+variable "max_instances_total" {
+  description = "Live instances the whole deployment may hold."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.max_instances_total >= 1 && var.max_instances_total <= 100
+    error_message = "max_instances_total must be between 1 and 100."
+  }
+}
+
+variable "function_max_instances" {
+  description = "Upper bound on concurrent instances of each function (caps cost under a message storm)."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.function_max_instances >= 1 && var.function_max_instances <= 100
+    error_message = "function_max_instances must be between 1 and 100."
+  }
+}
+
+variable "enable_vast" {
+  description = "Give the VM functions the VAST.ai API key (the secret must then have a version before apply). false: GCE only."
+  type        = bool
+  default     = true
+}
+
+variable "source_archive_path" {
+  description = "Path of the function source archive built by scripts/build_function_archive.py (empty: terraform/build/spotleash-functions.zip)."
+  type        = string
+  default     = ""
+}
+
+variable "firestore_delete_protection" {
+  description = "Protect the Firestore database from deletion; set false only to tear the deployment down."
+  type        = bool
+  default     = true
+}
+
+variable "labels" {
+  description = "Extra labels put on every resource that takes labels."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition = alltrue([
+      for k, v in var.labels : can(regex("^[a-z][a-z0-9_-]{0,62}$", k)) && can(regex("^[a-z0-9_-]{0,63}$", v))
+    ])
+    error_message = "labels must follow Google label rules: lowercase keys starting with a letter, values of lowercase letters, digits, '_' and '-'."
+  }
+}
