@@ -1,7 +1,7 @@
 # Topics and subscriptions, all from shared/spotleash/topology.json.
 
 resource "google_pubsub_topic" "topic" {
-  for_each = toset(local.topology.topics)
+  for_each = local.topics
 
   name                       = each.value
   labels                     = local.labels

@@ -1,6 +1,6 @@
 # The reaper's clock: Cloud Scheduler publishes each schedule's payload to its topic.
 resource "google_cloud_scheduler_job" "schedule" {
-  for_each = local.topology.schedules
+  for_each = local.schedules
 
   name        = each.key
   description = "spotleash: publishes ${jsonencode(each.value.payload)} to ${each.value.topic}"
