@@ -171,24 +171,7 @@ class ManagedProcess:
 
         Returns True if anything of ours was running.
         """
-        procs = self.members()
-        was_running = bool(procs)
-        if procs:
-            self._signal(procs, signal.SIGTERM)
-            _, still = psutil.wait_procs(procs, timeout=min(5.0, timeout))
-            still += [p for p in self.members() if p not in still]
-            if still:
-                log.warning("process did not stop on SIGTERM; killing", process=self.name, pids=[p.pid for p in still])
-                self._signal(still, signal.SIGKILL)
-                _, still = psutil.wait_procs(still, timeout=timeout)
-                if still:
-                    raise StackError(f"could not stop {self.name}: pids {[p.pid for p in still]} survive SIGKILL")
-        if self.popen is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.popen.wait(timeout=1.0)
-        if self.port is not None and not wait_port_closed(self.port, timeout=timeout):
-            raise StackError(f"{self.name} stopped but port {self.port} is still open")
-        return was_running
+        return bool(stop_all([self], timeout=timeout))
 
     def _signal(self, procs: Sequence[psutil.Process], sig: signal.Signals) -> None:
         if self._leader() is not None or any(_pgid(p) == self.pgid for p in procs):
@@ -197,6 +180,42 @@ class ManagedProcess:
         for p in procs:  # descendants that left the group, and belt and braces
             with contextlib.suppress(psutil.Error):
                 p.send_signal(sig)
+
+
+def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_grace: float = 5.0) -> list[str]:
+    """Stop several process groups at once: SIGTERM all, wait, SIGKILL the rest, wait for ports.
+
+    Returns the names of those that were running. StackError if something survives SIGKILL or
+    keeps its port open.
+    """
+    members = {mp.name: (mp, mp.members()) for mp in procs}
+    running = [name for name, (_, ms) in members.items() if ms]
+    for mp, ms in members.values():
+        if ms:
+            mp._signal(ms, signal.SIGTERM)
+    everyone = [p for _, ms in members.values() for p in ms]
+    _, still = psutil.wait_procs(everyone, timeout=term_grace)
+    late = {mp.name: (mp, mp.members()) for mp in procs}  # children born during shutdown
+    if still or any(ms for _, ms in late.values()):
+        for mp, ms in late.values():
+            survivors = list({p.pid: p for p in [*ms, *(p for p in still if p in members[mp.name][1])]}.values())
+            if survivors:
+                log.warning("process did not stop on SIGTERM; killing", process=mp.name,
+                            pids=[p.pid for p in survivors])
+                mp._signal(survivors, signal.SIGKILL)
+        everyone = [p for _, ms in late.values() for p in ms] + list(still)
+        _, still = psutil.wait_procs(everyone, timeout=timeout)
+        if still:
+            raise StackError(f"could not stop pids {[p.pid for p in still]}: they survive SIGKILL")
+    for mp in procs:
+        if mp.popen is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                mp.popen.wait(timeout=1.0)
+    deadline = time.monotonic() + timeout
+    for mp in procs:
+        if mp.port is not None and not wait_port_closed(mp.port, timeout=max(0.5, deadline - time.monotonic())):
+            raise StackError(f"{mp.name} stopped but port {mp.port} is still open")
+    return running
 
 
 def _pgid(p: psutil.Process) -> int | None:

@@ -38,6 +38,7 @@ from local_emulator.procs import (
     free_port,
     port_open,
     spawn,
+    stop_all,
     wait_ready,
 )
 from spotleash.log import get_logger
@@ -510,17 +511,11 @@ def down(state_dir: Path) -> list[str]:
     state = _read_state(state_dir)
     if state is None:
         return []
-    stopped: list[str] = []
-    failures: list[str] = []
-    for record in reversed(state.get("processes", [])):
-        proc = ManagedProcess.from_record(record)
-        try:
-            if proc.stop():
-                stopped.append(proc.name)
-        except StackError as e:
-            failures.append(str(e))
-    if failures:
-        raise StackError("local stack not fully stopped (state kept in place):\n  " + "\n  ".join(failures))
+    procs = [ManagedProcess.from_record(r) for r in reversed(state.get("processes", []))]
+    try:
+        stopped = stop_all(procs)
+    except StackError as e:
+        raise StackError(f"local stack in {state_dir} not fully stopped (state kept in place): {e}") from e
     for path in (env_file(state_dir), stack_file(state_dir)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
