@@ -45,7 +45,7 @@ locals {
   # Records that expire on their own: TTL on `expire_at` (written by the store as now + RETENTION).
   # The same field entry turns off single-field indexing of expire_at: it is never queried, and a
   # monotonic indexed timestamp is a write hot spot.
-  firestore_ttl_collections = toset(["audit", "events", "rejected"])
+  firestore_ttl_collections = ["audit", "events", "rejected"]
 }
 
 resource "google_firestore_index" "index" {
@@ -65,7 +65,7 @@ resource "google_firestore_index" "index" {
 }
 
 resource "google_firestore_field" "ttl" {
-  for_each = local.firestore_ttl_collections
+  for_each = toset(local.firestore_ttl_collections)
 
   database   = google_firestore_database.main.name
   collection = each.value

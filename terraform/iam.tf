@@ -54,10 +54,8 @@ resource "google_project_iam_member" "vm_logging" {
 }
 
 resource "google_project_iam_member" "build" {
-  for_each = toset(["roles/logging.logWriter"])
-
   project = var.project
-  role    = each.value
+  role    = "roles/logging.logWriter"
   member  = "serviceAccount:${google_service_account.build.email}"
 }
 
