@@ -17,7 +17,7 @@ locals {
 
   # The cloudfunctions.net URL of a gen2 function is deterministic, so the functions can be told the
   # heartbeat URL without a dependency cycle on their own for_each.
-  heartbeat_url = "https://${var.region}-${var.project}.cloudfunctions.net/${local.heartbeat_function}"
+  heartbeat_url = "https://${var.region}-${var.project}.cloudfunctions.net/${replace(local.heartbeat_function, "_", "-")}"
 
   source_archive = var.source_archive_path != "" ? var.source_archive_path : "${path.module}/build/spotleash-functions.zip"
 }

@@ -196,6 +196,14 @@ def test_every_function_is_built_from_its_entry_point_with_topology_limits() -> 
         assert re.search(rf"^def {name}\(", main, re.M), f"{name} is in the topology but not in functions/main.py"
 
 
+def test_heartbeat_url_names_the_deployed_function() -> None:
+    (fn,) = resources("google_cloudfunctions2_function").values()
+    name_expr = expr(fn, "name")
+    assert name_expr == 'replace(each.key, "_", "-")'
+    url = TFDOC["locals"]["heartbeat_url"]
+    assert url.endswith('.cloudfunctions.net/${replace(local.heartbeat_function, "_", "-")}'), url
+
+
 def test_topology_locals_evaluate_as_designed(console: Any) -> None:
     assert set(console("local.public_functions")) == {"on_heartbeat"}
     assert console("local.heartbeat_function") == "on_heartbeat"
