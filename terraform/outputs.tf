@@ -28,7 +28,7 @@ output "heartbeat_url" {
 
 output "function_urls" {
   description = "run.app URL of each function (all private except on_heartbeat)."
-  value       = { for name, f in google_cloudfunctions2_function.fn : name => f.url }
+  value       = { for name, f in google_cloudfunctions2_function.fn : name => f.service_config[0].uri }
 }
 
 output "dead_letter_subscription" {

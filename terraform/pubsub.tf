@@ -23,12 +23,13 @@ resource "google_pubsub_subscription" "push" {
   enable_message_ordering    = false
 
   push_config {
-    # functions-framework reads the topic from this path when it builds the CloudEvent.
-    push_endpoint = "${google_cloudfunctions2_function.fn[each.value.function].url}/projects/${var.project}/topics/${each.value.topic}"
+    # The run.app URI (Cloud Run checks the OIDC audience against it). functions-framework reads
+    # the topic from the path when it builds the CloudEvent.
+    push_endpoint = "${google_cloudfunctions2_function.fn[each.value.function].service_config[0].uri}/projects/${var.project}/topics/${each.value.topic}"
 
     oidc_token {
       service_account_email = google_service_account.push.email
-      audience              = google_cloudfunctions2_function.fn[each.value.function].url
+      audience              = google_cloudfunctions2_function.fn[each.value.function].service_config[0].uri
     }
   }
 

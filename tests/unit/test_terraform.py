@@ -228,7 +228,7 @@ def test_every_push_subscription_has_oidc_retry_and_dead_letter() -> None:
     pc = block(body, "push_config")
     oidc = block(pc, "oidc_token")
     assert expr(oidc, "service_account_email") == "google_service_account.push.email"
-    assert "google_cloudfunctions2_function.fn[each.value.function].url" in oidc["audience"]
+    assert "google_cloudfunctions2_function.fn[each.value.function].service_config[0].uri" in oidc["audience"]
     assert pc["push_endpoint"].endswith("/projects/${var.project}/topics/${each.value.topic}")
     dlp = block(body, "dead_letter_policy")
     assert expr(dlp, "dead_letter_topic") == "google_pubsub_topic.topic[local.topology.dead_letter_topic].id"
