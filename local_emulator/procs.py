@@ -218,6 +218,43 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
     return running
 
 
+def find_marked(var: str, value: str) -> list[psutil.Process]:
+    """Live processes of this user whose environment has ``var=value`` (children inherit it)."""
+    me = os.getuid()
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.uids().real != me or p.pid == os.getpid() or p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if p.environ().get(var) == value:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def kill_marked(var: str, value: str, *, term_grace: float = 5.0) -> list[psutil.Process]:
+    """SIGTERM, then SIGKILL, every process marked ``var=value``; returns those that were running.
+
+    The safety net for the instant between a process starting and its record reaching disk.
+    """
+    procs = find_marked(var, value)
+    if not procs:
+        return []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            p.terminate()
+    _, still = psutil.wait_procs(procs, timeout=term_grace)
+    still += [p for p in find_marked(var, value) if p not in still]
+    for p in still:
+        with contextlib.suppress(psutil.Error):
+            p.kill()
+    _, still = psutil.wait_procs(still, timeout=10)
+    if still:
+        raise StackError(f"could not stop pids {[p.pid for p in still]}: they survive SIGKILL")
+    return procs
+
+
 def _pgid(p: psutil.Process) -> int | None:
     try:
         return os.getpgid(p.pid)

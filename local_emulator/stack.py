@@ -36,6 +36,7 @@ from local_emulator.procs import (
     MissingDependency,
     StackError,
     free_port,
+    kill_marked,
     port_open,
     spawn,
     stop_all,
@@ -509,13 +510,19 @@ def down(state_dir: Path) -> list[str]:
     """
     state_dir = Path(state_dir).resolve()
     state = _read_state(state_dir)
-    if state is None:
-        return []
-    procs = [ManagedProcess.from_record(r) for r in reversed(state.get("processes", []))]
+    procs = [ManagedProcess.from_record(r) for r in reversed((state or {}).get("processes", []))]
     try:
-        stopped = stop_all(procs)
+        stopped = stop_all(procs) if procs else []
+        # Safety net: a process started an instant before an interrupted up could record it still
+        # carries our marker in its environment.
+        stray = kill_marked(MARKER_VAR, str(state_dir))
     except StackError as e:
         raise StackError(f"local stack in {state_dir} not fully stopped (state kept in place): {e}") from e
+    if stray:
+        log.warning("stopped unrecorded processes of this stack", pids=[p.pid for p in stray])
+        stopped += [f"unrecorded:{p.pid}" for p in stray]
+    if state is None:
+        return stopped
     for path in (env_file(state_dir), stack_file(state_dir)):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
