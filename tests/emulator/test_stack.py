@@ -270,3 +270,20 @@ def test_down_refuses_to_kill_a_recycled_pid(tmp_path: Path) -> None:
         victim.kill()
         victim.wait(timeout=10)
 
+
+
+def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureRequest) -> None:
+    missing = set(stack.ALL_FAKES) - set(available_fakes())
+    if missing:
+        pytest.skip(f"the session fixture needs every fake; missing: {sorted(missing)}")
+    import os
+
+    from conftest import FAST_TIMINGS
+
+    info = request.getfixturevalue("local_stack")
+    for key, value in {**info.env, **FAST_TIMINGS}.items():
+        assert os.environ[key] == value
+    assert stack.status(info.state_dir).all_alive
+    assert os.environ["SPOTLEASH_FN_ON_REAP_URL"] == info.url_of("on_reap")
+    assert httpx.get(info.compute_url + "/_control/health", timeout=5).status_code == 200
+    assert httpx.get(info.vast_url + "/_control/health", timeout=5).status_code == 200
