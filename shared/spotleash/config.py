@@ -109,7 +109,9 @@ def _explain(err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "settings"
         var = f"{ENV_PREFIX}{loc.upper()}" if e["loc"] else "settings"
-        lines.append(f"{var}: {e['msg']} (got {e.get('input')!r})")
+        secret = any(m in loc.lower() for m in ("key", "token", "secret", "password"))
+        got = "<hidden>" if secret or isinstance(e.get("input"), dict) else repr(e.get("input"))
+        lines.append(f"{var}: {e['msg']} (got {got})")
     return "invalid spotleash configuration — fix these:\n  " + "\n  ".join(lines)
 
 
