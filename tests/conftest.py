@@ -33,6 +33,10 @@ FAST_TIMINGS: dict[str, str] = {
 }
 
 TEST_PROJECT = "spotleash-test"
+# The scheduler fake runs its clock 12x: the reaper's "every minute" cron fires every 5 s.
+REAP_TIME_SCALE = 12
+REAP_PERIOD_S = 60 / REAP_TIME_SCALE
+FAST_FAKE_ARGS: dict[str, list[str]] = {"scheduler": ["--time-scale", str(REAP_TIME_SCALE)]}
 
 _active_stack: object | None = None  # the StackInfo while local_stack is up
 
@@ -57,7 +61,8 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
     state_dir = tmp_path_factory.mktemp("local-stack")
     saved = dict(os.environ)
     try:
-        info = stack.up(state_dir, overrides={"SPOTLEASH_PROJECT": TEST_PROJECT, **FAST_TIMINGS})
+        info = stack.up(state_dir, overrides={"SPOTLEASH_PROJECT": TEST_PROJECT, **FAST_TIMINGS},
+                        fake_args=FAST_FAKE_ARGS)
         os.environ.update(stack.read_env(state_dir))
         os.environ["SPOTLEASH_STATE_DIR"] = str(state_dir)
         _active_stack = info

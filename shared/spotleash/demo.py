@@ -39,6 +39,7 @@ DEMO_TIMINGS = {
     "SPOTLEASH_PROVISIONING_TIMEOUT_S": "60",
     "SPOTLEASH_CONFIRM_DELETE_S": "20",
 }
+REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
 EXIT_LEFT_RUNNING = 3
 
 
@@ -130,7 +131,7 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
     started = time.monotonic()
     with console.status("starting the local stack: Pub/Sub + Firestore emulators, Compute / VAST / Scheduler "
                         "fakes, six functions..."):
-        stack.up(state_dir, overrides=DEMO_TIMINGS)
+        stack.up(state_dir, overrides=DEMO_TIMINGS, fake_args={"scheduler": ["--time-scale", str(REAP_TIME_SCALE)]})
     console.print(f"local stack up in {time.monotonic() - started:.1f}s (state in {state_dir})")
     saved = dict(os.environ)
     try:
