@@ -32,7 +32,9 @@ def utcnow() -> datetime:
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=2048)
+    # allow_inf_nan=False: JSON has no Infinity/NaN; pydantic would serialise them as null and the
+    # event would no longer round-trip (and a NaN slips past every ge/le bound).
+    model_config = ConfigDict(extra="forbid", frozen=True, str_max_length=2048, allow_inf_nan=False)
     KIND: ClassVar[str] = ""
 
     schema_version: Literal[1] = 1
@@ -44,7 +46,7 @@ class Event(BaseModel):
 
 
 class Component(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     name: Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
     ram_gb: Annotated[float, Field(gt=0, le=1024)] = 4.0
@@ -115,7 +117,7 @@ class Heartbeat(Event):
 class BudgetAlert(BaseModel):
     """Cloud Billing's budget notification (its own schema, not ours)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)
     KIND: ClassVar[str] = "budget"
 
     budgetDisplayName: str = ""  # noqa: N815 - Google's field names
@@ -162,7 +164,8 @@ def parse_event(raw: bytes | str, model: type[M]) -> M | Rejected:
     if not isinstance(data, dict):
         return Rejected("not_an_object", f"expected a JSON object, got {type(data).__name__}")
     version = data.get("schema_version")
-    if issubclass(model, Event) and version != SCHEMA_VERSION:
+    # type() check: True == 1 and 1.0 == 1 in Python, but neither is schema version 1.
+    if issubclass(model, Event) and (type(version) is not int or version != SCHEMA_VERSION):
         return Rejected("unknown_version", f"schema_version {version!r}; this build reads {SCHEMA_VERSION}")
     kind = data.get("kind")
     expected = getattr(model, "KIND", "")
