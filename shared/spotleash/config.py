@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from spotleash.errors import ConfigError
 
@@ -88,18 +89,18 @@ class Settings(BaseSettings):
     def _coherent(self) -> Settings:
         if self.ram_release_below >= self.ram_threshold:
             raise ValueError(
-                f"ram_release_below ({self.ram_release_below}) must be lower than ram_threshold "
-                f"({self.ram_threshold}), or instances would flap"
+                f"SPOTLEASH_RAM_RELEASE_BELOW ({self.ram_release_below}) must be lower than "
+                f"SPOTLEASH_RAM_THRESHOLD ({self.ram_threshold}), or instances would flap"
             )
         if self.lease_renew_s * 2 > self.lease_ttl_s:
             raise ValueError(
-                f"lease_ttl_s ({self.lease_ttl_s}) must be at least twice lease_renew_s ({self.lease_renew_s}), "
-                "so one lost renewal does not expire the lease"
+                f"SPOTLEASH_LEASE_TTL_S ({self.lease_ttl_s}) must be at least twice SPOTLEASH_LEASE_RENEW_S "
+                f"({self.lease_renew_s}), so one lost renewal does not expire the lease"
             )
         if self.heartbeat_timeout_s < 2 * self.heartbeat_interval_s:
             raise ValueError(
-                f"heartbeat_timeout_s ({self.heartbeat_timeout_s}) must be at least twice "
-                f"heartbeat_interval_s ({self.heartbeat_interval_s})"
+                f"SPOTLEASH_HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must be at least twice "
+                f"SPOTLEASH_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s})"
             )
         return self
 
@@ -133,9 +134,15 @@ def load_settings(**overrides: Any) -> Settings:
         values.update(_file_values(Path(file_var)))
     values.update(overrides)
     # Environment variables must win over the file: pass only keys the environment does not set.
-    env_keys = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.startswith(ENV_PREFIX)}
+    # (case-insensitive, as pydantic-settings reads them)
+    env_keys = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
     values = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
     try:
         return Settings(**values)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from e
+    except SettingsError as e:  # a list/dict variable that is not JSON: pydantic-settings fails before validating
+        m = re.search(r'field "(\w+)"', str(e))
+        var = f"{ENV_PREFIX}{m.group(1).upper()}" if m else "a SPOTLEASH_ variable"
+        raise ConfigError(f"invalid spotleash configuration — fix these:\n  {var}: must be JSON, "
+                          f"e.g. '[\"us-central1-a\", \"us-central1-b\"]' for a list ({e})") from e
