@@ -289,12 +289,16 @@ class ComputeModel:
             self.calls.clear()
             killers = list(self._killers)
             self._killers.clear()
-        for inst in victims:
+        def end(inst: Instance) -> None:
             self._end_processes(inst)
             if inst.md:
                 inst.md.close()
-        for t in killers:
-            t.join(timeout=GROUP_GONE_TIMEOUT_S + self.kill_grace_s)
+
+        enders = [threading.Thread(target=end, args=(i,), daemon=True) for i in victims]
+        for t in enders:
+            t.start()
+        for t in enders + killers:
+            t.join(timeout=GROUP_GONE_TIMEOUT_S + self.kill_grace_s + 5)
 
     # ------------------------------------------------------------------ faults
     def add_fault(self, fault: Fault) -> None:

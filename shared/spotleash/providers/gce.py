@@ -201,7 +201,7 @@ class GceProvider:
 
         def run() -> list[ProviderInstance]:
             request = compute_v1.AggregatedListInstancesRequest(
-                project=self.project, filter=filter_, max_results=self.page_size, return_partial_success=False
+                project=self.project, filter=filter_, max_results=self.page_size
             )
             found: list[ProviderInstance] = []
             pager = self._instances.aggregated_list(request=request, timeout=self.call_timeout_s)
