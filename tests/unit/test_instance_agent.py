@@ -1,0 +1,74 @@
+"""The instance agent's core: what it does with each heartbeat answer, and its config parsing."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+
+from spotleash.instance_agent.agent import Action, InstanceAgent, decide, env_source, parse_config
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (None, None, Action.RETRY),
+        (200, '{"action": "continue"}', Action.CONTINUE),
+        (200, '{"action": "stop"}', Action.STOP),
+        (200, "not json", Action.CONTINUE),
+        (204, "", Action.CONTINUE),
+        (401, "", Action.STOP),
+        (404, "", Action.STOP),
+        (410, "", Action.STOP),
+        (429, "", Action.RETRY),
+        (500, '{"action": "stop"}', Action.RETRY),
+        (503, "", Action.RETRY),
+    ],
+)
+def test_decide(status: int | None, body: str | None, expected: Action) -> None:
+    assert decide(status, body) is expected
+
+
+def test_parse_config() -> None:
+    cfg = parse_config('{"instance_id": "sl-1", "lease_id": "l-1", "heartbeat_url": "http://x/hb", "heartbeat_interval_s": 5, "extra": 1}')
+    assert cfg is not None and cfg.heartbeat_interval_s == 5 and cfg.instance_id == "sl-1"
+    assert parse_config(None) is None
+    assert parse_config('{"heartbeat_interval_s": -1}') is None
+    assert parse_config("{broken") is None
+
+
+def _agent(handler: httpx.MockTransport, config: str) -> InstanceAgent:
+    load = env_source({"SPOTLEASH_AGENT_CONFIG": config, "SPOTLEASH_HEARTBEAT_TOKEN": "tok"})
+    return InstanceAgent("vast", load, http=httpx.Client(transport=handler), stop=threading.Event())
+
+
+CFG = '{"instance_id": "sl-1", "lease_id": "l-1", "heartbeat_url": "http://cp/hb", "heartbeat_interval_s": 0.01}'
+
+
+def test_agent_stops_on_stop_and_sends_bearer_token() -> None:
+    seen: list[httpx.Request] = []
+
+    def reply(req: httpx.Request) -> httpx.Response:
+        seen.append(req)
+        return httpx.Response(200, json={"action": "stop" if len(seen) >= 3 else "continue"})
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+    assert agent.run() == 0
+    assert len(seen) == 3 and seen[0].headers["Authorization"] == "Bearer tok"
+    assert b'"instance_id":"sl-1"' in seen[0].content
+
+
+def test_agent_survives_connection_errors_and_5xx() -> None:
+    calls = {"n": 0}
+
+    def reply(req: httpx.Request) -> httpx.Response:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise httpx.ConnectError("refused", request=req)
+        if calls["n"] == 2:
+            return httpx.Response(503)
+        return httpx.Response(401)
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+    assert agent.run() == 0 and calls["n"] == 3
