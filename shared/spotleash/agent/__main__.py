@@ -1,0 +1,38 @@
+"""``python -m spotleash.agent [--lease-id ID] [--trace FILE] [--trace-speed X] [--run-for S]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from spotleash.agent import agent_main
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m spotleash.agent", description=__doc__)
+    p.add_argument("--lease-id", default=None, help="lease id (default: <user>-<host>)")
+    p.add_argument("--trace", type=Path, default=None, help="replay a RAM trace (CSV t_seconds,percent)")
+    p.add_argument("--trace-speed", type=float, default=1.0, help="trace playback speed")
+    p.add_argument("--run-for", type=float, default=None, help="stop (and release) after this many seconds")
+    args = p.parse_args(argv)
+
+    from spotleash.config import load_settings
+    from spotleash.errors import ConfigError
+
+    try:
+        settings = load_settings()
+    except ConfigError as e:
+        print(f"spotleash agent: {e}", file=sys.stderr)
+        return 2
+    return agent_main(settings, args.lease_id, args.trace, args.trace_speed, run_for_s=args.run_for)
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The release is already confirmed or given up on: do not let SDK background threads (a
+    # publish still retrying against an unreachable server) hold the process past its budget.
+    os._exit(code)

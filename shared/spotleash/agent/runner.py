@@ -1,0 +1,228 @@
+"""The agent's loop: sample RAM, feed the trigger, renew the lease, publish what the trigger says.
+
+Nothing here blocks for long: lease and demand publishes are asynchronous (their futures are
+checked on later ticks, a failed demand is published again with the same event id), and all
+waiting is ``stop.wait(timeout)``, so a signal ends the loop within one tick.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from spotleash.agent.publisher import EventPublisher, PublishFuture
+from spotleash.agent.ram import RamSource
+from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState
+from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
+from spotleash.log import get_logger
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
+
+log = get_logger("spotleash.agent")
+
+DEFAULT_COMPONENT_RAM_GB = 4.0
+DEMAND_RETRY_S = 5.0
+
+
+class StopSignal(Protocol):
+    """A ``threading.Event`` (tests pass one driven by a fake clock)."""
+
+    def is_set(self) -> bool: ...
+
+    def wait(self, timeout: float | None = None) -> bool: ...
+
+    def set(self) -> None: ...
+
+
+def components_of(settings: Settings) -> list[Component]:
+    gpu = set(settings.gpu_components)
+    return [
+        Component(name=n, ram_gb=settings.component_ram_gb.get(n, DEFAULT_COMPONENT_RAM_GB), gpu=n in gpu)
+        for n in settings.components
+    ]
+
+
+@dataclass
+class _InFlight:
+    event: Event
+    future: PublishFuture
+    sent_at: float
+
+
+@dataclass
+class AgentStats:
+    samples: int = 0
+    demands: list[DemandEvent] = field(default_factory=list)
+    releases: list[ReleaseEvent] = field(default_factory=list)
+    lease_renewals: int = 0
+    publish_failures: int = 0
+
+
+class Agent:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        lease_id: str,
+        ram_source: RamSource,
+        publisher: EventPublisher,
+        stop: StopSignal,
+        clock: Callable[[], float] = time.monotonic,
+        holder: str = "",
+        policy: TriggerPolicy | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lease_id = lease_id
+        self.ram = ram_source
+        self.publisher = publisher
+        self.stop = stop
+        self.clock = clock
+        self.holder = holder
+        self.policy = policy or TriggerPolicy.from_settings(settings)
+        self.state = TriggerState()
+        self.stats = AgentStats()
+        self._components = components_of(settings)
+        self._pending_demand: _InFlight | None = None
+        self._leases: list[_InFlight] = []
+
+    # ---------------------------------------------------------------- publishing
+    def _send(self, event: Event) -> _InFlight:
+        return _InFlight(event, self.publisher.publish(event), self.clock())
+
+    def renew_lease(self) -> None:
+        ev = LeaseEvent(lease_id=self.lease_id, ttl_s=self.settings.lease_ttl_s, holder=self.holder)
+        self._leases.append(self._send(ev))
+        self.stats.lease_renewals += 1
+        log.debug("lease renewal sent", lease_id=self.lease_id, event_id=ev.event_id, ttl_s=ev.ttl_s)
+
+    def _check_in_flight(self, now: float) -> None:
+        still: list[_InFlight] = []
+        for f in self._leases:
+            ok = self._settled(f)
+            if ok is None:
+                still.append(f)
+            elif not ok:
+                log.warning("lease renewal not published; the next renewal will try again",
+                            lease_id=self.lease_id, event_id=f.event.event_id)
+        self._leases = still
+        d = self._pending_demand
+        if d is None:
+            return
+        ok = self._settled(d)
+        if ok:
+            log.info("demand published", lease_id=self.lease_id, event_id=d.event.event_id)
+            self._pending_demand = None
+        elif ok is False and now - d.sent_at >= DEMAND_RETRY_S:
+            log.warning("demand not published; publishing it again", lease_id=self.lease_id,
+                        event_id=d.event.event_id)
+            self._pending_demand = self._send(d.event)  # same event id: the control plane dedupes
+
+    def _settled(self, f: _InFlight) -> bool | None:
+        """True published, False failed, None still in flight."""
+        done = getattr(f.future, "done", None)
+        if done is not None and not done():
+            return None
+        try:
+            f.future.result(timeout=0)
+        except TimeoutError:
+            return None
+        except Exception as e:  # noqa: BLE001 - any SDK failure means "not published"; logged, retried
+            self.stats.publish_failures += 1
+            log.warning("publish failed", lease_id=self.lease_id, event_id=f.event.event_id,
+                        kind=f.event.KIND, error=f"{type(e).__name__}: {e}")
+            return False
+        return True
+
+    # ---------------------------------------------------------------- one sample
+    def tick(self, t: float) -> None:
+        used = self.ram.used_fraction()
+        self.stats.samples += 1
+        self.state, action = self.policy.step(self.state, (t, used))
+        if isinstance(action, Demand):
+            ev = DemandEvent(lease_id=self.lease_id, trigger=action.trigger, ram_percent=action.ram_percent,
+                             components=self._components)
+            self.stats.demands.append(ev)
+            log.info("demand: asking for capacity", lease_id=self.lease_id, event_id=ev.event_id,
+                     trigger=action.trigger, ram_percent=action.ram_percent,
+                     components=[c.name for c in ev.components], ram_gb=ev.ram_gb, gpu=ev.needs_gpu)
+            self._pending_demand = self._send(ev)
+        elif isinstance(action, Release):
+            rel = ReleaseEvent(lease_id=self.lease_id, reason=f"memory below {self.policy.release_below:.0%} "
+                               f"for {self.policy.release_hold_s:.0f}s")
+            self.stats.releases.append(rel)
+            log.info("release: memory is back to normal", lease_id=self.lease_id, event_id=rel.event_id,
+                     ram_percent=action.ram_percent)
+            self._send(rel)
+
+    # ---------------------------------------------------------------- the loop
+    def run(self, run_for_s: float | None = None) -> None:
+        """Loop until ``stop`` is set (or ``run_for_s`` has passed)."""
+        s = self.settings
+        t0 = self.clock()
+        end = None if run_for_s is None else t0 + run_for_s
+        next_renew = t0
+        next_sample = t0
+        log.info("agent started", lease_id=self.lease_id, threshold=self.policy.threshold,
+                 sample_interval_s=s.sample_interval_s, lease_renew_s=s.lease_renew_s, lease_ttl_s=s.lease_ttl_s)
+        while not self.stop.is_set():
+            now = self.clock()
+            if end is not None and now >= end:
+                break
+            if now >= next_renew:
+                self.renew_lease()
+                next_renew = now + s.lease_renew_s
+            if now >= next_sample:
+                self.tick(now - t0)
+                next_sample += s.sample_interval_s
+                if next_sample <= now:  # fell behind (suspend, slow source): do not burst
+                    next_sample = now + s.sample_interval_s
+            self._check_in_flight(now)
+            wake = min(next_renew, next_sample, end if end is not None else next_sample)
+            self.stop.wait(max(wake - self.clock(), 0.0))
+        log.info("agent loop ended", lease_id=self.lease_id, samples=self.stats.samples,
+                 demands=len(self.stats.demands), releases=len(self.stats.releases))
+
+
+def run_agent(
+    settings: Settings,
+    *,
+    lease_id: str,
+    ram_source: RamSource,
+    publisher: EventPublisher,
+    clock: Callable[[], float] = time.monotonic,
+    stop: StopSignal | None = None,
+    holder: str = "",
+    run_for_s: float | None = None,
+    install_signals: bool = True,
+) -> int:
+    """Run the agent until a signal (or ``run_for_s``); always release on the way out.
+
+    Exit codes: 0 the release was confirmed, 1 it was not (lease expiry will clean up);
+    a second signal exits at once with 128 + signum.
+    """
+    import threading
+
+    from spotleash.agent.shutdown import Shutdown
+
+    stop_event = stop if stop is not None else threading.Event()
+    sd = Shutdown(lease_id=lease_id, publisher=publisher, budget_s=settings.shutdown_budget_s,
+                  lease_ttl_s=settings.lease_ttl_s, stop=stop_event, clock=clock)
+    if install_signals:
+        sd.install()
+    reason: str | None = None
+    try:
+        Agent(settings, lease_id=lease_id, ram_source=ram_source, publisher=publisher, stop=stop_event,
+              clock=clock, holder=holder).run(run_for_s)
+    except Exception as e:
+        reason = f"agent shutdown: crash ({type(e).__name__})"
+        log.exception("agent crashed; releasing the lease", lease_id=lease_id, error=str(e))
+        raise
+    finally:
+        ok = sd.release(reason)
+        if install_signals:
+            sd.uninstall()
+        log.info("agent stopped", lease_id=lease_id, released=ok, reason=reason or sd.reason)
+    return 0 if ok else 1

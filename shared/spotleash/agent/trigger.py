@@ -1,0 +1,160 @@
+"""When to ask for capacity and when to give it back: a pure function over RAM samples.
+
+``policy.step(state, sample)`` takes the previous state and one sample ``(t_seconds,
+used_fraction)`` and returns the new state and at most one action. No clock, no I/O: the runner
+feeds real samples, the tests feed traces.
+
+The rules, in order:
+
+* **Threshold** — usage at or above ``threshold`` demands capacity at once.
+* **Prediction** — over the last ``window_s`` seconds a least-squares line is fitted to the
+  samples; if it rises and reaches ``threshold`` within ``horizon_s`` seconds from now, demand
+  early (the field report saw this fire at 77.5 % before a spike). It needs at least
+  ``min_samples`` samples spanning ``min_span_s``, so two noisy samples never predict anything.
+* **Hysteresis** — once demanding, nothing more is demanded; capacity is released only after
+  usage has stayed *below* ``release_below`` (well under the threshold) for ``release_hold_s``
+  without interruption. One sample at or above ``release_below`` restarts the hold.
+* **Cooldown** — no demand within ``cooldown_s`` of the previous one, even after a release.
+
+Together these mean a signal hovering around the threshold demands once and never releases
+(it never falls below ``release_below``), so instances do not flap up and down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
+
+Sample = tuple[float, float]  # (t_seconds, used_fraction in [0, 1])
+
+
+@dataclass(frozen=True)
+class Demand:
+    trigger: Literal["threshold", "predictive"]
+    ram_percent: float  # usage when the demand fired, 0..100
+
+
+@dataclass(frozen=True)
+class Release:
+    ram_percent: float  # usage when the release fired, 0..100
+
+
+Action = Demand | Release
+
+
+@dataclass(frozen=True)
+class TriggerState:
+    window: tuple[Sample, ...] = ()  # samples of the last window_s seconds, oldest first
+    demanding: bool = False  # a demand is outstanding (capacity is wanted)
+    last_demand_t: float | None = None
+    low_since: float | None = None  # start of the current run of samples below release_below
+
+
+def slope_per_s(samples: Sequence[Sample]) -> float:
+    """Least-squares slope (fraction per second) of ``samples``; 0 when time does not vary."""
+    n = len(samples)
+    if n < 2:
+        return 0.0
+    mt = sum(t for t, _ in samples) / n
+    mu = sum(u for _, u in samples) / n
+    var = sum((t - mt) ** 2 for t, _ in samples)
+    if var <= 0:
+        return 0.0
+    return sum((t - mt) * (u - mu) for t, u in samples) / var
+
+
+@dataclass(frozen=True)
+class TriggerPolicy:
+    threshold: float = 0.85
+    release_below: float = 0.70
+    release_hold_s: float = 300.0
+    window_s: float = 60.0
+    horizon_s: float = 120.0
+    cooldown_s: float = 120.0
+    min_samples: int = 5
+    min_span_s: float | None = None  # None: a quarter of the window
+
+    def __post_init__(self) -> None:
+        if not 0 < self.release_below < self.threshold <= 1:
+            raise ValueError(
+                f"need 0 < release_below ({self.release_below}) < threshold ({self.threshold}) <= 1"
+            )
+        if self.min_samples < 2:
+            raise ValueError("min_samples must be at least 2 to fit a trend")
+
+    @classmethod
+    def from_settings(cls, s: Settings) -> TriggerPolicy:
+        return cls(
+            threshold=s.ram_threshold,
+            release_below=s.ram_release_below,
+            release_hold_s=s.release_hold_s,
+            window_s=s.predict_window_s,
+            horizon_s=s.predict_horizon_s,
+            cooldown_s=s.demand_cooldown_s,
+        )
+
+    @property
+    def required_span_s(self) -> float:
+        return self.window_s / 4 if self.min_span_s is None else self.min_span_s
+
+    def time_to_threshold(self, window: Sequence[Sample]) -> float | None:
+        """Seconds until the fitted trend reaches the threshold; None if it is not rising or the
+        window is too thin to trust."""
+        if len(window) < self.min_samples or window[-1][0] - window[0][0] < self.required_span_s:
+            return None
+        slope = slope_per_s(window)
+        if slope <= 0:
+            return None
+        n = len(window)
+        mt = sum(t for t, _ in window) / n
+        mu = sum(u for _, u in window) / n
+        now = window[-1][0]
+        level = mu + slope * (now - mt)  # the trend's value now: steadier than the last sample
+        return max(self.threshold - level, 0.0) / slope
+
+    def step(self, state: TriggerState, sample: Sample) -> tuple[TriggerState, Action | None]:
+        t, used = sample
+        window = tuple(s for s in state.window if s[0] > t - self.window_s and s[0] < t) + (sample,)
+        state = replace(state, window=window)
+        pct = round(used * 100, 2)
+
+        if state.demanding:
+            if used >= self.release_below:
+                return replace(state, low_since=None), None
+            low_since = t if state.low_since is None else state.low_since
+            if t - low_since >= self.release_hold_s:
+                return replace(state, demanding=False, low_since=None), Release(pct)
+            return replace(state, low_since=low_since), None
+
+        if state.last_demand_t is not None and t - state.last_demand_t < self.cooldown_s:
+            return state, None
+        trigger: Literal["threshold", "predictive"] | None = None
+        if used >= self.threshold:
+            trigger = "threshold"
+        else:
+            eta = self.time_to_threshold(window)
+            if eta is not None and eta <= self.horizon_s:
+                trigger = "predictive"
+        if trigger is None:
+            return state, None
+        return replace(state, demanding=True, last_demand_t=t, low_since=None), Demand(trigger, pct)
+
+
+def step(policy: TriggerPolicy, state: TriggerState, sample: Sample) -> tuple[TriggerState, Action | None]:
+    """Function form of :meth:`TriggerPolicy.step`."""
+    return policy.step(state, sample)
+
+
+def replay(policy: TriggerPolicy, samples: Sequence[Sample]) -> list[tuple[float, Action]]:
+    """Run a whole trace through the policy; the (t, action) pairs it produced, in order."""
+    state = TriggerState()
+    out: list[tuple[float, Action]] = []
+    for s in samples:
+        state, action = policy.step(state, s)
+        if action is not None:
+            out.append((s[0], action))
+    return out
