@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     components: list[str] = Field(
         default_factory=lambda: ["vision", "ml_models", "chatbots"], description="parts of the app to move"
     )
+    component_ram_gb: dict[str, float] = Field(
+        default_factory=lambda: {"vision": 4.0, "ml_models": 8.0, "chatbots": 4.0},
+        description="RAM (GB) each component needs; components not listed get 4 (JSON object)",
+    )
+    gpu_components: list[str] = Field(
+        default_factory=list, description="components that need a GPU (a demand naming one goes to VAST)"
+    )
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
 
     # --- launching
