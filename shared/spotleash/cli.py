@@ -78,7 +78,7 @@ def local_up(json_out: bool = typer.Option(False, "--json")) -> None:
 
     s = load_settings()
     with console.status("starting Google's emulators, the fakes and the functions..."):
-        info = stack.up(s.state_dir)
+        stack.up(s.state_dir)
     if json_out:
         print(json.dumps(stack.read_env(s.state_dir)))
     else:

@@ -23,7 +23,9 @@ LABEL_VALUE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True)
+    # allow_inf_nan=False: "inf" would pass every ge/gt bound and silently switch a guard off
+    # (SPOTLEASH_HEARTBEAT_TIMEOUT_S=inf never reaps, SPOTLEASH_MONTHLY_BUDGET_USD=inf never refuses).
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True, allow_inf_nan=False)
 
     # --- where we run
     project: str = Field("spotleash-local", description="Google Cloud project id")
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")
+    gce_package_source: str | None = Field(None, description="pip source a real VM installs spotleash from")
+    vm_service_account: str | None = Field(
+        None, description="service account attached to VMs (logging only; Terraform's sl-vm)"
+    )
     max_runtime_s: int = Field(3 * 3600, ge=60, description="hard cap on an instance's life")
     gpu_names: list[str] = Field(
         default_factory=lambda: ["RTX 4090", "RTX 3090", "A100 PCIE"], description="acceptable VAST GPU models"
@@ -130,7 +136,7 @@ def _file_values(path: Path) -> dict[str, Any]:
     except FileNotFoundError as e:
         raise ConfigError(f"{CONFIG_FILE_VAR} points to {path}, which does not exist") from e
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path} is not valid TOML: {e}") from e
+        raise ConfigError(f"{CONFIG_FILE_VAR}: {path} is not valid TOML: {e}") from e
 
 
 def load_settings(**overrides: Any) -> Settings:

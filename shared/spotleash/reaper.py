@@ -1,8 +1,9 @@
 """The reaper's decisions: a pure function of (records, leases, inventories, now, config).
 
-Each decision names one instance and one reason. Rules, in order of precedence for a live record:
+Each decision names one instance and one reason. A TERMINATING record is being deleted by someone
+else: it only gets ``retry_delete`` once that delete has stalled. Otherwise, in order of precedence:
 ``budget_exceeded`` > ``max_runtime`` > ``lease_expired`` > ``provisioning_timeout`` >
-``heartbeat_lost`` > ``stopped_at_provider`` / ``vanished`` > ``retry_delete``. Then provider
+``heartbeat_lost`` > ``vanished`` / ``stopped_at_provider``. Then provider
 instances that carry our labels but no live record owns become ``orphan`` once older than a grace
 period. A provider whose listing failed is *unknown*: it yields no orphan or vanished decision.
 """
@@ -64,6 +65,10 @@ def _record_reason(
     cfg: ReapConfig,
     budget_exceeded: bool,
 ) -> tuple[str, str] | None:
+    if r.state == State.TERMINATING:  # someone is deleting it already; step in only if they stalled
+        if _age(now, r.updated_at) > RETRY_DELETE_AFTER_S:
+            return "retry_delete", f"delete not confirmed after {_age(now, r.updated_at):.0f}s ({r.reason})"
+        return None
     if budget_exceeded:
         return "budget_exceeded", "the monthly budget is spent: every instance stops"
     if now >= r.deadline:
@@ -81,8 +86,6 @@ def _record_reason(
             return "vanished", "the provider no longer lists it"
         if seen is not None and seen.status in (ProviderStatus.STOPPED, ProviderStatus.TERMINATED):
             return "stopped_at_provider", f"provider status {seen.native_status or seen.status}"
-    if r.state == State.TERMINATING and _age(now, r.updated_at) > RETRY_DELETE_AFTER_S:
-        return "retry_delete", f"delete not confirmed after {_age(now, r.updated_at):.0f}s ({r.reason})"
     return None
 
 

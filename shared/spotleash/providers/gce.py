@@ -128,6 +128,7 @@ class GceProvider:
         call_timeout_s: float = 30.0,
         operation_timeout_s: float = 300.0,
         page_size: int = 500,
+        service_account: str | None = None,
     ) -> None:
         if not zones:
             raise ValueError("GceProvider needs at least one zone")
@@ -135,6 +136,7 @@ class GceProvider:
         self.zones = tuple(zones)
         self.endpoint = endpoint
         self.package_source = package_source
+        self.service_account = service_account  # least privilege: only the logging scope, never cloud-platform
         self.image, self.disk_gb, self.network = image, disk_gb, network
         self.retry_attempts, self.retry_base_s, self.retry_max_s = retry_attempts, retry_base_s, retry_max_s
         self.call_timeout_s, self.operation_timeout_s, self.page_size = call_timeout_s, operation_timeout_s, page_size
@@ -151,7 +153,8 @@ class GceProvider:
             project=settings.project,
             zones=tuple(settings.zones),
             endpoint=settings.compute_endpoint,
-            package_source=getattr(settings, "gce_package_source", None) or DEFAULT_PACKAGE_SOURCE,
+            package_source=settings.gce_package_source or DEFAULT_PACKAGE_SOURCE,
+            service_account=settings.vm_service_account,
         )
 
     # ------------------------------------------------------------------ plumbing
@@ -281,6 +284,13 @@ class GceProvider:
                 max_run_duration=compute_v1.Duration(seconds=spec.max_run_s),
             ),
             deletion_protection=False,
+            service_accounts=[
+                compute_v1.ServiceAccount(
+                    email=self.service_account, scopes=["https://www.googleapis.com/auth/logging.write"]
+                )
+            ]
+            if self.service_account
+            else [],
         )
 
     def create(self, spec: LaunchSpec) -> ProviderInstance:
