@@ -125,6 +125,7 @@ class BudgetAlert(BaseModel):
     budgetAmount: Annotated[float, Field(gt=0)]  # noqa: N815
     alertThresholdExceeded: Annotated[float, Field(ge=0)] = 0.0  # noqa: N815
     costIntervalStart: str = ""  # noqa: N815
+    currencyCode: str = ""  # noqa: N815 - the currency of both amounts (they are compared with each other only)
 
 
 @dataclass(frozen=True)
