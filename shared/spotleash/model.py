@@ -108,7 +108,7 @@ def transition(record: InstanceRecord, dst: State, now: datetime, **changes: obj
     update: dict[str, object] = {"state": dst, "updated_at": now, **changes}
     if dst in (State.RUNNING, State.READY) and record.running_at is None and "running_at" not in changes:
         update["running_at"] = now
-    if dst in ENDED and record.ended_at is None:
+    if dst in ENDED and record.ended_at is None and "ended_at" not in changes:
         update["ended_at"] = now
     return record.model_copy(update=update)
 
