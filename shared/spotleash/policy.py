@@ -46,9 +46,15 @@ class LaunchFacts:
 
 
 def machine_for(ram_gb: float, configured: str) -> str:
-    """Smallest e2-highmem that holds ``ram_gb`` with headroom, never smaller than configured."""
+    """Smallest e2-highmem that holds ``ram_gb`` with headroom, never smaller than configured.
+
+    A configured type outside the e2-highmem table is used as is: we cannot size it, and silently
+    swapping the operator's choice for an e2 would be worse.
+    """
+    floor = next((gb for name, gb, _ in HIGHMEM if name == configured), None)
+    if floor is None:
+        return configured
     need = math.ceil(ram_gb * 1.25)
-    floor = next((gb for name, gb, _ in HIGHMEM if name == configured), 0)
     for name, gb, _ in HIGHMEM:
         if gb >= need and gb >= floor:
             return name
