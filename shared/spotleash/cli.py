@@ -78,12 +78,12 @@ def local_up(json_out: bool = typer.Option(False, "--json")) -> None:
 
     s = load_settings()
     with console.status("starting Google's emulators, the fakes and the functions..."):
-        stack.up(s.state_dir)
+        info = stack.up(s.state_dir)
     if json_out:
         print(json.dumps(stack.read_env(s.state_dir)))
     else:
-        console.print(f"[green]local stack up[/] — env file: {stack_env_file(s.state_dir)}")
-        local_status()
+        console.print(f"[green]local stack up[/] in {info.ready_s:.1f}s — env file: {stack_env_file(s.state_dir)}")
+        local_status(json_out=False)
 
 
 @local_app.command("down")
@@ -104,6 +104,9 @@ def local_status(json_out: bool = typer.Option(False, "--json")) -> None:
     rows: list[dict[str, Any]] = [dict(r) for r in st.as_rows()]
     if json_out:
         print(json.dumps(rows))
+        return
+    if not rows:
+        console.print("the local stack is not running")
         return
     table = Table("part", "pid", "address", "alive")
     for r in rows:
