@@ -352,7 +352,7 @@ class VastProvider:
             return attempt()
         for a in Retrying(retry=retry_if_exception_type(ProviderTransient),
                           stop=stop_after_attempt(self.attempts),
-                          wait=wait_exponential_jitter(initial=0.2, max=4.0, jitter=0.2), reraise=True,
+                          wait=wait_exponential_jitter(multiplier=0.2, max=4.0, jitter=0.2), reraise=True,
                           before_sleep=lambda _s: self._count_retry()):
             with a:
                 return attempt()
