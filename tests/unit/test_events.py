@@ -121,7 +121,7 @@ valid_events = st.one_of(
 )
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(valid_events)
 def test_round_trip_property(event: Event) -> None:
     assert parse_event(event.to_bytes(), type(event)) == event
@@ -330,8 +330,10 @@ def test_budget_alert_needs_no_version_or_kind() -> None:
 
 # --- the parser never raises -------------------------------------------------------------------
 
+scalars = st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20)  # NaN and inf too
+flat_values = scalars | st.lists(scalars, max_size=3) | st.dictionaries(st.text(max_size=6), scalars, max_size=3)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),  # NaN and inf too
+    scalars,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
     max_leaves=8,
 )
@@ -359,7 +361,7 @@ def test_arbitrary_text_never_raises(raw: str, model: type[Any]) -> None:
     check(parse_event(raw, model), model)
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(json_values, models)
 def test_arbitrary_json_never_raises(value: Any, model: type[Any]) -> None:
     check(parse_event(dumps(value), model), model)
@@ -387,7 +389,7 @@ def _mutate(data: dict[str, Any], ops: list[tuple[int, str, Any]]) -> dict[str, 
     return out
 
 
-mutations = st.lists(st.tuples(st.integers(0, 1000), st.text(max_size=8), json_values), min_size=1, max_size=3)
+mutations = st.lists(st.tuples(st.integers(0, 1000), st.text(max_size=8), flat_values), min_size=1, max_size=3)
 
 
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])

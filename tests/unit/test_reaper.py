@@ -445,7 +445,7 @@ def ours(p: ProviderInstance) -> bool:
     return p.labels.get(LABEL_MANAGED) == "true" and p.labels.get(LABEL_DEPLOYMENT) == DEP
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_invariants(w: dict[str, Any]) -> None:
     cfg = ReapConfig(DEP, 180, 600, 300, w["max"])
@@ -497,7 +497,7 @@ def healthy_records(draw: st.DrawFn) -> InstanceRecord:
     )
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds(), healthy_records(), st.booleans(), st.floats(1e-3, 3600))
 def test_a_healthy_record_is_never_decided_in_any_world(
     w: dict[str, Any], r: InstanceRecord, with_lease: bool, lease_left_s: float
