@@ -73,8 +73,16 @@ def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
         stack.down(state_dir)
 
 
+@pytest.fixture()
+def pubsub_emulator(_pubsub_emulator_session: PubsubEmulator, monkeypatch: pytest.MonkeyPatch) -> PubsubEmulator:
+    """Point this test's clients at the emulator: another session fixture (the stack) may have moved the env."""
+    monkeypatch.setenv("PUBSUB_EMULATOR_HOST", _pubsub_emulator_session.host)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", _pubsub_emulator_session.project)
+    return _pubsub_emulator_session
+
+
 @pytest.fixture(scope="session")
-def pubsub_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubsubEmulator]:
+def _pubsub_emulator_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PubsubEmulator]:
     """Google's Pub/Sub emulator alone (or the running stack's), with PUBSUB_EMULATOR_HOST set."""
     if _active_stack is not None:
         env = getattr(_active_stack, "env", {})

@@ -102,8 +102,10 @@ def decide(
     by_id = {r.instance_id: r for r in records if r.deployment_id == cfg.deployment_id}
     seen: dict[str, ProviderInstance] = {}
     for inv in inventories.values():
+        if not inv.ok:
+            continue  # unknown: neither "it is there" nor "it is gone"
         for p in inv.instances:
-            if p.instance_id:
+            if p.instance_id and p.owned and p.labels.get(LABEL_DEPLOYMENT) == cfg.deployment_id:
                 seen[p.instance_id] = p
     decisions: list[Decision] = []
     notes: list[str] = []

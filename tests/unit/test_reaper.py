@@ -191,9 +191,14 @@ def test_other_provider_states_are_not_stopped(status: ProviderStatus) -> None:
     assert run([rec()], inv(pinst(status=status))).decisions == ()
 
 
-def test_stopped_seen_even_through_a_failed_listing() -> None:
-    """A listing that failed part-way still reports real facts about what it did see."""
-    assert only(run([rec()], inv(pinst(status=ProviderStatus.STOPPED), ok=False))).reason == "stopped_at_provider"
+def test_a_failed_listing_contributes_no_facts_at_all() -> None:
+    """Unknown is unknown: what a failed listing returned part-way drives no decision."""
+    assert run([rec()], inv(pinst(status=ProviderStatus.STOPPED), ok=False)).decisions == ()
+
+
+def test_an_unowned_copy_of_our_label_does_not_hide_a_vanished_instance() -> None:
+    foreign = pinst(rec().instance_id, owned=False)
+    assert only(run([rec()], inv(foreign))).reason == "vanished"
 
 
 def test_retry_delete_strictly_after_its_delay() -> None:
