@@ -19,13 +19,14 @@ from spotleash.events import (
     ReleaseEvent,
     parse_event,
 )
-from spotleash.services.entry import context, handle_message, settings
+from spotleash.services.entry import context, handle_message, settings, warm_up
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.launch import handle_demand
 from spotleash.services.lifecycle import handle_budget, handle_lease, handle_release
 from spotleash.services.reap import run_reap
 
 settings()  # wrong configuration fails here, at start, with a message that says what to fix
+warm_up()
 
 
 @functions_framework.cloud_event

@@ -86,7 +86,7 @@ def _ended_and_gone(store: Store, settings: Settings, instance_id: str) -> Insta
 
 def run_act(console: Console, store: Store, settings: Settings, env: dict[str, str], log_dir: Path, *,
             act: str, lease_id: str, sig: signal.Signals, budget_s: float) -> ActResult:
-    console.rule(f"[bold]{act}")
+    console.rule(f"[bold]Act {act} — " + ("clean shutdown" if sig == signal.SIGTERM else "the agent is killed, its lease expires"))
     t0 = time.monotonic()
     agent = start_agent(lease_id, env, log_dir / f"agent-{lease_id}.log")
     try:
@@ -142,18 +142,18 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         store = Store.from_settings(settings)
         env = dict(os.environ)
         results = [
-            run_act(console, store, settings, env, state_dir, act="Act 1 — clean shutdown (SIGTERM)",
+            run_act(console, store, settings, env, state_dir, act="1: SIGTERM",
                     lease_id="demo-sigterm", sig=signal.SIGTERM, budget_s=30),
-            run_act(console, store, settings, env, state_dir, act="Act 2 — the agent is killed (SIGKILL)",
+            run_act(console, store, settings, env, state_dir, act="2: SIGKILL",
                     lease_id="demo-sigkill", sig=signal.SIGKILL, budget_s=settings.lease_ttl_s + 90),
         ]
         console.rule("[bold]Act 3 — VAST GPU smoke run")
         smoke_rc = smoke_command(real=False, json_out=state_dir / "vast-smoke.json", yes=True)
-        table = Table("act", "instance", "provider", "launch → READY", "signal → deleted", "deleted by", "cost $")
+        table = Table("act", "instance", "provider", "start → READY", "signal → gone", "deleted by", "cost $")
         for r in results:
             table.add_row(r.act, r.instance_id, r.provider, f"{r.launched_s:.1f}s", f"{r.deleted_s:.1f}s",
-                          r.deleted_by, f"{r.cost:.5f}")
-        table.add_row("Act 3 — GPU smoke", "(see above)", "vast", "-", "-", "smoke run's destroy",
+                          r.deleted_by.split(":")[0], f"{r.cost:.6f}")
+        table.add_row("3: GPU smoke", "(above)", "vast", "-", "-", "smoke destroy",
                       "ok" if smoke_rc == 0 else "[red]FAILED")
         console.rule("[bold]summary")
         console.print(table)

@@ -43,6 +43,14 @@ def context() -> Context:
     return Context.from_settings(settings())
 
 
+def warm_up() -> None:
+    """Build clients at start (global scope), so the first event does not pay for them."""
+    ctx = context()
+    ctx.provider("gce")
+    if ctx.settings.vast_api_key is not None:
+        ctx.provider("vast")
+
+
 def unwrap_pubsub(data: Any) -> tuple[bytes, str]:
     """(message bytes, message id) from a messagePublished CloudEvent's data."""
     from google.events.cloud.pubsub_v1 import MessagePublishedData

@@ -112,6 +112,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
             ram_gb=event.ram_gb, gpu=event.needs_gpu, components=[c.name for c in event.components],
             replaces=replaces, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
             machine=decision.machine if isinstance(decision, LaunchPlan) else None,
+            price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
         )
         if isinstance(decision, Refusal):
             refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
@@ -152,7 +153,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         if r.state not in (State.REQUESTED, State.PROVISIONING):
             return None  # released (or reaped) while we were creating
         return transition(r, State.RUNNING, at, provider_id=made.provider_id, zone=made.zone,
-                          machine=made.machine or r.machine, price_per_hour=made.price_per_hour,
+                          machine=made.machine or r.machine, price_per_hour=made.price_per_hour or r.price_per_hour,
                           last_heartbeat=at, ssh_host=made.ssh_host, ssh_port=made.ssh_port)
 
     final = ctx.store.update(instance_id, record_running)
