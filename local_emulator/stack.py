@@ -558,3 +558,68 @@ def read_env(state_dir: Path) -> dict[str, str]:
             if sep:
                 env[key.strip()] = value
     return env
+
+
+# ---------------------------------------------------------------------------- one part at a time
+def _part_env_and_cwd(state_dir: Path, name: str) -> tuple[dict[str, str], Path | None]:
+    """The environment and working directory ``up`` gave part ``name`` (rebuilt from stack.env)."""
+    marker = {MARKER_VAR: str(state_dir)}
+    if name in ("pubsub", "firestore"):
+        return {**emulators._env(), **marker}, None
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
+    env = {**base, **read_env(state_dir), **marker, "PYTHONUNBUFFERED": "1"}
+    return env, (REPO_ROOT if name in _FAKE_MODULES else REPO_ROOT / "functions")
+
+
+def _part_ready_check(name: str, port: int | None) -> Any:
+    if port is None:
+        return None
+    if name == "scheduler":
+        return lambda: _scheduler_ready(port)
+    if name in _FAKE_MODULES:
+        return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_control/health", want_200=True)
+    if name in ("pubsub", "firestore"):
+        return lambda: port_open(port)
+    return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_spotleash/ready", want_200=False)
+
+
+def _recorded(state_dir: Path, name: str) -> tuple[dict[str, Any], int]:
+    state = _read_state(state_dir)
+    if state is None:
+        raise StackError(f"no local stack recorded in {state_dir}")
+    for i, record in enumerate(state.get("processes", [])):
+        if record.get("name") == name:
+            return state, i
+    names = [r.get("name") for r in state.get("processes", [])]
+    raise StackError(f"no part {name!r} in the stack in {state_dir}; parts: {names}")
+
+
+def kill_part(state_dir: Path, name: str, *, timeout: float = 10.0) -> bool:
+    """Stop one recorded part's whole process group (SIGTERM, then SIGKILL). True if it was running."""
+    state_dir = Path(state_dir).resolve()
+    state, i = _recorded(state_dir, name)
+    return ManagedProcess.from_record(state["processes"][i]).stop(timeout=timeout)
+
+
+def restart(state_dir: Path, name: str, *, timeout: float = READY_TIMEOUT_S) -> ManagedProcess:
+    """Stop part ``name`` (if it still runs) and start it again with the same argv, env and port.
+
+    stack.json is updated with the new process. Emulators keep their data in memory: a restarted
+    Firestore or Pub/Sub emulator starts empty (and a restarted Pub/Sub emulator has no topics).
+    """
+    state_dir = Path(state_dir).resolve()
+    state, i = _recorded(state_dir, name)
+    old = ManagedProcess.from_record(state["processes"][i])
+    old.stop()
+    if not old.argv:
+        raise StackError(f"{name} has no recorded argv: it cannot be restarted")
+    env, cwd = _part_env_and_cwd(state_dir, name)
+    proc = spawn(name, old.argv, log_path=old.log_path, port=old.port, env=env, cwd=cwd)
+    try:
+        wait_ready(proc, timeout=timeout, check=_part_ready_check(name, old.port))
+    finally:
+        state, i = _recorded(state_dir, name)
+        state["processes"][i] = proc.to_record()
+        _write_atomic(stack_file(state_dir), json.dumps(state, indent=2))
+    log.info("part restarted", part=name, pid=proc.pid, port=proc.port)
+    return proc
