@@ -11,6 +11,7 @@ and no instance is left behind — that is what GCE does for Spot stock-outs.
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import itertools
 import os
@@ -260,6 +261,9 @@ class ComputeModel:
         self.exhausted_zones: set[str] = set()
         self.faults: list[Fault] = []
         self.calls: dict[str, int] = {}
+        # (operation, instance name, wall-clock time.time()) of every API call, newest last: the
+        # benchmark measures "event published -> insert received" with it.
+        self.call_log: collections.deque[tuple[str, str, float]] = collections.deque(maxlen=10_000)
         self._ids = itertools.count(int(time.time() * 1000) % 10**12 * 1000 + 1)
         self._killers: list[threading.Thread] = []
         self._stop = threading.Event()
@@ -287,6 +291,7 @@ class ComputeModel:
             self.exhausted_zones.clear()
             self.faults.clear()
             self.calls.clear()
+            self.call_log.clear()
             killers = list(self._killers)
             self._killers.clear()
         def end(inst: Instance) -> None:
@@ -304,6 +309,10 @@ class ComputeModel:
     def add_fault(self, fault: Fault) -> None:
         with self.lock:
             self.faults.append(fault)
+
+    def log_call(self, operation: str, name: str) -> None:
+        with self.lock:
+            self.call_log.append((operation, name, time.time()))
 
     def take_fault(self, operation: str) -> Fault | None:
         with self.lock:

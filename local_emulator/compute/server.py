@@ -7,7 +7,7 @@ Covered (``/compute/v1/projects/P/...``):
   aggregated/instances                   GET (filter, maxResults, pageToken)
   zones/Z/operations/OP                  GET;  zones/Z/operations/OP/wait  POST
 Every other path under /compute/v1 answers 501 notImplemented; anything else 404.
-Control API: see ``_control`` below (health, reset, inspect, faults, capacity, preempt, clock, config).
+Control API: see ``_control`` below (health, reset, inspect, faults, calls, capacity, preempt, clock, config).
 """
 
 from __future__ import annotations
@@ -109,6 +109,8 @@ class ComputeApi:
         unknown = set(query) - _PARAMS[op_name] - _COMMON_PARAMS
         if unknown:
             raise errors.invalid(f"Invalid JSON payload received. Unknown name \"{sorted(unknown)[0]}\": Cannot bind query parameter.")
+        logged = body.get("name") if op_name == "instances.insert" and isinstance(body, dict) else m.groupdict().get("name")
+        self.model.log_call(op_name, unquote(str(logged or "")))
         fault = self.model.take_fault(op_name)
         if fault is not None:
             if fault.latency_s:
@@ -219,6 +221,11 @@ class ComputeApi:
         if route == ("GET", "faults"):
             with model.lock:
                 return 200, {"faults": [vars(f) for f in model.faults], "calls": dict(model.calls)}
+        if route == ("GET", "calls"):  # ?since=EPOCH_SECONDS: the call log, oldest first
+            since = float(query.get("since") or 0)
+            with model.lock:
+                log = [{"operation": o, "name": n, "at": t} for o, n, t in model.call_log if t >= since]
+            return 200, {"calls": log}
         if route == ("POST", "capacity"):
             model.set_capacity(str(body.get("zone")), bool(body.get("exhausted", True)))
             return 200, {"exhausted_zones": sorted(model.exhausted_zones)}
