@@ -1,0 +1,230 @@
+"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,reap] [--no-readme] [--out PATH]``
+
+Starts the local stack in a temporary directory, runs every benchmark with its same-run baseline,
+writes ``bench/results/latest.json`` and the README's bench section, and stops the stack, whatever
+happens. The full run takes under ten minutes on a 2-core machine; ``--quick`` about three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import psutil
+from rich.console import Console
+
+from bench import report
+from bench.harness import as_json
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results" / "latest.json"
+README = REPO / "README.md"
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "reap")
+
+# Short control-plane timings, as in the demo and the e2e tests: lease loss and reaping happen in seconds.
+BENCH_TIMINGS = {
+    "SPOTLEASH_SAMPLE_INTERVAL_S": "0.25",
+    "SPOTLEASH_LEASE_RENEW_S": "2",
+    "SPOTLEASH_LEASE_TTL_S": "6",
+    "SPOTLEASH_HEARTBEAT_INTERVAL_S": "1",
+    "SPOTLEASH_HEARTBEAT_TIMEOUT_S": "6",
+    "SPOTLEASH_ORPHAN_GRACE_S": "10",
+    "SPOTLEASH_DEMAND_COOLDOWN_S": "30",
+    "SPOTLEASH_PROVISIONING_TIMEOUT_S": "60",
+    "SPOTLEASH_CONFIRM_DELETE_S": "20",
+    "SPOTLEASH_LOG_LEVEL": "WARNING",
+}
+REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
+REAP_PERIOD_S = 60 / REAP_TIME_SCALE
+
+
+def machine() -> dict[str, Any]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return {
+        "arch": platform.machine(), "system": f"{platform.system()} {platform.release()}",
+        "cores": os.cpu_count(), "ram_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(), "commit": commit,
+    }
+
+
+def plan(quick: bool) -> dict[str, Any]:
+    if quick:
+        return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
+                "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2}
+    return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
+            "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3}
+
+
+def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
+    from local_emulator import stack
+
+    chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
+    unknown = sorted(set(chosen) - set(SECTIONS))
+    if unknown:
+        raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
+    p = plan(args.quick)
+    started = time.monotonic()
+    results: dict[str, Any] = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "quick": args.quick,
+        "plan": p, "sections": chosen, "timings": BENCH_TIMINGS, "reap_period_s": REAP_PERIOD_S,
+        "raw": {}, "errors": {}, "rows": [], "notes": [],
+    }
+    work = Path(tempfile.mkdtemp(prefix="spotleash-bench-"))
+    saved = dict(os.environ)
+    try:
+        with console.status("starting the local stack..."):
+            info = stack.up(work, overrides=BENCH_TIMINGS,
+                            fake_args={"scheduler": ["--time-scale", str(REAP_TIME_SCALE)]})
+        results["stack_ready_s"] = info.ready_s
+        console.print(f"local stack up in {time.monotonic() - started:.1f}s")
+        os.environ.update(stack.read_env(work))
+        os.environ.update(BENCH_TIMINGS)
+        os.environ["SPOTLEASH_STATE_DIR"] = str(work)
+        _run_sections(results, chosen, p, work, console)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        with console.status("stopping the local stack..."):
+            left = stack.down(work)
+        if left:
+            results["notes"].append(f"parts still running at the end (stopped): {', '.join(left)}")
+        shutil.rmtree(work, ignore_errors=True)
+    results["duration_s"] = time.monotonic() - started
+    return results
+
+
+def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], work: Path,
+                  console: Console) -> None:
+    from bench import agent_cost, lifecycle, reap_scale, vast_smoke
+    from bench.harness import Harness
+
+    h = Harness(work)
+    raw = results["raw"]
+    ttl = h.settings.lease_ttl_s
+    bound = ttl + REAP_PERIOD_S
+
+    def section(name: str, what: str, fn: Callable[[], Any]) -> None:
+        if name not in chosen:
+            return
+        t0 = time.monotonic()
+        with console.status(f"{what}..."):
+            try:
+                fn()
+            except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' figures
+                results["errors"][name] = f"{type(e).__name__}: {e}"
+                console.print(f"[red]{name} failed:[/] {e}\n{traceback.format_exc()}")
+        console.print(f"{what}: {time.monotonic() - t0:.0f}s")
+
+    def launch() -> None:
+        raw["demand"] = lifecycle.demand_to_create(h, p["launches"])
+        raw["direct_create"] = lifecycle.direct_create(h, p["direct_creates"])
+
+    def sigterm() -> None:
+        raw["sigterm"] = lifecycle.signal_to_deleted(h, p["sigterm"], signal.SIGTERM, timeout_s=60)
+        raw["direct_delete"] = lifecycle.direct_delete(h, p["direct_deletes"])
+
+    def sigkill() -> None:
+        raw["sigkill"] = lifecycle.signal_to_deleted(h, p["sigkill"], signal.SIGKILL, timeout_s=bound + 60)
+
+    def agent() -> None:
+        raw["agent"] = agent_cost.agent_cost(h, p["agent_s"])
+
+    def smoke() -> None:
+        raw["vast_smoke"] = vast_smoke.vast_smoke(work, p["smoke"])
+
+    def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
+        raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
+
+    try:
+        section("launch", f"demand → create, {p['launches']} launches + {p['direct_creates']} direct", launch)
+        section("sigterm", f"SIGTERM → deleted, {p['sigterm']} agents + {p['direct_deletes']} direct", sigterm)
+        section("sigkill", f"SIGKILL → deleted, {p['sigkill']} agents", sigkill)
+        section("agent", f"agent CPU/RSS over {p['agent_s']:.0f}s", agent)
+        section("smoke", f"VAST smoke run x{p['smoke']}", smoke)
+        section("reap", f"reap at {p['reap_sizes']} tracked", reap)
+    finally:
+        h.close()
+
+    rows: list[dict[str, Any]] = []
+    empty: dict[str, Any] = {"summary": {"n": 0}}
+    if any(k in raw for k in ("demand", "sigterm", "sigkill")):
+        rows += lifecycle.lifecycle_rows({k: raw.get(k, empty) for k in
+                                          ("demand", "direct_create", "sigterm", "direct_delete", "sigkill")},
+                                         bound, ttl, REAP_PERIOD_S)
+    if "reap" in raw:
+        rows += reap_scale.reap_rows(raw["reap"])
+    if "agent" in raw:
+        rows += agent_cost.agent_rows(raw["agent"])
+    if "vast_smoke" in raw:
+        rows += vast_smoke.smoke_rows(raw["vast_smoke"])
+    results["rows"] = rows
+    results["notes"] += notes(results)
+
+
+def notes(results: dict[str, Any]) -> list[str]:
+    raw, out = results["raw"], []
+    if "demand" in raw:
+        out.append("demand → create: from the publish call to the Compute fake receiving `instances.insert` (its "
+                   "call log), through Pub/Sub push, functions-framework, Firestore intent; one launch at a time, "
+                   f"{raw['demand']['warmup']} warm-up launches not counted. The baseline calls "
+                   "`GceProvider.create()` directly (label lookup + insert).")
+    if "sigkill" in raw:
+        out.append(f"lease loss: lease TTL {results['timings']['SPOTLEASH_LEASE_TTL_S']} s, reaper every "
+                   f"{REAP_PERIOD_S:g} s (scheduler fake at {REAP_TIME_SCALE}x); the time runs from the kill, so "
+                   "the renewal interval before it is not counted, but deleting and confirming are.")
+    if "reap" in raw:
+        out.append("reap: records seeded straight into the Firestore emulator; dry runs compare spotleash's "
+                   "targeted queries with a naive read of every live record (same decisions: "
+                   f"{all(r['same_decisions_as_naive'] for r in raw['reap'])}); 'executed' deletes and confirms "
+                   "every due instance through the Compute fake.")
+    if "agent" in raw:
+        out.append("agent: `python -m spotleash.agent` replaying the demo trace at 1x with production agent "
+                   "timings (1 s samples, 30 s lease beats); the baseline is `python -c 'import time; "
+                   "time.sleep(...)'` sampled in the same loop.")
+    for name, err in results["errors"].items():
+        out.append(f"section {name} FAILED: {err}")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="fewer runs, 20 s agent window, no 10,000-record reap")
+    ap.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
+    ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/latest.json)")
+    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")
+    args = ap.parse_args(argv)
+    console = Console()
+    results = run(args, console)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(as_json(results), indent=1, default=str) + "\n")
+    console.print(report.console_table(results["rows"]))
+    for n in results["notes"]:
+        console.print(f"- {n}")
+    console.print(f"results written to {args.out}")
+    if not args.no_readme:
+        if report.update_readme(README, report.readme_section(results)):
+            console.print(f"README section updated ({README})")
+        else:
+            console.print(f"[yellow]no {report.START} / {report.END} markers in {README}; README untouched")
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
