@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from spotleash.config import Settings, load_settings
 from spotleash.errors import ConfigError, SpotleashError
@@ -145,7 +145,8 @@ def status(
         print(json.dumps([r.model_dump(mode="json", exclude={"token_hash"}) | {"cost_so_far": r.cost_so_far(now)}
                           for r in records]))
         return
-    table = Table("instance", "lease", "provider", "state", "age", "last beat", "deadline", "cost $", "reason")
+    table = Table("lease", "provider", "state", "age", "last beat", "deadline", "cost $", "reason")
+    table.columns.insert(0, Column("instance", no_wrap=True))
     for r in records:
         table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), _age(r.created_at, now),
                       _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}", r.reason or "")

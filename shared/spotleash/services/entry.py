@@ -18,6 +18,8 @@ from spotleash import log as slog
 from spotleash.config import Settings, load_settings
 from spotleash.errors import BadInput, ConfigError
 from spotleash.events import Rejected, parse_event
+from spotleash.providers import build_provider
+from spotleash.providers.base import Provider
 from spotleash.services.context import Context
 from spotleash.topology import load_topology
 
@@ -38,17 +40,26 @@ def settings() -> Settings:
     return s
 
 
+_warm: dict[str, Provider] = {}
+
+
 @cache
 def context() -> Context:
-    return Context.from_settings(settings())
+    ctx = Context.from_settings(settings())
+    ctx.providers.update(_warm)
+    return ctx
 
 
 def warm_up() -> None:
-    """Build clients at start (global scope), so the first event does not pay for them."""
-    ctx = context()
-    ctx.provider("gce")
-    if ctx.settings.vast_api_key is not None:
-        ctx.provider("vast")
+    """Build the providers' REST clients at start, so the first event does not pay for them.
+
+    Only fork-safe clients: functions-framework imports us in gunicorn's master and forks the
+    worker afterwards, and a gRPC channel (Firestore) made before a fork hangs the worker's exit.
+    """
+    s = settings()
+    _warm["gce"] = build_provider("gce", s)
+    if s.vast_api_key is not None:
+        _warm["vast"] = build_provider("vast", s)
 
 
 def unwrap_pubsub(data: Any) -> tuple[bytes, str]:
