@@ -10,7 +10,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from tests.e2e.flows import Flows
 
 pytestmark = [pytest.mark.e2e]

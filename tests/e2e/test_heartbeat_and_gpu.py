@@ -7,10 +7,10 @@ import uuid
 
 import httpx
 import pytest
+from tests.e2e.flows import Flows
 
 from spotleash.events import Heartbeat
 from spotleash.model import State
-from tests.e2e.flows import Flows
 
 pytestmark = [pytest.mark.e2e]
 
