@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
@@ -16,6 +17,7 @@ from spotleash.services.launch import failover_event, handle_demand
 from spotleash.services.terminate import delete_at_provider, terminate
 
 log = get_logger("spotleash.reap")
+RELEASED_LEASE_HOLD = timedelta(hours=1)  # how long a released lease outlives its last instance
 
 
 @dataclass
@@ -59,7 +61,9 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
         if live:
             leases[lease.lease_id] = lease
             found.update((r.instance_id, r) for r in live)
-        else:
+        elif not lease.released or now - lease.renewed_at > RELEASED_LEASE_HOLD:
+            # A released lease is kept a while: deleted at once, a late renewal (sent before the
+            # release, delivered after) would open it again and a late demand would launch.
             store.retire_lease(lease.lease_id)
     inventories = {name: inventory(ctx, name) for name in providers}
     named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
