@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/latest.json)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")
     args = ap.parse_args(argv)
-    console = Console()
+    console = Console(width=max(Console().width, 200))
     results = run(args, console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(as_json(results), indent=1, default=str) + "\n")

@@ -18,7 +18,7 @@ from spotleash.polling import wait_until
 # The agent runs with production defaults for what it does on its own (1 s RAM samples, 30 s lease
 # beats): the bench stack's short timings are for the control plane's reaction times, not the agent's.
 AGENT_TIMING_VARS = ("SPOTLEASH_SAMPLE_INTERVAL_S", "SPOTLEASH_LEASE_RENEW_S", "SPOTLEASH_LEASE_TTL_S",
-                     "SPOTLEASH_DEMAND_COOLDOWN_S")
+                     "SPOTLEASH_DEMAND_COOLDOWN_S", "SPOTLEASH_LOG_LEVEL")
 
 
 def _tree(p: psutil.Process) -> list[psutil.Process]:
