@@ -1,0 +1,87 @@
+"""The benchmark's rendering and statistics on a tiny fake result dict (no timing measured or asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench import report
+from bench.stats import percentile, ratio, summary
+
+
+def fake_results() -> dict[str, Any]:
+    return {
+        "date": "2026-11-23 21:00 UTC", "quick": True, "duration_s": 123.4,
+        "machine": {"arch": "x86_64", "cores": 2, "ram_gb": 7.8, "python": "3.11.7", "commit": "0123456789abcdef"},
+        "rows": [
+            {"metric": "demand published → Compute insert received", "unit": "ms", "n": 30, "median": 210.0,
+             "p99": 512.5, "max": 530.0, "baseline_name": "provider.create() direct", "baseline": 60.0,
+             "ratio": 3.5, "target": "< 300 ms median", "within_target": True},
+            {"metric": "reap pass | 10,000 tracked: documents read", "unit": "reads", "n": 3, "median": 101,
+             "p99": None, "max": 101, "baseline_name": "naive", "baseline": 10_001, "ratio": 0.0101,
+             "target": None, "within_target": None},
+            {"metric": "agent RSS", "unit": "MB", "n": 60, "median": 120.0, "p99": 121.0, "max": 122.0,
+             "baseline_name": "idle python", "baseline": 9.5, "ratio": 12.6, "target": "< 100 MB",
+             "within_target": False},
+        ],
+        "notes": ["a note"],
+    }
+
+
+def test_table_has_a_header_a_separator_and_one_line_per_row() -> None:
+    table = report.markdown_table(fake_results()["rows"])
+    lines = table.splitlines()
+    assert len(lines) == 2 + 3
+    assert lines[0].startswith("| metric | n | median | p99 | max | baseline (median) | ratio | target |")
+    assert all(line.count(" | ") == len(report.COLUMNS) - 1 for line in lines[2:]), "a pipe in a cell must be escaped"
+
+
+def test_cells_carry_units_baseline_ratio_and_verdict() -> None:
+    first, reads, rss = (report.row_cells(r) for r in fake_results()["rows"])
+    assert first == ["demand published → Compute insert received", "30", "210 ms", "512 ms", "530 ms",
+                     "60 ms (provider.create() direct)", "3.50×", "< 300 ms median", "✓"]
+    assert reads[2] == "101" and reads[3] == "–" and reads[5] == "10,001 (naive)" and reads[6] == "0.01×"
+    assert reads[8] == "" and reads[7] == "–"
+    assert rss[2] == "120.0 MB" and rss[6] == "13×" and rss[8] == "✗ over"
+
+
+def test_readme_section_names_date_machine_and_commit(tmp_path: Path) -> None:
+    section = report.readme_section(fake_results())
+    assert "2026-11-23 21:00 UTC" in section and "x86_64, 2 cores, 7.8 GB RAM, Python 3.11.7" in section
+    assert "`0123456789`" in section and "quick run" in section and "- a note" in section
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\nbefore\n{report.START}\n(not yet measured)\n{report.END}\nafter\n")
+    assert report.update_readme(readme, section)
+    text = readme.read_text()
+    assert "(not yet measured)" not in text and text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
+    assert text.count(report.START) == 1 and report.markdown_table(fake_results()["rows"]) in text
+    assert report.update_readme(readme, "second")  # idempotent replacement between the same markers
+    assert f"{report.START}\nsecond\n{report.END}" in readme.read_text()
+
+
+def test_readme_without_markers_is_left_untouched(tmp_path: Path) -> None:
+    readme = tmp_path / "README.md"
+    readme.write_text("no markers here\n")
+    assert not report.update_readme(readme, "x")
+    assert readme.read_text() == "no markers here\n"
+
+
+def test_statistics() -> None:
+    s = summary([5.0, 1.0, 3.0, 2.0, 4.0])
+    assert (s["n"], s["median"], s["max"], s["min"], s["mean"]) == (5, 3.0, 5.0, 1.0, 3.0)
+    assert percentile(list(range(101)), 99) == pytest.approx(99.0)
+    assert percentile([1.0, 2.0], 50) == pytest.approx(1.5)
+    assert summary([]) == {"n": 0}
+    assert ratio(2.0, 4.0) == 0.5 and ratio(1.0, 0.0) is None and ratio(None, 1.0) is None
+    with pytest.raises(ValueError):
+        percentile([], 50)
+
+
+def test_console_table_renders_every_row() -> None:
+    from rich.console import Console
+
+    console = Console(width=250, record=True)
+    console.print(report.console_table(fake_results()["rows"]))
+    text = console.export_text()
+    assert "demand published" in text and "10,001 (naive)" in text and "✗ over" in text
