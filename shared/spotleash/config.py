@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     metadata_host: str | None = Field(None, description="metadata server host (unset: the real one)")
     vast_url: str = Field("https://console.vast.ai", description="VAST.ai API base URL")
     vast_api_key: SecretStr | None = Field(None, description="VAST.ai API key (unset: GPU launches are off)")
+    vast_interruptible: bool = Field(False, description="rent VAST GPUs as interruptible bids (spot): cheaper, "
+                                     "can be outbid; the reaper then replaces them")
     heartbeat_url: str | None = Field(None, description="URL of the on_heartbeat function")
     heartbeat_signing_key: SecretStr | None = Field(None, description="derives each instance's heartbeat token")
     confirm_delete_s: float = Field(60.0, gt=0, description="how long a delete waits for the provider to confirm")

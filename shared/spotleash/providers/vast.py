@@ -310,6 +310,7 @@ class VastProvider:
             max_dph=settings.gpu_max_dph, min_reliability=settings.gpu_min_reliability,
         )
         kwargs.setdefault("ssh_key_path", settings.state_dir / "vast_ssh_key")
+        kwargs.setdefault("interruptible", settings.vast_interruptible)
         return cls(url=settings.vast_url, api_key=settings.vast_api_key.get_secret_value(),
                    image=settings.gpu_image, requirements=req, **kwargs)
 
