@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.e2e]
 
 TRACE = Path(__file__).resolve().parents[2] / "shared" / "spotleash" / "agent" / "traces" / "climb.csv"
 BUDGET_S = 5.0
-EXIT_SLACK_S = 1.5  # interpreter start-up of the handler + teardown on a shared 2-core machine
+EXIT_SLACK_S = 4.0  # handler start-up + teardown on a shared, loaded 2-core machine; the bound, not a speed test
 
 
 # ------------------------------------------------------------------ helpers
@@ -195,10 +195,10 @@ def test_second_signal_exits_at_once(start_agent: Any) -> None:
     agent = start_agent("e2e-twice", emulator_host=_unreachable_host(), project="spotleash-test", budget_s=30)
     wait_until(lambda: agent.logged("agent started"), timeout_s=20, what="the agent to start")
     os.kill(agent.proc.pid, signal.SIGTERM)
-    wait_until(lambda: agent.logged("shutdown: publishing release"), timeout_s=5, what="the release to start")
+    wait_until(lambda: agent.logged("shutdown: publishing release"), timeout_s=20, what="the release to start")
     rc, elapsed = agent.signal_and_time_exit(signal.SIGINT, timeout_s=5)
     assert rc == 128 + signal.SIGINT
-    assert elapsed < 1.0
+    assert elapsed < 5.0  # far inside the 30 s budget: it did not wait for the release
     assert agent.logged("second signal")["exit_code"] == 130  # type: ignore[index]
 
 

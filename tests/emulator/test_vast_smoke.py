@@ -98,6 +98,8 @@ def test_declined_price_rents_nothing(vast_fake: VastFake, tmp_path: Path) -> No
 
 
 def test_smoke_command_exit_codes(vast_fake: VastFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("SPOTLEASH_VAST_URL", "SPOTLEASH_VAST_API_KEY"):  # a running local stack's must not leak in
+        monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VAST_URL", vast_fake.url)
     monkeypatch.setenv("VAST_API_KEY", API_KEY)
     assert smoke_command(False, tmp_path / "ok.json", yes=True) == 0

@@ -473,7 +473,8 @@ def test_invariants(w: dict[str, Any]) -> None:
     assert plan.blocked == (len(plan.decisions) > w["max"] and not w["force"])
 
     if not w["budget"]:
-        listed = {p.instance_id: p for inv_ in w["inventories"].values() for p in inv_.instances if p.instance_id}
+        listed = {p.instance_id: p for inv_ in w["inventories"].values() if inv_.ok
+                  for p in inv_.instances if p.instance_id and ours(p)}
         for r in live.values():
             lease_ = w["leases"].get(r.lease_id)
             last = r.last_heartbeat or r.running_at or r.updated_at
