@@ -450,7 +450,7 @@ def ours(p: ProviderInstance) -> bool:
     return p.labels.get(LABEL_MANAGED) == "true" and p.labels.get(LABEL_DEPLOYMENT) == DEP
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_invariants(w: dict[str, Any]) -> None:
     cfg = ReapConfig(DEP, 180, 600, 300, w["max"])
