@@ -85,7 +85,9 @@ def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack
     state_dir = tmp_path_factory.mktemp("chaos-stack")
     saved = dict(os.environ)
     try:
-        info = stack.up(state_dir, overrides={"SPOTLEASH_PROJECT": TEST_PROJECT, **FAST_TIMINGS},
+        # GPUs as bids (spot), so VAST's outbid and failed-bid paths are reachable.
+        info = stack.up(state_dir, overrides={"SPOTLEASH_PROJECT": TEST_PROJECT, "SPOTLEASH_VAST_INTERRUPTIBLE": "true",
+                                              **FAST_TIMINGS},
                         fake_args=FAST_FAKE_ARGS)
         env = stack.read_env(state_dir)
         env["SPOTLEASH_STATE_DIR"] = str(state_dir)
@@ -93,6 +95,10 @@ def chaos_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChaosStack
                                           ("on_demand", "on_release", "on_lease", "on_reap", "on_budget",
                                            "on_heartbeat")})
     finally:
+        for p in _PROVIDERS.values():
+            with suppress(Exception):
+                p.close()
+        _PROVIDERS.clear()
         os.environ.clear()
         os.environ.update(saved)
         stack.down(state_dir)
@@ -195,13 +201,18 @@ class Chaos(Flows):
         return _PROVIDERS[name]
 
     # ---- the VAST fake
-    def vast(self, method: str, path: str, **body: Any) -> Any:
-        r = httpx.request(method, f"{self.vast_url}/_control/{path}", json=body or None, timeout=30)
+    def vast(self, verb: str, route: str, /, **body: Any) -> Any:
+        r = httpx.request(verb, f"{self.vast_url}/_control/{route}", json=body or None, timeout=30)
         r.raise_for_status()
         return r.json()
 
     def vast_instances(self) -> list[dict[str, Any]]:
         return list(self.vast("GET", "inspect")["instances"])
+
+    def faults_left(self) -> int:
+        """Injected faults not yet triggered, in both fakes (a scenario whose fault never fired proves nothing)."""
+        gce = sum(int(f["count"]) for f in self.compute("GET", "faults")["faults"])
+        return gce + sum(int(f["count"]) for f in self.vast("GET", "inspect")["faults"])
 
     def clear_faults(self) -> None:
         self.compute("DELETE", "faults")

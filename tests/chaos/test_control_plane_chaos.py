@@ -154,6 +154,7 @@ def test_compute_429_503_and_timeouts_during_launch_and_delete(chaos: Chaos, see
                           reason="backendError")
             chaos.demand(lid)
             rec = chaos.wait_ready(lid, timeout_s=90)
+            assert chaos.faults_left() == 0, "not every launch fault fired"
             for code, reason in rng.sample(codes, k=3):
                 chaos.compute("POST", "faults", operation="instances.delete", count=rng.randint(1, 2),
                               http_code=code, reason=reason, latency_s=3.0 if code is None else 0.0)
@@ -163,6 +164,7 @@ def test_compute_429_503_and_timeouts_during_launch_and_delete(chaos: Chaos, see
             chaos.release(lid)
             chaos.verdict("Compute 429/503/timeouts at launch and delete", obs, [lid], t_fault=t0,
                           bound_s=REAP_BOUND + 30, min_seen=1)
+            assert chaos.faults_left() == 0, "not every delete fault fired"
     assert chaos.store.get(rec.instance_id).state == State.TERMINATED  # type: ignore[union-attr]
 
 

@@ -1,0 +1,79 @@
+"""Render bench/results/chaos.json into the README's chaos section.
+
+    uv run python -m tests.chaos.report          # rewrites the text between the chaos markers
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+RESULTS = REPO / "bench" / "results" / "chaos.json"
+README = REPO / "README.md"
+START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
+
+WHAT_CLEANS = {
+    "agent SIGKILL while idle": "nothing to clean; the lease just expires",
+    "agent SIGKILL while launching": "lease expiry → reaper",
+    "agent SIGKILL while running": "lease expiry → reaper",
+    "agent SIGTERM during launch": "the agent's release; the launcher deletes what it made after the release",
+    "on_demand killed between create and record": "Pub/Sub redelivery resumes (label reconcile) → lease expiry / provisioning timeout → reaper",
+    "on_reap killed mid-reap": "the next reap retries a stalled delete (after 30 s)",
+    "duplicate, late, out-of-order deliveries": "dedup by event id; released leases refuse late demands",
+    "Firestore emulator restarted": "orphan sweep: labelled VM without a record → deleted, audited `orphan`",
+    "Compute 429/503/timeouts at launch and delete": "retries with backoff in launch and release",
+    "VAST offer vanishes": "next offer; release",
+    "VAST failed bid leaves a stopped instance": "label reconcile destroys the leftover; release",
+    "VAST outbid spot GPU": "reaper `stopped_at_provider` → failover replacement; release",
+    "VAST 429/5xx/slow at launch and delete": "retries with backoff; release",
+    "GCE preemption": "preemption seen → failover replacement; release",
+    "instance agent hangs (SIGSTOP)": "heartbeat loss → reaper",
+    "deadline hit mid-launch": "reaper `max_runtime`",
+    "budget exhausted mid-run": "budget alert → reaper stops everything; launches refused",
+    "hostile and malformed events": "acked, recorded in `rejected`, dead-lettered",
+}
+
+
+def render(data: dict[str, Any]) -> str:
+    m = data["machine"]
+    lines = [
+        f"Measured {data['date']} on {m['uname_m']}, {m['cores']} cores, Python {m['python']}, "
+        f"{data['runs_per_scenario']} run(s) per scenario (`SPOTLEASH_CHAOS_RUNS`), "
+        "each on the local stack with fast timings (lease TTL 6 s, heartbeat timeout 5 s, a reap every 5 s). "
+        "Clean-up time runs from the fault to the moment no instance of the scenario is left at the provider "
+        "(fake control API *and* `list_owned` through the official clients) and every instance the fakes ever "
+        "held has a Firestore record in a terminal state with a reason.",
+        "",
+        "| scenario | runs | orphans left | records lost | worst clean-up | what cleans up |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for name, r in data["scenarios"].items():
+        lost = str(r["records_lost"])
+        if "instance_records_lost_with_emulator" in r:
+            lost += f" ({r['instance_records_lost_with_emulator']} instance records lost with the emulator, all audited)"
+        lines.append(f"| {name} | {r['runs']} | {r['orphans_left']} | {lost} | {r['worst_cleanup_s']:.1f} s | "
+                     f"{WHAT_CLEANS.get(name, '')} |")
+    t = data["totals"]
+    lines += ["", f"Totals: {t['runs']} runs, {t['orphans_left']} orphans left, {t['records_lost']} records lost. "
+              "Raw figures: `bench/results/chaos.json`."]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    data = json.loads(RESULTS.read_text())
+    text = README.read_text()
+    if START not in text or END not in text:
+        print(f"{README} has no chaos markers", file=sys.stderr)
+        return 1
+    new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{render(data)}\n{END}", text,
+                 flags=re.S)
+    README.write_text(new)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

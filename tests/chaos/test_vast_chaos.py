@@ -1,0 +1,107 @@
+"""VAST.ai under faults (GPU demand): offers vanishing, a failed bid leaving a stopped instance, an outbid
+spot GPU, and bursts of 429 / 5xx / slow answers during launch and delete."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import pytest
+from tests.chaos.conftest import REAP_BOUND, SEEDS, Chaos, new_lease, observed
+
+from spotleash.model import State
+from spotleash.polling import wait_until
+
+pytestmark = [pytest.mark.chaos]
+
+CREATE = r"/api/v0/asks/"
+DESTROY = r"/api/v0/instances/"
+
+
+def _vast_of(chaos: Chaos, lid: str) -> list[dict[str, object]]:
+    return [i for i in chaos.vast_instances() if f":{lid}:" in str(i.get("label") or "")]
+
+
+@pytest.fixture
+def vast_chaos(chaos: Chaos) -> Chaos:
+    chaos.vast("POST", "config", boot_delay_s=0.5)
+    return chaos
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vast_offer_vanishes(vast_chaos: Chaos, seed: int) -> None:
+    chaos = vast_chaos
+    lid = new_lease("vanish")
+    chaos.vast("POST", "faults", kind="offer_gone", count=1 + seed % 2)
+    with observed(chaos) as obs:
+        with chaos.lease_kept(lid):
+            chaos.demand(lid, gpu=True)
+            rec = chaos.wait_ready(lid, timeout_s=90)
+            assert rec.provider == "vast"
+            t0 = time.monotonic()
+            chaos.release(lid)
+            assert chaos.faults_left() == 0, "the offer never vanished"
+            chaos.verdict("VAST offer vanishes", obs, [lid], t_fault=t0, bound_s=REAP_BOUND, min_seen=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vast_failed_bid_leaves_a_stopped_instance(vast_chaos: Chaos, seed: int) -> None:
+    chaos = vast_chaos
+    lid = new_lease("bid")
+    chaos.vast("POST", "faults", kind="bid_leaves_instance", count=1 + seed % 2)
+    with observed(chaos) as obs:
+        with chaos.lease_kept(lid):
+            chaos.demand(lid, gpu=True)
+            chaos.wait_ready(lid, timeout_s=90)
+            assert chaos.faults_left() == 0, "no bid failed"
+            t0 = time.monotonic()
+            chaos.release(lid)
+            chaos.verdict("VAST failed bid leaves a stopped instance", obs, [lid], t_fault=t0, bound_s=REAP_BOUND,
+                          min_seen=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vast_outbid_spot_gpu(vast_chaos: Chaos, seed: int) -> None:
+    chaos = vast_chaos
+    lid = new_lease("outbid")
+    with observed(chaos) as obs:
+        with chaos.lease_kept(lid):
+            chaos.demand(lid, gpu=True)
+            old = chaos.wait_ready(lid, timeout_s=90)
+            time.sleep(random.Random(seed).uniform(0, 1))
+            t0 = time.monotonic()
+            chaos.vast("POST", f"outbid/{old.provider_id}")
+            gone = chaos.wait_gone(old, timeout_s=REAP_BOUND)
+            assert gone.reason, gone
+            wait_until(lambda: [r for r in chaos.records_of(lid) if r.replaces == old.instance_id
+                                and r.state in (State.READY, State.RUNNING, State.FAILED)],
+                       timeout_s=90, what="the replacement (or its recorded failure)")
+            chaos.release(lid)
+        chaos.verdict("VAST outbid spot GPU", obs, [lid], t_fault=t0, bound_s=120, min_seen=1)
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_vast_429_5xx_and_slow_answers_during_launch_and_delete(vast_chaos: Chaos, seed: int) -> None:
+    chaos = vast_chaos
+    rng = random.Random(seed)
+    lid = new_lease("vasterr")
+    with observed(chaos) as obs:
+        with chaos.lease_kept(lid):
+            chaos.vast("POST", "faults", kind="rate_limit", count=rng.randint(1, 3), code=429, path=CREATE)
+            chaos.vast("POST", "faults", kind="error", count=rng.randint(1, 2), code=503, path=CREATE)
+            chaos.vast("POST", "faults", kind="latency", count=1, seconds=3.0, path=CREATE)
+            chaos.demand(lid, gpu=True)
+            rec = chaos.wait_ready(lid, timeout_s=120)
+            assert chaos.faults_left() == 0, "not every launch fault fired"
+            chaos.vast("POST", "faults", kind="rate_limit", count=rng.randint(1, 3), code=429, path=DESTROY,
+                       method="DELETE")
+            chaos.vast("POST", "faults", kind="error", count=rng.randint(1, 2), code=502, path=DESTROY,
+                       method="DELETE")
+            chaos.vast("POST", "faults", kind="latency", count=1, seconds=3.0, path=DESTROY, method="DELETE")
+            t0 = time.monotonic()
+            chaos.release(lid)
+            chaos.verdict("VAST 429/5xx/slow at launch and delete", obs, [lid], t_fault=t0, bound_s=REAP_BOUND + 30,
+                          min_seen=1)
+            assert chaos.faults_left() == 0, "not every delete fault fired"
+    assert chaos.store.get(rec.instance_id).state == State.TERMINATED  # type: ignore[union-attr]
+    assert not _vast_of(chaos, lid)
