@@ -84,7 +84,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "quick": args.quick,
         "plan": p, "sections": chosen, "timings": BENCH_TIMINGS, "reap_period_s": REAP_PERIOD_S,
-        "raw": {}, "errors": {}, "rows": [], "notes": [],
+        "raw": {}, "errors": {}, "rows": [], "notes": [], "loadavg_start": list(os.getloadavg()),
+        "extra_notes": list(args.note),
     }
     work = Path(tempfile.mkdtemp(prefix="spotleash-bench-"))
     saved = dict(os.environ)
@@ -103,10 +104,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         os.environ.update(saved)
         with console.status("stopping the local stack..."):
             left = stack.down(work)
-        if left:
-            results["notes"].append(f"parts still running at the end (stopped): {', '.join(left)}")
+        results["stack_parts_stopped"] = left
         shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = time.monotonic() - started
+    results["loadavg_end"] = list(os.getloadavg())
     return results
 
 
@@ -162,12 +163,21 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     finally:
         h.close()
 
+    build_rows(results)
+
+
+def build_rows(results: dict[str, Any]) -> None:
+    """The table rows and notes, from the raw measurements alone (so ``--render-only`` can redo them)."""
+    from bench import agent_cost, lifecycle, reap_scale, vast_smoke
+
+    raw = results["raw"]
+    ttl = float(results["timings"]["SPOTLEASH_LEASE_TTL_S"])
     rows: list[dict[str, Any]] = []
     empty: dict[str, Any] = {"summary": {"n": 0}}
     if any(k in raw for k in ("demand", "sigterm", "sigkill")):
         rows += lifecycle.lifecycle_rows({k: raw.get(k, empty) for k in
                                           ("demand", "direct_create", "sigterm", "direct_delete", "sigkill")},
-                                         bound, ttl, REAP_PERIOD_S)
+                                         ttl + REAP_PERIOD_S, ttl, REAP_PERIOD_S)
     if "reap" in raw:
         rows += reap_scale.reap_rows(raw["reap"])
     if "agent" in raw:
@@ -175,7 +185,7 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     if "vast_smoke" in raw:
         rows += vast_smoke.smoke_rows(raw["vast_smoke"])
     results["rows"] = rows
-    results["notes"] += notes(results)
+    results["notes"] = notes(results) + list(results.get("extra_notes", []))
 
 
 def notes(results: dict[str, Any]) -> list[str]:
@@ -198,6 +208,9 @@ def notes(results: dict[str, Any]) -> list[str]:
         out.append("agent: `python -m spotleash.agent` replaying the demo trace at 1x with production agent "
                    "timings (1 s samples, 30 s lease beats); the baseline is `python -c 'import time; "
                    "time.sleep(...)'` sampled in the same loop.")
+    if "loadavg_start" in results and "loadavg_end" in results:
+        out.append(f"machine load (1-min load average) {results['loadavg_start'][0]:.1f} at the start, "
+                   f"{results['loadavg_end'][0]:.1f} at the end, on {results['machine'].get('cores')} cores.")
     for name, err in results["errors"].items():
         out.append(f"section {name} FAILED: {err}")
     return out
@@ -209,9 +222,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/latest.json)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")
+    ap.add_argument("--render-only", action="store_true",
+                    help="measure nothing: rebuild the table and README section from the results file's raw data")
+    ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 200))
-    results = run(args, console)
+    if args.render_only:
+        results = json.loads(args.out.read_text())
+        results["extra_notes"] = list(dict.fromkeys([*results.get("extra_notes", []), *args.note]))
+        build_rows(results)
+    else:
+        results = run(args, console)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(as_json(results), indent=1, default=str) + "\n")
     console.print(report.console_table(results["rows"]))
