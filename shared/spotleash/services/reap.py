@@ -72,13 +72,13 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
 
 
 def _execute(ctx: Context, d: Decision) -> None:
-    if d.instance_id is not None and ctx.store.get(d.instance_id) is not None and d.reason != "orphan":
-        rec = ctx.store.get(d.instance_id)
-        if d.reason == "stopped_at_provider" and rec is not None:
+    rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
+    if rec is not None:
+        if d.reason == "stopped_at_provider":
             lease = ctx.store.get_lease(rec.lease_id)
             if lease is not None and not lease.expired(ctx.now()):  # outbid / preempted: replace it
                 handle_demand(ctx, failover_event(rec, ctx.now()), replaces=rec.instance_id)
-        terminate(ctx, d.instance_id, d.reason, action="reap")
+        terminate(ctx, rec.instance_id, d.reason, action="reap")
         return
     if d.provider_id is None:
         raise Transient(f"orphan without a provider id: {d}")
