@@ -9,7 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    stop_any,
+    wait_exponential,
+)
+from tenacity.stop import stop_base
 
 from spotleash.errors import BadInput, CapacityExhausted, ProviderPermanent, Transient
 from spotleash.events import DemandEvent
@@ -65,11 +73,27 @@ def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: dateti
     )
 
 
+def _still_wanted(ctx: Context, instance_id: str) -> bool:
+    rec = ctx.store.get(instance_id)
+    return rec is not None and rec.state in (State.REQUESTED, State.PROVISIONING)
+
+
+class _Abandoned(stop_base):
+    """Stop retrying a create once the launch is no longer wanted (released, reaped)."""
+
+    def __init__(self, ctx: Context, instance_id: str) -> None:
+        self.ctx, self.instance_id = ctx, instance_id
+
+    def __call__(self, retry_state: RetryCallState) -> bool:  # noqa: ARG002 - tenacity's signature
+        return not _still_wanted(self.ctx, self.instance_id)
+
+
 def _create_with_retry(ctx: Context, spec: LaunchSpec, provider_name: str) -> ProviderInstance:
+    """create() with backoff on transient errors; stops retrying once the launch is no longer wanted."""
     provider = ctx.provider(provider_name)
     for attempt in Retrying(
         retry=retry_if_exception_type(Transient),
-        stop=stop_after_delay(ctx.settings.launch_retry_s),
+        stop=stop_any(stop_after_delay(ctx.settings.launch_retry_s), _Abandoned(ctx, spec.instance_id)),
         wait=wait_exponential(multiplier=0.5, max=8),
         reraise=True,
     ):
@@ -145,7 +169,15 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         return _fail(ctx, rec, "no_capacity", str(e))
     except (ProviderPermanent, BadInput) as e:
         return _fail(ctx, rec, "provider_refused", str(e))
-    # Transient past the retry budget propagates: the event is redelivered and resumes here.
+    except Transient:
+        if _still_wanted(ctx, instance_id):
+            raise  # past the retry budget: the event is redelivered and resumes here
+        # Released while we were creating: whatever the create left must not outlive the record.
+        found = ctx.provider(rec.provider).find(instance_id)
+        if found is not None:
+            ctx.provider(rec.provider).delete(found.provider_id)
+        log.warning("launch abandoned: released during create", instance_id=instance_id)
+        return LaunchOutcome(instance_id, State.TERMINATED, False, "released during launch")
 
     at = ctx.now()
 
