@@ -57,6 +57,24 @@ def render(data: dict[str, Any]) -> str:
             lost += f" ({r['instance_records_lost_with_emulator']} instance records lost with the emulator, all audited)"
         lines.append(f"| {name} | {r['runs']} | {r['orphans_left']} | {lost} | {r['worst_cleanup_s']:.1f} s | "
                      f"{WHAT_CLEANS.get(name, '')} |")
+    lines += [
+        "",
+        "What the suite does: a stack of its own (`tests/chaos/conftest.py`), a real agent process for the agent "
+        "faults, `stack.kill_part`/`stack.restart` for function and emulator processes, the fakes' control APIs for "
+        "provider faults (every injected fault must have fired), hypothesis for the hostile events (pushed to the "
+        "functions' URLs exactly as Pub/Sub push does). An observer polls both fakes throughout, so an instance "
+        "that lived only seconds still counts.",
+        "",
+        "Firestore restarted: the emulator keeps its data in memory, so every record, lease and audit entry is "
+        "lost. spotleash then has no memory of its VMs; the orphan sweep (list by ownership label, delete what "
+        "has no record, after the orphan grace) deletes every one of them and audits each as `reap`/`orphan` in "
+        "the new database. \"records lost\" counts instances with neither a record nor that audit entry.",
+        "",
+        "Found and fixed by these scenarios: a released lease was deleted at the next reap, so a renewal sent "
+        "before the release but delivered after it reopened the lease and a late demand launched "
+        "(`services/reap.py` now keeps released leases an hour); VAST bids (spot GPUs) could not be turned on "
+        "(`SPOTLEASH_VAST_INTERRUPTIBLE`, used by the chaos stack).",
+    ]
     t = data["totals"]
     lines += ["", f"Totals: {t['runs']} runs, {t['orphans_left']} orphans left, {t['records_lost']} records lost. "
               "Raw figures: `bench/results/chaos.json`."]

@@ -32,19 +32,22 @@ def test_on_demand_killed_between_create_and_record(chaos: Chaos, seed: int) -> 
     """The insert is slow (latency in the fake); on_demand's process group dies while it waits, after
     the intent is written and before the VM is recorded; it is restarted. The VM is created anyway
     (the fake finishes the insert), carrying our labels: redelivery resumes it or the reaper deletes it."""
-    latency = 4.0 + random.Random(seed).uniform(0, 2)
+    latency = 5.0 + random.Random(seed).uniform(0, 2)
     chaos.compute("POST", "faults", operation="instances.insert", count=1, latency_s=latency)
     lid = new_lease("odkill")
     with observed(chaos) as obs:
-        chaos.renew(lid)
-        chaos.demand(lid)
-        wait_until(lambda: [r for r in chaos.records_of(lid) if r.state == State.PROVISIONING],
-                   timeout_s=30, interval_s=0.1, what="the intent")
-        time.sleep(1.0)  # inside the slow insert
-        t0 = time.monotonic()
-        chaos.cs.kill("on_demand")
-        wait_until(lambda: _lease_vms(chaos, lid), timeout_s=latency + 10, what="the VM the dead launcher asked for")
-        chaos.cs.restart("on_demand")
+        with chaos.lease_kept(lid):
+            chaos.demand(lid)
+            # The fault is taken when the insert arrives: from then on the fake sits on the request.
+            wait_until(lambda: chaos.faults_left() == 0, timeout_s=30, interval_s=0.05, what="the slow insert")
+            assert [r for r in chaos.records_of(lid) if r.state == State.PROVISIONING and not r.provider_id]
+            t0 = time.monotonic()
+            try:
+                chaos.cs.kill("on_demand")
+            finally:
+                chaos.cs.restart("on_demand")
+        wait_until(lambda: _lease_vms(chaos, lid) or chaos.records_of(lid)[0].provider_id, timeout_s=latency + 15,
+                   what="the VM the dead launcher asked for")
         # Nobody renews the lease any more: whatever the redelivery did, the reaper must end it all.
         chaos.verdict("on_demand killed between create and record", obs, [lid], t_fault=t0,
                       bound_s=PENDING_BOUND + 20, min_seen=1)
@@ -64,8 +67,10 @@ def test_on_reap_killed_mid_reap(chaos: Chaos, seed: int) -> None:
                    timeout_s=REAP_BOUND, interval_s=0.1, what="the reap decision")
         time.sleep(1.0)
         t0 = time.monotonic()
-        chaos.cs.kill("on_reap")
-        chaos.cs.restart("on_reap")
+        try:
+            chaos.cs.kill("on_reap")
+        finally:
+            chaos.cs.restart("on_reap")
         # The record stays TERMINATING (the VM's delete completes without its killed caller): the reaper
         # steps in once the delete has stalled RETRY_DELETE_AFTER_S, after Pub/Sub's push backoff.
         chaos.verdict("on_reap killed mid-reap", obs, [lid], t_fault=t0, bound_s=RETRY_DELETE_AFTER_S + REAP_BOUND + 30,
