@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -17,6 +18,7 @@ from spotleash.services.launch import failover_event, handle_demand
 from spotleash.services.terminate import delete_at_provider, terminate
 
 log = get_logger("spotleash.reap")
+PARALLEL_DELETES = 8
 RELEASED_LEASE_HOLD = timedelta(hours=1)  # how long a released lease outlives its last instance
 
 
@@ -88,6 +90,16 @@ def _execute(ctx: Context, d: Decision) -> None:
                     provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail)
 
 
+def _attempt(ctx: Context, d: Decision) -> str | None:
+    """Execute one decision; the error as text, or None on success."""
+    try:
+        _execute(ctx, d)
+        return None
+    except SpotleashError as e:
+        log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
+        return str(e)
+
+
 def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -> ReapReport:
     now = ctx.now()
     reads_before = ctx.store.reads
@@ -107,14 +119,15 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         ctx.store.audit("reap_decision", d.reason, now, instance_id=d.instance_id, provider=d.provider,
                         provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail, dry_run=dry,
                         blocked=plan.blocked)
-        if dry or plan.blocked:
-            continue
-        try:
-            _execute(ctx, d)
-            report.done.append(d)
-        except SpotleashError as e:  # one failure must not stop the others; the next tick retries
-            report.failed.append((d, str(e)))
-            log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
+    if not (dry or plan.blocked):
+        # Deletions are independent and mostly wait on the provider: run a few at once.
+        with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
+            outcomes = list(pool.map(lambda d: (d, _attempt(ctx, d)), plan.decisions))
+        for d, error in outcomes:
+            if error is None:
+                report.done.append(d)
+            else:  # one failure must not stop the others; the next tick retries
+                report.failed.append((d, error))
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
              failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)
