@@ -11,6 +11,7 @@ from tests.e2e.flows import Flows
 
 from spotleash.events import Heartbeat
 from spotleash.model import State
+from spotleash.polling import wait_until
 
 pytestmark = [pytest.mark.e2e]
 
@@ -55,6 +56,9 @@ def test_a_gpu_demand_rents_a_vast_box_that_heartbeats_and_is_destroyed_on_relea
         vast = httpx.get(f"{os.environ['SPOTLEASH_VAST_URL']}/_control/inspect", timeout=10).json()
         mine = [i for i in vast["instances"] if str(i.get("id")) == rec.provider_id]
         assert mine, "the VAST fake holds the instance"
+        pinned = wait_until(lambda: (flows.store.get(rec.instance_id) or rec).host_key, timeout_s=30,
+                            what="the pinned host key")
+        assert pinned.split()[0].startswith(("ssh-", "ecdsa-")), "host key pinned at first contact"
         flows.release(lid)
         done = flows.wait_gone(rec, timeout_s=60)
     assert done.state == State.TERMINATED

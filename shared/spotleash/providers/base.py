@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 # Label keys (GCE label rules: lowercase, digits, '-', '_'; values <= 63 chars).
 LABEL_MANAGED = "spotleash-managed"
@@ -139,3 +139,10 @@ class Provider(Protocol):
     def delete(self, provider_id: str) -> None:
         """Delete; already gone counts as success. Returns once the provider accepted it."""
         ...
+
+
+@runtime_checkable
+class HostKeyLearner(Protocol):
+    """Providers whose instances are reached over SSH: read a host key at first contact, to pin it."""
+
+    def learn_host_key(self, host: str, port: int, *, timeout_s: float = 10.0) -> str: ...

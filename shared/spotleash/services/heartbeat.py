@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from spotleash.errors import Transient
+import paramiko
+
+from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
+from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import failover_event, handle_demand
 from spotleash.services.terminate import terminate
@@ -42,10 +45,29 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
     updated = ctx.store.update(beat.instance_id, beat_in)
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
         ctx.store.audit("ready", "first heartbeat", now, instance_id=rec.instance_id, lease_id=rec.lease_id)
+        _pin_host_key(ctx, updated)
     if beat.preempted and not rec.preempted:
         _failover(ctx, rec)
         return BeatReply(200, "stop", "preempted; a replacement is being launched")
     return BeatReply(200, "continue")
+
+
+def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
+    """Learn the box's SSH host key at first contact and keep it with the record (never auto-add later)."""
+    provider = ctx.provider(rec.provider)
+    if rec.host_key or rec.provider_id is None or not isinstance(provider, HostKeyLearner):
+        return
+    try:
+        inst = provider.get(rec.provider_id)
+        if inst is None or not inst.ssh_host or not inst.ssh_port:
+            return
+        key = provider.learn_host_key(inst.ssh_host, inst.ssh_port, timeout_s=5.0)
+    except (SpotleashError, OSError, paramiko.SSHException) as e:  # the next session can learn it; not fatal
+        log.warning("could not learn the SSH host key", instance_id=rec.instance_id, detail=str(e))
+        return
+    ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={
+        "host_key": key, "ssh_host": inst.ssh_host, "ssh_port": inst.ssh_port}))
+    log.info("SSH host key pinned", instance_id=rec.instance_id, key_type=key.split()[0])
 
 
 def _lease_wants_capacity(lease: Lease | None, ctx: Context) -> bool:
