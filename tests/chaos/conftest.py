@@ -214,6 +214,10 @@ class Chaos(Flows):
         gce = sum(int(f["count"]) for f in self.compute("GET", "faults")["faults"])
         return gce + sum(int(f["count"]) for f in self.vast("GET", "inspect")["faults"])
 
+    def wait_faults_fired(self, what: str, timeout_s: float = 30) -> None:
+        """Every injected fault has fired (the reaper's listings take the "*" ones within a reap or two)."""
+        wait_until(lambda: self.faults_left() == 0, timeout_s=timeout_s, interval_s=0.25, what=what)
+
     def clear_faults(self) -> None:
         self.compute("DELETE", "faults")
         self.vast("DELETE", "faults")

@@ -88,24 +88,26 @@ def test_duplicate_late_and_out_of_order_deliveries(chaos: Chaos, seed: int) -> 
             event = chaos.demand(dup)
             for _ in range(rng.randint(3, 6)):
                 chaos.publish(event)
-            for _ in range(2):
-                assert chaos.push("on_demand", "demand", event.to_bytes()) < 300
+            # Concurrent copies may be nacked (5xx: Firestore transaction contention) and then redelivered;
+            # what matters is one record and one VM.
+            codes = [chaos.push("on_demand", "demand", event.to_bytes()) for _ in range(2)]
+            assert all(c < 300 or c >= 500 for c in codes), codes
             rec = chaos.wait_ready(dup)
             time.sleep(2)
             assert len(chaos.records_of(dup)) == 1 and len(_lease_vms(chaos, dup)) == 1
             # A release before its demand: the demand arrives late and must not launch.
             chaos.renew(early)
             chaos.release(early)
-            wait_until(lambda: (lease := chaos.store.get_lease(early)) and lease.released, timeout_s=30,
+            wait_until(lambda: (lease := chaos.store.get_lease(early)) and lease.released, timeout_s=60,
                        what="the early release")
             chaos.demand(early)
-            refused = wait_until(lambda: chaos.records_of(early), timeout_s=30, what="the late demand's record")[0]
+            refused = wait_until(lambda: chaos.records_of(early), timeout_s=60, what="the late demand's record")[0]
             assert refused.state == State.FAILED and refused.reason, refused
             # A renewal older than a release must not revive the lease.
             chaos.renew(stale)
             release = ReleaseEvent(lease_id=stale, reason="chaos release")
             chaos.publish(release)
-            wait_until(lambda: (lease := chaos.store.get_lease(stale)) and lease.released, timeout_s=30,
+            wait_until(lambda: (lease := chaos.store.get_lease(stale)) and lease.released, timeout_s=60,
                        what="the release")
             old = LeaseEvent(lease_id=stale, ttl_s=600, holder="late",
                              created_at=release.created_at - timedelta(seconds=5))
@@ -114,7 +116,7 @@ def test_duplicate_late_and_out_of_order_deliveries(chaos: Chaos, seed: int) -> 
             lease = chaos.store.get_lease(stale)
             assert lease is not None and lease.released, "an old renewal revived a released lease"
             chaos.demand(stale)
-            late = wait_until(lambda: chaos.records_of(stale), timeout_s=30, what="the stale lease's demand")[0]
+            late = wait_until(lambda: chaos.records_of(stale), timeout_s=60, what="the stale lease's demand")[0]
             assert late.state == State.FAILED, late
             chaos.release(dup)
             t0 = time.monotonic()
@@ -152,15 +154,16 @@ def test_compute_429_503_and_timeouts_during_launch_and_delete(chaos: Chaos, see
     codes = [(429, "rateLimitExceeded"), (503, "backendError"), (None, "slow")]
     with observed(chaos) as obs:
         with chaos.lease_kept(lid):
-            for code, reason in rng.sample(codes, k=3):
+            # Errors first, the slow answer last: a slow insert succeeds, and later faults would never fire.
+            for code, reason in [*rng.sample(codes[:2], k=2), codes[2]]:
                 chaos.compute("POST", "faults", operation="instances.insert", count=rng.randint(1, 2),
                               http_code=code, reason=reason, latency_s=3.0 if code is None else 0.0)
             chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), http_code=503,
                           reason="backendError")
             chaos.demand(lid)
             rec = chaos.wait_ready(lid, timeout_s=90)
-            assert chaos.faults_left() == 0, "not every launch fault fired"
-            for code, reason in rng.sample(codes, k=3):
+            chaos.wait_faults_fired("every launch fault to fire")
+            for code, reason in [*rng.sample(codes[:2], k=2), codes[2]]:
                 chaos.compute("POST", "faults", operation="instances.delete", count=rng.randint(1, 2),
                               http_code=code, reason=reason, latency_s=3.0 if code is None else 0.0)
             chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), http_code=429,
@@ -169,7 +172,7 @@ def test_compute_429_503_and_timeouts_during_launch_and_delete(chaos: Chaos, see
             chaos.release(lid)
             chaos.verdict("Compute 429/503/timeouts at launch and delete", obs, [lid], t_fault=t0,
                           bound_s=REAP_BOUND + 30, min_seen=1)
-            assert chaos.faults_left() == 0, "not every delete fault fired"
+            chaos.wait_faults_fired("every delete fault to fire")
     assert chaos.store.get(rec.instance_id).state == State.TERMINATED  # type: ignore[union-attr]
 
 
