@@ -358,6 +358,14 @@ def _machine() -> dict[str, Any]:
                                                                     text=True, check=False).stdout.strip()}
 
 
+FAILED_TESTS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed and "tests/chaos/" in report.nodeid:
+        FAILED_TESTS.append(report.nodeid)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # noqa: ARG001
     if not RESULTS:
         return
@@ -368,6 +376,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:  # n
         "bounds_s": {"reap": REAP_BOUND, "pending": PENDING_BOUND, "reap_period": REAP_PERIOD_S},
         "command": " ".join(sys.argv[-3:]),
         "scenarios": dict(sorted(RESULTS.items())),
+        # a test that failed before its verdict has no row above: it is listed here
+        "failed_tests": FAILED_TESTS,
         "totals": {"runs": sum(r["runs"] for r in RESULTS.values()),
                    "orphans_left": sum(r["orphans_left"] for r in RESULTS.values()),
                    "records_lost": sum(r["records_lost"] for r in RESULTS.values())},

@@ -76,6 +76,9 @@ def render(data: dict[str, Any]) -> str:
         "(`SPOTLEASH_VAST_INTERRUPTIBLE`, used by the chaos stack).",
     ]
     t = data["totals"]
+    if data.get("failed_tests"):
+        lines += ["", "Failed in this run (before their verdict, so not in the table): "
+                  + ", ".join(f"`{n.split('::')[-1]}`" for n in data["failed_tests"]) + "."]
     lines += ["", f"Totals: {t['runs']} runs, {t['orphans_left']} orphans left, {t['records_lost']} records lost. "
               "Raw figures: `bench/results/chaos.json`."]
     return "\n".join(lines)
