@@ -5,7 +5,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	uv run pytest -q -p no:cacheprovider
+	uv run pytest -q -p no:cacheprovider -m "not chaos"
 
 demo: setup
 	uv run spotleash demo
@@ -15,7 +15,7 @@ lint: setup
 	uv run mypy
 
 chaos: setup
-	uv run pytest -q -m chaos tests/chaos
+	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} uv run pytest -q -p no:cacheprovider -m chaos tests/chaos
 
 bench: setup
 	uv run python -m bench

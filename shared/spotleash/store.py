@@ -102,7 +102,10 @@ class Store:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current
 
-        self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        try:
+            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
+            raise Transient(f"firestore transaction on {instance_id} kept aborting: {e}") from e
         return result[0]
 
     def _live(self) -> Any:
