@@ -28,26 +28,15 @@ from rich.console import Console
 
 from bench import report
 from bench.harness import as_json
+from spotleash.demo import DEMO_TIMINGS, REAP_TIME_SCALE
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 README = REPO / "README.md"
 SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "reap")
 
-# Short control-plane timings, as in the demo and the e2e tests: lease loss and reaping happen in seconds.
-BENCH_TIMINGS = {
-    "SPOTLEASH_SAMPLE_INTERVAL_S": "0.25",
-    "SPOTLEASH_LEASE_RENEW_S": "2",
-    "SPOTLEASH_LEASE_TTL_S": "6",
-    "SPOTLEASH_HEARTBEAT_INTERVAL_S": "1",
-    "SPOTLEASH_HEARTBEAT_TIMEOUT_S": "6",
-    "SPOTLEASH_ORPHAN_GRACE_S": "10",
-    "SPOTLEASH_DEMAND_COOLDOWN_S": "30",
-    "SPOTLEASH_PROVISIONING_TIMEOUT_S": "60",
-    "SPOTLEASH_CONFIRM_DELETE_S": "20",
-    "SPOTLEASH_LOG_LEVEL": "WARNING",
-}
-REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
+# The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs.
+BENCH_TIMINGS = {**DEMO_TIMINGS, "SPOTLEASH_LOG_LEVEL": "WARNING"}
 REAP_PERIOD_S = 60 / REAP_TIME_SCALE
 
 
