@@ -149,11 +149,11 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         ]
         console.rule("[bold]Act 3 — VAST GPU smoke run")
         smoke_rc = smoke_command(real=False, json_out=state_dir / "vast-smoke.json", yes=True)
-        table = Table("act", "instance", "provider", "start → READY", "signal → gone", "deleted by", "cost $")
+        table = Table("act", "provider", "start → READY", "signal → gone", "deleted by", "cost $")
         for r in results:
-            table.add_row(r.act, r.instance_id, r.provider, f"{r.launched_s:.1f}s", f"{r.deleted_s:.1f}s",
+            table.add_row(r.act, r.provider, f"{r.launched_s:.1f}s", f"{r.deleted_s:.1f}s",
                           r.deleted_by.split(":")[0], f"{r.cost:.6f}")
-        table.add_row("3: GPU smoke", "(above)", "vast", "-", "-", "smoke destroy",
+        table.add_row("3: GPU smoke", "vast", "-", "-", "smoke destroy",
                       "ok" if smoke_rc == 0 else "[red]FAILED")
         console.rule("[bold]summary")
         console.print(table)
