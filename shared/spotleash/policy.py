@@ -31,7 +31,7 @@ class LaunchPlan:
 
 @dataclass(frozen=True)
 class Refusal:
-    reason: str  # short code: budget_exceeded, lease_limit, global_limit, cooldown, lease_released
+    reason: str  # short code: budget_exceeded, lease_limit, global_limit, cooldown, lease_released, lease_expired
     detail: str
 
 
@@ -43,6 +43,7 @@ class LaunchFacts:
     month_committed: float  # worst-case remaining cost of the live instances
     budget_alert_exceeded: bool
     lease_released: bool
+    lease_expired: bool = False
 
 
 def machine_for(ram_gb: float, configured: str) -> str:
@@ -70,6 +71,8 @@ def choose_provider(event: DemandEvent) -> ProviderName:
 def plan_launch(event: DemandEvent, facts: LaunchFacts, settings: Settings, now: datetime) -> LaunchPlan | Refusal:
     if facts.lease_released:
         return Refusal("lease_released", f"lease {event.lease_id} was released; a new agent must renew it first")
+    if facts.lease_expired:
+        return Refusal("lease_expired", f"lease {event.lease_id} expired: its agent is gone")
     if len(facts.lease_live) >= settings.max_instances_per_lease:
         return Refusal("lease_limit", f"lease {event.lease_id} already has {len(facts.lease_live)} live "
                        f"instance(s); limit is {settings.max_instances_per_lease}")

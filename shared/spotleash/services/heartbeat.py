@@ -35,6 +35,18 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
     if rec.state in ENDED or rec.state == State.TERMINATING:
         return BeatReply(200, "stop", f"instance is {rec.state}")
     now = ctx.now()
+    lease = ctx.store.get_lease(rec.lease_id)
+    if lease is None or lease.expired(now):
+        # The reaper finds expired leases by query; a lease whose document is gone (lost records) it
+        # cannot see, so the instance's own beat is where that is caught.
+        reason = "lease_missing" if lease is None else "lease_expired"
+        log.warning("heartbeat from an instance whose lease is gone; deleting it", instance_id=rec.instance_id,
+                    lease_id=rec.lease_id, reason=reason)
+        try:
+            terminate(ctx, rec.instance_id, reason, action="heartbeat")
+        except Transient as e:  # the reaper retries a stalled delete
+            log.warning("delete not yet confirmed", instance_id=rec.instance_id, detail=str(e))
+        return BeatReply(200, "stop", reason)
 
     def beat_in(r: InstanceRecord) -> InstanceRecord | None:
         if r.state in ENDED or r.state == State.TERMINATING:

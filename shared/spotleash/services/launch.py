@@ -48,6 +48,10 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
     live = store.live_instances()
     month = store.instances_since(month_start(now))
     lease = store.get_lease(lease_id)
+    if lease is None:
+        # The agent renews its lease before it demands, but the two travel on different topics: wait
+        # for the lease (a redelivery) rather than launch something no lease will ever let go of.
+        raise Transient(f"lease {lease_id} is not known yet; the demand waits for its first renewal")
     budget = store.get_budget() or {}
     return LaunchFacts(
         lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING],
@@ -55,7 +59,8 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
         month_spend=sum(r.cost_so_far(now) for r in month),
         month_committed=sum(max(r.worst_case_cost() - r.cost_so_far(now), 0.0) for r in live),
         budget_alert_exceeded=bool(budget.get("exceeded")),
-        lease_released=bool(lease and lease.released),
+        lease_released=lease.released,
+        lease_expired=not lease.released and lease.expired(now),
     )
 
 
