@@ -232,3 +232,17 @@ def test_prices_grow_with_size() -> None:
     sizes = [gb for _, gb, _ in HIGHMEM]
     prices = [p for _, _, p in HIGHMEM]
     assert sizes == sorted(sizes) and prices == sorted(prices)
+
+
+def test_an_expired_lease_refuses_the_launch() -> None:
+    from datetime import UTC, datetime
+
+    from spotleash.config import load_settings
+    from spotleash.events import Component, DemandEvent
+    from spotleash.policy import LaunchFacts, Refusal, plan_launch
+
+    event = DemandEvent(lease_id="l1", trigger="threshold", ram_percent=90, components=[Component(name="vision")])
+    facts = LaunchFacts(lease_live=[], total_live=0, month_spend=0.0, month_committed=0.0,
+                        budget_alert_exceeded=False, lease_released=False, lease_expired=True)
+    decision = plan_launch(event, facts, load_settings(), datetime.now(UTC))
+    assert isinstance(decision, Refusal) and decision.reason == "lease_expired"
