@@ -29,6 +29,7 @@ from spotleash.services.context import Context, token_hash
 from spotleash.services.terminate import terminate
 
 log = get_logger("spotleash.launch")
+IN_FLIGHT_GRACE_S = 10.0  # beyond the create retry budget, before a redelivery takes over a launch
 
 
 @dataclass(frozen=True)
@@ -160,7 +161,12 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         elif rec.state not in (State.REQUESTED, State.PROVISIONING):
             return LaunchOutcome(instance_id, rec.state, False, rec.reason)
     else:
-        rec = existing  # a redelivery resumes an interrupted launch; create() reconciles by label
+        # A redelivery resumes an interrupted launch (create() reconciles by label). While another
+        # delivery is still inside its launch window, step back instead of fighting over the record.
+        busy_for = ctx.settings.launch_retry_s + IN_FLIGHT_GRACE_S - (now - existing.updated_at).total_seconds()
+        if busy_for > 0:
+            raise Transient(f"{instance_id}: a launch is in flight; retry in {busy_for:.0f}s")
+        rec = existing
 
     rec = ctx.store.update(instance_id, lambda r: transition(r, State.PROVISIONING, ctx.now(),
                                                                attempts=r.attempts + 1)
