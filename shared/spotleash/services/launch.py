@@ -160,6 +160,8 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
                             event_id=event.event_id, provider=provider_name, machine=intent.machine)
         elif rec.state not in (State.REQUESTED, State.PROVISIONING):
             return LaunchOutcome(instance_id, rec.state, False, rec.reason)
+        else:  # a concurrent copy of this event created it a moment ago and is launching it
+            raise Transient(f"{instance_id}: a launch is in flight")
     else:
         # A redelivery resumes an interrupted launch (create() reconciles by label). While another
         # delivery is still inside its launch window, step back instead of fighting over the record.
@@ -195,6 +197,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
     def record_running(r: InstanceRecord) -> InstanceRecord | None:
         if r.state not in (State.REQUESTED, State.PROVISIONING):
             return None  # released (or reaped) while we were creating
+        at = ctx.now()  # the heartbeat baseline is when the record says RUNNING, not when we started writing
         return transition(r, State.RUNNING, at, provider_id=made.provider_id, zone=made.zone,
                           machine=made.machine or r.machine, price_per_hour=made.price_per_hour or r.price_per_hour,
                           last_heartbeat=at, ssh_host=made.ssh_host, ssh_port=made.ssh_port)
