@@ -28,10 +28,19 @@ def test_watchdog_destroys_instance_past_deadline(vast_fake: VastFake) -> None:
                             onstart_cmd=build_onstart(s))["new_contract"]
     fx.wait_for(lambda: v.show_instance(iid)["actual_status"] == "running", timeout=10, what="running")
     folder = vast_fake.model.get(iid).folder
-    pids = fx.instance_pids(vast_fake)
-    watchdog = fx.wait_for(lambda: [p for p in map(psutil.Process, pids) if "watchdog" in " ".join(p.cmdline())],
-                           timeout=10, what="watchdog process")
+    def watchdogs() -> list[int]:
+        found = []
+        for pid in fx.instance_pids(vast_fake):  # read afresh: onstart's short-lived steps come and go
+            try:
+                if "watchdog" in " ".join(psutil.Process(pid).cmdline()):
+                    found.append(pid)
+            except psutil.Error:
+                continue
+        return found
+
+    watchdog = fx.wait_for(watchdogs, timeout=10, what="watchdog process")
     assert watchdog
+    pids = fx.instance_pids(vast_fake)
     assert v.show_instance(iid) is not None  # alive before the deadline
     fx.wait_for(lambda: v.show_instance(iid) is None, timeout=30, every=0.2, what="self-destroy")
     assert datetime.now(UTC) >= deadline
