@@ -9,10 +9,10 @@ import paramiko
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
-from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
+from spotleash.model import ENDED, InstanceRecord, State, transition
 from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
-from spotleash.services.launch import failover_event, handle_demand
+from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import terminate
 
 log = get_logger("spotleash.heartbeat")
@@ -82,25 +82,11 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
     log.info("SSH host key pinned", instance_id=rec.instance_id, key_type=key.split()[0])
 
 
-def _lease_wants_capacity(lease: Lease | None, ctx: Context) -> bool:
-    return lease is not None and not lease.expired(ctx.now())
-
-
 def _failover(ctx: Context, rec: InstanceRecord) -> None:
     """The provider is taking this instance back: record it, launch a replacement if still wanted."""
-    now = ctx.now()
-    ctx.store.audit("preempted", "preemption notice", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
-                    provider=rec.provider)
-    replacement = None
-    if _lease_wants_capacity(ctx.store.get_lease(rec.lease_id), ctx):
-        event = failover_event(rec, now)
-        outcome = handle_demand(ctx, event, replaces=rec.instance_id)
-        replacement = outcome.instance_id
-        ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"replaced_by": replacement}))
-        ctx.store.audit("failover", "preempted", ctx.now(), instance_id=rec.instance_id,
-                        replacement=replacement, replacement_state=str(outcome.state), lease_id=rec.lease_id)
-        log.info("failover launched", instance_id=rec.instance_id, replacement=replacement,
-                 state=str(outcome.state))
+    ctx.store.audit("preempted", "preemption notice", ctx.now(), instance_id=rec.instance_id,
+                    lease_id=rec.lease_id, provider=rec.provider)
+    launch_replacement(ctx, rec, "preempted")
     try:
         terminate(ctx, rec.instance_id, "preempted", action="preempted")
     except Transient as e:  # the provider deletes preempted instances itself; the reaper confirms later

@@ -197,8 +197,8 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
     def record_running(r: InstanceRecord) -> InstanceRecord | None:
         if r.state not in (State.REQUESTED, State.PROVISIONING):
             return None  # released (or reaped) while we were creating
-        at = ctx.now()  # the heartbeat baseline is when the record says RUNNING, not when we started writing
-        return transition(r, State.RUNNING, at, provider_id=made.provider_id, zone=made.zone,
+        stamped = ctx.now()  # the heartbeat baseline: when the record says RUNNING, not when we began writing
+        return transition(r, State.RUNNING, stamped, provider_id=made.provider_id, zone=made.zone,
                           machine=made.machine or r.machine, price_per_hour=made.price_per_hour or r.price_per_hour,
                           last_heartbeat=at, ssh_host=made.ssh_host, ssh_port=made.ssh_port)
 
@@ -218,6 +218,21 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
     log.info("instance running", instance_id=instance_id, lease_id=event.lease_id, event_id=event.event_id,
              provider=rec.provider, provider_id=made.provider_id, zone=made.zone)
     return LaunchOutcome(instance_id, State.RUNNING, True)
+
+
+def launch_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | None:
+    """The provider took ``rec`` back (preempted, outbid): launch a replacement if its lease still wants
+    capacity. Returns the replacement's id. Idempotent: the failover event id derives from ``rec``."""
+    lease = ctx.store.get_lease(rec.lease_id)
+    if lease is None or lease.expired(ctx.now()):
+        return None
+    outcome = handle_demand(ctx, failover_event(rec, ctx.now()), replaces=rec.instance_id)
+    replacement = outcome.instance_id
+    ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"replaced_by": replacement}))
+    ctx.store.audit("failover", why, ctx.now(), instance_id=rec.instance_id, replacement=replacement,
+                    replacement_state=str(outcome.state), lease_id=rec.lease_id)
+    log.info("failover launched", instance_id=rec.instance_id, replacement=replacement, state=str(outcome.state))
+    return replacement
 
 
 def failover_event(rec: InstanceRecord, now: datetime) -> DemandEvent:

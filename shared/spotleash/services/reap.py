@@ -14,7 +14,7 @@ from spotleash.providers import PROVIDER_NAMES
 from spotleash.providers.base import Inventory
 from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide
 from spotleash.services.context import Context
-from spotleash.services.launch import failover_event, handle_demand
+from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
 
 log = get_logger("spotleash.reap")
@@ -76,10 +76,8 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
 def _execute(ctx: Context, d: Decision) -> None:
     rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
-        if d.reason == "stopped_at_provider":
-            lease = ctx.store.get_lease(rec.lease_id)
-            if lease is not None and not lease.expired(ctx.now()):  # outbid / preempted: replace it
-                handle_demand(ctx, failover_event(rec, ctx.now()), replaces=rec.instance_id)
+        if d.reason == "stopped_at_provider":  # outbid / preempted: replace it if still wanted
+            launch_replacement(ctx, rec, d.reason)
         terminate(ctx, rec.instance_id, d.reason, action="reap")
         return
     if d.provider_id is None:
