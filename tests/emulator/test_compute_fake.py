@@ -18,8 +18,12 @@ from google.api_core import exceptions as gexc
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
+from tests.emulator import compute_fixtures
 
 from local_emulator.compute import ComputeFake
+
+fake = compute_fixtures.fake
+clean = compute_fixtures.clean
 
 pytestmark = pytest.mark.emulator
 
@@ -43,23 +47,6 @@ def pid_gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[ComputeFake]:
-    f = ComputeFake(boot_delay_s=0.2, wait_timeout_s=10).start()
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture(autouse=True)
-def clean(fake: ComputeFake) -> Iterator[None]:
-    fake.model.reset()
-    fake.model.clock.set_scale(1.0)
-    yield
-    fake.model.reset()
 
 
 @pytest.fixture

@@ -13,12 +13,16 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from tests.emulator import compute_fixtures
 
 from local_emulator.compute import ComputeFake
 from spotleash.config import Settings
 from spotleash.errors import CapacityExhausted, ProviderPermanent, ProviderTransient
 from spotleash.providers.base import LaunchSpec, ProviderStatus
 from spotleash.providers.gce import GceProvider, map_status, request_id_for
+
+fake = compute_fixtures.fake
+clean = compute_fixtures.clean
 
 pytestmark = pytest.mark.emulator
 
@@ -74,23 +78,6 @@ class Receiver:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-@pytest.fixture(scope="module")
-def fake() -> Iterator[ComputeFake]:
-    f = ComputeFake(boot_delay_s=0.2, wait_timeout_s=10).start()
-    try:
-        yield f
-    finally:
-        f.stop()
-
-
-@pytest.fixture(autouse=True)
-def clean(fake: ComputeFake) -> Iterator[None]:
-    fake.model.reset()
-    fake.model.clock.set_scale(1.0)
-    yield
-    fake.model.reset()
 
 
 @pytest.fixture
