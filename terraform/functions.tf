@@ -83,7 +83,10 @@ resource "google_cloudfunctions2_function" "fn" {
       SPOTLEASH_HEARTBEAT_URL       = local.heartbeat_url
       # Read by the GCE provider when it attaches an identity to a VM (see iam.tf).
       SPOTLEASH_VM_SERVICE_ACCOUNT = google_service_account.vm.email
-      LOG_EXECUTION_ID             = "true"
+      # Where launches resolve the app package (packages.tf) and which pointer they pin.
+      SPOTLEASH_PACKAGE_BUCKET  = google_storage_bucket.packages.name
+      SPOTLEASH_PACKAGE_CHANNEL = var.package_channel
+      LOG_EXECUTION_ID          = "true"
     }
 
     # Values live in Secret Manager only; the function reads the latest enabled version at start.

@@ -8,8 +8,9 @@
 #                   service account, and only that one.
 #   sl-push         the identity Pub/Sub push deliveries carry (OIDC); may invoke the private functions.
 #   sl-build        builds the function images: logs, its Artifact Registry repo, the source bucket.
-#   sl-vm           the identity attached to spotleash VMs: may write logs and nothing else. The
-#                   launcher gives VMs the logging.write scope only, never cloud-platform.
+#   sl-vm           the identity attached to spotleash VMs: may write logs and read the package
+#                   bucket (packages.tf), nothing else. The launcher gives VMs the logging.write and
+#                   devstorage.read_only scopes only, never cloud-platform.
 
 resource "google_service_account" "function" {
   for_each = local.function_sa_ids
@@ -34,7 +35,7 @@ resource "google_service_account" "build" {
 resource "google_service_account" "vm" {
   account_id   = "sl-vm"
   display_name = "spotleash VMs"
-  description  = "Attached to spotleash Spot VMs; may write logs and nothing else."
+  description  = "Attached to spotleash Spot VMs; may write logs and read the package bucket."
 }
 
 # ---------------------------------------------------------------- project-level grants

@@ -56,3 +56,8 @@ output "agent_env" {
     "export SPOTLEASH_HEARTBEAT_URL=${local.heartbeat_url}",
   ])
 }
+
+output "package_bucket" {
+  description = "SPOTLEASH_PACKAGE_BUCKET: where `spotleash publish` uploads the app package."
+  value       = google_storage_bucket.packages.name
+}

@@ -153,6 +153,39 @@ variable "enable_vast" {
   default     = true
 }
 
+variable "package_channel" {
+  description = "Channel whose pointer (latest-<channel>.txt) launches resolve: `spotleash publish --channel`."
+  type        = string
+  default     = "main"
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9._-]{0,62}$", var.package_channel))
+    error_message = "package_channel must be 1-63 lowercase letters, digits, '.', '_' or '-'."
+  }
+}
+
+variable "package_publishers" {
+  description = "Principals that may run `spotleash publish` (e.g. [\"user:you@example.com\"]); object user on the package bucket only."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.package_publishers : can(regex("^(user|group|serviceAccount):", m))])
+    error_message = "package_publishers must be IAM members of the form user:..., group:... or serviceAccount:... (never allUsers)."
+  }
+}
+
+variable "package_retention_days" {
+  description = "Archives under packages/ older than this are deleted (republish to keep one)."
+  type        = number
+  default     = 90
+
+  validation {
+    condition     = var.package_retention_days >= 7
+    error_message = "package_retention_days must be at least 7."
+  }
+}
+
 variable "source_archive_path" {
   description = "Path of the function source archive built by scripts/build_function_archive.py (empty: terraform/build/spotleash-functions.zip)."
   type        = string

@@ -39,9 +39,10 @@ ALLOWED_ROLES = {
     "roles/run.invoker",  # the push identity on private functions; allUsers on on_heartbeat only
     "roles/secretmanager.secretAccessor",  # on one secret at a time
     "roles/iam.serviceAccountUser",  # the launcher, on the VM service account only
-    "roles/iam.serviceAccountTokenCreator",  # the Pub/Sub service agent, on the push account only
+    "roles/iam.serviceAccountTokenCreator",  # Pub/Sub agent on the push account; the launcher on itself (signed URLs)
     "roles/artifactregistry.writer",  # the build identity, on our repository only
-    "roles/storage.objectViewer",  # the build identity, on the source bucket only
+    "roles/storage.objectViewer",  # the build identity on the source bucket; sl-vm and the launcher on packages
+    "roles/storage.objectUser",  # publishers (var.package_publishers), on the package bucket only
 }
 ALLOWED_COMPUTE_PERMISSIONS = {
     "compute.instances.create", "compute.instances.delete", "compute.instances.get", "compute.instances.list",
@@ -314,9 +315,10 @@ def test_actas_only_on_the_vm_account_and_only_for_the_launcher() -> None:
     assert expr(act["launcher_acts_as_vm"], "for_each") == "local.vm_creators"
 
 
-def test_vm_service_account_may_only_write_logs() -> None:
-    vm_grants = [(t, n, b["role"]) for t, n, b in _iam_members() if "google_service_account.vm.email" in b.get("member", "")]
-    assert vm_grants == [("google_project_iam_member", "vm_logging", "roles/logging.logWriter")]
+def test_vm_service_account_may_only_write_logs_and_read_packages() -> None:
+    vm_grants = sorted((t, n, b["role"]) for t, n, b in _iam_members() if "google_service_account.vm.email" in b.get("member", ""))
+    assert vm_grants == [("google_project_iam_member", "vm_logging", "roles/logging.logWriter"),
+                         ("google_storage_bucket_iam_member", "vm_package_reader", "roles/storage.objectViewer")]
 
 
 def test_one_service_account_per_function() -> None:
@@ -478,3 +480,44 @@ def test_function_archive_is_deterministic(tmp_path: Path) -> None:
         reqs = zf.read("requirements.txt").decode().splitlines()
         assert any(r.startswith("functions-framework==") for r in reqs)
         assert not any(r.startswith(("pytest", "mypy", "ruff", "spotleash")) for r in reqs), "dev deps leaked"
+
+
+# ---------------------------------------------------------------- the package bucket (issue 12)
+
+def test_package_bucket_is_private_versioned_and_expires_old_archives() -> None:
+    b = resources("google_storage_bucket")["packages"]
+    assert b["uniform_bucket_level_access"] is True
+    assert b["public_access_prevention"] == "enforced"
+    assert b["versioning"][0]["enabled"] is True
+    rules = b["lifecycle_rule"]
+    assert any(r["condition"][0].get("with_state") == "ARCHIVED" for r in rules), "old pointer versions must go"
+    assert any(r["condition"][0].get("matches_prefix") == ["packages/"] for r in rules), "old archives must go"
+
+
+def test_only_vm_launcher_and_publishers_reach_the_package_bucket() -> None:
+    grants = {n: b for n, b in resources("google_storage_bucket_iam_member").items()
+              if b["bucket"] == "${google_storage_bucket.packages.name}"}
+    assert set(grants) == {"vm_package_reader", "launcher_package_reader", "package_publisher"}
+    assert grants["vm_package_reader"]["role"] == "roles/storage.objectViewer"
+    assert grants["vm_package_reader"]["member"] == "serviceAccount:${google_service_account.vm.email}"
+    assert grants["launcher_package_reader"]["role"] == "roles/storage.objectViewer"
+    assert expr(grants["launcher_package_reader"], "for_each") == "local.vm_creators"
+    assert grants["package_publisher"]["role"] == "roles/storage.objectUser"
+    # sl-vm reads the package bucket and no other: no project-wide storage role for anyone.
+    for body in resources("google_project_iam_member").values():
+        assert "storage" not in body["role"], body
+    others = [n for n, b in resources("google_storage_bucket_iam_member").items()
+              if b["member"] == "serviceAccount:${google_service_account.vm.email}" and n != "vm_package_reader"]
+    assert others == []
+
+
+def test_publishers_must_be_named_principals() -> None:
+    var = TFDOC["variable"]["package_publishers"]
+    assert var["default"] == []
+    assert "allUsers" in var["validation"][0]["error_message"]
+
+
+def test_functions_learn_the_package_bucket_and_channel() -> None:
+    env = resources("google_cloudfunctions2_function")["fn"]["service_config"][0]["environment_variables"]
+    assert env["SPOTLEASH_PACKAGE_BUCKET"] == "${google_storage_bucket.packages.name}"
+    assert env["SPOTLEASH_PACKAGE_CHANNEL"] == "${var.package_channel}"
