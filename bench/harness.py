@@ -21,7 +21,7 @@ from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
-from spotleash.store import Store
+from spotleash.store import FirestoreStore
 from spotleash.topology import load_topology
 
 log = get_logger("bench")
@@ -37,7 +37,7 @@ class Harness:
     def __init__(self, work_dir: Path) -> None:
         self.work_dir = work_dir
         self.settings: Settings = load_settings()
-        self.store = Store.from_settings(self.settings)
+        self.store = FirestoreStore.from_settings(self.settings)
         self.ctx = Context(settings=self.settings, store=self.store)
         self.publisher = pubsub_v1.PublisherClient()
         self.compute_url = os.environ["SPOTLEASH_COMPUTE_ENDPOINT"]

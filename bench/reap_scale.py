@@ -3,7 +3,7 @@
 Records are seeded straight into the Firestore emulator (batched writes, 500 per commit) under a
 deployment id of their own, so the stack's scheduled reaper (deployment ``default``) never touches
 them. The reap runs against the real Compute and VAST fakes, with a fixed ``now``. Baseline in the
-same run: a naive reap that reads every live record (``Store.live_instances()``) and decides over all.
+same run: a naive reap that reads every live record (``FirestoreStore.live_instances()``) and decides over all.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from spotleash.providers.base import Inventory
 from spotleash.reaper import ReapConfig, ReapPlan, decide
 from spotleash.services.context import Context
 from spotleash.services.reap import configured_providers, inventory, run_reap
-from spotleash.store import Store
+from spotleash.store import FirestoreStore
 
 BATCH = 500
 PER_LEASE = 10
@@ -51,7 +51,7 @@ def _records(dep: str, n: int, now: datetime) -> tuple[list[InstanceRecord], lis
     return recs, list(leases.values())
 
 
-def seed(store: Store, recs: list[InstanceRecord], leases: list[Lease]) -> float:
+def seed(store: FirestoreStore, recs: list[InstanceRecord], leases: list[Lease]) -> float:
     """Batched writes straight to the emulator; returns the seconds it took."""
     t0 = time.monotonic()
     client = store.client
@@ -99,7 +99,7 @@ def reap_at_scale(h: Harness, n: int, repeats: int) -> dict[str, Any]:
     due = sum(1 for r in recs if r.deadline <= now or (r.last_heartbeat and r.last_heartbeat < now - timedelta(minutes=5)))
     seed_s = seed(h.store, recs, leases)
     settings = h.settings.model_copy(update={"deployment_id": dep, "reap_max_deletions": max(n, 100)})
-    store = Store(h.store.client, dep)
+    store = FirestoreStore(h.store.client, dep)
     ctx = Context(settings=settings, store=store, clock=lambda: now)
     providers = configured_providers(ctx)
 

@@ -134,10 +134,10 @@ def status(
     all_: bool = typer.Option(False, "--all", help="include ended instances"),
 ) -> None:
     """A table of the deployment's instances."""
-    from spotleash.store import Store
+    from spotleash.store import FirestoreStore
 
     s = settings()
-    store = Store.from_settings(s)
+    store = FirestoreStore.from_settings(s)
     now = datetime.now(UTC)
     records = store.all_instances() if all_ else store.live_instances()
     records.sort(key=lambda r: r.created_at)
@@ -163,11 +163,11 @@ def down(
     from spotleash.agent import default_lease_id
     from spotleash.agent.publisher import Publisher
     from spotleash.events import ReleaseEvent
-    from spotleash.store import Store
+    from spotleash.store import FirestoreStore
 
     s = settings()
     if all_:
-        leases = sorted({r.lease_id for r in Store.from_settings(s).live_instances()})
+        leases = sorted({r.lease_id for r in FirestoreStore.from_settings(s).live_instances()})
         if not leases:
             console.print("nothing is running")
             return

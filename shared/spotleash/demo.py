@@ -25,7 +25,7 @@ from spotleash.config import Settings, load_settings
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.providers import build_provider
-from spotleash.store import Store
+from spotleash.store import FirestoreStore, Store
 
 # Short timings so the whole demo takes about two minutes; production defaults are in config.py.
 DEMO_TIMINGS = {
@@ -139,7 +139,7 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         os.environ.update(DEMO_TIMINGS)
         os.environ["SPOTLEASH_STATE_DIR"] = str(state_dir)
         settings = load_settings()
-        store = Store.from_settings(settings)
+        store = FirestoreStore.from_settings(settings)
         env = dict(os.environ)
         results = [
             run_act(console, store, settings, env, state_dir, act="1: SIGTERM",

@@ -1,4 +1,6 @@
-"""The Firestore repository: the only module that imports google.cloud.firestore.
+"""The store: the ``Store`` protocol the services use, and ``FirestoreStore``, its Firestore implementation
+(the only module that imports google.cloud.firestore). ``tests/support/memory_store.py`` implements the
+same protocol in memory; ``tests/support/store_contract.py`` holds both to the same behaviour.
 
 Collections: ``instances`` (InstanceRecord, doc id = instance_id), ``leases`` (Lease), ``events``
 (dedup marks), ``rejected`` (bad input with its reason), ``audit`` (every decision and action),
@@ -9,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -30,7 +32,47 @@ def _doc(record: InstanceRecord) -> dict[str, Any]:
     return data
 
 
-class Store:
+class Store(Protocol):
+    """Exactly what the services (launch, release, terminate, heartbeat, reap, entry) need from storage.
+
+    ``update`` is one atomic read-modify-write; its ``change`` must be a pure function of the record,
+    because an implementation may call it again when a transaction is retried. Every method may raise
+    ``Transient`` when the storage is unavailable.
+    """
+
+    reads: int  # documents read so far (the reap reports its cost with it)
+
+    # instances
+    def get(self, instance_id: str) -> InstanceRecord | None: ...
+    def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]: ...
+    def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]: ...
+    def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+    ) -> InstanceRecord | None: ...
+    def live_instances(self) -> list[InstanceRecord]: ...
+    def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]: ...
+    def instances_since(self, since: datetime) -> list[InstanceRecord]: ...
+    # the reaper's candidate queries
+    def past_deadline(self, now: datetime) -> list[InstanceRecord]: ...
+    def heartbeat_older_than(self, cutoff: datetime) -> list[InstanceRecord]: ...
+    def pending_older_than(self, cutoff: datetime) -> list[InstanceRecord]: ...
+    # leases
+    def get_lease(self, lease_id: str) -> Lease | None: ...
+    def put_lease(self, lease: Lease) -> None: ...
+    def expired_leases(self, now: datetime) -> list[Lease]: ...
+    def retire_lease(self, lease_id: str) -> None: ...
+    # dedup marks, rejected input, audit, budget
+    def mark_event(self, event_id: str, kind: str, now: datetime) -> bool: ...
+    def reject(self, *, source: str, reason: str, detail: str, raw: bytes, message_id: str,
+               now: datetime) -> None: ...
+    def audit(self, action: str, reason: str, now: datetime, **fields: Any) -> None: ...
+    def put_budget(self, data: dict[str, Any]) -> None: ...
+    def get_budget(self) -> dict[str, Any] | None: ...
+
+
+class FirestoreStore:
+    """``Store`` on Firestore, plus what the CLI, demo and tests read (``all_instances``, ``audit_entries``...)."""
+
     def __init__(self, client: firestore.Client, deployment_id: str) -> None:
         self.client = client
         self.deployment_id = deployment_id
@@ -39,7 +81,7 @@ class Store:
         self._leases = client.collection("leases")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Store:
+    def from_settings(cls, settings: Settings) -> FirestoreStore:
         return cls(firestore.Client(project=settings.project), settings.deployment_id)
 
     # ---------------------------------------------------------------- helpers

@@ -21,14 +21,14 @@ from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseE
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.providers import build_provider
-from spotleash.store import Store
+from spotleash.store import FirestoreStore
 from spotleash.topology import load_topology
 
 
 class Flows:
     def __init__(self) -> None:
         self.settings: Settings = load_settings()
-        self.store = Store.from_settings(self.settings)
+        self.store = FirestoreStore.from_settings(self.settings)
         self.publisher = pubsub_v1.PublisherClient()
         self.project = self.settings.project
         self.compute_url = os.environ["SPOTLEASH_COMPUTE_ENDPOINT"]

@@ -1,9 +1,14 @@
-"""What a service needs: settings, the store, providers, a clock. Built once per process."""
+"""What a service needs: settings, the store, providers, a clock. Built once per process.
+
+Everything a service touches outside itself comes through here, so a test builds a ``Context`` on an
+in-memory store, fake providers and a fake clock (``tests/support``) and runs the service in-process.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -12,7 +17,7 @@ from spotleash.config import Settings
 from spotleash.errors import ConfigError
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
-from spotleash.store import Store
+from spotleash.store import FirestoreStore, Store
 
 
 def utcnow() -> datetime:
@@ -25,10 +30,11 @@ class Context:
     store: Store
     clock: Callable[[], datetime] = utcnow
     providers: dict[str, Provider] = field(default_factory=dict)
+    sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
-        return cls(settings=settings, store=Store.from_settings(settings))
+        return cls(settings=settings, store=FirestoreStore.from_settings(settings))
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:

@@ -101,6 +101,7 @@ def _create_with_retry(ctx: Context, spec: LaunchSpec, provider_name: str) -> Pr
         retry=retry_if_exception_type(Transient),
         stop=stop_any(stop_after_delay(ctx.settings.launch_retry_s), _Abandoned(ctx, spec.instance_id)),
         wait=wait_exponential(multiplier=0.5, max=8),
+        sleep=ctx.sleep,
         reraise=True,
     ):
         with attempt:
