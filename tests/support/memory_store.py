@@ -1,0 +1,213 @@
+"""``spotleash.store.Store`` in memory, for in-process tests of the services (and benches).
+
+Same semantics as ``FirestoreStore`` where the services depend on them, and the shared contract in
+``tests/support/store_contract.py`` runs against both to keep it so:
+
+- records round-trip through their stored form (``model_dump`` / ``model_validate``), so a caller
+  never holds a reference into the store;
+- ``create_intent`` and ``mark_event`` are conditional creates; ``update`` is one atomic
+  read-modify-write (one lock for the whole store: a reap deletes from several threads);
+- the queries filter as Firestore's do, including that a range filter never matches a missing field
+  (a RUNNING record without ``last_heartbeat`` is not "older than" any cut-off);
+- ``reads`` counts documents read the way ``FirestoreStore`` counts them.
+
+It lives under ``tests/`` so no deployable can ship it by accident.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from spotleash.model import LIVE, InstanceRecord, Lease, State
+from spotleash.store import RETENTION
+
+if TYPE_CHECKING:
+    from spotleash.store import Store
+
+_HEARTBEATING = (State.RUNNING, State.READY)
+_PENDING = (State.REQUESTED, State.PROVISIONING, State.TERMINATING)
+
+
+def _stored(record: InstanceRecord) -> dict[str, Any]:
+    return record.model_dump(mode="python")
+
+
+@dataclass
+class _Tables:
+    """The "database": shared by every MemoryStore made from one another (one per deployment)."""
+
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    instances: dict[str, dict[str, Any]] = field(default_factory=dict)
+    leases: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: dict[str, dict[str, Any]] = field(default_factory=dict)
+    rejected: list[dict[str, Any]] = field(default_factory=list)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class MemoryStore:
+    def __init__(self, deployment_id: str = "default", *, _tables: _Tables | None = None) -> None:
+        self.deployment_id = deployment_id
+        self.reads = 0  # per store object, like FirestoreStore's
+        tables = _tables or _Tables()
+        self._db = tables
+        self._lock = tables.lock
+        self._instances = tables.instances
+        self._leases = tables.leases
+        self._events = tables.events
+        self._rejected = tables.rejected
+        self._audit = tables.audit
+        self._budget = tables.budget
+
+    def for_deployment(self, deployment_id: str) -> MemoryStore:
+        """Another deployment's view of the same data (as two FirestoreStores on one project)."""
+        return MemoryStore(deployment_id, _tables=self._db)
+
+    # ---------------------------------------------------------------- helpers
+    def _records(self, keep: Callable[[InstanceRecord], bool]) -> list[InstanceRecord]:
+        with self._lock:
+            found = [r for r in (InstanceRecord.model_validate(d) for d in self._instances.values()) if keep(r)]
+            self.reads += len(found)
+        return sorted(found, key=lambda r: r.instance_id)  # Firestore's default order: by document id
+
+    def _ours(self, r: InstanceRecord) -> bool:
+        return r.deployment_id == self.deployment_id
+
+    # ---------------------------------------------------------------- instances
+    def get(self, instance_id: str) -> InstanceRecord | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._instances.get(instance_id)
+        return InstanceRecord.model_validate(doc) if doc is not None else None
+
+    def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]:
+        wanted = set(instance_ids)
+        with self._lock:
+            self.reads += len(wanted)
+            docs = {i: self._instances[i] for i in wanted if i in self._instances}
+        return {i: InstanceRecord.model_validate(d) for i, d in docs.items()}
+
+    def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
+        with self._lock:
+            existing = self._instances.get(record.instance_id)
+            if existing is not None:
+                self.reads += 1
+                return InstanceRecord.model_validate(existing), False
+            self._instances[record.instance_id] = _stored(record)
+        return record, True
+
+    def put(self, record: InstanceRecord) -> None:
+        with self._lock:
+            self._instances[record.instance_id] = _stored(record)
+
+    def update(
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._instances.get(instance_id)
+            if doc is None:
+                return None
+            current = InstanceRecord.model_validate(doc)
+            new = change(current)
+            if new is not None and new != current:
+                self._instances[instance_id] = _stored(new)
+            return new if new is not None else current
+
+    def live_instances(self) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.state in LIVE)
+
+    def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]:
+        return [r for r in self._records(lambda r: r.lease_id == lease_id and (not live_only or r.state in LIVE))
+                if self._ours(r)]
+
+    def all_instances(self, limit: int = 500) -> list[InstanceRecord]:
+        return self._records(self._ours)[:limit]
+
+    def instances_since(self, since: datetime) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.created_at >= since)
+
+    def past_deadline(self, now: datetime) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.state in LIVE and r.deadline <= now)
+
+    def heartbeat_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.state in _HEARTBEATING
+                             and r.last_heartbeat is not None and r.last_heartbeat <= cutoff)
+
+    def pending_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.state in _PENDING and r.updated_at <= cutoff)
+
+    # ---------------------------------------------------------------- leases
+    def get_lease(self, lease_id: str) -> Lease | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._leases.get(lease_id)
+        return Lease.model_validate(doc) if doc is not None else None
+
+    def put_lease(self, lease: Lease) -> None:
+        with self._lock:
+            self._leases[lease.lease_id] = lease.model_dump(mode="python")
+
+    def expired_leases(self, now: datetime) -> list[Lease]:
+        with self._lock:
+            ours = [Lease.model_validate(d) for d in self._leases.values()
+                    if d["deployment_id"] == self.deployment_id]
+        due = [lease for lease in ours if lease.expires_at <= now]
+        released = [lease for lease in ours if lease.released]
+        with self._lock:
+            self.reads += len(due) + len(released)  # two queries, as FirestoreStore runs them
+        return list({lease.lease_id: lease for lease in due + released}.values())
+
+    def retire_lease(self, lease_id: str) -> None:
+        with self._lock:
+            self._leases.pop(lease_id, None)
+
+    # ---------------------------------------------------------------- events, rejects, audit, budget
+    def mark_event(self, event_id: str, kind: str, now: datetime) -> bool:
+        with self._lock:
+            if event_id in self._events:
+                return False
+            self._events[event_id] = {"kind": kind, "at": now, "expire_at": now + RETENTION}
+            return True
+
+    def reject(self, *, source: str, reason: str, detail: str, raw: bytes, message_id: str, now: datetime) -> None:
+        with self._lock:
+            self._rejected.append({
+                "source": source, "reason": reason, "detail": detail[:1000], "message_id": message_id,
+                "raw": raw[:4096], "size": len(raw), "at": now, "expire_at": now + RETENTION,
+            })
+
+    def rejected(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(d) for d in self._rejected[:limit]]
+
+    def audit(self, action: str, reason: str, now: datetime, **fields: Any) -> None:
+        entry = {"action": action, "reason": reason, "at": now, "expire_at": now + RETENTION,
+                 "deployment_id": self.deployment_id, **fields}
+        with self._lock:
+            self._audit.append(entry)
+
+    def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        with self._lock:
+            found = [dict(e) for e in self._audit
+                     if e["deployment_id"] == self.deployment_id
+                     and (not instance_id or e.get("instance_id") == instance_id)]
+        return sorted(found[:limit], key=lambda e: e["at"])
+
+    def put_budget(self, data: dict[str, Any]) -> None:
+        with self._lock:
+            self._budget[self.deployment_id] = dict(data)
+
+    def get_budget(self) -> dict[str, Any] | None:
+        with self._lock:
+            self.reads += 1
+            data = self._budget.get(self.deployment_id)
+        return dict(data) if data is not None else None
+
+
+if TYPE_CHECKING:  # mypy (strict, over tests/support) holds it to the protocol the services use
+    _conforms: Store = MemoryStore()

@@ -1,0 +1,251 @@
+"""The behaviour every ``Store`` must have, as one test body run against each implementation.
+
+    class TestMemoryStore(StoreContract):          # tests/unit/services/test_memory_store.py
+        @pytest.fixture
+        def make_store(self): ...                  # deployment id -> a store on one shared database
+
+The memory store runs it in the unit tier; ``tests/emulator/test_firestore_store.py`` runs the very
+same methods against ``FirestoreStore`` on Google's Firestore emulator. A difference between the two
+fails one of them, which is what keeps the in-memory store honest.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol
+
+import pytest
+
+from spotleash.model import InstanceRecord, Lease, State, new_record, transition
+from spotleash.store import Store
+
+NOW = datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)  # microseconds: both must keep them
+DEP = "dep-contract"
+
+
+class ContractStore(Store, Protocol):
+    """A Store plus what tests and the CLI read back; both implementations have these too."""
+
+    def put(self, record: InstanceRecord) -> None: ...
+    def all_instances(self, limit: int = 500) -> list[InstanceRecord]: ...
+    def rejected(self, limit: int = 1000) -> list[dict[str, Any]]: ...
+    def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
+
+
+MakeStore = Callable[[str], ContractStore]
+
+
+def at(seconds: float) -> datetime:
+    return NOW + timedelta(seconds=seconds)
+
+
+def record(iid: str, state: State = State.REQUESTED, *, lease: str = "lease-1", dep: str = DEP,
+           created: float = -600, **kw: Any) -> InstanceRecord:
+    """A record created ``created`` seconds from NOW and moved to ``state``; ``kw`` overrides fields."""
+    r = new_record(instance_id=iid, lease_id=lease, deployment_id=dep, event_id=f"ev-{iid}", provider="gce",
+                   now=at(created), max_runtime_s=3600, ram_gb=6.0, components=["vision", "chatbots"])
+    path = {State.REQUESTED: [], State.PROVISIONING: [State.PROVISIONING],
+            State.RUNNING: [State.PROVISIONING, State.RUNNING], State.READY: [State.PROVISIONING, State.READY],
+            State.TERMINATING: [State.PROVISIONING, State.RUNNING, State.TERMINATING],
+            State.TERMINATED: [State.PROVISIONING, State.RUNNING, State.TERMINATING, State.TERMINATED],
+            State.FAILED: [State.FAILED]}[state]
+    for s in path:
+        r = transition(r, s, at(created))
+    return r.model_copy(update=kw)
+
+
+def ids(records: list[InstanceRecord]) -> list[str]:
+    return sorted(r.instance_id for r in records)
+
+
+class StoreContract:
+    """Subclasses provide ``make_store``; every store it makes shares one empty database."""
+
+    @pytest.fixture
+    def store(self, make_store: MakeStore) -> ContractStore:
+        return make_store(DEP)
+
+    # ---------------------------------------------------------------- instances
+    def test_a_record_round_trips_whole(self, store: ContractStore) -> None:
+        r = record("sl-a", State.READY, zone="us-central1-b", provider_id="gce-1", token_hash="ab" * 32,
+                   last_heartbeat=at(-5), ssh_port=2222, preempted=True, replaces="sl-z")
+        assert store.get("sl-a") is None
+        assert store.create_intent(r) == (r, True)
+        got = store.get("sl-a")
+        assert got == r and got.state is State.READY and got.components == ["vision", "chatbots"]
+        assert got.last_heartbeat == at(-5) and got.last_heartbeat.tzinfo is not None
+
+    def test_create_intent_is_a_conditional_create(self, store: ContractStore) -> None:
+        first = record("sl-a")
+        second = record("sl-a", lease="lease-2")
+        assert store.create_intent(first) == (first, True)
+        stored, created = store.create_intent(second)
+        assert not created and stored == first  # the one already there wins, and is returned
+        assert store.get("sl-a") == first
+
+    def test_update_reads_modifies_and_writes(self, store: ContractStore) -> None:
+        calls: list[InstanceRecord] = []
+
+        def provisioning(r: InstanceRecord) -> InstanceRecord:
+            calls.append(r)
+            return transition(r, State.PROVISIONING, at(1), attempts=r.attempts + 1)
+
+        assert store.update("sl-none", provisioning) is None and calls == []  # missing: change never runs
+        store.create_intent(record("sl-a"))
+        new = store.update("sl-a", provisioning)
+        assert new is not None and new.state is State.PROVISIONING and new.attempts == 1
+        assert store.get("sl-a") == new
+        unchanged = store.update("sl-a", lambda r: None)  # None: no write, the current record comes back
+        assert unchanged == new and store.get("sl-a") == new
+
+    def test_concurrent_updates_lose_nothing(self, store: ContractStore) -> None:
+        store.create_intent(record("sl-a"))
+        errors: list[BaseException] = []
+
+        def bump() -> None:
+            for _ in range(3):
+                try:
+                    store.update("sl-a", lambda r: r.model_copy(update={"attempts": r.attempts + 1}))
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+        threads = [threading.Thread(target=bump) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == []
+        got = store.get("sl-a")
+        assert got is not None and got.attempts == 12
+
+    def test_get_many_returns_only_what_exists(self, store: ContractStore) -> None:
+        store.create_intent(record("sl-a"))
+        store.create_intent(record("sl-b"))
+        assert store.get_many([]) == {}
+        got = store.get_many(["sl-a", "sl-b", "sl-missing", "sl-a"])
+        assert sorted(got) == ["sl-a", "sl-b"] and got["sl-a"] == store.get("sl-a")
+
+    def test_listings_see_only_this_deployment(self, store: ContractStore, make_store: MakeStore) -> None:
+        other = make_store("dep-other")
+        for r in (record("sl-req"), record("sl-ready", State.READY), record("sl-term", State.TERMINATING),
+                  record("sl-done", State.TERMINATED), record("sl-failed", State.FAILED),
+                  record("sl-other-lease", State.RUNNING, lease="lease-2")):
+            store.put(r)
+        other.put(record("sl-theirs", State.READY, dep="dep-other"))
+        assert ids(store.live_instances()) == ["sl-other-lease", "sl-ready", "sl-req", "sl-term"]
+        assert ids(store.instances_of_lease("lease-1")) == ["sl-ready", "sl-req", "sl-term"]
+        assert ids(store.instances_of_lease("lease-1", live_only=False)) == [
+            "sl-done", "sl-failed", "sl-ready", "sl-req", "sl-term"]
+        assert "sl-theirs" not in ids(store.all_instances()) and len(store.all_instances()) == 6
+        assert len(store.all_instances(limit=2)) == 2
+        assert ids(other.live_instances()) == ["sl-theirs"]
+        assert store.get("sl-theirs") is not None  # a read by id is not filtered (ids are global)
+
+    def test_instances_since_includes_its_boundary(self, store: ContractStore) -> None:
+        store.put(record("sl-old", State.TERMINATED, created=-7200))
+        store.put(record("sl-edge", State.FAILED, created=-3600))
+        store.put(record("sl-new", State.READY, created=-10))
+        assert ids(store.instances_since(at(-3600))) == ["sl-edge", "sl-new"]
+
+    # ---------------------------------------------------------------- the reaper's queries
+    def test_past_deadline(self, store: ContractStore, make_store: MakeStore) -> None:
+        store.put(record("sl-due", State.READY, deadline=at(0)))  # exactly at the deadline: due
+        store.put(record("sl-due-term", State.TERMINATING, deadline=at(-1)))
+        store.put(record("sl-not-yet", State.READY, deadline=at(1)))
+        store.put(record("sl-ended", State.TERMINATED, deadline=at(-100)))
+        make_store("dep-other").put(record("sl-theirs", State.READY, dep="dep-other", deadline=at(-100)))
+        assert ids(store.past_deadline(NOW)) == ["sl-due", "sl-due-term"]
+
+    def test_heartbeat_older_than(self, store: ContractStore) -> None:
+        store.put(record("sl-silent", State.READY, last_heartbeat=at(-180)))  # at the cut-off: included
+        store.put(record("sl-running", State.RUNNING, last_heartbeat=at(-500)))
+        store.put(record("sl-fresh", State.READY, last_heartbeat=at(-179)))
+        store.put(record("sl-never", State.RUNNING))  # no last_heartbeat: a range filter never matches it
+        store.put(record("sl-term", State.TERMINATING, last_heartbeat=at(-500)))
+        assert ids(store.heartbeat_older_than(at(-180))) == ["sl-running", "sl-silent"]
+
+    def test_pending_older_than(self, store: ContractStore) -> None:
+        store.put(record("sl-req", State.REQUESTED, created=-30))  # updated exactly at the cut-off
+        store.put(record("sl-prov", State.PROVISIONING, created=-100))
+        store.put(record("sl-term", State.TERMINATING, created=-100))
+        store.put(record("sl-young", State.PROVISIONING, created=-29))
+        store.put(record("sl-ready", State.READY, created=-100))
+        assert ids(store.pending_older_than(at(-30))) == ["sl-prov", "sl-req", "sl-term"]
+
+    # ---------------------------------------------------------------- leases
+    def test_leases_round_trip_and_retire(self, store: ContractStore) -> None:
+        lease = Lease(lease_id="lease-1", deployment_id=DEP, expires_at=at(60), renewed_at=at(-30), holder="h")
+        assert store.get_lease("lease-1") is None
+        store.put_lease(lease)
+        assert store.get_lease("lease-1") == lease
+        store.put_lease(lease.model_copy(update={"released": True}))
+        got = store.get_lease("lease-1")
+        assert got is not None and got.released
+        store.retire_lease("lease-1")
+        store.retire_lease("lease-1")  # retiring what is gone is fine
+        assert store.get_lease("lease-1") is None
+
+    def test_expired_leases(self, store: ContractStore, make_store: MakeStore) -> None:
+        def put(lid: str, expires: float, released: bool = False, dep: str = DEP) -> None:
+            target = store if dep == DEP else make_store(dep)
+            target.put_lease(Lease(lease_id=lid, deployment_id=dep, expires_at=at(expires), renewed_at=at(-90),
+                                   released=released))
+
+        put("l-expired", -1)
+        put("l-edge", 0)  # expires exactly now: expired
+        put("l-released", 600, released=True)
+        put("l-both", -10, released=True)  # matches both queries: listed once
+        put("l-live", 1)
+        put("l-theirs", -100, dep="dep-other")
+        found = store.expired_leases(NOW)
+        assert sorted(lease.lease_id for lease in found) == ["l-both", "l-edge", "l-expired", "l-released"]
+
+    # ---------------------------------------------------------------- marks, rejects, audit, budget
+    def test_mark_event_is_true_only_the_first_time(self, store: ContractStore) -> None:
+        assert store.mark_event("on_demand-e1", "on_demand", NOW) is True
+        assert store.mark_event("on_demand-e1", "on_demand", at(5)) is False
+        assert store.mark_event("on_demand-e2", "on_demand", NOW) is True
+
+    def test_rejected_keeps_the_reason_and_bounds_the_payload(self, store: ContractStore) -> None:
+        raw = b"x" * 5000
+        store.reject(source="on_demand", reason="bad_json", detail="d" * 1500, raw=raw, message_id="m-1", now=NOW)
+        [got] = [r for r in store.rejected() if r["message_id"] == "m-1"]
+        assert got["source"] == "on_demand" and got["reason"] == "bad_json"
+        assert got["detail"] == "d" * 1000 and got["raw"] == b"x" * 4096 and got["size"] == 5000
+        assert got["at"] == NOW and got["expire_at"] > NOW
+
+    def test_audit_is_per_deployment_filtered_and_in_time_order(self, store: ContractStore,
+                                                                make_store: MakeStore) -> None:
+        store.audit("reap", "heartbeat_lost", at(2), instance_id="sl-a", detail="late")
+        store.audit("launch_intent", "threshold", at(0), instance_id="sl-a", lease_id="lease-1")
+        store.audit("release", "released", at(1), lease_id="lease-1", instances=["sl-a"])
+        make_store("dep-other").audit("reap", "orphan", at(0), instance_id="sl-a")
+        everything = store.audit_entries()
+        assert [e["action"] for e in everything] == ["launch_intent", "release", "reap"]
+        assert all(e["deployment_id"] == DEP and e["expire_at"] > e["at"] for e in everything)
+        mine = store.audit_entries("sl-a")
+        assert [(e["action"], e["reason"]) for e in mine] == [("launch_intent", "threshold"),
+                                                             ("reap", "heartbeat_lost")]
+        assert mine[1]["detail"] == "late" and everything[1]["instances"] == ["sl-a"]
+
+    def test_budget_is_per_deployment(self, store: ContractStore, make_store: MakeStore) -> None:
+        assert store.get_budget() is None
+        store.put_budget({"exceeded": True, "stop_all": False, "cost": 51.5, "at": NOW})
+        assert store.get_budget() == {"exceeded": True, "stop_all": False, "cost": 51.5, "at": NOW}
+        assert make_store("dep-other").get_budget() is None
+
+    def test_reads_are_counted_alike(self, store: ContractStore) -> None:
+        store.put(record("sl-a", State.READY, last_heartbeat=at(-500)))
+        store.put(record("sl-b", State.READY, last_heartbeat=at(-500)))
+        before = store.reads
+        store.get("sl-a")  # 1
+        store.get("sl-missing")  # 1: a miss is a read too
+        store.get_many(["sl-a", "sl-b", "sl-missing"])  # 3
+        store.heartbeat_older_than(at(-180))  # 2
+        store.update("sl-a", lambda r: None)  # 1
+        store.get_lease("nope")  # 1
+        store.get_budget()  # 1
+        store.audit("x", "y", NOW)  # writes are not reads
+        assert store.reads - before == 10
