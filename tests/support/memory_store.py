@@ -11,16 +11,22 @@ Same semantics as ``FirestoreStore`` where the services depend on them, and the 
   (a RUNNING record without ``last_heartbeat`` is not "older than" any cut-off);
 - ``reads`` counts documents read the way ``FirestoreStore`` counts them.
 
+Tests script races and outages per method: ``store.on("update", hook)`` runs ``hook`` once just before
+the next ``update`` (another service acting in between two steps of this one), and
+``store.fail("audit", Transient("firestore: 503"))`` makes the next ``audit`` raise.
+
 It lives under ``tests/`` so no deployable can ship it by accident.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
+from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from spotleash.model import LIVE, InstanceRecord, Lease, State
 from spotleash.store import RETENTION
@@ -30,6 +36,20 @@ if TYPE_CHECKING:
 
 _HEARTBEATING = (State.RUNNING, State.READY)
 _PENDING = (State.REQUESTED, State.PROVISIONING, State.TERMINATING)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _scripted(method: F) -> F:
+    """Run the method's pending hook, then raise its scripted fault if one is due, then the method."""
+
+    @functools.wraps(method)
+    def run(self: MemoryStore, *args: Any, **kwargs: Any) -> Any:
+        self._enter(method.__name__)
+        return method(self, *args, **kwargs)
+
+    return cast(F, run)
 
 
 def _stored(record: InstanceRecord) -> dict[str, Any]:
@@ -62,10 +82,36 @@ class MemoryStore:
         self._rejected = tables.rejected
         self._audit = tables.audit
         self._budget = tables.budget
+        self._hooks: dict[str, list[Callable[[], None]]] = defaultdict(list)
+        self._faults: dict[str, list[tuple[Exception, list[int]]]] = defaultdict(list)
 
     def for_deployment(self, deployment_id: str) -> MemoryStore:
         """Another deployment's view of the same data (as two FirestoreStores on one project)."""
         return MemoryStore(deployment_id, _tables=self._db)
+
+    # ---------------------------------------------------------------- scripting
+    def on(self, method: str, hook: Callable[[], None]) -> None:
+        """Run ``hook`` once, just before the next call of ``method`` (a race, placed exactly)."""
+        with self._lock:
+            self._hooks[method].append(hook)
+
+    def fail(self, method: str, error: Exception, *, times: int = 1) -> None:
+        """The next ``times`` calls of ``method`` raise ``error`` (after any hook ran)."""
+        with self._lock:
+            self._faults[method].append((error, [times]))
+
+    def _enter(self, method: str) -> None:
+        with self._lock:
+            hooks, self._hooks[method] = self._hooks[method][:1], self._hooks[method][1:]
+        for hook in hooks:  # outside the lock: a hook may call the store, or a service
+            hook()
+        with self._lock:
+            if self._faults[method]:
+                error, left = self._faults[method][0]
+                left[0] -= 1
+                if left[0] <= 0:
+                    self._faults[method].pop(0)
+                raise error
 
     # ---------------------------------------------------------------- helpers
     def _records(self, keep: Callable[[InstanceRecord], bool]) -> list[InstanceRecord]:
@@ -78,12 +124,14 @@ class MemoryStore:
         return r.deployment_id == self.deployment_id
 
     # ---------------------------------------------------------------- instances
+    @_scripted
     def get(self, instance_id: str) -> InstanceRecord | None:
         with self._lock:
             self.reads += 1
             doc = self._instances.get(instance_id)
         return InstanceRecord.model_validate(doc) if doc is not None else None
 
+    @_scripted
     def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]:
         wanted = set(instance_ids)
         with self._lock:
@@ -91,6 +139,7 @@ class MemoryStore:
             docs = {i: self._instances[i] for i in wanted if i in self._instances}
         return {i: InstanceRecord.model_validate(d) for i, d in docs.items()}
 
+    @_scripted
     def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]:
         with self._lock:
             existing = self._instances.get(record.instance_id)
@@ -104,6 +153,7 @@ class MemoryStore:
         with self._lock:
             self._instances[record.instance_id] = _stored(record)
 
+    @_scripted
     def update(
         self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
     ) -> InstanceRecord | None:
@@ -118,9 +168,11 @@ class MemoryStore:
                 self._instances[instance_id] = _stored(new)
             return new if new is not None else current
 
+    @_scripted
     def live_instances(self) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in LIVE)
 
+    @_scripted
     def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]:
         return [r for r in self._records(lambda r: r.lease_id == lease_id and (not live_only or r.state in LIVE))
                 if self._ours(r)]
@@ -128,30 +180,37 @@ class MemoryStore:
     def all_instances(self, limit: int = 500) -> list[InstanceRecord]:
         return self._records(self._ours)[:limit]
 
+    @_scripted
     def instances_since(self, since: datetime) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.created_at >= since)
 
+    @_scripted
     def past_deadline(self, now: datetime) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in LIVE and r.deadline <= now)
 
+    @_scripted
     def heartbeat_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in _HEARTBEATING
                              and r.last_heartbeat is not None and r.last_heartbeat <= cutoff)
 
+    @_scripted
     def pending_older_than(self, cutoff: datetime) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in _PENDING and r.updated_at <= cutoff)
 
     # ---------------------------------------------------------------- leases
+    @_scripted
     def get_lease(self, lease_id: str) -> Lease | None:
         with self._lock:
             self.reads += 1
             doc = self._leases.get(lease_id)
         return Lease.model_validate(doc) if doc is not None else None
 
+    @_scripted
     def put_lease(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.lease_id] = lease.model_dump(mode="python")
 
+    @_scripted
     def expired_leases(self, now: datetime) -> list[Lease]:
         with self._lock:
             ours = [Lease.model_validate(d) for d in self._leases.values()
@@ -162,11 +221,13 @@ class MemoryStore:
             self.reads += len(due) + len(released)  # two queries, as FirestoreStore runs them
         return list({lease.lease_id: lease for lease in due + released}.values())
 
+    @_scripted
     def retire_lease(self, lease_id: str) -> None:
         with self._lock:
             self._leases.pop(lease_id, None)
 
     # ---------------------------------------------------------------- events, rejects, audit, budget
+    @_scripted
     def mark_event(self, event_id: str, kind: str, now: datetime) -> bool:
         with self._lock:
             if event_id in self._events:
@@ -174,6 +235,7 @@ class MemoryStore:
             self._events[event_id] = {"kind": kind, "at": now, "expire_at": now + RETENTION}
             return True
 
+    @_scripted
     def reject(self, *, source: str, reason: str, detail: str, raw: bytes, message_id: str, now: datetime) -> None:
         with self._lock:
             self._rejected.append({
@@ -185,6 +247,7 @@ class MemoryStore:
         with self._lock:
             return [dict(d) for d in self._rejected[:limit]]
 
+    @_scripted
     def audit(self, action: str, reason: str, now: datetime, **fields: Any) -> None:
         entry = {"action": action, "reason": reason, "at": now, "expire_at": now + RETENTION,
                  "deployment_id": self.deployment_id, **fields}
@@ -198,10 +261,12 @@ class MemoryStore:
                      and (not instance_id or e.get("instance_id") == instance_id)]
         return sorted(found[:limit], key=lambda e: e["at"])
 
+    @_scripted
     def put_budget(self, data: dict[str, Any]) -> None:
         with self._lock:
             self._budget[self.deployment_id] = dict(data)
 
+    @_scripted
     def get_budget(self) -> dict[str, Any] | None:
         with self._lock:
             self.reads += 1
