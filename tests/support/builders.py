@@ -8,10 +8,11 @@ from typing import Literal
 
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import Component, DemandEvent, LeaseEvent
+from spotleash.events import Component, DemandEvent, Heartbeat, LeaseEvent
 from spotleash.model import InstanceRecord, Lease, ProviderName, State, new_record, transition
 from spotleash.services.context import Context
 from spotleash.services.lifecycle import handle_lease
+from spotleash.store import Store
 
 DEP = "dep-t"  # the deployment of the service tests' Context
 MakeCtx = Callable[..., Context]  # settings overrides -> a Context on the same store, fakes and clock
@@ -28,7 +29,7 @@ def open_lease(ctx: Context, lease_id: str = "lease-1", ttl_s: float = 90.0, hol
     return handle_lease(ctx, LeaseEvent(lease_id=lease_id, ttl_s=ttl_s, holder=holder, created_at=ctx.now()))
 
 
-def record_of(store: MemoryStore, instance_id: str) -> InstanceRecord:
+def record_of(store: Store, instance_id: str) -> InstanceRecord:
     rec = store.get(instance_id)
     assert rec is not None, f"no record {instance_id}"
     return rec
@@ -58,3 +59,19 @@ _PATH = {State.REQUESTED: [], State.PROVISIONING: [State.PROVISIONING],
          State.TERMINATING: [State.PROVISIONING, State.RUNNING, State.TERMINATING],
          State.TERMINATED: [State.PROVISIONING, State.RUNNING, State.TERMINATING, State.TERMINATED],
          State.FAILED: [State.FAILED]}
+
+
+def launched(ctx: Context, lease_id: str = "lease-1", *, event_id: str | None = None,
+             gpu: bool = False) -> InstanceRecord:
+    """An instance launched through the launch service (lease opened first if needed): RUNNING, at a fake."""
+    from spotleash.services.launch import handle_demand
+
+    if ctx.store.get_lease(lease_id) is None:
+        open_lease(ctx, lease_id)
+    out = handle_demand(ctx, demand(lease_id, event_id=event_id or f"ev-{lease_id}", gpu=gpu))
+    assert out.state is State.RUNNING, out
+    return record_of(ctx.store, out.instance_id)
+
+
+def beat(rec: InstanceRecord, *, preempted: bool = False, lease_id: str | None = None) -> Heartbeat:
+    return Heartbeat(lease_id=lease_id or rec.lease_id, instance_id=rec.instance_id, preempted=preempted)
