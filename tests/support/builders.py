@@ -63,11 +63,10 @@ _PATH = {State.REQUESTED: [], State.PROVISIONING: [State.PROVISIONING],
 
 def launched(ctx: Context, lease_id: str = "lease-1", *, event_id: str | None = None,
              gpu: bool = False) -> InstanceRecord:
-    """An instance launched through the launch service (lease opened first if needed): RUNNING, at a fake."""
+    """An instance launched through the launch service (its lease opened or renewed first): RUNNING, at a fake."""
     from spotleash.services.launch import handle_demand
 
-    if ctx.store.get_lease(lease_id) is None:
-        open_lease(ctx, lease_id)
+    open_lease(ctx, lease_id)
     out = handle_demand(ctx, demand(lease_id, event_id=event_id or f"ev-{lease_id}", gpu=gpu))
     assert out.state is State.RUNNING, out
     return record_of(ctx.store, out.instance_id)

@@ -1,0 +1,102 @@
+"""terminate(): a record says TERMINATED only after the provider confirmed the instance is gone."""
+
+from __future__ import annotations
+
+import pytest
+from tests.support.builders import MakeCtx, actions, launched, put_record, record_of
+from tests.support.clock import FakeClock
+from tests.support.fake_provider import FakeProvider
+from tests.support.memory_store import MemoryStore
+
+from spotleash.errors import ProviderTransient, Transient
+from spotleash.model import State
+from spotleash.services.context import Context
+from spotleash.services.terminate import terminate
+
+
+def test_terminate_deletes_confirms_then_records(ctx: Context, store: MemoryStore, gce: FakeProvider,
+                                                 clock: FakeClock) -> None:
+    rec = launched(ctx)
+    clock.advance(1800)
+    done = terminate(ctx, rec.instance_id, "release: done", action="release")
+    assert done is not None and done.state is State.TERMINATED and done.reason == "release: done"
+    assert done.ended_at == clock.now and record_of(store, rec.instance_id) == done
+    assert gce.instances == {}
+    assert gce.calls[-2:] == [("delete", rec.provider_id), ("get", rec.provider_id)]
+    [entry] = [e for e in store.audit_entries(rec.instance_id) if e["action"] == "release"]
+    assert entry["reason"] == "release: done" and entry["provider_id"] == rec.provider_id
+    assert entry["cost_so_far"] == pytest.approx(0.025)  # half an hour at $0.05/h
+
+
+def test_terminated_is_written_only_once_the_provider_stops_listing_it(ctx: Context, store: MemoryStore,
+                                                                        gce: FakeProvider) -> None:
+    rec = launched(ctx)
+    gce.delete_lag = 2
+    states_while_listed: list[State] = []
+    for _ in range(3):
+        gce.on("get", lambda: states_while_listed.append(record_of(store, rec.instance_id).state))
+    done = terminate(ctx, rec.instance_id, "heartbeat_lost")
+    assert done is not None and done.state is State.TERMINATED
+    assert states_while_listed == [State.TERMINATING] * 3 and len(gce.calls_of("get")) == 3
+
+
+def test_an_unconfirmed_delete_raises_and_leaves_the_record_terminating(make_ctx: MakeCtx, store: MemoryStore,
+                                                                        gce: FakeProvider,
+                                                                        clock: FakeClock) -> None:
+    ctx = make_ctx(confirm_delete_s=0.02)
+    rec = launched(ctx)
+    gce.never_delete = True
+    with pytest.raises(Transient, match="has not confirmed the deletion"):
+        terminate(ctx, rec.instance_id, "max_runtime", action="reap")
+    stuck = record_of(store, rec.instance_id)
+    assert stuck.state is State.TERMINATING and stuck.reason == "max_runtime" and stuck.ended_at is None
+    assert actions(store, rec.instance_id)[-1] == ("reap", "delete_unconfirmed")
+    # The retry (a redelivery, the next reap) finishes it and keeps the first reason.
+    gce.never_delete = False
+    gce.delete_lag = 0
+    clock.advance(60)
+    done = terminate(ctx, rec.instance_id, "retry_delete", action="reap")
+    assert done is not None and done.state is State.TERMINATED and done.reason == "max_runtime"
+    assert actions(store, rec.instance_id)[-1] == ("reap", "max_runtime")
+
+
+def test_a_failing_delete_call_raises_and_records_nothing_ended(ctx: Context, store: MemoryStore,
+                                                                gce: FakeProvider) -> None:
+    rec = launched(ctx)
+    gce.fail("delete", ProviderTransient("503"))
+    with pytest.raises(ProviderTransient):
+        terminate(ctx, rec.instance_id, "lease_expired")
+    assert record_of(store, rec.instance_id).state is State.TERMINATING and len(gce.instances) == 1
+
+
+@pytest.mark.parametrize("state", [State.TERMINATED, State.FAILED])
+def test_an_ended_record_is_left_as_it_is(state: State, ctx: Context, store: MemoryStore,
+                                          gce: FakeProvider) -> None:
+    rec = put_record(ctx, "sl-x", state=state, provider_id="gce-9")
+    assert terminate(ctx, "sl-x", "again") == rec
+    assert record_of(store, "sl-x") == rec and gce.calls == [] and store.audit_entries() == []
+
+
+def test_an_unknown_record_is_none(ctx: Context, gce: FakeProvider) -> None:
+    assert terminate(ctx, "sl-nobody", "x") is None and gce.calls == []
+
+
+def test_without_a_provider_id_the_instance_is_found_by_its_label(ctx: Context, store: MemoryStore,
+                                                                  gce: FakeProvider) -> None:
+    # A crash between create and recording it: the record has no provider id, the instance has our label.
+    put_record(ctx, "sl-crashed", state=State.PROVISIONING)
+    planted = gce.plant("sl-crashed", lease_id="lease-1", deployment_id=ctx.settings.deployment_id)
+    done = terminate(ctx, "sl-crashed", "provisioning_timeout")
+    assert done is not None and done.state is State.TERMINATED
+    assert gce.calls_of("find") == ["sl-crashed"] and gce.calls_of("delete") == [planted.provider_id]
+    assert gce.instances == {}
+
+
+def test_without_a_provider_id_and_nothing_at_the_provider_it_just_ends(ctx: Context, store: MemoryStore,
+                                                                        gce: FakeProvider) -> None:
+    put_record(ctx, "sl-never-made", state=State.REQUESTED)
+    done = terminate(ctx, "sl-never-made", "provisioning_timeout")
+    assert done is not None and done.state is State.TERMINATED
+    assert gce.calls_of("delete") == [] and actions(store, "sl-never-made")[-1] == ("delete",
+                                                                                   "provisioning_timeout")
+
