@@ -195,13 +195,18 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
 
     at = ctx.now()
 
+    def where(r: InstanceRecord) -> dict[str, object]:
+        return {"provider_id": made.provider_id, "zone": made.zone, "machine": made.machine or r.machine,
+                "price_per_hour": made.price_per_hour or r.price_per_hour, "ssh_host": made.ssh_host,
+                "ssh_port": made.ssh_port}
+
     def record_running(r: InstanceRecord) -> InstanceRecord | None:
+        if r.state == State.READY and r.provider_id is None:
+            return r.model_copy(update=where(r))  # its first beat got here first: stay READY, learn where it is
         if r.state not in (State.REQUESTED, State.PROVISIONING):
             return None  # released (or reaped) while we were creating
         stamped = ctx.now()  # the heartbeat baseline: when the record says RUNNING, not when we began writing
-        return transition(r, State.RUNNING, stamped, provider_id=made.provider_id, zone=made.zone,
-                          machine=made.machine or r.machine, price_per_hour=made.price_per_hour or r.price_per_hour,
-                          last_heartbeat=at, ssh_host=made.ssh_host, ssh_port=made.ssh_port)
+        return transition(r, State.RUNNING, stamped, last_heartbeat=at, **where(r))
 
     final = ctx.store.update(instance_id, record_running)
     if final is None or final.state not in (State.RUNNING, State.READY):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from tests.support.builders import DEP, MakeCtx, actions, demand, open_lease, put_record, record_of
+from tests.support.builders import DEP, MakeCtx, actions, beat, demand, open_lease, put_record, record_of
 from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
@@ -23,9 +23,10 @@ from spotleash.errors import (
     Transient,
 )
 from spotleash.events import ReleaseEvent
-from spotleash.model import Lease, State, instance_id_for, new_record
+from spotleash.model import Lease, State, instance_id_for, new_record, transition
 from spotleash.providers.base import GpuRequirements, ownership_labels
 from spotleash.services.context import Context, token_hash
+from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.launch import IN_FLIGHT_GRACE_S, handle_demand, launch_replacement
 from spotleash.services.lifecycle import handle_release
 
@@ -224,8 +225,6 @@ def test_a_release_during_create_deletes_what_create_made(ctx: Context, store: M
 
 def test_a_record_left_terminating_during_create_is_terminated_with_its_instance(
         ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
-    from spotleash.model import transition
-
     open_lease(ctx)
     # Someone (a reap) began deleting while create was in flight, and has not finished.
     gce.on("create", lambda: store.update(IID, lambda r: transition(r, State.TERMINATING, clock.now,
@@ -272,8 +271,6 @@ def test_a_concurrent_copy_that_finds_the_intent_just_created_steps_back(ctx: Co
 
 def test_a_concurrent_copy_that_finds_the_intent_already_ended_returns_it(ctx: Context, store: MemoryStore,
                                                                           gce: FakeProvider) -> None:
-    from spotleash.model import transition
-
     open_lease(ctx)
     ended = transition(new_record(instance_id=IID, lease_id="lease-1", deployment_id=DEP, event_id="ev-1",
                                   provider="gce", now=ctx.now(), max_runtime_s=3600),
@@ -331,3 +328,26 @@ def test_a_refused_replacement_is_still_linked_and_audited(make_ctx: MakeCtx, st
     replacement = launch_replacement(ctx, record_of(store, IID), "stopped_at_provider")
     assert replacement is not None and record_of(store, replacement).reason.startswith("global_limit")  # type: ignore[union-attr]
     assert store.audit_entries(IID)[-1]["replacement_state"] == "FAILED"
+
+
+def test_a_first_heartbeat_that_beats_the_launcher_keeps_the_provider_facts(ctx: Context, store: MemoryStore,
+                                                                            gce: FakeProvider,
+                                                                            clock: FakeClock) -> None:
+    """The VM's agent can beat before the launcher records RUNNING (a create retried after a timeout that
+    had in fact made the VM): the record is READY by then, and must still learn where the instance is."""
+
+
+    open_lease(ctx)
+
+    def first_beat() -> None:
+        rec = record_of(store, IID)
+        assert handle_heartbeat(ctx, beat(rec), ctx.heartbeat_token(IID)).action == "continue"
+
+    # create() runs, then -- before the launcher's RUNNING update -- the instance's first beat lands.
+    gce.on("create", lambda: store.on("update", first_beat))
+    out = handle_demand(ctx, demand())
+    assert out.state is State.RUNNING
+    [made] = gce.instances.values()
+    rec = record_of(store, IID)
+    assert rec.state is State.READY
+    assert (rec.provider_id, rec.zone, rec.price_per_hour) == (made.provider_id, made.zone, made.price_per_hour)
