@@ -103,6 +103,31 @@ class ReapTick(Event):
     force: bool = False  # lets a reap delete past the mass-deletion guard
 
 
+ComponentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
+ReasonCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
+ComponentState = Literal["starting", "healthy", "failing"]
+
+
+class ComponentReport(BaseModel):
+    """One component's state as its instance sees it (also kept on the instance record)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    state: ComponentState
+    error: Annotated[str, Field(max_length=500)] | None = None  # the last thing that went wrong
+    endpoint: Annotated[str, Field(max_length=270, pattern=r"^[A-Za-z0-9.\[\]:-]+:[0-9]{1,5}$")] | None = None
+    gave_up: bool = False  # not healthy by its deadline: the instance cannot do the job it was rented for
+
+
+class InstanceFailure(BaseModel):
+    """The instance cannot run its package at all (missing, unverified, failed to install)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reason: ReasonCode
+    detail: Annotated[str, Field(max_length=500)] = ""
+
+
 class Heartbeat(Event):
     KIND: ClassVar[str] = "heartbeat"
     kind: Literal["heartbeat"] = "heartbeat"
@@ -112,6 +137,9 @@ class Heartbeat(Event):
     backend_alive: bool = True
     cpu_percent: Annotated[float, Field(ge=0, le=100 * 1024)] = 0.0
     idle_s: Annotated[float, Field(ge=0)] = 0.0
+    # Empty when the instance runs no package (then the first beat makes it READY, as before).
+    components: Annotated[dict[ComponentName, ComponentReport], Field(max_length=32)] = {}
+    failure: InstanceFailure | None = None
 
 
 class BudgetAlert(BaseModel):

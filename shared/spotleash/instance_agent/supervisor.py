@@ -1,0 +1,315 @@
+"""Run the app's components on the instance: start, log, probe, restart with backoff, stop.
+
+Each component is one process in its own process group (so stopping it stops everything it
+started), with ``cwd`` the app directory, the venv's ``bin`` first on ``PATH``, its declared
+environment and ``PORT``. Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
+lines are kept in memory to explain a crash. The rules of its state are in ``health``; this module
+only observes and acts.
+
+The declared port is used when it is free; when it is taken (two fake VMs on one machine), a free
+port is chosen and the endpoint says so.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import logging.handlers
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+from spotleash.events import ComponentReport
+from spotleash.instance_agent import health
+from spotleash.instance_agent.health import Health
+from spotleash.log import get_logger
+
+log = get_logger("spotleash.instance_agent.supervisor")
+
+TICK_S = 0.25
+PROBE_EVERY_STARTING_S = 0.5
+PROBE_EVERY_HEALTHY_S = 5.0
+PROBE_TIMEOUT_S = 2.0
+STOP_GRACE_S = 2.0  # the Compute fake SIGKILLs a VM's group 3 s after its SIGTERM
+LOG_MAX_BYTES = 10 * 1024 * 1024
+LOG_BACKUPS = 3
+TAIL_LINES = 20
+MARKER_ENV = "SPOTLEASH_COMPONENT_OF"  # every component process carries the instance id in it
+# Never handed to the app: the agent's config (may hold a signed URL) and its heartbeat token.
+SECRET_ENV = ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """What to run for one component, resolved against an extracted package."""
+
+    name: str
+    argv: tuple[str, ...]
+    port: int
+    health_path: str
+    timeout_s: float
+    env: Mapping[str, str] = field(default_factory=dict)
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers do: TIME_WAIT is no obstacle
+        try:
+            s.bind(("0.0.0.0", port))  # noqa: S104 - the same address a component binds to
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _output_logger(path: Path) -> logging.Logger:
+    """A logger of its own (not the agent's JSON log) writing one component's raw output, rotating."""
+    logger = logging.Logger(f"component:{path.stem}", logging.INFO)
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=LOG_MAX_BYTES, backupCount=LOG_BACKUPS,
+                                                   encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    logger.addHandler(handler)
+    return logger
+
+
+class ComponentRunner:
+    """One component: its process, its output, its health. Driven by ``tick`` from one thread."""
+
+    def __init__(
+        self,
+        launch: Launch,
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_dir: Path,
+        host: str,
+        http: httpx.Client,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.launch = launch
+        self._cwd = cwd
+        self._base_env = dict(env)
+        self._host = host
+        self._http = http
+        self._clock = clock
+        self.log_path = log_dir / f"{launch.name}.log"
+        self._out = _output_logger(self.log_path)
+        self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._reader: threading.Thread | None = None
+        self.port = launch.port
+        self.health: Health | None = None
+        self.restarts = 0
+        self._restart_at: float | None = None
+        self._next_probe = 0.0
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ process
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def _spawn(self) -> None:
+        if not port_free(self.port):
+            taken, self.port = self.port, free_port()
+            log.warning("component port in use; using another", component=self.launch.name, port=taken,
+                        chosen=self.port)
+        env = {**self._base_env, **self.launch.env, "PORT": str(self.port)}
+        self._out.info("--- starting %s (port %d, restart %d)", list(self.launch.argv), self.port, self.restarts)
+        try:
+            self._proc = subprocess.Popen(  # noqa: S603 - the argv the package declares
+                list(self.launch.argv), cwd=self._cwd, env=env, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
+            )
+        except OSError as e:  # not found, not executable: a crash at start, as far as anyone can tell
+            self._proc = None
+            self._tail.append(f"cannot start {self.launch.argv[0]!r}: {e}")
+            self._out.info("cannot start: %s", e)
+            return
+        assert self._proc.stdout is not None
+        self._reader = threading.Thread(target=self._pump, args=(self._proc.stdout,),
+                                        name=f"out-{self.launch.name}", daemon=True)
+        self._reader.start()
+        log.info("component started", component=self.launch.name, pid=self._proc.pid, port=self.port,
+                 restarts=self.restarts)
+
+    def _pump(self, stream: IO[bytes]) -> None:
+        for raw in iter(stream.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            self._tail.append(line)
+            self._out.info("%s", line)
+        stream.close()
+
+    def output_tail(self, lines: int = 3) -> str:
+        return " | ".join(list(self._tail)[-lines:])
+
+    # ------------------------------------------------------------------ the loop step
+    def start(self) -> None:
+        now = self._clock()
+        with self._lock:
+            self.health = health.started(self.launch.timeout_s, now)
+            self._next_probe = now
+        self._spawn()
+
+    def tick(self) -> bool:
+        """Observe and act once; True if the reported state changed."""
+        assert self.health is not None
+        before = self.report()
+        now = self._clock()
+        h = self.health
+        proc = self._proc
+        if self._restart_at is None and (proc is None or proc.poll() is not None):
+            if self._reader is not None:
+                self._reader.join(timeout=1.0)  # the last lines explain the exit
+            code = proc.returncode if proc is not None else 127
+            h = health.exited(h, code, self.output_tail())
+            self.restarts += 1
+            delay = health.restart_delay(self.restarts)
+            self._restart_at = now + delay
+            log.warning("component exited; restarting", component=self.launch.name, returncode=code,
+                        restarts=self.restarts, pause_s=delay, reason=h.error)
+        elif self._restart_at is not None and now >= self._restart_at:
+            self._restart_at = None
+            self._spawn()
+            self._next_probe = now + PROBE_EVERY_STARTING_S
+        elif self._restart_at is None and now >= self._next_probe:
+            error = health.probe(self._http, self.url, PROBE_TIMEOUT_S)
+            now = self._clock()
+            h = health.probed(h, error, now)
+            if h.state == "healthy" and self.restarts and error is None:
+                self.restarts = 0  # a healthy answer resets the backoff
+            self._next_probe = now + (PROBE_EVERY_HEALTHY_S if h.state == "healthy"
+                                      else PROBE_EVERY_STARTING_S)
+        h = health.check_deadline(h, now)
+        with self._lock:
+            self.health = h
+        after = self.report()
+        if after != before:
+            log.info("component state", component=self.launch.name, state=after.state, endpoint=after.endpoint,
+                     gave_up=after.gave_up, reason=after.error)
+            return True
+        return False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}{self.launch.health_path}"
+
+    def report(self) -> ComponentReport:
+        with self._lock:
+            h = self.health
+        if h is None:
+            return ComponentReport(state="starting")
+        return ComponentReport(state=h.state, error=h.error, endpoint=f"{self._host}:{self.port}",
+                               gave_up=h.gave_up)
+
+    # ------------------------------------------------------------------ stop
+    def signal(self, sig: int) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        try:
+            os.killpg(proc.pid, sig)  # process_group=0: the leader's pid is the group id
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    def reap(self, timeout_s: float) -> bool:
+        """Wait for the leader to exit; True if it did."""
+        proc = self._proc
+        if proc is None:
+            return True
+        try:
+            proc.wait(timeout=max(timeout_s, 0.0))
+        except subprocess.TimeoutExpired:
+            return False
+        return True
+
+    def close(self) -> None:
+        for h in self._out.handlers:
+            h.close()
+
+
+def component_env(base: Mapping[str, str], venv: Path, instance_id: str) -> dict[str, str]:
+    """The environment every component starts from: the agent's, minus its secrets, venv first on PATH."""
+    env = {k: v for k, v in base.items() if k not in SECRET_ENV}
+    env.pop("PYTHONHOME", None)
+    env["VIRTUAL_ENV"] = str(venv)
+    env["PATH"] = os.pathsep.join([str(venv / "bin"), base.get("PATH", os.defpath)])
+    env["PYTHONUNBUFFERED"] = "1"
+    env[MARKER_ENV] = instance_id or "unknown"
+    return env
+
+
+class Supervisor:
+    """All components of one instance, driven by one thread; ``reports()`` is safe from any thread."""
+
+    def __init__(
+        self,
+        launches: list[Launch],
+        *,
+        cwd: Path,
+        env: Mapping[str, str],
+        log_dir: Path,
+        host: str,
+        on_change: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self._http = httpx.Client(trust_env=False)
+        self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, host=host, http=self._http,
+                                        clock=clock) for launch in launches]
+        self._on_change = on_change
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reports(self) -> dict[str, ComponentReport]:
+        return {r.launch.name: r.report() for r in self.runners}
+
+    def start(self) -> None:
+        for r in self.runners:
+            r.start()
+        self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
+        self._thread.start()
+        self._on_change()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            changed = False
+            for r in self.runners:
+                if self._stop.is_set():
+                    break
+                changed = r.tick() or changed
+            if changed:
+                self._on_change()
+            self._stop.wait(TICK_S)
+
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
+        """Stop the loop, then every component: SIGTERM each group, wait, SIGKILL what is left."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=PROBE_TIMEOUT_S + 1.0)
+        for r in self.runners:
+            r.signal(signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for r in self.runners:
+            if not r.reap(deadline - time.monotonic()):
+                log.warning("component did not stop in time; killing it", component=r.launch.name,
+                            grace_s=grace_s)
+            r.signal(signal.SIGKILL)  # whatever else is left in its group
+            r.reap(1.0)
+            r.close()
+        self._http.close()
+        log.info("components stopped", components=[r.launch.name for r in self.runners])
