@@ -1,0 +1,308 @@
+"""The package format: the one contract between ``spotleash publish`` and what runs on an instance.
+
+A package is a gzip'd tar, byte-for-byte deterministic (same files → same bytes → same sha256):
+sorted entries, regular files only, mtime 0, uid/gid 0, empty uname/gname, mode 0o755 for files
+executable in the source tree and 0o644 otherwise, gzip header with mtime 0 and no file name.
+Members:
+
+- ``manifest.json`` — ``Manifest`` below: ``format`` (1), ``app`` (the validated ``[app]`` table of
+  ``spotleash.toml``), ``files`` (every other member's archive path → its sha256), ``wheels`` (file
+  names under ``wheels/``), ``requirements`` (what to install), ``python`` ("3.11"), ``platform``.
+- ``app/…`` — the app tree (``[app].dir``), after ignore rules.
+- ``wheels/*.whl`` — spotleash's own wheel and every wheel that ``spotleash[instance]`` plus the app's
+  requirements resolve to for linux x86_64 CPython 3.11.
+
+In Cloud Storage: ``packages/<sha256>.tar.gz`` (content-addressed, written once) and
+``latest-<channel>.txt`` (the pointer; its text is the sha256 and a newline).
+
+On the instance: verify the archive's sha256 against the one the launch pinned (``verify_archive``),
+extract it into a fresh directory (``extract_archive``), create a venv, run ``install_command``, then
+start each component with ``cwd=<root>/app``, the venv's ``bin`` first on ``PATH``, the component's
+``env`` and ``PORT=<port>``.
+
+The functions above the models use the standard library only, so the instance's bootstrap (which runs
+before any wheel is installed) can copy them verbatim.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import re
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from spotleash.errors import BadInput
+
+FORMAT_VERSION: Literal[1] = 1
+PYTHON_VERSION = "3.11"
+PLATFORM = "manylinux_2_17_x86_64"
+MANIFEST_NAME = "manifest.json"
+APP_PREFIX = "app/"
+WHEELS_PREFIX = "wheels/"
+PACKAGES_PREFIX = "packages/"
+INSTANCE_REQUIREMENT = "spotleash[instance]"
+SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
+CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+_CHUNK = 1 << 20
+
+
+class PackageError(BadInput):
+    """An archive that must not be run: wrong hash, unsafe member, manifest that does not match."""
+
+
+# --------------------------------------------------------------------------- object names
+
+
+def package_object(sha256: str) -> str:
+    """``packages/<sha256>.tar.gz``: the content-addressed name of one archive in the bucket."""
+    if not SHA256_RE.match(sha256):
+        raise PackageError(f"not a sha256 (64 lowercase hex digits): {sha256!r}")
+    return f"{PACKAGES_PREFIX}{sha256}.tar.gz"
+
+
+def pointer_object(channel: str) -> str:
+    """``latest-<channel>.txt``: the pointer a publish moves and a launch reads."""
+    if not CHANNEL_RE.match(channel):
+        raise PackageError(f"channel {channel!r} must match {CHANNEL_RE.pattern}")
+    return f"latest-{channel}.txt"
+
+
+def pointer_text(sha256: str) -> str:
+    package_object(sha256)  # validates
+    return sha256 + "\n"
+
+
+def parse_pointer(text: str | bytes) -> str:
+    """The sha256 a pointer names; ``PackageError`` when its text is anything else."""
+    s = (text.decode("utf-8", "replace") if isinstance(text, bytes) else text).strip()
+    if not SHA256_RE.match(s):
+        raise PackageError(f"pointer does not name a package (expected a sha256, got {s[:80]!r})")
+    return s
+
+
+# --------------------------------------------------------------------------- hashing, writing, verifying
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_member_name(name: str) -> None:
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts or "\\" in name or name != p.as_posix():
+        raise PackageError(f"unsafe path in package: {name!r}")
+
+
+def write_archive(out: Path, members: Mapping[str, Path | bytes], executable: frozenset[str] = frozenset()) -> str:
+    """Write ``members`` (archive path → source file or bytes) deterministically; return the sha256.
+
+    Paths in ``executable`` get mode 0o755, every other file 0o644.
+    """
+    raw = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+        with tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for name in sorted(members):
+                _check_member_name(name)
+                src = members[name]
+                data = src if isinstance(src, bytes) else src.read_bytes()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                info.mtime = 0
+                info.mode = 0o755 if name in executable else 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.type = tarfile.REGTYPE
+                tar.addfile(info, io.BytesIO(data))
+    out.write_bytes(raw.getvalue())
+    return hashlib.sha256(raw.getvalue()).hexdigest()
+
+
+def _read_verified(path: Path) -> tuple[dict[str, Any], list[str]]:
+    """Open the archive, check every member is a safe regular file and matches the manifest."""
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            hashes: dict[str, str] = {}
+            manifest_bytes: bytes | None = None
+            names: list[str] = []
+            for m in tar:
+                _check_member_name(m.name)
+                if not m.isreg():
+                    raise PackageError(f"package member {m.name!r} is not a regular file")
+                f = tar.extractfile(m)
+                if f is None:
+                    raise PackageError(f"package member {m.name!r} cannot be read")
+                data = f.read()
+                if m.name == MANIFEST_NAME:
+                    manifest_bytes = data
+                else:
+                    hashes[m.name] = hashlib.sha256(data).hexdigest()
+                    names.append(m.name)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PackageError(f"{path} is not a readable package archive: {e}") from e
+    if manifest_bytes is None:
+        raise PackageError(f"{path} has no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as e:
+        raise PackageError(f"{MANIFEST_NAME} is not JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise PackageError(f"{MANIFEST_NAME}: unsupported format (expected {FORMAT_VERSION})")
+    listed = manifest.get("files")
+    if listed != hashes:
+        missing = sorted(set(listed or {}) - set(hashes))
+        extra = sorted(set(hashes) - set(listed or {}))
+        changed = sorted(k for k in hashes if isinstance(listed, dict) and k in listed and listed[k] != hashes[k])
+        raise PackageError(
+            f"package content does not match its manifest (missing {missing[:5]}, unlisted {extra[:5]}, "
+            f"changed {changed[:5]})"
+        )
+    return manifest, names
+
+
+def verify_archive(path: Path, expected_sha256: str) -> dict[str, Any]:
+    """Check the archive's sha256, then every member against the manifest; return the manifest (as JSON).
+
+    Raises ``PackageError`` on any mismatch: an unverified archive is never extracted or run.
+    """
+    got = sha256_file(path)
+    if got != expected_sha256:
+        raise PackageError(f"package sha256 mismatch: expected {expected_sha256}, got {got} ({path})")
+    manifest, _ = _read_verified(path)
+    return manifest
+
+
+def extract_archive(path: Path, dest: Path) -> None:
+    """Extract a verified archive into the empty or missing directory ``dest`` (data filter: no links,
+    no absolute paths, no escapes)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise PackageError(f"extract target {dest} is not empty")
+    with tarfile.open(path, mode="r:gz") as tar:
+        tar.extractall(dest, filter="data")
+
+
+def install_command(python: str, root: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The offline install of an extracted package into the venv whose interpreter is ``python``."""
+    wheels = root / WHEELS_PREFIX.rstrip("/")
+    reqs = [str(r) for r in manifest.get("requirements", [])]
+    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *reqs]
+
+
+# --------------------------------------------------------------------------- spotleash.toml: the app spec
+
+_NAME = r"^[a-z][a-z0-9_-]{0,39}$"
+
+
+class ComponentSpec(BaseModel):
+    """One ``[[app.components]]`` entry: a process the instance starts and health-checks."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME, description="component name (what a demand names)")
+    command: list[str] = Field(min_length=1, description="argv, run with cwd=<package>/app, venv bin on PATH")
+    port: int = Field(ge=1024, le=65535, description="TCP port the component listens on (also given as PORT)")
+    health_path: str = Field("/healthz", pattern=r"^/", description="HTTP path answering 200 when healthy")
+    ram_gb: float = Field(4.0, gt=0, le=1024, description="RAM the component needs")
+    gpu: bool = Field(False, description="needs a GPU (a demand naming it goes to VAST)")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment of the process")
+    local_url: str | None = Field(None, description="URL of the copy running on the user's machine")
+    state_paths: list[str] = Field(default_factory=list, description="paths (relative to app) kept across moves")
+    start_timeout_s: float = Field(300.0, gt=0, description="healthy by this long after start, or the launch fails")
+
+    @field_validator("command")
+    @classmethod
+    def _argv(cls, v: list[str]) -> list[str]:
+        if any(not a for a in v):
+            raise ValueError("argv entries must be non-empty strings")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        bad = [k for k in v if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+        if bad:
+            raise ValueError(f"not valid environment variable names: {bad}")
+        return v
+
+
+class AppSpec(BaseModel):
+    """The ``[app]`` table of ``spotleash.toml``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_NAME, description="app name")
+    dir: str = Field(".", description="app directory, relative to spotleash.toml")
+    requirements: list[str] = Field(default_factory=list, description="PEP 508 requirements the app needs")
+    include: list[str] = Field(
+        default_factory=list, description="files (relative to dir) packaged although they look like secrets"
+    )
+    exclude: list[str] = Field(default_factory=list, description="extra gitignore-style patterns to leave out")
+    components: list[ComponentSpec] = Field(min_length=1, description="the components")
+
+    @model_validator(mode="after")
+    def _unique(self) -> AppSpec:
+        for attr in ("name", "port"):
+            seen: set[object] = set()
+            for c in self.components:
+                v = getattr(c, attr)
+                if v in seen:
+                    raise ValueError(f"two components share the {attr} {v!r}")
+                seen.add(v)
+        return self
+
+    def component(self, name: str) -> ComponentSpec:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+
+class Manifest(BaseModel):
+    """``manifest.json`` as a model (publish writes it; the instance agent may read it with this)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[1] = FORMAT_VERSION
+    app: AppSpec
+    files: dict[str, str]
+    wheels: list[str]
+    requirements: list[str]
+    python: str = PYTHON_VERSION
+    platform: str = PLATFORM
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.model_dump(mode="json"), sort_keys=True, indent=1) + "\n").encode()
+
+
+def build_package(
+    out: Path,
+    app: AppSpec,
+    app_files: Mapping[str, Path],
+    wheels: Sequence[Path],
+    requirements: Sequence[str],
+    executable: frozenset[str] = frozenset(),
+) -> tuple[str, Manifest]:
+    """Write the package (``app_files``: path relative to the app dir → source) and return (sha256, manifest)."""
+    members: dict[str, Path | bytes] = {APP_PREFIX + rel: src for rel, src in app_files.items()}
+    members.update({WHEELS_PREFIX + w.name: w for w in wheels})
+    manifest = Manifest(
+        app=app,
+        files={name: (sha256_file(src) if isinstance(src, Path) else hashlib.sha256(src).hexdigest())
+               for name, src in sorted(members.items())},
+        wheels=sorted(w.name for w in wheels),
+        requirements=list(requirements),
+    )
+    members[MANIFEST_NAME] = manifest.to_bytes()
+    sha = write_archive(out, members, frozenset(APP_PREFIX + e for e in executable))
+    return sha, manifest
