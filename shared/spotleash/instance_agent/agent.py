@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -22,6 +23,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from spotleash.events import Heartbeat
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
+from spotleash.instance_agent.workload import Workload, workload_for
 from spotleash.log import get_logger
 
 log = get_logger("spotleash.instance_agent")
@@ -47,6 +49,12 @@ class AgentConfig(BaseModel):
     heartbeat_interval_s: float = Field(30.0, gt=0, le=3600)
     deadline: AwareDatetime | None = None
     backend_cmd: list[str] | None = None
+    # The package the instance runs (unset: heartbeats only). The sha256 is pinned at launch.
+    package_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+    package_uri: str = ""  # gs://<bucket>/packages/<sha256>.tar.gz
+    package_url: str = ""  # a V4 signed URL of that object (VAST: no Google identity on the box); secret
+    components: list[str] = []  # the components this instance was launched for (empty: all of the package)
+    advertise_host: str = ""  # host in the endpoints the user's machine reaches (unset: found on the box)
 
 
 class Action(StrEnum):
@@ -119,6 +127,7 @@ class InstanceAgent:
         metadata: MetadataClient | None = None,
         http: httpx.Client | None = None,
         stop: threading.Event | None = None,
+        work_dir: Path | None = None,
     ) -> None:
         self.provider = provider
         self._load = load
@@ -131,11 +140,14 @@ class InstanceAgent:
         self._token = ""
         self.backend: Backend | None = None
         self.beats_sent = 0
+        self.work_dir = work_dir
+        self.workload: Workload | None = None
 
     # ------------------------------------------------------------------ one heartbeat
     def heartbeat(self) -> Action:
         cfg = self.config
         assert cfg is not None
+        components, failure = self.workload.snapshot() if self.workload else ({}, None)
         try:
             beat = Heartbeat(
                 lease_id=cfg.lease_id,
@@ -143,6 +155,8 @@ class InstanceAgent:
                 preempted=self.preempted,
                 backend_alive=self.backend.alive if self.backend else True,
                 cpu_percent=psutil.cpu_percent(interval=None),
+                components=components,
+                failure=failure,
             )
         except ValidationError as e:
             log.error("cannot build a heartbeat from the config", reason=str(e)[:300])
@@ -181,6 +195,9 @@ class InstanceAgent:
         self.config, self._token = cfg, token
         if cfg and cfg.backend_cmd and self.backend is None:
             self.backend = Backend(cfg.backend_cmd)
+        if cfg and cfg.package_sha256 and self.workload is None:
+            self.workload = workload_for(cfg, self._metadata, self.work_dir, on_change=self.wake.set)
+            self.workload.start()
 
     def run(self) -> int:
         log.info("instance agent starting", provider=self.provider, pid=os.getpid())
@@ -203,6 +220,8 @@ class InstanceAgent:
                 self.wake.clear()
         finally:
             self.stop_event.set()
+            if self.workload:
+                self.workload.stop()
             if self.backend:
                 self.backend.stop()
             log.info("instance agent exiting", reason=reason, beats=self.beats_sent)

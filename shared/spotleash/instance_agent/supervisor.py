@@ -96,14 +96,14 @@ class ComponentRunner:
         cwd: Path,
         env: Mapping[str, str],
         log_dir: Path,
-        host: str,
+        endpoint: Callable[[int], str],
         http: httpx.Client,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.launch = launch
         self._cwd = cwd
         self._base_env = dict(env)
-        self._host = host
+        self._endpoint = endpoint
         self._http = http
         self._clock = clock
         self.log_path = log_dir / f"{launch.name}.log"
@@ -213,7 +213,7 @@ class ComponentRunner:
             h = self.health
         if h is None:
             return ComponentReport(state="starting")
-        return ComponentReport(state=h.state, error=h.error, endpoint=f"{self._host}:{self.port}",
+        return ComponentReport(state=h.state, error=h.error, endpoint=self._endpoint(self.port),
                                gave_up=h.gave_up)
 
     # ------------------------------------------------------------------ stop
@@ -263,13 +263,14 @@ class Supervisor:
         cwd: Path,
         env: Mapping[str, str],
         log_dir: Path,
-        host: str,
+        endpoint: Callable[[int], str] = lambda port: f"127.0.0.1:{port}",
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.Client(trust_env=False)
-        self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, host=host, http=self._http,
+        self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, endpoint=endpoint,
+                                        http=self._http,
                                         clock=clock) for launch in launches]
         self._on_change = on_change
         self._stop = threading.Event()

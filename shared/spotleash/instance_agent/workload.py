@@ -1,0 +1,212 @@
+"""The job an instance is rented for: its package fetched, verified, installed and supervised.
+
+``Workload.start()`` runs fetch → verify → extract → venv → offline install on a thread of its own
+(heartbeats keep going meanwhile, reporting every launched component ``starting``), then hands the
+components to the ``Supervisor``. What the heartbeat carries comes from ``snapshot()``: each
+component's report and, if the package could not be run at all, the instance's failure. Any change
+calls ``on_change`` so the agent beats at once instead of at its next interval.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import httpx
+
+from spotleash.events import ComponentReport, InstanceFailure
+from spotleash.instance_agent import package
+from spotleash.instance_agent.metadata import MetadataClient, MetadataError
+from spotleash.instance_agent.package import Installer, PackageFailure, Prepared
+from spotleash.instance_agent.supervisor import Supervisor, component_env
+from spotleash.log import get_logger
+
+if TYPE_CHECKING:
+    from spotleash.instance_agent.agent import AgentConfig
+
+log = get_logger("spotleash.instance_agent.workload")
+
+Endpoint = Callable[[int], str]  # a component's local port → host:port reachable by the user's machine
+
+
+def endpoint_for(advertise_host: str, env: Mapping[str, str], external_ip: str | None = None) -> Endpoint:
+    """``advertise_host`` when configured (the fakes: loopback); on VAST the public address and the
+    port VAST maps to ours (``PUBLIC_IPADDR``, ``VAST_TCP_PORT_<port>``); on GCE the external IP."""
+    host = advertise_host or env.get("PUBLIC_IPADDR") or external_ip or "127.0.0.1"
+
+    def endpoint(port: int) -> str:
+        mapped = env.get(f"VAST_TCP_PORT_{port}") if not advertise_host else None
+        return f"{host}:{mapped or port}"
+
+    return endpoint
+
+
+class Workload:
+    def __init__(
+        self,
+        *,
+        sha256: str,
+        source: Callable[[], package.Source],
+        components: list[str],
+        instance_id: str,
+        work_dir: Path,
+        endpoint: Endpoint,
+        on_change: Callable[[], None] = lambda: None,
+        installer: Installer | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.sha256 = sha256
+        self._source = source
+        self.wanted = list(components)
+        self.instance_id = instance_id
+        self.work_dir = work_dir
+        self._endpoint = endpoint
+        self._on_change = on_change
+        self.installer = installer or Installer()
+        self._env = dict(os.environ if env is None else env)
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.failure: InstanceFailure | None = None
+        self.supervisor: Supervisor | None = None
+        self.prepared: Prepared | None = None
+        self.timings: dict[str, float] = {}
+        self._thread: threading.Thread | None = None
+        self._t0 = time.monotonic()
+        self._all_healthy_logged = False
+
+    # ------------------------------------------------------------------ what the heartbeat carries
+    def snapshot(self) -> tuple[dict[str, ComponentReport], InstanceFailure | None]:
+        with self._lock:
+            sup, failure = self.supervisor, self.failure
+        if sup is not None:
+            reports = sup.reports()
+            self._note_all_healthy(reports)
+            return reports, failure
+        state = "failing" if failure else "starting"
+        error = f"{failure.reason}: {failure.detail}"[:500] if failure else None
+        return {n: ComponentReport(state=state, error=error) for n in self.wanted}, failure
+
+    def _note_all_healthy(self, reports: dict[str, ComponentReport]) -> None:
+        if self._all_healthy_logged or not reports or any(r.state != "healthy" for r in reports.values()):
+            return
+        self._all_healthy_logged = True
+        self.timings["to_healthy_s"] = round(time.monotonic() - self._t0, 3)
+        log.info("all components healthy", instance_id=self.instance_id, sha256=self.sha256, **self.timings)
+
+    # ------------------------------------------------------------------ the work
+    def start(self) -> None:
+        self._t0 = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
+        self._thread.start()
+
+    def _step(self, name: str, since: float) -> float:
+        now = time.monotonic()
+        self.timings[f"{name}_s"] = round(now - since, 3)
+        return now
+
+    def _run(self) -> None:
+        t = time.monotonic()
+        http = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=True)
+        try:
+            archive = package.fetch(http, self._source(), self.sha256, self.work_dir / "archives")
+            t = self._step("fetch", t)
+            prepared = self.installer.prepare(archive, self.sha256, self.work_dir)
+            t = self._step("install", t)
+            launches = package.launches(prepared.manifest, self.wanted)
+            if self._stopping.is_set():
+                return
+            sup = Supervisor(
+                launches, cwd=prepared.app_dir, env=component_env(self._env, prepared.venv, self.instance_id),
+                log_dir=self.work_dir / "logs", endpoint=self._endpoint, on_change=self._on_change,
+            )
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self.prepared, self.supervisor = prepared, sup
+                self.wanted = [launch.name for launch in launches]
+                sup.start()  # under the lock: a stop() now waits for it, then stops what it started
+            log.info("components started", instance_id=self.instance_id, root=str(prepared.root),
+                     components=self.wanted, **self.timings)
+        except PackageFailure as e:
+            if self._stopping.is_set():
+                return
+            with self._lock:
+                self.failure = InstanceFailure(reason=e.reason, detail=e.detail[:500])
+            log.error("the package cannot run; this instance is useless", instance_id=self.instance_id,
+                      reason=e.reason, detail=e.detail)
+            self._on_change()
+        finally:
+            http.close()
+
+    def stop(self) -> None:
+        """Stop everything this workload started (install steps included); idempotent."""
+        with self._lock:
+            self._stopping.set()
+            sup = self.supervisor
+        self.installer.cancel()
+        if sup is not None:
+            sup.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=5.0)
+
+
+DEFAULT_WORK_ROOT = Path(tempfile.gettempdir())
+TOKEN_PATH = "instance/service-accounts/default/token"
+EXTERNAL_IP_PATH = "instance/network-interfaces/0/access-configs/0/external-ip"
+
+
+def metadata_token(md: MetadataClient) -> Callable[[], str]:
+    """The VM service account's access token, from the metadata server (fresh on every call)."""
+
+    def token() -> str:
+        try:
+            got = md.get(TOKEN_PATH)
+        except MetadataError as e:
+            raise httpx.TransportError(f"no access token from the metadata server: {e}") from e
+        if got is None:
+            raise httpx.TransportError("the VM has no service account (no token in its metadata)")
+        try:
+            return str(json.loads(got[0])["access_token"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise httpx.TransportError(f"unreadable token answer from the metadata server: {e}") from e
+
+    return token
+
+
+def _external_ip(md: MetadataClient | None) -> str | None:
+    if md is None:
+        return None
+    try:
+        got = md.get(EXTERNAL_IP_PATH)
+    except MetadataError:
+        return None
+    return got[0].strip() or None if got else None
+
+
+def workload_for(
+    cfg: AgentConfig,
+    md: MetadataClient | None,
+    work_dir: Path | None,
+    *,
+    on_change: Callable[[], None],
+    env: Mapping[str, str] | None = None,
+) -> Workload:
+    """The workload a config names: GCS through the metadata token (GCE), the emulator, or a signed URL."""
+    environ = dict(os.environ if env is None else env)
+
+    def source() -> package.Source:
+        return package.source_for(cfg.package_uri, cfg.package_url, env=environ,
+                                  token=metadata_token(md) if md is not None else None)
+
+    return Workload(
+        sha256=cfg.package_sha256, source=source, components=list(cfg.components), instance_id=cfg.instance_id,
+        work_dir=work_dir or DEFAULT_WORK_ROOT / f"spotleash-{cfg.instance_id or 'instance'}",
+        endpoint=endpoint_for(cfg.advertise_host, environ, _external_ip(md) if not cfg.advertise_host else None),
+        on_change=on_change, env=environ,
+    )
