@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Literal
@@ -10,6 +12,7 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from spotleash.errors import InvalidTransition
+from spotleash.events import ComponentReport, InstanceFailure
 
 ProviderName = Literal["gce", "vast"]
 
@@ -18,10 +21,11 @@ class State(StrEnum):
     REQUESTED = "REQUESTED"  # intent written, no create call yet
     PROVISIONING = "PROVISIONING"  # create called, not yet confirmed running
     RUNNING = "RUNNING"  # the provider says it runs
-    READY = "READY"  # the instance agent has sent its first heartbeat
+    READY = "READY"  # every component it was launched for is healthy (no package: its first heartbeat came)
     TERMINATING = "TERMINATING"  # delete requested, not yet confirmed gone
     TERMINATED = "TERMINATED"  # the provider confirmed it is gone
-    FAILED = "FAILED"  # never ran (launch refused or failed permanently); nothing left at the provider
+    FAILED = "FAILED"  # never did its job (launch refused or failed, package or components never healthy);
+    # nothing is left at the provider
 
 
 LIVE = frozenset({State.REQUESTED, State.PROVISIONING, State.RUNNING, State.READY, State.TERMINATING})
@@ -32,7 +36,7 @@ _ALLOWED: dict[State, frozenset[State]] = {
     State.PROVISIONING: frozenset({State.RUNNING, State.READY, State.TERMINATING, State.FAILED}),
     State.RUNNING: frozenset({State.READY, State.TERMINATING}),
     State.READY: frozenset({State.TERMINATING}),
-    State.TERMINATING: frozenset({State.TERMINATED}),
+    State.TERMINATING: frozenset({State.TERMINATED, State.FAILED}),
     State.TERMINATED: frozenset(),
     State.FAILED: frozenset(),
 }
@@ -84,6 +88,8 @@ class InstanceRecord(BaseModel):
     ram_gb: float = 0.0  # what the demand asked for, kept so a failover can ask again
     gpu: bool = False
     components: list[str] = []
+    package_sha256: str | None = None  # the package the launch pinned; READY then waits for its components
+    component_states: dict[str, ComponentReport] = {}  # as the last heartbeat reported them, with endpoints
 
     @property
     def live(self) -> bool:
@@ -111,6 +117,34 @@ def transition(record: InstanceRecord, dst: State, now: datetime, **changes: obj
     if dst in ENDED and record.ended_at is None and "ended_at" not in changes:
         update["ended_at"] = now
     return record.model_copy(update=update)
+
+
+@dataclass(frozen=True)
+class Readiness:
+    """What one heartbeat's component reports mean for the record."""
+
+    ready: bool
+    failure: tuple[str, str] | None = None  # (reason code, detail): the instance must go
+
+
+def readiness(
+    launched_for: Sequence[str],
+    expects_package: bool,
+    reports: Mapping[str, ComponentReport],
+    failure: InstanceFailure | None,
+) -> Readiness:
+    """READY only when every component the instance was launched for is healthy; a package that cannot
+    run, or a component that gave up (not healthy by its deadline), fails the instance."""
+    if failure is not None:
+        return Readiness(False, (failure.reason, failure.detail))
+    gave_up = sorted(n for n, r in reports.items() if r.gave_up)
+    if gave_up:
+        detail = "; ".join(f"{n}: {reports[n].error or 'not healthy'}" for n in gave_up)
+        return Readiness(False, ("component_unhealthy", detail[:500]))
+    if not expects_package and not reports:
+        return Readiness(True)  # no package: the first heartbeat is all there is to wait for
+    needed = list(launched_for) or list(reports)
+    return Readiness(bool(needed) and all(n in reports and reports[n].state == "healthy" for n in needed))
 
 
 def new_record(

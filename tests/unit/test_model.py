@@ -35,6 +35,7 @@ ALLOWED = {  # the lifecycle, written out independently of the module's table
     (S.RUNNING, S.READY), (S.RUNNING, S.TERMINATING),
     (S.READY, S.TERMINATING),
     (S.TERMINATING, S.TERMINATED),
+    (S.TERMINATING, S.FAILED),  # deleted because it never did its job (package or components unhealthy)
 }
 PAIRS = list(itertools.product(State, State))
 

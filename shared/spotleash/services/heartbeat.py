@@ -1,4 +1,10 @@
-"""on_heartbeat: the instance agent's beat. Token-checked in constant time; drives READY and failover."""
+"""on_heartbeat: the instance agent's beat. Token-checked in constant time; drives READY and failover.
+
+A beat carries its components' states: the record becomes READY only when every component it was
+launched for is healthy (an instance without a package: at its first beat), and keeps each one's
+state and endpoint. A package that cannot run, or a component not healthy by its deadline, fails
+the instance: it is deleted and its record ends FAILED with the reason.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import paramiko
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
-from spotleash.model import ENDED, InstanceRecord, State, transition
+from spotleash.model import ENDED, InstanceRecord, State, readiness, transition
 from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import launch_replacement
@@ -48,20 +54,44 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
             log.warning("delete not yet confirmed", instance_id=rec.instance_id, detail=str(e))
         return BeatReply(200, "stop", reason)
 
+    verdict = readiness(rec.components, rec.package_sha256 is not None, beat.components, beat.failure)
+
     def beat_in(r: InstanceRecord) -> InstanceRecord | None:
         if r.state in ENDED or r.state == State.TERMINATING:
             return None
-        dst = State.READY if r.state in (State.PROVISIONING, State.RUNNING) else r.state
-        return transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted)
+        ready = verdict.ready and r.state in (State.PROVISIONING, State.RUNNING)
+        dst = State.READY if ready else r.state
+        states = dict(beat.components) if beat.components else r.component_states
+        return transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
+                          component_states=states)
 
     updated = ctx.store.update(beat.instance_id, beat_in)
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
-        ctx.store.audit("ready", "first heartbeat", now, instance_id=rec.instance_id, lease_id=rec.lease_id)
+        endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
+        ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
+                        instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints)
         _pin_host_key(ctx, updated)
     if beat.preempted and not rec.preempted:
         _failover(ctx, rec)
         return BeatReply(200, "stop", "preempted; a replacement is being launched")
+    if verdict.failure is not None and updated is not None:
+        reason, detail = verdict.failure
+        _fail_unusable(ctx, updated, reason, detail)
+        return BeatReply(200, "stop", reason)
     return BeatReply(200, "continue")
+
+
+def _fail_unusable(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> None:
+    """The instance cannot do the job it was rented for: delete it (nobody pays for a broken box)."""
+    ctx.store.audit("launch_failed", reason, ctx.now(), instance_id=rec.instance_id, lease_id=rec.lease_id,
+                    provider=rec.provider, detail=detail)
+    log.warning("instance cannot run its components; deleting it", instance_id=rec.instance_id,
+                lease_id=rec.lease_id, reason=reason, detail=detail)
+    end = State.TERMINATED if rec.state == State.READY else State.FAILED  # READY: it did work for a while
+    try:
+        terminate(ctx, rec.instance_id, f"{reason}: {detail}"[:600], action="launch_cleanup", end=end)
+    except Transient as e:  # the reaper retries a stalled delete
+        log.warning("delete not yet confirmed", instance_id=rec.instance_id, detail=str(e))
 
 
 def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:

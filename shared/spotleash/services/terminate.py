@@ -31,8 +31,11 @@ def delete_at_provider(ctx: Context, provider_name: str, provider_id: str) -> bo
     return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s)
 
 
-def terminate(ctx: Context, instance_id: str, reason: str, *, action: str = "delete") -> InstanceRecord | None:
-    """Move a live record to TERMINATING, delete at the provider, confirm, then TERMINATED.
+def terminate(
+    ctx: Context, instance_id: str, reason: str, *, action: str = "delete", end: State = State.TERMINATED,
+) -> InstanceRecord | None:
+    """Move a live record to TERMINATING, delete at the provider, confirm, then ``end`` (TERMINATED, or
+    FAILED for an instance that never did its job).
 
     Idempotent: an ended record is left as it is. Raises Transient if the provider did not confirm
     the deletion in time (the caller's redelivery or the next reap tries again).
@@ -61,7 +64,7 @@ def terminate(ctx: Context, instance_id: str, reason: str, *, action: str = "del
                             provider_id=provider_id, detail=f"{reason}; provider still lists it")
             raise Transient(f"{instance_id}: {rec.provider} has not confirmed the deletion of {provider_id}")
     done_at = ctx.now()
-    final = ctx.store.update(instance_id, lambda r: transition(r, State.TERMINATED, done_at)
+    final = ctx.store.update(instance_id, lambda r: transition(r, end, done_at)
                              if r.state == State.TERMINATING else None)
     cost = final.cost_so_far(done_at) if final else 0.0
     ctx.store.audit(action, rec.reason or reason, done_at, instance_id=instance_id, lease_id=rec.lease_id,
