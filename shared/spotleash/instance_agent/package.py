@@ -180,6 +180,7 @@ def fetch(
     *,
     retry_budget_s: float = 300.0,
     sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> Path:
     """The verified-by-hash archive in ``cache_dir`` (reused when already there, e.g. from a bootstrap)."""
     if not SHA256_RE.match(sha256):
@@ -191,7 +192,7 @@ def fetch(
             log.info("package found in the cache", path=str(dest))
             return dest
         dest.unlink()  # a damaged copy: fetch it again
-    download(http, source, dest, sha256, retry_budget_s=retry_budget_s, sleep=sleep)
+    download(http, source, dest, sha256, retry_budget_s=retry_budget_s, sleep=sleep, clock=clock)
     return dest
 
 
