@@ -99,8 +99,10 @@ class ComponentRunner:
         endpoint: Callable[[int], str],
         http: httpx.Client,
         clock: Callable[[], float] = time.monotonic,
+        backoff_base_s: float = health.BACKOFF_BASE_S,
     ) -> None:
         self.launch = launch
+        self._backoff_base_s = backoff_base_s
         self._cwd = cwd
         self._base_env = dict(env)
         self._endpoint = endpoint
@@ -129,6 +131,7 @@ class ComponentRunner:
             log.warning("component port in use; using another", component=self.launch.name, port=taken,
                         chosen=self.port)
         env = {**self._base_env, **self.launch.env, "PORT": str(self.port)}
+        self._tail.clear()  # a crash is explained by its own run's output
         self._out.info("--- starting %s (port %d, restart %d)", list(self.launch.argv), self.port, self.restarts)
         try:
             self._proc = subprocess.Popen(  # noqa: S603 - the argv the package declares
@@ -178,7 +181,7 @@ class ComponentRunner:
             code = proc.returncode if proc is not None else 127
             h = health.exited(h, code, self.output_tail())
             self.restarts += 1
-            delay = health.restart_delay(self.restarts)
+            delay = health.restart_delay(self.restarts, base_s=self._backoff_base_s)
             self._restart_at = now + delay
             log.warning("component exited; restarting", component=self.launch.name, returncode=code,
                         restarts=self.restarts, pause_s=delay, reason=h.error)
@@ -226,6 +229,21 @@ class ComponentRunner:
         except (ProcessLookupError, PermissionError):
             pass
 
+    def group_gone(self, timeout_s: float) -> bool:
+        """Wait until no process is left in the component's group (zombies reparented to init included)."""
+        proc = self._proc
+        if proc is None:
+            return True
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                os.killpg(proc.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
     def reap(self, timeout_s: float) -> bool:
         """Wait for the leader to exit; True if it did."""
         proc = self._proc
@@ -266,12 +284,13 @@ class Supervisor:
         endpoint: Callable[[int], str] = lambda port: f"127.0.0.1:{port}",
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        backoff_base_s: float = health.BACKOFF_BASE_S,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.Client(trust_env=False)
         self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, endpoint=endpoint,
-                                        http=self._http,
-                                        clock=clock) for launch in launches]
+                                        http=self._http, clock=clock, backoff_base_s=backoff_base_s)
+                        for launch in launches]
         self._on_change = on_change
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -311,6 +330,8 @@ class Supervisor:
                             grace_s=grace_s)
             r.signal(signal.SIGKILL)  # whatever else is left in its group
             r.reap(1.0)
+            if not r.group_gone(1.0):
+                log.warning("component processes outlived SIGKILL", component=r.launch.name)
             r.close()
         self._http.close()
         log.info("components stopped", components=[r.launch.name for r in self.runners])
