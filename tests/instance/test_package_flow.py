@@ -293,3 +293,71 @@ def test_a_package_that_fails_to_install_is_reported(cloud: Cloud, agent: Callab
     assert not component_processes(a.instance_id)
     cloud.stop = True
     assert a.proc.wait(timeout=20) == 0
+
+
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def bootstrap_env(cloud: Cloud, sha: str, components: list[str], instance_id: str) -> dict[str, str]:
+    cfg = {"instance_id": instance_id, "lease_id": "l-flow", "heartbeat_url": f"{cloud.url}/hb",
+           "heartbeat_interval_s": 1.0, "package_sha256": sha, "advertise_host": "127.0.0.1",
+           "package_uri": f"gs://{BUCKET}/{package_object(sha)}", "components": components}
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("VIRTUAL_ENV", "PYTHON", "UV"))}
+    return {**clean, "SPOTLEASH_AGENT_CONFIG": json.dumps(cfg), "SPOTLEASH_HEARTBEAT_TOKEN": "tok-1",
+            "STORAGE_EMULATOR_HOST": cloud.url}
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no system python3")
+def test_bootstrap_on_the_system_python_then_the_agent_supervises_what_it_installed(
+        cloud: Cloud, tmp_path: Path) -> None:
+    """bootstrap.py alone, on the OS's python3 (Debian 12: 3.11.2, no spotleash, no tar filters), fetches
+    and installs; the agent started with --package-root supervises the result."""
+    from spotleash.instance_agent import bootstrap
+
+    sha = publish(cloud, tmp_path)
+    work = tmp_path / "boot-work"
+    env = bootstrap_env(cloud, sha, ["web"], "sl-boot")
+    t0 = time.monotonic()
+    done = subprocess.run([SYSTEM_PYTHON, "-I", bootstrap.__file__, "--provider", "vast", "--work-dir", str(work),
+                           "--no-exec"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    install_s = time.monotonic() - t0
+    assert done.returncode == 0, done.stderr
+    root = Path(done.stdout.strip())
+    assert (root / "venv" / "bin" / "python").exists() and (root / "app" / "server.py").exists()
+    assert cloud.beats and cloud.beats[0]["components"] == {"web": {"state": "starting"}}  # it beat while working
+
+    agent_env = {**os.environ, **{k: env[k] for k in ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")}}
+    proc = subprocess.Popen([sys.executable, "-m", "spotleash.instance_agent", "--provider", "vast",  # noqa: S603
+                             "--work-dir", str(work), "--package-root", str(root)],
+                            env=agent_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: cloud.last().get("components", {}).get("web", {}).get("state") == "healthy", 60,
+                 "web healthy")
+        print(f"\nbootstrap on {SYSTEM_PYTHON}: fetch+verify+venv+install {install_s:.1f} s; "
+              f"then healthy {time.monotonic() - t0 - install_s:.1f} s later")
+        endpoint = cloud.last()["components"]["web"]["endpoint"]
+        assert httpx.get(f"http://{endpoint}/", timeout=5).json()["greeting"] == "hello from tinylib"
+        assert cloud.downloads == 1  # the agent did not fetch again
+        cloud.stop = True
+        assert proc.wait(timeout=20) == 0
+        wait_for(lambda: not component_processes("sl-boot"), 5, "the component processes to be gone")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no system python3")
+def test_bootstrap_reports_a_bad_package_and_exits(cloud: Cloud, tmp_path: Path) -> None:
+    from spotleash.instance_agent import bootstrap
+
+    sha = publish(cloud, tmp_path)
+    other = hashlib.sha256(b"x").hexdigest()
+    cloud.objects[package_object(other)] = cloud.objects[package_object(sha)]
+    work = tmp_path / "boot-work"
+    done = subprocess.run([SYSTEM_PYTHON, "-I", bootstrap.__file__, "--provider", "vast", "--work-dir", str(work)],
+                          env=bootstrap_env(cloud, other, ["web"], "sl-boot-bad"), capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1
+    assert cloud.last()["failure"]["reason"] == "package_unverified"
+    assert cloud.last()["components"]["web"]["state"] == "failing"
+    assert not list(work.glob("pkg-*")) and not list((work / "archives").iterdir())

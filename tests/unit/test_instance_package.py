@@ -3,17 +3,26 @@ unsafe archives refused, sources per provider."""
 
 from __future__ import annotations
 
+import ast
+import email.message
 import gzip
 import hashlib
 import io
+import json
+import sys
 import tarfile
+import urllib.error
+import urllib.request
 from pathlib import Path
+from typing import Any
 
-import httpx
 import pytest
 
-from spotleash.instance_agent import package
-from spotleash.instance_agent.package import Installer, PackageFailure, Source, fetch, launches, source_for
+from spotleash import package_format
+from spotleash.events import Heartbeat, parse_event
+from spotleash.instance_agent import agent, bootstrap
+from spotleash.instance_agent.bootstrap import Installer, PackageFailure, Source, fetch, source_for
+from spotleash.instance_agent.package import launches
 from spotleash.package_format import AppSpec, ComponentSpec, build_package
 
 SHA_A = "a" * 64
@@ -119,28 +128,46 @@ def test_not_an_archive_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ download
 
 
-def _client(replies: list[httpx.Response | Exception], seen: list[httpx.Request]) -> httpx.Client:
-    def reply(req: httpx.Request) -> httpx.Response:
+class _Reply:
+    def __init__(self, body: bytes) -> None:
+        self._body = io.BytesIO(body)
+        self.status = 200
+
+    def read(self, n: int = -1) -> bytes:
+        return self._body.read(n)
+
+    def __enter__(self) -> _Reply:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def _opener(replies: list[int | bytes | Exception], seen: list[urllib.request.Request]) -> bootstrap.Opener:
+    """urlopen's shape: an int is an HTTP error status, bytes a 200 body, an exception is raised."""
+
+    def open_(req: urllib.request.Request, timeout: float) -> Any:
         seen.append(req)
         r = replies.pop(0) if len(replies) > 1 else replies[0]
         if isinstance(r, Exception):
             raise r
-        return r
+        if isinstance(r, int):
+            raise urllib.error.HTTPError(req.full_url, r, "error", email.message.Message(), io.BytesIO(b""))
+        return _Reply(r)
 
-    return httpx.Client(transport=httpx.MockTransport(reply))
+    return open_
 
 
 def test_download_retries_transient_errors_then_keeps_the_verified_bytes(tmp_path: Path) -> None:
     body = b"package bytes"
     sha = hashlib.sha256(body).hexdigest()
-    seen: list[httpx.Request] = []
-    http = _client([httpx.Response(503), httpx.ConnectError("reset"), httpx.Response(429), httpx.Response(200, content=body)],
-                   seen)
+    seen: list[urllib.request.Request] = []
     sleeps: list[float] = []
-    path = fetch(http, Source("http://gcs/o", token=lambda: "tok-1"), sha, tmp_path, sleep=sleeps.append)
+    opener = _opener([503, ConnectionResetError("reset"), urllib.error.URLError("dns"), 429, body], seen)
+    path = fetch(Source("http://gcs/o", token=lambda: "tok-1"), sha, tmp_path, opener=opener, sleep=sleeps.append)
     assert path.read_bytes() == body and path.name == f"{sha}.tar.gz"
-    assert sleeps == [1.0, 2.0, 4.0] and len(seen) == 4
-    assert seen[0].headers["Authorization"] == "Bearer tok-1"
+    assert sleeps == [1.0, 2.0, 4.0, 8.0] and len(seen) == 5
+    assert seen[0].get_header("Authorization") == "Bearer tok-1"
     assert list(tmp_path.iterdir()) == [path]  # no .part left
 
 
@@ -148,18 +175,17 @@ def test_cached_archive_is_reused_and_a_damaged_one_fetched_again(tmp_path: Path
     body = b"package bytes"
     sha = hashlib.sha256(body).hexdigest()
     (tmp_path / f"{sha}.tar.gz").write_bytes(body)
-    seen: list[httpx.Request] = []
-    fetch(_client([httpx.Response(500)], seen), Source("http://gcs/o"), sha, tmp_path)
+    seen: list[urllib.request.Request] = []
+    fetch(Source("http://gcs/o"), sha, tmp_path, opener=_opener([500], seen))
     assert seen == []
     (tmp_path / f"{sha}.tar.gz").write_bytes(b"truncat")
-    fetch(_client([httpx.Response(200, content=body)], seen), Source("http://gcs/o"), sha, tmp_path)
+    fetch(Source("http://gcs/o"), sha, tmp_path, opener=_opener([body], seen))
     assert len(seen) == 1 and (tmp_path / f"{sha}.tar.gz").read_bytes() == body
 
 
 def test_wrong_bytes_are_not_kept(tmp_path: Path) -> None:
     with pytest.raises(PackageFailure) as e:
-        fetch(_client([httpx.Response(200, content=b"other")], []), Source("http://gcs/o?X-Goog-Signature=s3cret"),
-              SHA_A, tmp_path)
+        fetch(Source("http://gcs/o?X-Goog-Signature=s3cret"), SHA_A, tmp_path, opener=_opener([b"other"], []))
     assert e.value.reason == "package_unverified" and list(tmp_path.iterdir()) == []
     assert "s3cret" not in str(e.value)  # a signed URL's signature never reaches a message
 
@@ -167,25 +193,36 @@ def test_wrong_bytes_are_not_kept(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("status", "reason"), [(404, "package_missing"), (403, "package_forbidden"),
                                                 (401, "package_forbidden"), (400, "package_unavailable")])
 def test_permanent_answers_are_not_retried(tmp_path: Path, status: int, reason: str) -> None:
-    seen: list[httpx.Request] = []
+    seen: list[urllib.request.Request] = []
     with pytest.raises(PackageFailure) as e:
-        fetch(_client([httpx.Response(status)], seen), Source("http://gcs/o"), SHA_A, tmp_path)
+        fetch(Source("http://gcs/o"), SHA_A, tmp_path, opener=_opener([status], seen))
     assert e.value.reason == reason and len(seen) == 1
 
 
 def test_unreachable_storage_gives_up_within_its_budget(tmp_path: Path) -> None:
     sleeps: list[float] = []
     with pytest.raises(PackageFailure) as e:
-        fetch(_client([httpx.ConnectError("down")], []), Source("http://gcs/o"), SHA_A, tmp_path,
+        fetch(Source("http://gcs/o"), SHA_A, tmp_path, opener=_opener([ConnectionRefusedError("down")], []),
               retry_budget_s=10.0, sleep=sleeps.append, clock=lambda: sum(sleeps))
-    assert e.value.reason == "package_unavailable" and "ConnectError" in e.value.detail
+    assert e.value.reason == "package_unavailable" and "ConnectionRefusedError" in e.value.detail
     assert sleeps and sum(sleeps) <= 10.0
 
 
 def test_a_pinned_hash_that_is_not_a_hash_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PackageFailure) as e:
-        fetch(_client([httpx.Response(200)], []), Source("http://gcs/o"), "../../etc", tmp_path)
+        fetch(Source("http://gcs/o"), "../../etc", tmp_path, opener=_opener([b""], []))
     assert e.value.reason == "package_unverified"
+
+
+def test_the_metadata_token_is_fetched_per_attempt() -> None:
+    seen: list[urllib.request.Request] = []
+    token = bootstrap.metadata_token({"GCE_METADATA_HOST": "md:80"},
+                                     _opener([json.dumps({"access_token": "ya29.x"}).encode()], seen))
+    assert token() == "ya29.x"
+    assert seen[0].full_url == "http://md:80/computeMetadata/v1/instance/service-accounts/default/token"
+    assert seen[0].get_header("Metadata-flavor") == "Google"
+    with pytest.raises(OSError, match="no service account"):
+        bootstrap.metadata_token({}, _opener([404], []))()
 
 
 # ------------------------------------------------------------------ where the bytes come from
@@ -220,4 +257,70 @@ def test_launches_pick_the_components_the_instance_was_launched_for(tmp_path: Pa
 
 
 def test_media_url_quotes_names() -> None:
-    assert package.media_url("http://h/", "b", "a b/c") == "http://h/download/storage/v1/b/b/o/a%20b%2Fc?alt=media"
+    assert bootstrap.media_url("http://h/", "b", "a b/c") == "http://h/download/storage/v1/b/b/o/a%20b%2Fc?alt=media"
+
+
+# ------------------------------------------------------------------ the bootstrap's contract with the rest
+
+
+def test_bootstrap_imports_only_the_standard_library() -> None:
+    tree = ast.parse(Path(bootstrap.__file__).read_text())
+    roots = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    roots |= {n.module.split(".")[0] for n in ast.walk(tree)
+              if isinstance(n, ast.ImportFrom) and n.module and n.level == 0}
+    assert roots - {"__future__"} <= set(sys.stdlib_module_names), roots - set(sys.stdlib_module_names)
+
+
+def test_bootstrap_names_match_their_one_definition() -> None:
+    assert (bootstrap.CONFIG_KEY, bootstrap.TOKEN_KEY) == (agent.CONFIG_KEY, agent.TOKEN_KEY)
+    assert (bootstrap.CONFIG_ENV, bootstrap.TOKEN_ENV) == (agent.CONFIG_ENV, agent.TOKEN_ENV)
+    assert bootstrap.MANIFEST_NAME == package_format.MANIFEST_NAME
+    assert bootstrap.FORMAT_VERSION == package_format.FORMAT_VERSION
+    assert bootstrap.install_command("py", Path("/r"), {"requirements": ["a"]}) == \
+        package_format.install_command("py", Path("/r"), {"requirements": ["a"]})
+
+
+def test_bootstrap_verifies_what_publish_builds(tmp_path: Path) -> None:
+    archive, sha = _package(tmp_path)
+    assert bootstrap.verify_archive(archive, sha) == package_format.verify_archive(archive, sha)
+
+
+def test_bootstrap_heartbeats_are_heartbeats() -> None:
+    cfg = {"lease_id": "l-1", "instance_id": "sl-1"}
+    beat = parse_event(bootstrap.heartbeat_body(cfg, {"web": {"state": "starting"}}, None), Heartbeat)
+    assert isinstance(beat, Heartbeat) and beat.components["web"].state == "starting"
+    failed = parse_event(bootstrap.heartbeat_body(
+        cfg, {"web": {"state": "failing", "error": "package_missing: gone"}},
+        {"reason": "package_missing", "detail": "gone"}), Heartbeat)
+    assert isinstance(failed, Heartbeat) and failed.failure is not None and failed.failure.reason == "package_missing"
+
+
+def test_bootstrap_heartbeat_answers() -> None:
+    cfg = {"heartbeat_url": "http://cp/hb", "lease_id": "l", "instance_id": "i"}
+    seen: list[urllib.request.Request] = []
+    body = bootstrap.heartbeat_body(cfg, {}, None)
+    assert bootstrap.send_heartbeat(cfg, "tok", body, _opener([b'{"action":"stop"}'], seen)) == "stop"
+    assert seen[0].get_header("Authorization") == "Bearer tok" and seen[0].data == body
+    assert bootstrap.send_heartbeat(cfg, "tok", body, _opener([401], [])) == "stop"
+    assert bootstrap.send_heartbeat(cfg, "tok", body, _opener([503], [])) is None
+    assert bootstrap.send_heartbeat(cfg, "tok", body, _opener([OSError("down")], [])) is None
+    assert bootstrap.send_heartbeat({}, "tok", body, _opener([b"{}"], [])) is None  # no URL: nothing to send
+
+
+def test_extract_checks_each_member_again_as_it_writes(tmp_path: Path) -> None:
+    archive, sha = _package(tmp_path)
+    manifest = bootstrap.verify_archive(archive, sha)
+    changed = {**manifest["files"], "app/web.py": "0" * 64}  # as if the file changed after verify
+    with pytest.raises(PackageFailure, match="changed since it was verified"):
+        bootstrap.extract_archive(archive, tmp_path / "x", changed)
+    with pytest.raises(PackageFailure, match="not in the manifest"):
+        bootstrap.extract_archive(archive, tmp_path / "y", {})
+    evil = tmp_path / "evil.tar.gz"
+    _raw_targz(evil, [tarfile.TarInfo("../escaped.txt")])
+    with pytest.raises(PackageFailure, match="unsafe path"):
+        bootstrap.extract_archive(evil, tmp_path / "z", {"../escaped.txt": "x"})
+    assert not (tmp_path / "escaped.txt").exists()
+    ok = tmp_path / "ok"
+    bootstrap.extract_archive(archive, ok, manifest["files"])
+    assert (ok / "app" / "web.py").read_text() == "print('hi')\n" and (ok / "manifest.json").exists()
+    assert (ok / "app" / "web.py").stat().st_mode & 0o777 == 0o644

@@ -24,15 +24,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--work-dir", type=Path, default=os.environ.get("SPOTLEASH_WORK_DIR") or None,
                    help="where packages are cached, extracted and installed and component logs kept "
                         "($SPOTLEASH_WORK_DIR; default: <tmp>/spotleash-<instance id>)")
+    p.add_argument("--package-root", type=Path, default=None,
+                   help="a package already fetched, verified and installed (by bootstrap.py): supervise it")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     args = p.parse_args(argv)
     configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown our own
     if args.provider == "gce":
         md = MetadataClient()
-        agent = InstanceAgent("gce", gce_source(md), metadata=md, work_dir=args.work_dir)
+        agent = InstanceAgent("gce", gce_source(md), metadata=md, work_dir=args.work_dir,
+                              package_root=args.package_root)
     else:
-        agent = InstanceAgent("vast", env_source(), work_dir=args.work_dir)
+        agent = InstanceAgent("vast", env_source(), work_dir=args.work_dir, package_root=args.package_root)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
         agent.request_stop()

@@ -128,6 +128,7 @@ class InstanceAgent:
         http: httpx.Client | None = None,
         stop: threading.Event | None = None,
         work_dir: Path | None = None,
+        package_root: Path | None = None,
     ) -> None:
         self.provider = provider
         self._load = load
@@ -141,6 +142,7 @@ class InstanceAgent:
         self.backend: Backend | None = None
         self.beats_sent = 0
         self.work_dir = work_dir
+        self.package_root = package_root
         self.workload: Workload | None = None
 
     # ------------------------------------------------------------------ one heartbeat
@@ -196,7 +198,8 @@ class InstanceAgent:
         if cfg and cfg.backend_cmd and self.backend is None:
             self.backend = Backend(cfg.backend_cmd)
         if cfg and cfg.package_sha256 and self.workload is None:
-            self.workload = workload_for(cfg, self._metadata, self.work_dir, on_change=self.wake.set)
+            self.workload = workload_for(cfg, self._metadata, self.work_dir, on_change=self.wake.set,
+                                         package_root=self.package_root)
             self.workload.start()
 
     def run(self) -> int:

@@ -9,7 +9,6 @@ calls ``on_change`` so the agent beats at once instead of at its next interval.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import threading
@@ -18,12 +17,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import httpx
-
 from spotleash.events import ComponentReport, InstanceFailure
-from spotleash.instance_agent import package
+from spotleash.instance_agent import bootstrap, package
+from spotleash.instance_agent.bootstrap import Installer, PackageFailure
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
-from spotleash.instance_agent.package import Installer, PackageFailure, Prepared
+from spotleash.instance_agent.package import Prepared
 from spotleash.instance_agent.supervisor import Supervisor, component_env
 from spotleash.log import get_logger
 
@@ -52,7 +50,7 @@ class Workload:
         self,
         *,
         sha256: str,
-        source: Callable[[], package.Source],
+        source: Callable[[], bootstrap.Source],
         components: list[str],
         instance_id: str,
         work_dir: Path,
@@ -60,6 +58,7 @@ class Workload:
         on_change: Callable[[], None] = lambda: None,
         installer: Installer | None = None,
         env: Mapping[str, str] | None = None,
+        package_root: Path | None = None,
     ) -> None:
         self.sha256 = sha256
         self._source = source
@@ -70,6 +69,7 @@ class Workload:
         self._on_change = on_change
         self.installer = installer or Installer()
         self._env = dict(os.environ if env is None else env)
+        self.package_root = package_root  # already fetched, verified and installed (by the bootstrap)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.failure: InstanceFailure | None = None
@@ -112,12 +112,15 @@ class Workload:
 
     def _run(self) -> None:
         t = time.monotonic()
-        http = httpx.Client(timeout=httpx.Timeout(30.0, connect=10.0), trust_env=False, follow_redirects=True)
         try:
-            archive = package.fetch(http, self._source(), self.sha256, self.work_dir / "archives")
-            t = self._step("fetch", t)
-            prepared = self.installer.prepare(archive, self.sha256, self.work_dir)
-            t = self._step("install", t)
+            if self.package_root is not None:
+                prepared = package.prepared(self.package_root)
+            else:
+                archive = bootstrap.fetch(self._source(), self.sha256, self.work_dir / "archives")
+                t = self._step("fetch", t)
+                root, raw = self.installer.prepare(archive, self.sha256, self.work_dir)
+                t = self._step("install", t)
+                prepared = package.prepared(root, raw)
             launches = package.launches(prepared.manifest, self.wanted)
             if self._stopping.is_set():
                 return
@@ -141,8 +144,6 @@ class Workload:
             log.error("the package cannot run; this instance is useless", instance_id=self.instance_id,
                       reason=e.reason, detail=e.detail)
             self._on_change()
-        finally:
-            http.close()
 
     def stop(self) -> None:
         """Stop everything this workload started (install steps included); idempotent."""
@@ -157,26 +158,7 @@ class Workload:
 
 
 DEFAULT_WORK_ROOT = Path(tempfile.gettempdir())
-TOKEN_PATH = "instance/service-accounts/default/token"
 EXTERNAL_IP_PATH = "instance/network-interfaces/0/access-configs/0/external-ip"
-
-
-def metadata_token(md: MetadataClient) -> Callable[[], str]:
-    """The VM service account's access token, from the metadata server (fresh on every call)."""
-
-    def token() -> str:
-        try:
-            got = md.get(TOKEN_PATH)
-        except MetadataError as e:
-            raise httpx.TransportError(f"no access token from the metadata server: {e}") from e
-        if got is None:
-            raise httpx.TransportError("the VM has no service account (no token in its metadata)")
-        try:
-            return str(json.loads(got[0])["access_token"])
-        except (ValueError, KeyError, TypeError) as e:
-            raise httpx.TransportError(f"unreadable token answer from the metadata server: {e}") from e
-
-    return token
 
 
 def _external_ip(md: MetadataClient | None) -> str | None:
@@ -196,17 +178,18 @@ def workload_for(
     *,
     on_change: Callable[[], None],
     env: Mapping[str, str] | None = None,
+    package_root: Path | None = None,
 ) -> Workload:
     """The workload a config names: GCS through the metadata token (GCE), the emulator, or a signed URL."""
     environ = dict(os.environ if env is None else env)
 
-    def source() -> package.Source:
-        return package.source_for(cfg.package_uri, cfg.package_url, env=environ,
-                                  token=metadata_token(md) if md is not None else None)
+    def source() -> bootstrap.Source:
+        return bootstrap.source_for(cfg.package_uri, cfg.package_url, env=environ,
+                                    token=bootstrap.metadata_token(environ) if md is not None else None)
 
     return Workload(
         sha256=cfg.package_sha256, source=source, components=list(cfg.components), instance_id=cfg.instance_id,
         work_dir=work_dir or DEFAULT_WORK_ROOT / f"spotleash-{cfg.instance_id or 'instance'}",
         endpoint=endpoint_for(cfg.advertise_host, environ, _external_ip(md) if not cfg.advertise_host else None),
-        on_change=on_change, env=environ,
+        on_change=on_change, env=environ, package_root=package_root,
     )

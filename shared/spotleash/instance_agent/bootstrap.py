@@ -1,0 +1,552 @@
+"""Bring a fresh instance from nothing to a verified, installed package — Python standard library only.
+
+On a new VM or VAST box nothing of spotleash is installed yet, so this one file runs on the system
+``python3`` (the GCE startup script and the VAST onstart embed its source text):
+
+    python3 bootstrap.py --provider gce|vast --work-dir DIR
+
+1. read the instance agent's config (GCE: instance metadata ``spotleash-config`` / ``spotleash-token``;
+   VAST: ``$SPOTLEASH_AGENT_CONFIG`` / ``$SPOTLEASH_HEARTBEAT_TOKEN``);
+2. fetch ``package_sha256`` — the archive the launch pinned (so a publish during a launch cannot mix
+   versions) — from Cloud Storage: the JSON API media download with the VM service account's token
+   from the metadata server (GCE), the same request against ``STORAGE_EMULATOR_HOST`` (local stack),
+   or ``package_url``, a V4 signed URL the launcher signs for that one object (VAST has no Google
+   identity; the URL is a bearer secret, never logged). Transient errors (connection, timeout,
+   408/429/5xx) are retried with backoff; the bytes are hashed as they stream and kept only when the
+   sha256 is the pinned one;
+3. verify every member against ``manifest.json`` (regular files with safe relative paths only) —
+   before anything is extracted: an unverified archive is never extracted or run;
+4. extract into a fresh directory (checking each member again as it is written), create a venv,
+   ``pip install --no-index --find-links wheels/``;
+5. exec ``<venv>/bin/python -m spotleash.instance_agent --package-root <root>``, which starts,
+   probes and reports the components.
+
+While it works it beats (every component ``starting``), so the reaper does not take a box that is
+busy installing; when it fails it beats once more with the failure (``package_missing``,
+``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``)
+and the control plane deletes the instance with that reason.
+
+The instance agent uses the same functions when it is started without ``--package-root``. Names
+shared with the rest of spotleash (config keys, the Heartbeat's shape, the archive layout) are
+checked against their one definition by the unit tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Callable, Mapping
+from pathlib import Path, PurePosixPath
+from typing import IO, Any, Protocol
+
+CONFIG_KEY = "spotleash-config"
+TOKEN_KEY = "spotleash-token"
+CONFIG_ENV = "SPOTLEASH_AGENT_CONFIG"
+TOKEN_ENV = "SPOTLEASH_HEARTBEAT_TOKEN"
+SECRET_ENV = (CONFIG_ENV, TOKEN_ENV)  # never handed to pip or to the app
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+GCS_BASE = "https://storage.googleapis.com"
+METADATA_HOST_ENV = "GCE_METADATA_HOST"
+METADATA_DEFAULT_HOST = "metadata.google.internal"
+TOKEN_PATH = "instance/service-accounts/default/token"
+MANIFEST_NAME = "manifest.json"
+FORMAT_VERSION = 1
+RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
+CHUNK = 1 << 20
+SHA256_LEN = 64
+
+
+class PackageFailure(Exception):
+    """The instance cannot run its package; ``reason`` is the code its heartbeat carries."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def _log(message: str, **fields: object) -> None:
+    """One JSON line on stderr, as the agent's own logs (never a URL query or a token)."""
+    entry = {"severity": fields.pop("severity", "INFO"), "logger": "spotleash.instance_agent.bootstrap",
+             "message": message, **fields}
+    print(json.dumps(entry, default=str), file=sys.stderr, flush=True)
+
+
+def is_sha256(text: str) -> bool:
+    return len(text) == SHA256_LEN and all(c in "0123456789abcdef" for c in text)
+
+
+# --------------------------------------------------------------------------- where the bytes come from
+
+
+class Response(Protocol):
+    status: int
+
+    def read(self, n: int = -1) -> bytes: ...
+
+
+Opener = Callable[[urllib.request.Request, float], Any]  # urllib.request.urlopen's shape (a context manager)
+
+
+def _urlopen(req: urllib.request.Request, timeout: float) -> Any:
+    # No proxies from the environment: the metadata server and the emulator are reached directly.
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    return opener.open(req, timeout=timeout)
+
+
+class Source:
+    def __init__(self, url: str, token: Callable[[], str] | None = None) -> None:
+        self.url = url
+        self.token = token  # a fresh bearer token per attempt (they expire)
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without its query (a signed URL's signature is a secret)."""
+        return self.url.split("?", 1)[0]
+
+
+def parse_gs_uri(uri: str) -> tuple[str, str]:
+    parsed = urllib.parse.urlsplit(uri)
+    bucket, obj = parsed.netloc, parsed.path.lstrip("/")
+    if parsed.scheme != "gs" or not bucket or not obj:
+        raise PackageFailure("package_missing", f"package_uri {uri!r} is not gs://<bucket>/<object>")
+    return bucket, obj
+
+
+def media_url(base: str, bucket: str, obj: str) -> str:
+    """The JSON API media download URL (as google-cloud-storage builds it)."""
+    q = urllib.parse.quote
+    return f"{base.rstrip('/')}/download/storage/v1/b/{q(bucket, safe='')}/o/{q(obj, safe='')}?alt=media"
+
+
+def metadata_get(path: str, env: Mapping[str, str], opener: Opener = _urlopen, timeout: float = 10.0) -> str | None:
+    """A metadata server value (None on 404). Raises OSError when the server cannot be reached."""
+    host = env.get(METADATA_HOST_ENV) or METADATA_DEFAULT_HOST
+    req = urllib.request.Request(f"http://{host}/computeMetadata/v1/{path}", headers={"Metadata-Flavor": "Google"})
+    try:
+        with opener(req, timeout) as r:
+            return bytes(r.read()).decode()
+    except urllib.error.HTTPError as e:
+        if e.code == 404:
+            return None
+        raise OSError(f"metadata server answered {e.code} for {path}") from e
+
+
+def metadata_token(env: Mapping[str, str], opener: Opener = _urlopen) -> Callable[[], str]:
+    def token() -> str:
+        raw = metadata_get(TOKEN_PATH, env, opener)
+        if raw is None:
+            raise OSError("the VM has no service account (no token in its metadata)")
+        try:
+            return str(json.loads(raw)["access_token"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise OSError(f"unreadable token answer from the metadata server: {e}") from e
+
+    return token
+
+
+def source_for(package_uri: str, package_url: str, *, env: Mapping[str, str],
+               token: Callable[[], str] | None) -> Source:
+    if package_url:
+        return Source(package_url)
+    bucket, obj = parse_gs_uri(package_uri)
+    emulator = env.get(EMULATOR_ENV)
+    if emulator:
+        return Source(media_url(emulator if "://" in emulator else f"http://{emulator}", bucket, obj))
+    if token is None:
+        raise PackageFailure("package_forbidden", "no credentials for Cloud Storage on this instance "
+                                                  "(no metadata server token and no signed package_url)")
+    return Source(media_url(GCS_BASE, bucket, obj), token)
+
+
+# --------------------------------------------------------------------------- download
+
+
+class _Retry(Exception):
+    pass
+
+
+def _download_once(source: Source, part: Path, opener: Opener, timeout_s: float) -> str:
+    headers = {"Authorization": f"Bearer {source.token()}"} if source.token else {}
+    req = urllib.request.Request(source.url, headers=headers)
+    h = hashlib.sha256()
+    try:
+        with opener(req, timeout_s) as r, part.open("wb") as f:
+            while chunk := r.read(CHUNK):
+                h.update(chunk)
+                f.write(chunk)
+    except urllib.error.HTTPError as e:
+        if e.code in RETRY_STATUSES:
+            raise _Retry(f"HTTP {e.code}") from e
+        if e.code == 404:
+            raise PackageFailure("package_missing", f"no such package object: {source.safe_url}") from e
+        if e.code in (401, 403):
+            raise PackageFailure("package_forbidden",
+                                 f"HTTP {e.code} reading {source.safe_url}: the instance may not read it") from e
+        raise PackageFailure("package_unavailable", f"HTTP {e.code} reading {source.safe_url}") from e
+    except (OSError, urllib.error.URLError) as e:  # URLError is an OSError; said for the reader
+        raise _Retry(f"{type(e).__name__}: {e}") from e
+    return h.hexdigest()
+
+
+def download(
+    source: Source,
+    dest: Path,
+    expected_sha256: str,
+    *,
+    opener: Opener = _urlopen,
+    retry_budget_s: float = 300.0,
+    timeout_s: float = 60.0,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> None:
+    """Download to ``dest`` (via ``dest.part``), keeping it only if its sha256 is ``expected_sha256``."""
+    part = dest.with_name(dest.name + ".part")
+    give_up_at = clock() + retry_budget_s
+    pause, attempt = 1.0, 0
+    while True:
+        attempt += 1
+        try:
+            got = _download_once(source, part, opener, timeout_s)
+        except _Retry as e:
+            part.unlink(missing_ok=True)
+            detail = str(e)[:300]
+            if clock() + pause > give_up_at:
+                raise PackageFailure("package_unavailable",
+                                     f"{source.safe_url} unreachable after {attempt} attempts: {detail}") from e
+            _log("package download failed; retrying", severity="WARNING", attempt=attempt, pause_s=pause,
+                 reason=detail)
+            sleep(pause)
+            pause = min(pause * 2, 30.0)
+            continue
+        except PackageFailure:
+            part.unlink(missing_ok=True)
+            raise
+        if got != expected_sha256:
+            part.unlink(missing_ok=True)
+            raise PackageFailure("package_unverified",
+                                 f"sha256 of {source.safe_url} is {got}, the launch pinned {expected_sha256}")
+        part.replace(dest)
+        _log("package downloaded", url=source.safe_url, bytes=dest.stat().st_size, attempts=attempt)
+        return
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def fetch(source: Source, sha256: str, cache_dir: Path, **kw: Any) -> Path:
+    """The archive, its sha256 checked, in ``cache_dir`` (reused when already there and intact)."""
+    if not is_sha256(sha256):
+        raise PackageFailure("package_unverified", f"the pinned package_sha256 {sha256!r} is not a sha256")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    dest = cache_dir / f"{sha256}.tar.gz"
+    if dest.exists():
+        if sha256_file(dest) == sha256:
+            _log("package found in the cache", path=str(dest))
+            return dest
+        dest.unlink()  # a damaged copy: fetch it again
+    download(source, dest, sha256, **kw)
+    return dest
+
+
+# --------------------------------------------------------------------------- verify, extract
+
+
+def check_member_name(name: str) -> None:
+    p = PurePosixPath(name)
+    if not name or p.is_absolute() or ".." in p.parts or "\\" in name or name != p.as_posix():
+        raise PackageFailure("package_unverified", f"unsafe path in package: {name!r}")
+
+
+def _hash_stream(f: IO[bytes]) -> str:
+    h = hashlib.sha256()
+    while chunk := f.read(CHUNK):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_archive(path: Path, expected_sha256: str) -> dict[str, Any]:
+    """The archive's sha256, then every member against ``manifest.json``; returns the manifest.
+
+    Raises ``PackageFailure("package_unverified", …)`` on any mismatch, before anything is extracted.
+    """
+    got = sha256_file(path)
+    if got != expected_sha256:
+        raise PackageFailure("package_unverified", f"package sha256 mismatch: expected {expected_sha256}, got {got}")
+    hashes: dict[str, str] = {}
+    manifest_bytes: bytes | None = None
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for m in tar:
+                check_member_name(m.name)
+                if not m.isreg():
+                    raise PackageFailure("package_unverified", f"package member {m.name!r} is not a regular file")
+                f = tar.extractfile(m)
+                if f is None:
+                    raise PackageFailure("package_unverified", f"package member {m.name!r} cannot be read")
+                if m.name == MANIFEST_NAME:
+                    manifest_bytes = f.read(4 * CHUNK + 1)
+                else:
+                    hashes[m.name] = _hash_stream(f)  # chunked: a 750 MB wheel needs no 750 MB of RAM
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PackageFailure("package_unverified", f"not a readable package archive: {e}") from e
+    if manifest_bytes is None:
+        raise PackageFailure("package_unverified", f"the archive has no {MANIFEST_NAME}")
+    try:
+        manifest = json.loads(manifest_bytes)
+    except ValueError as e:
+        raise PackageFailure("package_unverified", f"{MANIFEST_NAME} is not JSON: {e}") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_VERSION:
+        raise PackageFailure("package_unverified", f"{MANIFEST_NAME}: unsupported format (expected {FORMAT_VERSION})")
+    listed = manifest.get("files")
+    if listed != hashes:
+        listed = listed if isinstance(listed, dict) else {}
+        missing = sorted(set(listed) - set(hashes))
+        extra = sorted(set(hashes) - set(listed))
+        changed = sorted(k for k in hashes if k in listed and listed[k] != hashes[k])
+        raise PackageFailure("package_unverified", f"package content does not match its manifest (missing "
+                                                   f"{missing[:5]}, unlisted {extra[:5]}, changed {changed[:5]})")
+    return manifest
+
+
+def extract_archive(path: Path, dest: Path, files: Mapping[str, str]) -> None:
+    """Extract a verified archive into the empty directory ``dest``, member by member: each must again be a
+    regular file with a safe relative path, and its bytes must hash to ``files[name]`` (the manifest) as
+    they are written, so a file changed since it was verified is caught too. Done by hand, not with
+    ``extractall(filter="data")``: Debian 12's python3 (3.11.2), which a fresh VM runs this on, has no
+    extraction filters."""
+    dest.mkdir(parents=True, exist_ok=True)
+    if any(dest.iterdir()):
+        raise PackageFailure("package_unverified", f"extract target {dest} is not empty")
+    base = dest.resolve()
+    try:
+        with tarfile.open(path, mode="r:gz") as tar:
+            for m in tar:
+                check_member_name(m.name)
+                f = tar.extractfile(m) if m.isreg() else None
+                if f is None:
+                    raise PackageFailure("package_unverified", f"package member {m.name!r} is not a regular file")
+                if m.name == MANIFEST_NAME:
+                    expected = None
+                elif m.name in files:
+                    expected = files[m.name]
+                else:
+                    raise PackageFailure("package_unverified", f"package member {m.name!r} is not in the manifest")
+                target = (base / m.name).resolve()
+                if not target.is_relative_to(base) or target == base:
+                    raise PackageFailure("package_unverified", f"unsafe path in package: {m.name!r}")
+                target.parent.mkdir(parents=True, exist_ok=True)
+                h = hashlib.sha256()
+                with target.open("xb") as out:  # "x": never through a file or link already there
+                    while chunk := f.read(CHUNK):
+                        h.update(chunk)
+                        out.write(chunk)
+                if expected is not None and h.hexdigest() != expected:
+                    raise PackageFailure("package_unverified", f"package member {m.name!r} changed since it was verified")
+                target.chmod(0o755 if m.mode & 0o111 else 0o644)
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise PackageFailure("package_unverified", f"cannot extract: {e}") from e
+
+
+def install_command(python: str, root: Path, manifest: Mapping[str, Any]) -> list[str]:
+    """The offline install of an extracted package into the venv whose interpreter is ``python``."""
+    reqs = [str(r) for r in manifest.get("requirements", [])]
+    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(root / "wheels"), *reqs]
+
+
+# --------------------------------------------------------------------------- venv + install
+
+
+class Installer:
+    """Verify → extract → venv → offline install; each step a subprocess that ``cancel`` can end."""
+
+    def __init__(self, python: str = sys.executable, timeout_s: float = 900.0) -> None:
+        self.python = python
+        self.timeout_s = timeout_s
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+        self._cancelled = False
+
+    def _run(self, argv: list[str], step: str, log_path: Path) -> None:
+        with self._lock:
+            if self._cancelled:
+                raise PackageFailure("package_install_failed", f"{step}: cancelled")
+            with log_path.open("ab") as out:
+                self._proc = subprocess.Popen(  # noqa: S603 - our own fixed argv
+                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
+                    env={k: v for k, v in os.environ.items() if k not in SECRET_ENV},
+                )
+        proc = self._proc
+        try:
+            code = proc.wait(timeout=self.timeout_s)
+        except subprocess.TimeoutExpired as e:
+            self._kill(proc)
+            raise PackageFailure("package_install_failed", f"{step} took longer than {self.timeout_s:g} s") from e
+        if code != 0:
+            tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-4:])
+            raise PackageFailure("package_install_failed", f"{step} exited with code {code}: {tail}"[:480])
+
+    @staticmethod
+    def _kill(proc: subprocess.Popen[bytes]) -> None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._cancelled = True
+            proc = self._proc
+        if proc is not None and proc.poll() is None:
+            self._kill(proc)
+
+    def prepare(self, archive: Path, sha256: str, work_dir: Path) -> tuple[Path, dict[str, Any]]:
+        """(root, manifest): the archive verified, extracted into a fresh ``root``, installed in ``root/venv``."""
+        manifest = verify_archive(archive, sha256)
+        work_dir.mkdir(parents=True, exist_ok=True)
+        root = Path(tempfile.mkdtemp(prefix=f"pkg-{sha256[:12]}-", dir=work_dir))
+        extract_archive(archive, root, manifest["files"])
+        venv = root / "venv"
+        log_path = root / "install.log"
+        self._run([self.python, "-m", "venv", str(venv)], "python -m venv", log_path)
+        self._run(install_command(str(venv / "bin" / "python"), root, manifest), "pip install (offline)", log_path)
+        return root, manifest
+
+
+# --------------------------------------------------------------------------- heartbeats of the bootstrap
+
+
+def heartbeat_body(cfg: Mapping[str, Any], components: Mapping[str, Mapping[str, Any]],
+                   failure: Mapping[str, str] | None) -> bytes:
+    """A ``spotleash.events.Heartbeat`` as JSON (its shape is checked against the model by the tests)."""
+    return json.dumps({
+        "schema_version": 1, "kind": "heartbeat", "event_id": uuid.uuid4().hex,
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(),
+        "lease_id": cfg.get("lease_id", ""), "instance_id": cfg.get("instance_id", ""),
+        "components": dict(components), "failure": dict(failure) if failure else None,
+    }).encode()
+
+
+def send_heartbeat(cfg: Mapping[str, Any], token: str, body: bytes, opener: Opener = _urlopen) -> str | None:
+    """POST one beat; the control plane's ``action`` ("continue" / "stop"), or None if it did not get through."""
+    url = str(cfg.get("heartbeat_url") or "")
+    if not url:
+        return None
+    req = urllib.request.Request(url, data=body, method="POST", headers={
+        "Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    try:
+        with opener(req, 10.0) as r:
+            answer = json.loads(bytes(r.read()).decode() or "{}")
+    except urllib.error.HTTPError as e:
+        return "stop" if e.code in (401, 404, 410) else None
+    except (OSError, ValueError):
+        return None
+    return str(answer.get("action", "continue")) if isinstance(answer, dict) else "continue"
+
+
+# --------------------------------------------------------------------------- the whole bootstrap
+
+
+def load_config(provider: str, env: Mapping[str, str], opener: Opener = _urlopen) -> tuple[dict[str, Any], str]:
+    if provider == "gce":
+        raw, token = metadata_get(f"instance/attributes/{CONFIG_KEY}", env, opener), \
+            metadata_get(f"instance/attributes/{TOKEN_KEY}", env, opener)
+    else:
+        raw, token = env.get(CONFIG_ENV), env.get(TOKEN_ENV)
+    if not raw:
+        raise ValueError(f"no agent config ({CONFIG_KEY} metadata / ${CONFIG_ENV})")
+    cfg = json.loads(raw)
+    if not isinstance(cfg, dict):
+        raise ValueError("the agent config is not a JSON object")
+    return cfg, token or ""
+
+
+def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener = _urlopen,
+        python: str = sys.executable) -> tuple[Path, dict[str, Any]] | PackageFailure:
+    """Fetch, verify, install, beating meanwhile; the prepared (root, manifest) or the failure (reported)."""
+    cfg, token = load_config(provider, env, opener)
+    sha = str(cfg.get("package_sha256") or "")
+    names = [str(n) for n in cfg.get("components") or []]
+    done = threading.Event()
+
+    def beat_while_working() -> None:
+        interval = float(cfg.get("heartbeat_interval_s") or 30.0)
+        while not done.is_set():
+            send_heartbeat(cfg, token, heartbeat_body(cfg, {n: {"state": "starting"} for n in names}, None), opener)
+            done.wait(interval)
+
+    beater = threading.Thread(target=beat_while_working, name="bootstrap-beat", daemon=True)
+    beater.start()
+    try:
+        md_token = metadata_token(env, opener) if provider == "gce" else None
+        source = source_for(str(cfg.get("package_uri") or ""), str(cfg.get("package_url") or ""), env=env,
+                            token=md_token)
+        t0 = time.monotonic()
+        archive = fetch(source, sha, work_dir / "archives", opener=opener)
+        t1 = time.monotonic()
+        root, manifest = Installer(python).prepare(archive, sha, work_dir)
+        _log("package installed", sha256=sha, root=str(root), fetch_s=round(t1 - t0, 3),
+             install_s=round(time.monotonic() - t1, 3))
+        return root, manifest
+    except PackageFailure as e:
+        _log("the package cannot run; this instance is useless", severity="ERROR", reason=e.reason, detail=e.detail)
+        failure = {"reason": e.reason, "detail": e.detail[:500]}
+        error = f"{e.reason}: {e.detail}"[:500]
+        body = heartbeat_body(cfg, {n: {"state": "failing", "error": error} for n in names}, failure)
+        for pause in (0.0, 1.0, 2.0, 4.0):  # the reaper's heartbeat timeout is the backstop
+            time.sleep(pause)
+            if send_heartbeat(cfg, token, body, opener) is not None:
+                break
+        return e
+    finally:
+        done.set()
+
+
+def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
+    env = dict(os.environ if environ is None else environ)
+    p = argparse.ArgumentParser(prog="python3 bootstrap.py", description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--provider", choices=["gce", "vast"], required=True)
+    p.add_argument("--work-dir", type=Path, required=True, help="cache, package roots and component logs")
+    p.add_argument("--no-exec", action="store_true", help="stop after installing (print the package root)")
+    args = p.parse_args(argv)
+    try:
+        got = run(args.provider, args.work_dir, env)
+    except (OSError, ValueError) as e:  # no config, no metadata server: nothing to report to
+        _log("bootstrap cannot start", severity="ERROR", reason=str(e)[:300])
+        return 2
+    if isinstance(got, PackageFailure):
+        return 1
+    root, _ = got
+    if args.no_exec:
+        print(root)
+        return 0
+    python = str(root / "venv" / "bin" / "python")
+    argv_agent = [python, "-m", "spotleash.instance_agent", "--provider", args.provider,
+                  "--work-dir", str(args.work_dir), "--package-root", str(root)]
+    _log("starting the instance agent", argv=argv_agent)
+    os.execve(python, argv_agent, env)  # noqa: S606 - our own venv's interpreter
+    return 0  # pragma: no cover - execve does not return
+
+
+if __name__ == "__main__":
+    sys.exit(main())
