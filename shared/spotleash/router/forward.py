@@ -1,0 +1,67 @@
+"""Pieces of HTTP forwarding shared by the router and the instance's front (no state, no decisions)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from aiohttp import ClientResponse, web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
+IDEMPOTENCY_KEY = "Idempotency-Key"
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
+    "Transfer-Encoding", "Upgrade", "Expect",
+))
+
+
+def is_idempotent(method: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
+    """Safe to send twice: an idempotent method, or the client vouches with an ``Idempotency-Key``."""
+    return method.upper() in IDEMPOTENT_METHODS or IDEMPOTENCY_KEY in headers
+
+
+def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: Iterable[str]) -> frozenset[str]:
+    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
+    return HOP_BY_HOP | named | {h.lower() for h in extra}
+
+
+def request_headers(request: web.BaseRequest, strip: Iterable[str] = ()) -> CIMultiDict[str]:
+    """The client's headers minus hop-by-hop ones, ``Host`` (the upstream's is used) and ``strip``,
+    plus ``X-Forwarded-For`` / ``X-Forwarded-Host`` / ``X-Forwarded-Proto``."""
+    drop = _dropped(request.headers, (*strip, "Host"))
+    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in request.headers.items() if k.lower() not in drop)
+    peer = request.remote or ""
+    prior = request.headers.get("X-Forwarded-For")
+    out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+    if request.host and "X-Forwarded-Host" not in out:
+        out["X-Forwarded-Host"] = request.host
+    if "X-Forwarded-Proto" not in out:
+        out["X-Forwarded-Proto"] = request.scheme
+    return out
+
+
+def response_headers(upstream: ClientResponse) -> CIMultiDict[str]:
+    drop = _dropped(upstream.headers, ())
+    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+
+
+async def stream_response(request: web.BaseRequest, upstream: ClientResponse) -> web.StreamResponse:
+    """Send the upstream's status, headers and body to the client chunk by chunk, as they arrive.
+
+    Raises what reading the upstream raises (aiohttp.ClientError, TimeoutError) or writing to the client
+    raises (ConnectionError) — after the response has started, so the caller can only cut it.
+    """
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
+    await resp.prepare(request)
+    if request.method != "HEAD":
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+def cut(request: web.BaseRequest) -> None:
+    """Abort the client's connection: a response that broke mid-stream must not look complete."""
+    transport = request.transport
+    if transport is not None:
+        transport.abort()

@@ -1,0 +1,473 @@
+"""The router's proxy: one loopback port per component, forwarding each request to the current target.
+
+The target comes from the ``RouteTable`` (pure decisions); this module only acts on it:
+
+- **Forwarding** streams both ways (aiohttp server + client): request bodies larger than
+  ``Limits.replay_limit_bytes`` or without a length, response bodies always, including chunked ones
+  and server-sent events, pass through chunk by chunk and are never held whole.
+- **No request lost.** An attempt that fails before the response starts (refused, reset, TLS or
+  fingerprint failure, no response headers within ``response_timeout_s``) is retried once on the other
+  target when the request is idempotent (GET, HEAD, PUT, DELETE, OPTIONS, or an ``Idempotency-Key``)
+  and its body could be replayed (it was small enough to keep); otherwise the client gets a 502 that
+  says what failed and why it was not retried. A response that breaks after it started cannot be
+  retried: the client's connection is cut, so a truncated body never looks complete.
+- **Bounded drain.** When a target stops being the one (its instance ends, gets a preemption notice,
+  fails its probes, the lease is released), new requests go to the new target at once; requests in
+  flight on the old one may finish for up to ``drain_s``; then its connections are closed, and what is
+  still waiting for a response is retried by the rule above.
+- **Limits** per target: a connection pool and at most ``max_in_flight`` requests (more wait up to
+  ``queue_timeout_s``), a connect timeout, a response-start timeout and an idle timeout between body
+  chunks. No target → 503 with ``Retry-After``.
+- **Probes**: every ``probe_interval_s`` the router probes the local copy and each remote copy the
+  control plane calls healthy, on the component's health path — through the same pinned, credentialed
+  channel the traffic uses. A failed forward counts as a failed probe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from spotleash.log import get_logger
+from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER
+from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
+from spotleash.router.metrics import Metrics
+from spotleash.router.records import remote_states
+from spotleash.router.table import Change, Decision, Policy, RemoteState, RouteTable, TargetKind
+
+log = get_logger("spotleash.router")
+
+_ATTEMPT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+
+
+@dataclass(frozen=True)
+class Limits:
+    connect_timeout_s: float = 3.0
+    response_timeout_s: float = 60.0  # until the response headers arrive
+    idle_timeout_s: float = 300.0  # between two reads of a body (long enough for quiet SSE streams)
+    max_in_flight: int = 64  # per target
+    queue_timeout_s: float = 5.0  # wait for a free slot at most this long, then 503
+    drain_s: float = 20.0  # in-flight requests on a target going away may finish for this long
+    replay_limit_bytes: int = 1 << 20  # bodies up to this size (with a length) are kept for a retry
+    probe_interval_s: float = 1.0
+    probe_timeout_s: float = 2.0
+    retry_after_s: int = 2
+    keepalive_s: float = 4.0  # below common server keep-alive timeouts (uvicorn: 5 s): no stale reuse
+
+
+@dataclass(frozen=True)
+class ComponentRoute:
+    """One component's stable local address and where its local copy runs."""
+
+    name: str
+    listen_port: int  # 0: any free port (tests)
+    local_url: str | None  # e.g. http://127.0.0.1:8101; None: no local copy
+    health_path: str = "/healthz"
+
+
+@dataclass(frozen=True)
+class RouterConfig:
+    components: tuple[ComponentRoute, ...]
+    credential: str  # the lease's credential, sent to instance fronts only (pinned TLS)
+    listen_host: str = "127.0.0.1"
+    admin_port: int | None = None  # /metrics and /routes; None: not served, 0: any free port
+    limits: Limits = field(default_factory=Limits)
+    policy: Policy = field(default_factory=Policy)
+
+    def __repr__(self) -> str:
+        return f"RouterConfig(components={[c.name for c in self.components]}, admin_port={self.admin_port})"
+
+
+class _Failed(Exception):
+    """An attempt that failed before the response started (``kind`` for metrics, ``detail`` for humans)."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+class Upstream:
+    """One target of one component: its connection pool, concurrency limit and in-flight count."""
+
+    def __init__(self, component: ComponentRoute, key: str, base_url: str, limits: Limits,
+                 fingerprint: str | None = None, extra_headers: Mapping[str, str] | None = None) -> None:
+        self.component = component
+        self.key = key
+        self.kind = "remote" if key.startswith("remote:") else "local"
+        self.base_url = base_url.rstrip("/")
+        self.fingerprint = fingerprint
+        self.extra_headers = dict(extra_headers or {})
+        ssl: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(bytes.fromhex(fingerprint)) if fingerprint else True
+        connector = aiohttp.TCPConnector(limit=limits.max_in_flight, ssl=ssl,
+                                         keepalive_timeout=limits.keepalive_s)
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s,
+                                          sock_read=limits.idle_timeout_s),
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self.slots = asyncio.Semaphore(limits.max_in_flight)
+        self.in_flight = 0
+        self.idle = asyncio.Event()
+        self.idle.set()
+        self.draining = False
+        self.drain_task: asyncio.Task[None] | None = None
+
+    def begin(self) -> None:
+        self.in_flight += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight == 0:
+            self.idle.set()
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class Router:
+    """Run with ``await start()`` / ``await stop()`` inside one event loop (``service.RouterService``
+    runs it in a thread of its own for the synchronous agent)."""
+
+    def __init__(self, config: RouterConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self.limits = config.limits
+        self.clock = clock
+        self.components = {c.name: c for c in config.components}
+        self.table = RouteTable({c.name: c.local_url is not None for c in config.components}, config.policy)
+        self.metrics = Metrics()
+        self.addresses: dict[str, tuple[str, int]] = {}
+        self.admin_address: tuple[str, int] | None = None
+        self._upstreams: dict[str, dict[str, Upstream]] = {c.name: {} for c in config.components}
+        self._runners: list[web.BaseRunner] = []
+        self._probe_task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        for c in config.components:
+            self.metrics.current[c.name] = str(self.table.current(c.name).target)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        for comp in self.config.components:
+            server = web.Server(self._handler_for(comp), handler_cancellation=False)
+            runner = web.ServerRunner(server, shutdown_timeout=1.0)
+            await runner.setup()
+            site = web.TCPSite(runner, self.config.listen_host, comp.listen_port, reuse_address=True)
+            await site.start()
+            self._runners.append(runner)
+            self.addresses[comp.name] = _bound(runner)
+            log.info("route listening", component=comp.name, address="{}:{}".format(*self.addresses[comp.name]),
+                     local_url=comp.local_url)
+        if self.config.admin_port is not None:
+            app = web.Application()
+            app.router.add_get("/metrics", self._metrics_view)
+            app.router.add_get("/routes", self._routes_view)
+            admin = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+            await admin.setup()
+            await web.TCPSite(admin, self.config.listen_host, self.config.admin_port).start()
+            self._runners.append(admin)
+            self.admin_address = _bound(admin)
+        self._probe_task = asyncio.create_task(self._probe_loop())
+
+    async def stop(self) -> None:
+        if self._probe_task is not None:
+            self._probe_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._probe_task
+        for runner in self._runners:
+            await runner.cleanup()
+        self._runners.clear()
+        for ups in self._upstreams.values():
+            for up in ups.values():
+                if up.drain_task is not None:
+                    up.drain_task.cancel()
+                await up.close()
+            ups.clear()
+
+    # ------------------------------------------------------------------ what the control plane says
+
+    def apply_records(self, records: Iterable[Mapping[str, Any]]) -> list[Change]:
+        """The lease's instance records, complete (every call replaces the previous set)."""
+        before = {(c, r.instance_id) for c, r in self.table.probe_targets()}
+        changes = self.table.set_remotes(remote_states(records), self.clock())
+        self._apply(changes)
+        if {(c, r.instance_id) for c, r in self.table.probe_targets()} - before:
+            self._wake.set()  # probe a newly ready copy now, not at the next tick
+        return changes
+
+    def release_lease(self) -> list[Change]:
+        changes = self.table.release_lease(self.clock())
+        self._apply(changes)
+        return changes
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        """Per component: where new requests go and why, and the share served remotely so far."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in self.components:
+            d = self.table.current(name)
+            by = self.metrics.served_by(name)
+            total = sum(by.values())
+            host, port = self.addresses.get(name, (self.config.listen_host, 0))
+            out[name] = {
+                "target": str(d.target),
+                "instance_id": d.remote.instance_id if d.remote else None,
+                "reason": d.reason,
+                "address": f"{host}:{port}",
+                "requests": total,
+                "remote_share": round(by.get("remote", 0) / total, 4) if total else 0.0,
+            }
+        return out
+
+    # ------------------------------------------------------------------ acting on decisions
+
+    def _apply(self, changes: Iterable[Change]) -> None:
+        for ch in changes:
+            self.metrics.changes[ch.component] += 1
+            self.metrics.current[ch.component] = str(ch.new.target)
+            moved = ch.new.remote or ch.old.remote
+            log.info("route changed", component=ch.component, from_target=ch.old.key, to_target=ch.new.key,
+                     reason=ch.new.reason, instance_id=moved.instance_id if moved else None)
+            if ch.old.target == TargetKind.REMOTE:
+                up = self._upstreams[ch.component].get(ch.old.key)
+                if up is not None:
+                    self._begin_drain(up)
+            if ch.new.target == TargetKind.REMOTE:
+                up = self._upstreams[ch.component].get(ch.new.key)
+                if up is not None and up.draining and up.drain_task is not None:
+                    up.drain_task.cancel()  # it is the target again: stop draining it
+                    up.draining = False
+                    up.drain_task = None
+
+    def _begin_drain(self, up: Upstream) -> None:
+        if up.draining:
+            return
+        up.draining = True
+        up.drain_task = asyncio.get_running_loop().create_task(self._drain(up))
+
+    async def _drain(self, up: Upstream) -> None:
+        name = up.component.name
+        try:
+            await asyncio.wait_for(up.idle.wait(), self.limits.drain_s)
+            log.info("target drained", component=name, target=up.key)
+        except TimeoutError:
+            log.warning("drain deadline passed; closing the target's connections", component=name,
+                        target=up.key, in_flight=up.in_flight, drain_s=self.limits.drain_s)
+        if self._upstreams[name].get(up.key) is up:
+            del self._upstreams[name][up.key]
+        await up.close()
+
+    def _local(self, comp: ComponentRoute) -> Upstream | None:
+        if comp.local_url is None:
+            return None
+        ups = self._upstreams[comp.name]
+        up = ups.get("local")
+        if up is None:
+            up = ups["local"] = Upstream(comp, "local", comp.local_url, self.limits)
+        return up
+
+    def _remote(self, comp: ComponentRoute, remote: RemoteState) -> Upstream:
+        key = f"remote:{remote.instance_id}"
+        ups = self._upstreams[comp.name]
+        up = ups.get(key)
+        if up is not None and (up.base_url, up.fingerprint) != (f"https://{remote.endpoint}", remote.fingerprint):
+            self._begin_drain(up)  # same instance, new address or certificate: a new pool
+            up = None
+        if up is None:
+            up = ups[key] = Upstream(comp, key, f"https://{remote.endpoint}", self.limits, remote.fingerprint,
+                                     {CREDENTIAL_HEADER: self.config.credential, COMPONENT_HEADER: comp.name})
+        return up
+
+    def _upstream_for(self, comp: ComponentRoute, d: Decision) -> Upstream | None:
+        if d.target == TargetKind.REMOTE and d.remote is not None:
+            return self._remote(comp, d.remote)
+        if d.target == TargetKind.LOCAL:
+            return self._local(comp)
+        return None
+
+    # ------------------------------------------------------------------ requests
+
+    def _handler_for(self, comp: ComponentRoute) -> Callable[[web.BaseRequest], Any]:
+        async def handle(request: web.BaseRequest) -> web.StreamResponse:
+            return await self._handle(comp, request)
+
+        return handle
+
+    async def _handle(self, comp: ComponentRoute, request: web.BaseRequest) -> web.StreamResponse:
+        started = self.clock()
+        name = comp.name
+        primary = self._upstream_for(comp, self.table.current(name))
+        if primary is None:
+            self.metrics.fail(name)
+            return self._unavailable(f"no target can serve {name}: {self.table.current(name).reason}")
+        body: bytes | aiohttp.StreamReader | None = None
+        replayable = True
+        if request.body_exists:
+            length = request.content_length
+            if length is not None and length <= self.limits.replay_limit_bytes:
+                body = await request.read()
+            else:
+                body, replayable = request.content, False
+        try:
+            return await self._attempt(primary, request, body, started)
+        except _Failed as first:
+            self._note_failure(primary, first)
+            why = f"{primary.kind} copy of {name} failed before responding ({first.detail})"
+        if not is_idempotent(request.method, request.headers):
+            self.metrics.fail(name)
+            return _error(502, f"{why}; {request.method} is not idempotent, so it was not retried "
+                               f"(send an Idempotency-Key header to allow one retry)")
+        if not replayable:
+            self.metrics.fail(name)
+            return _error(502, f"{why}; the request body was streamed and cannot be replayed")
+        alternate = self._alternate(comp, primary)
+        if alternate is None:
+            self.metrics.fail(name)
+            return self._unavailable(f"{why}; no other target can serve {name}")
+        self.metrics.retry(name, primary.kind, alternate.kind)
+        try:
+            return await self._attempt(alternate, request, body, started)
+        except _Failed as second:
+            self._note_failure(alternate, second)
+            self.metrics.fail(name)
+            return _error(502, f"{why}; the retry on the {alternate.kind} copy failed too ({second.detail})")
+
+    def _alternate(self, comp: ComponentRoute, failed: Upstream) -> Upstream | None:
+        if failed.kind == "remote":
+            return self._local(comp)
+        d = self.table.current(comp.name)  # the failure may have changed it
+        return self._remote(comp, d.remote) if d.target == TargetKind.REMOTE and d.remote else None
+
+    def _note_failure(self, up: Upstream, failure: _Failed) -> None:
+        self.metrics.error(up.component.name, up.kind, failure.kind)
+        if failure.kind == "busy":
+            return
+        iid = up.key.removeprefix("remote:") if up.kind == "remote" else None
+        self._apply(self.table.record_probe(up.component.name, iid, False, self.clock(), failure.detail))
+
+    async def _attempt(self, up: Upstream, request: web.BaseRequest, body: bytes | aiohttp.StreamReader | None,
+                       started: float) -> web.StreamResponse:
+        if up.slots.locked():
+            try:
+                await asyncio.wait_for(up.slots.acquire(), self.limits.queue_timeout_s)
+            except TimeoutError:
+                raise _Failed("busy", f"{up.in_flight} requests in flight, none finished within "
+                                      f"{self.limits.queue_timeout_s:g} s") from None
+        else:
+            await up.slots.acquire()
+        up.begin()
+        try:
+            if up.session.closed:
+                raise _Failed("closed", "the target went away")
+            headers = request_headers(request, strip=(CREDENTIAL_HEADER, COMPONENT_HEADER))
+            headers.update(up.extra_headers)
+            try:
+                async with asyncio.timeout(self.limits.response_timeout_s):
+                    upstream = await up.session.request(request.method, up.base_url + request.path_qs,
+                                                        headers=headers, data=body, allow_redirects=False)
+            except aiohttp.ServerFingerprintMismatch as e:
+                raise _Failed("tls", f"certificate fingerprint mismatch at {e.host}:{e.port}") from e
+            except TimeoutError as e:
+                raise _Failed("timeout", f"no response within {self.limits.response_timeout_s:g} s") from e
+            except _ATTEMPT_ERRORS as e:
+                raise _Failed("connect", f"{type(e).__name__}: {e}"[:300]) from e
+            response_start = self.clock() - started
+            try:
+                resp = await stream_response(request, upstream)
+            except _ATTEMPT_ERRORS as e:
+                transport = request.transport
+                if transport is None or transport.is_closing():  # the client went away: not our failure
+                    self.metrics.error(up.component.name, up.kind, "client_gone")
+                else:
+                    self.metrics.error(up.component.name, up.kind, "mid_stream")
+                    self.metrics.fail(up.component.name)
+                    log.warning("response broke after it started; cut the client's connection",
+                                component=up.component.name, target=up.key,
+                                detail=f"{type(e).__name__}: {e}"[:300])
+                    cut(request)
+                return web.Response(status=upstream.status)  # never sent: the connection is gone
+            finally:
+                upstream.release()  # back to the pool when read to the end, else closed
+            self.metrics.served(up.component.name, up.kind, upstream.status, response_start)
+            return resp
+        finally:
+            up.end()
+            up.slots.release()
+
+    def _unavailable(self, reason: str) -> web.Response:
+        resp = _error(503, reason)
+        resp.headers["Retry-After"] = str(self.limits.retry_after_s)
+        return resp
+
+    # ------------------------------------------------------------------ probes
+
+    async def _probe_loop(self) -> None:
+        while True:
+            await self.probe_once()
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.limits.probe_interval_s)
+
+    async def probe_once(self) -> None:
+        jobs: list[tuple[str, str | None, Upstream]] = []
+        for comp in self.config.components:
+            local = self._local(comp)
+            if local is not None:
+                jobs.append((comp.name, None, local))
+        for name, remote in self.table.probe_targets():
+            jobs.append((name, remote.instance_id, self._remote(self.components[name], remote)))
+        results = await asyncio.gather(*(self._probe(up) for _, _, up in jobs))
+        now = self.clock()
+        changes: list[Change] = []
+        for (name, iid, _), error in zip(jobs, results, strict=True):
+            changes += self.table.record_probe(name, iid, error is None, now, error)
+        changes += self.table.reevaluate(now)
+        self._apply(changes)
+
+    async def _probe(self, up: Upstream) -> str | None:
+        """None when the health path answers 2xx; otherwise what went wrong."""
+        try:
+            async with asyncio.timeout(self.limits.probe_timeout_s):
+                async with up.session.get(up.base_url + up.component.health_path,
+                                          headers=up.extra_headers) as resp:
+                    await resp.read()
+                    return None if 200 <= resp.status < 300 else f"health path answered {resp.status}"
+        except aiohttp.ServerFingerprintMismatch:
+            return "certificate fingerprint mismatch"
+        except TimeoutError:
+            return f"no answer within {self.limits.probe_timeout_s:g} s"
+        except _ATTEMPT_ERRORS as e:
+            return f"{type(e).__name__}: {e}"[:200]
+
+    # ------------------------------------------------------------------ admin
+
+    async def _metrics_view(self, _request: web.Request) -> web.Response:
+        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def _routes_view(self, _request: web.Request) -> web.Response:
+        return web.Response(text=json.dumps({"routes": self.routes(), "totals": self.metrics.totals()}),
+                            content_type="application/json")
+
+
+def _error(status: int, reason: str) -> web.Response:
+    return web.Response(status=status, text=json.dumps({"error": reason}) + "\n", content_type="application/json",
+                        headers={"X-Spotleash-Router": "1"})
+
+
+def _bound(runner: web.BaseRunner) -> tuple[str, int]:
+    for addr in runner.addresses:
+        if isinstance(addr, tuple):
+            return str(addr[0]), int(addr[1])
+    raise RuntimeError("router site has no TCP address")

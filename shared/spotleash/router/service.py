@@ -1,0 +1,128 @@
+"""``RouterService``: the router in a thread of its own, for the synchronous local agent.
+
+    service = RouterService(config, watch_factory=firestore_watch(client, lease_id))
+    service.start()            # binds every component's port, starts probes and the listener
+    service.routes()           # what ``spotleash status`` shows
+    service.stop()             # before the agent publishes its release: all traffic local first
+
+Without a watch factory the caller feeds records itself (``apply_records``), which is what tests do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from spotleash.log import get_logger
+from spotleash.router.proxy import Router, RouterConfig
+from spotleash.router.watch import LeaseCallback, RecordsCallback, RecordWatch
+
+log = get_logger("spotleash.router")
+
+WatchFactory = Callable[[RecordsCallback, LeaseCallback], RecordWatch]
+_WATCH_CHECK_S = 5.0
+
+
+def firestore_watch(client: Any, lease_id: str) -> WatchFactory:
+    def make(on_records: RecordsCallback, on_lease: LeaseCallback) -> RecordWatch:
+        return RecordWatch(client, lease_id, on_records, on_lease)
+
+    return make
+
+
+class RouterService:
+    def __init__(self, config: RouterConfig, watch_factory: WatchFactory | None = None) -> None:
+        self.config = config
+        self._watch_factory = watch_factory
+        self._watch: RecordWatch | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._router: Router | None = None
+        self._stop: asyncio.Event | None = None
+
+    @property
+    def router(self) -> Router:
+        if self._router is None:
+            raise RuntimeError("router not started")
+        return self._router
+
+    def start(self, timeout_s: float = 10.0) -> dict[str, tuple[str, int]]:
+        """Start and return each component's bound local address."""
+        started: concurrent.futures.Future[None] = concurrent.futures.Future()
+        self._thread = threading.Thread(target=self._run, args=(started,), name="spotleash-router", daemon=True)
+        self._thread.start()
+        started.result(timeout_s)
+        if self._watch_factory is not None:
+            self._watch = self._watch_factory(self.apply_records, self._lease_changed)
+            self._watch.start()
+        return dict(self.router.addresses)
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._watch is not None:
+            self._watch.stop()
+            self._watch = None
+        loop, thread, stop = self._loop, self._thread, self._stop
+        if loop is not None and thread is not None and stop is not None and thread.is_alive():
+            loop.call_soon_threadsafe(stop.set)
+            thread.join(timeout_s)
+
+    def apply_records(self, records: Iterable[Mapping[str, Any]]) -> None:
+        """Thread-safe: hand the lease's complete record set to the router."""
+        snapshot = [dict(r) for r in records]
+        self._call(lambda: self.router.apply_records(snapshot))
+
+    def release_lease(self) -> None:
+        self._call(lambda: self.router.release_lease())
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        routes: dict[str, dict[str, Any]] = self._call(lambda: self.router.routes())
+        return routes
+
+    def totals(self) -> dict[str, int]:
+        totals: dict[str, int] = self._call(lambda: self.router.metrics.totals())
+        return totals
+
+    def _lease_changed(self, lease: dict[str, Any] | None) -> None:
+        if lease is not None and lease.get("released"):
+            self.release_lease()
+
+    def _call(self, fn: Callable[[], Any]) -> Any:
+        loop = self._loop
+        if loop is None:
+            raise RuntimeError("router not started")
+
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), loop).result(10.0)
+
+    def _run(self, started: concurrent.futures.Future[None]) -> None:
+        asyncio.run(self._main(started))
+
+    async def _main(self, started: concurrent.futures.Future[None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        router = Router(self.config)
+        try:
+            await router.start()
+        except OSError as e:
+            await router.stop()
+            started.set_exception(e)
+            return
+        self._router = router
+        started.set_result(None)
+        try:
+            while True:
+                try:
+                    await asyncio.wait_for(self._stop.wait(), _WATCH_CHECK_S)
+                    break
+                except TimeoutError:
+                    watch = self._watch
+                    if watch is not None:
+                        await asyncio.to_thread(watch.ensure)
+        finally:
+            await router.stop()
+            log.info("router stopped", totals=router.metrics.totals())

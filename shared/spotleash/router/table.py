@@ -1,0 +1,260 @@
+"""Where each component's requests go: pure decisions over plain data and a ``now`` (no I/O).
+
+``decide_target`` answers for one component: the remote copy when its instance is READY, the component
+is healthy there, nothing says the instance is going away and the router's own probe of it passes;
+otherwise the local copy when it answers its own probe; otherwise nobody (the proxy answers 503).
+``RouteTable`` keeps what the control plane and the probes said, and turns every change of that into
+at most one ``Change`` per component (the proxy logs it and drains the target it leaves).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+READY = "READY"
+ENDING = frozenset({"TERMINATING", "TERMINATED", "FAILED"})
+HEALTHY = "healthy"
+
+
+class TargetKind(StrEnum):
+    LOCAL = "local"
+    REMOTE = "remote"
+    NONE = "none"  # no target can serve: the proxy answers 503 with Retry-After
+
+
+@dataclass(frozen=True)
+class RemoteState:
+    """One component's copy on one instance, as the control plane's record shows it."""
+
+    instance_id: str
+    instance_state: str  # the record's State value (READY, TERMINATING...)
+    component_state: str | None  # starting / healthy / failing; None: not reported
+    endpoint: str | None  # host:port of the instance's authenticating TLS front
+    fingerprint: str | None  # sha256 (hex) of the front's certificate, pinned by the router
+    preempted: bool = False
+
+
+@dataclass(frozen=True)
+class Probes:
+    """The router's own recent probes of one target (active probes plus failed forwards)."""
+
+    ok_streak: int = 0
+    fail_streak: int = 0
+    last_at: float | None = None
+    last_error: str | None = None
+
+    def record(self, ok: bool, now: float, error: str | None = None) -> Probes:
+        if ok:
+            return Probes(self.ok_streak + 1, 0, now, None)
+        return Probes(0, self.fail_streak + 1, now, error or "failed")
+
+
+@dataclass(frozen=True)
+class Policy:
+    rise: int = 1  # passing probes in a row before a remote copy takes traffic
+    fall: int = 2  # failing probes in a row before a target stops taking traffic
+    stale_s: float = 10.0  # a remote whose last probe is older than this is not trusted
+
+    def __post_init__(self) -> None:
+        if self.rise < 1 or self.fall < 1 or self.stale_s <= 0:
+            raise ValueError(f"bad route policy: {self}")
+
+
+@dataclass(frozen=True)
+class Decision:
+    target: TargetKind
+    reason: str
+    remote: RemoteState | None = None  # set when target is REMOTE
+
+    @property
+    def key(self) -> str:
+        """Identity of the target: a change of key is a target change (logged, drained)."""
+        if self.target == TargetKind.REMOTE and self.remote is not None:
+            return f"remote:{self.remote.instance_id}"
+        return str(self.target)
+
+
+def local_ok(probes: Probes, has_local: bool, policy: Policy) -> bool:
+    """The local copy serves unless it failed ``fall`` probes in a row (trusted before its first probe)."""
+    return has_local and probes.fail_streak < policy.fall
+
+
+def remote_unusable(
+    remote: RemoteState | None,
+    probes: Probes,
+    now: float,
+    policy: Policy,
+    lease_released: bool = False,
+    in_use: bool = False,
+) -> str | None:
+    """Why this remote copy must not take new requests, or None when it may.
+
+    ``in_use``: it is the current target, so ``fall`` failures take it out; otherwise it needs ``rise``
+    passes in a row to come in (hysteresis: one lost probe does not flip traffic back and forth).
+    """
+    if remote is None:
+        return "no remote copy"
+    if lease_released:
+        return "lease released"
+    if remote.preempted:
+        return f"instance {remote.instance_id} got a preemption notice"
+    if remote.instance_state in ENDING:
+        return f"instance {remote.instance_id} is ending ({remote.instance_state})"
+    if remote.instance_state != READY:
+        return f"instance {remote.instance_id} is not ready ({remote.instance_state})"
+    if remote.component_state != HEALTHY:
+        return f"component is {remote.component_state or 'not reported'} on {remote.instance_id}"
+    if not remote.endpoint or not remote.fingerprint:
+        return f"instance {remote.instance_id} reported no endpoint or certificate fingerprint"
+    if probes.last_at is None:
+        return f"awaiting the first probe of {remote.instance_id}"
+    if probes.fail_streak >= policy.fall or (not in_use and probes.fail_streak > 0):
+        return f"probe of {remote.instance_id} failing ({probes.fail_streak} in a row: {probes.last_error})"
+    if not in_use and probes.ok_streak < policy.rise:
+        return f"probe of {remote.instance_id} passed {probes.ok_streak}/{policy.rise} times"
+    if now - probes.last_at > policy.stale_s:
+        return f"last probe of {remote.instance_id} is {now - probes.last_at:.0f} s old"
+    return None
+
+
+def decide_target(
+    component: str,
+    local_ok: bool,
+    remote: RemoteState | None,
+    probes: Probes,
+    now: float,
+    *,
+    policy: Policy | None = None,
+    lease_released: bool = False,
+    current: Decision | None = None,
+) -> Decision:
+    """Where ``component``'s new requests go now."""
+    policy = policy or Policy()
+    in_use = (
+        current is not None
+        and current.target == TargetKind.REMOTE
+        and remote is not None
+        and current.remote is not None
+        and current.remote.instance_id == remote.instance_id
+    )
+    why_not = remote_unusable(remote, probes, now, policy, lease_released, in_use)
+    if why_not is None:
+        return Decision(TargetKind.REMOTE, f"remote copy of {component} ready and its probe passing", remote)
+    if local_ok:
+        return Decision(TargetKind.LOCAL, why_not)
+    return Decision(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
+
+
+@dataclass(frozen=True)
+class Change:
+    component: str
+    old: Decision
+    new: Decision
+
+
+@dataclass
+class _Component:
+    has_local: bool
+    remotes: dict[str, RemoteState] = field(default_factory=dict)  # by instance id
+    local_probes: Probes = field(default_factory=Probes)
+    current: Decision = field(default_factory=lambda: Decision(TargetKind.LOCAL, "starting"))
+
+
+class RouteTable:
+    """Per component: the remote copies the control plane reports, the probes, the current decision."""
+
+    def __init__(self, components: Mapping[str, bool], policy: Policy | None = None) -> None:
+        """``components``: name → whether a local copy exists."""
+        self.policy = policy or Policy()
+        self.lease_released = False
+        self._c = {
+            n: _Component(has_local, current=Decision(TargetKind.LOCAL if has_local else TargetKind.NONE,
+                                                      "starting: no remote copy yet"))
+            for n, has_local in components.items()
+        }
+        self._remote_probes: dict[tuple[str, str], Probes] = {}
+
+    @property
+    def components(self) -> list[str]:
+        return list(self._c)
+
+    def current(self, component: str) -> Decision:
+        return self._c[component].current
+
+    def remotes(self, component: str) -> list[RemoteState]:
+        return list(self._c[component].remotes.values())
+
+    def remote_probes(self, component: str, instance_id: str) -> Probes:
+        return self._remote_probes.get((component, instance_id), Probes())
+
+    def local_probes(self, component: str) -> Probes:
+        return self._c[component].local_probes
+
+    def probe_targets(self) -> list[tuple[str, RemoteState]]:
+        """Remote copies worth probing: READY, healthy on their instance, with an endpoint, not ending."""
+        out = []
+        for name, c in self._c.items():
+            for r in c.remotes.values():
+                if (r.instance_state == READY and r.component_state == HEALTHY and r.endpoint
+                        and r.fingerprint and not r.preempted):
+                    out.append((name, r))
+        return out
+
+    # ------------------------------------------------------------------ inputs
+
+    def set_remotes(self, remotes: Mapping[str, Sequence[RemoteState]], now: float) -> list[Change]:
+        """Replace what the control plane reports (every component not named has no remote copy)."""
+        for name, c in self._c.items():
+            fresh = {r.instance_id: r for r in remotes.get(name, ())}
+            for iid, old in c.remotes.items():
+                new = fresh.get(iid)
+                if new is None or (new.endpoint, new.fingerprint) != (old.endpoint, old.fingerprint):
+                    self._remote_probes.pop((name, iid), None)  # a new address earns its own probes
+            c.remotes = fresh
+        return self.reevaluate(now)
+
+    def release_lease(self, now: float) -> list[Change]:
+        self.lease_released = True
+        return self.reevaluate(now)
+
+    def record_probe(
+        self, component: str, instance_id: str | None, ok: bool, now: float, error: str | None = None
+    ) -> list[Change]:
+        """A probe result (``instance_id`` None: the local copy). Unknown remotes are ignored."""
+        c = self._c[component]
+        if instance_id is None:
+            c.local_probes = c.local_probes.record(ok, now, error)
+        elif instance_id in c.remotes:
+            key = (component, instance_id)
+            self._remote_probes[key] = self._remote_probes.get(key, Probes()).record(ok, now, error)
+        return self.reevaluate(now)
+
+    # ------------------------------------------------------------------ deciding
+
+    def _decide(self, name: str, c: _Component, now: float) -> Decision:
+        lok = local_ok(c.local_probes, c.has_local, self.policy)
+        cur = c.current
+        candidates: list[RemoteState] = []
+        if cur.target == TargetKind.REMOTE and cur.remote is not None and cur.remote.instance_id in c.remotes:
+            candidates.append(c.remotes[cur.remote.instance_id])  # stay where we are while it is usable
+        candidates += [r for iid, r in sorted(c.remotes.items()) if r not in candidates]
+        first: Decision | None = None
+        for r in candidates:
+            d = decide_target(name, lok, r, self.remote_probes(name, r.instance_id), now, policy=self.policy,
+                              lease_released=self.lease_released, current=cur)
+            if d.target == TargetKind.REMOTE:
+                return d
+            first = first or d
+        return first or decide_target(name, lok, None, Probes(), now, policy=self.policy,
+                                      lease_released=self.lease_released, current=cur)
+
+    def reevaluate(self, now: float) -> list[Change]:
+        changes = []
+        for name, c in self._c.items():
+            new = self._decide(name, c, now)
+            if new.key != c.current.key:
+                changes.append(Change(name, c.current, new))
+            c.current = new  # same key: a fresher reason or record, not a change
+        return changes
