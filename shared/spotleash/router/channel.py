@@ -9,7 +9,9 @@
   the credential (``new_credential``) and keeps it; the control plane and the instance only ever see its
   SHA-256 (``credential_hash``), which the front compares in constant time (``credential_matches``).
   The front strips the header before the component sees the request.
-- The component itself listens on loopback only; the front is the instance's one open port.
+- The component itself listens on loopback only; the front is the instance's one open port. When the
+  front cannot reach the component it answers 502 with ``FRONT_FAILURE_HEADER``, which the router
+  reads as "failed before a response started".
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from datetime import UTC, datetime, timedelta
 
 CREDENTIAL_HEADER = "X-Spotleash-Credential"
 COMPONENT_HEADER = "X-Spotleash-Component"
+# Set by the front on its own 502 when the component failed before its response started: nothing was
+# answered, so the router treats it like a refused connection (and may retry the request locally).
+FRONT_FAILURE_HEADER = "X-Spotleash-Front-Failure"
 _CREDENTIAL_BYTES = 32
 
 

@@ -37,7 +37,7 @@ import aiohttp
 from aiohttp import web
 
 from spotleash.log import get_logger
-from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER
+from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER, FRONT_FAILURE_HEADER
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
@@ -382,6 +382,12 @@ class Router:
                 raise _Failed("timeout", f"no response within {self.limits.response_timeout_s:g} s") from e
             except _ATTEMPT_ERRORS as e:
                 raise _Failed("connect", f"{type(e).__name__}: {e}"[:300]) from e
+            if up.kind == "remote" and FRONT_FAILURE_HEADER in upstream.headers:
+                with contextlib.suppress(*_ATTEMPT_ERRORS):
+                    await upstream.read()
+                upstream.release()
+                raise _Failed("component", f"the instance's front could not reach the component "
+                                           f"({upstream.headers[FRONT_FAILURE_HEADER][:80]})")
             response_start = self.clock() - started
             try:
                 resp = await stream_response(request, upstream)
