@@ -84,6 +84,6 @@ def credential_hash(credential: str) -> str:
 
 
 def credential_matches(presented: str | None, expected_hash: str) -> bool:
-    """Constant-time check of a presented credential against the stored hash."""
-    got = credential_hash(presented or "")
-    return hmac.compare_digest(got, expected_hash.lower()) and presented is not None
+    """Constant-time check of a presented credential against the stored hash (an empty one never matches)."""
+    same = hmac.compare_digest(credential_hash(presented or ""), expected_hash.lower())
+    return same and bool(presented)
