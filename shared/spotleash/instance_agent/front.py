@@ -35,6 +35,7 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from spotleash.log import get_logger
 from spotleash.router.channel import (
@@ -156,7 +157,7 @@ class Front:
             return _json(503, {"error": "front is stopping"})
         body = request.content if request.body_exists else None
         headers = request_headers(request, strip=(CREDENTIAL_HEADER, COMPONENT_HEADER))
-        url = f"http://{self.config.upstream_host}:{port}{request.path_qs}"
+        url = URL(f"http://{self.config.upstream_host}:{port}{request.raw_path}", encoded=True)
         try:
             upstream = await session.request(request.method, url, headers=headers, data=body, allow_redirects=False)
         except _ERRORS as e:

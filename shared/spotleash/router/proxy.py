@@ -35,6 +35,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from spotleash.log import get_logger
 from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER, FRONT_FAILURE_HEADER
@@ -374,7 +375,7 @@ class Router:
             headers.update(up.extra_headers)
             try:
                 async with asyncio.timeout(self.limits.response_timeout_s):
-                    upstream = await up.session.request(request.method, up.base_url + request.path_qs,
+                    upstream = await up.session.request(request.method, URL(up.base_url + request.raw_path, encoded=True),
                                                         headers=headers, data=body, allow_redirects=False)
             except aiohttp.ServerFingerprintMismatch as e:
                 raise _Failed("tls", f"certificate fingerprint mismatch at {e.host}:{e.port}") from e
