@@ -94,10 +94,10 @@ def remote_unusable(
     ``in_use``: it is the current target, so ``fall`` failures take it out; otherwise it needs ``rise``
     passes in a row to come in (hysteresis: one lost probe does not flip traffic back and forth).
     """
-    if remote is None:
-        return "no remote copy"
     if lease_released:
         return "lease released"
+    if remote is None:
+        return "no remote copy"
     if remote.preempted:
         return f"instance {remote.instance_id} got a preemption notice"
     if remote.instance_state in ENDING:
