@@ -166,7 +166,7 @@ class Front:
             log.warning("component unreachable", component=name, detail=why)
             return _json(502, {"error": why}, {FRONT_FAILURE_HEADER: type(e).__name__})
         try:
-            resp = await stream_response(request, upstream)
+            resp = await stream_response(request, upstream, strip=(FRONT_FAILURE_HEADER,))  # only the front says so
         except _ERRORS as e:
             self.stats.failed[name] += 1
             log.warning("component response broke after it started", component=name,

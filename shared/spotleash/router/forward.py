@@ -40,18 +40,20 @@ def request_headers(request: web.BaseRequest, strip: Iterable[str] = ()) -> CIMu
     return out
 
 
-def response_headers(upstream: ClientResponse) -> CIMultiDict[str]:
-    drop = _dropped(upstream.headers, ())
+def response_headers(upstream: ClientResponse, strip: Iterable[str] = ()) -> CIMultiDict[str]:
+    drop = _dropped(upstream.headers, strip)
     return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
 
 
-async def stream_response(request: web.BaseRequest, upstream: ClientResponse) -> web.StreamResponse:
+async def stream_response(request: web.BaseRequest, upstream: ClientResponse,
+                          strip: Iterable[str] = ()) -> web.StreamResponse:
     """Send the upstream's status, headers and body to the client chunk by chunk, as they arrive.
 
     Raises what reading the upstream raises (aiohttp.ClientError, TimeoutError) or writing to the client
     raises (ConnectionError) — after the response has started, so the caller can only cut it.
     """
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=response_headers(upstream))
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
+                              headers=response_headers(upstream, strip))
     await resp.prepare(request)
     if request.method != "HEAD":
         async for chunk in upstream.content.iter_any():

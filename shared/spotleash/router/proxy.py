@@ -47,6 +47,7 @@ from spotleash.router.table import Change, Decision, Policy, RemoteState, RouteT
 log = get_logger("spotleash.router")
 
 _ATTEMPT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
+_PROBE_HEADROOM = 2  # connections beyond max_in_flight, so a busy target still gets its probes through
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,7 @@ class Upstream:
         self.fingerprint = fingerprint
         self.extra_headers = dict(extra_headers or {})
         ssl: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(bytes.fromhex(fingerprint)) if fingerprint else True
-        connector = aiohttp.TCPConnector(limit=limits.max_in_flight, ssl=ssl,
+        connector = aiohttp.TCPConnector(limit=limits.max_in_flight + _PROBE_HEADROOM, ssl=ssl,
                                          keepalive_timeout=limits.keepalive_s)
         self.session = aiohttp.ClientSession(
             connector=connector,

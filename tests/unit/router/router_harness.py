@@ -124,6 +124,7 @@ class Upstream:
         resp = web.Response(status=201, body=body, headers={"X-Echo-Method": r.method, "X-Echo-Path": r.raw_path})
         resp.headers.add("Set-Cookie", "a=1")
         resp.headers.add("Set-Cookie", "b=2")
+        resp.headers["X-Spotleash-Front-Failure"] = "forged by the component"  # the front must drop it
         return resp
 
     async def start(self) -> None:

@@ -43,6 +43,7 @@ def test_request_and_response_pass_unchanged() -> None:
                 assert await r.read() == b"\x00payload"
                 assert r.headers["X-Echo-Path"] == "/echo?x=1&y=%20&z=a%2Fb"  # byte for byte
                 assert r.headers.getall("Set-Cookie") == ["a=1", "b=2"]
+                assert "X-Spotleash-Front-Failure" not in r.headers  # a component cannot fake a front failure
             seen = w.remote.seen_headers[-1]
             assert seen["X-App"] == "v" and seen["Authorization"] == "Bearer app-own"
             async with w.client.head(w.base + "/who") as r:
