@@ -34,6 +34,7 @@ import psutil
 from local_emulator.compute import errors
 from local_emulator.compute.errors import ApiError
 from local_emulator.compute.metadata_server import MetadataServer, directory_listing
+from spotleash.instance_agent.config import without_agent_env
 
 ZONES = (
     "us-central1-a", "us-central1-b", "us-central1-c", "us-central1-f",
@@ -775,7 +776,7 @@ class ComputeModel:
             inst.deadline = datetime.fromisoformat(str(s["terminationTime"]).replace("Z", "+00:00"))
             inst.deadline_reason = "terminationTime"
         assert inst.workdir is not None and inst.md is not None
-        env = {k: v for k, v in os.environ.items() if k not in ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")}
+        env = without_agent_env(os.environ)
         env.update({"GCE_METADATA_HOST": inst.md.host, "GCE_METADATA_IP": inst.md.host, "PYTHONUNBUFFERED": "1"})
         with open(inst.workdir / "vm.log", "ab") as log:
             inst.proc = subprocess.Popen(  # noqa: S603 - our own fixed command

@@ -24,7 +24,7 @@ from rich.table import Table
 from spotleash.config import Settings, load_settings
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
-from spotleash.providers import build_provider
+from spotleash.providers import PROVIDER_NAMES, build_provider
 from spotleash.store import FirestoreStore, Store
 
 # Short timings so the whole demo takes about two minutes; production defaults are in config.py.
@@ -116,7 +116,7 @@ def run_act(console: Console, store: Store, settings: Settings, env: dict[str, s
 def leftovers(settings: Settings, store: Store) -> list[str]:
     """Everything of ours still alive: live records, and provider instances carrying our labels."""
     left = [f"record {r.instance_id} is {r.state}" for r in store.live_instances()]
-    for name in ("gce", "vast"):
+    for name in PROVIDER_NAMES:
         for p in build_provider(name, settings).list_owned(settings.deployment_id):
             left.append(f"{name} instance {p.provider_id} ({p.status})")
     return left

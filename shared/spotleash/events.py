@@ -16,6 +16,8 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from spotleash.providers import ProviderName
+
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 32 * 1024
 ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # also a valid GCE label value
@@ -60,7 +62,7 @@ class DemandEvent(Event):
     trigger: Literal["threshold", "predictive", "manual", "failover"]
     ram_percent: Annotated[float, Field(ge=0, le=100)]
     components: Annotated[list[Component], Field(min_length=1, max_length=32)]
-    provider: Literal["gce", "vast"] | None = None  # None: the control plane chooses
+    provider: ProviderName | None = None  # None: the control plane chooses
 
     @field_validator("components")
     @classmethod

@@ -7,14 +7,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from spotleash.errors import InvalidTransition
 from spotleash.events import ComponentReport, InstanceFailure
-
-ProviderName = Literal["gce", "vast"]
+from spotleash.providers import ProviderName
 
 
 class State(StrEnum):

@@ -12,7 +12,8 @@ from datetime import datetime
 
 from spotleash.config import Settings
 from spotleash.events import DemandEvent
-from spotleash.model import InstanceRecord, ProviderName
+from spotleash.model import InstanceRecord
+from spotleash.providers import ProviderName, provider_for, provider_info
 
 # e2-highmem: 8 GB per vCPU. Spot prices (us-central1, USD/h) as published; the cap, not a bill.
 HIGHMEM = (("e2-highmem-2", 16, 0.0264), ("e2-highmem-4", 32, 0.0528), ("e2-highmem-8", 64, 0.1056),
@@ -65,7 +66,7 @@ def machine_for(ram_gb: float, configured: str) -> str:
 def choose_provider(event: DemandEvent) -> ProviderName:
     if event.provider is not None:
         return event.provider
-    return "vast" if event.needs_gpu else "gce"
+    return provider_for(gpu=event.needs_gpu)
 
 
 def plan_launch(event: DemandEvent, facts: LaunchFacts, settings: Settings, now: datetime) -> LaunchPlan | Refusal:
@@ -83,11 +84,11 @@ def plan_launch(event: DemandEvent, facts: LaunchFacts, settings: Settings, now:
         return Refusal("cooldown", f"instance {recent[0].instance_id} was launched for this lease "
                        f"less than {settings.demand_cooldown_s:.0f}s ago")
     provider = choose_provider(event)
-    if provider == "gce":
+    if provider_info(provider).gpu:  # a GPU box: priced at the most we pay for one
+        machine, price = "gpu", settings.gpu_max_dph
+    else:  # a VM sized to the demand, priced at its Spot price
         machine = machine_for(event.ram_gb, settings.machine_type)
         price = SPOT_PRICE.get(machine, DEFAULT_SPOT_PRICE)
-    else:
-        machine, price = "gpu", settings.gpu_max_dph
     worst = price * settings.max_runtime_s / 3600
     if facts.budget_alert_exceeded:
         return Refusal("budget_exceeded", "the billing budget alert says the monthly budget is spent")

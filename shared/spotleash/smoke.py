@@ -29,8 +29,10 @@ from rich.table import Table
 
 from spotleash.errors import CapacityExhausted, SpotleashError
 from spotleash.log import get_logger
+from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers.base import GpuRequirements, LaunchSpec
-from spotleash.providers.vast import Offer, VastProvider, run
+from spotleash.providers.vast import Offer, VastProvider
+from spotleash.providers.vast.ssh import run
 
 log = get_logger("spotleash.smoke")
 
@@ -255,11 +257,11 @@ def _destroy(provider: VastProvider, report: SmokeReport, clock: _Clock, instanc
                 report.destroyed = True  # nothing was rented
                 return
             provider.delete(pid)
-            deadline = time.monotonic() + 30
-            while provider.get(pid) is not None:
-                if time.monotonic() > deadline:
-                    return
-                time.sleep(0.5)
+            try:
+                wait_until(lambda: provider.get(pid) is None, timeout_s=30, interval_s=0.5,
+                           what=f"VAST to confirm instance {pid} is gone")
+            except WaitTimeout:
+                return  # not confirmed: the report says so
             report.destroyed = True
         except SpotleashError as e:
             log.error("smoke destroy failed; destroy it by hand", provider_id=report.provider_id, reason=str(e))
@@ -312,8 +314,7 @@ def smoke_command(real: bool, json_out: Path | None, yes: bool) -> int:
         url = os.environ.get("SPOTLEASH_VAST_URL") or REAL_URL
         provider = VastProvider(url=url, api_key=key, ssh_key_path=settings.state_dir / "vast_ssh_key",
                                 image=settings.gpu_image)
-        req = GpuRequirements(gpu_names=tuple(settings.gpu_names), min_vram_gb=settings.gpu_min_vram_gb,
-                              max_dph=settings.gpu_max_dph, min_reliability=settings.gpu_min_reliability)
+        req = GpuRequirements.from_settings(settings)
 
         def confirm(o: Offer) -> bool:
             text = (f"Rent a {o.gpu_name} ({o.gpu_ram_gb:.0f} GB, {o.geolocation}, reliability {o.reliability:.3f}) "

@@ -13,6 +13,8 @@ from __future__ import annotations
 import re
 import shlex
 
+from spotleash.providers import PROVIDER_NAMES
+
 VALUES_END = "# --- end of values"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,200}$")
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
@@ -79,8 +81,8 @@ def render_startup_script(
     service_name: str = "spotleash-agent",
 ) -> str:
     """The script. ``package_source``: a pip requirement, a wheel URL, or a ``gs://`` path to a wheel."""
-    if provider not in ("gce", "vast"):
-        raise ValueError(f"provider must be gce or vast, not {provider!r}")
+    if provider not in PROVIDER_NAMES:
+        raise ValueError(f"provider must be one of {', '.join(PROVIDER_NAMES)}, not {provider!r}")
     if not _SAFE_PATH.match(install_dir) or ".." in install_dir.split("/"):
         raise ValueError(f"install_dir must be an absolute plain path, not {install_dir!r}")
     if not _SAFE_NAME.match(service_name):

@@ -15,7 +15,8 @@ from local_emulator.vast import VastFake
 from spotleash.config import load_settings
 from spotleash.errors import CapacityExhausted, ConfigError, ProviderTransient
 from spotleash.providers.base import ProviderInstance, ProviderStatus
-from spotleash.providers.vast import VastProvider, make_label, run
+from spotleash.providers.vast import VastProvider, make_label
+from spotleash.providers.vast.ssh import run
 
 pytestmark = pytest.mark.emulator
 vast_fake = fx.vast_fake

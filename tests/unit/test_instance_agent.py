@@ -7,27 +7,33 @@ import threading
 import httpx
 import pytest
 
-from spotleash.instance_agent.agent import Action, InstanceAgent, decide, env_source, parse_config
+from spotleash.instance_agent.agent import (
+    BeatOutcome,
+    InstanceAgent,
+    env_source,
+    interpret_beat_reply,
+    parse_config,
+)
 
 
 @pytest.mark.parametrize(
     ("status", "body", "expected"),
     [
-        (None, None, Action.RETRY),
-        (200, '{"action": "continue"}', Action.CONTINUE),
-        (200, '{"action": "stop"}', Action.STOP),
-        (200, "not json", Action.CONTINUE),
-        (204, "", Action.CONTINUE),
-        (401, "", Action.STOP),
-        (404, "", Action.STOP),
-        (410, "", Action.STOP),
-        (429, "", Action.RETRY),
-        (500, '{"action": "stop"}', Action.RETRY),
-        (503, "", Action.RETRY),
+        (None, None, BeatOutcome.RETRY),
+        (200, '{"action": "continue"}', BeatOutcome.CONTINUE),
+        (200, '{"action": "stop"}', BeatOutcome.STOP),
+        (200, "not json", BeatOutcome.CONTINUE),
+        (204, "", BeatOutcome.CONTINUE),
+        (401, "", BeatOutcome.STOP),
+        (404, "", BeatOutcome.STOP),
+        (410, "", BeatOutcome.STOP),
+        (429, "", BeatOutcome.RETRY),
+        (500, '{"action": "stop"}', BeatOutcome.RETRY),
+        (503, "", BeatOutcome.RETRY),
     ],
 )
-def test_decide(status: int | None, body: str | None, expected: Action) -> None:
-    assert decide(status, body) is expected
+def test_interpret_beat_reply(status: int | None, body: str | None, expected: BeatOutcome) -> None:
+    assert interpret_beat_reply(status, body) is expected
 
 
 def test_parse_config() -> None:

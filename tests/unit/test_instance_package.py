@@ -20,7 +20,8 @@ import pytest
 
 from spotleash import package_format
 from spotleash.events import Heartbeat, parse_event
-from spotleash.instance_agent import agent, bootstrap
+from spotleash.instance_agent import bootstrap
+from spotleash.instance_agent import config as agent_config
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure, Source, fetch, source_for
 from spotleash.instance_agent.package import launches
 from spotleash.package_format import AppSpec, ComponentSpec, build_package
@@ -272,8 +273,8 @@ def test_bootstrap_imports_only_the_standard_library() -> None:
 
 
 def test_bootstrap_names_match_their_one_definition() -> None:
-    assert (bootstrap.CONFIG_KEY, bootstrap.TOKEN_KEY) == (agent.CONFIG_KEY, agent.TOKEN_KEY)
-    assert (bootstrap.CONFIG_ENV, bootstrap.TOKEN_ENV) == (agent.CONFIG_ENV, agent.TOKEN_ENV)
+    assert (bootstrap.CONFIG_KEY, bootstrap.TOKEN_KEY) == (agent_config.CONFIG_KEY, agent_config.TOKEN_KEY)
+    assert (bootstrap.CONFIG_ENV, bootstrap.TOKEN_ENV) == (agent_config.CONFIG_ENV, agent_config.TOKEN_ENV)
     assert bootstrap.MANIFEST_NAME == package_format.MANIFEST_NAME
     assert bootstrap.FORMAT_VERSION == package_format.FORMAT_VERSION
     assert bootstrap.install_command("py", Path("/r"), {"requirements": ["a"]}) == \

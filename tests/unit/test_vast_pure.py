@@ -11,6 +11,7 @@ import pytest
 from local_emulator.vast.offers import build_catalog, search
 from spotleash.errors import CapacityExhausted, NotFound, ProviderPermanent, ProviderTransient
 from spotleash.instance_agent import watchdog
+from spotleash.instance_agent.config import AgentConfig
 from spotleash.providers.base import LABEL_INSTANCE, GpuRequirements, LaunchSpec, ProviderStatus
 from spotleash.providers.vast import (
     Offer,
@@ -83,7 +84,8 @@ def test_onstart_and_env_carry_deadline_but_no_secret_in_script() -> None:
     assert "--provider vast" in script and "tok-secret" not in script
     env = agent_env(spec)
     cfg = json.loads(env["SPOTLEASH_AGENT_CONFIG"])
-    assert cfg["deadline"] == deadline.isoformat() and cfg["heartbeat_url"] == "https://hb"
+    assert datetime.fromisoformat(cfg["deadline"]) == deadline and cfg["heartbeat_url"] == "https://hb"
+    assert AgentConfig.parse(env["SPOTLEASH_AGENT_CONFIG"]) == AgentConfig.for_launch(spec)
     assert env["SPOTLEASH_HEARTBEAT_TOKEN"] == "tok-secret"
 
 

@@ -1,4 +1,4 @@
-"""``python -m spotleash.instance_agent --provider gce|vast [--work-dir DIR]``
+"""``python -m spotleash.instance_agent --provider NAME [--work-dir DIR]`` (NAME: a registered provider)
 
 When its config names a package: fetch → verify → install → supervise the components, beating
 meanwhile with their states. Without one: heartbeats only.
@@ -13,14 +13,14 @@ import signal
 from pathlib import Path
 from types import FrameType
 
-from spotleash.instance_agent.agent import InstanceAgent, env_source, gce_source
-from spotleash.instance_agent.metadata import MetadataClient
+from spotleash.instance_agent.agent import agent_for
 from spotleash.log import configure
+from spotleash.providers import PROVIDER_NAMES, provider_info
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m spotleash.instance_agent")
-    p.add_argument("--provider", choices=["gce", "vast"], required=True)
+    p.add_argument("--provider", choices=PROVIDER_NAMES, required=True)
     p.add_argument("--work-dir", type=Path, default=os.environ.get("SPOTLEASH_WORK_DIR") or None,
                    help="where packages are cached, extracted and installed and component logs kept "
                         "($SPOTLEASH_WORK_DIR; default: <tmp>/spotleash-<instance id>)")
@@ -30,12 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     configure(args.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request would drown our own
-    if args.provider == "gce":
-        md = MetadataClient()
-        agent = InstanceAgent("gce", gce_source(md), metadata=md, work_dir=args.work_dir,
-                              package_root=args.package_root)
-    else:
-        agent = InstanceAgent("vast", env_source(), work_dir=args.work_dir, package_root=args.package_root)
+    agent = agent_for(args.provider, provider_info(args.provider).agent_transport, work_dir=args.work_dir,
+                      package_root=args.package_root)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
         agent.request_stop()

@@ -1,6 +1,6 @@
 """The instance agent: heartbeats, the preemption watch (GCE), an optional backend child.
 
-The decision on each heartbeat answer is the pure function ``decide``; everything else is plumbing.
+What a heartbeat's reply means is the pure function ``interpret_beat_reply``; everything else is plumbing.
 Failures to reach the control plane are logged and retried at the next interval — the agent never
 crashes on them. It exits 0 when told to stop (answer ``{"action":"stop"}``, 401/404/410) or on SIGTERM.
 """
@@ -15,76 +15,56 @@ from collections.abc import Callable
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
 
 import httpx
 import psutil
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
 from spotleash.events import Heartbeat
+from spotleash.instance_agent.config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.workload import Workload, workload_for
 from spotleash.log import get_logger
+from spotleash.providers import AgentTransport
 
 log = get_logger("spotleash.instance_agent")
 
-CONFIG_KEY = "spotleash-config"
-TOKEN_KEY = "spotleash-token"
-CONFIG_ENV = "SPOTLEASH_AGENT_CONFIG"
-TOKEN_ENV = "SPOTLEASH_HEARTBEAT_TOKEN"
 IDLE_POLL_S = 5.0
 STOP_STATUSES = frozenset({401, 404, 410})
 BACKEND_GRACE_S = 5.0
 
 
-class AgentConfig(BaseModel):
-    """What the control plane tells the agent (metadata ``spotleash-config`` or env, same JSON)."""
-
-    model_config = ConfigDict(extra="ignore", frozen=True)
-
-    instance_id: str = ""
-    lease_id: str = ""
-    deployment_id: str = ""
-    heartbeat_url: str = ""
-    heartbeat_interval_s: float = Field(30.0, gt=0, le=3600)
-    deadline: AwareDatetime | None = None
-    backend_cmd: list[str] | None = None
-    # The package the instance runs (unset: heartbeats only). The sha256 is pinned at launch.
-    package_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
-    package_uri: str = ""  # gs://<bucket>/packages/<sha256>.tar.gz
-    package_url: str = ""  # a V4 signed URL of that object (VAST: no Google identity on the box); secret
-    components: list[str] = []  # the components this instance was launched for (empty: all of the package)
-    advertise_host: str = ""  # host in the endpoints the user's machine reaches (unset: found on the box)
+class BeatOutcome(StrEnum):
+    """What the instance agent does after one heartbeat (not the laptop agent's ``TriggerAction``)."""
 
 
-class Action(StrEnum):
     CONTINUE = "continue"
     STOP = "stop"
     RETRY = "retry"  # the heartbeat did not get through; try again next interval
 
 
-def decide(status_code: int | None, body: str | None) -> Action:
-    """What to do with one heartbeat answer (``status_code`` None = no answer at all)."""
+def interpret_beat_reply(status_code: int | None, body: str | None) -> BeatOutcome:
+    """What the control plane's reply to one heartbeat means (``status_code`` None = no reply at all)."""
     if status_code is None:
-        return Action.RETRY
+        return BeatOutcome.RETRY
     if status_code in STOP_STATUSES:
-        return Action.STOP
+        return BeatOutcome.STOP
     if not 200 <= status_code < 300:
-        return Action.RETRY
+        return BeatOutcome.RETRY
     try:
         data = json.loads(body or "{}")
     except json.JSONDecodeError:
-        return Action.CONTINUE
+        return BeatOutcome.CONTINUE
     if isinstance(data, dict) and data.get("action") == "stop":
-        return Action.STOP
-    return Action.CONTINUE
+        return BeatOutcome.STOP
+    return BeatOutcome.CONTINUE
 
 
 def parse_config(raw: str | None) -> AgentConfig | None:
     if not raw:
         return None
     try:
-        return AgentConfig.model_validate_json(raw)
+        return AgentConfig.parse(raw)
     except ValidationError as e:
         log.error("agent config is invalid; idling", reason=str(e)[:300])
         return None
@@ -121,7 +101,7 @@ ConfigSource = Callable[[], "tuple[AgentConfig | None, str]"]
 class InstanceAgent:
     def __init__(
         self,
-        provider: Literal["gce", "vast"],
+        provider: str,
         load: ConfigSource,
         *,
         metadata: MetadataClient | None = None,
@@ -146,7 +126,7 @@ class InstanceAgent:
         self.workload: Workload | None = None
 
     # ------------------------------------------------------------------ one heartbeat
-    def heartbeat(self) -> Action:
+    def heartbeat(self) -> BeatOutcome:
         cfg = self.config
         assert cfg is not None
         components, failure = self.workload.snapshot() if self.workload else ({}, None)
@@ -162,7 +142,7 @@ class InstanceAgent:
             )
         except ValidationError as e:
             log.error("cannot build a heartbeat from the config", reason=str(e)[:300])
-            return Action.RETRY
+            return BeatOutcome.RETRY
         status: int | None = None
         body: str | None = None
         try:
@@ -174,7 +154,7 @@ class InstanceAgent:
             status, body = r.status_code, r.text
         except httpx.HTTPError as e:
             log.warning("heartbeat failed", instance_id=cfg.instance_id, reason=type(e).__name__, detail=str(e)[:200])
-        action = decide(status, body)
+        action = interpret_beat_reply(status, body)
         self.beats_sent += 1
         log.info(
             "heartbeat", instance_id=cfg.instance_id, lease_id=cfg.lease_id, event_id=beat.event_id,
@@ -205,7 +185,7 @@ class InstanceAgent:
     def run(self) -> int:
         log.info("instance agent starting", provider=self.provider, pid=os.getpid())
         watcher: threading.Thread | None = None
-        if self.provider == "gce" and self._metadata is not None:
+        if self._metadata is not None:  # instance metadata is where GCE posts its preemption notice
             watcher = threading.Thread(target=self.watch_preemption, name="preemption-watch", daemon=True)
             watcher.start()
         reason = "terminated"
@@ -216,7 +196,7 @@ class InstanceAgent:
                 interval = IDLE_POLL_S
                 if self.config is not None and self.config.heartbeat_url:
                     interval = self.config.heartbeat_interval_s
-                    if self.heartbeat() is Action.STOP:
+                    if self.heartbeat() is BeatOutcome.STOP:
                         reason = "told to stop"
                         break
                 self.wake.wait(timeout=interval)
@@ -267,9 +247,19 @@ def env_source(environ: dict[str, str] | None = None) -> ConfigSource:
     env = environ if environ is not None else dict(os.environ)
 
     def load() -> tuple[AgentConfig | None, str]:
-        return parse_config(env.get(CONFIG_ENV)), env.get(TOKEN_ENV, "")
+        raw, token = from_env(env)
+        return parse_config(raw), token
 
     return load
+
+
+def agent_for(provider: str, transport: AgentTransport, *, work_dir: Path | None = None,
+              package_root: Path | None = None) -> InstanceAgent:
+    """The agent of a box of ``provider``, reading its config the way that provider delivers it."""
+    if transport == "metadata":
+        md = MetadataClient()
+        return InstanceAgent(provider, gce_source(md), metadata=md, work_dir=work_dir, package_root=package_root)
+    return InstanceAgent(provider, env_source(), work_dir=work_dir, package_root=package_root)
 
 
 def deadline_passed(cfg: AgentConfig, now: datetime) -> bool:

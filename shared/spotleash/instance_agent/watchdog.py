@@ -4,14 +4,14 @@
 ``SPOTLEASH_AGENT_CONFIG``). It sleeps until the deadline, checking every few seconds, then calls
 ``DELETE $VAST_URL/api/v0/instances/$CONTAINER_ID/`` with ``Authorization: Bearer
 $CONTAINER_API_KEY`` (both set by VAST inside every instance), retrying with backoff until the
-answer is 200 or ``no_such_instance``. It needs nothing else of spotleash (the standard library
-only): it is the last line of defence when every other part is gone.
+answer is 200 or ``no_such_instance``. It needs little of spotleash (the config model and the log
+format; HTTP with the standard library): it is the last line of defence when every other part is
+gone, and the box's onstart falls back to a bash loop when even that cannot be imported.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -20,12 +20,12 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from spotleash.instance_agent.config import CONFIG_ENV, AgentConfig
 from spotleash.log import configure, get_logger
 
 log = get_logger("spotleash.instance_agent.watchdog")
 
 DEFAULT_URL = "https://console.vast.ai"
-CONFIG_ENV = "SPOTLEASH_AGENT_CONFIG"
 
 
 def parse_deadline(text: str) -> datetime:
@@ -41,8 +41,8 @@ def deadline_from(arg: str | None, env: Mapping[str, str]) -> datetime | None:
     raw = env.get(CONFIG_ENV)
     if not raw:
         return None
-    value = json.loads(raw).get("deadline")
-    return parse_deadline(value) if value else None
+    deadline = AgentConfig.parse(raw).deadline
+    return deadline.astimezone(UTC) if deadline else None
 
 
 def destroy_once(url: str, container_id: str, key: str, *, timeout_s: float = 15.0) -> tuple[bool, str]:
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     configure("INFO")
     try:
         deadline = deadline_from(args.deadline, env)
-    except (ValueError, json.JSONDecodeError) as e:
+    except ValueError as e:  # pydantic's ValidationError included
         log.error("watchdog cannot read its deadline", reason=str(e))
         return 2
     container_id, key = env.get("CONTAINER_ID", ""), env.get("CONTAINER_API_KEY", "")

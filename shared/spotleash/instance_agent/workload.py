@@ -26,7 +26,7 @@ from spotleash.instance_agent.supervisor import Supervisor, component_env
 from spotleash.log import get_logger
 
 if TYPE_CHECKING:
-    from spotleash.instance_agent.agent import AgentConfig
+    from spotleash.instance_agent.config import AgentConfig
 
 log = get_logger("spotleash.instance_agent.workload")
 

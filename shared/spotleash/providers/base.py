@@ -9,7 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
 
 # Label keys (GCE label rules: lowercase, digits, '-', '_'; values <= 63 chars).
 LABEL_MANAGED = "spotleash-managed"
@@ -47,6 +50,12 @@ class GpuRequirements:
     min_reliability: float = 0.95
     verified: bool = True
     num_gpus: int = 1
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> GpuRequirements:
+        """The one place the ``SPOTLEASH_GPU_*`` settings become requirements."""
+        return cls(gpu_names=tuple(settings.gpu_names), min_vram_gb=settings.gpu_min_vram_gb,
+                   max_dph=settings.gpu_max_dph, min_reliability=settings.gpu_min_reliability)
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,9 @@ class Provider(Protocol):
 
 @runtime_checkable
 class HostKeyLearner(Protocol):
-    """Providers whose instances are reached over SSH: read a host key at first contact, to pin it."""
+    """Providers whose instances are reached over SSH: read a host key at first contact, to pin it.
+
+    Raises ProviderTransient (or OSError) when the box does not answer yet.
+    """
 
     def learn_host_key(self, host: str, port: int, *, timeout_s: float = 10.0) -> str: ...

@@ -11,8 +11,6 @@ Every call is retried a bounded number of times with exponential backoff on tran
 
 from __future__ import annotations
 
-import json
-import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime
@@ -24,9 +22,18 @@ from google.api_core.client_options import ClientOptions
 from google.auth import exceptions as auth_exc
 from google.auth.credentials import AnonymousCredentials, Credentials
 from google.cloud import compute_v1
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
 
 from spotleash.errors import CapacityExhausted, NotFound, ProviderPermanent, ProviderTransient
+from spotleash.instance_agent.config import metadata_values
 from spotleash.log import get_logger
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
@@ -53,8 +60,6 @@ CAPACITY_CODES = frozenset(
 )
 MIN_RUN_S = 30  # GCE refuses a shorter max_run_duration
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
-CONFIG_KEY = "spotleash-config"
-TOKEN_KEY = "spotleash-token"
 
 
 def map_status(native: str | None) -> ProviderStatus:
@@ -223,39 +228,34 @@ class GceProvider:
         return self._zone_of.get(provider_id), provider_id
 
     def _wait(self, zone: str, operation: str) -> compute_v1.Operation:
-        deadline = time.monotonic() + self.operation_timeout_s
-        while True:
-            op = self._call(
-                "zoneOperations.wait",
-                lambda: self._operations.wait(
-                    request=compute_v1.WaitZoneOperationRequest(project=self.project, zone=zone, operation=operation),
-                    timeout=self.call_timeout_s + 120,
-                ),
+        """The operation once DONE; each ``wait`` call long-polls, so there is no pause between calls."""
+        request = compute_v1.WaitZoneOperationRequest(project=self.project, zone=zone, operation=operation)
+        waiting = Retrying(
+            retry=retry_if_result(lambda op: op.status != compute_v1.Operation.Status.DONE),
+            stop=stop_after_delay(self.operation_timeout_s),
+        )
+        try:
+            done: compute_v1.Operation = waiting(
+                self._call, "zoneOperations.wait",
+                lambda: self._operations.wait(request=request, timeout=self.call_timeout_s + 120),
             )
-            if op.status == compute_v1.Operation.Status.DONE:
-                return op
-            if time.monotonic() >= deadline:
-                raise ProviderTransient(f"operation {operation} in {zone} still {op.status} after {self.operation_timeout_s}s")
+        except RetryError as e:
+            status = e.last_attempt.result().status
+            raise ProviderTransient(
+                f"operation {operation} in {zone} still {status} after {self.operation_timeout_s}s"
+            ) from None
+        return done
 
     # ------------------------------------------------------------------ the protocol
     def _resource(self, spec: LaunchSpec, zone: str) -> compute_v1.Instance:
-        agent_config = {
-            "instance_id": spec.instance_id,
-            "lease_id": spec.lease_id,
-            "deployment_id": spec.deployment_id,
-            "heartbeat_url": spec.heartbeat_url,
-            "heartbeat_interval_s": spec.heartbeat_interval_s,
-            "deadline": spec.deadline.isoformat(),
-        }
+        # The agent's config and heartbeat token ride in instance metadata: anyone holding
+        # compute.instances.get on the project can read the token. It only authorises heartbeats of this
+        # one instance (the control plane keeps its sha256), so the exposure is bounded; it never goes in
+        # a label or a log.
         items = [
             compute_v1.Items(key="startup-script", value=render_startup_script(package_source=self.package_source)),
-            compute_v1.Items(key=CONFIG_KEY, value=json.dumps(agent_config)),
+            *(compute_v1.Items(key=k, value=v) for k, v in metadata_values(spec).items()),
         ]
-        if spec.heartbeat_token:
-            # The token rides in instance metadata: anyone holding compute.instances.get on the project
-            # can read it. It only authorises heartbeats of this one instance (the control plane keeps
-            # its sha256), so the exposure is bounded; it never goes in a label or a log.
-            items.append(compute_v1.Items(key=TOKEN_KEY, value=spec.heartbeat_token))
         return compute_v1.Instance(
             name=spec.instance_id,
             machine_type=f"zones/{zone}/machineTypes/{spec.machine_type}",

@@ -18,7 +18,7 @@ from spotleash import log as slog
 from spotleash.config import Settings, load_settings
 from spotleash.errors import BadInput, ConfigError
 from spotleash.events import Rejected, parse_event
-from spotleash.providers import build_provider
+from spotleash.providers import build_provider, enabled_providers
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
 from spotleash.topology import load_topology
@@ -57,9 +57,8 @@ def warm_up() -> None:
     worker afterwards, and a gRPC channel (Firestore) made before a fork hangs the worker's exit.
     """
     s = settings()
-    _warm["gce"] = build_provider("gce", s)
-    if s.vast_api_key is not None:
-        _warm["vast"] = build_provider("vast", s)
+    for name in enabled_providers(s):
+        _warm[name] = build_provider(name, s)
 
 
 def unwrap_pubsub(data: Any) -> tuple[bytes, str]:

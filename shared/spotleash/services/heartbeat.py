@@ -10,8 +10,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import paramiko
-
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
@@ -104,7 +102,7 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
         if inst is None or not inst.ssh_host or not inst.ssh_port:
             return
         key = provider.learn_host_key(inst.ssh_host, inst.ssh_port, timeout_s=5.0)
-    except (SpotleashError, OSError, paramiko.SSHException) as e:  # the next session can learn it; not fatal
+    except (SpotleashError, OSError) as e:  # the next session can learn it; not fatal
         log.warning("could not learn the SSH host key", instance_id=rec.instance_id, detail=str(e))
         return
     ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={

@@ -23,7 +23,8 @@ from spotleash.errors import BadInput, CapacityExhausted, ProviderPermanent, Tra
 from spotleash.events import DemandEvent
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
-from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, plan_launch
+from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
+from spotleash.providers import provider_info
 from spotleash.providers.base import GpuRequirements, LaunchSpec, ProviderInstance
 from spotleash.services.context import Context, token_hash
 from spotleash.services.terminate import terminate
@@ -68,9 +69,7 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
 def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: datetime) -> LaunchSpec:
     s = ctx.settings
     remaining = int((rec.deadline - now).total_seconds())
-    gpu = None
-    if rec.provider == "vast":
-        gpu = GpuRequirements(tuple(s.gpu_names), s.gpu_min_vram_gb, s.gpu_max_dph, s.gpu_min_reliability)
+    gpu = GpuRequirements.from_settings(s) if provider_info(rec.provider).gpu else None
     return LaunchSpec(
         instance_id=rec.instance_id, lease_id=rec.lease_id, deployment_id=rec.deployment_id,
         deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),
@@ -136,7 +135,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
 
     if existing is None:
         decision = plan_launch(event, gather_facts(ctx, event.lease_id, now), s, now)
-        provider_name = decision.provider if isinstance(decision, LaunchPlan) else "gce"
+        provider_name = decision.provider if isinstance(decision, LaunchPlan) else choose_provider(event)
         intent = new_record(
             instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
             event_id=event.event_id, provider=provider_name, now=now, max_runtime_s=s.max_runtime_s,

@@ -10,7 +10,7 @@ from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
 from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, Lease
-from spotleash.providers import PROVIDER_NAMES
+from spotleash.providers import enabled_providers
 from spotleash.providers.base import Inventory
 from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide
 from spotleash.services.context import Context
@@ -42,10 +42,7 @@ def inventory(ctx: Context, name: str) -> Inventory:
 
 
 def configured_providers(ctx: Context) -> list[str]:
-    names = ["gce"]
-    if ctx.settings.vast_api_key is not None:
-        names.append("vast")
-    return [n for n in PROVIDER_NAMES if n in names]
+    return enabled_providers(ctx.settings)
 
 
 def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], dict[str, Lease], dict[str, Inventory]]:

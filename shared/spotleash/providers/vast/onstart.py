@@ -1,0 +1,49 @@
+"""What a VAST box runs at start, and the environment it gets. Pure, no I/O.
+
+Every box runs, from its ``onstart``, a self-destruct watchdog (``python -m
+spotleash.instance_agent.watchdog``, with a pure-bash fallback) that deletes the instance past its
+deadline with its own ``CONTAINER_API_KEY``, and the instance agent.
+"""
+
+from __future__ import annotations
+
+import shlex
+from datetime import UTC
+
+from spotleash.instance_agent.config import env_values
+from spotleash.providers.base import LaunchSpec
+
+
+def build_onstart(spec: LaunchSpec, *, bootstrap: str | None = None) -> str:
+    """The box's start script: the watchdog first (python, or a bash+curl fallback), then the agent."""
+    deadline = spec.deadline.astimezone(UTC)
+    epoch = int(deadline.timestamp())
+    iso = deadline.isoformat()
+    fallback = (
+        f'while [ "$(date +%s)" -lt {epoch} ]; do sleep 5; done; '
+        'until curl -fsS -X DELETE -H "Authorization: Bearer $CONTAINER_API_KEY" '
+        '"${VAST_URL:-https://console.vast.ai}/api/v0/instances/$CONTAINER_ID/"; do sleep 10; done'
+    )
+    lines = [
+        "#!/bin/bash",
+        "# spotleash: self-destruct watchdog and instance agent",
+        'LOGDIR="${HOME:-/root}/spotleash-logs"; mkdir -p "$LOGDIR"',
+    ]
+    if bootstrap:
+        lines.append(f'{bootstrap} >>"$LOGDIR/bootstrap.log" 2>&1')
+    lines += [
+        "if python -c 'import spotleash.instance_agent.watchdog' >/dev/null 2>&1; then",
+        f'  nohup python -m spotleash.instance_agent.watchdog --deadline {shlex.quote(iso)} '
+        '>>"$LOGDIR/watchdog.log" 2>&1 &',
+        "else",
+        f"  nohup bash -c {shlex.quote(fallback)} >>\"$LOGDIR/watchdog.log\" 2>&1 &",
+        "fi",
+        'nohup python -m spotleash.instance_agent --provider vast >>"$LOGDIR/agent.log" 2>&1 &',
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def agent_env(spec: LaunchSpec) -> dict[str, str]:
+    """The box's environment: ``spec.extra_env`` and the instance agent's config and token."""
+    return env_values(spec)
