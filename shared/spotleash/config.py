@@ -16,10 +16,11 @@ from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from spotleash.errors import ConfigError
+from spotleash.events import ID_PATTERN
 
 ENV_PREFIX = "SPOTLEASH_"
 CONFIG_FILE_VAR = "SPOTLEASH_CONFIG_FILE"
-LABEL_VALUE = r"^[a-z0-9][a-z0-9_-]{0,62}$"
+LABEL_VALUE = ID_PATTERN  # a deployment id is a label value, as every id is
 
 
 class Settings(BaseSettings):

@@ -43,7 +43,7 @@ class Release:
     ram_percent: float  # usage when the release fired, 0..100
 
 
-Action = Demand | Release
+TriggerAction = Demand | Release  # what the laptop agent does next (not the instance agent's BeatOutcome)
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class TriggerPolicy:
         level = mu + slope * (now - mt)  # the trend's value now: steadier than the last sample
         return max(self.threshold - level, 0.0) / slope
 
-    def step(self, state: TriggerState, sample: Sample) -> tuple[TriggerState, Action | None]:
+    def step(self, state: TriggerState, sample: Sample) -> tuple[TriggerState, TriggerAction | None]:
         t, used = sample
         window = tuple(s for s in state.window if s[0] > t - self.window_s and s[0] < t) + (sample,)
         state = replace(state, window=window)
@@ -144,15 +144,15 @@ class TriggerPolicy:
         return replace(state, demanding=True, last_demand_t=t, low_since=None), Demand(trigger, pct)
 
 
-def step(policy: TriggerPolicy, state: TriggerState, sample: Sample) -> tuple[TriggerState, Action | None]:
+def step(policy: TriggerPolicy, state: TriggerState, sample: Sample) -> tuple[TriggerState, TriggerAction | None]:
     """Function form of :meth:`TriggerPolicy.step`."""
     return policy.step(state, sample)
 
 
-def replay(policy: TriggerPolicy, samples: Sequence[Sample]) -> list[tuple[float, Action]]:
+def replay(policy: TriggerPolicy, samples: Sequence[Sample]) -> list[tuple[float, TriggerAction]]:
     """Run a whole trace through the policy; the (t, action) pairs it produced, in order."""
     state = TriggerState()
-    out: list[tuple[float, Action]] = []
+    out: list[tuple[float, TriggerAction]] = []
     for s in samples:
         state, action = policy.step(state, s)
         if action is not None:

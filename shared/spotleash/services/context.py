@@ -11,17 +11,14 @@ import hmac
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
+from spotleash.events import utcnow
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
 from spotleash.store import FirestoreStore, Store
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
