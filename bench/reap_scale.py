@@ -18,7 +18,7 @@ from bench.stats import ratio, summary
 from spotleash.events import ReapTick
 from spotleash.model import InstanceRecord, Lease, State, new_record, transition
 from spotleash.providers.base import Inventory
-from spotleash.reaper import ReapConfig, ReapPlan, decide
+from spotleash.reaper import ReapConfig, ReapPlan, decide_reaps
 from spotleash.services.context import Context
 from spotleash.services.reap import configured_providers, inventory, run_reap
 from spotleash.store import FirestoreStore
@@ -74,7 +74,7 @@ def naive_reap(ctx: Context, providers: list[str]) -> tuple[ReapPlan, int, float
     """The baseline: read every live record and every expired lease, list the providers, decide.
 
     The seeded records have no VMs behind them, so the listings (really made, really timed) are handed
-    to decide() as unknown: otherwise every healthy record would read as "vanished".
+    to decide_reaps() as unknown: otherwise every healthy record would read as "vanished".
     """
     store, now = ctx.store, ctx.now()
     reads0, t0 = store.reads, time.monotonic()
@@ -83,7 +83,7 @@ def naive_reap(ctx: Context, providers: list[str]) -> tuple[ReapPlan, int, float
     listed = {name: inventory(ctx, name) for name in providers}
     budget = store.get_budget() or {}
     blind = {name: Inventory(name, False, (), "bench: seeded records have no VMs") for name in listed}
-    plan = decide(records, leases, blind, now, ReapConfig.from_settings(ctx.settings),
+    plan = decide_reaps(records, leases, blind, now, ReapConfig.from_settings(ctx.settings),
                   budget_exceeded=bool(budget.get("stop_all")))
     return plan, store.reads - reads0, time.monotonic() - t0
 

@@ -89,7 +89,7 @@ def _record_reason(
     return None
 
 
-def decide(
+def decide_reaps(
     records: Iterable[InstanceRecord],
     leases: Mapping[str, Lease],
     inventories: Mapping[str, Inventory],

@@ -1,4 +1,4 @@
-"""reaper.decide: every reason exactly at its boundary, precedence, ownership, unknown listings, the guard.
+"""reaper.decide_reaps: every reason exactly at its boundary, precedence, ownership, unknown listings, the guard.
 
 All times are fixed: ``NOW`` is the reap's clock and every record is placed relative to it.
 """
@@ -25,7 +25,14 @@ from spotleash.providers.base import (
     ProviderStatus,
     ownership_labels,
 )
-from spotleash.reaper import RETRY_DELETE_AFTER_S, Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide
+from spotleash.reaper import (
+    RETRY_DELETE_AFTER_S,
+    Decision,
+    ReapConfig,
+    ReapPlan,
+    candidate_cutoffs,
+    decide_reaps,
+)
 
 NOW = datetime(2025, 3, 10, 12, 0, tzinfo=UTC)
 DEP = "dep-a"
@@ -74,7 +81,7 @@ def run(records: list[InstanceRecord], inventories: dict[str, Inventory] | None 
         leases: dict[str, Lease] | None = None, cfg: ReapConfig = CFG, **kw: Any) -> ReapPlan:
     if inventories is None:  # by default the provider lists every record's instance as running
         inventories = inv(*(pinst(r.instance_id) for r in records if r.provider == "gce"))
-    return decide(records, leases or {}, inventories, NOW, cfg, **kw)
+    return decide_reaps(records, leases or {}, inventories, NOW, cfg, **kw)
 
 
 def reasons(plan: ReapPlan) -> list[str]:
@@ -340,7 +347,7 @@ def test_a_failed_listing_blocks_orphans_and_vanished_for_that_provider_only() -
         "gce": Inventory("gce", False, (pinst("sl-orphan-g", pid="g-1"),), "deadline exceeded"),
         "vast": Inventory("vast", True, (pinst("sl-orphan-v", provider="vast", pid="v-1"),)),
     }
-    plan = decide(records, {}, inventories, NOW, CFG)
+    plan = decide_reaps(records, {}, inventories, NOW, CFG)
     got = {(d.reason, d.provider, d.instance_id) for d in plan.decisions}
     assert got == {("vanished", "vast", "sl-v"), ("orphan", "vast", "sl-orphan-v")}
     assert any("gce" in n and "listing failed" in n and "deadline exceeded" in n for n in plan.notes)
@@ -454,7 +461,7 @@ def ours(p: ProviderInstance) -> bool:
 @given(worlds())
 def test_invariants(w: dict[str, Any]) -> None:
     cfg = ReapConfig(DEP, 180, 600, 300, w["max"])
-    plan = decide(w["records"], w["leases"], w["inventories"], NOW, cfg, budget_exceeded=w["budget"],
+    plan = decide_reaps(w["records"], w["leases"], w["inventories"], NOW, cfg, budget_exceeded=w["budget"],
                   force=w["force"])
     live = {r.instance_id: r for r in w["records"] if r.deployment_id == DEP and r.state in LIVE}
     owned_ok = {(p.provider, p.provider_id) for inv_ in w["inventories"].values() if inv_.ok
@@ -518,7 +525,7 @@ def test_a_healthy_record_is_never_decided_in_any_world(
     if with_lease:
         leases[r.lease_id] = Lease(lease_id=r.lease_id, deployment_id=DEP, renewed_at=ago(1),
                                    expires_at=NOW + timedelta(seconds=lease_left_s))
-    plan = decide([*w["records"], r], leases, inventories, NOW, ReapConfig(DEP, 180, 600, 300, w["max"]),
+    plan = decide_reaps([*w["records"], r], leases, inventories, NOW, ReapConfig(DEP, 180, 600, 300, w["max"]),
                   force=w["force"])
     assert "sl-healthy" not in {d.instance_id for d in plan.decisions}
     assert "p-healthy" not in {d.provider_id for d in plan.decisions}

@@ -1,4 +1,4 @@
-"""on_reap: gather the facts, let reaper.decide() decide, execute, audit everything."""
+"""on_reap: gather the facts, let reaper.decide_reaps() decide, execute, audit everything."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, Lease
 from spotleash.providers import enabled_providers
 from spotleash.providers.base import Inventory
-from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide
+from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide_reaps
 from spotleash.services.context import Context
 from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
@@ -100,7 +100,7 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
     reads_before = ctx.store.reads
     records, leases, inventories = gather(ctx, providers or configured_providers(ctx))
     budget = ctx.store.get_budget() or {}
-    plan = decide(records, leases, inventories, now, ReapConfig.from_settings(ctx.settings),
+    plan = decide_reaps(records, leases, inventories, now, ReapConfig.from_settings(ctx.settings),
                   budget_exceeded=bool(budget.get("stop_all")), force=tick.force)
     dry = tick.dry_run or ctx.settings.reap_dry_run
     report = ReapReport(plan, dry)
