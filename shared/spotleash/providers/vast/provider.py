@@ -349,9 +349,11 @@ class VastProvider:
                     if code == 0:
                         return pinned
                     last_err = f"exit {code}: {err[:100]}"
+            except ssh.BadHostKey:
+                raise  # not the box we pinned: never retried
             except ProviderTransient as e:
                 last_err = str(e)
-            except ssh.UNREACHABLE as e:  # a BadHostKeyException is not among them: it propagates
+            except ssh.UNREACHABLE as e:
                 last_err = f"{type(e).__name__}: {e}"
             return None
 

@@ -18,8 +18,10 @@ from pathlib import Path
 import paramiko
 
 SSH_USER = "root"
-# What a box that is not (yet) reachable raises; a BadHostKeyException is not among them.
+# What a box that is not (yet) reachable raises. BadHostKeyException is an SSHException too, but it
+# says the box is not the one we pinned: callers let it through (catch it first), never retry it.
 UNREACHABLE = (OSError, paramiko.SSHException, EOFError)
+BadHostKey = paramiko.BadHostKeyException
 
 
 def host_key_line(key: paramiko.PKey) -> str:
