@@ -163,3 +163,27 @@ def test_from_settings_needs_a_key(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     p = VastProvider.from_settings(load_settings(state_dir=tmp_path, vast_api_key="k", vast_url="http://127.0.0.1:9"))
     assert p.ssh_key_path == tmp_path / "vast_ssh_key" and p.requirements.gpu_names
     p.close()
+
+
+def test_learn_host_key_from_a_box_that_is_no_ssh_server_is_transient(tmp_path: Path) -> None:
+    """What the heartbeat's first contact sees: paramiko's errors come back as ProviderTransient."""
+    import socket
+    import threading
+
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+
+        def answer_garbage() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+
+        t = threading.Thread(target=answer_garbage, daemon=True)
+        t.start()
+        p = VastProvider(url="http://127.0.0.1:9", api_key="k", ssh_key_path=tmp_path / "k")
+        try:
+            with pytest.raises(ProviderTransient, match=f"SSH to 127.0.0.1:{port}"):
+                p.learn_host_key("127.0.0.1", port, timeout_s=3)
+        finally:
+            p.close()
+        t.join(timeout=5)

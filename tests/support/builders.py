@@ -9,7 +9,8 @@ from typing import Literal
 from tests.support.memory_store import MemoryStore
 
 from spotleash.events import Component, DemandEvent, Heartbeat, LeaseEvent
-from spotleash.model import InstanceRecord, Lease, ProviderName, State, new_record, transition
+from spotleash.model import InstanceRecord, Lease, State, new_record, transition
+from spotleash.providers import ProviderName
 from spotleash.services.context import Context
 from spotleash.services.lifecycle import handle_lease
 from spotleash.store import Store
