@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ from rich.prompt import Confirm
 from rich.table import Table
 
 from spotleash.errors import CapacityExhausted, SpotleashError
+from spotleash.events import utcnow
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers.base import GpuRequirements, LaunchSpec
@@ -140,11 +141,11 @@ def run_smoke(
 ) -> SmokeReport:
     """Run the smoke test; returns the report, raises SmokeFailed (carrying it) on any failure."""
     req = requirements or provider.requirements
-    report = SmokeReport(ok=False, target=target, url=provider.url, started_at=datetime.now(UTC).isoformat())
+    report = SmokeReport(ok=False, target=target, url=provider.url, started_at=utcnow().isoformat())
     clock = _Clock(provider, report)
     instance_id = f"smoke-{secrets.token_hex(4)}"
     launch = LaunchSpec(instance_id=instance_id, lease_id="smoke", deployment_id="smoke",
-                        deadline=datetime.now(UTC) + SMOKE_DEADLINE, max_run_s=int(SMOKE_DEADLINE.total_seconds()),
+                        deadline=utcnow() + SMOKE_DEADLINE, max_run_s=int(SMOKE_DEADLINE.total_seconds()),
                         gpu=req)
     t_start = time.monotonic()
     t_rented: float | None = None

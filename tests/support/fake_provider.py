@@ -21,9 +21,10 @@ import threading
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from spotleash.events import utcnow
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -36,10 +37,6 @@ from spotleash.providers.base import (
 )
 
 
-def _utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 @dataclass
 class _Fault:
     error: Exception
@@ -49,7 +46,7 @@ class _Fault:
 
 
 class FakeProvider:
-    def __init__(self, name: str = "gce", clock: Callable[[], datetime] = _utcnow, *,
+    def __init__(self, name: str = "gce", clock: Callable[[], datetime] = utcnow, *,
                  price_per_hour: float = 0.05) -> None:
         self.name = name
         self.clock = clock
@@ -201,7 +198,7 @@ class FakeProvider:
 class FakeSshProvider(FakeProvider):
     """A provider whose boxes are reached over SSH (VAST): ``learn_host_key`` makes it a HostKeyLearner."""
 
-    def __init__(self, name: str = "vast", clock: Callable[[], datetime] = _utcnow, *,
+    def __init__(self, name: str = "vast", clock: Callable[[], datetime] = utcnow, *,
                  price_per_hour: float = 0.4) -> None:
         super().__init__(name, clock, price_per_hour=price_per_hour)
         self.host_keys: dict[tuple[str, int], str] = {}

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from spotleash.events import utcnow
 from spotleash.instance_agent.config import CONFIG_ENV, AgentConfig
 from spotleash.log import configure, get_logger
 
@@ -72,7 +73,7 @@ def run(
     key: str,
     check_every_s: float = 5.0,
     max_backoff_s: float = 60.0,
-    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    now: Callable[[], datetime] = utcnow,
     sleep: Callable[[float], None] = time.sleep,
     max_attempts: int | None = None,
 ) -> bool:
