@@ -99,6 +99,8 @@ class Instance:
             "is_bid": self.is_bid,
             "min_bid": o["min_bid"],
             "dph_total": self.dph_total,
+            "storage_cost": o["storage_cost"],  # $/GB/month
+            "storage_total_cost": o["storage_cost_h"],  # $/h of this box's storage, part of dph_total
             "machine_id": o["machine_id"],
             "host_id": o["host_id"],
             "gpu_name": o["gpu_name"],

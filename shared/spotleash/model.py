@@ -70,9 +70,11 @@ class InstanceRecord(BaseModel):
     provider_id: str | None = None  # GCE instance name or VAST contract id
     zone: str | None = None
     machine: str | None = None  # machine type or GPU model
-    price_per_hour: float = 0.0
+    price_per_hour: float = 0.0  # the rate in force at launch: GCE Spot price, or VAST's dph_total (GPU + storage)
+    storage_per_hour: float = 0.0  # VAST: the storage part of price_per_hour, billed while the box exists
     running_at: AwareDatetime | None = None
     last_heartbeat: AwareDatetime | None = None
+    stopped_at: AwareDatetime | None = None  # first seen stopped at the provider (VAST: the GPU stops billing)
     ended_at: AwareDatetime | None = None
     reason: str | None = None  # why it ended (or failed)
     token_hash: str | None = None  # sha256 of the heartbeat token; the token itself is never stored

@@ -95,6 +95,7 @@ class ProviderInstance:
     zone: str | None = None
     machine: str | None = None
     price_per_hour: float = 0.0
+    storage_per_hour: float = 0.0  # the part of price_per_hour that bills while stopped (VAST storage)
     ssh_host: str | None = None
     ssh_port: int | None = None
     native_status: str | None = None

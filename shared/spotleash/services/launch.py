@@ -196,7 +196,8 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
 
     def where(r: InstanceRecord) -> dict[str, object]:
         return {"provider_id": made.provider_id, "zone": made.zone, "machine": made.machine or r.machine,
-                "price_per_hour": made.price_per_hour or r.price_per_hour, "ssh_host": made.ssh_host,
+                "price_per_hour": made.price_per_hour or r.price_per_hour,
+                "storage_per_hour": made.storage_per_hour, "ssh_host": made.ssh_host,
                 "ssh_port": made.ssh_port}
 
     def record_running(r: InstanceRecord) -> InstanceRecord | None:

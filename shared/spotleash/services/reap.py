@@ -74,6 +74,9 @@ def _execute(ctx: Context, d: Decision) -> None:
     rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
         if d.reason == "stopped_at_provider":  # outbid / preempted: replace it if still wanted
+            seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
+            ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
+                             if r.stopped_at is None and r.live else None)
             launch_replacement(ctx, rec, d.reason)
         terminate(ctx, rec.instance_id, d.reason, action="reap")
         return

@@ -106,6 +106,7 @@ def test_stopped_at_provider_is_replaced(ctx: Context, store: MemoryStore, vast:
     assert_reaped(store, vast, rec.instance_id, "stopped_at_provider")
     old = record_of(store, rec.instance_id)
     assert old.replaced_by is not None and ("failover", "stopped_at_provider") in actions(store, rec.instance_id)
+    assert old.stopped_at is not None and old.ended_at is not None and old.stopped_at <= old.ended_at
     new = record_of(store, old.replaced_by)
     assert new.state is State.RUNNING and new.provider == "vast" and new.replaces == rec.instance_id
 

@@ -124,6 +124,7 @@ class VastProvider:
             created_at=datetime.fromtimestamp(float(start), UTC) if start else None,
             zone=d.get("geolocation"), machine=d.get("gpu_name"),
             price_per_hour=float(d.get("dph_total") or 0.0),
+            storage_per_hour=float(d.get("storage_total_cost") or 0.0),
             ssh_host=d.get("ssh_host") or d.get("public_ipaddr"),
             ssh_port=int(d["ssh_port"]) if d.get("ssh_port") else None,
             native_status=d.get("actual_status") or (d.get("status_msg") or None),
