@@ -21,6 +21,7 @@ resource "google_firestore_database" "main" {
 #   heartbeat_older_than       instances: deployment_id ==, state in [RUNNING, READY], last_heartbeat <=
 #   pending_older_than         instances: deployment_id ==, state in [...], updated_at <=
 #   instances_since            instances: deployment_id ==, created_at >=
+#   billed_since               instances: deployment_id ==, ended_at >=  (plus live and since queries)
 #   expired_leases             leases:    deployment_id ==, expires_at <=   (and released == : equality
 #                                         only, served by merging single-field indexes)
 #   audit_entries              audit:     deployment_id ==, instance_id ==, ordered by at (the store
@@ -38,6 +39,7 @@ locals {
     instances-heartbeat     = { collection = "instances", fields = ["deployment_id", "state", "last_heartbeat"] }
     instances-pending       = { collection = "instances", fields = ["deployment_id", "state", "updated_at"] }
     instances-created       = { collection = "instances", fields = ["deployment_id", "created_at"] }
+    instances-ended         = { collection = "instances", fields = ["deployment_id", "ended_at"] }
     leases-expiry           = { collection = "leases", fields = ["deployment_id", "expires_at"] }
     audit-instance-timeline = { collection = "audit", fields = ["deployment_id", "instance_id", "at"] }
   }

@@ -90,6 +90,8 @@ class Settings(BaseSettings):
 
     # --- endpoints (unset = the real service)
     compute_endpoint: str | None = Field(None, description="Compute Engine API endpoint (unset: the real one)")
+    billing_endpoint: str | None = Field(None, description="Cloud Billing Catalog gRPC endpoint HOST:PORT, "
+                                         "without TLS (unset: the real one)")
     metadata_host: str | None = Field(None, description="metadata server host (unset: the real one)")
     vast_url: str = Field("https://console.vast.ai", description="VAST.ai API base URL")
     vast_api_key: SecretStr | None = Field(None, description="VAST.ai API key (unset: GPU launches are off)")

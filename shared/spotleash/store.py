@@ -52,6 +52,7 @@ class Store(Protocol):
     def live_instances(self) -> list[InstanceRecord]: ...
     def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]: ...
     def instances_since(self, since: datetime) -> list[InstanceRecord]: ...
+    def billed_since(self, since: datetime) -> list[InstanceRecord]: ...
     # the reaper's candidate queries
     def past_deadline(self, now: datetime) -> list[InstanceRecord]: ...
     def heartbeat_older_than(self, cutoff: datetime) -> list[InstanceRecord]: ...
@@ -173,6 +174,15 @@ class FirestoreStore:
             filter=FieldFilter("created_at", ">=", since)
         )
         return self._records(q)
+
+    def billed_since(self, since: datetime) -> list[InstanceRecord]:
+        """Every record that may have billed at or after ``since`` (the ledger's query): the live ones,
+        those that ended since, and those created since (FAILED ones included, they bill nothing)."""
+        ended = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
+            filter=FieldFilter("ended_at", ">=", since)
+        )
+        found = {r.instance_id: r for r in self.live_instances() + self._records(ended) + self.instances_since(since)}
+        return [found[k] for k in sorted(found)]
 
     # Reap candidates: each query returns only what is due, so a reap costs what is due, not the total.
     def past_deadline(self, now: datetime) -> list[InstanceRecord]:

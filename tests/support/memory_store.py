@@ -185,6 +185,15 @@ class MemoryStore:
         return self._records(lambda r: self._ours(r) and r.created_at >= since)
 
     @_scripted
+    def billed_since(self, since: datetime) -> list[InstanceRecord]:
+        # Firestore's three queries (live, ended since, created since), each counted as read
+        found = {r.instance_id: r for r in
+                 self._records(lambda r: self._ours(r) and r.state in LIVE)
+                 + self._records(lambda r: self._ours(r) and r.ended_at is not None and r.ended_at >= since)
+                 + self._records(lambda r: self._ours(r) and r.created_at >= since)}
+        return [found[k] for k in sorted(found)]
+
+    @_scripted
     def past_deadline(self, now: datetime) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in LIVE and r.deadline <= now)
 

@@ -149,6 +149,18 @@ class StoreContract:
         store.put(record("sl-new", State.READY, created=-10))
         assert ids(store.instances_since(at(-3600))) == ["sl-edge", "sl-new"]
 
+    def test_billed_since_finds_what_may_have_billed_in_the_window(self, store: ContractStore,
+                                                                  make_store: MakeStore) -> None:
+        store.put(record("sl-gone", State.TERMINATED, created=-9000, ended_at=at(-5000)))  # ended before
+        store.put(record("sl-ended-in", State.TERMINATED, created=-9000, ended_at=at(-3600)))  # at the edge
+        store.put(record("sl-live-old", State.READY, created=-9000))  # created before, still billing
+        store.put(record("sl-stuck", State.TERMINATING, created=-9000))
+        store.put(record("sl-new", State.FAILED, created=-10))
+        make_store("dep-other").put(record("sl-theirs", State.READY, dep="dep-other", created=-10))
+        got = store.billed_since(at(-3600))
+        assert ids(got) == ["sl-ended-in", "sl-live-old", "sl-new", "sl-stuck"]
+        assert len({r.instance_id for r in got}) == len(got)  # a record matching twice is listed once
+
     # ---------------------------------------------------------------- the reaper's queries
     def test_past_deadline(self, store: ContractStore, make_store: MakeStore) -> None:
         store.put(record("sl-due", State.READY, deadline=at(0)))  # exactly at the deadline: due

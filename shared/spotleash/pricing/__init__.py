@@ -1,0 +1,9 @@
+"""GCE Spot prices: the Cloud Billing Catalog (``catalog``, the adapter), read into dated sheets
+(``sheet``, pure) and cached with a labelled fallback (``book``). See ``spotleash.ledger`` for their use."""
+
+from __future__ import annotations
+
+from spotleash.pricing.book import PriceBook
+from spotleash.pricing.sheet import PriceSheet, Quote, builtin_quote, machine_shape, quote
+
+__all__ = ["PriceBook", "PriceSheet", "Quote", "builtin_quote", "machine_shape", "quote"]
