@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from spotleash.errors import ProviderPermanent, ProviderTransient
+from spotleash.policy import SPOT_PRICE
 from spotleash.pricing.book import CACHE_NAME, PriceBook, read_cache
 from spotleash.pricing.sheet import (
     FamilyRate,
@@ -20,7 +21,6 @@ from spotleash.pricing.sheet import (
     quote,
     rates_from_skus,
 )
-from spotleash.policy import SPOT_PRICE
 
 T0 = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 US = ("us-central1", "us-east1")
