@@ -1,7 +1,7 @@
 """The local stack: everything a deployment has, on free loopback ports, built from the topology.
 
-``up`` starts Google's Pub/Sub and Firestore emulators, the Compute Engine, VAST.ai and Cloud
-Scheduler fakes, and one functions-framework process per function of the topology; then creates
+``up`` starts Google's Pub/Sub and Firestore emulators, the Compute Engine, VAST.ai, Cloud
+Scheduler and Cloud Billing Catalog fakes, and one functions-framework process per function of the topology; then creates
 the topics, push subscriptions (ack deadline, dead-letter and retry policies), the dead-letter hold
 subscription and the scheduler jobs through Google's official clients.
 
@@ -51,7 +51,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
 DEFAULT_PROJECT = "spotleash-local"
 DEFAULT_REGION = "us-central1"
-ALL_FAKES = ("compute", "vast", "scheduler")
+ALL_FAKES = ("compute", "vast", "scheduler", "billing")
 READY_TIMEOUT_S = 120.0
 MARKER_VAR = "SPOTLEASH_LOCAL_STACK"  # set in every process's environment: the state dir that owns it
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST")
@@ -60,6 +60,7 @@ _FAKE_MODULES = {
     "compute": ("local_emulator.compute", "the Compute Engine fake"),
     "vast": ("local_emulator.vast", "the VAST.ai fake"),
     "scheduler": ("local_emulator.scheduler", "the Cloud Scheduler fake"),
+    "billing": ("local_emulator.billing", "the Cloud Billing Catalog fake"),
 }
 
 
@@ -257,6 +258,17 @@ def _http_ready(url: str, *, want_200: bool) -> bool:
     return r.status_code == 200 if want_200 else True
 
 
+def _billing_ready(port: int) -> bool:
+    if not port_open(port):
+        return False
+    from local_emulator.billing import control_call
+
+    try:
+        return bool(control_call(f"{LOOPBACK}:{port}", "Health", timeout=1.0).get("ok"))
+    except Exception:  # noqa: BLE001 - any failure here just means "not ready yet"
+        return False
+
+
 def _scheduler_ready(port: int) -> bool:
     if not port_open(port):
         return False
@@ -437,6 +449,8 @@ def _start_all(
         env_vars["SPOTLEASH_VAST_API_KEY"] = vast_key
     if "scheduler" in fakes:
         env_vars["SPOTLEASH_SCHEDULER_HOST"] = f"{LOOPBACK}:{ports['scheduler']}"
+    if "billing" in fakes:  # gRPC, no TLS: the pricing adapter reads it (Settings.billing_endpoint)
+        env_vars["SPOTLEASH_BILLING_ENDPOINT"] = f"{LOOPBACK}:{ports['billing']}"
     if "on_heartbeat" in fn_ports:
         env_vars["SPOTLEASH_HEARTBEAT_URL"] = f"http://{LOOPBACK}:{fn_ports['on_heartbeat']}/"
     for name, port in fn_ports.items():
@@ -467,9 +481,10 @@ def _start_all(
         argv += list(fake_args.get(fake, ()))
         proc = spawn(fake, argv, log_path=logs / f"{fake}.log", port=ports[fake], env=proc_env, cwd=REPO_ROOT,
                      on_start=rec.add)
-        if fake == "scheduler":
-            port = ports[fake]
-            waits.append((proc, lambda p, port=port: wait_ready(p, timeout=left(), check=lambda: _scheduler_ready(port))))
+        if fake in ("scheduler", "billing"):
+            port, ready = ports[fake], _scheduler_ready if fake == "scheduler" else _billing_ready
+            waits.append((proc, lambda p, port=port, ready=ready: wait_ready(p, timeout=left(),
+                                                                             check=lambda: ready(port))))
         else:
             url = f"http://{LOOPBACK}:{ports[fake]}/_control/health"
             waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
@@ -576,6 +591,8 @@ def _part_ready_check(name: str, port: int | None) -> Any:
         return None
     if name == "scheduler":
         return lambda: _scheduler_ready(port)
+    if name == "billing":
+        return lambda: _billing_ready(port)
     if name in _FAKE_MODULES:
         return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_control/health", want_200=True)
     if name in ("pubsub", "firestore"):

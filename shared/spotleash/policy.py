@@ -7,6 +7,7 @@ this module decides. Refusals carry a reason the audit log and the user can read
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -40,11 +41,14 @@ class Refusal:
 class LaunchFacts:
     lease_live: list[InstanceRecord]
     total_live: int
-    month_spend: float  # cost so far of this month's instances (ended and live)
-    month_committed: float  # worst-case remaining cost of the live instances
+    month_spend: float  # this month's spend so far: spotleash.ledger's total, month to date
+    month_committed: float  # worst-case remaining cost of the live instances (spotleash.ledger.committed)
     budget_alert_exceeded: bool
     lease_released: bool
     lease_expired: bool = False
+    # USD/h of a Spot machine type where we launch (the Billing Catalog's, via spotleash.pricing);
+    # None: the built-in us-central1 table below
+    spot_price: Callable[[str], float] | None = None
 
 
 def machine_for(ram_gb: float, configured: str) -> str:
@@ -88,7 +92,7 @@ def plan_launch(event: DemandEvent, facts: LaunchFacts, settings: Settings, now:
         machine, price = "gpu", settings.gpu_max_dph
     else:  # a VM sized to the demand, priced at its Spot price
         machine = machine_for(event.ram_gb, settings.machine_type)
-        price = SPOT_PRICE.get(machine, DEFAULT_SPOT_PRICE)
+        price = facts.spot_price(machine) if facts.spot_price else SPOT_PRICE.get(machine, DEFAULT_SPOT_PRICE)
     worst = price * settings.max_runtime_s / 3600
     if facts.budget_alert_exceeded:
         return Refusal("budget_exceeded", "the billing budget alert says the monthly budget is spent")

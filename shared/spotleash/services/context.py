@@ -16,6 +16,7 @@ from datetime import datetime
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
 from spotleash.events import utcnow
+from spotleash.pricing.book import PriceBook
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
 from spotleash.store import FirestoreStore, Store
@@ -28,10 +29,12 @@ class Context:
     clock: Callable[[], datetime] = utcnow
     providers: dict[str, Provider] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
+    prices: PriceBook | None = None  # Spot prices for the budget guard; None: the built-in table
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
-        return cls(settings=settings, store=FirestoreStore.from_settings(settings))
+        return cls(settings=settings, store=FirestoreStore.from_settings(settings),
+                   prices=PriceBook.from_settings(settings, utcnow))
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:

@@ -6,6 +6,7 @@ instance carries our labels, so a crash anywhere in between leaves something the
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +22,7 @@ from tenacity.stop import stop_base
 
 from spotleash.errors import BadInput, CapacityExhausted, ProviderPermanent, Transient
 from spotleash.events import DemandEvent
+from spotleash.ledger import committed, month_to_date, region_of
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
 from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
@@ -48,7 +50,7 @@ def month_start(now: datetime) -> datetime:
 def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
     store = ctx.store
     live = store.live_instances()
-    month = store.instances_since(month_start(now))
+    month = store.billed_since(month_start(now))
     lease = store.get_lease(lease_id)
     if lease is None:
         # The agent renews its lease before it demands, but the two travel on different topics: wait
@@ -58,12 +60,22 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
     return LaunchFacts(
         lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING],
         total_live=len(live),
-        month_spend=sum(r.cost_so_far(now) for r in month),
-        month_committed=sum(max(r.worst_case_cost() - r.cost_so_far(now), 0.0) for r in live),
+        month_spend=month_to_date(month, now).total,  # the same ledger `spotleash cost` shows
+        month_committed=committed(live, now),
         budget_alert_exceeded=bool(budget.get("exceeded")),
         lease_released=lease.released,
         lease_expired=not lease.released and lease.expired(now),
+        spot_price=_spot_price(ctx),
     )
+
+
+def _spot_price(ctx: Context) -> Callable[[str], float] | None:
+    """Spot prices in the region of the first zone tried, from the context's price book (if it has one)."""
+    book = ctx.prices
+    if book is None:
+        return None
+    region = region_of(ctx.settings.zones[0]) or ctx.settings.region
+    return lambda machine: book.quote(machine, region).usd_per_hour
 
 
 def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: datetime) -> LaunchSpec:
