@@ -154,6 +154,15 @@ def status(
 
 
 @app.command()
+def cost(since: str | None = typer.Option(None, help="first day counted, YYYY-MM-DD (default: this month's 1st, UTC)"),
+         json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
+    """What the instances cost (the ledger): by instance, with totals by day, lease, provider and reason."""
+    from spotleash.cost_cli import cost_command
+
+    raise typer.Exit(cost_command(settings(), since, json_out))
+
+
+@app.command()
 def down(
     all_: bool = typer.Option(False, "--all", help="release every lease of the deployment"),
     lease_id: str | None = typer.Option(None, help="lease to release (default: this machine's)"),
