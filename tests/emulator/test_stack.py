@@ -151,6 +151,21 @@ def test_scheduler_jobs_created_from_topology(running: stack.StackInfo) -> None:
         client.transport.close()
 
 
+def test_billing_catalog_prices_spot_machines(running: stack.StackInfo, tmp_path: Path) -> None:
+    if "billing" not in available_fakes():
+        pytest.skip("the billing fake is not in this tree")
+    from datetime import UTC, datetime
+
+    from spotleash.config import Settings
+    from spotleash.pricing.book import PriceBook
+
+    endpoint = stack.read_env(running.state_dir)["SPOTLEASH_BILLING_ENDPOINT"]
+    assert endpoint.startswith("127.0.0.1:")
+    book = PriceBook.from_settings(Settings(billing_endpoint=endpoint, state_dir=tmp_path), lambda: datetime.now(UTC))
+    q = book.quote("e2-highmem-4", "europe-west4")  # 4 x 0.006543 x 1.094 + 32 x 0.000877 x 1.094
+    assert q.from_catalog and q.usd_per_hour == pytest.approx(4 * 0.006543 * 1.094 + 32 * 0.000877 * 1.094, abs=1e-6)
+
+
 def test_second_up_in_same_dir_is_refused(running: stack.StackInfo) -> None:
     with pytest.raises(StackError, match="already runs"):
         stack.up(running.state_dir, fakes=())
