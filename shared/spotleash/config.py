@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from spotleash import appspec
 from spotleash.errors import ConfigError
 from spotleash.events import ID_PATTERN
 
@@ -59,6 +60,9 @@ class Settings(BaseSettings):
     gpu_components: list[str] = Field(
         default_factory=list, description="components that need a GPU (a demand naming one goes to VAST)"
     )
+    package_bucket: str | None = Field(None, description="Cloud Storage bucket of app packages (the local stack sets it)")
+    package_channel: str = Field("main", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
+                                 description="channel whose latest-<channel>.txt pointer names the package")
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
 
     # --- launching
@@ -147,9 +151,10 @@ def _file_values(path: Path) -> dict[str, Any]:
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment, then the optional file, then explicit overrides (highest)."""
     values: dict[str, Any] = {}
-    file_var = os.environ.get(CONFIG_FILE_VAR)
-    if file_var:
-        values.update(_file_values(Path(file_var)))
+    # spotleash.toml (named, or found upward): top-level settings plus what its [app] table implies
+    file_path = appspec.find_config_file(os.environ.get(CONFIG_FILE_VAR))
+    if file_path is not None:
+        values.update(appspec.settings_values(_file_values(file_path), file_path))
     values.update(overrides)
     # Environment variables must win over the file: pass only keys the environment does not set.
     # (case-insensitive, as pydantic-settings reads them)

@@ -1,0 +1,230 @@
+"""Cloud Storage adapter: the only module that imports ``google.cloud.storage``.
+
+Every call carries a bounded retry (the client's own policy for transient failures: 429, 5xx,
+connection errors, timeouts) and every failure leaves as a spotleash error:
+
+- ``StorageTransient`` (a ``Transient``): still failing after ``retry_s`` — Cloud Storage unreachable,
+  overloaded, or timing out;
+- ``GenerationConflict`` (a ``Transient``): an ``if_generation_match`` precondition failed — someone
+  else wrote the object first; read again and decide;
+- ``ObjectNotFound`` / ``StorageBadInput`` (``BadInput``): no such object or bucket, no permission,
+  a malformed request — retrying cannot help.
+
+With ``STORAGE_EMULATOR_HOST`` set (``http://127.0.0.1:PORT``) the official client talks to the
+emulator with anonymous credentials.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import google.auth.exceptions
+import requests
+from google.api_core import exceptions as gexc
+from google.cloud import storage  # type: ignore[attr-defined]
+from google.cloud.storage.retry import DEFAULT_RETRY
+
+from spotleash.errors import BadInput, SpotleashError, Transient
+
+EMULATOR_VAR = "STORAGE_EMULATOR_HOST"
+CHUNK_SIZE = 8 * 1024 * 1024  # resumable upload chunk (a multiple of 256 KiB): progress moves per chunk
+REQUEST_TIMEOUT_S = 60.0
+
+Progress = Callable[[int], None]  # called with the number of bytes just moved
+
+
+class StorageError(SpotleashError):
+    """Cloud Storage refused or failed a call."""
+
+
+class StorageTransient(StorageError, Transient):
+    """Cloud Storage did not answer well within the retry budget; trying later may work."""
+
+
+class GenerationConflict(StorageError, Transient):
+    """An ``if_generation_match`` precondition failed: the object changed under us."""
+
+
+class StorageBadInput(StorageError, BadInput):
+    """The request can never succeed as made (permission, bad name, missing bucket)."""
+
+
+class ObjectNotFound(StorageBadInput):
+    """No such object (or bucket)."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    generation: int
+
+
+_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
+    gexc.ServerError,
+    gexc.TooManyRequests,
+    gexc.RetryError,
+    requests.ConnectionError,
+    requests.Timeout,
+    google.auth.exceptions.TransportError,
+    ConnectionError,
+    TimeoutError,
+)
+
+
+@contextmanager
+def _translated(what: str) -> Iterator[None]:
+    """Turn the client's exceptions into spotleash's, naming the operation."""
+    try:
+        yield
+    except StorageError:
+        raise
+    except gexc.PreconditionFailed as e:
+        raise GenerationConflict(f"{what}: the object changed meanwhile (generation precondition failed)") from e
+    except gexc.NotFound as e:
+        raise ObjectNotFound(f"{what}: not found ({e.message})") from e
+    except gexc.RetryError as e:
+        cause = e.cause if e.cause is not None else e
+        raise StorageTransient(f"{what}: Cloud Storage still failing after retries: {_short(cause)}") from e
+    except _TRANSIENT_TYPES as e:
+        raise StorageTransient(f"{what}: Cloud Storage unavailable: {_short(e)}") from e
+    except (gexc.Forbidden, gexc.Unauthorized) as e:
+        raise StorageBadInput(f"{what}: permission denied ({e.message}); check the credentials and bucket IAM") from e
+    except gexc.GoogleAPICallError as e:
+        raise StorageBadInput(f"{what}: refused by Cloud Storage ({e.code}: {e.message})") from e
+    except google.auth.exceptions.DefaultCredentialsError as e:
+        raise StorageBadInput(f"{what}: no Google credentials ({e}); run `gcloud auth application-default "
+                              f"login` or set {EMULATOR_VAR} for the local stack") from e
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+class _CountingReader:
+    """A read-only file wrapper that reports each read's size (upload progress)."""
+
+    def __init__(self, f: IO[bytes], on_read: Progress) -> None:
+        self._f = f
+        self._on_read = on_read
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._f.read(size)
+        if data:
+            self._on_read(len(data))
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+class _CountingWriter:
+    def __init__(self, f: IO[bytes], on_write: Progress) -> None:
+        self._f = f
+        self._on_write = on_write
+
+    def write(self, data: bytes) -> int:
+        n = self._f.write(data)
+        self._on_write(len(data))
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._f, name)
+
+
+class Storage:
+    """One bucket, through the official client."""
+
+    def __init__(self, bucket: str, *, project: str | None = None, retry_s: float = 60.0,
+                 client: storage.Client | None = None) -> None:
+        if not bucket:
+            raise StorageBadInput("no bucket named: set SPOTLEASH_PACKAGE_BUCKET (the local stack sets it)")
+        emulator = os.environ.get(EMULATOR_VAR)
+        if emulator and not emulator.startswith(("http://", "https://")):
+            raise StorageBadInput(f"{EMULATOR_VAR}={emulator!r} must carry its scheme, e.g. http://127.0.0.1:4443")
+        with _translated("connect to Cloud Storage"):
+            self.client = client or storage.Client(project=project)
+        self.bucket_name = bucket
+        self.bucket = self.client.bucket(bucket)
+        self.retry = DEFAULT_RETRY.with_timeout(retry_s)
+
+    def uri(self, name: str) -> str:
+        return f"gs://{self.bucket_name}/{name}"
+
+    # ------------------------------------------------------------------ reads
+    def stat(self, name: str) -> ObjectInfo | None:
+        """Size and generation of an object, or None when it does not exist."""
+        with _translated(f"stat {self.uri(name)}"):
+            blob = self.bucket.get_blob(name, retry=self.retry, timeout=REQUEST_TIMEOUT_S)
+        if blob is None:
+            return None
+        return ObjectInfo(name, int(blob.size or 0), int(blob.generation or 0))
+
+    def generation(self, name: str) -> int:
+        """The object's live generation; 0 when it does not exist (what ``if_generation_match=0`` means)."""
+        info = self.stat(name)
+        return info.generation if info else 0
+
+    def read_bytes(self, name: str) -> tuple[bytes, int]:
+        """An object's bytes and the generation they came from."""
+        with _translated(f"read {self.uri(name)}"):
+            blob = self.bucket.get_blob(name, retry=self.retry, timeout=REQUEST_TIMEOUT_S)
+            if blob is None:
+                raise ObjectNotFound(f"read {self.uri(name)}: not found")
+            data = blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry,
+                                          timeout=REQUEST_TIMEOUT_S)
+        return data, int(blob.generation or 0)
+
+    def download_file(self, name: str, dest: Path, on_progress: Progress | None = None) -> int:
+        """Download an object to ``dest`` (written whole or not at all); returns its size."""
+        tmp = dest.with_name(f".{dest.name}.part")
+        try:
+            with _translated(f"download {self.uri(name)}"), tmp.open("wb") as f:
+                out: Any = _CountingWriter(f, on_progress) if on_progress else f
+                self.bucket.blob(name).download_to_file(out, retry=self.retry, timeout=REQUEST_TIMEOUT_S)
+            tmp.replace(dest)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dest.stat().st_size
+
+    # ------------------------------------------------------------------ writes (always conditional)
+    def upload_file(self, name: str, path: Path, *, if_generation_match: int,
+                    on_progress: Progress | None = None, content_type: str = "application/gzip") -> ObjectInfo:
+        """Upload ``path`` only if the object's generation is still ``if_generation_match`` (0: absent)."""
+        blob = self.bucket.blob(name, chunk_size=CHUNK_SIZE)
+        size = path.stat().st_size
+        with _translated(f"upload {path.name} to {self.uri(name)}"), path.open("rb") as f:
+            src: Any = _CountingReader(f, on_progress) if on_progress else f
+            blob.upload_from_file(src, size=size, content_type=content_type, if_generation_match=if_generation_match,
+                                  retry=self.retry, timeout=REQUEST_TIMEOUT_S)
+        return ObjectInfo(name, size, int(blob.generation or 0))
+
+    def write_bytes(self, name: str, data: bytes, *, if_generation_match: int,
+                    content_type: str = "text/plain") -> int:
+        """Write a small object only if its generation is still ``if_generation_match``; the new generation."""
+        blob = self.bucket.blob(name)
+        with _translated(f"write {self.uri(name)}"):
+            blob.upload_from_string(data, content_type=content_type, if_generation_match=if_generation_match,
+                                    retry=self.retry, timeout=REQUEST_TIMEOUT_S)
+        return int(blob.generation or 0)
+
+    def delete(self, name: str, *, if_generation_match: int | None = None) -> None:
+        with _translated(f"delete {self.uri(name)}"):
+            self.bucket.blob(name).delete(if_generation_match=if_generation_match, retry=self.retry,
+                                          timeout=REQUEST_TIMEOUT_S)
+
+    def ensure_bucket(self, location: str = "US-CENTRAL1") -> None:
+        """Create the bucket if it does not exist (the local stack's ``up``; Terraform does it for real)."""
+        with _translated(f"create bucket gs://{self.bucket_name}"):
+            if self.client.lookup_bucket(self.bucket_name, retry=self.retry, timeout=REQUEST_TIMEOUT_S) is None:
+                try:
+                    self.client.create_bucket(self.bucket_name, location=location, retry=self.retry,
+                                              timeout=REQUEST_TIMEOUT_S)
+                except gexc.Conflict:
+                    pass  # created meanwhile by someone else: fine
