@@ -239,6 +239,11 @@ def vast_smoke(
     raise typer.Exit(smoke_command(real=real, json_out=json_out, yes=yes))
 
 
+from spotleash.publish_cli import publish_command  # noqa: E402 - the command lives beside publish
+
+app.command("publish")(publish_command)
+
+
 def main() -> None:
     try:
         app()  # click's standalone mode handles usage errors (exit 2) and typer.Exit

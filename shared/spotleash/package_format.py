@@ -42,7 +42,7 @@ from spotleash.errors import BadInput
 
 FORMAT_VERSION: Literal[1] = 1
 PYTHON_VERSION = "3.11"
-PLATFORM = "manylinux_2_17_x86_64"
+PLATFORM = "manylinux_2_28_x86_64"  # glibc 2.28+: Debian 12 (GCE image) and Ubuntu 22.04 (VAST images) are newer
 MANIFEST_NAME = "manifest.json"
 APP_PREFIX = "app/"
 WHEELS_PREFIX = "wheels/"
