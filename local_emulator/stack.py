@@ -30,6 +30,7 @@ from typing import Any
 import httpx
 
 from local_emulator import emulators
+from local_emulator import storage as gcs
 from local_emulator.procs import (
     LOOPBACK,
     ManagedProcess,
@@ -54,7 +55,8 @@ DEFAULT_REGION = "us-central1"
 ALL_FAKES = ("compute", "vast", "scheduler", "billing")
 READY_TIMEOUT_S = 120.0
 MARKER_VAR = "SPOTLEASH_LOCAL_STACK"  # set in every process's environment: the state dir that owns it
-EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST")
+EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST",
+                 "STORAGE_EMULATOR_HOST")
 
 _FAKE_MODULES = {
     "compute": ("local_emulator.compute", "the Compute Engine fake"),
@@ -96,6 +98,10 @@ class StackInfo:
     @property
     def firestore_host(self) -> str:
         return self.env["FIRESTORE_EMULATOR_HOST"]
+
+    @property
+    def storage_url(self) -> str:
+        return self.env["STORAGE_EMULATOR_HOST"]
 
     @property
     def scheduler_host(self) -> str:
@@ -229,6 +235,7 @@ def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) 
                 f"Start the stack without it, e.g. up(..., fakes={tuple(f for f in fakes if f != fake)!r})"
             )
     emulators._require_tools()
+    gcs.binary()
     if not functions:
         return None
     if not FUNCTIONS_SOURCE.is_file():
@@ -426,7 +433,7 @@ def _start_all(
     def left() -> float:
         return max(1.0, deadline - time.monotonic())
 
-    ports: dict[str, int] = {"pubsub": free_port(), "firestore": free_port()}
+    ports: dict[str, int] = {"pubsub": free_port(), "firestore": free_port(), gcs.NAME: free_port()}
     for fake in fakes:
         ports[fake] = free_port()
     fn_ports = {name: free_port() for name in topo.functions} if ff else {}
@@ -440,6 +447,8 @@ def _start_all(
         "SPOTLEASH_PROJECT": project,
         "SPOTLEASH_REGION": region,
         "SPOTLEASH_HEARTBEAT_SIGNING_KEY": secrets.token_urlsafe(32),
+        "STORAGE_EMULATOR_HOST": gcs.url(ports[gcs.NAME]),
+        "SPOTLEASH_PACKAGE_BUCKET": topo.package_bucket,
     }
     if "compute" in fakes:
         env_vars["SPOTLEASH_COMPUTE_ENDPOINT"] = f"http://{LOOPBACK}:{ports['compute']}"
@@ -469,6 +478,8 @@ def _start_all(
     fs = emulators.spawn_firestore_emulator(ports["firestore"], logs, on_start=rec.add,
                                             env={MARKER_VAR: str(state_dir)})
     waits.append((fs, lambda p: emulators.wait_firestore_ready(p, left())))
+    st = gcs.spawn_storage(ports[gcs.NAME], logs, on_start=rec.add, env={**emulators._env(), MARKER_VAR: str(state_dir)})
+    waits.append((st, lambda p: gcs.wait_storage_ready(p, left())))
 
     py = sys.executable
     for fake in fakes:
@@ -507,6 +518,7 @@ def _start_all(
 
     # --- wire: topics and subscriptions, then scheduler jobs (subscriptions first: nothing is lost)
     create_pubsub_topology(env_vars["PUBSUB_EMULATOR_HOST"], project, fn_ports, topo)
+    gcs.create_bucket(ports[gcs.NAME], project, topo.package_bucket)
     if "scheduler" in fakes:
         create_schedules(env_vars["SPOTLEASH_SCHEDULER_HOST"], project, region, topo)
 
@@ -579,7 +591,7 @@ def read_env(state_dir: Path) -> dict[str, str]:
 def _part_env_and_cwd(state_dir: Path, name: str) -> tuple[dict[str, str], Path | None]:
     """The environment and working directory ``up`` gave part ``name`` (rebuilt from stack.env)."""
     marker = {MARKER_VAR: str(state_dir)}
-    if name in ("pubsub", "firestore"):
+    if name in ("pubsub", "firestore", gcs.NAME):
         return {**emulators._env(), **marker}, None
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
     env = {**base, **read_env(state_dir), **marker, "PYTHONUNBUFFERED": "1"}
@@ -595,6 +607,8 @@ def _part_ready_check(name: str, port: int | None) -> Any:
         return lambda: _billing_ready(port)
     if name in _FAKE_MODULES:
         return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_control/health", want_200=True)
+    if name == gcs.NAME:
+        return lambda: gcs.ready(port)
     if name in ("pubsub", "firestore"):
         return lambda: port_open(port)
     return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_spotleash/ready", want_200=False)

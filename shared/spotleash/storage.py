@@ -26,6 +26,7 @@ from typing import IO, Any
 import google.auth.exceptions
 import requests
 from google.api_core import exceptions as gexc
+from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -142,14 +143,19 @@ class Storage:
     """One bucket, through the official client."""
 
     def __init__(self, bucket: str, *, project: str | None = None, retry_s: float = 60.0,
-                 client: storage.Client | None = None) -> None:
+                 emulator: str | None = None) -> None:
+        """``emulator``: an emulator's URL (default: ``STORAGE_EMULATOR_HOST``; unset: the real service)."""
         if not bucket:
             raise StorageBadInput("no bucket named: set SPOTLEASH_PACKAGE_BUCKET (the local stack sets it)")
-        emulator = os.environ.get(EMULATOR_VAR)
+        emulator = emulator or os.environ.get(EMULATOR_VAR) or None
         if emulator and not emulator.startswith(("http://", "https://")):
             raise StorageBadInput(f"{EMULATOR_VAR}={emulator!r} must carry its scheme, e.g. http://127.0.0.1:4443")
         with _translated("connect to Cloud Storage"):
-            self.client = client or storage.Client(project=project)
+            if emulator:
+                self.client = storage.Client(project=project or "local", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
+                                             client_options={"api_endpoint": emulator})
+            else:
+                self.client = storage.Client(project=project)
         self.bucket_name = bucket
         self.bucket = self.client.bucket(bucket)
         self.retry = DEFAULT_RETRY.with_timeout(retry_s)

@@ -48,6 +48,7 @@ class Topology:
     functions: dict[str, Function]
     subscriptions: dict[str, Subscription]
     schedules: dict[str, Schedule]
+    package_bucket: str  # the local stack's Cloud Storage bucket of app packages
 
     def topic_of(self, kind: str) -> str:
         """The topic carrying events of a kind: demand, release, lease, reap, budget."""
@@ -82,4 +83,5 @@ def load_topology() -> Topology:
         schedules={
             n: Schedule(n, s["cron"], s["time_zone"], s["topic"], s["payload"]) for n, s in raw["schedules"].items()
         },
+        package_bucket=raw["package_bucket"],
     )
