@@ -90,6 +90,15 @@ def _requires_dist(wheel: Path) -> list[str]:
     return sorted(msg.get_all("Requires-Dist") or [])
 
 
+def platform_tags() -> list[str]:
+    """Every manylinux tag the instance accepts, newest first: pip does not expand ``manylinux_2_28`` to the
+    older glibc tags by itself (a wheel tagged only ``manylinux2014_x86_64`` would not be found)."""
+    arch = PLATFORM.rsplit("_", 2)[-2] + "_" + PLATFORM.rsplit("_", 1)[-1]  # x86_64
+    newest = int(PLATFORM.split("_")[2])
+    tags = [f"manylinux_2_{m}_{arch}" for m in range(newest, 4, -1)]
+    return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+
+
 def _version(wheel: Path) -> str:
     return wheel.name.split("-")[1]
 
@@ -115,7 +124,8 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> 
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         argv = [
             sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-            "--only-binary=:all:", "--platform", PLATFORM, "--python-version", PYTHON_VERSION,
+            "--only-binary=:all:", *(a for p in platform_tags() for a in ("--platform", p)),
+            "--python-version", PYTHON_VERSION,
             "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
             "--cache-dir", str(cache_dir / "pip-cache"), "-d", tmp,
             f"{spotleash_wheel}[{INSTANCE_EXTRA}]", *requirements,
