@@ -1,0 +1,241 @@
+"""``spotleash publish`` against the Cloud Storage emulator (fake-gcs-server), through the official client.
+
+Wheels come from PyPI once and are cached in ``~/.cache/spotleash/test-wheels`` (or
+``SPOTLEASH_TEST_WHEEL_CACHE``) across runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from local_emulator import stack
+from local_emulator import storage as gcs
+from local_emulator.procs import ManagedProcess, free_port, port_open
+from spotleash.appspec import load_app
+from spotleash.errors import BadInput, Transient
+from spotleash.package_format import Manifest, package_object, parse_pointer, pointer_object, verify_archive
+from spotleash.publish import move_pointer, publish
+from spotleash.storage import GenerationConflict, ObjectNotFound, Storage, StorageTransient
+from spotleash.topology import load_topology
+
+pytestmark = [pytest.mark.emulator, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "thumbs"
+BUCKET = "spotleash-test-packages"
+
+
+@pytest.fixture(scope="module")
+def gcs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    logs = tmp_path_factory.mktemp("gcs-logs")
+    proc: ManagedProcess = gcs.spawn_storage(port, logs)
+    try:
+        gcs.wait_storage_ready(proc, 20.0)
+        gcs.create_bucket(port, "p", BUCKET)
+        yield gcs.url(port)
+    finally:
+        proc.stop()
+
+
+@pytest.fixture()
+def state_dir(tmp_path: Path) -> Path:
+    """A fresh state dir whose wheel cache is shared across tests and runs."""
+    cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
+    cache.mkdir(parents=True, exist_ok=True)
+    sd = tmp_path / "state"
+    sd.mkdir()
+    (sd / "wheels").symlink_to(cache, target_is_directory=True)
+    return sd
+
+
+def small_app(root: Path, marker: str) -> Path:
+    root.mkdir(parents=True)
+    (root / "spotleash.toml").write_text(
+        '[app]\nname = "tiny"\n\n[[app.components]]\nname = "web"\ncommand = ["python", "web.py"]\nport = 8301\n'
+    )
+    (root / "web.py").write_text(f"print({marker!r})\n")
+    return root
+
+
+def test_publish_uploads_once_and_the_pointer_names_a_verifiable_archive(gcs_url: str, state_dir: Path,
+                                                                         tmp_path: Path) -> None:
+    store = Storage(BUCKET, project="p", emulator=gcs_url)
+    first = publish(load_app(EXAMPLE, None), store, "main", state_dir)
+    assert first.uploaded_bytes == first.size_bytes > 0
+    assert first.uri == f"gs://{BUCKET}/{package_object(first.sha256)}"
+    assert first.pointer == f"gs://{BUCKET}/latest-main.txt"
+
+    pointer, _ = store.read_bytes(pointer_object("main"))
+    assert parse_pointer(pointer) == first.sha256
+    got = tmp_path / "got.tar.gz"
+    store.download_file(package_object(first.sha256), got)
+    manifest = Manifest.model_validate(verify_archive(got, first.sha256))
+    wheels = " ".join(manifest.wheels).lower()
+    assert "numpy-" in wheels and "pillow-" in wheels and "spotleash-" in wheels
+    assert all(w.endswith(".whl") for w in manifest.wheels)
+    assert {"app/thumbnailer.py", "app/vectors.py", "app/spotleash.toml"} <= set(manifest.files)
+    assert manifest.requirements[0].startswith("spotleash[instance]==")
+
+    # the same tree again, through the real CLI: same sha256, 0 bytes uploaded
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_url, "SPOTLEASH_PACKAGE_BUCKET": BUCKET,
+           "SPOTLEASH_STATE_DIR": str(state_dir), "SPOTLEASH_PROJECT": "p"}
+    done = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
+                          env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    second = json.loads(done.stdout)
+    assert second["sha256"] == first.sha256
+    assert second["uploaded_bytes"] == 0
+    assert {"sha256", "uri", "pointer", "uploaded_bytes"} <= set(second)
+
+
+def test_two_concurrent_publishes_leave_the_pointer_on_one_complete_archive(gcs_url: str, state_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    apps = [small_app(tmp_path / f"app{i}", f"copy {i}") for i in range(2)]
+    publish(load_app(apps[0], None), Storage(BUCKET, emulator=gcs_url), "warm", state_dir)  # wheels cached
+    env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_url, "SPOTLEASH_PACKAGE_BUCKET": BUCKET,
+           "SPOTLEASH_PROJECT": "p"}
+    procs = []
+    for i, app in enumerate(apps):
+        sd = tmp_path / f"sd{i}"
+        sd.mkdir()
+        (sd / "wheels").symlink_to((state_dir / "wheels").resolve(), target_is_directory=True)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--channel", "race", "--json"],
+            env={**env, "SPOTLEASH_STATE_DIR": str(sd)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=240)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    shas = {r["sha256"] for r in results}
+    assert len(shas) == 2
+
+    store = Storage(BUCKET, emulator=gcs_url)
+    named = parse_pointer(store.read_bytes(pointer_object("race"))[0])
+    assert named in shas
+    for sha in shas:  # both archives whole; the named one verifies end to end
+        got = tmp_path / f"{sha}.tar.gz"
+        store.download_file(package_object(sha), got)
+        verify_archive(got, sha)
+
+
+class RivalBeforeWrite(Storage):
+    """Fault injection: another publisher moves the pointer between our read and our conditional write."""
+
+    def __init__(self, rival_sha: str, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.rival_sha = rival_sha
+        self.fired = False
+
+    def write_bytes(self, name: str, data: bytes, *, if_generation_match: int, content_type: str = "text/plain") -> int:
+        if not self.fired:
+            self.fired = True
+            super().write_bytes(name, f"{self.rival_sha}\n".encode(), if_generation_match=if_generation_match)
+        return super().write_bytes(name, data, if_generation_match=if_generation_match, content_type=content_type)
+
+
+def test_a_stale_generation_is_refused_and_the_publisher_reads_again(gcs_url: str, state_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    plain = Storage(BUCKET, emulator=gcs_url)
+    a = publish(load_app(small_app(tmp_path / "a", "a"), None), plain, "gen", state_dir)
+    b = publish(load_app(small_app(tmp_path / "b", "b"), None), plain, "other", state_dir)
+    gen = plain.generation(pointer_object("gen"))
+    plain.write_bytes(pointer_object("gen"), f"{b.sha256}\n".encode(), if_generation_match=gen)
+    with pytest.raises(GenerationConflict):  # the emulator honours ifGenerationMatch
+        plain.write_bytes(pointer_object("gen"), f"{a.sha256}\n".encode(), if_generation_match=gen)
+
+    racing = RivalBeforeWrite(b.sha256, bucket=BUCKET, emulator=gcs_url)
+    previous = move_pointer(racing, "gen", a.sha256, a.size_bytes)
+    assert racing.fired
+    assert previous == b.sha256  # it re-read the rival's pointer, then moved it
+    assert parse_pointer(plain.read_bytes(pointer_object("gen"))[0]) == a.sha256
+
+
+def test_the_pointer_never_names_an_archive_that_is_not_in_the_bucket(gcs_url: str) -> None:
+    store = Storage(BUCKET, emulator=gcs_url)
+    with pytest.raises(BadInput, match="not whole"):
+        move_pointer(store, "ghost", "b" * 64, 10)
+    with pytest.raises(ObjectNotFound):
+        store.read_bytes(pointer_object("ghost"))
+
+
+def test_cloud_storage_unavailable_is_a_clear_transient_error(state_dir: Path) -> None:
+    port = free_port()
+    store = Storage(BUCKET, emulator=f"http://127.0.0.1:{port}", retry_s=2.0)
+    with pytest.raises(StorageTransient) as e:
+        publish(load_app(EXAMPLE, None), store, "main", state_dir)
+    assert isinstance(e.value, Transient)
+    assert f"gs://{BUCKET}/packages/" in str(e.value) and "Cloud Storage" in str(e.value)
+
+
+def test_a_missing_bucket_and_a_schemeless_emulator_host_are_bad_input(gcs_url: str, state_dir: Path) -> None:
+    with pytest.raises(ObjectNotFound, match="nope-bucket"):
+        publish(load_app(EXAMPLE, None), Storage("nope-bucket", emulator=gcs_url), "main", state_dir)
+    with pytest.raises(BadInput, match="scheme"):
+        Storage(BUCKET, emulator="127.0.0.1:4443")
+
+
+def test_the_local_stack_runs_cloud_storage_on_loopback_with_the_bucket(tmp_path: Path) -> None:
+    if shutil.which("gcloud") is None or shutil.which("java") is None:
+        pytest.skip("Google's emulators are not installed")
+    state = tmp_path / "stack"
+    info = stack.up(state, fakes=(), functions=False)
+    try:
+        url = info.env["STORAGE_EMULATOR_HOST"]
+        assert url.startswith("http://127.0.0.1:")
+        assert info.env["SPOTLEASH_PACKAGE_BUCKET"] == load_topology().package_bucket
+        assert stack.read_env(state)["STORAGE_EMULATOR_HOST"] == url
+        part = next(p for p in stack.status(state).parts if p.name == "storage")
+        assert part.alive
+        listening = [c.laddr for c in psutil.Process(part.pid).net_connections("inet") if c.status == "LISTEN"]
+        assert listening and all(addr.ip == "127.0.0.1" for addr in listening), listening
+        store = Storage(load_topology().package_bucket, emulator=url)
+        assert store.client.lookup_bucket(store.bucket_name) is not None
+        port = int(url.rsplit(":", 1)[1])
+    finally:
+        stack.down(state)
+    assert not port_open(port)
+    assert not psutil.pid_exists(part.pid) or psutil.Process(part.pid).status() == psutil.STATUS_ZOMBIE
+
+
+def test_concurrent_uploads_of_the_same_archive_both_succeed(gcs_url: str, state_dir: Path, tmp_path: Path) -> None:
+    """Two publishers of the same tree race on the content address: both finish with one archive.
+
+    (fake-gcs-server honours ifGenerationMatch on simple and multipart uploads but not on resumable
+    ones, which archives over 8 MiB use, so here both may upload; real Cloud Storage refuses the
+    second, which ``upload`` counts as 0 bytes. Same content either way.)"""
+    app = load_app(small_app(tmp_path / "same", "same"), None)
+    results: list[object] = []
+
+    def run(i: int) -> None:
+        sd = tmp_path / f"s{i}"
+        sd.mkdir()
+        (sd / "wheels").symlink_to((state_dir / "wheels").resolve(), target_is_directory=True)
+        try:
+            results.append(publish(app, Storage(BUCKET, emulator=gcs_url), "same", sd))
+        except Exception as e:  # noqa: BLE001 - collected and asserted below
+            results.append(e)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert all(not isinstance(r, Exception) for r in results), results
+    shas = {r.sha256 for r in results}  # type: ignore[attr-defined]
+    assert len(shas) == 1
+    sha = shas.pop()
+    got = tmp_path / "got.tar.gz"
+    Storage(BUCKET, emulator=gcs_url).download_file(package_object(sha), got)
+    verify_archive(got, sha)
