@@ -77,7 +77,7 @@ def test_up_is_ready_and_status_reports_every_part(running: stack.StackInfo) -> 
     st = stack.status(running.state_dir)
     assert st.recorded and st.complete and st.all_alive
     names = {p.name for p in st.parts}
-    assert names == {"pubsub", "firestore", *available_fakes(), *topo.functions}
+    assert names == {"pubsub", "firestore", "storage", *available_fakes(), *topo.functions}
     rows = st.as_rows()
     assert all(r["alive"] and r["address"].startswith("127.0.0.1:") for r in rows)
     assert 0 < running.ready_s < 120
