@@ -1,24 +1,29 @@
-# The two commands of the README, plus the checks. Each target does its own set-up.
+# The two commands of the README, plus the checks. Each target does its own set-up, and calls uv
+# through scripts/uv (it finds uv, or installs the pinned one into .tools/): nothing on PATH needed.
 .PHONY: setup test demo lint bench chaos archive
+
+UV := $(CURDIR)/scripts/uv
+RUN := $(UV) run --frozen
 
 setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	uv run pytest -q -p no:cacheprovider -m "not chaos"
+	$(RUN) pytest -q -p no:cacheprovider -m "not chaos"
 
 demo: setup
-	uv run spotleash demo
+	$(RUN) spotleash demo
 
 lint: setup
-	uv run ruff check .
-	uv run mypy
+	$(RUN) ruff check .
+	$(RUN) mypy
+	$(RUN) deptry .
 
 chaos: setup
-	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} uv run pytest -q -p no:cacheprovider -m chaos tests/chaos
+	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} $(RUN) pytest -q -p no:cacheprovider -m chaos tests/chaos
 
 bench: setup
-	uv run python -m bench
+	$(RUN) python -m bench
 
 archive: setup
-	uv run python scripts/build_function_archive.py
+	$(RUN) python scripts/build_function_archive.py

@@ -1,25 +1,36 @@
 #!/usr/bin/env bash
-# Makes a fresh machine ready: uv, the locked virtual environment, shellcheck, and a check that
-# Google's emulators (gcloud + Java) are present. Safe to run again; it only does what is missing.
+# Makes a fresh machine ready: uv (scripts/uv finds or installs it), Python 3.11, the locked virtual
+# environment with every part's extras, shellcheck, and a check that Google's emulators (gcloud +
+# Java) are present. Safe to run again; it only does what is missing. Needs nothing on PATH but a
+# python3 (any version, to install uv) or a uv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 say() { printf '[bootstrap] %s\n' "$*" >&2; }
+UV="scripts/uv"
 
-if ! command -v uv >/dev/null 2>&1; then
-  say "installing uv (from PyPI)"
-  python3 -m pip install --quiet --user 'uv==0.13.9' 2>/dev/null || python3 -m pip install --quiet 'uv==0.13.9'
-  export PATH="$HOME/.local/bin:$PATH"
+"$UV" --which >/dev/null # installs the pinned uv into .tools/ if none is usable
+
+# requires-python is ">=3.11,<3.12": find a 3.11 (on PATH or uv-managed), else let uv fetch one.
+if ! "$UV" python find '>=3.11,<3.12' >/dev/null 2>&1; then
+  say "no Python 3.11 found; asking uv to install one"
+  if ! "$UV" python install 3.11 >&2; then
+    say "Python 3.11 is needed (pyproject.toml: requires-python >=3.11,<3.12) and none was found or could be"
+    say "downloaded. Install it (Debian/Ubuntu: apt-get install python3.11; or 'uv python install 3.11' where"
+    say "uv can download) and run this again."
+    exit 2
+  fi
 fi
 
-say "syncing the locked environment (uv.lock)"
-uv sync --frozen --quiet
+say "syncing the locked environment (uv.lock, with the cli, ssh, local and instance extras)"
+# The dev group (a default group) pulls in every extra; --locked refuses a uv.lock older than pyproject.toml.
+"$UV" sync --locked --quiet --python '>=3.11,<3.12'
 
 if ! command -v shellcheck >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     say "installing shellcheck (Debian package)"
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null 2>&1 \
-      || say "could not install shellcheck; its test will be skipped"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq shellcheck) >/dev/null 2>&1 ||
+      say "could not install shellcheck; its test will be skipped"
   else
     say "shellcheck missing and not root: its test will be skipped (apt-get install shellcheck)"
   fi
@@ -37,4 +48,4 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "the local stack needs: ${missing[*]}"
   exit 2
 fi
-say "ready"
+say "ready ($("$UV" --version), $("$UV" run --frozen python -c 'import platform; print("Python", platform.python_version())'))"
