@@ -1,8 +1,9 @@
 """Build the one source archive every Cloud Function is deployed from, byte-for-byte reproducibly.
 
 The archive holds ``main.py`` (from ``functions/``), the ``spotleash`` package (from
-``shared/spotleash``) and a ``requirements.txt`` of the runtime dependencies exported from
-``uv.lock``. Entries are sorted, timestamps and permissions are fixed and caches are left out, so
+``shared/spotleash``) and a ``requirements.txt`` exported from ``uv.lock`` with the control plane's
+dependencies only: the project's core plus the ``ssh`` extra (the VAST provider registers its SSH key
+and pins host keys from the functions), never the CLI, the local stack or the test tools. Entries are sorted, timestamps and permissions are fixed and caches are left out, so
 the same sources give the same bytes: Terraform names the uploaded object after its sha256, and a
 function is redeployed only when its code really changed.
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -28,15 +31,24 @@ SKIP_SUFFIXES = {".pyc", ".pyo"}
 DEFAULT_OUT = Path("terraform/build/spotleash-functions.zip")
 
 
+ARCHIVE_EXTRAS = ("ssh",)  # the extras the control plane imports (pyproject.toml: [project.optional-dependencies])
+
+
+def find_uv(root: Path) -> str:
+    """The uv that ``uv run`` started us with, else one on PATH, else the project's scripts/uv wrapper."""
+    for candidate in (os.environ.get("UV"), shutil.which("uv"), str(root / "scripts" / "uv")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise SystemExit("uv not found: it exports the runtime requirements from uv.lock (run scripts/bootstrap.sh)")
+
+
 def runtime_requirements(root: Path) -> bytes:
-    """The locked runtime dependencies (no dev group, no hashes, no local project) as requirements.txt."""
-    cmd = ["uv", "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project",
-           "--no-header", "--no-annotate"]
+    """The control plane's locked dependencies (core + ARCHIVE_EXTRAS; no dev group, no hashes, no
+    local project) as requirements.txt."""
+    cmd = [find_uv(root), "export", "--frozen", "--no-dev", "--no-hashes", "--no-emit-project",
+           "--no-header", "--no-annotate", *(a for e in ARCHIVE_EXTRAS for a in ("--extra", e))]
     try:
         out = subprocess.run(cmd, cwd=root, check=True, capture_output=True, timeout=60).stdout
-    except FileNotFoundError as e:
-        raise SystemExit("uv is not on PATH: it exports the runtime requirements from uv.lock "
-                         "(install it with `pip install uv` or run scripts/bootstrap.sh)") from e
     except subprocess.CalledProcessError as e:
         raise SystemExit(f"`{' '.join(cmd)}` failed in {root}: {e.stderr.decode(errors='replace')}") from e
     lines = [ln.rstrip() for ln in out.decode().splitlines() if ln.strip() and not ln.startswith("#")]

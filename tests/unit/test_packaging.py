@@ -1,0 +1,184 @@
+"""Each deployable ships only what it runs: the function archive carries the control plane's
+dependencies (core + the ``ssh`` extra) and nothing of the CLI, the local stack or the tests; the
+code each part imports is declared in the part's own dependency list."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import re
+import sys
+import tomllib
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "shared" / "spotleash"
+
+# Never in the function archive: the CLI, the laptop agent, the local stack, the test and lint tools.
+NOT_IN_ARCHIVE = {
+    "typer", "rich", "psutil", "vastai", "croniter", "google-cloud-scheduler", "pytest", "pytest-timeout",
+    "hypothesis", "mypy", "ruff", "deptry", "python-hcl2", "types-paramiko", "types-psutil", "spotleash",
+    "aiohttp", "pillow", "pycryptodome",  # what vastai used to drag into every function
+}
+
+
+FIRST_PARTY = {"__future__", "local_emulator", "functions", "bench", "tests"}  # besides spotleash, followed
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def req_name(requirement: str) -> str:
+    m = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement)
+    assert m, requirement
+    return norm(m.group(1))
+
+
+@cache
+def pyproject() -> dict:  # type: ignore[type-arg]
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def declared(*extras: str) -> set[str]:
+    project = pyproject()["project"]
+    names = {req_name(r) for r in project["dependencies"]}
+    for extra in extras:
+        names |= {req_name(r) for r in project["optional-dependencies"][extra]}
+    return names
+
+
+def load_archive_builder():  # type: ignore[no-untyped-def]
+    spec = importlib.util.spec_from_file_location("build_function_archive", ROOT / "scripts" / "build_function_archive.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def archive_requirements() -> set[str]:
+    builder = load_archive_builder()
+    text = builder.runtime_requirements(ROOT).decode()
+    return {req_name(line) for line in text.splitlines() if line.strip()}
+
+
+def test_the_function_archive_has_no_cli_test_or_local_stack_package(archive_requirements: set[str]) -> None:
+    leaked = archive_requirements & {norm(n) for n in NOT_IN_ARCHIVE}
+    assert not leaked, f"the function archive would ship {sorted(leaked)}"
+    # and it does carry what the functions run
+    assert {"functions-framework", "google-cloud-firestore", "google-cloud-pubsub", "google-cloud-compute",
+            "pydantic-settings", "tenacity", "paramiko"} <= archive_requirements
+
+
+def _module_file(name: str) -> Path | None:
+    if name == "spotleash" or name.startswith("spotleash."):
+        rel = Path(*name.split(".")[1:])
+        for candidate in (PACKAGE / rel / "__init__.py", (PACKAGE / rel).with_suffix(".py")):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def imports_of(path: Path) -> set[str]:
+    """Every absolute module name ``path`` imports, at top level or inside a function."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names |= {f"{node.module}.{a.name}" for a in node.names}  # `from spotleash import log`
+    return names
+
+
+def reachable(*entry_files: Path) -> tuple[set[Path], set[str]]:
+    """The spotleash modules reachable from the entry files, and the outside modules they import."""
+    seen: set[Path] = set()
+    outside: set[str] = set()
+    todo = list(entry_files)
+    while todo:
+        f = todo.pop()
+        if f in seen:
+            continue
+        seen.add(f)
+        for name in imports_of(f):
+            top = name.split(".")[0]
+            if top == "spotleash":
+                mod = _module_file(name)
+                if mod is not None:
+                    todo.append(mod)
+            elif top not in sys.stdlib_module_names and top not in FIRST_PARTY:
+                outside.add(name)
+    return seen, outside
+
+
+@cache
+def file_owners() -> dict[Path, str]:
+    """Installed file -> the distribution that installed it (from each distribution's RECORD)."""
+    from importlib.metadata import distributions as installed
+
+    owners: dict[Path, str] = {}
+    for dist in installed():
+        for f in dist.files or []:
+            if f.suffix == ".py":
+                owners[Path(str(dist.locate_file(f))).resolve()] = norm(dist.metadata["Name"])
+    return owners
+
+
+def distributions(modules: set[str]) -> set[str]:
+    """The installed distributions that provide ``modules``. ``from x import Name`` lists ``x.Name``,
+    which is no module: the longest importable prefix that is a real file decides."""
+    owners = file_owners()
+    dists: set[str] = set()
+    for name in modules:
+        parts = name.split(".")
+        for depth in range(len(parts), 0, -1):
+            try:
+                spec = importlib.util.find_spec(".".join(parts[:depth]))
+            except (ImportError, ValueError):
+                spec = None
+            if spec is not None and spec.origin and spec.has_location:  # namespace packages have none
+                owner = owners.get(Path(spec.origin).resolve())
+                assert owner, f"{name}: {spec.origin} belongs to no installed distribution"
+                dists.add(owner)
+                break
+    return dists
+
+
+def test_what_the_function_code_imports_is_what_the_archive_ships(archive_requirements: set[str]) -> None:
+    modules, outside = reachable(ROOT / "functions" / "main.py")
+    assert PACKAGE / "services" / "launch.py" in modules and PACKAGE / "store.py" in modules
+    assert not {PACKAGE / "cli.py", PACKAGE / "demo.py", PACKAGE / "smoke.py"} & modules, \
+        "the functions reach the CLI"
+    needed = distributions(outside)
+    assert needed, outside
+    assert needed <= declared("ssh"), f"the functions import undeclared {sorted(needed - declared('ssh'))}"
+    assert needed <= archive_requirements
+
+
+def test_the_instance_agent_needs_only_core_and_its_extra() -> None:
+    agent = PACKAGE / "instance_agent"
+    _, outside = reachable(agent / "__main__.py", agent / "watchdog.py")
+    needed = distributions(outside)
+    assert "psutil" in needed
+    assert needed <= declared("instance"), f"undeclared for the instance: {sorted(needed - declared('instance'))}"
+
+
+def test_the_cli_needs_only_core_and_its_extras() -> None:
+    _, outside = reachable(PACKAGE / "cli.py", PACKAGE / "agent" / "__main__.py")
+    needed = distributions(outside)
+    assert {"typer", "rich", "psutil"} <= needed
+    allowed = declared("cli", "ssh")
+    assert needed <= allowed, f"undeclared for the CLI: {sorted(needed - allowed)}"
+
+
+def test_vastai_is_a_test_tool_only() -> None:
+    product = [*PACKAGE.rglob("*.py"), *(ROOT / "functions").rglob("*.py"), *(ROOT / "local_emulator").rglob("*.py")]
+    users = [p.relative_to(ROOT) for p in product if any(n.split(".")[0] == "vastai" for n in imports_of(p))]
+    assert users == []
+    dev = {req_name(r) for r in pyproject()["dependency-groups"]["dev"] if isinstance(r, str)}
+    assert "vastai" in dev and "vastai" not in declared("cli", "ssh", "local", "instance")
