@@ -1,7 +1,8 @@
 """The ``spotleash`` command line. Thin: it parses options and calls spotleash's modules.
 
-Exit codes: 0 ok, 1 the operation failed, 2 wrong usage or configuration, 3 instances left running.
-Errors print as one sentence; ``--debug`` shows the traceback.
+Exit codes (``spotleash.errors.ExitCode``): 0 ok, 1 the operation failed, 2 wrong usage or
+configuration, 3 instances left running, 130 interrupted. Errors print as one sentence; ``--debug``
+shows the traceback.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from spotleash.config import Settings, load_settings
-from spotleash.errors import ConfigError, SpotleashError
-
-EXIT_FAILED, EXIT_USAGE, EXIT_LEFT_RUNNING = 1, 2, 3
+from spotleash.errors import ConfigError, ExitCode, SpotleashError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 local_app = typer.Typer(no_args_is_help=True, help="The local stack: Google's emulators, our fakes, the functions.")
@@ -181,7 +181,7 @@ def down(
             console.print("nothing is running")
             return
         if not yes and not typer.confirm(f"release {len(leases)} lease(s): {', '.join(leases)}?"):
-            raise typer.Exit(EXIT_FAILED)
+            raise typer.Exit(ExitCode.FAILED)
     else:
         leases = [lease_id or default_lease_id()]
     pub = Publisher(s)
@@ -215,7 +215,7 @@ def reap(
         for note in report.plan.notes:
             err_console.print(f"[yellow]{note}[/]")
     if report.plan.blocked or report.failed:
-        raise typer.Exit(EXIT_FAILED)
+        raise typer.Exit(ExitCode.FAILED)
 
 
 # ------------------------------------------------------------------ demo, vast
@@ -244,24 +244,24 @@ from spotleash.publish_cli import publish_command  # noqa: E402 - the command li
 app.command("publish")(publish_command)
 
 
+def _fail(prefix: str, e: BaseException, code: ExitCode, hint: str = "") -> None:
+    if _debug:
+        raise e
+    # soft_wrap: one sentence stays one line whatever the width; escape: a path or a JSON example in
+    # the message is text, not rich markup
+    err_console.print(f"[red]{prefix}:[/] {escape(str(e))}{hint}", soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     try:
         app()  # click's standalone mode handles usage errors (exit 2) and typer.Exit
     except KeyboardInterrupt:
         err_console.print("interrupted")
-        sys.exit(130)
+        sys.exit(ExitCode.INTERRUPTED)
     except ConfigError as e:
-        if _debug:
-            raise
-        err_console.print(f"[red]configuration error:[/] {e}")
-        sys.exit(EXIT_USAGE)
+        _fail("configuration error", e, ExitCode.USAGE)
     except (SpotleashError, OSError) as e:
-        if _debug:
-            raise
-        err_console.print(f"[red]error:[/] {e}")
-        sys.exit(EXIT_FAILED)
+        _fail("error", e, ExitCode.FAILED)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
-        if _debug:
-            raise
-        err_console.print(f"[red]unexpected error ({type(e).__name__}):[/] {e} — run with --debug for details")
-        sys.exit(EXIT_FAILED)
+        _fail(f"unexpected error ({type(e).__name__})", e, ExitCode.FAILED, " — run with --debug for details")

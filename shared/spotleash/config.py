@@ -1,19 +1,30 @@
 """One settings object, read from ``SPOTLEASH_*`` environment variables and an optional TOML file.
 
-``load_settings()`` validates everything at start and turns pydantic's errors into one
-``ConfigError`` whose message names each variable and what to put in it.
+The sources, highest first: explicit overrides, the environment, the TOML file (named by
+``SPOTLEASH_CONFIG_FILE``, else ``spotleash.toml`` found upward; read by pydantic-settings' own TOML
+source, its ``[app]`` table turned into settings by ``appspec``), the defaults. ``load_settings()``
+validates everything at start and turns every failure (a wrong value, a file that is missing,
+unreadable or not TOML) into one ``ConfigError`` whose message names the variable and what to fix.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import stat
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+    TomlConfigSettingsSource,
+)
 
 from spotleash import appspec
 from spotleash.errors import ConfigError
@@ -107,6 +118,23 @@ class Settings(BaseSettings):
     budget_stop_all: bool = Field(True, description="a budget alert past 100 % makes the reaper stop everything")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="log level")
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - pydantic-settings' signature
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        # spotleash.toml (named, or found upward): top-level settings plus what its [app] table implies
+        file_path = appspec.find_config_file(os.environ.get(CONFIG_FILE_VAR))
+        if file_path is not None:
+            toml = config_file_source(settings_cls, file_path, named=bool(os.environ.get(CONFIG_FILE_VAR)))
+            sources.append(InitSettingsSource(settings_cls, appspec.settings_values(toml.toml_data, file_path)))
+        return tuple(sources)
+
     @model_validator(mode="after")
     def _coherent(self) -> Settings:
         if self.ram_release_below >= self.ram_threshold:
@@ -138,30 +166,41 @@ def _explain(err: ValidationError) -> str:
     return "invalid spotleash configuration — fix these:\n  " + "\n  ".join(lines)
 
 
-def _file_values(path: Path) -> dict[str, Any]:
+def config_file_source(settings_cls: type[BaseSettings], path: Path, *, named: bool = True) -> TomlConfigSettingsSource:
+    """pydantic-settings' TOML source for ``path``; every way the file can fail is one ConfigError
+    naming SPOTLEASH_CONFIG_FILE, or the file found upward (the source itself would skip a missing
+    file or a directory)."""
+    path = path.expanduser()
+    where = f"{CONFIG_FILE_VAR} points to {path}" if named else f"{path} (found as {appspec.CONFIG_NAME})"
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{CONFIG_FILE_VAR} points to {path}, which does not exist") from e
+        mode = path.stat().st_mode
+    except (FileNotFoundError, NotADirectoryError) as e:
+        raise ConfigError(f"{where}, which does not exist") from e
+    except PermissionError as e:  # a folder on the way may not be entered
+        raise ConfigError(f"{where}, which this user may not reach (permission denied)") from e
+    except OSError as e:
+        raise ConfigError(f"{where}, which cannot be read: {e.strerror or e}") from e
+    if stat.S_ISDIR(mode):
+        raise ConfigError(f"{where}, which is a directory, not a TOML file")
+    if not stat.S_ISREG(mode):
+        raise ConfigError(f"{where}, which is not a regular file")
+    try:
+        return TomlConfigSettingsSource(settings_cls, toml_file=path)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{CONFIG_FILE_VAR}: {path} is not valid TOML: {e}") from e
+        raise ConfigError(f"{CONFIG_FILE_VAR if named else appspec.CONFIG_NAME}: {path} is not valid TOML: {e}") from e
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where}, which is not UTF-8 text (byte {e.object[e.start]:#04x} at offset "
+                          f"{e.start}): a TOML file must be UTF-8") from e
+    except PermissionError as e:
+        raise ConfigError(f"{where}, which this user may not read (permission denied)") from e
+    except OSError as e:
+        raise ConfigError(f"{where}, which cannot be read: {e.strerror or e}") from e
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Settings from the environment, then the optional file, then explicit overrides (highest)."""
-    values: dict[str, Any] = {}
-    # spotleash.toml (named, or found upward): top-level settings plus what its [app] table implies
-    file_path = appspec.find_config_file(os.environ.get(CONFIG_FILE_VAR))
-    if file_path is not None:
-        values.update(appspec.settings_values(_file_values(file_path), file_path))
-    values.update(overrides)
-    # Environment variables must win over the file: pass only keys the environment does not set.
-    # (case-insensitive, as pydantic-settings reads them)
-    env_keys = {k[len(ENV_PREFIX):].lower() for k in os.environ if k.upper().startswith(ENV_PREFIX)}
-    values = {k: v for k, v in values.items() if k not in env_keys or k in overrides}
+    """Settings from explicit overrides (highest), the environment, the optional file, the defaults."""
     try:
-        return Settings(**values)
+        return Settings(**overrides)
     except ValidationError as e:
         raise ConfigError(_explain(e)) from e
     except SettingsError as e:  # a list/dict variable that is not JSON: pydantic-settings fails before validating

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spotleash.config import Settings, load_settings
+from spotleash.errors import ExitCode
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.providers import PROVIDER_NAMES, build_provider
@@ -40,7 +41,6 @@ DEMO_TIMINGS = {
     "SPOTLEASH_CONFIRM_DELETE_S": "20",
 }
 REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
-EXIT_LEFT_RUNNING = 3
 
 
 @dataclass
@@ -160,9 +160,9 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         left = leftovers(settings, store)
         if left:
             console.print("[bold red]INSTANCES LEFT RUNNING:[/]\n  " + "\n  ".join(left))
-            return EXIT_LEFT_RUNNING
+            return ExitCode.LEFT_RUNNING
         console.print(f"[bold green]0 instances left[/] — demo finished in {time.monotonic() - started:.0f}s")
-        return 0 if smoke_rc == 0 else 1
+        return ExitCode.OK if smoke_rc == ExitCode.OK else ExitCode.FAILED
     finally:
         os.environ.clear()
         os.environ.update(saved)

@@ -6,6 +6,18 @@ entry points decide on retry / ack / dead-letter from the type alone.
 
 from __future__ import annotations
 
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    """The one table of exit codes, for every command: the CLI, the agent, the demo, the smoke run."""
+
+    OK = 0
+    FAILED = 1  # the operation failed
+    USAGE = 2  # wrong usage or configuration (the message says what to fix)
+    LEFT_RUNNING = 3  # instances were left running
+    INTERRUPTED = 130  # Ctrl-C (128 + SIGINT)
+
 
 class SpotleashError(Exception):
     """Root of every error spotleash raises on purpose."""

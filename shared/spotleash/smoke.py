@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.prompt import Confirm
 from rich.table import Table
 
-from spotleash.errors import CapacityExhausted, SpotleashError
+from spotleash.errors import CapacityExhausted, ExitCode, SpotleashError
 from spotleash.events import utcnow
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
@@ -304,11 +304,11 @@ def smoke_command(real: bool, json_out: Path | None, yes: bool) -> int:
     try:
         if not real:
             smoke_against_fake(console=console, report_path=report_path)
-            return 0
+            return ExitCode.OK
         key = os.environ.get("VAST_API_KEY") or os.environ.get("SPOTLEASH_VAST_API_KEY")
         if not key:
             console.print("[red]--real needs VAST_API_KEY (your VAST.ai API key) in the environment[/red]")
-            return 2
+            return ExitCode.USAGE
         from spotleash.config import load_settings
 
         settings = load_settings()
@@ -327,13 +327,13 @@ def smoke_command(real: bool, json_out: Path | None, yes: bool) -> int:
                       confirm_price=confirm, target="real")
         finally:
             provider.close()
-        return 0
+        return ExitCode.OK
     except SmokeFailed as e:
         console.print(f"[red]smoke run failed:[/red] {e}")
-        return 1
+        return ExitCode.FAILED
     except SpotleashError as e:
         console.print(f"[red]smoke run could not start:[/red] {e}")
-        return 2
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         console.print("[yellow]interrupted; the instance (if any) was destroyed[/yellow]")
-        return 130
+        return ExitCode.INTERRUPTED

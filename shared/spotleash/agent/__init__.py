@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spotleash.errors import ConfigError
+from spotleash.errors import ConfigError, ExitCode
 from spotleash.events import ID_PATTERN
 
 if TYPE_CHECKING:
@@ -64,7 +64,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         lock = LeaseLock(settings.state_dir, lease).acquire()
     except (ConfigError, LockHeld) as e:
         log.error(str(e), lease_id=lease)
-        return 2
+        return ExitCode.USAGE
     try:
         log.info("agent starting", lease_id=lease, pid=os.getpid(), project=settings.project,
                  ram_source=f"trace {trace} x{trace_speed}" if trace else "psutil",

@@ -19,13 +19,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from spotleash.config import load_settings
-    from spotleash.errors import ConfigError
+    from spotleash.errors import ConfigError, ExitCode
 
     try:
         settings = load_settings()
     except ConfigError as e:
         print(f"spotleash agent: {e}", file=sys.stderr)
-        return 2
+        return ExitCode.USAGE
     return agent_main(settings, args.lease_id, args.trace, args.trace_speed, run_for_s=args.run_for)
 
 
