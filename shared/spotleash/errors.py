@@ -35,6 +35,15 @@ class Transient(SpotleashError):
     """Worth retrying: rate limits, timeouts, 5xx, contention."""
 
 
+class LeaseUnknown(Transient):
+    """A demand names a lease the control plane has not seen: it waits (a redelivery) for the lease's
+    first renewal, and is refused as ``lease_unknown`` at its last allowed delivery."""
+
+    def __init__(self, lease_id: str) -> None:
+        super().__init__(f"lease {lease_id} is not known yet; the demand waits for its first renewal")
+        self.lease_id = lease_id
+
+
 class ProviderError(SpotleashError):
     """A cloud provider refused or failed a call."""
 

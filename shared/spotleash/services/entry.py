@@ -2,7 +2,9 @@
 
 The ack/nack policy in one place: bad input is acknowledged, recorded in ``rejected`` with its
 reason and copied to the dead-letter topic (never redelivered); transient failures raise, so
-Pub/Sub redelivers with backoff and, past max attempts, dead-letters the message.
+Pub/Sub redelivers with backoff and, past max attempts, dead-letters the message. A demand whose
+lease is not known yet answers 503 with one warning line (no traceback) and is redelivered; at its
+last allowed delivery it is refused as ``lease_unknown`` (recorded, dead-lettered, acked).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from pydantic import BaseModel
 
 from spotleash import log as slog
 from spotleash.config import Settings, load_settings
-from spotleash.errors import BadInput, ConfigError
+from spotleash.errors import BadInput, ConfigError, LeaseUnknown
 from spotleash.events import Rejected, parse_event
 from spotleash.providers import build_provider, enabled_providers
 from spotleash.providers.base import Provider
@@ -83,6 +85,57 @@ def reject(ctx: Context, source: str, reason: str, detail: str, raw: bytes, mess
     dead_letter(ctx, source, reason, raw)
 
 
+def max_delivery_attempts(source: str) -> int | None:
+    """The dead-letter policy's limit of the subscription that pushes ``source`` events (topology.json)."""
+    function = f"on_{source}"
+    limits = [s.max_delivery_attempts for s in load_topology().subscriptions.values() if s.function == function]
+    return limits[0] if limits else None
+
+
+def delivery_attempt(data: Any) -> int | None:
+    """Pub/Sub's ``deliveryAttempt`` of this push (set on subscriptions with a dead-letter policy).
+
+    functions-framework drops it when it turns a raw push into a CloudEvent, so the raw push body of
+    the current request is read as well.
+    """
+    from flask import has_request_context, request
+
+    envelopes = [data, request.get_json(silent=True) if has_request_context() else None]
+    for env in envelopes:
+        if isinstance(env, dict):
+            value = env.get("deliveryAttempt", env.get("delivery_attempt"))
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+    return None
+
+
+def counted_attempt(ctx: Context, source: str, key: str, limit: int) -> int:
+    """This delivery's number when the push does not say (the Pub/Sub emulator never does): each wait
+    claims the next free marker in the ``events`` collection, so the n-th delivery gets n."""
+    for n in range(1, limit + 1):
+        if ctx.store.mark_event(f"{source}-{key}-wait-{n}", f"{source}_wait", ctx.now()):
+            return n
+    return limit
+
+
+def wait_or_give_up(ctx: Context, source: str, data: Any, error: LeaseUnknown, raw: bytes, message_id: str,
+                    event_id: str) -> str:
+    """A demand for a lease not known yet: redeliver (503, one warning line), or at the last allowed
+    delivery record it in ``rejected`` as ``lease_unknown``, dead-letter it and acknowledge it."""
+    from flask import abort
+
+    limit = max_delivery_attempts(source)
+    attempt = delivery_attempt(data)
+    if attempt is None and limit is not None:
+        attempt = counted_attempt(ctx, source, message_id or event_id, limit)
+    if limit is not None and attempt is not None and attempt >= limit:
+        reject(ctx, source, "lease_unknown", f"{error} (delivery {attempt} of {limit}: giving up)", raw, message_id)
+        return "rejected"
+    log.warning("demand waits for its lease; Pub/Sub redelivers it", source=source, lease_id=error.lease_id,
+                event_id=event_id, message_id=message_id, attempt=attempt, max_attempts=limit)
+    abort(503, description=str(error))  # an HTTP error: flask answers it without logging a crash
+
+
 def handle_message(source: str, data: Any, model: type[M], service: Callable[[Context, M], Any],
                    *, dedup: bool = False) -> str:
     """Run ``service`` on one Pub/Sub message. Returns a short outcome; raises only to get a redelivery."""
@@ -101,6 +154,8 @@ def handle_message(source: str, data: Any, model: type[M], service: Callable[[Co
         log.info("duplicate delivery", source=source, event_id=event_id, message_id=message_id)
     try:
         result = service(ctx, parsed)
+    except LeaseUnknown as e:
+        return wait_or_give_up(ctx, source, data, e, raw, message_id, event_id)
     except BadInput as e:
         reject(ctx, source, "refused", str(e), raw, message_id)
         return "rejected"

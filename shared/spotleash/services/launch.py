@@ -20,7 +20,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from spotleash.errors import BadInput, CapacityExhausted, ProviderPermanent, Transient
+from spotleash.errors import BadInput, CapacityExhausted, LeaseUnknown, ProviderPermanent, Transient
 from spotleash.events import DemandEvent
 from spotleash.ledger import committed, month_to_date, region_of
 from spotleash.log import get_logger
@@ -55,7 +55,7 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
     if lease is None:
         # The agent renews its lease before it demands, but the two travel on different topics: wait
         # for the lease (a redelivery) rather than launch something no lease will ever let go of.
-        raise Transient(f"lease {lease_id} is not known yet; the demand waits for its first renewal")
+        raise LeaseUnknown(lease_id)
     budget = store.get_budget() or {}
     return LaunchFacts(
         lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING],
