@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line with ``severity``, as Cloud Logging reads it.
+"""Structured logs: one JSON object per line with ``severity``, as Cloud Logging reads it; on a
+terminal, one human line per record instead (time, level, message, key=value).
 
 Pass context as keyword fields (``event_id``, ``lease_id``, ``instance_id``, ``reason``...).
 Fields whose name looks secret are masked, so a token can never reach a log by accident.
@@ -34,15 +35,47 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
+def _plain(value: Any) -> str:
+    text = str(value)
+    return json.dumps(text) if not text or any(c.isspace() or c in "\"=" for c in text) else text
+
+
+class HumanFormatter(logging.Formatter):
+    """``14:02:07 WARNING launch failed  instance_id=i-1 reason=no_capacity`` (local time)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = datetime.fromtimestamp(record.created).astimezone().strftime("%H:%M:%S")
+        fields = _mask(getattr(record, "fields", {}))
+        kv = " ".join(f"{k}={_plain(v)}" for k, v in fields.items() if v is not None)
+        line = f"{when} {record.levelname:<7} {record.getMessage()}" + (f"  {kv}" if kv else "")
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except (OSError, ValueError):  # a closed or detached stream
+        return False
+
+
+def formatter_for(stream: Any) -> logging.Formatter:
+    """Human lines for a person at a terminal; JSON for files, pipes and Cloud Logging."""
+    return HumanFormatter() if is_terminal(stream) else JsonFormatter()
+
+
 def configure(level: str = "INFO", stream: Any = None) -> None:
-    """Route the root logger to JSON lines on stderr (idempotent)."""
+    """Route the root logger to stderr (idempotent): human lines on a terminal, JSON lines otherwise."""
     global _configured
     root = logging.getLogger()
     root.setLevel(level)
     if _configured:
         return
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JsonFormatter())
+    out = stream or sys.stderr
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(formatter_for(out))
     root.handlers[:] = [handler]
     _configured = True
 

@@ -16,6 +16,7 @@ from typing import Any, Protocol
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from spotleash.config import Settings
 from spotleash.errors import Transient
@@ -165,9 +166,21 @@ class FirestoreStore:
             q = q.where(filter=FieldFilter("state", "in", [str(s) for s in LIVE]))
         return [r for r in self._records(q) if r.deployment_id == self.deployment_id]
 
-    def all_instances(self, limit: int = 500) -> list[InstanceRecord]:
-        q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).limit(limit)
-        return self._records(q)
+    def all_instances(self, page_size: int = 500) -> list[InstanceRecord]:
+        """Every record of the deployment, ended ones too, read page by page (a cursor on the id)."""
+        base = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).order_by(
+            FieldPath.document_id())
+        out: list[InstanceRecord] = []
+        last: Any = None
+        while True:
+            page = base if last is None else base.start_after(last)
+            query = page.limit(page_size)
+            docs: list[Any] = self._wrap(lambda: list(query.stream()))  # noqa: B023 - called at once
+            self.reads += len(docs)
+            out.extend(InstanceRecord.model_validate(d.to_dict()) for d in docs)
+            if len(docs) < page_size:
+                return out
+            last = docs[-1]
 
     def instances_since(self, since: datetime) -> list[InstanceRecord]:
         q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
