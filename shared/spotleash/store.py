@@ -166,21 +166,23 @@ class FirestoreStore:
             q = q.where(filter=FieldFilter("state", "in", [str(s) for s in LIVE]))
         return [r for r in self._records(q) if r.deployment_id == self.deployment_id]
 
-    def all_instances(self, page_size: int = 500) -> list[InstanceRecord]:
-        """Every record of the deployment, ended ones too, read page by page (a cursor on the id)."""
+    def all_instances(self, limit: int | None = None, *, page_size: int = 500) -> list[InstanceRecord]:
+        """The deployment's records, ended ones too, in id order: every one unless ``limit`` caps them.
+        Read page by page with a cursor on the document id, so no single query grows without bound."""
         base = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).order_by(
             FieldPath.document_id())
         out: list[InstanceRecord] = []
         last: Any = None
-        while True:
-            page = base if last is None else base.start_after(last)
-            query = page.limit(page_size)
+        while limit is None or len(out) < limit:
+            want = page_size if limit is None else min(page_size, limit - len(out))
+            query = (base if last is None else base.start_after(last)).limit(want)
             docs: list[Any] = self._wrap(lambda: list(query.stream()))  # noqa: B023 - called at once
             self.reads += len(docs)
             out.extend(InstanceRecord.model_validate(d.to_dict()) for d in docs)
-            if len(docs) < page_size:
-                return out
+            if len(docs) < want:
+                break
             last = docs[-1]
+        return out
 
     def instances_since(self, since: datetime) -> list[InstanceRecord]:
         q = self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(

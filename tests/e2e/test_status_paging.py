@@ -42,6 +42,7 @@ def test_all_instances_pages_through_every_record(local_stack: object) -> None:
     for page_size in (1, 3, 7, 100):
         got = [r.instance_id for r in store.all_instances(page_size=page_size)]
         assert sorted(got) == sorted(ids), page_size  # each exactly once
+    assert len(store.all_instances(2, page_size=1)) == 2 and len(store.all_instances(5, page_size=3)) == 5
 
 
 def test_status_all_shows_more_than_one_page(local_stack: object) -> None:

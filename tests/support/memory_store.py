@@ -177,7 +177,7 @@ class MemoryStore:
         return [r for r in self._records(lambda r: r.lease_id == lease_id and (not live_only or r.state in LIVE))
                 if self._ours(r)]
 
-    def all_instances(self, limit: int = 500) -> list[InstanceRecord]:
+    def all_instances(self, limit: int | None = None) -> list[InstanceRecord]:
         return self._records(self._ours)[:limit]
 
     @_scripted

@@ -4,8 +4,8 @@ HTTP 503 so Pub/Sub redelivers); the last allowed delivery is recorded in ``reje
 
 In-process, the way functions-framework tests its own functions: a raw Pub/Sub push (as the
 subscription sends it, with ``deliveryAttempt``) goes to ``create_app(...).test_client()``, whose
-function calls ``entry.handle_message`` with the real launch service. The store is an in-memory
-double of the calls this path makes; the dead-letter publish (the Pub/Sub boundary) is recorded.
+function calls ``entry.handle_message`` with the real launch service on the in-memory store and fake
+providers (tests/support); the dead-letter publish (the Pub/Sub boundary) is recorded.
 """
 
 from __future__ import annotations
@@ -13,25 +13,25 @@ from __future__ import annotations
 import base64
 import logging
 import uuid
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 from functions_framework import create_app
+from tests.support.builders import demand, open_lease
+from tests.support.memory_store import MemoryStore
 
-from spotleash.config import load_settings
-from spotleash.events import Component, DemandEvent
-from spotleash.model import InstanceRecord, Lease
+from spotleash.events import DemandEvent
+from spotleash.model import State
 from spotleash.services import entry
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
 
 LIMIT = entry.max_delivery_attempts("demand")
-NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
 FUNCTION_SOURCE = '''
 from spotleash.events import DemandEvent
+from spotleash.model import State
 from spotleash.services.entry import handle_message
 from spotleash.services.launch import handle_demand
 import functions_framework
@@ -42,42 +42,11 @@ def on_demand(event):
 '''
 
 
-class StoreDouble:
-    """The store calls of a demand that finds no lease, kept in memory."""
-
-    def __init__(self) -> None:
-        self.events: set[str] = set()
-        self.rejects: list[dict[str, Any]] = []
-        self.leases: dict[str, Lease] = {}
-
-    def mark_event(self, event_id: str, kind: str, now: datetime) -> bool:  # noqa: ARG002
-        if event_id in self.events:
-            return False
-        self.events.add(event_id)
-        return True
-
-    def get(self, instance_id: str) -> InstanceRecord | None:  # noqa: ARG002
-        return None
-
-    def live_instances(self) -> list[InstanceRecord]:
-        return []
-
-    def instances_since(self, since: datetime) -> list[InstanceRecord]:  # noqa: ARG002
-        return []
-
-    def get_lease(self, lease_id: str) -> Lease | None:
-        return self.leases.get(lease_id)
-
-    def reject(self, **fields: Any) -> None:
-        self.rejects.append(fields)
-
-
 @pytest.fixture()
-def ctx(monkeypatch: pytest.MonkeyPatch) -> Context:
-    settings = load_settings(heartbeat_signing_key="test-key", heartbeat_url="http://127.0.0.1:1/hb")
-    context = Context(settings=settings, store=StoreDouble(), clock=lambda: NOW)  # type: ignore[arg-type]
-    monkeypatch.setattr(entry, "context", lambda: context)
-    return context
+def entry_ctx(ctx: Context, monkeypatch: pytest.MonkeyPatch) -> Context:
+    """The services' Context (conftest: memory store, fake providers, fake clock) as the functions' own."""
+    monkeypatch.setattr(entry, "context", lambda: ctx)
+    return ctx
 
 
 @pytest.fixture()
@@ -94,16 +63,11 @@ def client(tmp_path: Path) -> Any:
     return create_app(target="on_demand", source=str(source), signature_type="cloudevent").test_client()
 
 
-def demand(lease_id: str) -> DemandEvent:
-    return DemandEvent(lease_id=lease_id, trigger="threshold", ram_percent=92.0,
-                       components=[Component(name="vision", ram_gb=4.0)], created_at=NOW)
-
-
 def push(event: DemandEvent, message_id: str, attempt: int | None) -> dict[str, Any]:
     """The body a Pub/Sub push subscription POSTs (``deliveryAttempt`` only with a dead-letter policy)."""
     body: dict[str, Any] = {
         "message": {"data": base64.b64encode(event.to_bytes()).decode(), "messageId": message_id,
-                    "publishTime": NOW.isoformat().replace("+00:00", "Z"), "attributes": {}},
+                    "publishTime": "2026-11-29T12:00:00Z", "attributes": {}},
         "subscription": "projects/spotleash-local/subscriptions/spotleash-demand-push",
     }
     if attempt is not None:
@@ -119,11 +83,14 @@ def test_the_limit_comes_from_the_demand_subscription() -> None:
     assert LIMIT == 5
 
 
+DeadLetters = list[tuple[str, str, bytes]]
+
+
 def test_each_wait_is_one_warning_and_the_last_delivery_is_rejected_as_lease_unknown(
-    ctx: Context, dead_letters: list[tuple[str, str, bytes]], client: Any, caplog: pytest.LogCaptureFixture
+    entry_ctx: Context, store: MemoryStore, dead_letters: DeadLetters, client: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     assert LIMIT is not None
-    event = demand("never-created")
+    event = demand("never-created", event_id=uuid.uuid4().hex)
     message_id = uuid.uuid4().hex
     caplog.set_level(logging.INFO)
     for attempt in range(1, LIMIT):
@@ -135,12 +102,12 @@ def test_each_wait_is_one_warning_and_the_last_delivery_is_rejected_as_lease_unk
         assert warnings[0].levelno == logging.WARNING and not warnings[0].exc_info
         assert warnings[0].fields["attempt"] == attempt and warnings[0].fields["max_attempts"] == LIMIT  # type: ignore[attr-defined]
         assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
-        assert ctx.store.rejects == [] and dead_letters == []  # type: ignore[attr-defined]
+        assert store.rejected() == [] and dead_letters == []
 
     caplog.clear()
     resp = client.post("/projects/spotleash-local/topics/spotleash-demand", json=push(event, message_id, LIMIT))
     assert resp.status_code == 200  # acked: Pub/Sub will not dead-letter it a second time
-    [rejected] = ctx.store.rejects  # type: ignore[attr-defined]
+    [rejected] = store.rejected()
     assert rejected["reason"] == "lease_unknown" and rejected["source"] == "demand"
     assert rejected["message_id"] == message_id and "never-created" in rejected["detail"]
     assert f"delivery {LIMIT} of {LIMIT}" in rejected["detail"]
@@ -149,28 +116,34 @@ def test_each_wait_is_one_warning_and_the_last_delivery_is_rejected_as_lease_unk
 
 
 def test_without_delivery_attempt_the_deliveries_are_counted(
-    ctx: Context, dead_letters: list[tuple[str, str, bytes]], client: Any
+    entry_ctx: Context, store: MemoryStore, dead_letters: DeadLetters, client: Any
 ) -> None:
     """The Pub/Sub emulator sends no deliveryAttempt: the n-th wait of a message counts as delivery n."""
     assert LIMIT is not None
-    event = demand("never-created-2")
+    event = demand("never-created-2", event_id=uuid.uuid4().hex)
     message_id = uuid.uuid4().hex
     codes = [client.post("/projects/p/topics/spotleash-demand", json=push(event, message_id, None)).status_code
              for _ in range(LIMIT)]
     assert codes == [503] * (LIMIT - 1) + [200]
-    assert [r["reason"] for r in ctx.store.rejects] == ["lease_unknown"]  # type: ignore[attr-defined]
+    assert [r["reason"] for r in store.rejected()] == ["lease_unknown"]
     assert len(dead_letters) == 1
     # another message for the same unknown lease has its own count
-    other = client.post("/projects/p/topics/spotleash-demand", json=push(demand("never-created-2"), "m2", None))
-    assert other.status_code == 503
+    other = push(demand("never-created-2", event_id="ev-2"), "m2", None)
+    assert client.post("/projects/p/topics/spotleash-demand", json=other).status_code == 503
 
 
-def test_called_directly_the_wait_is_an_http_503(ctx: Context, dead_letters: list[tuple[str, str, bytes]]) -> None:
+def test_called_directly_the_wait_is_an_http_503_and_a_later_lease_lets_it_launch(
+    entry_ctx: Context, store: MemoryStore, dead_letters: DeadLetters
+) -> None:
     from werkzeug.exceptions import ServiceUnavailable
 
     with pytest.raises(ServiceUnavailable, match="lease late-lease is not known yet"):
         entry.handle_message("demand", push(demand("late-lease"), "m3", 1), DemandEvent, handle_demand, dedup=True)
-    assert dead_letters == [] and ctx.store.rejects == []  # type: ignore[attr-defined]
+    assert dead_letters == [] and store.rejected() == []
+    # the lease's first renewal arrives: the next delivery launches
+    open_lease(entry_ctx, "late-lease")
+    assert entry.handle_message("demand", push(demand("late-lease"), "m3", 2), DemandEvent, handle_demand) == "ok"
+    assert [r.state for r in store.instances_of_lease("late-lease")] == [State.RUNNING]
 
 
 @pytest.mark.parametrize(("envelope", "attempt"), [
