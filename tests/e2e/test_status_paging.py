@@ -15,12 +15,12 @@ import pytest
 from google.cloud import firestore
 
 from spotleash.model import State, new_record, transition
-from spotleash.store import Store
+from spotleash.store import FirestoreStore
 
 pytestmark = [pytest.mark.e2e]
 
 
-def seed(store: Store, deployment_id: str, n: int) -> set[str]:
+def seed(store: FirestoreStore, deployment_id: str, n: int) -> set[str]:
     now = datetime.now(UTC)
 
     def put(i: int) -> str:
@@ -37,7 +37,7 @@ def seed(store: Store, deployment_id: str, n: int) -> set[str]:
 
 def test_all_instances_pages_through_every_record(local_stack: object) -> None:
     deployment_id = f"pg-{uuid.uuid4().hex[:8]}"
-    store = Store(firestore.Client(project=os.environ["SPOTLEASH_PROJECT"]), deployment_id)
+    store = FirestoreStore(firestore.Client(project=os.environ["SPOTLEASH_PROJECT"]), deployment_id)
     ids = seed(store, deployment_id, 7)
     for page_size in (1, 3, 7, 100):
         got = [r.instance_id for r in store.all_instances(page_size=page_size)]
@@ -48,7 +48,7 @@ def test_all_instances_pages_through_every_record(local_stack: object) -> None:
 def test_status_all_shows_more_than_one_page(local_stack: object) -> None:
     deployment_id = f"pg-{uuid.uuid4().hex[:8]}"
     n = 503
-    ids = seed(Store(firestore.Client(project=os.environ["SPOTLEASH_PROJECT"]), deployment_id), deployment_id, n)
+    ids = seed(FirestoreStore(firestore.Client(project=os.environ["SPOTLEASH_PROJECT"]), deployment_id), deployment_id, n)
     env = {**os.environ, "SPOTLEASH_DEPLOYMENT_ID": deployment_id}
     proc = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--all", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)

@@ -293,7 +293,7 @@ def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureReq
         pytest.skip(f"the session fixture needs every fake; missing: {sorted(missing)}")
     import os
 
-    from conftest import FAST_TIMINGS
+    from tests.conftest import FAST_TIMINGS
 
     info = request.getfixturevalue("local_stack")
     for key, value in {**info.env, **FAST_TIMINGS}.items():
