@@ -71,7 +71,7 @@ def test_the_function_archive_has_no_cli_test_or_local_stack_package(archive_req
     assert not leaked, f"the function archive would ship {sorted(leaked)}"
     # and it does carry what the functions run
     assert {"functions-framework", "google-cloud-firestore", "google-cloud-pubsub", "google-cloud-compute",
-            "pydantic-settings", "tenacity", "paramiko"} <= archive_requirements
+            "pydantic-settings", "tenacity", "paramiko", "requests", "httpx"} <= archive_requirements
 
 
 def _module_file(name: str) -> Path | None:
@@ -149,29 +149,38 @@ def distributions(modules: set[str]) -> set[str]:
     return dists
 
 
+def registered_providers() -> list[Path]:
+    """The provider modules the registry imports by name (importlib: no import statement to follow)."""
+    from spotleash.providers import PROVIDERS
+
+    files = [_module_file(info.implementation.partition(":")[0]) for info in PROVIDERS.values()]
+    assert all(files), files
+    return [f for f in files if f is not None]
+
+
 def test_what_the_function_code_imports_is_what_the_archive_ships(archive_requirements: set[str]) -> None:
-    modules, outside = reachable(ROOT / "functions" / "main.py")
+    modules, outside = reachable(ROOT / "functions" / "main.py", *registered_providers())
     assert PACKAGE / "services" / "launch.py" in modules and PACKAGE / "store.py" in modules
     assert not {PACKAGE / "cli.py", PACKAGE / "demo.py", PACKAGE / "smoke.py"} & modules, \
         "the functions reach the CLI"
     needed = distributions(outside)
-    assert needed, outside
+    assert {"google-cloud-compute", "google-cloud-firestore", "paramiko", "httpx"} <= needed, needed
     assert needed <= declared("ssh"), f"the functions import undeclared {sorted(needed - declared('ssh'))}"
     assert needed <= archive_requirements
 
 
 def test_the_instance_agent_needs_only_core_and_its_extra() -> None:
     agent = PACKAGE / "instance_agent"
-    _, outside = reachable(agent / "__main__.py", agent / "watchdog.py")
+    _, outside = reachable(agent / "__main__.py", agent / "watchdog.py", agent / "front.py")
     needed = distributions(outside)
-    assert "psutil" in needed
+    assert {"psutil", "aiohttp"} <= needed
     assert needed <= declared("instance"), f"undeclared for the instance: {sorted(needed - declared('instance'))}"
 
 
 def test_the_cli_needs_only_core_and_its_extras() -> None:
-    _, outside = reachable(PACKAGE / "cli.py", PACKAGE / "agent" / "__main__.py")
+    _, outside = reachable(PACKAGE / "cli.py", PACKAGE / "agent" / "__main__.py", *(PACKAGE / "router").glob("*.py"))
     needed = distributions(outside)
-    assert {"typer", "rich", "psutil"} <= needed
+    assert {"typer", "rich", "psutil", "aiohttp"} <= needed
     allowed = declared("cli", "ssh")
     assert needed <= allowed, f"undeclared for the CLI: {sorted(needed - allowed)}"
 
