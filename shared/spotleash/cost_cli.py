@@ -16,10 +16,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from spotleash.errors import BadInput
+from spotleash.errors import BadInput, ExitCode
 from spotleash.ledger import Ledger, Line, build_ledger, month_start, region_of
-
-EXIT_USAGE = 2  # spotleash.cli's code for wrong usage
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -108,7 +106,7 @@ def cost_command(settings: Settings, since: str | None, json_out: bool, *, store
         start = parse_since(since, now)
     except BadInput as e:  # wrong usage: exit 2, one sentence, as the CLI's other usage errors
         Console(stderr=True).print(f"[red]error:[/] {e}")
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if store is None:
         from spotleash.store import FirestoreStore
 

@@ -178,7 +178,8 @@ def test_the_instance_agent_needs_only_core_and_its_extra() -> None:
 
 
 def test_the_cli_needs_only_core_and_its_extras() -> None:
-    _, outside = reachable(PACKAGE / "cli.py", PACKAGE / "agent" / "__main__.py", *(PACKAGE / "router").glob("*.py"))
+    _, outside = reachable(PACKAGE / "cli.py", PACKAGE / "agent" / "__main__.py", *(PACKAGE / "router").glob("*.py"),
+                           PACKAGE / "publish_cli.py", PACKAGE / "publish.py")
     needed = distributions(outside)
     assert {"typer", "rich", "psutil", "aiohttp"} <= needed
     allowed = declared("cli", "ssh")
