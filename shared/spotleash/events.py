@@ -55,6 +55,9 @@ class Component(BaseModel):
     gpu: bool = False
 
 
+Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
 class DemandEvent(Event):
     KIND: ClassVar[str] = "demand"
     kind: Literal["demand"] = "demand"
@@ -63,6 +66,9 @@ class DemandEvent(Event):
     ram_percent: Annotated[float, Field(ge=0, le=100)]
     components: Annotated[list[Component], Field(min_length=1, max_length=32)]
     provider: ProviderName | None = None  # None: the control plane chooses
+    # sha256 of the lease's route credential (spotleash.router.channel): the instance's TLS front admits
+    # only requests carrying the credential itself, which never leaves the user's machine. None: no router.
+    route_credential_sha256: Sha256Hex | None = None
 
     @field_validator("components")
     @classmethod
@@ -142,6 +148,9 @@ class Heartbeat(Event):
     # Empty when the instance runs no package (then the first beat makes it READY, as before).
     components: Annotated[dict[ComponentName, ComponentReport], Field(max_length=32)] = {}
     failure: InstanceFailure | None = None
+    # sha256 of the instance's TLS front certificate (DER), pinned at the first beat that carries one;
+    # the router connects only to a front presenting exactly it. None: the instance runs no front.
+    tls_fingerprint: Sha256Hex | None = None
 
 
 class BudgetAlert(BaseModel):

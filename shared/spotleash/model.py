@@ -90,6 +90,8 @@ class InstanceRecord(BaseModel):
     components: list[str] = []
     package_sha256: str | None = None  # the package the launch pinned; READY then waits for its components
     component_states: dict[str, ComponentReport] = {}  # as the last heartbeat reported them, with endpoints
+    route_credential_sha256: str | None = None  # from the demand: what the instance's front admits
+    tls_fingerprint: str | None = None  # the front's certificate, pinned at the first beat that carries one
 
     @property
     def live(self) -> bool:

@@ -23,6 +23,7 @@ CONFIG_KEY = "spotleash-config"  # GCE instance metadata key of the JSON
 TOKEN_KEY = "spotleash-token"  # GCE instance metadata key of the heartbeat token
 CONFIG_ENV = "SPOTLEASH_AGENT_CONFIG"  # environment variable of the JSON (VAST)
 TOKEN_ENV = "SPOTLEASH_HEARTBEAT_TOKEN"  # environment variable of the heartbeat token (VAST)
+FRONT_PORT = 8443  # the TLS front's port: the one port Terraform's firewall and VAST's port map open
 
 
 class AgentConfig(BaseModel):
@@ -43,13 +44,17 @@ class AgentConfig(BaseModel):
     package_url: str = ""  # a V4 signed URL of that object (VAST: no Google identity on the box); secret
     components: list[str] = []  # the components this instance was launched for (empty: all of the package)
     advertise_host: str = ""  # host in the endpoints the user's machine reaches (unset: found on the box)
+    # The authenticating TLS front (instance_agent.front): started before the components when set; it
+    # admits requests carrying the credential whose sha256 this is. Unset: no front, components as before.
+    route_credential_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
+    front_port: int = Field(FRONT_PORT, ge=0, le=65535)  # the instance's one open port (0: any free one)
 
     @classmethod
     def for_launch(cls, spec: LaunchSpec) -> AgentConfig:
         return cls(
             instance_id=spec.instance_id, lease_id=spec.lease_id, deployment_id=spec.deployment_id,
             heartbeat_url=spec.heartbeat_url, heartbeat_interval_s=spec.heartbeat_interval_s,
-            deadline=spec.deadline,
+            deadline=spec.deadline, route_credential_sha256=spec.route_credential_sha256,
         )
 
     @classmethod

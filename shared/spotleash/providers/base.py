@@ -77,6 +77,7 @@ class LaunchSpec:
     heartbeat_token: str = ""
     heartbeat_interval_s: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
+    route_credential_sha256: str = ""  # the lease's route credential hash, for the instance's TLS front
 
     @property
     def labels(self) -> dict[str, str]:

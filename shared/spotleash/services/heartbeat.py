@@ -4,6 +4,10 @@ A beat carries its components' states: the record becomes READY only when every 
 launched for is healthy (an instance without a package: at its first beat), and keeps each one's
 state and endpoint. A package that cannot run, or a component not healthy by its deadline, fails
 the instance: it is deleted and its record ends FAILED with the reason.
+
+The certificate fingerprint of the instance's TLS front is pinned at the first beat that carries one,
+like the VAST SSH host key: only an authenticated beat can set it, and a later beat naming another
+certificate is refused (409, audited) — the router keeps trusting the first one only.
 """
 
 from __future__ import annotations
@@ -39,6 +43,14 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
     if rec.state in ENDED or rec.state == State.TERMINATING:
         return BeatReply(200, "stop", f"instance is {rec.state}")
     now = ctx.now()
+    if beat.tls_fingerprint and rec.tls_fingerprint and beat.tls_fingerprint != rec.tls_fingerprint:
+        ctx.store.audit("tls_fingerprint_refused", "fingerprint differs from the pinned one", now,
+                        instance_id=rec.instance_id, lease_id=rec.lease_id, pinned=rec.tls_fingerprint,
+                        presented=beat.tls_fingerprint)
+        log.warning("heartbeat with another TLS fingerprint than the pinned one; refused",
+                    instance_id=rec.instance_id, lease_id=rec.lease_id, pinned=rec.tls_fingerprint,
+                    presented=beat.tls_fingerprint)
+        return BeatReply(409, "", "TLS fingerprint differs from the one pinned at first contact")
     lease = ctx.store.get_lease(rec.lease_id)
     if lease is None or lease.expired(now):
         # The reaper finds expired leases by query; a lease whose document is gone (lost records) it
@@ -61,9 +73,11 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         dst = State.READY if ready else r.state
         states = dict(beat.components) if beat.components else r.component_states
         return transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
-                          component_states=states)
+                          component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint)
 
     updated = ctx.store.update(beat.instance_id, beat_in)
+    if updated is not None and updated.tls_fingerprint and not rec.tls_fingerprint:
+        log.info("TLS fingerprint pinned", instance_id=rec.instance_id, fingerprint=updated.tls_fingerprint)
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
         endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
         ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,

@@ -87,6 +87,7 @@ def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: dateti
         deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),
         gpu=gpu, image=s.gpu_image, heartbeat_url=s.heartbeat_url or "",
         heartbeat_token=ctx.heartbeat_token(rec.instance_id), heartbeat_interval_s=s.heartbeat_interval_s,
+        route_credential_sha256=rec.route_credential_sha256 or "",
     )
 
 
@@ -155,6 +156,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
             replaces=replaces, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
             machine=decision.machine if isinstance(decision, LaunchPlan) else None,
             price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
+            route_credential_sha256=event.route_credential_sha256,
         )
         if isinstance(decision, Refusal):
             refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
@@ -261,7 +263,7 @@ def failover_event(rec: InstanceRecord, now: datetime) -> DemandEvent:
     per = max(rec.ram_gb / len(names), 0.5)
     return DemandEvent(
         event_id=f"failover-{rec.instance_id}"[:63], created_at=now, lease_id=rec.lease_id, trigger="failover",
-        ram_percent=100.0, provider=rec.provider,
+        ram_percent=100.0, provider=rec.provider, route_credential_sha256=rec.route_credential_sha256,
         components=[Component(name=n, ram_gb=per, gpu=rec.gpu) for n in names],
     )
 
