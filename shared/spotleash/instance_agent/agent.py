@@ -139,6 +139,7 @@ class InstanceAgent:
                 cpu_percent=psutil.cpu_percent(interval=None),
                 components=components,
                 failure=failure,
+                tls_fingerprint=self.workload.tls_fingerprint if self.workload else None,
             )
         except ValidationError as e:
             log.error("cannot build a heartbeat from the config", reason=str(e)[:300])

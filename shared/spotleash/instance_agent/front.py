@@ -30,7 +30,7 @@ import tempfile
 import threading
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import aiohttp
@@ -210,6 +210,18 @@ class FrontThread:
             with contextlib.suppress(RuntimeError):  # loop already closed
                 loop.call_soon_threadsafe(stop.set)
             thread.join(timeout_s)
+
+    def start_on(self, port: int, *, fallback_to_any: bool, timeout_s: float = 10.0) -> tuple[str, int]:
+        """Start on ``port``; when it is taken and ``fallback_to_any`` (several fake instances on one
+        machine), on any free port instead — the endpoint the heartbeat reports says which."""
+        try:
+            return self.start(timeout_s)
+        except OSError as e:
+            if not fallback_to_any or port == 0:
+                raise
+            log.warning("front port taken; listening on a free one", port=port, error=str(e)[:200])
+        self.front.config = replace(self.front.config, listen_port=0)
+        return self.start(timeout_s)
 
     async def _main(self, started: concurrent.futures.Future[tuple[str, int]]) -> None:
         self._loop = asyncio.get_running_loop()

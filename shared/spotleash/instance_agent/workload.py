@@ -5,6 +5,11 @@
 components to the ``Supervisor``. What the heartbeat carries comes from ``snapshot()``: each
 component's report and, if the package could not be run at all, the instance's failure. Any change
 calls ``on_change`` so the agent beats at once instead of at its next interval.
+
+With a route credential in its config the instance runs the router's authenticating TLS front
+(``instance_agent.front``): started before the components, on the instance's one open port, it is the
+endpoint every component reports; components get ``HOST=127.0.0.1`` and are reached only through it,
+and the heartbeat carries its certificate's fingerprint (``tls_fingerprint``).
 """
 
 from __future__ import annotations
@@ -13,13 +18,14 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.instance_agent import bootstrap, package
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure
+from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.instance_agent.supervisor import Supervisor, component_env
@@ -45,6 +51,26 @@ def endpoint_for(advertise_host: str, env: Mapping[str, str], external_ip: str |
     return endpoint
 
 
+class LivePorts(Mapping[str, int]):
+    """Component → the port its process listens on now (the supervisor may choose another than declared)."""
+
+    def __init__(self, workload: Workload) -> None:
+        self._w = workload
+
+    def _ports(self) -> dict[str, int]:
+        sup = self._w.supervisor
+        return {r.launch.name: r.port for r in sup.runners} if sup is not None else {}
+
+    def __getitem__(self, name: str) -> int:
+        return self._ports()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._ports())
+
+    def __len__(self) -> int:
+        return len(self._ports())
+
+
 class Workload:
     def __init__(
         self,
@@ -59,6 +85,7 @@ class Workload:
         installer: Installer | None = None,
         env: Mapping[str, str] | None = None,
         package_root: Path | None = None,
+        front: FrontConfig | None = None,
     ) -> None:
         self.sha256 = sha256
         self._source = source
@@ -79,6 +106,26 @@ class Workload:
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
         self._all_healthy_logged = False
+        self._front_config = front
+        self.front: FrontThread | None = None
+        self.front_address: tuple[str, int] | None = None
+
+    @property
+    def tls_fingerprint(self) -> str | None:
+        return self.front.fingerprint if self.front is not None and self.front_address is not None else None
+
+    def _component_endpoint(self, port: int) -> str:
+        """What a component's report names: the front's address when there is one (the only way in)."""
+        return self._endpoint(self.front_address[1] if self.front_address is not None else port)
+
+    def _start_front(self, cfg: FrontConfig) -> None:
+        front = FrontThread(FrontConfig(
+            components=LivePorts(self), credential_sha256=cfg.credential_sha256, listen_host=cfg.listen_host,
+            listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash"))
+        # A taken port is another fake instance on this machine; a real instance has its port to itself.
+        self.front_address = front.start_on(cfg.listen_port, fallback_to_any=cfg.listen_host.startswith("127."))
+        self.front = front
+        self._env["HOST"] = "127.0.0.1"  # components: loopback only, the front is the instance's way in
 
     # ------------------------------------------------------------------ what the heartbeat carries
     def snapshot(self) -> tuple[dict[str, ComponentReport], InstanceFailure | None]:
@@ -102,6 +149,16 @@ class Workload:
     # ------------------------------------------------------------------ the work
     def start(self) -> None:
         self._t0 = time.monotonic()
+        if self._front_config is not None:
+            try:
+                self._start_front(self._front_config)
+            except OSError as e:
+                with self._lock:
+                    self.failure = InstanceFailure(reason="front_failed", detail=f"{type(e).__name__}: {e}"[:500])
+                log.error("the TLS front cannot start; components stay off", instance_id=self.instance_id,
+                          detail=str(e)[:300])
+                self._on_change()
+                return
         self._thread = threading.Thread(target=self._run, name="workload", daemon=True)
         self._thread.start()
 
@@ -126,7 +183,7 @@ class Workload:
                 return
             sup = Supervisor(
                 launches, cwd=prepared.app_dir, env=component_env(self._env, prepared.venv, self.instance_id),
-                log_dir=self.work_dir / "logs", endpoint=self._endpoint, on_change=self._on_change,
+                log_dir=self.work_dir / "logs", endpoint=self._component_endpoint, on_change=self._on_change,
             )
             with self._lock:
                 if self._stopping.is_set():
@@ -155,6 +212,8 @@ class Workload:
             sup.stop()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        if self.front is not None:
+            self.front.stop()
 
 
 DEFAULT_WORK_ROOT = Path(tempfile.gettempdir())
@@ -191,5 +250,15 @@ def workload_for(
         sha256=cfg.package_sha256, source=source, components=list(cfg.components), instance_id=cfg.instance_id,
         work_dir=work_dir or DEFAULT_WORK_ROOT / f"spotleash-{cfg.instance_id or 'instance'}",
         endpoint=endpoint_for(cfg.advertise_host, environ, _external_ip(md) if not cfg.advertise_host else None),
-        on_change=on_change, env=environ, package_root=package_root,
+        on_change=on_change, env=environ, package_root=package_root, front=front_config(cfg),
     )
+
+
+def front_config(cfg: AgentConfig) -> FrontConfig | None:
+    """The TLS front a config asks for (its components are filled in by the workload), or None."""
+    if not cfg.route_credential_sha256:
+        return None
+    loopback = cfg.advertise_host.startswith("127.") or cfg.advertise_host == "localhost"
+    return FrontConfig(components={}, credential_sha256=cfg.route_credential_sha256,
+                       listen_host="127.0.0.1" if loopback else "0.0.0.0",  # noqa: S104 - TLS + credential
+                       listen_port=cfg.front_port, common_name=cfg.instance_id or "spotleash")
