@@ -16,6 +16,7 @@
     health_path = "/healthz"
     ram_gb = 2
     local_url = "http://127.0.0.1:8101"
+    route_port = 8201                # the router: the app talks to this port, spotleash picks the copy
 
 The file is the one ``SPOTLEASH_CONFIG_FILE`` names, else the first ``spotleash.toml`` found from the
 working directory upward. The settings ``components``, ``component_ram_gb`` and ``gpu_components`` are

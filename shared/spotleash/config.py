@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     package_channel: str = Field("main", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
                                  description="channel whose latest-<channel>.txt pointer names the package")
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
+    router_admin_port: int | None = Field(8190, ge=1, le=65535, description="loopback port of the agent's router: "
+                                          "/routes (spotleash status) and /metrics (Prometheus)")
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")

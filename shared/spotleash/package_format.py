@@ -35,6 +35,7 @@ import tarfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -217,6 +218,10 @@ class ComponentSpec(BaseModel):
     gpu: bool = Field(False, description="needs a GPU (a demand naming it goes to VAST)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of the process")
     local_url: str | None = Field(None, description="URL of the copy running on the user's machine")
+    route_port: int | None = Field(
+        None, ge=1024, le=65535,
+        description="stable loopback port of the router for this component: the app talks to it and the "
+                    "router sends each request to the local copy or a remote one (unset: not routed)")
     state_paths: list[str] = Field(default_factory=list, description="paths (relative to app) kept across moves")
     start_timeout_s: float = Field(300.0, gt=0, description="healthy by this long after start, or the launch fails")
 
@@ -235,6 +240,28 @@ class ComponentSpec(BaseModel):
             raise ValueError(f"not valid environment variable names: {bad}")
         return v
 
+    @field_validator("local_url")
+    @classmethod
+    def _local_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            parts = urlsplit(v)
+            parts.port  # noqa: B018 - raises on a port that is not a number or out of range
+        except ValueError as e:
+            raise ValueError(f"not a URL with a valid port: {e}") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL such as http://127.0.0.1:8101")
+        return v
+
+    @property
+    def local_port(self) -> int | None:
+        """The port of ``local_url`` (its scheme's default when it names none)."""
+        if self.local_url is None:
+            return None
+        parts = urlsplit(self.local_url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
 
 class AppSpec(BaseModel):
     """The ``[app]`` table of ``spotleash.toml``."""
@@ -252,13 +279,21 @@ class AppSpec(BaseModel):
 
     @model_validator(mode="after")
     def _unique(self) -> AppSpec:
-        for attr in ("name", "port"):
+        for attr in ("name", "port", "route_port"):
             seen: set[object] = set()
             for c in self.components:
                 v = getattr(c, attr)
                 if v in seen:
                     raise ValueError(f"two components share the {attr} {v!r}")
-                seen.add(v)
+                if v is not None:
+                    seen.add(v)
+        # The router listens on route_port on the user's machine, where the local copies already listen.
+        taken = {c.port: f"{c.name}.port" for c in self.components}
+        taken |= {c.local_port: f"{c.name}.local_url" for c in self.components if c.local_port is not None}
+        for c in self.components:
+            if c.route_port is not None and c.route_port in taken:
+                raise ValueError(f"{c.name}.route_port {c.route_port} is also {taken[c.route_port]}: the router "
+                                 "needs a port of its own, the app then talks to it instead")
         return self
 
     def component(self, name: str) -> ComponentSpec:

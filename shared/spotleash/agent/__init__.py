@@ -52,6 +52,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.agent.lock import LeaseLock, LockHeld
     from spotleash.agent.publisher import Publisher
     from spotleash.agent.ram import PsutilRam, RamSource, TraceRam
+    from spotleash.agent.routing import AgentRouter, app_of_settings, start_router
     from spotleash.agent.runner import run_agent
 
     slog.configure(settings.log_level)
@@ -65,11 +66,21 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     except (ConfigError, LockHeld) as e:
         log.error(str(e), lease_id=lease)
         return ExitCode.USAGE
+    router: AgentRouter | None = None
+    try:
+        router = start_router(settings, lease, app_of_settings())
+    except ConfigError as e:
+        log.error(str(e), lease_id=lease)
+        lock.release()
+        return ExitCode.USAGE
     try:
         log.info("agent starting", lease_id=lease, pid=os.getpid(), project=settings.project,
                  ram_source=f"trace {trace} x{trace_speed}" if trace else "psutil",
                  pubsub_emulator=os.environ.get("PUBSUB_EMULATOR_HOST"))
         return run_agent(settings, lease_id=lease, ram_source=ram, publisher=Publisher(settings),
-                         holder=f"{socket.gethostname()} pid {os.getpid()}", run_for_s=run_for_s)
+                         holder=f"{socket.gethostname()} pid {os.getpid()}", run_for_s=run_for_s,
+                         router=router)
     finally:
+        if router is not None:
+            router.stop()  # the shutdown stopped it already; a crash before the loop did not
         lock.release()

@@ -19,6 +19,7 @@ from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseE
 from spotleash.log import get_logger
 
 if TYPE_CHECKING:
+    from spotleash.agent.routing import AgentRouter
     from spotleash.config import Settings
 
 log = get_logger("spotleash.agent")
@@ -73,7 +74,9 @@ class Agent:
         clock: Callable[[], float] = time.monotonic,
         holder: str = "",
         policy: TriggerPolicy | None = None,
+        route_credential_sha256: str | None = None,
     ) -> None:
+        self.route_credential_sha256 = route_credential_sha256  # the router's, when one runs
         self.settings = settings
         self.lease_id = lease_id
         self.ram = ram_source
@@ -143,7 +146,7 @@ class Agent:
         self.state, action = self.policy.step(self.state, (t, used))
         if isinstance(action, Demand):
             ev = DemandEvent(lease_id=self.lease_id, trigger=action.trigger, ram_percent=action.ram_percent,
-                             components=self._components)
+                             components=self._components, route_credential_sha256=self.route_credential_sha256)
             self.stats.demands.append(ev)
             log.info("demand: asking for capacity", lease_id=self.lease_id, event_id=ev.event_id,
                      trigger=action.trigger, ram_percent=action.ram_percent,
@@ -197,11 +200,13 @@ def run_agent(
     holder: str = "",
     run_for_s: float | None = None,
     install_signals: bool = True,
+    router: AgentRouter | None = None,
 ) -> int:
     """Run the agent until a signal (or ``run_for_s``); always release on the way out.
 
     Exit codes: 0 the release was confirmed, 1 it was not (lease expiry will clean up);
-    a second signal exits at once with 128 + signum.
+    a second signal exits at once with 128 + signum. A ``router`` (already started) is stopped by the
+    shutdown, around the release; its credential's hash goes into every demand.
     """
     import threading
 
@@ -209,13 +214,14 @@ def run_agent(
 
     stop_event = stop if stop is not None else threading.Event()
     sd = Shutdown(lease_id=lease_id, publisher=publisher, budget_s=settings.shutdown_budget_s,
-                  lease_ttl_s=settings.lease_ttl_s, stop=stop_event, clock=clock)
+                  lease_ttl_s=settings.lease_ttl_s, stop=stop_event, clock=clock, router=router)
     if install_signals:
         sd.install()
     reason: str | None = None
     try:
         Agent(settings, lease_id=lease_id, ram_source=ram_source, publisher=publisher, stop=stop_event,
-              clock=clock, holder=holder).run(run_for_s)
+              clock=clock, holder=holder,
+              route_credential_sha256=router.credential_sha256 if router is not None else None).run(run_for_s)
     except Exception as e:
         reason = f"agent shutdown: crash ({type(e).__name__})"
         log.exception("agent crashed; releasing the lease", lease_id=lease_id, error=str(e))

@@ -7,6 +7,10 @@ to confirm it, bounded by ``shutdown_budget_s``. It runs exactly once per proces
 paths fire. If the release cannot be confirmed (no network, emulator down, budget spent) the log
 says so, and says that lease expiry (``lease_ttl_s``) will still get every instance deleted.
 
+With a router (``agent.routing``) the release is wrapped: the router sends every new request to the
+local copies first (requests in flight on a remote copy may finish), then the release is published,
+then the router waits for the remote requests still in flight and stops — all inside the same budget.
+
 A signal only *asks* to stop (it sets an event the run loop waits on); the release runs in the
 main thread once the loop returns. A second signal while stopping exits at once with
 ``128 + signum``.
@@ -40,6 +44,19 @@ class _Settable(Protocol):
     def set(self) -> None: ...
 
 
+class RouterHooks(Protocol):
+    """What the shutdown asks of the agent's router (``agent.routing.AgentRouter``)."""
+
+    def release_lease(self) -> None: ...
+
+    def wait_drained(self, timeout_s: float) -> bool: ...
+
+    def stop(self) -> None: ...
+
+
+ROUTER_STOP_RESERVE_S = 1.0  # of the budget, kept for stopping the router after its drain
+
+
 class Shutdown:
     def __init__(
         self,
@@ -51,7 +68,9 @@ class Shutdown:
         stop: _Settable | None = None,
         clock: Callable[[], float] = time.monotonic,
         hard_exit: Callable[[int], Any] = os._exit,
+        router: RouterHooks | None = None,
     ) -> None:
+        self.router = router
         self.lease_id = lease_id
         self.publisher = publisher
         self.budget_s = budget_s
@@ -127,6 +146,33 @@ class Shutdown:
 
     def _release(self, reason: str) -> bool:
         started = self._signal_at if self._signal_at is not None else self._clock()
+        router = self.router
+        if router is None:
+            return self._publish_release(reason, started)
+        try:
+            router.release_lease()
+            log.info("shutdown: router sends every new request to the local copies", lease_id=self.lease_id)
+        except Exception as e:  # noqa: BLE001 - the release must be published whatever the router does
+            log.error("shutdown: router did not take the release", lease_id=self.lease_id,
+                      error=f"{type(e).__name__}: {e}")
+        try:
+            return self._publish_release(reason, started)
+        finally:
+            self._stop_router(router, started)
+
+    def _stop_router(self, router: RouterHooks, started: float) -> None:
+        left = self.budget_s - (self._clock() - started) - ROUTER_STOP_RESERVE_S
+        try:
+            drained = router.wait_drained(max(left, 0.0))
+            router.stop()
+        except Exception as e:  # noqa: BLE001 - a failing router must not keep the agent from exiting
+            log.error("shutdown: router did not stop cleanly", lease_id=self.lease_id,
+                      error=f"{type(e).__name__}: {e}")
+            return
+        log.info("shutdown: router stopped", lease_id=self.lease_id, remote_requests_drained=drained,
+                 elapsed_s=round(self._clock() - started, 3))
+
+    def _publish_release(self, reason: str, started: float) -> bool:
         remaining = self.budget_s - (self._clock() - started)
         log.info("shutdown: publishing release", lease_id=self.lease_id, reason=reason,
                  budget_s=self.budget_s, remaining_s=round(remaining, 3))

@@ -214,6 +214,15 @@ class Router:
         self._apply(changes)
         return changes
 
+    async def drained(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight on any remote target, at most ``timeout_s``."""
+        remotes = [up for ups in self._upstreams.values() for up in ups.values() if up.kind == "remote"]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(up.idle.wait() for up in remotes)), max(timeout_s, 0.0))
+        except TimeoutError:
+            return False
+        return True
+
     def routes(self) -> dict[str, dict[str, Any]]:
         """Per component: where new requests go and why, and the share served remotely so far."""
         out: dict[str, dict[str, Any]] = {}

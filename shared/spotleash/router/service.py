@@ -77,6 +77,17 @@ class RouterService:
     def release_lease(self) -> None:
         self._call(lambda: self.router.release_lease())
 
+    def wait_drained(self, timeout_s: float) -> bool:
+        """Wait until no request is in flight on a remote target (at most ``timeout_s``); True if none is."""
+        loop = self._loop
+        if loop is None or self._router is None:
+            return True
+        future = asyncio.run_coroutine_threadsafe(self._router.drained(timeout_s), loop)
+        try:
+            return bool(future.result(timeout_s + 1.0))
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            return False
+
     def routes(self) -> dict[str, dict[str, Any]]:
         routes: dict[str, dict[str, Any]] = self._call(lambda: self.router.routes())
         return routes

@@ -1,0 +1,116 @@
+"""The agent's router: built from the app's components, started with the agent, stopped in its shutdown.
+
+Every component of ``spotleash.toml`` with a ``route_port`` (and named in ``settings.components``) gets a
+stable loopback port; the app talks to it, the router (``spotleash.router``) sends each request to the
+local copy (``local_url``) or to the copy on a READY instance of this lease. The agent makes the lease's
+route credential here at start; only its sha256 goes into demands (and from there to the instance's TLS
+front), the credential itself stays in this process.
+
+The router's admin port (``settings.router_admin_port``, loopback) serves ``/routes`` (what ``spotleash
+status`` shows) and ``/metrics`` (Prometheus text).
+
+Shutdown order (``agent.shutdown``): ``release_lease()`` first, so new requests go local at once while
+remote ones in flight finish; then the release is published; then ``stop()`` after at most the rest of
+the shutdown budget (the drain is bounded below it).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from spotleash import appspec
+from spotleash.config import CONFIG_FILE_VAR
+from spotleash.errors import ConfigError
+from spotleash.log import get_logger
+from spotleash.router import ComponentRoute, Limits, RouterConfig, RouterService, firestore_watch
+from spotleash.router.channel import credential_hash, new_credential
+from spotleash.router.service import WatchFactory
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
+    from spotleash.package_format import AppSpec
+
+log = get_logger("spotleash.agent.routing")
+
+DRAIN_SHARE = 0.5  # of the shutdown budget: in-flight remote requests may finish for this long
+
+
+def component_routes(app: AppSpec, names: list[str]) -> tuple[ComponentRoute, ...]:
+    """The routed components: those of ``names`` whose spec has a ``route_port``, in ``names`` order."""
+    routes = []
+    for name in names:
+        spec = next((c for c in app.components if c.name == name), None)
+        if spec is None or spec.route_port is None:
+            continue
+        routes.append(ComponentRoute(name=name, listen_port=spec.route_port, local_url=spec.local_url,
+                                     health_path=spec.health_path))
+    return tuple(routes)
+
+
+def app_of_settings() -> AppSpec | None:
+    """The ``[app]`` of the settings file (``SPOTLEASH_CONFIG_FILE`` or ``spotleash.toml`` upward), if any."""
+    path = appspec.find_config_file(os.environ.get(CONFIG_FILE_VAR))
+    if path is None or not path.is_file():
+        return None
+    raw = appspec.read_toml(path)
+    return appspec.parse_app(raw["app"], path) if "app" in raw else None
+
+
+@dataclass
+class AgentRouter:
+    """The running router of one agent and the hash of its credential (what demands carry)."""
+
+    service: RouterService
+    credential_sha256: str
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return self.service.routes()
+
+    # --- the shutdown's hooks (agent.shutdown.RouterHooks)
+    def release_lease(self) -> None:
+        self.service.release_lease()
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        return self.service.wait_drained(timeout_s)
+
+    def stop(self) -> None:
+        self.service.stop()
+
+
+def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str) -> RouterConfig:
+    return RouterConfig(components=routes, credential=credential, admin_port=settings.router_admin_port,
+                        limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5)))
+
+
+def firestore_records(settings: Settings, lease_id: str) -> WatchFactory:
+    """The listener on this lease's instance records (Firestore, or its emulator when the env names one)."""
+    from google.cloud import firestore
+
+    return firestore_watch(firestore.Client(project=settings.project), lease_id)
+
+
+def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
+                 watch_factory: WatchFactory | None = None) -> AgentRouter | None:
+    """Start the router for the app's routed components; None when none is routed.
+
+    ConfigError when a port is taken (another agent, or the app itself on its route port).
+    """
+    routes = component_routes(app, list(settings.components)) if app is not None else ()
+    if not routes:
+        log.info("no component has a route_port: requests are not routed", lease_id=lease_id)
+        return None
+    credential = new_credential()
+    service = RouterService(router_config(settings, routes, credential),
+                            watch_factory=watch_factory or firestore_records(settings, lease_id))
+    try:
+        addresses = service.start()
+    except OSError as e:
+        service.stop()
+        raise ConfigError(f"the router cannot listen on its ports ({e}); is another agent running, or does "
+                          f"a component already use its route_port?") from e
+    log.info("router started", lease_id=lease_id,
+             routes={n: "{}:{}".format(*a) for n, a in addresses.items()},
+             admin=f"127.0.0.1:{settings.router_admin_port}" if settings.router_admin_port else None)
+    return AgentRouter(service, credential_hash(credential))

@@ -1,0 +1,245 @@
+"""The local agent with its router, in-process with real sockets: the router is built from the app's
+``route_port`` components, the demand carries the credential's hash (and the instance front built from
+that hash admits the router), records saying READY move traffic remote, and the shutdown sends new
+requests local *before* the release is published, lets the remote request in flight finish, then stops
+the router — inside the shutdown budget.
+
+Stand-ins, said plainly: the instance is a real ``FrontThread`` before a real HTTP component in this
+process (no fake VM), the publisher is a fake, and the records arrive through the router's watch
+callback the way the Firestore listener delivers them (that listener is tested on the emulator in
+tests/emulator/test_router_watch.py).
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import socket
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotleash.agent.routing import AgentRouter, component_routes, start_router
+from spotleash.agent.runner import run_agent
+from spotleash.config import Settings
+from spotleash.errors import ConfigError
+from spotleash.events import DemandEvent, Event, ReleaseEvent
+from spotleash.instance_agent.front import FrontConfig, FrontThread
+from spotleash.package_format import AppSpec, ComponentSpec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def serve(name: str, slow_s: float = 2.0) -> tuple[http.server.ThreadingHTTPServer, int]:
+    """A component copy answering its own name; ``/slow`` answers after ``slow_s``."""
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path == "/slow":
+                time.sleep(slow_s)
+            body = name.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_a: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, int(srv.server_address[1])
+
+
+def app_with(local_port: int, route_port: int | None, **extra: Any) -> AppSpec:
+    return AppSpec(name="t", components=[ComponentSpec(
+        name="web", command=["x"], port=local_port + 1 if local_port < 65535 else 1024,
+        local_url=f"http://127.0.0.1:{local_port}", route_port=route_port, **extra)])
+
+
+def get(port: int, path: str = "/who", timeout: float = 10.0) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:  # noqa: S310 - loopback
+        return str(r.read().decode())
+
+
+# ---------------------------------------------------------------- the app's routes
+
+
+def test_route_port_must_be_a_port_of_its_own() -> None:
+    ok = app_with(8101, 8201)
+    assert component_routes(ok, ["web"])[0].listen_port == 8201
+    assert component_routes(ok, ["other"]) == ()
+    assert component_routes(app_with(8101, None), ["web"]) == ()  # not routed
+    with pytest.raises(ValueError, match=r"web.route_port 8101 is also web.local_url"):
+        app_with(8101, 8101)
+    with pytest.raises(ValueError, match=r"route_port 8102 is also web.port"):
+        app_with(8101, 8102)
+    with pytest.raises(ValueError, match="share the route_port 9000"):
+        AppSpec(name="t", components=[
+            ComponentSpec(name="a", command=["x"], port=8101, route_port=9000),
+            ComponentSpec(name="b", command=["x"], port=8102, route_port=9000)])
+    with pytest.raises(ValueError, match="http:// or https://"):
+        app_with(8101, 8201).model_validate({"name": "t", "components": [
+            {"name": "w", "command": ["x"], "port": 8101, "local_url": "ftp://h:1"}]})
+
+
+def test_no_router_without_a_routed_component() -> None:
+    s = Settings(components=["web"], router_admin_port=None)
+    assert start_router(s, "lease-1", None) is None
+    assert start_router(s, "lease-1", app_with(8101, None)) is None
+
+
+def test_a_taken_route_port_is_a_configuration_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        s = Settings(components=["web"], router_admin_port=None)
+        with pytest.raises(ConfigError, match="cannot listen"):
+            start_router(s, "lease-1", app_with(free_port(), busy), watch_factory=FakeWatch.factory([]))
+
+
+# ---------------------------------------------------------------- the agent with its router
+
+
+@dataclass
+class FakeWatch:
+    """Stands in for the Firestore listener: hands the test the router's callbacks."""
+
+    on_records: Callable[[list[dict[str, Any]]], None]
+    on_lease: Callable[[dict[str, Any] | None], None]
+    started: bool = False
+
+    @staticmethod
+    def factory(made: list[FakeWatch]) -> Any:
+        def make(on_records: Any, on_lease: Any) -> FakeWatch:
+            made.append(FakeWatch(on_records, on_lease))
+            return made[-1]
+
+        return make
+
+    def start(self) -> None:
+        self.started = True
+
+    def stop(self) -> None:
+        self.started = False
+
+    def ensure(self) -> bool:
+        return False
+
+
+@dataclass
+class Publisher:
+    """Fake Pub/Sub; at the moment the release is published it notes where the router sends traffic."""
+
+    router: AgentRouter | None = None
+    sent: list[Event] = field(default_factory=list)
+    target_at_release: str | None = None
+
+    def publish(self, event: Event) -> Future[str]:
+        self.sent.append(event)
+        f: Future[str] = Future()
+        f.set_result(f"m{len(self.sent)}")
+        return f
+
+    def publish_and_wait(self, event: Event, timeout_s: float) -> str:  # noqa: ARG002
+        if self.router is not None:
+            self.target_at_release = self.router.routes()["web"]["target"]
+        self.sent.append(event)
+        return "released"
+
+
+class HighRam:
+    def used_fraction(self) -> float:
+        return 0.95
+
+
+def wait_for(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        got = cond()
+        if got:
+            return got
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def copies() -> Iterator[dict[str, int]]:
+    local, local_port = serve("local")
+    remote, remote_port = serve("remote")
+    yield {"local": local_port, "remote": remote_port}
+    local.shutdown()
+    remote.shutdown()
+
+
+def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_release(
+        copies: dict[str, int], tmp_path: Path) -> None:
+    route_port, admin_port = free_port(), free_port()
+    settings = Settings(components=["web"], component_ram_gb={"web": 1.0}, router_admin_port=admin_port,
+                        state_dir=tmp_path, sample_interval_s=0.05, lease_renew_s=5, lease_ttl_s=30,
+                        shutdown_budget_s=10.0)
+    watches: list[FakeWatch] = []
+    router = start_router(settings, "lease-r", app_with(copies["local"], route_port),
+                          watch_factory=FakeWatch.factory(watches))
+    assert router is not None and watches[0].started
+    publisher = Publisher(router)
+    stop = threading.Event()
+    exit_code: list[int] = []
+    agent = threading.Thread(target=lambda: exit_code.append(run_agent(
+        settings, lease_id="lease-r", ram_source=HighRam(), publisher=publisher, stop=stop,
+        install_signals=False, router=router)), daemon=True)
+    front: FrontThread | None = None
+    try:
+        agent.start()
+        assert get(route_port) == "local", "no remote copy yet: the local one serves"
+        demand = wait_for(lambda: [e for e in publisher.sent if isinstance(e, DemandEvent)], what="a demand")[0]
+        assert demand.route_credential_sha256 == router.credential_sha256
+        # The instance's front is configured with what the demand carried (as launch → AgentConfig does).
+        front = FrontThread(FrontConfig(components={"web": copies["remote"]}, listen_host="127.0.0.1",
+                                        listen_port=0, credential_sha256=demand.route_credential_sha256))
+        host, port = front.start()
+        watches[0].on_records([{
+            "instance_id": "inst-1", "lease_id": "lease-r", "state": "READY", "tls_fingerprint": front.fingerprint,
+            "component_states": {"web": {"state": "healthy", "endpoint": f"{host}:{port}"}}}])
+        wait_for(lambda: router.routes()["web"]["target"] == "remote", what="traffic to move remote")
+        assert [get(route_port) for _ in range(5)] == ["remote"] * 5
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/routes", timeout=5) as r:  # noqa: S310
+            shown = json.loads(r.read())["routes"]["web"]
+        assert shown["target"] == "remote" and shown["instance_id"] == "inst-1" and shown["remote_share"] > 0.5
+
+        slow: list[str] = []
+        in_flight = threading.Thread(target=lambda: slow.append(get(route_port, "/slow")), daemon=True)
+        in_flight.start()
+        time.sleep(0.3)  # the slow request is on the remote copy now
+        stop.set()  # what SIGTERM does
+        wait_for(lambda: router.routes()["web"]["target"] == "local" if agent.is_alive() else True,
+                 what="traffic to go local")
+        during_drain = get(route_port)
+        in_flight.join(10)
+        agent.join(15)
+        assert not agent.is_alive() and exit_code == [0]
+    finally:
+        stop.set()
+        router.stop()
+        if front is not None:
+            front.stop()
+    assert publisher.target_at_release == "local", "new requests went local before the release was published"
+    assert during_drain == "local"
+    assert slow == ["remote"], "the request in flight on the remote copy finished there (bounded drain)"
+    releases = [e for e in publisher.sent if isinstance(e, ReleaseEvent)]
+    assert len(releases) == 1
+    with pytest.raises(OSError):
+        get(route_port, timeout=1)  # the router stopped with the agent
