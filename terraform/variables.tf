@@ -210,3 +210,31 @@ variable "labels" {
     error_message = "labels must follow Google label rules: lowercase keys starting with a letter, values of lowercase letters, digits, '_' and '-'."
   }
 }
+
+variable "network" {
+  description = "VPC network the instances run in (the launcher's default: the project's default network)."
+  type        = string
+  default     = "default"
+}
+
+variable "front_port" {
+  description = "TCP port of the instances' TLS front (spotleash.instance_agent.config.FRONT_PORT)."
+  type        = number
+  default     = 8443
+
+  validation {
+    condition     = var.front_port >= 1024 && var.front_port <= 65535 && floor(var.front_port) == var.front_port
+    error_message = "front_port must be a TCP port between 1024 and 65535."
+  }
+}
+
+variable "router_source_ranges" {
+  description = "CIDR ranges of the machines whose router reaches the instances' TLS front (empty: no firewall rule, the front is unreachable from outside the VPC)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for r in var.router_source_ranges : can(cidrhost(r, 0))])
+    error_message = "router_source_ranges must be CIDR ranges such as 203.0.113.7/32."
+  }
+}

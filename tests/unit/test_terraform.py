@@ -521,3 +521,51 @@ def test_functions_learn_the_package_bucket_and_channel() -> None:
     env = resources("google_cloudfunctions2_function")["fn"]["service_config"][0]["environment_variables"]
     assert env["SPOTLEASH_PACKAGE_BUCKET"] == "${google_storage_bucket.packages.name}"
     assert env["SPOTLEASH_PACKAGE_CHANNEL"] == "${var.package_channel}"
+
+
+# ---------------------------------------------------------------- network: the router's TLS front only
+
+
+def _component_ports() -> set[int]:
+    """Every port a component of an example app or the defaults listens on (on the instance's loopback)."""
+    from spotleash.appspec import parse_app, read_toml
+
+    ports: set[int] = set()
+    for toml in (ROOT / "examples").glob("*/spotleash.toml"):
+        app = parse_app(read_toml(toml)["app"], toml)
+        ports |= {c.port for c in app.components} | {c.route_port for c in app.components if c.route_port}
+    return ports
+
+
+def _opened_ports(rule: dict[str, Any]) -> set[str]:
+    return {str(p) for allow in rule.get("allow", []) for p in allow.get("ports", [])} | (
+        {"all"} if any(not a.get("ports") for a in rule.get("allow", [])) else set())
+
+
+def test_no_firewall_opens_a_component_port_or_anything_but_the_front() -> None:
+    from spotleash.instance_agent.config import FRONT_PORT
+
+    rules = resources("google_compute_firewall")
+    assert set(rules) == {"front"}, "the TLS front is the one way in from outside the VPC"
+    component_ports = {str(p) for p in _component_ports()}
+    assert component_ports, "the examples declare component ports"
+    for name, rule in rules.items():
+        opened = _opened_ports(rule)
+        assert opened == {"${tostring(var.front_port)}"}, f"{name} opens {opened}"
+        assert not opened & component_ports and "all" not in opened
+        assert expr(rule, "source_ranges") == "var.router_source_ranges"
+        assert rule.get("direction", "INGRESS") == "INGRESS" and rule["target_tags"] == ["${local.front_tag}"]
+    front = rules["front"]
+    assert expr(front, "count") == "length(var.router_source_ranges) > 0 ? 1 : 0", "nothing opened unless asked"
+    assert TFDOC["variable"]["router_source_ranges"]["default"] == []
+    assert TFDOC["variable"]["front_port"]["default"] == FRONT_PORT
+    for rule in rules.values():
+        assert "0.0.0.0/0" not in json.dumps(rule), "no literal world-open range"
+
+
+def test_vms_carry_the_tag_the_front_rule_targets() -> None:
+    from spotleash.instance_agent.config import FRONT_TAG
+
+    assert TFDOC["locals"]["front_tag"] == FRONT_TAG
+    gce = (ROOT / "shared" / "spotleash" / "providers" / "gce.py").read_text()
+    assert "tags=compute_v1.Tags(items=[FRONT_TAG])" in gce

@@ -24,6 +24,7 @@ TOKEN_KEY = "spotleash-token"  # GCE instance metadata key of the heartbeat toke
 CONFIG_ENV = "SPOTLEASH_AGENT_CONFIG"  # environment variable of the JSON (VAST)
 TOKEN_ENV = "SPOTLEASH_HEARTBEAT_TOKEN"  # environment variable of the heartbeat token (VAST)
 FRONT_PORT = 8443  # the TLS front's port: the one port Terraform's firewall and VAST's port map open
+FRONT_TAG = "spotleash-front"  # GCE network tag of every VM: Terraform's firewall rule for the front targets it
 
 
 class AgentConfig(BaseModel):

@@ -33,7 +33,7 @@ from tenacity import (
 )
 
 from spotleash.errors import CapacityExhausted, NotFound, ProviderPermanent, ProviderTransient
-from spotleash.instance_agent.config import metadata_values
+from spotleash.instance_agent.config import FRONT_TAG, metadata_values
 from spotleash.log import get_logger
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
@@ -270,6 +270,7 @@ class GceProvider:
                     ),
                 )
             ],
+            tags=compute_v1.Tags(items=[FRONT_TAG]),  # the firewall opens the TLS front's port to these only
             network_interfaces=[
                 compute_v1.NetworkInterface(
                     network=self.network,
