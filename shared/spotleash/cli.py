@@ -133,7 +133,8 @@ def status(
     json_out: bool = typer.Option(False, "--json"),
     all_: bool = typer.Option(False, "--all", help="include ended instances"),
 ) -> None:
-    """A table of the deployment's instances."""
+    """A table of the deployment's instances, and where the agent's router sends each component's requests."""
+    from spotleash.router.status import read_routes
     from spotleash.store import FirestoreStore
 
     s = settings()
@@ -141,9 +142,12 @@ def status(
     now = datetime.now(UTC)
     records = store.all_instances() if all_ else store.live_instances()
     records.sort(key=lambda r: r.created_at)
+    routes = read_routes(s.router_admin_port) or {}
     if json_out:
-        print(json.dumps([r.model_dump(mode="json", exclude={"token_hash"}) | {"cost_so_far": r.cost_so_far(now)}
-                          for r in records]))
+        print(json.dumps({"instances": [r.model_dump(mode="json", exclude={"token_hash"})
+                                        | {"cost_so_far": r.cost_so_far(now)} for r in records],
+                          "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
+                                         **v} for n, v in routes.items()}}))
         return
     table = Table("lease", "provider", "state", "age", "last beat", "deadline", "cost $", "reason")
     table.columns.insert(0, Column("instance", no_wrap=True))
@@ -151,6 +155,12 @@ def status(
         table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), _age(r.created_at, now),
                       _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}", r.reason or "")
     console.print(table if records else "no instances" + ("" if all_ else " running"))
+    if routes:
+        rt = Table("component", "traffic to", "instance", "served remotely", "requests", "why")
+        for n, v in routes.items():
+            rt.add_row(n, str(v.get("target")), str(v.get("instance_id") or "-"),
+                       f"{float(v.get('remote_share', 0.0)):.0%}", str(v.get("requests", 0)), str(v.get("reason", "")))
+        console.print(rt)
 
 
 @app.command()

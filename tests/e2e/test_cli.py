@@ -43,7 +43,9 @@ def test_status_reap_and_down_against_the_local_stack(local_stack: object) -> No
         rec = flows.wait_ready(lid)
         status = cli("status", "--json")
         assert status.returncode == 0, status.stderr
-        rows = {r["instance_id"]: r for r in json.loads(status.stdout)}
+        shown = json.loads(status.stdout)
+        rows = {r["instance_id"]: r for r in shown["instances"]}
+        assert isinstance(shown["routes"], dict)  # keyed by component when an agent's router answers
         assert rows[rec.instance_id]["state"] == "READY" and "token_hash" not in rows[rec.instance_id]
         dry = cli("reap", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
@@ -55,5 +57,5 @@ def test_status_reap_and_down_against_the_local_stack(local_stack: object) -> No
         down = cli("down", "--lease-id", lid)
         assert down.returncode == 0, down.stderr
         flows.wait_gone(rec, timeout_s=30)
-    gone = json.loads(cli("status", "--all", "--json").stdout)
+    gone = json.loads(cli("status", "--all", "--json").stdout)["instances"]
     assert any(r["instance_id"] == rec.instance_id and r["state"] == "TERMINATED" for r in gone)

@@ -178,9 +178,15 @@ class Router:
             app.router.add_get("/routes", self._routes_view)
             admin = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await admin.setup()
-            await web.TCPSite(admin, self.config.listen_host, self.config.admin_port).start()
-            self._runners.append(admin)
-            self.admin_address = _bound(admin)
+            try:
+                await web.TCPSite(admin, self.config.listen_host, self.config.admin_port).start()
+            except OSError as e:  # the routes matter more than their display: route without it
+                await admin.cleanup()
+                log.warning("router admin port unavailable; /routes and /metrics not served",
+                            port=self.config.admin_port, error=str(e)[:200])
+            else:
+                self._runners.append(admin)
+                self.admin_address = _bound(admin)
         self._probe_task = asyncio.create_task(self._probe_loop())
 
     async def stop(self) -> None:
