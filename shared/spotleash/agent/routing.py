@@ -102,8 +102,13 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
         log.info("no component has a route_port: requests are not routed", lease_id=lease_id)
         return None
     credential = new_credential()
-    service = RouterService(router_config(settings, routes, credential),
-                            watch_factory=watch_factory or firestore_records(settings, lease_id))
+    if watch_factory is None:
+        try:
+            watch_factory = firestore_records(settings, lease_id)
+        except Exception as e:  # noqa: BLE001 - e.g. no credentials: route locally, say why
+            log.error("cannot read this lease's instance records; the router routes to the local copies only",
+                      lease_id=lease_id, error=f"{type(e).__name__}: {e}"[:300])
+    service = RouterService(router_config(settings, routes, credential), watch_factory=watch_factory)
     try:
         addresses = service.start()
     except OSError as e:

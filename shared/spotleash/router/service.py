@@ -57,7 +57,11 @@ class RouterService:
         started.result(timeout_s)
         if self._watch_factory is not None:
             self._watch = self._watch_factory(self.apply_records, self._lease_changed)
-            self._watch.start()
+            try:
+                self._watch.start()
+            except Exception as e:  # noqa: BLE001 - routing local goes on; ensure() retries every few seconds
+                log.error("record listener did not start; traffic stays local until it does",
+                          error=f"{type(e).__name__}: {e}"[:300])
         return dict(self.router.addresses)
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -133,7 +137,10 @@ class RouterService:
                 except TimeoutError:
                     watch = self._watch
                     if watch is not None:
-                        await asyncio.to_thread(watch.ensure)
+                        try:
+                            await asyncio.to_thread(watch.ensure)
+                        except Exception as e:  # noqa: BLE001 - the router keeps routing; next check retries
+                            log.warning("record listener still down", error=f"{type(e).__name__}: {e}"[:300])
         finally:
             await router.stop()
             log.info("router stopped", totals=router.metrics.totals())

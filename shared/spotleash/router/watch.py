@@ -59,7 +59,7 @@ class RecordWatch:
     def ensure(self) -> bool:
         """Re-subscribe when a listener stopped streaming; True when it had to."""
         with self._lock:
-            dead = any(not getattr(w, "is_active", True) for w in self._watches)
+            dead = not self._watches or any(not getattr(w, "is_active", True) for w in self._watches)
         if dead:
             log.warning("record listener stopped; subscribing again", lease_id=self._lease_id)
             self.stop()

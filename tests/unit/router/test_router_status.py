@@ -4,6 +4,7 @@ and a taken admin port does not keep the router from routing."""
 from __future__ import annotations
 
 import socket
+import time
 import urllib.error
 import urllib.request
 
@@ -49,3 +50,44 @@ def test_a_taken_admin_port_still_routes() -> None:
             assert e.value.headers["X-Spotleash-Router"] == "1"  # the router answered: its local copy is absent
         finally:
             svc.stop()
+
+
+class FlakyWatch:
+    """A record listener whose first start fails (Firestore unreachable), then works."""
+
+    def __init__(self) -> None:
+        self.starts = 0
+        self.active = False
+
+    def start(self) -> None:
+        self.starts += 1
+        if self.starts == 1:
+            raise RuntimeError("firestore unavailable")
+        self.active = True
+
+    def stop(self) -> None:
+        self.active = False
+
+    def ensure(self) -> bool:
+        if not self.active:
+            self.start()
+            return True
+        return False
+
+
+def test_a_listener_that_fails_to_start_is_retried_while_the_router_routes(monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotleash.router import service
+
+    monkeypatch.setattr(service, "_WATCH_CHECK_S", 0.05)
+    watch = FlakyWatch()
+    svc = RouterService(RouterConfig(components=(ComponentRoute("web", 0, "http://127.0.0.1:9"),), credential="c"),
+                        watch_factory=lambda _r, _l: watch)  # type: ignore[arg-type,return-value]
+    svc.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not watch.active:
+            assert time.monotonic() < deadline, "the listener was never started again"
+            time.sleep(0.02)
+        assert watch.starts == 2 and svc.routes()["web"]["target"] in ("local", "none")
+    finally:
+        svc.stop()
