@@ -190,7 +190,17 @@ def extract_archive(path: Path, dest: Path) -> None:
     if any(dest.iterdir()):
         raise PackageError(f"extract target {dest} is not empty")
     with tarfile.open(path, mode="r:gz") as tar:
-        tar.extractall(dest, filter="data")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(dest, filter="data")
+            return
+        # Python before 3.11.4 (Debian 12's 3.11.2) has no extraction filters: the same refusals by hand
+        root = dest.resolve()
+        for member in tar.getmembers():
+            target = (root / member.name).resolve()
+            if not (member.isfile() or member.isdir()) or member.name.startswith("/") \
+                    or not target.is_relative_to(root):
+                raise PackageError(f"archive member {member.name!r} is not a plain file or folder inside the package")
+        tar.extractall(dest)  # every member checked above
 
 
 def install_command(python: str, root: Path, manifest: Mapping[str, Any]) -> list[str]:
