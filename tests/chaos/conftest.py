@@ -33,7 +33,7 @@ from tests.conftest import FAST_FAKE_ARGS, FAST_TIMINGS, REAP_PERIOD_S, TEST_PRO
 from tests.e2e.flows import Flows
 
 from spotleash.model import ENDED, InstanceRecord
-from spotleash.polling import wait_until
+from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers import build_provider
 from spotleash.providers.base import LABEL_INSTANCE, LABEL_LEASE
 
@@ -209,14 +209,21 @@ class Chaos(Flows):
     def vast_instances(self) -> list[dict[str, Any]]:
         return list(self.vast("GET", "inspect")["instances"])
 
-    def faults_left(self) -> int:
+    def pending_faults(self) -> list[dict[str, Any]]:
         """Injected faults not yet triggered, in both fakes (a scenario whose fault never fired proves nothing)."""
-        gce = sum(int(f["count"]) for f in self.compute("GET", "faults")["faults"])
-        return gce + sum(int(f["count"]) for f in self.vast("GET", "inspect")["faults"])
+        gce = [{"fake": "compute", **f} for f in self.compute("GET", "faults")["faults"]]
+        return gce + [{"fake": "vast", **f} for f in self.vast("GET", "inspect")["faults"]]
+
+    def faults_left(self) -> int:
+        return sum(int(f["count"]) for f in self.pending_faults())
 
     def wait_faults_fired(self, what: str, timeout_s: float = 30) -> None:
-        """Every injected fault has fired (the reaper's listings take the "*" ones within a reap or two)."""
-        wait_until(lambda: self.faults_left() == 0, timeout_s=timeout_s, interval_s=0.25, what=what)
+        """Every injected fault has fired (the reaper's listings take the "*" ones within a reap or two).
+        On a timeout the message names the faults that never fired."""
+        try:
+            wait_until(lambda: self.faults_left() == 0, timeout_s=timeout_s, interval_s=0.25, what=what)
+        except WaitTimeout as e:
+            raise WaitTimeout(f"{e}; never fired: {self.pending_faults()}") from e
 
     def clear_faults(self) -> None:
         self.compute("DELETE", "faults")
