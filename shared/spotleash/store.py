@@ -36,9 +36,9 @@ def _doc(record: InstanceRecord) -> dict[str, Any]:
 class Store(Protocol):
     """Exactly what the services (launch, release, terminate, heartbeat, reap, entry) need from storage.
 
-    ``update`` is one atomic read-modify-write; its ``change`` must be a pure function of the record,
-    because an implementation may call it again when a transaction is retried. Every method may raise
-    ``Transient`` when the storage is unavailable.
+    ``update`` and ``update_lease`` are each one atomic read-modify-write; their ``change`` must be a
+    pure function of what is stored, because an implementation may call it again when a transaction is
+    retried. Every method may raise ``Transient`` when the storage is unavailable.
     """
 
     reads: int  # documents read so far (the reap reports its cost with it)
@@ -61,6 +61,7 @@ class Store(Protocol):
     # leases
     def get_lease(self, lease_id: str) -> Lease | None: ...
     def put_lease(self, lease: Lease) -> None: ...
+    def update_lease(self, lease_id: str, change: Callable[[Lease | None], Lease | None]) -> Lease | None: ...
     def expired_leases(self, now: datetime) -> list[Lease]: ...
     def retire_lease(self, lease_id: str) -> None: ...
     # dedup marks, rejected input, audit, budget
@@ -223,6 +224,29 @@ class FirestoreStore:
 
     def put_lease(self, lease: Lease) -> None:
         self._wrap(lambda: self._leases.document(lease.lease_id).set(lease.model_dump(mode="python")))
+
+    def update_lease(self, lease_id: str, change: Callable[[Lease | None], Lease | None]) -> Lease | None:
+        """Read-modify-write of one lease in one transaction (a renewal and a release handled at the
+        same instant must not overwrite each other). ``change`` gets the stored lease or None and
+        returns the lease to write or None (no write). Returns the lease as stored afterwards."""
+        ref = self._leases.document(lease_id)
+        result: list[Lease | None] = [None]
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            snap = ref.get(transaction=txn)
+            self.reads += 1
+            current = Lease.model_validate(snap.to_dict()) if snap.exists else None
+            new = change(current)
+            if new is not None and new != current:
+                txn.set(ref, new.model_dump(mode="python"))
+            result[0] = new if new is not None else current
+
+        try:
+            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
+            raise Transient(f"firestore transaction on lease {lease_id} kept aborting: {e}") from e
+        return result[0]
 
     def expired_leases(self, now: datetime) -> list[Lease]:
         """Leases past expiry (or released) that still own a live instance are reaped."""

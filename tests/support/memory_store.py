@@ -5,8 +5,8 @@ Same semantics as ``FirestoreStore`` where the services depend on them, and the 
 
 - records round-trip through their stored form (``model_dump`` / ``model_validate``), so a caller
   never holds a reference into the store;
-- ``create_intent`` and ``mark_event`` are conditional creates; ``update`` is one atomic
-  read-modify-write (one lock for the whole store: a reap deletes from several threads);
+- ``create_intent`` and ``mark_event`` are conditional creates; ``update`` and ``update_lease`` are
+  each one atomic read-modify-write (one lock for the whole store: a reap deletes from several threads);
 - the queries filter as Firestore's do, including that a range filter never matches a missing field
   (a RUNNING record without ``last_heartbeat`` is not "older than" any cut-off);
 - ``reads`` counts documents read the way ``FirestoreStore`` counts them.
@@ -218,6 +218,17 @@ class MemoryStore:
     def put_lease(self, lease: Lease) -> None:
         with self._lock:
             self._leases[lease.lease_id] = lease.model_dump(mode="python")
+
+    @_scripted
+    def update_lease(self, lease_id: str, change: Callable[[Lease | None], Lease | None]) -> Lease | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._leases.get(lease_id)
+            current = Lease.model_validate(doc) if doc is not None else None
+            new = change(current)
+            if new is not None and new != current:
+                self._leases[lease_id] = new.model_dump(mode="python")
+            return new if new is not None else current
 
     @_scripted
     def expired_leases(self, now: datetime) -> list[Lease]:

@@ -199,6 +199,40 @@ class StoreContract:
         store.retire_lease("lease-1")  # retiring what is gone is fine
         assert store.get_lease("lease-1") is None
 
+    def test_update_lease_creates_changes_or_leaves_alone(self, store: ContractStore) -> None:
+        lease = Lease(lease_id="lease-u", deployment_id=DEP, expires_at=at(60), renewed_at=at(0), holder="h")
+        assert store.update_lease("lease-u", lambda cur: None) is None  # nothing stored, nothing written
+        assert store.get_lease("lease-u") is None
+        assert store.update_lease("lease-u", lambda cur: lease if cur is None else None) == lease
+        assert store.get_lease("lease-u") == lease
+        assert store.update_lease("lease-u", lambda cur: None) == lease  # no write: what is stored
+        released = store.update_lease("lease-u", lambda cur: cur.model_copy(update={"released": True})
+                                      if cur is not None else None)
+        assert released is not None and released.released and store.get_lease("lease-u") == released
+
+    def test_update_lease_is_atomic(self, store: ContractStore) -> None:
+        """Read-modify-writes of one lease at the same instant lose nothing (a renewal and a release handled
+        together: the one written last must have seen the other)."""
+        start = Lease(lease_id="lease-c", deployment_id=DEP, expires_at=at(60), renewed_at=at(0), holder="0")
+        store.put_lease(start)
+        gate = threading.Barrier(4)
+
+        def bump(cur: Lease | None) -> Lease | None:
+            assert cur is not None
+            return cur.model_copy(update={"holder": str(int(cur.holder) + 1)})
+
+        def worker() -> None:
+            gate.wait(timeout=10)
+            store.update_lease("lease-c", bump)
+
+        threads = [threading.Thread(target=worker) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        got = store.get_lease("lease-c")
+        assert got is not None and got.holder == "4"
+
     def test_expired_leases(self, store: ContractStore, make_store: MakeStore) -> None:
         def put(lid: str, expires: float, released: bool = False, dep: str = DEP) -> None:
             target = store if dep == DEP else make_store(dep)

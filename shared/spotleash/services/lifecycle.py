@@ -18,11 +18,11 @@ def handle_release(ctx: Context, event: ReleaseEvent) -> list[str]:
     """Delete every live instance of the lease (or the one named), confirming each. Idempotent."""
     now = ctx.now()
     if event.instance_id is None:
-        lease = ctx.store.get_lease(event.lease_id)
         # Mark the lease released first, so a launch racing with us refuses or cleans up after itself.
-        ctx.store.put_lease(Lease(lease_id=event.lease_id, deployment_id=ctx.settings.deployment_id,
-                                  expires_at=now, renewed_at=event.created_at,
-                                  holder=lease.holder if lease else "", released=True))
+        # In a transaction: a renewal handled at the same instant must not write over the release.
+        ctx.store.update_lease(event.lease_id, lambda lease: Lease(
+            lease_id=event.lease_id, deployment_id=ctx.settings.deployment_id, expires_at=now,
+            renewed_at=event.created_at, holder=lease.holder if lease else "", released=True))
         targets = [r.instance_id for r in ctx.store.instances_of_lease(event.lease_id)]
     else:
         rec = ctx.store.get(event.instance_id)
@@ -45,18 +45,25 @@ def handle_release(ctx: Context, event: ReleaseEvent) -> list[str]:
 def handle_lease(ctx: Context, event: LeaseEvent) -> Lease:
     """Renew the lease. Out-of-order renewals never move the expiry backwards."""
     now = ctx.now()
-    current = ctx.store.get_lease(event.lease_id)
     expires = event.created_at + timedelta(seconds=event.ttl_s)
     # An agent's clock may be off; never trust an expiry further out than ttl from our own now.
     expires = min(expires, now + timedelta(seconds=event.ttl_s))
-    if current is not None and not current.released and current.expires_at >= expires:
-        return current
-    if current is not None and current.released and event.created_at <= current.renewed_at:
-        return current  # a late renewal from before the release must not revive the lease
-    lease = Lease(lease_id=event.lease_id, deployment_id=ctx.settings.deployment_id, expires_at=expires,
-                  renewed_at=event.created_at, holder=event.holder, released=False)
-    ctx.store.put_lease(lease)
-    if current is None or current.released:
+    opened: list[bool] = [False]
+
+    def renew(current: Lease | None) -> Lease | None:
+        opened[0] = False  # the transaction may run this more than once
+        if current is not None and not current.released and current.expires_at >= expires:
+            return None
+        if current is not None and current.released and event.created_at <= current.renewed_at:
+            return None  # a late renewal from before the release must not revive the lease
+        opened[0] = current is None or current.released
+        return Lease(lease_id=event.lease_id, deployment_id=ctx.settings.deployment_id, expires_at=expires,
+                     renewed_at=event.created_at, holder=event.holder, released=False)
+
+    # In a transaction: a release handled at the same instant must not be written over.
+    lease = ctx.store.update_lease(event.lease_id, renew)
+    assert lease is not None  # renew() writes when nothing is stored
+    if opened[0]:
         ctx.store.audit("lease_opened", "lease", now, lease_id=event.lease_id, holder=event.holder)
     log.debug("lease renewed", lease_id=event.lease_id, event_id=event.event_id, expires_at=expires)
     return lease
