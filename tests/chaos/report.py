@@ -24,6 +24,8 @@ WHAT_CLEANS = {
     "on_demand killed between create and record": "Pub/Sub redelivery resumes (label reconcile) → lease expiry / provisioning timeout → reaper",
     "on_reap killed mid-reap": "the next reap retries a stalled delete (after 30 s)",
     "duplicate, late, out-of-order deliveries": "dedup by event id; released leases refuse late demands",
+    "release and first renewal at the same instant": "renewal and release are each one Firestore transaction; "
+                                                      "a renewal older than the release is ignored",
     "Firestore emulator restarted": "orphan sweep: labelled VM without a record → deleted, audited `orphan`",
     "Compute 429/503/timeouts at launch and delete": "retries with backoff in launch and release",
     "VAST offer vanishes": "next offer; release",
@@ -73,7 +75,9 @@ def render(data: dict[str, Any]) -> str:
         "Found and fixed by these scenarios: a released lease was deleted at the next reap, so a renewal sent "
         "before the release but delivered after it reopened the lease and a late demand launched "
         "(`services/reap.py` now keeps released leases an hour); VAST bids (spot GPUs) could not be turned on "
-        "(`SPOTLEASH_VAST_INTERRUPTIBLE`, used by the chaos stack).",
+        "(`SPOTLEASH_VAST_INTERRUPTIBLE`, used by the chaos stack); a renewal handled at the same instant as "
+        "its lease's release wrote over the release, so the lease stayed open (5 of 12 pairs pushed together; "
+        "the renewal and the release are now each one Firestore transaction, `Store.update_lease`).",
     ]
     t = data["totals"]
     if data.get("failed_tests"):

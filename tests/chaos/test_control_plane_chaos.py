@@ -57,26 +57,35 @@ def test_on_demand_killed_between_create_and_record(chaos: Chaos, seed: int) -> 
 
 @pytest.mark.parametrize("seed", SEEDS)
 def test_on_reap_killed_mid_reap(chaos: Chaos, seed: int) -> None:
+    """on_reap dies while the fake sits on its delete; it is restarted. The record stays TERMINATING (the
+    VM's delete completes without its killed caller): the reaper steps in once that delete has stalled
+    RETRY_DELETE_AFTER_S. The decision must be the reaper's alone: a lease left to expire is caught first
+    by the instance's own heartbeat (on_heartbeat deletes an instance whose lease is gone, within a
+    heartbeat interval), so the lease is kept and the record's deadline passes instead (``max_runtime``,
+    which only the reaper decides)."""
     lid = new_lease("reapkill")
     with observed(chaos) as obs:
         with chaos.lease_kept(lid):
             chaos.demand(lid)
             rec = chaos.wait_ready(lid)
-        # The lease is dead; make the reaper's delete slow, and kill on_reap while it waits on it.
-        chaos.compute("POST", "faults", operation="instances.delete", count=1,
-                      latency_s=4.0 + random.Random(seed).uniform(0, 2))
-        wait_until(lambda: [e for e in chaos.audit(rec.instance_id) if e["action"] == "reap_decision"],
-                   timeout_s=REAP_BOUND, interval_s=0.1, what="the reap decision")
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        try:
-            chaos.cs.kill("on_reap")
-        finally:
-            chaos.cs.restart("on_reap")
-        # The record stays TERMINATING (the VM's delete completes without its killed caller): the reaper
-        # steps in once the delete has stalled RETRY_DELETE_AFTER_S, after Pub/Sub's push backoff.
+            # Make the reaper's delete slow, and kill on_reap while the fake sits on it.
+            chaos.compute("POST", "faults", operation="instances.delete", count=1,
+                          latency_s=4.0 + random.Random(seed).uniform(0, 2))
+            chaos.store.update(rec.instance_id, lambda r: r.model_copy(update={"deadline": datetime.now(UTC)}))
+            decision = wait_until(lambda: [e for e in chaos.audit(rec.instance_id) if e["action"] == "reap_decision"],
+                                  timeout_s=REAP_BOUND, interval_s=0.1, what="the reap decision")[0]
+            assert decision["reason"] == "max_runtime", decision
+            # The fault is taken when the delete arrives: from then on the fake sits on it.
+            wait_until(lambda: chaos.faults_left() == 0, timeout_s=30, interval_s=0.05, what="the slow delete")
+            t0 = time.monotonic()
+            try:
+                chaos.cs.kill("on_reap")
+            finally:
+                chaos.cs.restart("on_reap")
+        assert chaos.store.get(rec.instance_id).state == State.TERMINATING  # type: ignore[union-attr]
         chaos.verdict("on_reap killed mid-reap", obs, [lid], t_fault=t0, bound_s=RETRY_DELETE_AFTER_S + REAP_BOUND + 30,
                       min_seen=1)
+    assert chaos.store.get(rec.instance_id).reason == "max_runtime"  # type: ignore[union-attr]
 
 
 # ------------------------------------------------------------------ deliveries
