@@ -42,10 +42,12 @@ WHAT_CLEANS = {
 
 def render(data: dict[str, Any]) -> str:
     m = data["machine"]
+    hb = data["bounds_s"].get("heartbeat_timeout", 5)  # results from before it was recorded: FAST_TIMINGS' 5 s
     lines = [
         f"Measured {data['date']} on {m['uname_m']}, {m['cores']} cores, Python {m['python']}, "
         f"{data['runs_per_scenario']} run(s) per scenario (`SPOTLEASH_CHAOS_RUNS`), "
-        "each on the local stack with fast timings (lease TTL 6 s, heartbeat timeout 5 s, a reap every 5 s). "
+        f"each on the local stack with fast timings (lease TTL 6 s, heartbeat timeout {hb:g} s, "
+        f"a reap every {data['bounds_s']['reap_period']:g} s). "
         "Clean-up time runs from the fault to the moment no instance of the scenario is left at the provider "
         "(fake control API *and* `list_owned` through the official clients) and every instance the fakes ever "
         "held has a Firestore record in a terminal state with a reason.",
