@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 import functions_framework
 from cloudevents.http.event import CloudEvent
-from flask import Request
+from flask import Request, Response
 
+from spotleash.dashboard.command import cloud_state
+from spotleash.dashboard.web import respond
 from spotleash.events import (
     BudgetAlert,
     DemandEvent,
@@ -67,3 +71,19 @@ def on_heartbeat(request: Request) -> tuple[str, int, dict[str, str]]:
     reply = handle_heartbeat(context(), parsed, token)
     body: dict[str, Any] = {"action": reply.action, "detail": reply.detail}
     return json.dumps(body), reply.status, headers
+
+
+@functions_framework.http
+def on_dashboard(request: Request) -> Response:
+    """The read-only dashboard. Cloud Run's invoker check (terraform: dashboard_viewers) decides who may ask."""
+    if request.method not in ("GET", "HEAD"):
+        return Response("read-only\n", 405, {"Allow": "GET, HEAD"})
+    resp = respond(request.path.lstrip("/"), _dashboard_state())
+    return Response(resp.body, resp.status, resp.all_headers())
+
+
+@cache
+def _dashboard_state() -> Callable[[], dict[str, Any]]:
+    from spotleash.store import FirestoreStore
+
+    return cloud_state(settings(), FirestoreStore.from_settings(settings()))

@@ -10,6 +10,10 @@
 # identity, so it is public (allUsers invoker, ingress all). It trusts nothing but the per-instance
 # bearer token: HMAC(signing key, instance id), compared in constant time with the sha256 stored in
 # Firestore; an unknown or wrong token gets 401/403 and changes nothing.
+#
+# on_dashboard (read-only web page) takes traffic from the internet too, but is never public: Cloud Run
+# admits only the principals in var.dashboard_viewers (an identity token on each request, e.g. through
+# `gcloud run services proxy`); with the default empty list nobody can open it.
 
 resource "google_artifact_registry_repository" "functions" {
   location      = var.region
@@ -65,7 +69,7 @@ resource "google_cloudfunctions2_function" "fn" {
     min_instance_count               = 0
     max_instance_count               = var.function_max_instances
     max_instance_request_concurrency = 1
-    ingress_settings                 = try(each.value.public, false) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+    ingress_settings                 = local.function_ingress[each.key]
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.function[each.key].email
 
@@ -135,4 +139,17 @@ resource "google_cloud_run_v2_service_iam_member" "public_invoker" {
   name     = google_cloudfunctions2_function.fn[each.key].service_config[0].service
   role     = "roles/run.invoker"
   member   = "allUsers" # on_heartbeat only: VAST boxes outside Google Cloud; the bearer token is the check
+}
+
+resource "google_cloud_run_v2_service_iam_member" "dashboard_viewer" {
+  for_each = {
+    for pair in setproduct(local.dashboard_functions, var.dashboard_viewers) :
+    "${pair[0]}/${pair[1]}" => { function = pair[0], member = pair[1] }
+  }
+
+  project  = var.project
+  location = var.region
+  name     = google_cloudfunctions2_function.fn[each.value.function].service_config[0].service
+  role     = "roles/run.invoker"
+  member   = each.value.member # named principals only (the variable's validation refuses allUsers)
 }

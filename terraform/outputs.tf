@@ -61,3 +61,8 @@ output "package_bucket" {
   description = "SPOTLEASH_PACKAGE_BUCKET: where `spotleash publish` uploads the app package."
   value       = google_storage_bucket.packages.name
 }
+
+output "dashboard_url" {
+  description = "The read-only dashboard (on_dashboard). Only var.dashboard_viewers may open it: `gcloud run services proxy` with the service name in this URL gives a browser a local address that adds your identity token."
+  value       = google_cloudfunctions2_function.fn["on_dashboard"].service_config[0].uri
+}

@@ -56,5 +56,13 @@ locals {
   vm_functions = toset([for fname, f in local.functions : fname if length(f.roles) > 0])
 
   budget_topic       = local.functions["on_budget"].topic
-  heartbeat_function = one([for name, f in local.functions : name if f.trigger == "http"])
+  heartbeat_function = one([for name, f in local.functions : name if f.trigger == "http" && try(f.public, false)])
+
+  # HTTP functions that are not public (on_dashboard): reachable from the internet ("ingress": "all") so a
+  # viewer's browser or `gcloud run services proxy` gets there, but Cloud Run lets in only the principals
+  # named in the dashboard_viewers variable (functions.tf), each with a Google identity token.
+  dashboard_functions = toset([for name, f in local.functions : name if f.trigger == "http" && !try(f.public, false)])
+  function_ingress = { for name, f in local.functions : name =>
+    try(f.public, false) || try(f.ingress, "internal") == "all" ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"
+  }
 }

@@ -238,3 +238,14 @@ variable "router_source_ranges" {
     error_message = "router_source_ranges must be CIDR ranges such as 203.0.113.7/32."
   }
 }
+
+variable "dashboard_viewers" {
+  description = "Principals that may open the dashboard (e.g. [\"user:you@example.com\"]): run.invoker on on_dashboard only. Empty: nobody."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.dashboard_viewers : can(regex("^(user|group|serviceAccount):[^@]+@[^@]+$", m))])
+    error_message = "dashboard_viewers must be IAM members of the form user:..., group:... or serviceAccount:... (never allUsers or allAuthenticatedUsers: the dashboard is not public)."
+  }
+}

@@ -173,6 +173,17 @@ def cost(since: str | None = typer.Option(None, help="first day counted, YYYY-MM
 
 
 @app.command()
+def dashboard(port: int = typer.Option(0, help="port on 127.0.0.1 (default: a free one)")) -> None:
+    """Serve the read-only dashboard on 127.0.0.1; prints its URL, with a one-time token, once."""
+    from spotleash.dashboard.command import dashboard_command
+
+    s = settings()
+    console.print("[dim]the dashboard answers on 127.0.0.1 only; the token in this URL is its only key "
+                  "(Ctrl-C stops it):[/]")
+    raise typer.Exit(dashboard_command(s, port))
+
+
+@app.command()
 def down(
     all_: bool = typer.Option(False, "--all", help="release every lease of the deployment"),
     lease_id: str | None = typer.Option(None, help="lease to release (default: this machine's)"),

@@ -208,6 +208,7 @@ def test_heartbeat_url_names_the_deployed_function() -> None:
 def test_topology_locals_evaluate_as_designed(console: Any) -> None:
     assert set(console("local.public_functions")) == {"on_heartbeat"}
     assert console("local.heartbeat_function") == "on_heartbeat"
+    assert set(console("local.dashboard_functions")) == {"on_dashboard"}
     assert set(console("local.vm_creators")) == {"on_demand"}
     assert set(console("local.vm_functions")) == {"on_demand", "on_release", "on_reap"}
     assert console("local.budget_topic") == "spotleash-budget"
@@ -250,7 +251,16 @@ def test_pubsub_triggered_functions_have_no_eventarc_trigger_and_are_internal() 
     (fn,) = resources("google_cloudfunctions2_function").values()
     assert "event_trigger" not in fn, "an Eventarc trigger's subscription cannot take a dead-letter policy"
     ingress = expr(block(fn, "service_config"), "ingress_settings")
-    assert ingress == 'try(each.value.public, false) ? "ALLOW_ALL" : "ALLOW_INTERNAL_ONLY"'
+    assert ingress == "local.function_ingress[each.key]"
+    assert TFDOC["files"]["function_ingress"] == "topology.tf"
+
+
+def test_ingress_is_internal_except_for_the_http_functions(console: Any) -> None:
+    ingress = console("local.function_ingress")
+    assert set(ingress) == set(TOPOLOGY["functions"])
+    for name, spec in TOPOLOGY["functions"].items():
+        want = "ALLOW_ALL" if spec["trigger"] == "http" else "ALLOW_INTERNAL_ONLY"
+        assert ingress[name] == want, name
 
 
 def test_dead_lettering_iam_for_the_pubsub_service_agent() -> None:
@@ -278,6 +288,40 @@ def test_no_function_is_public_except_on_heartbeat() -> None:
     assert TOPOLOGY["functions"]["on_heartbeat"]["trigger"] == "http"
     assert not any(t.endswith("_iam_binding") or t.endswith("_iam_policy") for t in TFDOC["resource"]), \
         "authoritative IAM would wipe grants Google makes itself"
+
+
+def test_the_dashboard_is_never_public_and_only_named_viewers_may_invoke_it() -> None:
+    spec = TOPOLOGY["functions"]["on_dashboard"]
+    assert spec["trigger"] == "http" and spec.get("public") is False and spec["roles"] == []
+    invokers = {n: b for n, b in resources("google_cloud_run_v2_service_iam_member").items()}
+    assert set(invokers) == {"push_invoker", "public_invoker", "dashboard_viewer"}
+    viewer = invokers["dashboard_viewer"]
+    assert viewer["role"] == "roles/run.invoker"
+    assert expr(viewer, "member") == "each.value.member" and viewer["member"] not in PUBLIC_MEMBERS
+    for_each = expr(viewer, "for_each")
+    assert "setproduct(local.dashboard_functions, var.dashboard_viewers)" in for_each, for_each
+    assert "google_cloudfunctions2_function.fn[each.value.function]" in viewer["name"]
+    # the public invoker covers on_heartbeat alone, the push identity the Pub/Sub functions alone
+    assert expr(invokers["public_invoker"], "for_each") == "local.public_functions"
+    assert expr(invokers["push_invoker"], "for_each") == "local.pubsub_functions"
+    # the viewers variable refuses the public principals: its condition's regex, run here
+    var = TFDOC["variable"]["dashboard_viewers"]
+    assert var["default"] == []
+    cond = var["validation"][0]["condition"]
+    pattern = re.search(r'regex\("([^"]+)"', cond)
+    assert pattern, cond
+    rx = re.compile(pattern.group(1).replace("\\\\", "\\"))
+    for bad in ("allUsers", "allAuthenticatedUsers", "user:allUsers", "domain:example.com", ""):
+        assert not rx.search(bad), f"dashboard_viewers would accept {bad!r}"
+    for good in ("user:ana@example.com", "group:ops@example.com", "serviceAccount:x@p.iam.gserviceaccount.com"):
+        assert rx.search(good), good
+
+
+def test_dashboard_locals_evaluate_to_the_dashboard_alone(console: Any) -> None:
+    assert set(console("local.dashboard_functions")) == {"on_dashboard"}
+    assert set(console("local.public_functions")) == {"on_heartbeat"}
+    ingress = console("local.function_ingress")
+    assert ingress["on_dashboard"] == "ALLOW_ALL" and ingress["on_heartbeat"] == "ALLOW_ALL"
 
 
 def test_every_role_is_in_the_allow_list() -> None:

@@ -1,0 +1,45 @@
+"""``spotleash dashboard``: serve the dashboard on 127.0.0.1 and print its URL (with the token) once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from spotleash.dashboard.local import DashboardServer
+from spotleash.dashboard.view import DashboardStore, RoutesSource, build_view, gather
+from spotleash.events import utcnow
+from spotleash.ledger import PriceLookup
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
+
+
+def state_source(store: DashboardStore, monthly_budget_usd: float, *, price: PriceLookup | None = None,
+                 routes: RoutesSource | None = None) -> Callable[[], dict[str, Any]]:
+    """A callable giving the view as of now: one store read per call."""
+    def state() -> dict[str, Any]:
+        return build_view(gather(store, utcnow(), monthly_budget_usd=monthly_budget_usd, price=price, routes=routes))
+
+    return state
+
+
+def cloud_state(settings: Settings, store: DashboardStore) -> Callable[[], dict[str, Any]]:
+    """The view as the deployment sees it (Firestore, Spot prices from the Billing Catalog for unpriced records)."""
+    from spotleash.pricing.book import PriceBook
+
+    book = PriceBook.from_settings(settings, utcnow)
+    return state_source(store, settings.monthly_budget_usd, price=book.lookup)
+
+
+def dashboard_command(settings: Settings, port: int, *, print_url: Callable[[str], None] = print) -> int:
+    from spotleash.store import FirestoreStore
+
+    server = DashboardServer(cloud_state(settings, FirestoreStore.from_settings(settings)), port=port)
+    print_url(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
+    return 0
