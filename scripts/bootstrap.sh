@@ -36,6 +36,11 @@ if ! command -v shellcheck >/dev/null 2>&1; then
   fi
 fi
 
+# --- the dashboard's browser test (issue 15): Debian's chromium + chromium-driver. Not fatal: the test
+# installs them itself through the same script, or skips with the reason when it cannot.
+bash scripts/ensure_chromium.sh || say "chromium is not available: the dashboard's browser test will skip"
+# --- end of the dashboard block
+
 missing=()
 command -v gcloud >/dev/null 2>&1 || missing+=("gcloud CLI (Debian package google-cloud-cli)")
 command -v java >/dev/null 2>&1 || missing+=("Java 17 (apt-get install openjdk-17-jre-headless)")

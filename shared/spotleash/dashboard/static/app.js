@@ -44,7 +44,8 @@
   function tick() {
     const now = serverNow();
     for (const e of document.querySelectorAll("[data-since]")) {
-      e.textContent = `${duration((now - Date.parse(e.dataset.since)) / 1000)}`;
+      const age = (now - Date.parse(e.dataset.since)) / 1000;
+      e.textContent = age >= 0 ? `${duration(age)} ago` : duration(-age);
     }
     for (const e of document.querySelectorAll("[data-until]")) {
       const left = (Date.parse(e.dataset.until) - now) / 1000;
