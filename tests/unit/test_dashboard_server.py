@@ -61,10 +61,10 @@ def test_the_page_and_its_assets_are_shipped_and_reference_nothing_outside() -> 
 
 def test_routes() -> None:
     assert respond("", state).status == 200 and b"spotleash dashboard" in respond("", state).body
-    js = respond("static/app.js", state)
+    js = respond("assets/app.js", state)
     assert js.status == 200 and js.content_type.startswith("text/javascript")
-    assert respond("static/../view.py", state).status == 404
-    assert respond("static/nope.js", state).status == 404
+    assert respond("assets/../view.py", state).status == 404
+    assert respond("assets/nope.js", state).status == 404
     assert respond("etc/passwd", state).status == 404
     api = respond("api/state", state)
     assert api.status == 200 and json.loads(api.body) == STATE and api.content_type == "application/json"
@@ -84,7 +84,7 @@ def test_token_and_host_checks() -> None:
     assert route(f"/{tok}/", "127.0.0.1:8000", tok, 8000, state).status == 200
     assert route(f"/{tok}/api/state?x=1", "localhost:8000", tok, 8000, state).status == 200
     assert route(f"/{tok}", "127.0.0.1:8000", tok, 8000, state).headers["Location"] == f"/{tok}/"
-    for path in ("/", "/api/state", "/static/app.js", f"/{tok}x/", f"/{tok[:-1]}/", "/x/api/state"):
+    for path in ("/", "/api/state", "/assets/app.js", f"/{tok}x/", f"/{tok[:-1]}/", "/x/api/state"):
         r = route(path, "127.0.0.1:8000", tok, 8000, state)
         assert r.status == 401, path
         assert tok.encode() not in r.body

@@ -1,7 +1,8 @@
 """The dashboard's routes, independent of the server that carries them.
 
 ``respond(path, state)`` answers a GET for ``path`` relative to the page's base (``""`` or ``index.html``:
-the page; ``static/NAME``: one of the files shipped in ``spotleash/dashboard/static``; ``api/state``: the
+the page; ``assets/NAME``: one of the files shipped in ``spotleash/dashboard/static`` (not ``static/``: Flask,
+under functions-framework, keeps that prefix for itself); ``api/state``: the
 view as JSON). Every answer carries headers that keep the page to itself: a Content-Security-Policy that
 allows nothing but this origin (no CDN, no inline script, no frames), no referrer (the local server's
 token is in the URL), no caching, no MIME sniffing. Who may ask is decided by the server in front.
@@ -36,6 +37,7 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
 }
 STATE_PATH = "api/state"
+ASSETS = "assets/"
 
 
 @dataclass(frozen=True)
@@ -74,8 +76,8 @@ def respond(path: str, state: Callable[[], dict[str, Any]]) -> Response:
     if path in ("", "index.html"):
         body, ctype = files["index.html"]
         return Response(200, body, ctype)
-    if path.startswith("static/"):
-        found = files.get(path[len("static/"):])
+    if path.startswith(ASSETS):
+        found = files.get(path[len(ASSETS):])
         if found is None:
             return text(404, "no such file")
         return Response(200, found[0], found[1])
