@@ -17,6 +17,7 @@ from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from spotleash.providers import ProviderName
+from spotleash.snapshot_wire import SnapshotAsk
 
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 32 * 1024
@@ -151,6 +152,7 @@ class Heartbeat(Event):
     # sha256 of the instance's TLS front certificate (DER), pinned at the first beat that carries one;
     # the router connects only to a front presenting exactly it. None: the instance runs no front.
     tls_fingerprint: Sha256Hex | None = None
+    snapshot: SnapshotAsk | None = None  # a snapshot or restore step (spotleash.snapshot_wire); the reply answers
 
 
 class BudgetAlert(BaseModel):

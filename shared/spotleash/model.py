@@ -174,6 +174,36 @@ def new_record(
     )
 
 
+class SnapshotState(StrEnum):
+    UPLOADING = "UPLOADING"  # URLs issued, the instance is uploading
+    VERIFIED = "VERIFIED"  # every object checked against the manifest: restorable
+    FAILED = "FAILED"  # never completed or did not verify (an alert was raised)
+    CORRUPT = "CORRUPT"  # verified once, later found damaged by a restore
+    DELETED = "DELETED"  # retention removed its objects
+
+
+class SnapshotRecord(BaseModel):
+    """One snapshot of a lease's state (collection ``snapshots``, doc id = snapshot_id)."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    snapshot_id: str
+    lease_id: str
+    instance_id: str
+    deployment_id: str
+    state: SnapshotState
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    parts: int = 0
+    objects: list[str] = []  # full object names, the manifest last
+    manifest_sha256: str | None = None
+    size_bytes: int = 0  # compressed, in the bucket
+    raw_bytes: int = 0  # file content before compression
+    files: int = 0
+    reason: str | None = None  # why FAILED or CORRUPT
+    verified_at: AwareDatetime | None = None
+
+
 class Lease(BaseModel):
     """An agent's claim on capacity (collection ``leases``). Expired = its instances are reaped."""
 

@@ -12,21 +12,30 @@ connection errors, timeouts) and every failure leaves as a spotleash error:
 
 With ``STORAGE_EMULATOR_HOST`` set (``http://127.0.0.1:PORT``) the official client talks to the
 emulator with anonymous credentials.
+
+``signed_request`` is how a box without a Google identity (or with read-only access) moves one object:
+a V4 signed URL for exactly that object and verb (with the emulator: its plain JSON-API URL, which
+needs no signature). Signing uses the credentials' own key when they have one (a service account key
+file), else IAM ``signBlob`` on behalf of the runtime service account (Cloud Functions: the launcher's
+account holds ``roles/iam.serviceAccountTokenCreator`` on itself).
 """
 
 from __future__ import annotations
 
 import os
+import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any
 
 import google.auth.exceptions
+import google.auth.transport.requests
 import requests
 from google.api_core import exceptions as gexc
-from google.auth.credentials import AnonymousCredentials
+from google.auth.credentials import AnonymousCredentials, Credentials, Signing
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage.retry import DEFAULT_RETRY
 
@@ -64,6 +73,16 @@ class ObjectInfo:
     name: str
     size: int
     generation: int
+    md5: str | None = None  # base64, as Cloud Storage computes it (None: composite objects have none)
+
+
+@dataclass(frozen=True)
+class SignedRequest:
+    """One request that moves one object without credentials: send ``headers`` as given."""
+
+    method: str
+    url: str  # a bearer secret until it expires: never log it
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 _TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
@@ -143,8 +162,9 @@ class Storage:
     """One bucket, through the official client."""
 
     def __init__(self, bucket: str, *, project: str | None = None, retry_s: float = 60.0,
-                 emulator: str | None = None) -> None:
-        """``emulator``: an emulator's URL (default: ``STORAGE_EMULATOR_HOST``; unset: the real service)."""
+                 emulator: str | None = None, credentials: Credentials | None = None) -> None:
+        """``emulator``: an emulator's URL (default: ``STORAGE_EMULATOR_HOST``; unset: the real service).
+        ``credentials``: default: the environment's (Application Default Credentials)."""
         if not bucket:
             raise StorageBadInput("no bucket named: set SPOTLEASH_PACKAGE_BUCKET (the local stack sets it)")
         emulator = emulator or os.environ.get(EMULATOR_VAR) or None
@@ -155,7 +175,8 @@ class Storage:
                 self.client = storage.Client(project=project or "local", credentials=AnonymousCredentials(),  # type: ignore[no-untyped-call]
                                              client_options={"api_endpoint": emulator})
             else:
-                self.client = storage.Client(project=project)
+                self.client = storage.Client(project=project, credentials=credentials)
+        self.emulator = emulator
         self.bucket_name = bucket
         self.bucket = self.client.bucket(bucket)
         self.retry = DEFAULT_RETRY.with_timeout(retry_s)
@@ -170,7 +191,13 @@ class Storage:
             blob = self.bucket.get_blob(name, retry=self.retry, timeout=REQUEST_TIMEOUT_S)
         if blob is None:
             return None
-        return ObjectInfo(name, int(blob.size or 0), int(blob.generation or 0))
+        return ObjectInfo(name, int(blob.size or 0), int(blob.generation or 0), blob.md5_hash)
+
+    def list_names(self, prefix: str) -> list[str]:
+        """The names of every object under ``prefix``, sorted."""
+        with _translated(f"list {self.uri(prefix)}"):
+            return sorted(b.name for b in self.client.list_blobs(self.bucket, prefix=prefix, retry=self.retry,
+                                                                 timeout=REQUEST_TIMEOUT_S))
 
     def generation(self, name: str) -> int:
         """The object's live generation; 0 when it does not exist (what ``if_generation_match=0`` means)."""
@@ -224,6 +251,56 @@ class Storage:
         with _translated(f"delete {self.uri(name)}"):
             self.bucket.blob(name).delete(if_generation_match=if_generation_match, retry=self.retry,
                                           timeout=REQUEST_TIMEOUT_S)
+
+    def delete_if_present(self, name: str) -> bool:
+        """Delete ``name``; False when it was already gone (a retried cleanup is not an error)."""
+        try:
+            self.delete(name)
+        except ObjectNotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------ requests for someone else
+    def signed_request(self, name: str, method: str, *, expires_s: float = 900.0) -> SignedRequest:
+        """A request that reads (``GET``) or creates (``PUT``) exactly ``name`` and nothing else.
+
+        A write may only create: it is signed with ``x-goog-if-generation-match: 0``, so it can never
+        overwrite an object (with the emulator: ``ifGenerationMatch=0`` in the plain upload URL).
+        """
+        if method not in ("GET", "PUT"):
+            raise StorageBadInput(f"signed_request: method {method!r} is neither GET nor PUT")
+        if self.emulator:
+            return self._emulator_request(name, method)
+        headers = {"Content-Type": "application/octet-stream", "x-goog-if-generation-match": "0"} \
+            if method == "PUT" else {}
+        with _translated(f"sign a {method} URL for {self.uri(name)}"):
+            url = self.bucket.blob(name).generate_signed_url(
+                version="v4", expiration=timedelta(seconds=expires_s), method=method,
+                content_type=headers.get("Content-Type"),
+                headers={k: v for k, v in headers.items() if k != "Content-Type"} or None,
+                **self._signer())
+        return SignedRequest(method, url, headers)
+
+    def _emulator_request(self, name: str, method: str) -> SignedRequest:
+        base = str(self.emulator).rstrip("/")
+        b, o = urllib.parse.quote(self.bucket_name, safe=""), urllib.parse.quote(name, safe="")
+        if method == "GET":
+            return SignedRequest("GET", f"{base}/download/storage/v1/b/{b}/o/{o}?alt=media")
+        return SignedRequest("POST", f"{base}/upload/storage/v1/b/{b}/o?uploadType=media&name={o}&ifGenerationMatch=0",
+                             {"Content-Type": "application/octet-stream"})
+
+    def _signer(self) -> dict[str, Any]:
+        """Extra arguments for ``generate_signed_url``: none with a key, else signBlob through IAM."""
+        creds = self.client._credentials
+        if isinstance(creds, Signing):
+            return {}
+        if not creds.valid:
+            creds.refresh(google.auth.transport.requests.Request())
+        email = getattr(creds, "service_account_email", None)
+        if not email:
+            raise StorageBadInput("cannot sign URLs: the credentials are neither a service account key nor a "
+                                  "service account's token (run the control plane as a service account)")
+        return {"service_account_email": email, "access_token": creds.token}
 
     def ensure_bucket(self, location: str = "US-CENTRAL1") -> None:
         """Create the bucket if it does not exist (the local stack's ``up``; Terraform does it for real)."""

@@ -4,7 +4,7 @@ same protocol in memory; ``tests/support/store_contract.py`` holds both to the s
 
 Collections: ``instances`` (InstanceRecord, doc id = instance_id), ``leases`` (Lease), ``events``
 (dedup marks), ``rejected`` (bad input with its reason), ``audit`` (every decision and action),
-``budget`` (the latest billing alert). Transactions stay short: the emulator locks pessimistically.
+``budget`` (the latest billing alert), ``snapshots`` (SnapshotRecord, doc id = snapshot_id). Transactions stay short: the emulator locks pessimistically.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from spotleash.config import Settings
 from spotleash.errors import Transient
-from spotleash.model import LIVE, InstanceRecord, Lease, State
+from spotleash.model import LIVE, InstanceRecord, Lease, SnapshotRecord, State
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
@@ -71,6 +71,10 @@ class Store(Protocol):
     def audit(self, action: str, reason: str, now: datetime, **fields: Any) -> None: ...
     def put_budget(self, data: dict[str, Any]) -> None: ...
     def get_budget(self) -> dict[str, Any] | None: ...
+    # snapshots
+    def put_snapshot(self, snap: SnapshotRecord) -> None: ...
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
+    def snapshots_of_lease(self, lease_id: str) -> list[SnapshotRecord]: ...
 
 
 class FirestoreStore:
@@ -82,6 +86,7 @@ class FirestoreStore:
         self.reads = 0  # documents read by this Store (the benchmark reports it)
         self._instances = client.collection("instances")
         self._leases = client.collection("leases")
+        self._snapshots = client.collection("snapshots")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FirestoreStore:
@@ -304,3 +309,26 @@ class FirestoreStore:
         snap = self._wrap(lambda: self.client.collection("budget").document(self.deployment_id).get())
         self.reads += 1
         return snap.to_dict() if snap.exists else None
+
+    # ---------------------------------------------------------------- snapshots
+    def put_snapshot(self, snap: SnapshotRecord) -> None:
+        data = snap.model_dump(mode="python")
+        data["state"] = str(snap.state)
+        self._wrap(lambda: self._snapshots.document(snap.snapshot_id).set(data))
+
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        snap = self._wrap(lambda: self._snapshots.document(snapshot_id).get())
+        self.reads += 1
+        if not snap.exists:
+            return None
+        rec = SnapshotRecord.model_validate(snap.to_dict())
+        return rec if rec.deployment_id == self.deployment_id else None
+
+    def snapshots_of_lease(self, lease_id: str) -> list[SnapshotRecord]:
+        """Every snapshot of the lease (any state), oldest first."""
+        q = self._snapshots.where(filter=FieldFilter("lease_id", "==", lease_id))
+        docs = self._wrap(lambda: list(q.stream()))
+        self.reads += len(docs)
+        found = [SnapshotRecord.model_validate(d.to_dict()) for d in docs]
+        return sorted((s for s in found if s.deployment_id == self.deployment_id),
+                      key=lambda s: (s.created_at, s.snapshot_id))

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from spotleash.model import LIVE, InstanceRecord, Lease, State
+from spotleash.model import LIVE, InstanceRecord, Lease, SnapshotRecord, State
 from spotleash.store import RETENTION
 
 if TYPE_CHECKING:
@@ -67,6 +67,7 @@ class _Tables:
     rejected: list[dict[str, Any]] = field(default_factory=list)
     audit: list[dict[str, Any]] = field(default_factory=list)
     budget: dict[str, dict[str, Any]] = field(default_factory=dict)
+    snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -82,6 +83,7 @@ class MemoryStore:
         self._rejected = tables.rejected
         self._audit = tables.audit
         self._budget = tables.budget
+        self._snapshots = tables.snapshots
         self._hooks: dict[str, list[Callable[[], None]]] = defaultdict(list)
         self._faults: dict[str, list[tuple[Exception, list[int]]]] = defaultdict(list)
 
@@ -292,6 +294,28 @@ class MemoryStore:
             self.reads += 1
             data = self._budget.get(self.deployment_id)
         return dict(data) if data is not None else None
+
+    # ---------------------------------------------------------------- snapshots
+    @_scripted
+    def put_snapshot(self, snap: SnapshotRecord) -> None:
+        with self._lock:
+            self._snapshots[snap.snapshot_id] = snap.model_dump(mode="python")
+
+    @_scripted
+    def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._snapshots.get(snapshot_id)
+        rec = SnapshotRecord.model_validate(doc) if doc is not None else None
+        return rec if rec is not None and rec.deployment_id == self.deployment_id else None
+
+    @_scripted
+    def snapshots_of_lease(self, lease_id: str) -> list[SnapshotRecord]:
+        with self._lock:
+            found = [SnapshotRecord.model_validate(d) for d in self._snapshots.values() if d["lease_id"] == lease_id]
+            self.reads += len(found)
+        return sorted((s for s in found if s.deployment_id == self.deployment_id),
+                      key=lambda s: (s.created_at, s.snapshot_id))
 
 
 if TYPE_CHECKING:  # mypy (strict, over tests/support) holds it to the protocol the services use

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.model import InstanceRecord, Lease, State, new_record, transition
+from spotleash.model import InstanceRecord, Lease, SnapshotRecord, SnapshotState, State, new_record, transition
 from spotleash.store import Store
 
 NOW = datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)  # microseconds: both must keep them
@@ -281,6 +281,26 @@ class StoreContract:
         store.put_budget({"exceeded": True, "stop_all": False, "cost": 51.5, "at": NOW})
         assert store.get_budget() == {"exceeded": True, "stop_all": False, "cost": 51.5, "at": NOW}
         assert make_store("dep-other").get_budget() is None
+
+    def test_snapshots_round_trip_per_lease_oldest_first(self, store: ContractStore,
+                                                         make_store: MakeStore) -> None:
+        def snap(sid: str, lease: str, created: float, state: SnapshotState, dep: str = DEP) -> SnapshotRecord:
+            return SnapshotRecord(snapshot_id=sid, lease_id=lease, instance_id="sl-a", deployment_id=dep,
+                                  state=state, created_at=at(created), updated_at=at(created), parts=2,
+                                  objects=[f"snapshots/{lease}/{sid}/manifest.json"], manifest_sha256="a" * 64,
+                                  size_bytes=10, raw_bytes=30, files=3, verified_at=at(created + 1))
+
+        newer = snap("s2", "lease-1", 5, SnapshotState.VERIFIED)
+        store.put_snapshot(newer)
+        store.put_snapshot(snap("s1", "lease-1", 0, SnapshotState.UPLOADING))
+        store.put_snapshot(snap("s3", "lease-2", 1, SnapshotState.VERIFIED))
+        make_store("dep-other").put_snapshot(snap("s4", "lease-1", 2, SnapshotState.VERIFIED, dep="dep-other"))
+        assert store.get_snapshot("s2") == newer
+        assert store.get_snapshot("nope") is None and store.get_snapshot("s4") is None
+        assert [s.snapshot_id for s in store.snapshots_of_lease("lease-1")] == ["s1", "s2"]
+        store.put_snapshot(newer.model_copy(update={"state": SnapshotState.CORRUPT, "reason": "sha256 mismatch"}))
+        got = store.get_snapshot("s2")
+        assert got is not None and got.state is SnapshotState.CORRUPT and got.reason == "sha256 mismatch"
 
     def test_reads_are_counted_alike(self, store: ContractStore) -> None:
         store.put(record("sl-a", State.READY, last_heartbeat=at(-500)))
