@@ -18,7 +18,15 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.model import InstanceRecord, Lease, SnapshotRecord, SnapshotState, State, new_record, transition
+from spotleash.model import (
+    InstanceRecord,
+    Lease,
+    SnapshotRecord,
+    SnapshotState,
+    State,
+    new_record,
+    transition,
+)
 from spotleash.store import Store
 
 NOW = datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)  # microseconds: both must keep them
