@@ -70,6 +70,8 @@ def on_heartbeat(request: Request) -> tuple[str, int, dict[str, str]]:
         return json.dumps({"error": "missing bearer token"}), 401, headers
     reply = handle_heartbeat(context(), parsed, token)
     body: dict[str, Any] = {"action": reply.action, "detail": reply.detail}
+    if reply.snapshot is not None:
+        body["snapshot"] = reply.snapshot
     return json.dumps(body), reply.status, headers
 
 

@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")
     router_admin_port: int | None = Field(8190, ge=1, le=65535, description="loopback port of the agent's router: "
                                           "/routes (spotleash status) and /metrics (Prometheus)")
+    snapshot_keep: int = Field(3, ge=1, description="verified snapshots kept per lease; older ones are deleted")
+    snapshot_url_ttl_s: float = Field(900.0, ge=60, le=7 * 86400,
+                                      description="life of the signed URLs an instance moves a snapshot with")
+    snapshot_upload_timeout_s: float = Field(3600.0, gt=0, description="an upload unfinished this long failed")
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")

@@ -286,9 +286,16 @@ class AppSpec(BaseModel):
     )
     exclude: list[str] = Field(default_factory=list, description="extra gitignore-style patterns to leave out")
     components: list[ComponentSpec] = Field(min_length=1, description="the components")
+    state_paths: list[str] = Field(
+        default_factory=list, max_length=16,
+        description="absolute directories an instance snapshots and restores (unset: /workspace on VAST, none on GCE)",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> AppSpec:
+        for p in self.state_paths:
+            if not p.startswith("/") or ".." in p.split("/"):
+                raise ValueError(f"state_paths: {p!r} must be an absolute path without '..'")
         for attr in ("name", "port", "route_port"):
             seen: set[object] = set()
             for c in self.components:

@@ -49,6 +49,7 @@ class AgentConfig(BaseModel):
     # admits requests carrying the credential whose sha256 this is. Unset: no front, components as before.
     route_credential_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
     front_port: int = Field(FRONT_PORT, ge=0, le=65535)  # the instance's one open port (0: any free one)
+    state_paths: list[str] = []  # snapshotted and restored (empty: the provider's default, see instance_agent.snapshot)
 
     @classmethod
     def for_launch(cls, spec: LaunchSpec) -> AgentConfig:

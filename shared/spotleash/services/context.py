@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
@@ -20,6 +21,9 @@ from spotleash.pricing.book import PriceBook
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
 from spotleash.store import FirestoreStore, Store
+
+if TYPE_CHECKING:
+    from spotleash.storage import Storage
 
 
 @dataclass
@@ -30,6 +34,7 @@ class Context:
     providers: dict[str, Provider] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
     prices: PriceBook | None = None  # Spot prices for the budget guard; None: the built-in table
+    storage: Storage | None = None  # the package bucket (snapshots); built from the settings when first used
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
@@ -40,6 +45,14 @@ class Context:
         if name not in self.providers:
             self.providers[name] = build_provider(name, self.settings)
         return self.providers[name]
+
+    def bucket(self) -> Storage:
+        """The package bucket (imported late: most services never touch Cloud Storage)."""
+        if self.storage is None:
+            from spotleash.storage import Storage
+
+            self.storage = Storage(self.settings.package_bucket or "", project=self.settings.project)
+        return self.storage
 
     def now(self) -> datetime:
         return self.clock()

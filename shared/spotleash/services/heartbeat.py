@@ -13,6 +13,7 @@ certificate is refused (409, audited) — the router keeps trusting the first on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
@@ -31,6 +32,7 @@ class BeatReply:
     status: int  # HTTP status
     action: str  # "continue" | "stop" | ""
     detail: str = ""
+    snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.snapshot_wire)
 
 
 def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
@@ -78,6 +80,7 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
     updated = ctx.store.update(beat.instance_id, beat_in)
     if updated is not None and updated.tls_fingerprint and not rec.tls_fingerprint:
         log.info("TLS fingerprint pinned", instance_id=rec.instance_id, fingerprint=updated.tls_fingerprint)
+    snap = _answer_snapshot(ctx, updated, beat)
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
         endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
         ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
@@ -85,12 +88,20 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         _pin_host_key(ctx, updated)
     if beat.preempted and not rec.preempted:
         _failover(ctx, rec)
-        return BeatReply(200, "stop", "preempted; a replacement is being launched")
+        return BeatReply(200, "stop", "preempted; a replacement is being launched", snapshot=snap)
     if verdict.failure is not None and updated is not None:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
-        return BeatReply(200, "stop", reason)
-    return BeatReply(200, "continue")
+        return BeatReply(200, "stop", reason, snapshot=snap)
+    return BeatReply(200, "continue", snapshot=snap)
+
+
+def _answer_snapshot(ctx: Context, rec: InstanceRecord | None, beat: Heartbeat) -> dict[str, Any] | None:
+    if beat.snapshot is None or rec is None:
+        return None
+    from spotleash.services.snapshots import answer  # Cloud Storage's client only when a beat asks
+
+    return answer(ctx, rec, beat.snapshot).model_dump(mode="json")
 
 
 def _fail_unusable(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> None:

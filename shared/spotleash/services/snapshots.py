@@ -1,0 +1,319 @@
+"""The control plane's side of snapshots: issue URLs, verify and record, retention, restore choice,
+and the hibernation guard.
+
+It answers the ``snapshot`` ask a heartbeat carries (``answer``; ``spotleash.snapshot_wire`` has
+the protocol and why signed URLs). It signs URLs and reads manifests (small); the bulk bytes move
+between the instance and Cloud Storage only.
+
+Decisions are pure functions of the records: ``retention_plan`` (what to delete), ``choose_restore``
+(what to restore, past the corrupt ones), ``may_destroy_for_hibernation`` (never before a verified
+snapshot; a failed one keeps the box and alerts; the max-runtime cap still wins).
+
+A snapshot is VERIFIED only when its manifest's sha256 is the one the instance reported and every
+part it lists is in the bucket with the manifest's size and MD5 (Cloud Storage computes the MD5 of
+what it stored, so this checks the bytes without reading them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+
+from spotleash.errors import SpotleashError
+from spotleash.log import get_logger
+from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
+from spotleash.services.context import Context
+from spotleash.snapshot_wire import (
+    MANIFEST_OBJECT,
+    MAX_MANIFEST_BYTES,
+    AbandonedAsk,
+    Noted,
+    Refused,
+    RestoreAsk,
+    RestoredAsk,
+    RestoreGrant,
+    SnapshotAsk,
+    SnapshotManifest,
+    SnapshotReply,
+    Transfer,
+    UploadAsk,
+    UploadedAsk,
+    UploadGrant,
+    Verdict,
+    lease_prefix,
+    object_names,
+    object_prefix,
+)
+from spotleash.storage import Storage, StorageError, StorageTransient
+
+log = get_logger("spotleash.snapshots")
+
+_SNAPSHOT_WRITERS = (State.PROVISIONING, State.RUNNING, State.READY)  # PROVISIONING: restore runs before READY
+
+
+# ------------------------------------------------------------------------------------------ pure decisions
+
+
+def retention_plan(snapshots: Sequence[SnapshotRecord], keep: int, now: datetime,
+                   stale_after: timedelta) -> list[SnapshotRecord]:
+    """The snapshots whose objects go: verified ones past the newest ``keep``, failed or corrupt ones
+    older than the newest verified, and uploads abandoned for longer than ``stale_after`` (an agent
+    killed mid-upload). The newest verified snapshot is never in it."""
+    keep = max(keep, 1)
+    verified = sorted((s for s in snapshots if s.state is SnapshotState.VERIFIED),
+                      key=lambda s: (s.created_at, s.snapshot_id))
+    doomed = verified[:-keep]
+    newest = verified[-1].created_at if verified else None
+    for s in snapshots:
+        if s.state in (SnapshotState.FAILED, SnapshotState.CORRUPT) and newest is not None and s.created_at < newest:
+            doomed.append(s)
+        elif s.state is SnapshotState.UPLOADING and now - s.created_at > stale_after:
+            doomed.append(s)
+    return sorted(doomed, key=lambda s: (s.created_at, s.snapshot_id))
+
+
+def choose_restore(snapshots: Iterable[SnapshotRecord], exclude: Iterable[str] = ()) -> SnapshotRecord | None:
+    """The newest verified snapshot not in ``exclude`` (those found corrupt), or None."""
+    skip = set(exclude)
+    candidates = [s for s in snapshots if s.state is SnapshotState.VERIFIED and s.snapshot_id not in skip]
+    return max(candidates, key=lambda s: (s.created_at, s.snapshot_id), default=None)
+
+
+@dataclass(frozen=True)
+class HibernationVerdict:
+    destroy: bool
+    reason: str  # max_runtime_cap | snapshot_verified | no_snapshot | snapshot_in_progress | snapshot_failed
+    alert: bool = False  # someone must look: the box is kept running without a usable snapshot, or the
+    # cap destroys it without one
+    snapshot_id: str | None = None
+
+
+def may_destroy_for_hibernation(record: InstanceRecord, snapshots: Sequence[SnapshotRecord], now: datetime, *,
+                                requested_at: datetime | None = None) -> HibernationVerdict:
+    """May hibernation destroy ``record``'s box now? Only once the newest snapshot this instance took
+    (at or after ``requested_at``, when hibernation was decided) is verified. The max-runtime cap wins
+    over everything: past its deadline the box goes regardless (with an alert when unsaved)."""
+    mine = [s for s in snapshots if s.instance_id == record.instance_id and s.lease_id == record.lease_id
+            and (requested_at is None or s.created_at >= requested_at)]
+    newest = max(mine, key=lambda s: (s.created_at, s.snapshot_id), default=None)
+    saved = newest is not None and newest.state is SnapshotState.VERIFIED
+    sid = newest.snapshot_id if newest else None
+    if now >= record.deadline:
+        return HibernationVerdict(True, "max_runtime_cap", alert=not saved, snapshot_id=sid if saved else None)
+    if newest is None:
+        return HibernationVerdict(False, "no_snapshot")
+    if saved:
+        return HibernationVerdict(True, "snapshot_verified", snapshot_id=sid)
+    if newest.state is SnapshotState.UPLOADING:
+        return HibernationVerdict(False, "snapshot_in_progress", snapshot_id=sid)
+    return HibernationVerdict(False, "snapshot_failed", alert=True, snapshot_id=sid)
+
+
+def check_manifest(data: bytes, reported_sha256: str, snap: SnapshotRecord) -> SnapshotManifest:
+    """The manifest, if it is the one reported and describes exactly this snapshot; else ValueError."""
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ValueError(f"manifest.json is {len(data)} bytes (limit {MAX_MANIFEST_BYTES})")
+    got = hashlib.sha256(data).hexdigest()
+    if got != reported_sha256:
+        raise ValueError(f"manifest.json sha256 is {got[:16]}…, the instance reported {reported_sha256[:16]}…")
+    try:
+        manifest = SnapshotManifest.model_validate_json(data)
+    except ValidationError as e:
+        raise ValueError(f"manifest.json is not a snapshot manifest: {str(e)[:200]}") from e
+    if (manifest.snapshot_id, manifest.lease_id, manifest.instance_id) != (snap.snapshot_id, snap.lease_id,
+                                                                             snap.instance_id):
+        raise ValueError("manifest.json names another snapshot, lease or instance")
+    if [o.name for o in manifest.objects] != object_names(snap.parts)[:-1]:
+        raise ValueError(f"manifest.json lists {len(manifest.objects)} parts, the upload was for {snap.parts}")
+    return manifest
+
+
+# ------------------------------------------------------------------------------------------ the ask
+
+
+def answer(ctx: Context, rec: InstanceRecord, ask: SnapshotAsk) -> SnapshotReply:
+    """The reply to one heartbeat's snapshot ask from ``rec``'s instance (token already checked)."""
+    if rec.state not in _SNAPSHOT_WRITERS:
+        return Refused(detail=f"instance is {rec.state}")
+    try:
+        if isinstance(ask, UploadAsk):
+            return _issue_upload(ctx, rec, ask)
+        if isinstance(ask, UploadedAsk):
+            return _verify(ctx, rec, ask)
+        if isinstance(ask, AbandonedAsk):
+            return _abandoned(ctx, rec, ask)
+        if isinstance(ask, RestoreAsk):
+            return _issue_restore(ctx, rec, ask)
+        return _restored(ctx, rec, ask)
+    except SpotleashError as e:  # Cloud Storage or Firestore unavailable: the instance asks again later
+        log.warning("snapshot ask not answered", instance_id=rec.instance_id, op=ask.op, detail=str(e)[:300])
+        return Refused(detail=f"try again later: {str(e)[:400]}")
+
+
+def _owned(ctx: Context, rec: InstanceRecord, snapshot_id: str) -> SnapshotRecord | None:
+    snap = ctx.store.get_snapshot(snapshot_id)
+    if snap is None or snap.lease_id != rec.lease_id or snap.instance_id != rec.instance_id:
+        return None
+    return snap
+
+
+def _transfers(storage: Storage, names: Iterable[str], method: str, ttl_s: float) -> dict[str, Transfer]:
+    out: dict[str, Transfer] = {}
+    for name in names:
+        r = storage.signed_request(name, method, expires_s=ttl_s)
+        out[name.rsplit("/", 1)[-1]] = Transfer(method=r.method, url=r.url, headers=r.headers)
+    return out
+
+
+def _issue_upload(ctx: Context, rec: InstanceRecord, ask: UploadAsk) -> SnapshotReply:
+    now = ctx.now()
+    existing = ctx.store.get_snapshot(ask.snapshot_id)
+    if existing is not None and (existing.instance_id != rec.instance_id or existing.state is not SnapshotState.UPLOADING
+                                 or existing.parts != ask.parts):
+        return Refused(detail=f"snapshot {ask.snapshot_id} exists already ({existing.state})")
+    prefix = object_prefix(rec.lease_id, ask.snapshot_id)
+    names = [prefix + n for n in object_names(ask.parts)]
+    if existing is None:  # recorded before any URL leaves: an abandoned upload is found and cleaned up
+        ctx.store.put_snapshot(SnapshotRecord(
+            snapshot_id=ask.snapshot_id, lease_id=rec.lease_id, instance_id=rec.instance_id,
+            deployment_id=rec.deployment_id, state=SnapshotState.UPLOADING, created_at=now, updated_at=now,
+            parts=ask.parts, objects=names))
+        ctx.store.audit("snapshot_started", "instance asked", now, instance_id=rec.instance_id,
+                        lease_id=rec.lease_id, snapshot_id=ask.snapshot_id, parts=ask.parts)
+    ttl = ctx.settings.snapshot_url_ttl_s
+    return UploadGrant(snapshot_id=ask.snapshot_id, objects=_transfers(ctx.bucket(), names, "PUT", ttl),
+                       expires_at=now + timedelta(seconds=ttl))
+
+
+def _fail(ctx: Context, snap: SnapshotRecord, reason: str, action: str = "snapshot_failed") -> None:
+    now = ctx.now()
+    ctx.store.put_snapshot(snap.model_copy(update={"state": SnapshotState.FAILED, "reason": reason[:500],
+                                                   "updated_at": now}))
+    ctx.store.audit(action, reason[:500], now, instance_id=snap.instance_id, lease_id=snap.lease_id,
+                    snapshot_id=snap.snapshot_id)
+    ctx.store.audit("alert", "snapshot_failed", now, instance_id=snap.instance_id, lease_id=snap.lease_id,
+                    snapshot_id=snap.snapshot_id, detail=reason[:500])
+    log.error("snapshot failed; the instance keeps running", instance_id=snap.instance_id,
+              lease_id=snap.lease_id, snapshot_id=snap.snapshot_id, reason=reason[:300])
+
+
+def _verify(ctx: Context, rec: InstanceRecord, ask: UploadedAsk) -> SnapshotReply:
+    snap = _owned(ctx, rec, ask.snapshot_id)
+    if snap is None:
+        return Refused(detail=f"no snapshot {ask.snapshot_id} of this instance")
+    if snap.state is SnapshotState.VERIFIED and snap.manifest_sha256 == ask.manifest_sha256:
+        return Verdict(snapshot_id=snap.snapshot_id, verified=True, detail="verified already")  # a retried ask
+    if snap.state is not SnapshotState.UPLOADING:
+        return Verdict(snapshot_id=snap.snapshot_id, verified=False, detail=f"snapshot is {snap.state}")
+    storage = ctx.bucket()
+    prefix = object_prefix(snap.lease_id, snap.snapshot_id)
+    try:
+        data, _ = storage.read_bytes(prefix + MANIFEST_OBJECT)
+        manifest = check_manifest(data, ask.manifest_sha256, snap)
+        for o in manifest.objects:
+            info = storage.stat(prefix + o.name)
+            if info is None:
+                raise ValueError(f"{o.name} is not in the bucket")
+            if info.size != o.size or (info.md5 is not None and info.md5 != o.md5):
+                raise ValueError(f"{o.name} in the bucket ({info.size} bytes, md5 {info.md5}) is not the manifest's "
+                                 f"({o.size} bytes, md5 {o.md5})")
+    except StorageTransient:
+        raise  # answered "try again later"; the snapshot stays UPLOADING
+    except (ValueError, StorageError) as e:
+        _fail(ctx, snap, f"verification failed: {e}")
+        return Verdict(snapshot_id=snap.snapshot_id, verified=False, detail=str(e)[:500])
+    now = ctx.now()
+    done = snap.model_copy(update={
+        "state": SnapshotState.VERIFIED, "verified_at": now, "updated_at": now, "manifest_sha256": ask.manifest_sha256,
+        "size_bytes": manifest.size_bytes + len(data), "raw_bytes": manifest.raw_bytes, "files": manifest.files})
+    ctx.store.put_snapshot(done)
+    ctx.store.audit("snapshot_verified", "every part matches its manifest", now, instance_id=rec.instance_id,
+                    lease_id=rec.lease_id, snapshot_id=snap.snapshot_id, size_bytes=done.size_bytes,
+                    raw_bytes=done.raw_bytes, files=done.files, skipped=len(manifest.skipped))
+    apply_retention(ctx, rec.lease_id)
+    return Verdict(snapshot_id=snap.snapshot_id, verified=True)
+
+
+def _abandoned(ctx: Context, rec: InstanceRecord, ask: AbandonedAsk) -> SnapshotReply:
+    snap = _owned(ctx, rec, ask.snapshot_id)
+    if snap is not None and snap.state is SnapshotState.UPLOADING:
+        _fail(ctx, snap, f"the instance gave up: {ask.detail}" if ask.detail else "the instance gave up")
+    elif snap is None:  # failed before it asked for URLs (packing): still an alert, nothing to clean
+        now = ctx.now()
+        ctx.store.audit("alert", "snapshot_failed", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                        snapshot_id=ask.snapshot_id, detail=ask.detail)
+    return Noted()
+
+
+def _issue_restore(ctx: Context, rec: InstanceRecord, ask: RestoreAsk) -> SnapshotReply:
+    now = ctx.now()
+    for sid, why in ask.failed.items():
+        snap = ctx.store.get_snapshot(sid)
+        if snap is None or snap.lease_id != rec.lease_id or snap.state is not SnapshotState.VERIFIED:
+            continue
+        ctx.store.put_snapshot(snap.model_copy(update={"state": SnapshotState.CORRUPT, "reason": why[:500],
+                                                       "updated_at": now}))
+        ctx.store.audit("snapshot_corrupt", why[:500], now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                        snapshot_id=sid, detail="falling back to the snapshot before it")
+        log.error("snapshot found corrupt at restore; falling back", lease_id=rec.lease_id, snapshot_id=sid,
+                  reason=why[:300])
+    chosen = choose_restore(ctx.store.snapshots_of_lease(rec.lease_id), ask.failed)
+    if chosen is None:
+        if ask.failed:
+            ctx.store.audit("alert", "no_restorable_snapshot", now, instance_id=rec.instance_id,
+                            lease_id=rec.lease_id, failed=sorted(ask.failed))
+        return RestoreGrant()
+    ttl = ctx.settings.snapshot_url_ttl_s
+    ctx.store.audit("restore_granted", "fallback" if ask.failed else "latest verified", now,
+                    instance_id=rec.instance_id, lease_id=rec.lease_id, snapshot_id=chosen.snapshot_id,
+                    fell_back_from=sorted(ask.failed))
+    return RestoreGrant(snapshot_id=chosen.snapshot_id, manifest_sha256=chosen.manifest_sha256,
+                        objects=_transfers(ctx.bucket(), chosen.objects, "GET", ttl),
+                        expires_at=now + timedelta(seconds=ttl))
+
+
+def _restored(ctx: Context, rec: InstanceRecord, ask: RestoredAsk) -> SnapshotReply:
+    ctx.store.audit("restored" if ask.snapshot_id else "restore_skipped",
+                    "snapshot restored" if ask.snapshot_id else "no verified snapshot", ctx.now(),
+                    instance_id=rec.instance_id, lease_id=rec.lease_id, snapshot_id=ask.snapshot_id,
+                    seconds=round(ask.seconds, 3), raw_bytes=ask.raw_bytes)
+    return Noted()
+
+
+# ------------------------------------------------------------------------------------------ retention
+
+
+def apply_retention(ctx: Context, lease_id: str) -> list[str]:
+    """Delete what ``retention_plan`` names (objects first, then the record says DELETED); the ids.
+
+    A Cloud Storage failure leaves the rest for the next verified snapshot's run."""
+    settings = ctx.settings
+    now = ctx.now()
+    doomed = retention_plan(ctx.store.snapshots_of_lease(lease_id), settings.snapshot_keep, now,
+                            timedelta(seconds=settings.snapshot_upload_timeout_s))
+    storage = ctx.bucket()
+    gone: list[str] = []
+    for snap in doomed:
+        try:
+            for name in storage.list_names(object_prefix(lease_id, snap.snapshot_id)):
+                storage.delete_if_present(name)
+        except StorageError as e:
+            log.warning("snapshot retention stopped; retried next time", lease_id=lease_id,
+                        snapshot_id=snap.snapshot_id, detail=str(e)[:300])
+            break
+        ctx.store.put_snapshot(snap.model_copy(update={"state": SnapshotState.DELETED, "updated_at": now}))
+        ctx.store.audit("snapshot_deleted", f"retention (keep {settings.snapshot_keep})" if snap.state is
+                        SnapshotState.VERIFIED else f"retention ({str(snap.state).lower()})", now,
+                        lease_id=lease_id, snapshot_id=snap.snapshot_id, instance_id=snap.instance_id)
+        gone.append(snap.snapshot_id)
+    return gone
+
+
+def orphan_objects(storage: Storage, lease_id: str, snapshots: Sequence[SnapshotRecord]) -> list[str]:
+    """Objects under the lease's prefix that no live snapshot record names (for a sweep)."""
+    known = {n for s in snapshots if s.state is not SnapshotState.DELETED for n in s.objects}
+    return [n for n in storage.list_names(lease_prefix(lease_id)) if n not in known]
