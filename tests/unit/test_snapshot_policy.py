@@ -11,7 +11,12 @@ import pytest
 from spotleash.instance_agent.snapshot import SnapshotError, state_paths_for
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State, new_record, transition
 from spotleash.package_format import AppSpec
-from spotleash.services.snapshots import check_manifest, choose_restore, may_destroy_for_hibernation, retention_plan
+from spotleash.services.snapshots import (
+    check_manifest,
+    choose_restore,
+    may_destroy_for_hibernation,
+    retention_plan,
+)
 from spotleash.snapshot_wire import ManifestObject, SnapshotManifest, object_names
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
