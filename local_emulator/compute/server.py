@@ -7,7 +7,8 @@ Covered (``/compute/v1/projects/P/...``):
   aggregated/instances                   GET (filter, maxResults, pageToken)
   zones/Z/operations/OP                  GET;  zones/Z/operations/OP/wait  POST
 Every other path under /compute/v1 answers 501 notImplemented; anything else 404.
-Control API: see ``_control`` below (health, reset, inspect, faults, calls, capacity, preempt, clock, config).
+Control API: see ``_control`` below (health, reset, inspect, faults, calls, capacity, preempt, clock, config);
+faults are local_emulator.faults rules matched on the operation name (``instances.insert``), method and path.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from local_emulator.compute import errors
 from local_emulator.compute.errors import ApiError
 from local_emulator.compute.filters import compile_filter
-from local_emulator.compute.models import ZONES, ComputeModel, Fault, Instance
+from local_emulator.compute.models import ZONES, ComputeModel, Instance
+from local_emulator.faults import FaultError
 
 BASE = "https://www.googleapis.com/compute/v1"
 MAX_RESULTS = 500
@@ -111,12 +113,12 @@ class ComputeApi:
             raise errors.invalid(f"Invalid JSON payload received. Unknown name \"{sorted(unknown)[0]}\": Cannot bind query parameter.")
         logged = body.get("name") if op_name == "instances.insert" and isinstance(body, dict) else m.groupdict().get("name")
         self.model.log_call(op_name, unquote(str(logged or "")))
-        fault = self.model.take_fault(op_name)
+        fault = self.model.faults.take(op_name, method=method, path=path)
         if fault is not None:
             if fault.latency_s:
                 time.sleep(fault.latency_s)
-            if fault.http_code:
-                raise ApiError(fault.http_code, fault.reason, fault.message)
+            if fault.status:
+                raise ApiError(fault.status, fault.reason or "backendError", fault.message or "injected fault")
         g = {k: unquote(v) for k, v in m.groupdict().items()}
         model, rid = self.model, query.get("requestId")
         if op_name == "instances.insert":
@@ -202,25 +204,11 @@ class ComputeApi:
                 return 200, model.inspect(inst)
             if method == "POST" and parts[3:] == ["preempt"]:
                 return 200, model.inspect(model.preempt(inst.project, inst.zone, inst.name))
-        if route == ("POST", "faults"):
+        if route[1] == "faults" and len(parts) == 1:
             try:
-                fault = Fault(
-                    operation=str(body["operation"]), count=int(body.get("count", 1)),
-                    http_code=int(body["http_code"]) if body.get("http_code") is not None else None,
-                    reason=str(body.get("reason", "backendError")), message=str(body.get("message", "injected fault")),
-                    latency_s=float(body.get("latency_s", 0.0)),
-                )
-            except (KeyError, TypeError, ValueError) as e:
-                raise errors.invalid(f"bad fault {body!r}: {e}") from e
-            model.add_fault(fault)
-            return 200, {"ok": True}
-        if route == ("DELETE", "faults"):
-            with model.lock:
-                model.faults.clear()
-            return 200, {"ok": True}
-        if route == ("GET", "faults"):
-            with model.lock:
-                return 200, {"faults": [vars(f) for f in model.faults], "calls": dict(model.calls)}
+                return 200, model.faults.control(method, body)
+            except FaultError as e:
+                raise errors.invalid(str(e)) from e
         if route == ("GET", "calls"):  # ?since=EPOCH_SECONDS: the call log, oldest first
             since = float(query.get("since") or 0)
             with model.lock:

@@ -285,16 +285,16 @@ def test_set_labels_needs_the_current_fingerprint(clients: Any) -> None:
 # ---------------------------------------------------------------------------- faults and capacity
 def test_injected_faults_and_latency(clients: Any, control: httpx.Client) -> None:
     ic, _ = clients
-    control.post("/_control/faults", json={"operation": "instances.list", "count": 2, "http_code": 503}).raise_for_status()
+    control.post("/_control/faults", json={"operation": "instances.list", "count": 2, "status": 503}).raise_for_status()
     for _ in range(2):
         with pytest.raises(gexc.ServiceUnavailable):
             list(ic.list(project=P, zone=ZA, retry=None))
     assert list(ic.list(project=P, zone=ZA, retry=None)) == []
     # with its default retry the official client rides over a transient 503 by itself
-    control.post("/_control/faults", json={"operation": "instances.list", "count": 1, "http_code": 503}).raise_for_status()
+    control.post("/_control/faults", json={"operation": "instances.list", "count": 1, "status": 503}).raise_for_status()
     assert list(ic.list(project=P, zone=ZA)) == []
     assert control.get("/_control/faults").json()["calls"]["instances.list"] == 5
-    control.post("/_control/faults", json={"operation": "instances.get", "count": 1, "http_code": 429, "reason": "rateLimitExceeded"}).raise_for_status()
+    control.post("/_control/faults", json={"operation": "instances.get", "count": 1, "status": 429, "reason": "rateLimitExceeded"}).raise_for_status()
     with pytest.raises(gexc.TooManyRequests) as e:
         ic.get(project=P, zone=ZA, instance="x")
     assert e.value.errors[0]["reason"] == "rateLimitExceeded"
@@ -302,6 +302,14 @@ def test_injected_faults_and_latency(clients: Any, control: httpx.Client) -> Non
     t = time.monotonic()
     list(ic.list(project=P, zone=ZA))
     assert time.monotonic() - t >= 0.5
+    plan = control.get("/_control/faults").json()  # every rule fired, and says how often
+    assert plan["left"] == 0 and plan["fired"] == 5
+    assert [(r["operation"], r["fired"]) for r in plan["rules"]] == [
+        ("instances.list", 2), ("instances.list", 1), ("instances.get", 1), ("*", 1)]
+    bad = control.post("/_control/faults", json={"operation": "instances.list", "http_code": 503})
+    assert bad.status_code == 400 and "unknown fault field" in bad.json()["error"]["message"]
+    control.delete("/_control/faults").raise_for_status()
+    assert control.get("/_control/faults").json() == {"rules": [], "left": 0, "fired": 0, "calls": {}}
 
 
 def test_exhausted_zone_fails_the_operation_like_gce(clients: Any, control: httpx.Client) -> None:

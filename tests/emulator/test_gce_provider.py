@@ -200,10 +200,10 @@ def test_list_owned_pages_and_filters(provider: GceProvider, control: httpx.Clie
 
 
 def test_transient_errors_are_retried_and_bounded(provider: GceProvider, control: httpx.Client, fake: ComputeFake) -> None:
-    control.post("/_control/faults", json={"operation": "instances.insert", "count": 2, "http_code": 503}).raise_for_status()
+    control.post("/_control/faults", json={"operation": "instances.insert", "count": 2, "status": 503}).raise_for_status()
     assert provider.create(spec("sl-retry")).status is ProviderStatus.RUNNING
     assert len(fake.model.list(P, None)) == 1
-    control.post("/_control/faults", json={"operation": "instances.aggregatedList", "count": 50, "http_code": 429}).raise_for_status()
+    control.post("/_control/faults", json={"operation": "instances.aggregatedList", "count": 50, "status": 429}).raise_for_status()
     with pytest.raises(ProviderTransient):
         provider.list_owned("dep1")
     calls = control.get("/_control/faults").json()["calls"]["instances.aggregatedList"]
@@ -246,6 +246,6 @@ def test_agent_exits_when_told_to_stop(provider: GceProvider, receiver: Receiver
     info = inspect(control, "sl-told")
     proc = fake.model.get(P, ZA, "sl-told").proc
     assert proc is not None
-    wait_until(lambda: proc.poll() is not None, timeout=10, what="agent exit")
-    assert proc.returncode == 0
+    wait_until(lambda: proc.exited_early() is not None, timeout=10, what="agent exit")
+    assert proc.exited_early() == 0
     assert "told to stop" in open(info["log_path"]).read()

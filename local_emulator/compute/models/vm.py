@@ -1,0 +1,87 @@
+"""The VM runtime: what runs "inside" a fake VM — a real process group, and what its metadata server shows.
+
+A VM is the fake's ``vm_command`` (by default the instance agent) started in its own session by
+:func:`local_emulator.procs.spawn`, with ``GCE_METADATA_HOST`` pointing at the VM's own metadata
+server; stopping it ends the whole group through :func:`local_emulator.procs.stop_all` (SIGTERM,
+SIGKILL after the grace, wait until nothing of it is left).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from local_emulator import procs
+from local_emulator.compute.metadata_server import directory_listing
+from local_emulator.compute.models.resources import Instance
+from spotleash.instance_agent.config import without_agent_env
+from spotleash.log import get_logger
+
+log = get_logger("local_emulator.compute.vm")
+
+GROUP_GONE_TIMEOUT_S = 10.0
+
+
+def start(command: list[str], *, name: str, workdir: Path, metadata_host: str) -> procs.ManagedProcess:
+    """Start the VM's process group; its output goes to ``workdir/vm.log``."""
+    env = without_agent_env(os.environ)  # a real VM reads its configuration from its metadata server
+    env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1"})
+    return procs.spawn(f"gce-vm-{name}", command, log_path=workdir / "vm.log", port=None, env=env, cwd=workdir)
+
+
+def stop(proc: procs.ManagedProcess | None, *, grace_s: float) -> None:
+    """End the VM's whole process group: SIGTERM, SIGKILL after ``grace_s``, wait until it is gone."""
+    if proc is None:
+        return
+    try:
+        procs.stop_all([proc], timeout=GROUP_GONE_TIMEOUT_S, term_grace=grace_s)
+    except procs.StackError as e:
+        log.error("VM processes did not stop", vm=proc.name, reason=str(e))
+
+
+def check_startup_script(script: str | None) -> dict[str, Any]:
+    """GCE stores any startup script; the fake does too, and records whether ``bash -n`` accepts it."""
+    if script is None:
+        return {"present": False}
+    try:
+        res = subprocess.run(["bash", "-n"], input=script.encode(), capture_output=True, timeout=10, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return {"present": True, "bash_n_ok": None, "stderr": str(e)}
+    return {"present": True, "bash_n_ok": res.returncode == 0, "stderr": res.stderr.decode(errors="replace")[-2000:]}
+
+
+def project_number(project: str) -> int:
+    return int(hashlib.sha256(project.encode()).hexdigest()[:10], 16) % 10**12
+
+
+def metadata_view(inst: Instance, path: str, recursive: bool) -> tuple[str, str] | None:
+    """What the VM's metadata server answers for ``path`` (None: 404). Caller holds the model's lock."""
+    attrs = dict(inst.metadata)
+    number = project_number(inst.project)
+    instance = {
+        "id": str(inst.id),
+        "name": inst.name,
+        "hostname": f"{inst.name}.{inst.zone}.c.{inst.project}.internal",
+        "zone": f"projects/{number}/zones/{inst.zone}",
+        "machine-type": f"projects/{number}/machineTypes/{inst.machine_type}",
+        "preempted": "TRUE" if inst.preempted else "FALSE",
+        "maintenance-event": "TERMINATE_ON_HOST_MAINTENANCE" if inst.preempted else "NONE",
+        "tags": "[]",
+    }
+    project = {"project-id": inst.project, "numeric-project-id": str(number)}
+    path = path.rstrip("/") if path.endswith("/") and path.count("/") > 1 else path
+    if path in ("instance/attributes", "instance/attributes/"):
+        return directory_listing(attrs, recursive)
+    if path.startswith("instance/attributes/"):
+        key = path[len("instance/attributes/"):]
+        return ("application/text", attrs[key]) if key in attrs else None
+    if path in ("instance", "instance/"):
+        return directory_listing({**instance, "attributes": attrs} if recursive else {**instance, "attributes/": ""}, recursive)
+    if path.startswith("instance/") and path[len("instance/"):] in instance:
+        return "application/text", instance[path[len("instance/"):]]
+    if path.startswith("project/") and path[len("project/"):] in project:
+        return "application/text", project[path[len("project/"):]]
+    return None
