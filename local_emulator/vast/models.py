@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import secrets
 import shutil
 import sys
@@ -23,6 +22,7 @@ from typing import Any
 import paramiko
 
 from local_emulator import procs
+from local_emulator.faults import FaultPlan
 from local_emulator.vast import errors
 from local_emulator.vast.errors import VastApiError
 from local_emulator.vast.offers import Offer, build_catalog
@@ -33,18 +33,9 @@ log = get_logger("local_emulator.vast")
 
 FIRST_INSTANCE_ID = 21_000_000
 IDLE = "exec sleep 2147483647"
-
-
-@dataclass
-class Fault:
-    """One injected fault: ``kind`` in error | rate_limit | latency | offer_gone | bid_leaves_instance."""
-
-    kind: str
-    count: int
-    code: int = 500
-    seconds: float = 0.0
-    path: str | None = None  # regex on the request path; None = every API path
-    method: str | None = None
+# Faults of the model, not the transport: the offer is rented away between search and create; a bid
+# is refused yet leaves a stopped instance behind (as real VAST does).
+EFFECTS = ("offer_gone", "bid_leaves_instance")
 
 
 @dataclass
@@ -132,7 +123,7 @@ class VastModel:
         self.offers: list[Offer] = build_catalog(seed)
         self.instances: dict[int, Instance] = {}
         self.ssh_keys: list[dict[str, Any]] = []
-        self.faults: list[Fault] = []
+        self.faults = FaultPlan(effects=EFFECTS)
         self.calls: list[tuple[str, str, int]] = []  # (method, path, status) of every API call
         self._dead_keys: dict[int, tuple[str, ...]] = {}
         self._next_id = FIRST_INSTANCE_ID
@@ -140,22 +131,6 @@ class VastModel:
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="vast-ticker", daemon=True)
         self._ticker.start()
-
-    # ------------------------------------------------------------------ faults
-    def take_fault(self, method: str, path: str, kinds: tuple[str, ...]) -> Fault | None:
-        with self.lock:
-            for f in self.faults:
-                if f.kind not in kinds or f.count <= 0:
-                    continue
-                if f.path and not re.search(f.path, path):
-                    continue
-                if f.method and f.method.upper() != method.upper():
-                    continue
-                f.count -= 1
-                if f.count <= 0:
-                    self.faults.remove(f)
-                return f
-        return None
 
     # ------------------------------------------------------------------ auth
     def auth(self, key: str | None, *, instance_id: int | None = None) -> None:
@@ -217,13 +192,13 @@ class VastModel:
         price = body.get("price")
         with self.lock:
             o = self.offer(offer_id)
-            gone = self.take_fault("PUT", f"/api/v0/asks/{offer_id}/", ("offer_gone",))
+            gone = self.faults.take("create", method="PUT", path=f"/api/v0/asks/{offer_id}/", effect="offer_gone")
             if gone is not None and o is not None:
                 o.available = False  # someone else rented it between search and create
             if o is None or not o.available:
                 raise errors.no_such_ask(offer_id)
             is_bid = price is not None
-            leave = self.take_fault("PUT", f"/api/v0/asks/{offer_id}/", ("bid_leaves_instance",))
+            leave = self.faults.take("create", method="PUT", path=f"/api/v0/asks/{offer_id}/", effect="bid_leaves_instance")
             if is_bid and (float(price) < o.fields["min_bid"] or leave is not None):
                 msg = f"Your bid of ${float(price):.4f}/h is below the current minimum ${o.fields['min_bid']:.4f}/h."
                 if body.get("cancel_unavail") and leave is None:
@@ -375,7 +350,7 @@ class VastModel:
                     for i in self.instances.values()
                 ],
                 "ssh_keys": len(self.ssh_keys),
-                "faults": [f.__dict__ for f in self.faults],
+                "faults": self.faults.to_json(),
                 "offers_available": sum(1 for o in self.offers if o.available),
                 "calls": len(self.calls),
             }
@@ -385,7 +360,7 @@ class VastModel:
         with self.lock:
             self.offers = build_catalog(self.seed)
             self.ssh_keys.clear()
-            self.faults.clear()
+            self.faults.reset()
             self.calls.clear()
             self._dead_keys.clear()
 

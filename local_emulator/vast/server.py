@@ -12,8 +12,9 @@ API (Bearer key; ``?api_key=`` also accepted):
   GET    /api/v0/users/current/
 Any other path is a loud 404. Control (no auth, loopback only):
   GET /_control/health, GET /_control/inspect, POST /_control/reset,
-  POST /_control/faults {"kind": error|rate_limit|latency|offer_gone|bid_leaves_instance, "count", "code",
-       "seconds", "path", "method"}, DELETE /_control/faults,
+  POST|GET|DELETE /_control/faults   local_emulator.faults rules, matched on the route name (``create``,
+       ``destroy``, ``search``, ``list_v1``...), method and path; status 429 answers VAST's rate limit;
+       effects ``offer_gone`` and ``bid_leaves_instance`` act on ``create``,
   POST /_control/outbid/{id}, POST /_control/vanish/{offer}, POST /_control/ssh_keys {"ssh_key"},
   POST /_control/config {"boot_delay_s"}.
 """
@@ -31,9 +32,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from local_emulator.faults import FaultError, FaultRule
 from local_emulator.vast import errors
 from local_emulator.vast.errors import VastApiError
-from local_emulator.vast.models import Fault, VastModel
+from local_emulator.vast.models import VastModel
 from local_emulator.vast.offers import search
 from spotleash.log import get_logger
 
@@ -85,6 +87,17 @@ def _select(rows: list[dict[str, Any]], filters: Any) -> list[dict[str, Any]]:
             cond = {"eq": cond}
         rows = [r for r in rows if all(_match(r.get(col), op, w) for op, w in cond.items())]
     return rows
+
+
+def _act(fault: FaultRule) -> None:
+    """A transport fault: wait, then answer the error (429 is VAST's own rate-limit answer)."""
+    if fault.latency_s:
+        time.sleep(fault.latency_s)
+    if fault.status == 429:
+        raise errors.rate_limited()
+    if fault.status:
+        raise VastApiError(fault.status, fault.reason or "injected_fault",
+                           fault.message or f"injected fault: HTTP {fault.status}")
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,14 +159,10 @@ class _Handler(BaseHTTPRequestHandler):
                 status, out = self._control(method, path, body)
                 self._send(status, out)
                 return
-            lat = model.take_fault(method, path, ("latency",))
-            if lat is not None:
-                time.sleep(lat.seconds)
-            if model.take_fault(method, path, ("rate_limit",)) is not None:
-                raise errors.rate_limited()
-            err = model.take_fault(method, path, ("error",))
-            if err is not None:
-                raise VastApiError(err.code, "injected_fault", f"injected fault: HTTP {err.code}")
+            route = next((name for m, rx, name in ROUTES if m == method and rx.match(path)), "unknown")
+            fault = model.faults.take(route, method=method, path=path)
+            if fault is not None:
+                _act(fault)
             for m, rx, name in ROUTES:
                 match = rx.match(path)
                 if match and m == method:
@@ -274,19 +283,11 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and parts == ["reset"]:
             m.reset()
             return 200, {"ok": True}
-        if parts == ["faults"] and method == "DELETE":
-            with m.lock:
-                m.faults.clear()
-            return 200, {"ok": True}
-        if parts == ["faults"] and method == "POST":
-            kinds = ("error", "rate_limit", "latency", "offer_gone", "bid_leaves_instance")
-            if not isinstance(body, dict) or body.get("kind") not in kinds:
-                raise errors.invalid(f"fault kind must be one of {kinds}")
-            f = Fault(kind=body["kind"], count=int(body.get("count", 1)), code=int(body.get("code", 500)),
-                      seconds=float(body.get("seconds", 0.0)), path=body.get("path"), method=body.get("method"))
-            with m.lock:
-                m.faults.append(f)
-            return 200, {"ok": True}
+        if parts == ["faults"]:
+            try:
+                return 200, m.faults.control(method, body)
+            except FaultError as e:
+                raise errors.invalid(str(e)) from e
         if method == "POST" and len(parts) == 2 and parts[0] == "outbid" and parts[1].isdigit():
             m.outbid(int(parts[1]))
             return 200, {"ok": True}

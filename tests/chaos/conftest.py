@@ -222,11 +222,11 @@ class Chaos(Flows):
 
     def pending_faults(self) -> list[dict[str, Any]]:
         """Injected faults not yet triggered, in both fakes (a scenario whose fault never fired proves nothing)."""
-        gce = [{"fake": "compute", **f} for f in self.compute("GET", "faults")["faults"]]
-        return gce + [{"fake": "vast", **f} for f in self.vast("GET", "inspect")["faults"]]
+        return [{"fake": fake, **rule} for fake, control in (("compute", self.compute), ("vast", self.vast))
+                for rule in control("GET", "faults")["rules"] if rule["left"] > 0]
 
     def faults_left(self) -> int:
-        return sum(int(f["count"]) for f in self.pending_faults())
+        return sum(int(f["left"]) for f in self.pending_faults())
 
     def wait_faults_fired(self, what: str, timeout_s: float = 30) -> None:
         """Every injected fault has fired (the reaper's listings take the "*" ones within a reap or two).

@@ -222,16 +222,16 @@ def test_compute_429_503_and_timeouts_during_launch_and_delete(chaos: Chaos, see
             # and any fault queued after it (or a second slow one) would never fire.
             for code, reason in [*rng.sample(codes[:2], k=2), codes[2]]:
                 chaos.compute("POST", "faults", operation="instances.insert", count=_fault_count(rng, code),
-                              http_code=code, reason=reason, latency_s=3.0 if code is None else 0.0)
-            chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), http_code=503,
+                              status=code, reason=reason, latency_s=3.0 if code is None else 0.0)
+            chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), status=503,
                           reason="backendError")
             chaos.demand(lid)
             rec = chaos.wait_ready(lid, timeout_s=90)
             chaos.wait_faults_fired("every launch fault to fire")
             for code, reason in [*rng.sample(codes[:2], k=2), codes[2]]:  # likewise: the slow delete succeeds
                 chaos.compute("POST", "faults", operation="instances.delete", count=_fault_count(rng, code),
-                              http_code=code, reason=reason, latency_s=3.0 if code is None else 0.0)
-            chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), http_code=429,
+                              status=code, reason=reason, latency_s=3.0 if code is None else 0.0)
+            chaos.compute("POST", "faults", operation="*", count=rng.randint(2, 4), status=429,
                           reason="rateLimitExceeded")
             t0 = time.monotonic()
             chaos.release(lid)

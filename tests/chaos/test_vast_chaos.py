@@ -32,7 +32,7 @@ def vast_chaos(chaos: Chaos) -> Chaos:
 def test_vast_offer_vanishes(vast_chaos: Chaos, seed: int) -> None:
     chaos = vast_chaos
     lid = new_lease("vanish")
-    chaos.vast("POST", "faults", kind="offer_gone", count=1 + seed % 2)
+    chaos.vast("POST", "faults", effect="offer_gone", count=1 + seed % 2)
     with observed(chaos) as obs:
         with chaos.lease_kept(lid):
             chaos.demand(lid, gpu=True)
@@ -48,7 +48,7 @@ def test_vast_offer_vanishes(vast_chaos: Chaos, seed: int) -> None:
 def test_vast_failed_bid_leaves_a_stopped_instance(vast_chaos: Chaos, seed: int) -> None:
     chaos = vast_chaos
     lid = new_lease("bid")
-    chaos.vast("POST", "faults", kind="bid_leaves_instance", count=1 + seed % 2)
+    chaos.vast("POST", "faults", effect="bid_leaves_instance", count=1 + seed % 2)
     with observed(chaos) as obs:
         with chaos.lease_kept(lid):
             chaos.demand(lid, gpu=True)
@@ -89,17 +89,17 @@ def test_vast_429_5xx_and_slow_answers_during_launch_and_delete(vast_chaos: Chao
     lid = new_lease("vasterr")
     with observed(chaos) as obs:
         with chaos.lease_kept(lid):
-            chaos.vast("POST", "faults", kind="rate_limit", count=rng.randint(1, 3), code=429, path=CREATE)
-            chaos.vast("POST", "faults", kind="error", count=rng.randint(1, 2), code=503, path=CREATE)
-            chaos.vast("POST", "faults", kind="latency", count=1, seconds=3.0, path=CREATE)
+            chaos.vast("POST", "faults", count=rng.randint(1, 3), status=429, path=CREATE)
+            chaos.vast("POST", "faults", count=rng.randint(1, 2), status=503, path=CREATE)
+            chaos.vast("POST", "faults", count=1, latency_s=3.0, path=CREATE)
             chaos.demand(lid, gpu=True)
             rec = chaos.wait_ready(lid, timeout_s=120)
             chaos.wait_faults_fired("every launch fault to fire")
-            chaos.vast("POST", "faults", kind="rate_limit", count=rng.randint(1, 3), code=429, path=DESTROY,
+            chaos.vast("POST", "faults", count=rng.randint(1, 3), status=429, path=DESTROY,
                        method="DELETE")
-            chaos.vast("POST", "faults", kind="error", count=rng.randint(1, 2), code=502, path=DESTROY,
+            chaos.vast("POST", "faults", count=rng.randint(1, 2), status=502, path=DESTROY,
                        method="DELETE")
-            chaos.vast("POST", "faults", kind="latency", count=1, seconds=3.0, path=DESTROY, method="DELETE")
+            chaos.vast("POST", "faults", count=1, latency_s=3.0, path=DESTROY, method="DELETE")
             t0 = time.monotonic()
             chaos.release(lid)
             chaos.verdict("VAST 429/5xx/slow at launch and delete", obs, [lid], t_fault=t0, bound_s=REAP_BOUND + 30,

@@ -175,14 +175,17 @@ def test_failed_bid_without_cancel_unavail_leaves_stopped_instance(vast_fake: Va
 
 def test_control_faults_outbid_vanish(vast_fake: VastFake, control: httpx.Client) -> None:
     h = {"Authorization": f"Bearer {API_KEY}"}
-    control.post("/faults", json={"kind": "rate_limit", "count": 2}).raise_for_status()
+    control.post("/faults", json={"status": 429, "count": 2}).raise_for_status()
     codes = [httpx.get(vast_fake.url + "/api/v1/instances/", headers=h).status_code for _ in range(3)]
     assert codes == [429, 429, 200]
-    control.post("/faults", json={"kind": "error", "code": 503, "count": 1, "path": "bundles"}).raise_for_status()
+    control.post("/faults", json={"status": 503, "count": 1, "path": "bundles"}).raise_for_status()
     assert httpx.post(vast_fake.url + "/api/v0/bundles/", json={}, headers=h).status_code == 503
-    control.post("/faults", json={"kind": "latency", "seconds": 0.5, "count": 1}).raise_for_status()
+    control.post("/faults", json={"latency_s": 0.5, "count": 1}).raise_for_status()
     r = httpx.get(vast_fake.url + "/api/v1/instances/", headers=h)
     assert r.elapsed.total_seconds() >= 0.45
+    plan = control.get("/faults").json()  # the shared control API: every rule, and how often it fired
+    assert plan["left"] == 0 and [(r["status"], r["fired"]) for r in plan["rules"]] == [(429, 2), (503, 1), (None, 1)]
+    assert control.post("/faults", json={"effect": "no_such_effect"}).status_code == 400
     offer = sdk(vast_fake).search_offers("gpu_name=RTX_4090", order="dph_total", limit=1)[0]
     control.post(f"/vanish/{offer['id']}").raise_for_status()
     gone = httpx.put(f"{vast_fake.url}/api/v0/asks/{offer['id']}/", headers=h, json={"client_id": "me", "image": "i"})

@@ -54,7 +54,7 @@ def test_repeated_create_makes_one_instance(provider: VastProvider, vast_fake: V
 def test_failed_bid_leaving_an_instance_is_destroyed(vast_fake: VastFake, control: httpx.Client, tmp_path: Path) -> None:
     p = VastProvider(url=vast_fake.url, api_key=API_KEY, ssh_key_path=tmp_path / "k", requirements=REQ,
                      interruptible=True)
-    control.post("/faults", json={"kind": "bid_leaves_instance", "count": 1}).raise_for_status()
+    control.post("/faults", json={"effect": "bid_leaves_instance", "count": 1}).raise_for_status()
     inst = p.create(spec("bid"))
     left = rows(vast_fake)
     assert [r["id"] for r in left] == [int(inst.provider_id)]  # the stopped leftover was destroyed
@@ -66,7 +66,7 @@ def test_failed_bid_leaving_an_instance_is_destroyed(vast_fake: VastFake, contro
 
 
 def test_offer_vanishing_takes_the_next(provider: VastProvider, vast_fake: VastFake, control: httpx.Client) -> None:
-    control.post("/faults", json={"kind": "offer_gone", "count": 2}).raise_for_status()
+    control.post("/faults", json={"effect": "offer_gone", "count": 2}).raise_for_status()
     inst = provider.create(spec("v"))
     puts = [c for c in vast_fake.model.calls if c[0] == "PUT" and "/asks/" in c[1]]
     assert [c[2] for c in puts] == [404, 404, 200]
@@ -95,10 +95,10 @@ def test_outbid_instance_is_stopped(vast_fake: VastFake, control: httpx.Client, 
 
 
 def test_429_bursts_are_retried_and_bounded(provider: VastProvider, control: httpx.Client) -> None:
-    control.post("/faults", json={"kind": "rate_limit", "count": 3}).raise_for_status()
+    control.post("/faults", json={"status": 429, "count": 3}).raise_for_status()
     inst = provider.create(spec("r"))
     assert provider.stats.retries >= 3 and inst.instance_id == "r"
-    control.post("/faults", json={"kind": "error", "code": 503, "count": 10, "path": "v1/instances"}).raise_for_status()
+    control.post("/faults", json={"status": 503, "count": 10, "path": "v1/instances"}).raise_for_status()
     with pytest.raises(ProviderTransient):
         provider.list_owned("dep-test")
     control.delete("/faults").raise_for_status()
