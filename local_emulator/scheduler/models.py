@@ -19,6 +19,7 @@ from google.cloud import scheduler_v1
 from google.protobuf import timestamp_pb2
 from google.rpc import code_pb2, status_pb2
 
+from local_emulator.faults import FaultPlan
 from spotleash.log import get_logger
 
 log = get_logger("spotleash.local.scheduler")
@@ -78,6 +79,8 @@ class Scheduler:
     def __init__(self, dispatch: Dispatcher, *, time_scale: float = 1.0) -> None:
         self._dispatch = dispatch
         self.clock = Clock(time_scale)
+        # RPC faults (taken by the transport) and the model's own: a firing whose target fails.
+        self.faults = FaultPlan(effects=("fire_fails",))
         self._jobs: dict[str, JobRecord] = {}
         self._lock = threading.RLock()
         self._wake = threading.Event()
@@ -197,6 +200,7 @@ class Scheduler:
     def reset(self) -> None:
         with self._lock:
             self._jobs.clear()
+        self.faults.reset()
 
     def fired(self) -> dict[str, int]:
         with self._lock:
@@ -207,6 +211,9 @@ class Scheduler:
         job = rec.job
         started = self.clock.now()
         try:
+            fault = self.faults.take("fire", path=job.name, effect="fire_fails")
+            if fault is not None:
+                raise RuntimeError(fault.message or "injected fault: the job's target failed")
             self._dispatch(job)
             status = status_pb2.Status(code=code_pb2.OK)
             log.info("job fired", job=job.name, manual=manual)

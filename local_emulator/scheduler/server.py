@@ -2,7 +2,10 @@
 
 Implemented: CreateJob, GetJob, ListJobs, DeleteJob, PauseJob, ResumeJob, RunJob. UpdateJob and
 anything else answers UNIMPLEMENTED. A small control service (``spotleash.local.SchedulerControl``,
-JSON over gRPC bytes) offers Health, Reset and Fired (inspection) for tests.
+JSON over gRPC bytes) offers Health, Reset and Fired (inspection) for tests, and the faults control of
+every fake (local_emulator.faults) as AddFault (POST /_control/faults), Faults (GET) and ClearFaults
+(DELETE), with the same JSON. RPC faults match the RPC name (``CreateJob``) and, as path, the request's
+job name or parent; the effect ``fire_fails`` makes a firing of the job (operation ``fire``) fail.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
@@ -19,6 +23,7 @@ import httpx
 from google.cloud import scheduler_v1
 from google.protobuf import empty_pb2
 
+from local_emulator.faults import FaultError, FaultPlan
 from local_emulator.scheduler.models import Scheduler, SchedulerFault
 from spotleash.log import get_logger
 
@@ -76,13 +81,38 @@ class Dispatcher:
                 self._publisher = None
 
 
+# google.rpc's mapping of HTTP statuses to gRPC codes, for injected faults
+_GRPC_CODE = {
+    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
+    404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ABORTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    499: grpc.StatusCode.CANCELLED, 501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
+    504: grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+def _inject(faults: FaultPlan, rpc: str, request: Any) -> None:
+    fault = faults.take(rpc, path=str(getattr(request, "name", "") or getattr(request, "parent", "")))
+    if fault is None:
+        return
+    if fault.latency_s:
+        time.sleep(fault.latency_s)
+    if fault.status:
+        code = _GRPC_CODE.get(fault.status, grpc.StatusCode.INTERNAL)
+        raise SchedulerFault(code, fault.message or f"injected fault: {code.name}")
+
+
 def _unary(
     fn: Callable[[Req, grpc.ServicerContext], Resp],
     deserializer: Callable[[bytes], Req],
     serializer: Callable[[Resp], bytes],
+    *,
+    faults: FaultPlan | None = None,
+    rpc: str = "",
 ) -> grpc.RpcMethodHandler:
     def handler(request: Req, context: grpc.ServicerContext) -> Resp:
         try:
+            if faults is not None:
+                _inject(faults, rpc, request)
             return fn(request, context)
         except SchedulerFault as e:
             context.abort(e.code, e.message)
@@ -133,16 +163,17 @@ class SchedulerServer:
         def update_job(_req: v1.UpdateJobRequest, _ctx: grpc.ServicerContext) -> v1.Job:
             raise SchedulerFault(grpc.StatusCode.UNIMPLEMENTED, "UpdateJob is not implemented by this fake")
 
-        handlers = {
-            "CreateJob": _unary(lambda r, _c: s.create(r.parent, r.job), v1.CreateJobRequest.deserialize, v1.Job.serialize),
-            "GetJob": _unary(lambda r, _c: s.get(r.name), v1.GetJobRequest.deserialize, v1.Job.serialize),
-            "ListJobs": _unary(list_jobs, v1.ListJobsRequest.deserialize, v1.ListJobsResponse.serialize),
-            "DeleteJob": _unary(lambda r, _c: s.delete(r.name), v1.DeleteJobRequest.deserialize, _empty),
-            "PauseJob": _unary(lambda r, _c: s.pause(r.name), v1.PauseJobRequest.deserialize, v1.Job.serialize),
-            "ResumeJob": _unary(lambda r, _c: s.resume(r.name), v1.ResumeJobRequest.deserialize, v1.Job.serialize),
-            "RunJob": _unary(lambda r, _c: s.run(r.name), v1.RunJobRequest.deserialize, v1.Job.serialize),
-            "UpdateJob": _unary(update_job, v1.UpdateJobRequest.deserialize, v1.Job.serialize),
+        rpcs: dict[str, tuple[Callable[[Any, grpc.ServicerContext], Any], Callable[[bytes], Any], Callable[[Any], bytes]]] = {
+            "CreateJob": (lambda r, _c: s.create(r.parent, r.job), v1.CreateJobRequest.deserialize, v1.Job.serialize),
+            "GetJob": (lambda r, _c: s.get(r.name), v1.GetJobRequest.deserialize, v1.Job.serialize),
+            "ListJobs": (list_jobs, v1.ListJobsRequest.deserialize, v1.ListJobsResponse.serialize),
+            "DeleteJob": (lambda r, _c: s.delete(r.name), v1.DeleteJobRequest.deserialize, _empty),
+            "PauseJob": (lambda r, _c: s.pause(r.name), v1.PauseJobRequest.deserialize, v1.Job.serialize),
+            "ResumeJob": (lambda r, _c: s.resume(r.name), v1.ResumeJobRequest.deserialize, v1.Job.serialize),
+            "RunJob": (lambda r, _c: s.run(r.name), v1.RunJobRequest.deserialize, v1.Job.serialize),
+            "UpdateJob": (update_job, v1.UpdateJobRequest.deserialize, v1.Job.serialize),
         }
+        handlers = {name: _unary(*rpc, faults=s.faults, rpc=name) for name, rpc in rpcs.items()}
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def _control_handlers(self) -> grpc.GenericRpcHandler:
@@ -158,10 +189,22 @@ class SchedulerServer:
             s.reset()
             return {"ok": True}
 
+        def faults(verb: str) -> Callable[[Any, grpc.ServicerContext], Any]:
+            def call(body: Any, _c: grpc.ServicerContext) -> Any:
+                try:
+                    return s.faults.control(verb, body)
+                except FaultError as e:
+                    raise SchedulerFault(grpc.StatusCode.INVALID_ARGUMENT, str(e)) from e
+
+            return call
+
         handlers = {
             "Health": _unary(lambda _r, _c: {"ok": True, "project": self.project}, loads, dumps),
             "Reset": _unary(reset, loads, dumps),
             "Fired": _unary(lambda _r, _c: s.fired(), loads, dumps),
+            "AddFault": _unary(faults("POST"), loads, dumps),
+            "Faults": _unary(faults("GET"), loads, dumps),
+            "ClearFaults": _unary(faults("DELETE"), loads, dumps),
         }
         return grpc.method_handlers_generic_handler(CONTROL_SERVICE, handlers)
 
@@ -189,7 +232,7 @@ class SchedulerServer:
 
 
 def control_call(address: str, method: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    """Call the fake's control service (Health, Reset, Fired) from any process."""
+    """Call the fake's control service (Health, Reset, Fired, AddFault, Faults, ClearFaults) from any process."""
     with grpc.insecure_channel(address) as ch:
         call = ch.unary_unary(
             f"/{CONTROL_SERVICE}/{method}",

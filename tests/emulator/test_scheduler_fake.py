@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from google.api_core import exceptions as gexc
 from google.cloud import pubsub_v1, scheduler_v1
@@ -126,6 +127,33 @@ def test_errors_carry_grpc_codes(client: Any, pubsub_emulator: Any) -> None:
             call(name=f"{_parent(project)}/jobs/missing")
     with pytest.raises(gexc.MethodNotImplemented):
         client.update_job(job=job)
+    client.delete_job(name=job.name)
+
+
+def test_injected_faults_through_the_shared_control_api(fake: SchedulerServer, client: Any, pubsub_emulator: Any) -> None:
+    project = pubsub_emulator.project
+    topic, _, _ = _topic_with_subscription(project)
+    job = _job(project, "faulty", topic, schedule="0 3 * * *")
+    control_call(fake.address, "AddFault", {"operation": "CreateJob", "count": 1, "status": 503})
+    control_call(fake.address, "AddFault", {"operation": "GetJob", "status": 429, "latency_s": 0.3})
+    control_call(fake.address, "AddFault", {"effect": "fire_fails", "operation": "fire", "path": "/jobs/faulty$"})
+    with pytest.raises(gexc.ServiceUnavailable):
+        client.create_job(parent=_parent(project), job=job, retry=None)
+    assert client.create_job(parent=_parent(project), job=job).name == job.name
+    t = time.monotonic()
+    with pytest.raises(gexc.TooManyRequests):
+        client.get_job(name=job.name, retry=None)
+    assert time.monotonic() - t >= 0.3
+    ran = client.run_job(name=job.name)
+    assert ran.status.code != 0 and "injected" in ran.status.message
+    plan = control_call(fake.address, "Faults")
+    assert plan["left"] == 0 and [r["fired"] for r in plan["rules"]] == [1, 1, 1]
+    assert plan["calls"]["CreateJob"] == 2
+    with pytest.raises(grpc.RpcError) as bad:
+        control_call(fake.address, "AddFault", {"effect": "offer_gone"})
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert control_call(fake.address, "ClearFaults") == {"ok": True}
+    assert client.run_job(name=job.name).status.code == 0
     client.delete_job(name=job.name)
 
 
