@@ -44,6 +44,7 @@ from local_emulator.procs import (
     wait_ready,
 )
 from spotleash.log import get_logger
+from spotleash.stack_env import env_file, format_env, read_env_file
 from spotleash.topology import Topology, load_topology
 
 log = get_logger("spotleash.local.stack")
@@ -151,10 +152,6 @@ def local_dir(state_dir: Path) -> Path:
 
 def stack_file(state_dir: Path) -> Path:
     return local_dir(state_dir) / "stack.json"
-
-
-def env_file(state_dir: Path) -> Path:
-    return local_dir(state_dir) / "stack.env"
 
 
 def logs_dir(state_dir: Path) -> Path:
@@ -466,6 +463,10 @@ def _start_all(
         env_vars[fn_url_var(name)] = f"http://{LOOPBACK}:{port}/"
     caller = {k: v for k, v in os.environ.items() if k.startswith("SPOTLEASH_") and k != MARKER_VAR}
     file_env = {**caller, **env_vars, **overrides}
+    try:
+        env_text = format_env(file_env)  # checked before anything starts
+    except ValueError as e:
+        raise StackError(str(e)) from e
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
     proc_env = {**base, **file_env, MARKER_VAR: str(state_dir), "PYTHONUNBUFFERED": "1"}
@@ -522,7 +523,7 @@ def _start_all(
     if "scheduler" in fakes:
         create_schedules(env_vars["SPOTLEASH_SCHEDULER_HOST"], project, region, topo)
 
-    _write_atomic(env_file(state_dir), "".join(f"{k}={v}\n" for k, v in sorted(file_env.items())))
+    _write_atomic(env_file(state_dir), env_text)
     ready_s = time.monotonic() - started
     rec.complete(ready_s)
     log.info("local stack ready", state_dir=str(state_dir), ready_s=round(ready_s, 2), parts=len(rec.procs))
@@ -575,16 +576,9 @@ def read_env(state_dir: Path) -> dict[str, str]:
     """The connection settings of the stack running in ``state_dir``."""
     path = env_file(Path(state_dir).resolve())
     try:
-        text = path.read_text()
+        return read_env_file(path)
     except FileNotFoundError as e:
         raise StackError(f"no local stack env file at {path}: run `spotleash local up` first") from e
-    env: dict[str, str] = {}
-    for line in text.splitlines():
-        if line.strip() and not line.lstrip().startswith("#"):
-            key, sep, value = line.partition("=")
-            if sep:
-                env[key.strip()] = value
-    return env
 
 
 # ---------------------------------------------------------------------------- one part at a time

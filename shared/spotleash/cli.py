@@ -21,6 +21,7 @@ from rich.table import Column, Table
 
 from spotleash.config import Settings, load_settings
 from spotleash.errors import ConfigError, ExitCode, SpotleashError
+from spotleash.stack_env import read_env_file
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 local_app = typer.Typer(no_args_is_help=True, help="The local stack: Google's emulators, our fakes, the functions.")
@@ -42,10 +43,8 @@ def _load_stack_env() -> None:
     env_file = stack_env_file(state_dir)
     if not env_file.exists():
         return
-    for line in env_file.read_text().splitlines():
-        key, sep, value = line.partition("=")
-        if sep and key and not line.startswith("#"):
-            os.environ.setdefault(key.strip(), value.strip())
+    for key, value in read_env_file(env_file).items():
+        os.environ.setdefault(key, value)
 
 
 def settings() -> Settings:
