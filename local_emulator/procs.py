@@ -24,6 +24,7 @@ import psutil
 
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
+from spotleash.polling import WaitTimeout, wait_until
 
 log = get_logger("spotleash.local.procs")
 
@@ -55,12 +56,12 @@ def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
 
 
 def wait_port_closed(port: int, *, timeout: float = 10.0, host: str = LOOPBACK) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not port_open(port, host):
-            return True
-        time.sleep(0.1)
-    return not port_open(port, host)
+    """True once nothing accepts on ``host:port``; False if something still does after ``timeout``."""
+    try:
+        return wait_until(lambda: not port_open(port, host), timeout_s=timeout, interval_s=0.1,
+                          what=f"port {port} to close")
+    except WaitTimeout:
+        return False
 
 
 def _tail(path: Path, limit: int = 2000) -> str:
@@ -82,6 +83,7 @@ class ManagedProcess:
     port: int | None
     log_path: Path
     argv: list[str] = field(default_factory=list)
+    stop_signal: str = "SIGTERM"  # what asks this process to stop (gunicorn: SIGINT, its quick shutdown)
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- records
@@ -94,6 +96,7 @@ class ManagedProcess:
             "port": self.port,
             "log_path": str(self.log_path),
             "argv": self.argv,
+            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -106,6 +109,7 @@ class ManagedProcess:
             port=None if rec.get("port") is None else int(rec["port"]),
             log_path=Path(rec.get("log_path", "")),
             argv=list(rec.get("argv", [])),
+            stop_signal=str(rec.get("stop_signal", "SIGTERM")),
         )
 
     @property
@@ -167,7 +171,7 @@ class ManagedProcess:
 
     # ---------------------------------------------------------------- stop
     def stop(self, *, timeout: float = 10.0) -> bool:
-        """SIGTERM the whole group, then SIGKILL what is left; wait for the port to close.
+        """Signal the whole group (``stop_signal``), then SIGKILL what is left; wait for the port to close.
 
         Returns True if anything of ours was running.
         """
@@ -183,7 +187,8 @@ class ManagedProcess:
 
 
 def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_grace: float = 5.0) -> list[str]:
-    """Stop several process groups at once: SIGTERM all, wait, SIGKILL the rest, wait for ports.
+    """Stop several process groups at once: each its ``stop_signal`` (SIGTERM unless it says otherwise),
+    wait up to ``term_grace``, SIGKILL the rest, wait for their ports to close.
 
     Returns the names of those that were running. StackError if something survives SIGKILL or
     keeps its port open.
@@ -192,7 +197,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
     running = [name for name, (_, ms) in members.items() if ms]
     for mp, ms in members.values():
         if ms:
-            mp._signal(ms, signal.SIGTERM)
+            mp._signal(ms, signal.Signals[mp.stop_signal])
     everyone = [p for _, ms in members.values() for p in ms]
     _, still = psutil.wait_procs(everyone, timeout=term_grace)
     late = {mp.name: (mp, mp.members()) for mp in procs}  # children born during shutdown
@@ -200,8 +205,8 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
         for mp, ms in late.values():
             survivors = list({p.pid: p for p in [*ms, *(p for p in still if p in members[mp.name][1])]}.values())
             if survivors:
-                log.warning("process did not stop on SIGTERM; killing", process=mp.name,
-                            pids=[p.pid for p in survivors])
+                log.warning(f"process did not stop on {mp.stop_signal}; killing", process=mp.name,
+                            pids=[p.pid for p in survivors], grace_s=term_grace)
                 mp._signal(survivors, signal.SIGKILL)
         everyone = [p for _, ms in late.values() for p in ms] + list(still)
         _, still = psutil.wait_procs(everyone, timeout=timeout)
@@ -271,12 +276,15 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     on_start: Callable[[ManagedProcess], None] | None = None,
+    stop_signal: str = "SIGTERM",
 ) -> ManagedProcess:
     """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``.
 
     ``on_start`` is called with the process right after it starts (the stack records it there,
     before waiting for readiness, so an interrupted start can still be cleaned up).
     """
+    if stop_signal not in signal.Signals.__members__:
+        raise StackError(f"{stop_signal!r} is not a signal name")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         try:
@@ -295,7 +303,7 @@ def spawn(
         ctime = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
         ctime = time.time()
-    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), popen)
+    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), stop_signal, popen)
     log.info("process started", process=name, pid=popen.pid, port=port, log=str(log_path))
     if on_start is not None:
         on_start(proc)
@@ -315,10 +323,11 @@ def wait_ready(
     Raises StackError (or MissingDependency, via ``explain_exit``) if the process exits first or
     the deadline passes; the message carries the end of the log.
     """
-    deadline = time.monotonic() + timeout
     offset = 0
     seen_line = line is None
-    while True:
+
+    def ready() -> bool:
+        nonlocal offset, seen_line
         if not seen_line and line is not None:
             try:
                 with proc.log_path.open("rb") as f:
@@ -329,7 +338,7 @@ def wait_ready(
             except OSError:
                 pass
         if seen_line and (check is None or check()):
-            return
+            return True
         code = proc.exited_early()
         if code is not None:
             tail = _tail(proc.log_path)
@@ -338,7 +347,10 @@ def wait_ready(
                 if why:
                     raise MissingDependency(why)
             raise StackError(f"{proc.name} exited (code {code}) before it was ready; end of {proc.log_path}:\n{tail}")
-        if time.monotonic() >= deadline:
-            tail = _tail(proc.log_path)
-            raise StackError(f"{proc.name} was not ready within {timeout:.0f}s; end of {proc.log_path}:\n{tail}")
-        time.sleep(0.1)
+        return False
+
+    try:
+        wait_until(ready, timeout_s=timeout, interval_s=0.1, what=f"{proc.name} to be ready")
+    except WaitTimeout as e:
+        tail = _tail(proc.log_path)
+        raise StackError(f"{proc.name} was not ready within {timeout:.0f}s; end of {proc.log_path}:\n{tail}") from e

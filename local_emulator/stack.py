@@ -49,11 +49,23 @@ from spotleash.topology import Topology, load_topology
 
 log = get_logger("spotleash.local.stack")
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-FUNCTIONS_SOURCE = REPO_ROOT / "functions" / "main.py"
+REPO_ROOT = Path(__file__).resolve().parent.parent  # a source checkout's root, or site-packages
+# functions/main.py, the Cloud Functions' source: an installed wheel carries it inside this package
+# (see pyproject.toml), a source checkout has it beside local_emulator/.
+_FUNCTIONS_SOURCES = (Path(__file__).resolve().parent / "functions_source" / "main.py", REPO_ROOT / "functions" / "main.py")
 DEFAULT_PROJECT = "spotleash-local"
 DEFAULT_REGION = "us-central1"
 ALL_FAKES = ("compute", "vast", "scheduler", "billing")
+# The parts the functions call. ``down`` stops the functions first, while these still answer, so a
+# request in flight ends at once instead of retrying against a backend that is already gone.
+BACKING_PARTS = ("pubsub", "firestore", gcs.NAME, *ALL_FAKES)
+# functions-framework serves through gunicorn, whose SIGTERM is a graceful stop for production: each
+# worker keeps its kept-alive connections (the Pub/Sub emulator's pushes) up to 2 s more and waits up
+# to 30 s for requests in flight, and the master then stops its control socket. Nothing of that is
+# worth waiting for when the whole stack, push source included, goes away: SIGINT is gunicorn's quick
+# shutdown (what Ctrl-C on functions-framework does). functions-framework builds gunicorn's config in
+# code (GUNICORN_CMD_ARGS and gunicorn.conf.py are not read), so the signal is the knob there is.
+FUNCTION_STOP_SIGNAL = "SIGINT"
 READY_TIMEOUT_S = 120.0
 MARKER_VAR = "SPOTLEASH_LOCAL_STACK"  # set in every process's environment: the state dir that owns it
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST",
@@ -146,6 +158,18 @@ class StackStatus:
 
 
 # ---------------------------------------------------------------------------- paths and files
+def functions_source() -> Path:
+    """The functions' entry module functions-framework serves, from a wheel or a source checkout."""
+    for path in _FUNCTIONS_SOURCES:
+        if path.is_file():
+            return path
+    raise StackError(
+        f"the functions' source (functions/main.py) is neither in {_FUNCTIONS_SOURCES[0].parent} (an installed "
+        f"wheel) nor in {_FUNCTIONS_SOURCES[1].parent} (a source checkout): the functions cannot be served "
+        "(or pass functions=False)"
+    )
+
+
 def local_dir(state_dir: Path) -> Path:
     return Path(state_dir) / "local"
 
@@ -156,6 +180,14 @@ def stack_file(state_dir: Path) -> Path:
 
 def logs_dir(state_dir: Path) -> Path:
     return local_dir(state_dir) / "logs"
+
+
+def runtime_dir(state_dir: Path, part: str) -> Path:
+    """A part's own XDG_RUNTIME_DIR: gunicorn puts its control socket there (by default every
+    function's master would share, and unlink, one socket in ~/.gunicorn)."""
+    path = local_dir(state_dir) / "run" / part
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
 
 
 def fn_url_var(function_name: str) -> str:
@@ -235,8 +267,7 @@ def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) 
     gcs.binary()
     if not functions:
         return None
-    if not FUNCTIONS_SOURCE.is_file():
-        raise StackError(f"{FUNCTIONS_SOURCE} does not exist: the functions cannot be served (or pass functions=False)")
+    functions_source()
     ff = Path(sys.executable).parent / "functions-framework"
     found = str(ff) if ff.exists() else shutil.which("functions-framework")
     if not found:
@@ -503,12 +534,14 @@ def _start_all(
                                                               check=lambda: _http_ready(url, want_200=True))))
 
     if ff:
+        source = functions_source()
         for name, fn in topo.functions.items():
             sig = "http" if fn.trigger == "http" else "cloudevent"
-            argv = [ff, "--target", name, "--source", str(FUNCTIONS_SOURCE), "--signature-type", sig,
+            argv = [ff, "--target", name, "--source", str(source), "--signature-type", sig,
                     "--host", LOOPBACK, "--port", str(fn_ports[name])]
-            proc = spawn(name, argv, log_path=logs / f"{name}.log", port=fn_ports[name], env=proc_env,
-                         cwd=REPO_ROOT / "functions", on_start=rec.add)
+            proc = spawn(name, argv, log_path=logs / f"{name}.log", port=fn_ports[name],
+                         env={**proc_env, "XDG_RUNTIME_DIR": str(runtime_dir(state_dir, name))},
+                         cwd=source.parent, on_start=rec.add, stop_signal=FUNCTION_STOP_SIGNAL)
             url = f"http://{LOOPBACK}:{fn_ports[name]}/_spotleash/ready"
             waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
                                                               check=lambda: _http_ready(url, want_200=False))))
@@ -540,7 +573,8 @@ def down(state_dir: Path) -> list[str]:
     state = _read_state(state_dir)
     procs = [ManagedProcess.from_record(r) for r in reversed((state or {}).get("processes", []))]
     try:
-        stopped = stop_all(procs) if procs else []
+        stopped = stop_all([p for p in procs if p.name not in BACKING_PARTS])  # the functions, first
+        stopped += stop_all([p for p in procs if p.name in BACKING_PARTS])
         # Safety net: a process started an instant before an interrupted up could record it still
         # carries our marker in its environment.
         stray = kill_marked(MARKER_VAR, str(state_dir))
@@ -589,7 +623,9 @@ def _part_env_and_cwd(state_dir: Path, name: str) -> tuple[dict[str, str], Path 
         return {**emulators._env(), **marker}, None
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
     env = {**base, **read_env(state_dir), **marker, "PYTHONUNBUFFERED": "1"}
-    return env, (REPO_ROOT if name in _FAKE_MODULES else REPO_ROOT / "functions")
+    if name in _FAKE_MODULES:
+        return env, REPO_ROOT
+    return {**env, "XDG_RUNTIME_DIR": str(runtime_dir(state_dir, name))}, functions_source().parent
 
 
 def _part_ready_check(name: str, port: int | None) -> Any:
@@ -639,7 +675,7 @@ def restart(state_dir: Path, name: str, *, timeout: float = READY_TIMEOUT_S) -> 
     if not old.argv:
         raise StackError(f"{name} has no recorded argv: it cannot be restarted")
     env, cwd = _part_env_and_cwd(state_dir, name)
-    proc = spawn(name, old.argv, log_path=old.log_path, port=old.port, env=env, cwd=cwd)
+    proc = spawn(name, old.argv, log_path=old.log_path, port=old.port, env=env, cwd=cwd, stop_signal=old.stop_signal)
     try:
         wait_ready(proc, timeout=timeout, check=_part_ready_check(name, old.port))
     finally:

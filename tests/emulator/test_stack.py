@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -171,12 +174,19 @@ def test_second_up_in_same_dir_is_refused(running: stack.StackInfo) -> None:
         stack.up(running.state_dir, fakes=())
 
 
-def test_down_leaves_nothing_behind(running: stack.StackInfo) -> None:
+def test_down_leaves_nothing_behind(running: stack.StackInfo, caplog: pytest.LogCaptureFixture) -> None:
     # Runs last in this module (file order): stops the module's stack and checks the machine is clean.
     ports = list(running.ports.values())
     assert len(processes_of(running.state_dir)) >= len(running.ports)  # gcloud wrappers + java children + ...
-    stopped = stack.down(running.state_dir)
+    with httpx.Client() as kept_alive:  # a kept-alive connection into every function, as Pub/Sub's pushes leave
+        for name in topo.functions:
+            kept_alive.get(running.url_of(name) + "_spotleash/ready")
+        t0 = time.monotonic()
+        stopped = stack.down(running.state_dir)
+        took = time.monotonic() - t0
     assert set(stopped) == set(running.ports)
+    assert not [r.message for r in caplog.records if "did not stop" in r.message]  # nothing needed SIGKILL
+    assert took < 5, f"down took {took:.1f}s"
     assert_nothing_left(running.state_dir, ports)
     assert stack.down(running.state_dir) == []  # idempotent
     assert not stack.status(running.state_dir).recorded
@@ -302,3 +312,44 @@ def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureReq
     assert os.environ["SPOTLEASH_FN_ON_REAP_URL"] == info.url_of("on_reap")
     assert httpx.get(info.compute_url + "/_control/health", timeout=5).status_code == 200
     assert httpx.get(info.vast_url + "/_control/health", timeout=5).status_code == 200
+
+
+@pytest.mark.slow
+def test_local_up_from_an_installed_wheel(tmp_path: Path) -> None:
+    """Build the wheel, install it (with the locked dependencies) into a throwaway venv, and run
+    `spotleash local up` / `down` from there, outside the source tree."""
+    uv = os.environ.get("UV") or shutil.which("uv")
+    assert uv, "uv is needed to build the wheel (run the tests with `uv run pytest`)"
+    repo = Path(stack.__file__).resolve().parent.parent
+
+    def run(*argv: str | Path, cwd: Path = tmp_path, env: dict[str, str] | None = None,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True,
+                              timeout=timeout, check=False)
+        assert done.returncode == 0, f"{argv} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done
+
+    run(uv, "build", "--wheel", "-q", "-o", tmp_path / "dist", cwd=repo)
+    (wheel,) = (tmp_path / "dist").glob("spotleash-*.whl")
+    run(uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "-q", "-o", tmp_path / "req.txt",
+        cwd=repo)
+    venv = tmp_path / "venv"
+    run(uv, "venv", "-q", "--python", sys.executable, venv)
+    run(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "-r", tmp_path / "req.txt", wheel)
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME") and not k.startswith("SPOTLEASH_")}
+    env["SPOTLEASH_STATE_DIR"] = str(tmp_path / "state")
+    where = run(venv / "bin" / "python", "-c",
+                "from local_emulator import stack; print(stack.functions_source())", env=env).stdout.strip()
+    assert Path(where).is_file() and Path(where).is_relative_to(venv), where  # the wheel's copy, not the checkout's
+    assert Path(where).read_text() == (repo / "functions" / "main.py").read_text()
+    try:
+        run(venv / "bin" / "spotleash", "local", "up", "--json", env=env)
+        served = json.loads(run(venv / "bin" / "spotleash", "local", "status", "--json", env=env).stdout)
+        assert {r["name"] for r in served} >= set(topo.functions) and all(r["alive"] for r in served)
+        fn = next(r for r in served if r["name"] in topo.functions)
+        assert fn["pid"] and str(venv) in " ".join(psutil.Process(fn["pid"]).cmdline())
+    finally:
+        run(venv / "bin" / "spotleash", "local", "down", env=env)
+    assert_nothing_left(tmp_path / "state", [])
