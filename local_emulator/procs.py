@@ -83,7 +83,6 @@ class ManagedProcess:
     port: int | None
     log_path: Path
     argv: list[str] = field(default_factory=list)
-    stop_signal: str = "SIGTERM"  # what asks this process to stop (gunicorn: SIGINT, its quick shutdown)
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False, compare=False)
 
     # ---------------------------------------------------------------- records
@@ -96,7 +95,6 @@ class ManagedProcess:
             "port": self.port,
             "log_path": str(self.log_path),
             "argv": self.argv,
-            "stop_signal": self.stop_signal,
         }
 
     @classmethod
@@ -109,7 +107,6 @@ class ManagedProcess:
             port=None if rec.get("port") is None else int(rec["port"]),
             log_path=Path(rec.get("log_path", "")),
             argv=list(rec.get("argv", [])),
-            stop_signal=str(rec.get("stop_signal", "SIGTERM")),
         )
 
     @property
@@ -171,7 +168,7 @@ class ManagedProcess:
 
     # ---------------------------------------------------------------- stop
     def stop(self, *, timeout: float = 10.0) -> bool:
-        """Signal the whole group (``stop_signal``), then SIGKILL what is left; wait for the port to close.
+        """SIGTERM the whole group, then SIGKILL what is left; wait for the port to close.
 
         Returns True if anything of ours was running.
         """
@@ -187,8 +184,8 @@ class ManagedProcess:
 
 
 def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_grace: float = 5.0) -> list[str]:
-    """Stop several process groups at once: each its ``stop_signal`` (SIGTERM unless it says otherwise),
-    wait up to ``term_grace``, SIGKILL the rest, wait for their ports to close.
+    """Stop several process groups at once: SIGTERM all, wait up to ``term_grace``, SIGKILL the rest,
+    wait for their ports to close.
 
     Returns the names of those that were running. StackError if something survives SIGKILL or
     keeps its port open.
@@ -197,7 +194,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
     running = [name for name, (_, ms) in members.items() if ms]
     for mp, ms in members.values():
         if ms:
-            mp._signal(ms, signal.Signals[mp.stop_signal])
+            mp._signal(ms, signal.SIGTERM)
     everyone = [p for _, ms in members.values() for p in ms]
     _, still = psutil.wait_procs(everyone, timeout=term_grace)
     late = {mp.name: (mp, mp.members()) for mp in procs}  # children born during shutdown
@@ -205,7 +202,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
         for mp, ms in late.values():
             survivors = list({p.pid: p for p in [*ms, *(p for p in still if p in members[mp.name][1])]}.values())
             if survivors:
-                log.warning(f"process did not stop on {mp.stop_signal}; killing", process=mp.name,
+                log.warning("process did not stop on SIGTERM; killing", process=mp.name,
                             pids=[p.pid for p in survivors], grace_s=term_grace)
                 mp._signal(survivors, signal.SIGKILL)
         everyone = [p for _, ms in late.values() for p in ms] + list(still)
@@ -276,15 +273,12 @@ def spawn(
     env: Mapping[str, str] | None = None,
     cwd: Path | None = None,
     on_start: Callable[[ManagedProcess], None] | None = None,
-    stop_signal: str = "SIGTERM",
 ) -> ManagedProcess:
     """Start ``argv`` in its own session with stdout+stderr appended to ``log_path``.
 
     ``on_start`` is called with the process right after it starts (the stack records it there,
     before waiting for readiness, so an interrupted start can still be cleaned up).
     """
-    if stop_signal not in signal.Signals.__members__:
-        raise StackError(f"{stop_signal!r} is not a signal name")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as out:
         try:
@@ -303,7 +297,7 @@ def spawn(
         ctime = psutil.Process(popen.pid).create_time()
     except psutil.NoSuchProcess:
         ctime = time.time()
-    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), stop_signal, popen)
+    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), popen)
     log.info("process started", process=name, pid=popen.pid, port=port, log=str(log_path))
     if on_start is not None:
         on_start(proc)

@@ -1,8 +1,9 @@
 """The local stack: everything a deployment has, on free loopback ports, built from the topology.
 
 ``up`` starts Google's Pub/Sub and Firestore emulators, the Compute Engine, VAST.ai, Cloud
-Scheduler and Cloud Billing Catalog fakes, and one functions-framework process per function of the topology; then creates
-the topics, push subscriptions (ack deadline, dead-letter and retry policies), the dead-letter hold
+Scheduler and Cloud Billing Catalog fakes, and one functions-framework process per function of the topology
+(``local_emulator.functions_server``: functions-framework's app and server, with gunicorn's shutdown
+bounded); then creates the topics, push subscriptions (ack deadline, dead-letter and retry policies), the dead-letter hold
 subscription and the scheduler jobs through Google's official clients.
 
 State lives in ``STATE_DIR/local/``:
@@ -19,7 +20,6 @@ import importlib.util
 import json
 import os
 import secrets
-import shutil
 import sys
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -59,13 +59,6 @@ ALL_FAKES = ("compute", "vast", "scheduler", "billing")
 # The parts the functions call. ``down`` stops the functions first, while these still answer, so a
 # request in flight ends at once instead of retrying against a backend that is already gone.
 BACKING_PARTS = ("pubsub", "firestore", gcs.NAME, *ALL_FAKES)
-# functions-framework serves through gunicorn, whose SIGTERM is a graceful stop for production: each
-# worker keeps its kept-alive connections (the Pub/Sub emulator's pushes) up to 2 s more and waits up
-# to 30 s for requests in flight, and the master then stops its control socket. Nothing of that is
-# worth waiting for when the whole stack, push source included, goes away: SIGINT is gunicorn's quick
-# shutdown (what Ctrl-C on functions-framework does). functions-framework builds gunicorn's config in
-# code (GUNICORN_CMD_ARGS and gunicorn.conf.py are not read), so the signal is the knob there is.
-FUNCTION_STOP_SIGNAL = "SIGINT"
 READY_TIMEOUT_S = 120.0
 MARKER_VAR = "SPOTLEASH_LOCAL_STACK"  # set in every process's environment: the state dir that owns it
 EMULATOR_VARS = ("PUBSUB_EMULATOR_HOST", "FIRESTORE_EMULATOR_HOST", "DATASTORE_EMULATOR_HOST", "GCE_METADATA_HOST",
@@ -182,14 +175,6 @@ def logs_dir(state_dir: Path) -> Path:
     return local_dir(state_dir) / "logs"
 
 
-def runtime_dir(state_dir: Path, part: str) -> Path:
-    """A part's own XDG_RUNTIME_DIR: gunicorn puts its control socket there (by default every
-    function's master would share, and unlink, one socket in ~/.gunicorn)."""
-    path = local_dir(state_dir) / "run" / part
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
-
-
 def fn_url_var(function_name: str) -> str:
     return f"SPOTLEASH_FN_{function_name.upper()}_URL"
 
@@ -247,8 +232,8 @@ class _Recorder:
 
 
 # ---------------------------------------------------------------------------- checks
-def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) -> str | None:
-    """Everything that must exist before anything starts; returns the functions-framework path."""
+def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) -> list[str] | None:
+    """Everything that must exist before anything starts; returns the command that serves a function."""
     unknown = [f for f in fakes if f not in _FAKE_MODULES]
     if unknown:
         raise StackError(f"unknown fake(s) {unknown}; choose from {list(ALL_FAKES)}")
@@ -268,13 +253,11 @@ def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) 
     if not functions:
         return None
     functions_source()
-    ff = Path(sys.executable).parent / "functions-framework"
-    found = str(ff) if ff.exists() else shutil.which("functions-framework")
-    if not found:
+    if importlib.util.find_spec("functions_framework") is None:
         raise MissingDependency("functions-framework is not installed in this environment: run `uv sync`")
     if not topo.functions:
         raise StackError("the topology defines no functions")
-    return found
+    return [sys.executable, "-m", "local_emulator.functions_server"]
 
 
 def _project(overrides: Mapping[str, str]) -> str:
@@ -416,7 +399,7 @@ def up(
     overrides = dict(overrides or {})
     fakes = tuple(fakes)
     topo = load_topology()
-    ff = _check_prerequisites(topo, fakes, functions)
+    serve = _check_prerequisites(topo, fakes, functions)
 
     previous = _read_state(state_dir)
     if previous is not None:
@@ -429,7 +412,7 @@ def up(
     logs.mkdir(parents=True, exist_ok=True)
     rec = _Recorder(state_dir, project)
     try:
-        info = _start_all(state_dir, rec, topo, project, region, overrides, fakes, ff, fake_args or {}, timeout, started)
+        info = _start_all(state_dir, rec, topo, project, region, overrides, fakes, serve, fake_args or {}, timeout, started)
     except BaseException as e:
         log.error("local stack failed to start; cleaning up", state_dir=str(state_dir), error=str(e))
         try:
@@ -450,7 +433,7 @@ def _start_all(
     region: str,
     overrides: Mapping[str, str],
     fakes: tuple[str, ...],
-    ff: str | None,
+    serve: list[str] | None,
     fake_args: Mapping[str, Sequence[str]],
     timeout: float,
     started: float,
@@ -464,7 +447,7 @@ def _start_all(
     ports: dict[str, int] = {"pubsub": free_port(), "firestore": free_port(), gcs.NAME: free_port()}
     for fake in fakes:
         ports[fake] = free_port()
-    fn_ports = {name: free_port() for name in topo.functions} if ff else {}
+    fn_ports = {name: free_port() for name in topo.functions} if serve else {}
     ports.update(fn_ports)
 
     # --- the environment every process (and the env file) gets
@@ -533,15 +516,14 @@ def _start_all(
             waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
                                                               check=lambda: _http_ready(url, want_200=True))))
 
-    if ff:
+    if serve:
         source = functions_source()
         for name, fn in topo.functions.items():
             sig = "http" if fn.trigger == "http" else "cloudevent"
-            argv = [ff, "--target", name, "--source", str(source), "--signature-type", sig,
+            argv = [*serve, "--target", name, "--source", str(source), "--signature-type", sig,
                     "--host", LOOPBACK, "--port", str(fn_ports[name])]
-            proc = spawn(name, argv, log_path=logs / f"{name}.log", port=fn_ports[name],
-                         env={**proc_env, "XDG_RUNTIME_DIR": str(runtime_dir(state_dir, name))},
-                         cwd=source.parent, on_start=rec.add, stop_signal=FUNCTION_STOP_SIGNAL)
+            proc = spawn(name, argv, log_path=logs / f"{name}.log", port=fn_ports[name], env=proc_env,
+                         cwd=source.parent, on_start=rec.add)
             url = f"http://{LOOPBACK}:{fn_ports[name]}/_spotleash/ready"
             waits.append((proc, lambda p, url=url: wait_ready(p, timeout=left(),
                                                               check=lambda: _http_ready(url, want_200=False))))
@@ -623,9 +605,7 @@ def _part_env_and_cwd(state_dir: Path, name: str) -> tuple[dict[str, str], Path 
         return {**emulators._env(), **marker}, None
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
     env = {**base, **read_env(state_dir), **marker, "PYTHONUNBUFFERED": "1"}
-    if name in _FAKE_MODULES:
-        return env, REPO_ROOT
-    return {**env, "XDG_RUNTIME_DIR": str(runtime_dir(state_dir, name))}, functions_source().parent
+    return env, (REPO_ROOT if name in _FAKE_MODULES else functions_source().parent)
 
 
 def _part_ready_check(name: str, port: int | None) -> Any:
@@ -675,7 +655,7 @@ def restart(state_dir: Path, name: str, *, timeout: float = READY_TIMEOUT_S) -> 
     if not old.argv:
         raise StackError(f"{name} has no recorded argv: it cannot be restarted")
     env, cwd = _part_env_and_cwd(state_dir, name)
-    proc = spawn(name, old.argv, log_path=old.log_path, port=old.port, env=env, cwd=cwd, stop_signal=old.stop_signal)
+    proc = spawn(name, old.argv, log_path=old.log_path, port=old.port, env=env, cwd=cwd)
     try:
         wait_ready(proc, timeout=timeout, check=_part_ready_check(name, old.port))
     finally:

@@ -1,0 +1,43 @@
+"""Serve one function of functions/main.py as functions-framework's CLI does, with gunicorn's shutdown
+bounded for a local stack.
+
+``python -m local_emulator.functions_server --target on_demand --source functions/main.py
+--signature-type cloudevent --host 127.0.0.1 --port PORT``
+
+functions-framework runs gunicorn (one worker, gthread) and builds its configuration in code, so
+neither GUNICORN_CMD_ARGS nor a gunicorn.conf.py reaches it. On SIGTERM gunicorn stops gracefully:
+the worker keeps kept-alive connections (the Pub/Sub emulator's pushes hold some open all the time)
+until their keepalive runs out (2 s by default) and waits up to ``graceful_timeout`` (30 s) for
+requests in flight; the master first stops a control socket it opens in ``~/.gunicorn`` (shared by
+every function of the stack). Here the same app and server get ``keepalive=1``, ``graceful_timeout=3``
+and no control socket, so a stopping function is gone in about a second and ``local down`` never
+needs SIGKILL. SIGTERM stays the signal: gunicorn's quick shutdown (SIGINT/SIGQUIT) exits the worker
+from inside a signal handler, which was measured to hang workers holding gRPC (Firestore) channels.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from functions_framework import create_app
+from functions_framework._http import create_server
+
+# gunicorn settings for a stack that is torn down whole: nothing is left to drain for.
+SHUTDOWN_OPTIONS = {"keepalive": 1, "graceful_timeout": 3, "control_socket_disable": True}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m local_emulator.functions_server", description=__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--source", required=True)
+    p.add_argument("--signature-type", default="http", choices=["http", "event", "cloudevent", "typed"])
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    args = p.parse_args(argv)
+    app = create_app(args.target, args.source, args.signature_type)
+    create_server(app, False, **SHUTDOWN_OPTIONS).run(args.host, args.port)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
