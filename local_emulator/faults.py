@@ -7,7 +7,8 @@ matches and has firings left is consumed and returned, and the transport acts on
 is a fault of the fake's model rather than of its transport (VAST: ``offer_gone``); the model takes
 those with ``plan.take(..., effect="offer_gone")``.
 
-The control API is the same for every fake (the scheduler's is JSON over gRPC, the others' HTTP):
+The control API is the same for every fake (JSON over HTTP; the gRPC fakes — scheduler, billing —
+carry the same JSON in their control service's AddFault, Faults and ClearFaults):
 
     POST   /_control/faults   one rule                    -> {"rule": {...}}
     GET    /_control/faults   rules with fired counts     -> {"rules": [...], "left": N, "fired": N, "calls": {...}}
@@ -30,6 +31,16 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 MAX_LATENCY_S = 600.0
+# google.rpc's mapping of HTTP statuses to gRPC codes: how the gRPC fakes answer a rule's ``status``.
+GRPC_CODE_NAMES = {
+    400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED", 404: "NOT_FOUND", 409: "ABORTED",
+    429: "RESOURCE_EXHAUSTED", 499: "CANCELLED", 501: "UNIMPLEMENTED", 503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED",
+}
+
+
+def grpc_code_name(status: int) -> str:
+    """The gRPC status code name for an HTTP error status (INTERNAL for those without their own)."""
+    return GRPC_CODE_NAMES.get(status, "INTERNAL")
 _FIELDS = {"operation", "method", "path", "count", "status", "latency_s", "reason", "message", "effect"}
 
 

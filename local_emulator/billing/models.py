@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,7 @@ from google.cloud import billing_v1
 from google.type import money_pb2
 
 from local_emulator.billing.errors import CatalogFault, invalid, not_found, unimplemented
+from local_emulator.faults import FaultError, FaultPlan, grpc_code_name
 
 MAX_PAGE_SIZE = 5000  # the real API's cap (and its default)
 COMPUTE_ID = "6F81-5844-456A"  # Compute Engine's real service id
@@ -178,21 +180,13 @@ def _offset(listing: str, token: str) -> int:
 
 
 @dataclass
-class Fault:
-    method: str
-    code: grpc.StatusCode
-    count: int
-    message: str = "injected by the billing fake"
-
-
-@dataclass
 class Catalog:
     """The whole fake: SKUs, paging, injected faults and a record of every call (for tests)."""
 
     effective: datetime = field(default_factory=lambda: datetime(2026, 11, 1, tzinfo=UTC))
     max_page_size: int = MAX_PAGE_SIZE
     skus: list[SkuSpec] = field(default_factory=build_catalog)
-    faults: list[Fault] = field(default_factory=list)
+    faults: FaultPlan = field(default_factory=FaultPlan)  # local_emulator.faults rules on the RPC name
     calls: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.RLock = field(default_factory=threading.RLock)
 
@@ -200,16 +194,20 @@ class Catalog:
         with self.lock:
             self.max_page_size = MAX_PAGE_SIZE
             self.skus = build_catalog()
-            self.faults.clear()
+            self.faults.reset()
             self.calls.clear()
 
     def _enter(self, method: str, **what: Any) -> None:
         with self.lock:
             self.calls.append({"method": method, **what})
-            for f in self.faults:
-                if f.method in (method, "*") and f.count > 0:
-                    f.count -= 1
-                    raise CatalogFault(f.code, f.message)
+        fault = self.faults.take(method, path=str(what.get("parent", "")))
+        if fault is None:
+            return
+        if fault.latency_s:
+            time.sleep(fault.latency_s)
+        if fault.status:
+            raise CatalogFault(grpc.StatusCode[grpc_code_name(fault.status)],
+                               fault.message or "injected by the billing fake")
 
     def _page_size(self, asked: int) -> int:
         if asked < 0:
@@ -255,11 +253,9 @@ class Catalog:
                     return {"ok": True, "sku_id": k.sku_id}
         raise not_found(f"no SKU described {description!r}")
 
-    def inject(self, method: str, code: str, count: int) -> dict[str, Any]:
+    def fault_control(self, verb: str, body: Any) -> dict[str, Any]:
+        """The control API every fake shares (local_emulator.faults): POST adds, GET shows, DELETE forgets."""
         try:
-            status = grpc.StatusCode[code]
-        except KeyError as e:
-            raise invalid(f"unknown status code {code!r}") from e
-        with self.lock:
-            self.faults.append(Fault(method, status, count))
-        return {"ok": True}
+            return self.faults.control(verb, body)
+        except FaultError as e:
+            raise invalid(str(e)) from e

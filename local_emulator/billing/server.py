@@ -2,8 +2,8 @@
 
 Implemented: ListServices, ListSkus. Every other method of the service (and any other service)
 answers UNIMPLEMENTED. A small control service (``spotleash.local.BillingControl``, JSON over gRPC
-bytes) offers Health, Reset, SetPrice, Fault (the next N calls fail with a status), Configure
-(a smaller page cap, to make paging visible) and Calls (inspection).
+bytes) offers Health, Reset, SetPrice, AddFault/Faults/ClearFaults (local_emulator.faults rules on
+the RPC name, as every fake), Configure (a smaller page cap, to make paging visible) and Calls.
 """
 
 from __future__ import annotations
@@ -93,8 +93,9 @@ class BillingServer:
             "Health": _unary(lambda _r: {"ok": True, "skus": len(c.skus)}, _loads, _dumps),
             "Reset": _unary(reset, _loads, _dumps),
             "SetPrice": _unary(lambda r: c.set_price(str(r["description"]), float(r["usd"])), _loads, _dumps),
-            "Fault": _unary(lambda r: c.inject(str(r.get("method", "*")), str(r["code"]), int(r.get("count", 1))),
-                            _loads, _dumps),
+            "AddFault": _unary(lambda r: c.fault_control("POST", r), _loads, _dumps),
+            "Faults": _unary(lambda r: c.fault_control("GET", r), _loads, _dumps),
+            "ClearFaults": _unary(lambda r: c.fault_control("DELETE", r), _loads, _dumps),
             "Configure": _unary(configure, _loads, _dumps),
             "Calls": _unary(calls, _loads, _dumps),
         })
@@ -115,7 +116,8 @@ class BillingServer:
 
 
 def control_call(address: str, method: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    """Call the fake's control service (Health, Reset, SetPrice, Fault, Configure, Calls) from any process."""
+    """Call the fake's control service (Health, Reset, SetPrice, AddFault, Faults, ClearFaults,
+    Configure, Calls) from any process."""
     with grpc.insecure_channel(address) as ch:
         call = ch.unary_unary(f"/{CONTROL_SERVICE}/{method}", request_serializer=_dumps, response_deserializer=_loads)
         return call(body or {}, timeout=timeout)

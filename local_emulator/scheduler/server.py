@@ -23,7 +23,7 @@ import httpx
 from google.cloud import scheduler_v1
 from google.protobuf import empty_pb2
 
-from local_emulator.faults import FaultError, FaultPlan
+from local_emulator.faults import FaultError, FaultPlan, grpc_code_name
 from local_emulator.scheduler.models import Scheduler, SchedulerFault
 from spotleash.log import get_logger
 
@@ -81,15 +81,6 @@ class Dispatcher:
                 self._publisher = None
 
 
-# google.rpc's mapping of HTTP statuses to gRPC codes, for injected faults
-_GRPC_CODE = {
-    400: grpc.StatusCode.INVALID_ARGUMENT, 401: grpc.StatusCode.UNAUTHENTICATED, 403: grpc.StatusCode.PERMISSION_DENIED,
-    404: grpc.StatusCode.NOT_FOUND, 409: grpc.StatusCode.ABORTED, 429: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    499: grpc.StatusCode.CANCELLED, 501: grpc.StatusCode.UNIMPLEMENTED, 503: grpc.StatusCode.UNAVAILABLE,
-    504: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
 def _inject(faults: FaultPlan, rpc: str, request: Any) -> None:
     fault = faults.take(rpc, path=str(getattr(request, "name", "") or getattr(request, "parent", "")))
     if fault is None:
@@ -97,7 +88,7 @@ def _inject(faults: FaultPlan, rpc: str, request: Any) -> None:
     if fault.latency_s:
         time.sleep(fault.latency_s)
     if fault.status:
-        code = _GRPC_CODE.get(fault.status, grpc.StatusCode.INTERNAL)
+        code = grpc.StatusCode[grpc_code_name(fault.status)]
         raise SchedulerFault(code, fault.message or f"injected fault: {code.name}")
 
 

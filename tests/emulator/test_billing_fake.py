@@ -113,11 +113,11 @@ def test_the_adapter_reads_spot_rates_for_every_region(client: Any) -> None:
 
 
 def test_the_adapter_translates_errors(fake: BillingServer, client: Any) -> None:
-    control_call(fake.address, "Fault", {"method": "ListSkus", "code": "UNAVAILABLE", "count": 5})
+    control_call(fake.address, "AddFault", {"operation": "ListSkus", "status": 503, "count": 5})
     with pytest.raises(ProviderTransient, match="Billing Catalog"):
         fetch_sheet(client, NOW)
     control_call(fake.address, "Reset")
-    control_call(fake.address, "Fault", {"method": "ListServices", "code": "PERMISSION_DENIED"})
+    control_call(fake.address, "AddFault", {"operation": "ListServices", "status": 403})
     with pytest.raises(ProviderPermanent, match="Billing Catalog"):
         fetch_sheet(client, NOW)
 
