@@ -152,6 +152,17 @@ class ComputeModel:
         if request_id is not None:
             self.request_ids[(project, request_id)] = (time.monotonic(), op)
 
+    def _replay_or_get(self, project: str, zone: str, name: str, request_id: str | None) -> Operation | Instance:
+        """The operation of a replayed ``requestId``, else the instance the call acts on (404 if none)."""
+        self._check_scope(project, zone)
+        seen = self._idempotent(project, request_id)
+        return seen if seen is not None else self._get(project, zone, name)
+
+    def _op_on(self, inst: Instance, op_type: str, request_id: str | None) -> Operation:
+        op = self._new_op(inst.project, inst.zone, op_type, inst.name, inst.id)
+        self._remember(inst.project, request_id, op)
+        return op
+
     def _notify(self, inst: Instance) -> None:
         if inst.changed is not None:
             inst.changed.notify_all()
@@ -204,24 +215,19 @@ class ComputeModel:
 
     def delete(self, project: str, zone: str, name: str, request_id: str | None) -> Operation:
         with self.lock:
-            self._check_scope(project, zone)
-            seen = self._idempotent(project, request_id)
-            if seen is not None:
-                return seen
-            inst = self._get(project, zone, name)
-            op = self._new_op(project, zone, "delete", name, inst.id)
-            self._remember(project, request_id, op)
+            inst = self._replay_or_get(project, zone, name, request_id)
+            if isinstance(inst, Operation):
+                return inst
+            op = self._op_on(inst, "delete", request_id)
             inst.pending_ops.append(op)
             self._terminate(inst, delete=True, reason="delete")
             return op
 
     def set_labels(self, project: str, zone: str, name: str, body: Any, request_id: str | None) -> Operation:
         with self.lock:
-            self._check_scope(project, zone)
-            seen = self._idempotent(project, request_id)
-            if seen is not None:
-                return seen
-            inst = self._get(project, zone, name)
+            inst = self._replay_or_get(project, zone, name, request_id)
+            if isinstance(inst, Operation):
+                return inst
             if not isinstance(body, dict):
                 raise errors.invalid("Invalid JSON payload for setLabels.")
             fp = body.get("labelFingerprint")
@@ -232,21 +238,17 @@ class ComputeModel:
                     "Labels fingerprint either invalid or resource labels have changed"
                 )
             inst.labels = validate_labels(body.get("labels"))
-            op = self._new_op(project, zone, "setLabels", name, inst.id)
-            self._remember(project, request_id, op)
+            op = self._op_on(inst, "setLabels", request_id)
             op.finish(self.clock.now())
             self._notify(inst)
             return op
 
     def stop(self, project: str, zone: str, name: str, request_id: str | None) -> Operation:
         with self.lock:
-            self._check_scope(project, zone)
-            seen = self._idempotent(project, request_id)
-            if seen is not None:
-                return seen
-            inst = self._get(project, zone, name)
-            op = self._new_op(project, zone, "stop", name, inst.id)
-            self._remember(project, request_id, op)
+            inst = self._replay_or_get(project, zone, name, request_id)
+            if isinstance(inst, Operation):
+                return inst
+            op = self._op_on(inst, "stop", request_id)
             if inst.status in ("TERMINATED",):
                 op.finish(self.clock.now())
                 return op
@@ -256,13 +258,10 @@ class ComputeModel:
 
     def start_instance(self, project: str, zone: str, name: str, request_id: str | None) -> Operation:
         with self.lock:
-            self._check_scope(project, zone)
-            seen = self._idempotent(project, request_id)
-            if seen is not None:
-                return seen
-            inst = self._get(project, zone, name)
-            op = self._new_op(project, zone, "start", name, inst.id)
-            self._remember(project, request_id, op)
+            inst = self._replay_or_get(project, zone, name, request_id)
+            if isinstance(inst, Operation):
+                return inst
+            op = self._op_on(inst, "start", request_id)
             if inst.status in ("RUNNING", "PROVISIONING", "STAGING"):
                 op.finish(self.clock.now())
                 return op
