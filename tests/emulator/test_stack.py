@@ -331,11 +331,13 @@ def test_local_up_from_an_installed_wheel(tmp_path: Path) -> None:
 
     run(uv, "build", "--wheel", "-q", "-o", tmp_path / "dist", cwd=repo)
     (wheel,) = (tmp_path / "dist").glob("spotleash-*.whl")
-    run(uv, "export", "--frozen", "--no-dev", "--no-emit-project", "--no-hashes", "-q", "-o", tmp_path / "req.txt",
-        cwd=repo)
+    run(uv, "export", "--frozen", "--no-dev", "--extra", "local", "--no-emit-project", "--no-hashes", "-q",
+        "-o", tmp_path / "req.txt", cwd=repo)
     venv = tmp_path / "venv"
     run(uv, "venv", "-q", "--python", sys.executable, venv)
-    run(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "-r", tmp_path / "req.txt", wheel)
+    # what a user runs for the local stack: the wheel with its `local` extra (versions pinned by uv.lock)
+    run(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "-r", tmp_path / "req.txt",
+        f"spotleash[local] @ {wheel.as_uri()}")
 
     env = {k: v for k, v in os.environ.items()
            if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME") and not k.startswith("SPOTLEASH_")}
