@@ -84,9 +84,8 @@ class Settings(BaseSettings):
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")
-    gce_package_source: str | None = Field(None, description="pip source a real VM installs spotleash from")
     vm_service_account: str | None = Field(
-        None, description="service account attached to VMs (logging only; Terraform's sl-vm)"
+        None, description="service account attached to VMs (logs, package read; Terraform's sl-vm)"
     )
     max_runtime_s: int = Field(3 * 3600, ge=60, description="hard cap on an instance's life")
     gpu_names: list[str] = Field(

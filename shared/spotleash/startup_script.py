@@ -1,5 +1,8 @@
-"""The startup script of a real GCE VM: install Python, install spotleash, run the instance agent
-under systemd (logs to the journal). It goes into the ``startup-script`` metadata value, never on a
+"""The startup script of a real GCE VM: make sure a python3 with ``venv`` exists, write the instance
+bootstrap (``spotleash.instance_agent.bootstrap``, standard library only, its source text embedded byte
+for byte) and run it under systemd (logs to the journal). The bootstrap fetches the package the launch
+pinned, verifies it, installs it into its own venv and execs the instance agent from there; nothing is
+pip-installed from a public index. It goes into the ``startup-script`` metadata value, never on a
 command line.
 
 Every interpolated value is shell-quoted with ``shlex.quote`` and assigned once, at the top, in the
@@ -12,48 +15,46 @@ from __future__ import annotations
 
 import re
 import shlex
+from pathlib import Path
 
+from spotleash.instance_agent import bootstrap
 from spotleash.providers import PROVIDER_NAMES
 
 VALUES_END = "# --- end of values"
+BOOTSTRAP_EOF = "SPOTLEASH_BOOTSTRAP_EOF"
 _SAFE_PATH = re.compile(r"^/[A-Za-z0-9._/-]{1,200}$")
 _SAFE_NAME = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
-DEFAULT_PACKAGE_SOURCE = "spotleash"
 
-_BODY = r"""
+# ``SPOTLEASH_VM_ROOT`` is unset on a real VM; the local Compute fake sets it to the fake VM's own
+# directory, so every path the script writes (/opt, /etc/systemd) lands there (see local_emulator.vmshim).
+_PREPARE = r"""
+ROOT="${SPOTLEASH_VM_ROOT:-}"
+INSTALL_DIR="$ROOT$INSTALL_DIR"
 export DEBIAN_FRONTEND=noninteractive
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   apt-get update -q
-  apt-get install -y -q python3 python3-venv python3-pip
+  apt-get install -y -q python3 python3-venv
 fi
+PYTHON="$(command -v python3)"
 
-mkdir -p "$INSTALL_DIR"
-if [ ! -x "$INSTALL_DIR/venv/bin/python" ]; then
-  python3 -m venv "$INSTALL_DIR/venv"
-fi
+mkdir -p "$INSTALL_DIR/work"
+"""
 
-case "$PACKAGE_SOURCE" in
-  gs://*)
-    package="$INSTALL_DIR/$(basename -- "$PACKAGE_SOURCE")"
-    gcloud storage cp -- "$PACKAGE_SOURCE" "$package"
-    ;;
-  *)
-    package="$PACKAGE_SOURCE"
-    ;;
-esac
-"$INSTALL_DIR/venv/bin/pip" install --quiet --upgrade -- "$package"
-
-unit="/etc/systemd/system/$SERVICE_NAME.service"
+_RUN = r"""
+mkdir -p "$ROOT/etc/systemd/system"
+unit="$ROOT/etc/systemd/system/$SERVICE_NAME.service"
 cat >"$unit" <<UNIT
 [Unit]
-Description=spotleash instance agent
+Description=spotleash instance bootstrap and agent
 Wants=network-online.target
 After=network-online.target
 
 [Service]
-ExecStart=$INSTALL_DIR/venv/bin/python -m spotleash.instance_agent --provider $AGENT_PROVIDER
+Environment=PYTHONUNBUFFERED=1
+ExecStart=$PYTHON $INSTALL_DIR/bootstrap.py --provider $AGENT_PROVIDER --work-dir $INSTALL_DIR/work
 Restart=on-failure
 RestartSec=5
+RestartPreventExitStatus=1 2
 KillMode=control-group
 StandardOutput=journal
 StandardError=journal
@@ -68,6 +69,19 @@ echo "spotleash: $SERVICE_NAME started"
 """
 
 
+def bootstrap_source() -> str:
+    """The bootstrap module's source text, as the script embeds it."""
+    return Path(bootstrap.__file__).read_text(encoding="utf-8")
+
+
+def embed_file(target: str, text: str) -> str:
+    """Shell lines that write ``text`` to ``"$target"`` byte for byte (a quoted here-document: nothing in
+    it is expanded). ``target`` is a shell word, e.g. ``"$INSTALL_DIR/bootstrap.py"``."""
+    if not text.endswith("\n") or f"\n{BOOTSTRAP_EOF}\n" in f"\n{text}":
+        raise ValueError(f"the embedded text must end with a newline and contain no {BOOTSTRAP_EOF} line")
+    return f"cat >{target} <<'{BOOTSTRAP_EOF}'\n{text}{BOOTSTRAP_EOF}\n"
+
+
 def assignments(values: dict[str, str]) -> str:
     """``NAME='value'`` lines, each value quoted so the shell reads it back byte for byte."""
     return "".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items())
@@ -75,27 +89,18 @@ def assignments(values: dict[str, str]) -> str:
 
 def render_startup_script(
     *,
-    package_source: str = DEFAULT_PACKAGE_SOURCE,
     provider: str = "gce",
     install_dir: str = "/opt/spotleash",
     service_name: str = "spotleash-agent",
 ) -> str:
-    """The script. ``package_source``: a pip requirement, a wheel URL, or a ``gs://`` path to a wheel."""
+    """The script. The bootstrap reads the agent's config (with the pinned package) from the metadata."""
     if provider not in PROVIDER_NAMES:
         raise ValueError(f"provider must be one of {', '.join(PROVIDER_NAMES)}, not {provider!r}")
     if not _SAFE_PATH.match(install_dir) or ".." in install_dir.split("/"):
         raise ValueError(f"install_dir must be an absolute plain path, not {install_dir!r}")
     if not _SAFE_NAME.match(service_name):
         raise ValueError(f"service_name must match {_SAFE_NAME.pattern}, not {service_name!r}")
-    if not package_source.strip():
-        raise ValueError("package_source must not be empty")
-    head = "#!/bin/bash\n# spotleash instance bootstrap (rendered by spotleash.startup_script)\nset -euo pipefail\n"
-    values = assignments(
-        {
-            "PACKAGE_SOURCE": package_source,
-            "AGENT_PROVIDER": provider,
-            "INSTALL_DIR": install_dir,
-            "SERVICE_NAME": service_name,
-        }
-    )
-    return head + values + VALUES_END + "\n" + _BODY
+    head = "#!/bin/bash\n# spotleash instance startup (rendered by spotleash.startup_script)\nset -euo pipefail\n"
+    values = assignments({"AGENT_PROVIDER": provider, "INSTALL_DIR": install_dir, "SERVICE_NAME": service_name})
+    return (head + values + VALUES_END + "\n" + _PREPARE
+            + embed_file('"$INSTALL_DIR/bootstrap.py"', bootstrap_source()) + _RUN)

@@ -26,6 +26,10 @@ busy installing; when it fails it beats once more with the failure (``package_mi
 ``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``)
 and the control plane deletes the instance with that reason.
 
+A config that pins no package (the control plane has no package bucket) means heartbeats only: the
+bootstrap then execs ``python3 -m spotleash.instance_agent`` if this interpreter has spotleash (an
+image built with it), and otherwise says so and exits 2.
+
 The instance agent uses the same functions when it is started without ``--package-root``. Names
 shared with the rest of spotleash (config keys, the Heartbeat's shape, the archive layout) are
 checked against their one definition by the unit tests.
@@ -36,6 +40,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import hashlib
+import importlib.util
 import json
 import os
 import signal
@@ -482,10 +487,13 @@ def load_config(provider: str, env: Mapping[str, str], opener: Opener = _urlopen
 
 
 def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener = _urlopen,
-        python: str = sys.executable) -> tuple[Path, dict[str, Any]] | PackageFailure:
-    """Fetch, verify, install, beating meanwhile; the prepared (root, manifest) or the failure (reported)."""
+        python: str = sys.executable) -> tuple[Path, dict[str, Any]] | PackageFailure | None:
+    """Fetch, verify, install, beating meanwhile; the prepared (root, manifest), the failure (reported), or
+    None when the config pins no package."""
     cfg, token = load_config(provider, env, opener)
     sha = str(cfg.get("package_sha256") or "")
+    if not sha:
+        return None
     names = [str(n) for n in cfg.get("components") or []]
     done = threading.Event()
 
@@ -536,6 +544,16 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
         return 2
     if isinstance(got, PackageFailure):
         return 1
+    if got is None:  # no package pinned: heartbeats only, from an image that has spotleash
+        if importlib.util.find_spec("spotleash") is None:
+            _log("no package pinned and this python3 has no spotleash: publish a package (spotleash publish) "
+                 "and set SPOTLEASH_PACKAGE_BUCKET, or use an image with spotleash installed", severity="ERROR",
+                 python=sys.executable)
+            return 2
+        argv_plain = [sys.executable, "-m", "spotleash.instance_agent", "--provider", args.provider,
+                      "--work-dir", str(args.work_dir)]
+        _log("no package pinned: starting the instance agent of this image (heartbeats only)", argv=argv_plain)
+        os.execve(sys.executable, argv_plain, env)  # noqa: S606 - this interpreter
     root, _ = got
     if args.no_exec:
         print(root)

@@ -5,8 +5,9 @@ delivers it by its transport (``spotleash.providers.ProviderInfo.agent_transport
 metadata on GCE (``metadata_values``), as environment variables on VAST (``env_values``). The
 instance agent, the VAST watchdog and the fakes read it back with ``AgentConfig.parse``.
 
-The heartbeat token travels beside the JSON, never inside it, so the config can be logged; the token
-itself only authorises heartbeats of its own instance.
+The heartbeat token travels beside the JSON, never inside it; the token itself only authorises
+heartbeats of its own instance. ``package_url`` (VAST only: a signed URL of one archive until the
+instance's deadline) is a secret inside it: log ``to_json(safe=True)``, never the raw JSON.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ class AgentConfig(BaseModel):
             instance_id=spec.instance_id, lease_id=spec.lease_id, deployment_id=spec.deployment_id,
             heartbeat_url=spec.heartbeat_url, heartbeat_interval_s=spec.heartbeat_interval_s,
             deadline=spec.deadline, route_credential_sha256=spec.route_credential_sha256,
+            package_sha256=spec.package_sha256, package_uri=spec.package_uri,
+            package_url=spec.package_url, components=list(spec.components),
         )
 
     @classmethod
@@ -64,8 +67,9 @@ class AgentConfig(BaseModel):
         """The config from its JSON text. Raises pydantic's ValidationError when it is not one."""
         return cls.model_validate_json(raw)
 
-    def to_json(self) -> str:
-        return self.model_dump_json(exclude_none=True)
+    def to_json(self, *, safe: bool = False) -> str:
+        """The JSON; ``safe``: without ``package_url`` (for logs)."""
+        return self.model_dump_json(exclude_none=True, exclude={"package_url"} if safe else None)
 
 
 def metadata_values(spec: LaunchSpec) -> dict[str, str]:

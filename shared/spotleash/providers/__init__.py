@@ -44,6 +44,7 @@ class ProviderInfo:
     implementation: str  # "module:Class", the class having ``from_settings(settings) -> Provider``
     gpu: bool  # takes GPU demands: its launch spec carries GpuRequirements, priced at the GPU cap
     agent_transport: AgentTransport  # how the instance agent on its boxes reads its configuration
+    google_identity: bool  # its instances read Cloud Storage as themselves (GCE's VM account); else a signed URL
     enabled: Callable[[Settings], bool] = _always  # configured in these settings (listed, reaped, warmed)
 
     def factory(self) -> ProviderFactory:
@@ -53,9 +54,10 @@ class ProviderInfo:
 
 
 _REGISTERED = (
-    ProviderInfo("gce", "spotleash.providers.gce:GceProvider", gpu=False, agent_transport="metadata"),
+    ProviderInfo("gce", "spotleash.providers.gce:GceProvider", gpu=False, agent_transport="metadata",
+                 google_identity=True),
     ProviderInfo("vast", "spotleash.providers.vast.provider:VastProvider", gpu=True, agent_transport="env",
-                 enabled=_vast_configured),
+                 google_identity=False, enabled=_vast_configured),
 )
 PROVIDERS: dict[str, ProviderInfo] = {p.name: p for p in _REGISTERED}
 PROVIDER_NAMES = tuple(PROVIDERS)

@@ -78,6 +78,12 @@ class LaunchSpec:
     heartbeat_interval_s: float = 30.0
     extra_env: dict[str, str] = field(default_factory=dict)
     route_credential_sha256: str = ""  # the lease's route credential hash, for the instance's TLS front
+    # The package the launch pinned (empty: heartbeats only) and the components it runs. ``package_url``
+    # (a signed URL, for boxes with no Google identity) is a secret like the token.
+    package_sha256: str = ""
+    package_uri: str = ""
+    package_url: str = ""
+    components: tuple[str, ...] = ()
 
     @property
     def labels(self) -> dict[str, str]:

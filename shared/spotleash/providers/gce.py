@@ -44,7 +44,7 @@ from spotleash.providers.base import (
     ProviderInstance,
     ProviderStatus,
 )
-from spotleash.startup_script import DEFAULT_PACKAGE_SOURCE, render_startup_script
+from spotleash.startup_script import render_startup_script
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -60,6 +60,9 @@ CAPACITY_CODES = frozenset(
 )
 MIN_RUN_S = 30  # GCE refuses a shorter max_run_duration
 DEFAULT_IMAGE = "projects/debian-cloud/global/images/family/debian-12"
+# The VM's own identity may write logs and read objects (IAM narrows it to the package bucket).
+VM_SCOPES = ("https://www.googleapis.com/auth/logging.write",
+             "https://www.googleapis.com/auth/devstorage.read_only")
 
 
 def map_status(native: str | None) -> ProviderStatus:
@@ -123,7 +126,6 @@ class GceProvider:
         *,
         endpoint: str | None = None,
         credentials: Credentials | None = None,
-        package_source: str = DEFAULT_PACKAGE_SOURCE,
         image: str = DEFAULT_IMAGE,
         disk_gb: int = 20,
         network: str = "global/networks/default",
@@ -140,8 +142,7 @@ class GceProvider:
         self.project = project
         self.zones = tuple(zones)
         self.endpoint = endpoint
-        self.package_source = package_source
-        self.service_account = service_account  # least privilege: only the logging scope, never cloud-platform
+        self.service_account = service_account  # least privilege: logging + package read, never cloud-platform
         self.image, self.disk_gb, self.network = image, disk_gb, network
         self.retry_attempts, self.retry_base_s, self.retry_max_s = retry_attempts, retry_base_s, retry_max_s
         self.call_timeout_s, self.operation_timeout_s, self.page_size = call_timeout_s, operation_timeout_s, page_size
@@ -158,7 +159,6 @@ class GceProvider:
             project=settings.project,
             zones=tuple(settings.zones),
             endpoint=settings.compute_endpoint,
-            package_source=settings.gce_package_source or DEFAULT_PACKAGE_SOURCE,
             service_account=settings.vm_service_account,
         )
 
@@ -253,7 +253,7 @@ class GceProvider:
         # one instance (the control plane keeps its sha256), so the exposure is bounded; it never goes in
         # a label or a log.
         items = [
-            compute_v1.Items(key="startup-script", value=render_startup_script(package_source=self.package_source)),
+            compute_v1.Items(key="startup-script", value=render_startup_script()),
             *(compute_v1.Items(key=k, value=v) for k, v in metadata_values(spec).items()),
         ]
         return compute_v1.Instance(
@@ -286,9 +286,7 @@ class GceProvider:
             ),
             deletion_protection=False,
             service_accounts=[
-                compute_v1.ServiceAccount(
-                    email=self.service_account, scopes=["https://www.googleapis.com/auth/logging.write"]
-                )
+                compute_v1.ServiceAccount(email=self.service_account, scopes=list(VM_SCOPES))
             ]
             if self.service_account
             else [],

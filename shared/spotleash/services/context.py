@@ -34,7 +34,7 @@ class Context:
     providers: dict[str, Provider] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
     prices: PriceBook | None = None  # Spot prices for the budget guard; None: the built-in table
-    storage: Storage | None = None  # the package bucket (snapshots); built from the settings when first used
+    storage: Storage | None = None  # the package bucket (packages, snapshots); built when first used
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
@@ -53,6 +53,12 @@ class Context:
 
             self.storage = Storage(self.settings.package_bucket or "", project=self.settings.project)
         return self.storage
+
+    def package_storage(self) -> Storage | None:
+        """The package bucket, or None when no bucket is configured (instances then only beat)."""
+        if self.storage is None and not self.settings.package_bucket:
+            return None
+        return self.bucket()
 
     def now(self) -> datetime:
         return self.clock()

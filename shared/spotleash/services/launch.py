@@ -25,6 +25,7 @@ from spotleash.events import DemandEvent
 from spotleash.ledger import committed, month_to_date, region_of
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
+from spotleash.package_pin import MISSING, PackageMissing, PinnedPackage, pinned, read_url, resolve
 from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
 from spotleash.providers import provider_info
 from spotleash.providers.base import GpuRequirements, LaunchSpec, ProviderInstance
@@ -78,11 +79,40 @@ def _spot_price(ctx: Context) -> Callable[[str], float] | None:
     return lambda machine: book.quote(machine, region).usd_per_hour
 
 
+def pin_package(ctx: Context) -> PinnedPackage | Refusal | None:
+    """The package this launch will run, read from the channel's pointer once (None: no bucket configured,
+    the instance only beats). A Refusal when nothing runnable is published; raises StorageTransient
+    (redelivery) when Cloud Storage does not answer."""
+    storage = ctx.package_storage()
+    if storage is None:
+        return None
+    try:
+        return resolve(storage, ctx.settings.package_channel)
+    except PackageMissing as e:
+        return Refusal(MISSING, str(e))
+
+
+def _package_fields(ctx: Context, rec: InstanceRecord, now: datetime) -> tuple[str, str, str]:
+    """The pinned package's fields of the launch spec: its sha256 and URI, and for a provider whose boxes
+    have no Google identity a signed URL valid until the instance's deadline (a secret)."""
+    storage = ctx.package_storage()
+    if not rec.package_sha256:
+        return "", "", ""
+    if storage is None:
+        raise PackageMissing(f"{rec.instance_id} pinned package {rec.package_sha256[:12]}… but "
+                             "SPOTLEASH_PACKAGE_BUCKET is no longer set")
+    pkg = pinned(storage, rec.package_sha256)
+    url = "" if provider_info(rec.provider).google_identity else read_url(storage, pkg, now=now, until=rec.deadline)
+    return pkg.sha256, pkg.uri, url
+
+
 def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: datetime) -> LaunchSpec:
     s = ctx.settings
     remaining = int((rec.deadline - now).total_seconds())
     gpu = GpuRequirements.from_settings(s) if provider_info(rec.provider).gpu else None
+    sha, uri, url = _package_fields(ctx, rec, now)
     return LaunchSpec(
+        package_sha256=sha, package_uri=uri, package_url=url, components=tuple(rec.components),
         instance_id=rec.instance_id, lease_id=rec.lease_id, deployment_id=rec.deployment_id,
         deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),
         gpu=gpu, image=s.gpu_image, heartbeat_url=s.heartbeat_url or "",
@@ -147,7 +177,10 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         return LaunchOutcome(instance_id, existing.state, False, existing.reason)
 
     if existing is None:
-        decision = plan_launch(event, gather_facts(ctx, event.lease_id, now), s, now)
+        decision: LaunchPlan | Refusal = plan_launch(event, gather_facts(ctx, event.lease_id, now), s, now)
+        package = pin_package(ctx) if isinstance(decision, LaunchPlan) else None
+        if isinstance(package, Refusal):
+            decision, package = package, None
         provider_name = decision.provider if isinstance(decision, LaunchPlan) else choose_provider(event)
         intent = new_record(
             instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
@@ -157,6 +190,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
             machine=decision.machine if isinstance(decision, LaunchPlan) else None,
             price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
             route_credential_sha256=event.route_credential_sha256,
+            package_sha256=package.sha256 if package else None,
         )
         if isinstance(decision, Refusal):
             refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
@@ -171,7 +205,8 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         rec, created = ctx.store.create_intent(intent)
         if created:
             ctx.store.audit("launch_intent", event.trigger, now, instance_id=instance_id, lease_id=event.lease_id,
-                            event_id=event.event_id, provider=provider_name, machine=intent.machine)
+                            event_id=event.event_id, provider=provider_name, machine=intent.machine,
+                            package_sha256=intent.package_sha256)
         elif rec.state not in (State.REQUESTED, State.PROVISIONING):
             return LaunchOutcome(instance_id, rec.state, False, rec.reason)
         else:  # a concurrent copy of this event created it a moment ago and is launching it
@@ -189,7 +224,10 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
                            if r.state in (State.REQUESTED, State.PROVISIONING) else None) or rec
     if rec.state != State.PROVISIONING:
         return LaunchOutcome(instance_id, rec.state, False, rec.reason)
-    spec = build_spec(ctx, rec, rec.machine or s.machine_type, ctx.now())
+    try:
+        spec = build_spec(ctx, rec, rec.machine or s.machine_type, ctx.now())
+    except PackageMissing as e:
+        return _fail(ctx, rec, MISSING, str(e))
     try:
         made = _create_with_retry(ctx, spec, rec.provider)
     except CapacityExhausted as e:

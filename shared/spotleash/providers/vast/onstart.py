@@ -2,7 +2,9 @@
 
 Every box runs, from its ``onstart``, a self-destruct watchdog (``python -m
 spotleash.instance_agent.watchdog``, with a pure-bash fallback) that deletes the instance past its
-deadline with its own ``CONTAINER_API_KEY``, and the instance agent.
+deadline with its own ``CONTAINER_API_KEY``, then the instance bootstrap (its source text embedded,
+standard library only) on the image's ``python3``: it fetches the pinned package through the signed
+URL in the config, verifies and installs it, and execs the instance agent from the package's venv.
 """
 
 from __future__ import annotations
@@ -12,10 +14,12 @@ from datetime import UTC
 
 from spotleash.instance_agent.config import env_values
 from spotleash.providers.base import LaunchSpec
+from spotleash.startup_script import bootstrap_source, embed_file
 
 
 def build_onstart(spec: LaunchSpec, *, bootstrap: str | None = None) -> str:
-    """The box's start script: the watchdog first (python, or a bash+curl fallback), then the agent."""
+    """The box's start script: the watchdog first (python, or a bash+curl fallback), then the bootstrap,
+    which execs the agent. ``bootstrap``: a shell line run before everything (tests, image setup)."""
     deadline = spec.deadline.astimezone(UTC)
     epoch = int(deadline.timestamp())
     iso = deadline.isoformat()
@@ -38,10 +42,11 @@ def build_onstart(spec: LaunchSpec, *, bootstrap: str | None = None) -> str:
         "else",
         f"  nohup bash -c {shlex.quote(fallback)} >>\"$LOGDIR/watchdog.log\" 2>&1 &",
         "fi",
-        'nohup python -m spotleash.instance_agent --provider vast >>"$LOGDIR/agent.log" 2>&1 &',
-        "",
+        'SPOTLEASH_DIR="${HOME:-/root}/spotleash"; mkdir -p "$SPOTLEASH_DIR/work"',
     ]
-    return "\n".join(lines)
+    run = ('nohup python3 "$SPOTLEASH_DIR/bootstrap.py" --provider vast --work-dir "$SPOTLEASH_DIR/work" '
+           '>>"$LOGDIR/agent.log" 2>&1 &\n')
+    return "\n".join(lines) + "\n" + embed_file('"$SPOTLEASH_DIR/bootstrap.py"', bootstrap_source()) + run
 
 
 def agent_env(spec: LaunchSpec) -> dict[str, str]:
