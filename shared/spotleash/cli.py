@@ -133,6 +133,7 @@ def status(
     all_: bool = typer.Option(False, "--all", help="include ended instances"),
 ) -> None:
     """A table of the deployment's instances, and where the agent's router sends each component's requests."""
+    from spotleash import status_view
     from spotleash.router.status import read_routes
     from spotleash.store import FirestoreStore
 
@@ -143,16 +144,16 @@ def status(
     records.sort(key=lambda r: r.created_at)
     routes = read_routes(s.router_admin_port) or {}
     if json_out:
-        print(json.dumps({"instances": [r.model_dump(mode="json", exclude={"token_hash"})
-                                        | {"cost_so_far": r.cost_so_far(now)} for r in records],
+        print(json.dumps({"instances": [status_view.as_json(r, now) for r in records],
                           "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
                                          **v} for n, v in routes.items()}}))
         return
-    table = Table("lease", "provider", "state", "age", "last beat", "deadline", "cost $", "reason")
+    table = Table("lease", "provider", "state", "components", "age", "last beat", "deadline", "cost $", "reason")
     table.columns.insert(0, Column("instance", no_wrap=True))
     for r in records:
-        table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), _age(r.created_at, now),
-                      _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}", r.reason or "")
+        table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), status_view.compact(r),
+                      _age(r.created_at, now), _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}",
+                      r.reason or "")
     console.print(table if records else "no instances" + ("" if all_ else " running"))
     if routes:
         rt = Table("component", "traffic to", "instance", "served remotely", "requests", "why")

@@ -1,0 +1,46 @@
+"""What ``spotleash status`` shows of one instance record: pure, so the table and ``--json`` agree.
+
+Per instance, ``components`` maps each component it was launched for (and any other its heartbeats
+reported) to its ``state`` (``pending`` until the first report), ``endpoint`` and last ``error``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from spotleash.model import InstanceRecord
+
+PENDING = "pending"  # launched for it, no heartbeat has reported it yet
+_MARK = {"healthy": "ok", "starting": "..", "failing": "!!", PENDING: "--"}
+
+
+def components_of(rec: InstanceRecord) -> dict[str, dict[str, Any]]:
+    names = list(dict.fromkeys([*rec.components, *rec.component_states]))
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        report = rec.component_states.get(name)
+        out[name] = {"state": report.state if report else PENDING, "endpoint": report.endpoint if report else None,
+                     "error": report.error if report else None}
+    return out
+
+
+def as_json(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
+    """The record (less its token hash) with ``components`` as above and ``cost_so_far``."""
+    out = rec.model_dump(mode="json", exclude={"token_hash", "component_states"})
+    out["components"] = components_of(rec)
+    out["cost_so_far"] = rec.cost_so_far(now)
+    return out
+
+
+def compact(rec: InstanceRecord) -> str:
+    """One cell: ``name ok 1.2.3.4:8080`` per component (a failing one with the start of its error)."""
+    parts = []
+    for name, c in components_of(rec).items():
+        text = f"{name} {_MARK.get(c['state'], c['state'])}"
+        if c["state"] == "healthy" and c["endpoint"]:
+            text += f" {c['endpoint']}"
+        elif c["error"]:
+            text += f" {str(c['error'])[:40]}"
+        parts.append(text)
+    return "\n".join(parts)
