@@ -222,7 +222,7 @@ def test_the_metadata_token_is_fetched_per_attempt() -> None:
     assert token() == "ya29.x"
     assert seen[0].full_url == "http://md:80/computeMetadata/v1/instance/service-accounts/default/token"
     assert seen[0].get_header("Metadata-flavor") == "Google"
-    with pytest.raises(OSError, match="no service account"):
+    with pytest.raises(PackageFailure, match="package_forbidden: the VM has no service account"):
         bootstrap.metadata_token({}, _opener([404], []))()
 
 
@@ -234,6 +234,8 @@ def test_sources() -> None:
     emu = source_for(uri, "", env={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"}, token=None)
     assert emu.url == f"http://127.0.0.1:4443/download/storage/v1/b/pkgs/o/packages%2F{SHA_A}.tar.gz?alt=media"
     assert emu.token is None
+    with_token = source_for(uri, "", env={"STORAGE_EMULATOR_HOST": "http://127.0.0.1:4443"}, token=lambda: "t")
+    assert with_token.token is not None and with_token.token() == "t"  # a fake VM sends its token as a real one
     assert source_for(uri, "", env={"STORAGE_EMULATOR_HOST": "127.0.0.1:4443"}, token=None).url.startswith(
         "http://127.0.0.1:4443/")
     gce = source_for(uri, "", env={}, token=lambda: "t")

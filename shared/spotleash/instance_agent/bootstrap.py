@@ -155,7 +155,8 @@ def metadata_token(env: Mapping[str, str], opener: Opener = _urlopen) -> Callabl
     def token() -> str:
         raw = metadata_get(TOKEN_PATH, env, opener)
         if raw is None:
-            raise OSError("the VM has no service account (no token in its metadata)")
+            raise PackageFailure("package_forbidden", "the VM has no service account (no token from its metadata "
+                                                      "server): it cannot read the package bucket")
         try:
             return str(json.loads(raw)["access_token"])
         except (ValueError, KeyError, TypeError) as e:
@@ -170,8 +171,8 @@ def source_for(package_uri: str, package_url: str, *, env: Mapping[str, str],
         return Source(package_url)
     bucket, obj = parse_gs_uri(package_uri)
     emulator = env.get(EMULATOR_ENV)
-    if emulator:
-        return Source(media_url(emulator if "://" in emulator else f"http://{emulator}", bucket, obj))
+    if emulator:  # the VM's token goes along as it would to Cloud Storage (the emulator does not check it)
+        return Source(media_url(emulator if "://" in emulator else f"http://{emulator}", bucket, obj), token)
     if token is None:
         raise PackageFailure("package_forbidden", "no credentials for Cloud Storage on this instance "
                                                   "(no metadata server token and no signed package_url)")
@@ -186,10 +187,10 @@ class _Retry(Exception):
 
 
 def _download_once(source: Source, part: Path, opener: Opener, timeout_s: float) -> str:
-    headers = {"Authorization": f"Bearer {source.token()}"} if source.token else {}
-    req = urllib.request.Request(source.url, headers=headers)
     h = hashlib.sha256()
     try:
+        headers = {"Authorization": f"Bearer {source.token()}"} if source.token else {}
+        req = urllib.request.Request(source.url, headers=headers)
         with opener(req, timeout_s) as r, part.open("wb") as f:
             while chunk := r.read(CHUNK):
                 h.update(chunk)
