@@ -9,10 +9,10 @@ its SSH endpoint opens. ``stop`` / outbid → ``exited`` (processes and SSH gone
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,7 +21,7 @@ from typing import Any
 
 import paramiko
 
-from local_emulator import procs
+from local_emulator import procs, vmshim
 from local_emulator.faults import FaultPlan
 from local_emulator.vast import errors
 from local_emulator.vast.errors import VastApiError
@@ -61,6 +61,15 @@ class Instance:
     proc: procs.ManagedProcess | None = None
     ssh: SshEndpoint | None = None
     ssh_keys: list[str] = field(default_factory=list)
+
+    @property
+    def spotleash_id(self) -> str:
+        """The spotleash instance id in the box's agent config (its components carry it), or ""."""
+        try:
+            cfg = json.loads(self.env.get("SPOTLEASH_AGENT_CONFIG") or "{}")
+        except ValueError:
+            return ""
+        return str(cfg.get("instance_id") or "") if isinstance(cfg, dict) else ""
 
     def actual_status(self, boot_delay: float) -> str | None:
         if self.state == "running":
@@ -271,7 +280,7 @@ class VastModel:
             inst.status_msg = msg
             proc, ssh = inst.proc, inst.ssh
             inst.proc, inst.ssh = None, None
-        self._kill(inst.id, proc, ssh)
+        self._kill(inst.id, proc, ssh, inst.spotleash_id)
 
     def destroy(self, iid: int) -> None:
         with self.lock:
@@ -281,11 +290,12 @@ class VastModel:
             inst.offer.available = True
             proc, ssh = inst.proc, inst.ssh
             inst.proc, inst.ssh = None, None
-        self._kill(iid, proc, ssh)
+        self._kill(iid, proc, ssh, inst.spotleash_id)
         shutil.rmtree(inst.folder, ignore_errors=True)
         log.info("instance destroyed", instance=iid)
 
-    def _kill(self, iid: int, proc: procs.ManagedProcess | None, ssh: SshEndpoint | None) -> None:
+    def _kill(self, iid: int, proc: procs.ManagedProcess | None, ssh: SshEndpoint | None,
+              spotleash_id: str = "") -> None:
         if ssh is not None:
             ssh.close()
         if proc is not None:
@@ -293,6 +303,10 @@ class VastModel:
                 procs.stop_all([proc], timeout=10.0, term_grace=3.0)
             except procs.StackError as e:
                 log.error("instance process did not stop", instance=iid, reason=str(e))
+        # The supervisor starts components in process groups of their own: they die with the box too.
+        swept = vmshim.sweep_components(spotleash_id)
+        if swept:
+            log.info("component processes of the box ended", instance=iid, count=swept)
 
     # ------------------------------------------------------------------ boot
     def _tick_loop(self) -> None:
@@ -313,7 +327,7 @@ class VastModel:
 
     def _boot(self, inst: Instance) -> None:
         env = {
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "/usr/bin:/bin")]),
+            "PATH": vmshim.path_value(),  # python3: the fakes' own (see local_emulator.vmshim)
             "HOME": str(inst.folder),
             "LANG": "C.UTF-8",
             "CONTAINER_ID": str(inst.id),
@@ -337,7 +351,7 @@ class VastModel:
             if alive:
                 inst.proc, inst.ssh, inst.state = proc, ssh, "running"
         if not alive:  # destroyed or stopped while booting
-            self._kill(inst.id, proc, ssh)
+            self._kill(inst.id, proc, ssh, inst.spotleash_id)
 
     # ------------------------------------------------------------------ control
     def inspect(self) -> dict[str, Any]:
