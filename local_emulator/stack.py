@@ -460,6 +460,8 @@ def _start_all(
         "SPOTLEASH_HEARTBEAT_SIGNING_KEY": secrets.token_urlsafe(32),
         "STORAGE_EMULATOR_HOST": gcs.url(ports[gcs.NAME]),
         "SPOTLEASH_PACKAGE_BUCKET": topo.package_bucket,
+        # as Terraform's sl-vm: the Compute fake's metadata server then gives the VM a token
+        "SPOTLEASH_VM_SERVICE_ACCOUNT": f"sl-vm@{project}.iam.gserviceaccount.com",
     }
     if "compute" in fakes:
         env_vars["SPOTLEASH_COMPUTE_ENDPOINT"] = f"http://{LOOPBACK}:{ports['compute']}"

@@ -30,6 +30,9 @@ FAST_TIMINGS: dict[str, str] = {
     "SPOTLEASH_SAMPLE_INTERVAL_S": "0.25",
     "SPOTLEASH_DEMAND_COOLDOWN_S": "5",
     "SPOTLEASH_CONFIRM_DELETE_S": "20",
+    # The control plane pins no package (heartbeat-only instances, READY on the first beat): a launch with a
+    # bucket but nothing published is refused. tests/e2e/test_packages.py switches packages on (and off).
+    "SPOTLEASH_PACKAGE_BUCKET": "",
 }
 
 TEST_PROJECT = "spotleash-test"

@@ -30,6 +30,9 @@ from spotleash.store import FirestoreStore, Store
 
 # Short timings so the whole demo takes about two minutes; production defaults are in config.py.
 DEMO_TIMINGS = {
+    # Heartbeat-only instances: the demo publishes no package yet, and with a bucket configured a launch
+    # without a published package is refused (package_missing).
+    "SPOTLEASH_PACKAGE_BUCKET": "",
     "SPOTLEASH_SAMPLE_INTERVAL_S": "0.25",
     "SPOTLEASH_LEASE_RENEW_S": "2",
     "SPOTLEASH_LEASE_TTL_S": "6",

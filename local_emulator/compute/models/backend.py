@@ -14,7 +14,6 @@ from __future__ import annotations
 import collections
 import itertools
 import shutil
-import sys
 import tempfile
 import threading
 import time
@@ -53,7 +52,9 @@ class ComputeModel:
         self.boot_delay_s = boot_delay_s
         self.kill_grace_s = kill_grace_s
         self.clock = Clock(time_scale)
-        self.vm_command = vm_command or [sys.executable, "-m", "spotleash.instance_agent", "--provider", "gce"]
+        # None: a VM runs its own startup-script metadata with bash (through local_emulator.vmshim), as
+        # GCE's guest agent does; a VM without one runs nothing of spotleash. A list: run that instead.
+        self.vm_command = vm_command
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="spotleash-gce-fake-"))
         self.lock = threading.RLock()
@@ -385,7 +386,7 @@ class ComputeModel:
             inst.deadline = datetime.fromisoformat(str(s["terminationTime"]).replace("Z", "+00:00"))
             inst.deadline_reason = "terminationTime"
         assert inst.workdir is not None and inst.md is not None
-        inst.proc = vm.start(self.vm_command, name=inst.name, workdir=inst.workdir, metadata_host=inst.md.host)
+        inst.proc = vm.start(self.vm_command, inst, metadata_host=inst.md.host)
         for op in inst.pending_ops:
             op.finish(now)
         inst.pending_ops.clear()
@@ -430,4 +431,4 @@ class ComputeModel:
         t.start()
 
     def _end_processes(self, inst: Instance) -> None:
-        vm.stop(inst.proc, grace_s=self.kill_grace_s)
+        vm.stop(inst, grace_s=self.kill_grace_s)

@@ -1,6 +1,8 @@
 """The VM runtime: what runs "inside" a fake VM — a real process group, and what its metadata server shows.
 
-A VM is the fake's ``vm_command`` (by default the instance agent) started in its own session by
+A VM runs its ``startup-script`` metadata for real with bash, through :mod:`local_emulator.vmshim`
+(as GCE's guest agent does; a VM without one runs nothing of spotleash), or the fake's ``vm_command``
+when one is given; either is started in its own session by
 :func:`local_emulator.procs.spawn`, with ``GCE_METADATA_HOST`` pointing at the VM's own metadata
 server; stopping it ends the whole group through :func:`local_emulator.procs.stop_all` (SIGTERM,
 SIGKILL after the grace, wait until nothing of it is left).
@@ -9,37 +11,64 @@ SIGKILL after the grace, wait until nothing of it is left).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from pathlib import Path
 from typing import Any
 
-from local_emulator import procs
+from local_emulator import procs, vmshim
 from local_emulator.compute.metadata_server import directory_listing
 from local_emulator.compute.models.resources import Instance
-from spotleash.instance_agent.config import without_agent_env
+from spotleash.instance_agent.config import CONFIG_KEY, without_agent_env
 from spotleash.log import get_logger
 
 log = get_logger("local_emulator.compute.vm")
 
 GROUP_GONE_TIMEOUT_S = 10.0
+VM_IDLE = "exec sleep 2147483647"  # the guest keeps running after its startup script
 
 
-def start(command: list[str], *, name: str, workdir: Path, metadata_host: str) -> procs.ManagedProcess:
-    """Start the VM's process group; its output goes to ``workdir/vm.log``."""
+def startup_command(inst: Instance) -> list[str]:
+    """What the guest runs at boot: the ``startup-script`` metadata value, for real, then idle."""
+    assert inst.workdir is not None
+    (inst.workdir / "root").mkdir(parents=True, exist_ok=True)
+    script = inst.metadata.get("startup-script")
+    if script is None:
+        return ["bash", "-c", VM_IDLE]
+    (inst.workdir / "startup-script.sh").write_text(script)
+    return ["bash", "-c", f"bash ./startup-script.sh; echo \"startup-script exited $?\"; {VM_IDLE}"]
+
+
+def start(command: list[str] | None, inst: Instance, *, metadata_host: str) -> procs.ManagedProcess:
+    """Start the VM's process group (``command``, or its startup script); output to ``workdir/vm.log``."""
+    assert inst.workdir is not None
     env = without_agent_env(os.environ)  # a real VM reads its configuration from its metadata server
-    env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1"})
-    return procs.spawn(f"gce-vm-{name}", command, log_path=workdir / "vm.log", port=None, env=env, cwd=workdir)
+    env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1",
+                "PATH": vmshim.path_value(), vmshim.ROOT_VAR: str(inst.workdir / "root")})
+    return procs.spawn(f"gce-vm-{inst.name}", command or startup_command(inst), log_path=inst.workdir / "vm.log",
+                       port=None, env=env, cwd=inst.workdir)
 
 
-def stop(proc: procs.ManagedProcess | None, *, grace_s: float) -> None:
-    """End the VM's whole process group: SIGTERM, SIGKILL after ``grace_s``, wait until it is gone."""
-    if proc is None:
-        return
+def spotleash_id(inst: Instance) -> str:
+    """The spotleash instance id the VM was launched as (its components carry it), or ''."""
     try:
-        procs.stop_all([proc], timeout=GROUP_GONE_TIMEOUT_S, term_grace=grace_s)
-    except procs.StackError as e:
-        log.error("VM processes did not stop", vm=proc.name, reason=str(e))
+        cfg = json.loads(inst.metadata.get(CONFIG_KEY) or "{}")
+    except ValueError:
+        return ""
+    return str(cfg.get("instance_id") or "") if isinstance(cfg, dict) else ""
+
+
+def stop(inst: Instance, *, grace_s: float) -> None:
+    """End the VM's whole process group (SIGTERM, SIGKILL after ``grace_s``, wait until it is gone),
+    then its components, which run in process groups of their own."""
+    proc = inst.proc
+    if proc is not None:
+        try:
+            procs.stop_all([proc], timeout=GROUP_GONE_TIMEOUT_S, term_grace=grace_s)
+        except procs.StackError as e:
+            log.error("VM processes did not stop", vm=proc.name, reason=str(e))
+    vmshim.sweep_components(spotleash_id(inst))
 
 
 def check_startup_script(script: str | None) -> dict[str, Any]:
@@ -70,7 +99,15 @@ def metadata_view(inst: Instance, path: str, recursive: bool) -> tuple[str, str]
         "preempted": "TRUE" if inst.preempted else "FALSE",
         "maintenance-event": "TERMINATE_ON_HOST_MAINTENANCE" if inst.preempted else "NONE",
         "tags": "[]",
+        # the VM's "external IP" is this machine's loopback: its components are reached there
+        "network-interfaces/0/access-configs/0/external-ip": "127.0.0.1",
     }
+    accounts = inst.body.get("serviceAccounts") or []
+    if accounts:  # the token the guest asks for (storage reads); the emulator does not check it
+        instance["service-accounts/default/email"] = str(accounts[0].get("email", "default"))
+        instance["service-accounts/default/token"] = json.dumps(
+            {"access_token": f"fake-vm-token-{inst.id}", "expires_in": 3599, "token_type": "Bearer"})
+        instance["service-accounts/default/scopes"] = "\n".join(accounts[0].get("scopes") or [])
     project = {"project-id": inst.project, "numeric-project-id": str(number)}
     path = path.rstrip("/") if path.endswith("/") and path.count("/") > 1 else path
     if path in ("instance/attributes", "instance/attributes/"):

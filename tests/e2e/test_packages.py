@@ -1,0 +1,166 @@
+"""Every instance pulls and runs the package, on the local stack (issue 12, first "Done when").
+
+``spotleash publish`` of examples/thumbs → a demand naming its components → a Compute fake VM (its real
+startup script, bash, through local_emulator.vmshim) and a VAST fake box (its real onstart) each fetch
+the archive from the GCS emulator, verify it, install it offline into a venv, start both components
+and pass their health checks; the record is READY with endpoints; a request sent straight to each
+endpoint gets the component's real answer; release → the instance is gone and so are its component
+processes (found by their ``SPOTLEASH_COMPONENT_OF`` marker).
+
+The session's stack runs without a package bucket (tests/conftest.py); this module switches packages on
+for the functions that launch (on_demand, on_heartbeat, on_reap: restarted with the bucket in their
+environment, as a redeploy would) and off again at the end. GCE and VAST instances run one after the
+other: on this one machine both would bind the package's ports (a real instance has its own network).
+Wheels are cached across runs in ``~/.cache/spotleash/test-wheels`` (``SPOTLEASH_TEST_WHEEL_CACHE``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+
+from local_emulator import procs, stack
+from spotleash.events import Component, DemandEvent
+from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.polling import wait_until
+from spotleash.topology import load_topology
+from tests.e2e.flows import Flows
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "thumbs"
+LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")  # the functions that call handle_demand
+MARKER = "SPOTLEASH_COMPONENT_OF"
+READY_TIMEOUT_S = 240.0
+
+
+def _set_bucket(state_dir: Path, bucket: str) -> None:
+    path = stack.env_file(state_dir)
+    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("SPOTLEASH_PACKAGE_BUCKET=")]
+    path.write_text("\n".join([*lines, f"SPOTLEASH_PACKAGE_BUCKET={bucket}"]) + "\n")
+    with ThreadPoolExecutor(len(LAUNCHERS)) as pool:
+        list(pool.map(lambda name: stack.restart(state_dir, name), LAUNCHERS))
+
+
+@pytest.fixture(scope="module")
+def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """examples/thumbs published once (through the CLI) and the launchers told the bucket; undone after."""
+    bucket = load_topology().package_bucket
+    state_dir: Path = local_stack.state_dir
+    cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
+    cache.mkdir(parents=True, exist_ok=True)
+    pub_state = tmp_path_factory.mktemp("publish-state")
+    (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
+    env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
+                         env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result: dict[str, Any] = json.loads(out.stdout)
+    result["publish_s"] = round(time.monotonic() - t0, 2)
+    saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")
+    _set_bucket(state_dir, bucket)
+    os.environ["SPOTLEASH_PACKAGE_BUCKET"] = bucket
+    try:
+        yield result
+    finally:
+        _set_bucket(state_dir, "")
+        if saved is None:
+            os.environ.pop("SPOTLEASH_PACKAGE_BUCKET", None)
+        else:
+            os.environ["SPOTLEASH_PACKAGE_BUCKET"] = saved
+
+
+@pytest.fixture(scope="module")
+def flows(published: dict[str, Any]) -> Flows:
+    return Flows()
+
+
+def thumbs_demand(lease_id: str, *, gpu: bool) -> DemandEvent:
+    return DemandEvent(lease_id=lease_id, trigger="manual", ram_percent=91.0, components=[
+        Component(name="thumbnailer", ram_gb=2.0, gpu=gpu), Component(name="vectors", ram_gb=4.0, gpu=gpu)])
+
+
+def wait_ready(flows: Flows, lease_id: str) -> InstanceRecord:
+    def check() -> InstanceRecord | None:
+        recs = flows.records_of(lease_id)
+        for r in recs:
+            if r.state in ENDED:
+                raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
+        return next((r for r in recs if r.state == State.READY), None)
+
+    got: InstanceRecord = wait_until(check, timeout_s=READY_TIMEOUT_S, interval_s=0.5,
+                                     what=f"a READY instance for {lease_id}")
+    return got
+
+
+def real_answers(rec: InstanceRecord) -> None:
+    thumb = rec.component_states["thumbnailer"].endpoint
+    vec = rec.component_states["vectors"].endpoint
+    assert thumb and vec
+    buf = io.BytesIO()
+    Image.new("RGB", (640, 480), (200, 30, 60)).save(buf, format="PNG")
+    r = httpx.post(f"http://{thumb}/thumbnail?size=64&format=png", content=buf.getvalue(), timeout=30)
+    assert r.status_code == 200, r.text
+    img = Image.open(io.BytesIO(r.content))
+    assert img.format == "PNG" and max(img.size) == 64 and img.getpixel((10, 10))[:3] == (200, 30, 60)
+    r = httpx.post(f"http://{vec}/similar", json={"id": 7, "k": 3}, timeout=30)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["ids"][0] == 7 and body["scores"][0] == pytest.approx(1.0, abs=1e-5) and len(body["ids"]) == 3
+
+
+def status_json(flows: Flows) -> list[dict[str, Any]]:
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--json", "--all"],
+                         env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True)
+    rows: list[dict[str, Any]] = json.loads(out.stdout)
+    return rows
+
+
+def timings(rec: InstanceRecord, published_at: float) -> dict[str, float]:
+    """From the record: demand → intent (queue + function), intent → RUNNING (the provider's create),
+    RUNNING → READY (boot, fetch, install, components healthy: the instance's own time)."""
+    assert rec.running_at is not None
+    ready_at = rec.updated_at
+    return {"demand_to_intent_s": round(rec.created_at.timestamp() - published_at, 2),
+            "create_s": round((rec.running_at - rec.created_at).total_seconds(), 2),
+            "running_to_ready_s": round((ready_at - rec.running_at).total_seconds(), 2),
+            "demand_to_ready_s": round(ready_at.timestamp() - published_at, 2)}
+
+
+@pytest.mark.parametrize("provider", ["gce", "vast"])
+def test_an_instance_pulls_the_package_and_runs_its_components(
+        provider: str, flows: Flows, published: dict[str, Any], record_property: Any) -> None:
+    lease = f"lease-pkg-{provider}"
+    with flows.lease_kept(lease):
+        t0 = time.time()
+        flows.publish(thumbs_demand(lease, gpu=provider == "vast"))
+        rec = wait_ready(flows, lease)
+        assert rec.provider == provider and rec.package_sha256 == published["sha256"]
+        assert set(rec.components) == {"thumbnailer", "vectors"}
+        assert {n: c.state for n, c in rec.component_states.items()} == {"thumbnailer": "healthy",
+                                                                          "vectors": "healthy"}
+        record_property("timings", timings(rec, t0))
+        print(provider, timings(rec, t0), "publish_s", published["publish_s"])
+        real_answers(rec)
+        [row] = [r for r in status_json(flows) if r["instance_id"] == rec.instance_id]
+        assert row["components"]["thumbnailer"]["state"] == "healthy"
+        assert row["components"]["vectors"]["endpoint"] == rec.component_states["vectors"].endpoint
+        assert procs.find_marked(MARKER, rec.instance_id), "the components run as marked processes"
+        flows.release(lease, rec.instance_id)
+        flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
+        wait_until(lambda: not procs.find_marked(MARKER, rec.instance_id), timeout_s=20, interval_s=0.25,
+                   what=f"the component processes of {rec.instance_id} to end with it")
