@@ -30,13 +30,13 @@ from typing import Any
 import httpx
 import pytest
 from PIL import Image
+from tests.e2e.flows import Flows
 
 from local_emulator import procs, stack
 from spotleash.events import Component, DemandEvent
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
-from tests.e2e.flows import Flows
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
