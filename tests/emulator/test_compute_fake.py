@@ -116,7 +116,7 @@ def test_insert_runs_a_real_process_with_a_metadata_server(clients: Any, control
     assert info["history"][:3] == ["PROVISIONING", "STAGING", "RUNNING"]
     assert info["startup_script_check"] == {"present": True, "bash_n_ok": True, "stderr": ""}
     proc = psutil.Process(info["pid"])
-    assert "spotleash.instance_agent" in " ".join(proc.cmdline())
+    assert "spotleash.instance_agent" not in " ".join(proc.cmdline())  # the fake itself starts no agent
     assert proc.environ()["GCE_METADATA_HOST"] == info["metadata_host"]
     md = f"http://{info['metadata_host']}/computeMetadata/v1"
     h = {"Metadata-Flavor": "Google"}
@@ -128,9 +128,27 @@ def test_insert_runs_a_real_process_with_a_metadata_server(clients: Any, control
     assert httpx.get(f"{md}/instance/attributes/nope", headers=h).status_code == 404
     assert httpx.get(f"{md}/instance/name").status_code == 403
     assert httpx.get(f"{md}/instance/name", headers={**h, "X-Forwarded-For": "1.2.3.4"}).status_code == 403
-    # the agent process really read its metadata
-    wait_until(lambda: "spotleash-config" in open(info["log_path"]).read() or "instance agent starting" in open(info["log_path"]).read(),
-               what="agent log")
+    wait_until(lambda: "ok\nstartup-script exited 0" in open(info["log_path"]).read(), what="the script's output")
+    # no service account attached: no token (the bootstrap reports package_forbidden); the external IP is loopback
+    assert httpx.get(f"{md}/instance/service-accounts/default/token", headers=h).status_code == 404
+    ext = httpx.get(f"{md}/instance/network-interfaces/0/access-configs/0/external-ip", headers=h)
+    assert ext.text == "127.0.0.1"
+
+
+def test_a_vm_with_a_service_account_gets_a_token_and_one_without_a_script_runs_nothing(
+        clients: Any, control: httpx.Client) -> None:
+    r = resource("vm-sa")
+    r.service_accounts = [compute_v1.ServiceAccount(email="sl-vm@p.iam.gserviceaccount.com",
+                                                    scopes=["https://www.googleapis.com/auth/devstorage.read_only"])]
+    insert(clients, r)
+    info = inspect(control, "vm-sa")
+    md = f"http://{info['metadata_host']}/computeMetadata/v1/instance/service-accounts/default"
+    h = {"Metadata-Flavor": "Google"}
+    token = httpx.get(f"{md}/token", headers=h).json()
+    assert token["access_token"] and token["token_type"] == "Bearer" and token["expires_in"] > 0
+    assert httpx.get(f"{md}/email", headers=h).text == "sl-vm@p.iam.gserviceaccount.com"
+    cmd = " ".join(psutil.Process(info["pid"]).cmdline())
+    assert "spotleash" not in cmd and "startup-script" not in cmd, "no script: nothing of spotleash runs"
 
 
 def test_startup_script_syntax_is_checked_not_rejected(clients: Any, control: httpx.Client) -> None:
@@ -351,7 +369,12 @@ def test_termination_time_with_stop_action_and_clock_advance(clients: Any, contr
 def test_preemption_notice_then_termination(clients: Any, control: httpx.Client) -> None:
     ic, _ = clients
     control.post("/_control/clock", json={"time_scale": 30}).raise_for_status()  # the 30 s notice lasts ~1 s
-    insert(clients, resource("vm-pre", scheduling=spot(None, "DELETE")))
+    # the guest watches its preemption flag as the agent does (curl against its metadata server)
+    watcher = ('#!/bin/bash\nuntil curl -fsS -H "Metadata-Flavor: Google" '
+               '"http://$GCE_METADATA_HOST/computeMetadata/v1/instance/preempted" | grep -q TRUE; '
+               'do sleep 0.1; done\necho "guest saw: preempted"\n')
+    insert(clients, resource("vm-pre", scheduling=spot(None, "DELETE"), metadata=compute_v1.Metadata(
+        items=[compute_v1.Items(key="startup-script", value=watcher)])))
     info = inspect(control, "vm-pre")
     md = f"http://{info['metadata_host']}/computeMetadata/v1/instance/preempted"
     h = {"Metadata-Flavor": "Google"}
@@ -367,7 +390,7 @@ def test_preemption_notice_then_termination(clients: Any, control: httpx.Client)
         assert control.post(f"/_control/instances/{ZA}/vm-pre/preempt").json()["preempted"] is True
         t.join(timeout=10)
     assert got["r"].text == "TRUE"
-    wait_until(lambda: "preempted" in open(info["log_path"]).read(), what="agent saw preemption")
+    wait_until(lambda: "guest saw: preempted" in open(info["log_path"]).read(), what="the guest saw preemption")
     wait_until(lambda: control.get(f"/_control/instances/{ZA}/vm-pre").status_code == 404, what="deleted after notice")
     assert pid_gone(info["pid"])
     with pytest.raises(gexc.NotFound):
