@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +50,8 @@ def _set_bucket(state_dir: Path, bucket: str) -> None:
     path = stack.env_file(state_dir)
     lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("SPOTLEASH_PACKAGE_BUCKET=")]
     path.write_text("\n".join([*lines, f"SPOTLEASH_PACKAGE_BUCKET={bucket}"]) + "\n")
-    with ThreadPoolExecutor(len(LAUNCHERS)) as pool:
-        list(pool.map(lambda name: stack.restart(state_dir, name), LAUNCHERS))
+    for name in LAUNCHERS:  # one at a time: each restart rewrites stack.json
+        stack.restart(state_dir, name)
 
 
 @pytest.fixture(scope="module")

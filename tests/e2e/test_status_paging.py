@@ -53,5 +53,5 @@ def test_status_all_shows_more_than_one_page(local_stack: object) -> None:
     proc = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--all", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    rows = json.loads(proc.stdout)
+    rows = json.loads(proc.stdout)["instances"]
     assert len(rows) == n and {r["instance_id"] for r in rows} == ids
