@@ -14,7 +14,6 @@ import hashlib
 import json
 import os
 import subprocess
-from pathlib import Path
 from typing import Any
 
 from local_emulator import procs, vmshim
