@@ -22,6 +22,7 @@ account holds ``roles/iam.serviceAccountTokenCreator`` on itself).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.parse
 from collections.abc import Callable, Iterator
@@ -306,8 +307,6 @@ class Storage:
         """Create the bucket if it does not exist (the local stack's ``up``; Terraform does it for real)."""
         with _translated(f"create bucket gs://{self.bucket_name}"):
             if self.client.lookup_bucket(self.bucket_name, retry=self.retry, timeout=REQUEST_TIMEOUT_S) is None:
-                try:
+                with contextlib.suppress(gexc.Conflict):  # created meanwhile by someone else: fine
                     self.client.create_bucket(self.bucket_name, location=location, retry=self.retry,
                                               timeout=REQUEST_TIMEOUT_S)
-                except gexc.Conflict:
-                    pass  # created meanwhile by someone else: fine
