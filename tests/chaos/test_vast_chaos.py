@@ -53,13 +53,18 @@ def test_vast_failed_bid_leaves_a_stopped_instance(vast_chaos: Chaos, seed: int)
         with chaos.lease_kept(lid):
             chaos.demand(lid, gpu=True)
             # With every offer tried failing, the launch ends FAILED (no_capacity) with its reason; else READY.
-            wait_until(lambda: [r for r in chaos.records_of(lid) if r.state == State.READY
-                                or (r.state == State.FAILED and r.reason)], timeout_s=120, what="READY or FAILED")
+            ended = wait_until(lambda: [r for r in chaos.records_of(lid) if r.state == State.READY
+                                        or (r.state == State.FAILED and r.reason)], timeout_s=120,
+                               what="READY or FAILED")
             chaos.wait_faults_fired("a bid to fail")
             t0 = time.monotonic()
             chaos.release(lid)
+            # A READY box is long-lived, so the observer must have seen it. When every bid failed, the
+            # leftovers live only between create and the provider's destroy, which the 0.15 s observer
+            # can miss: then the fired faults prove the leftovers existed, and the verdict that none is left.
+            ready = any(r.state == State.READY for r in ended)
             chaos.verdict("VAST failed bid leaves a stopped instance", obs, [lid], t_fault=t0, bound_s=REAP_BOUND,
-                          min_seen=1)
+                          min_seen=1 if ready else 0)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
