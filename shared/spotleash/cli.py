@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
 
+from spotleash import stack_env
 from spotleash.config import Settings, load_settings
 from spotleash.errors import ConfigError, ExitCode, SpotleashError
 from spotleash.stack_env import read_env_file
@@ -33,14 +34,10 @@ err_console = Console(stderr=True)
 _debug = False
 
 
-def stack_env_file(state_dir: Path) -> Path:
-    return state_dir / "local" / "stack.env"
-
-
 def _load_stack_env() -> None:
     """If a local stack is up, point the clients at it (explicit environment variables win)."""
     state_dir = Path(os.environ.get("SPOTLEASH_STATE_DIR", Path.home() / ".spotleash"))
-    env_file = stack_env_file(state_dir)
+    env_file = stack_env.env_file(state_dir)
     if not env_file.exists():
         return
     for key, value in read_env_file(env_file).items():
@@ -81,7 +78,7 @@ def local_up(json_out: bool = typer.Option(False, "--json")) -> None:
     if json_out:
         print(json.dumps(stack.read_env(s.state_dir)))
     else:
-        console.print(f"[green]local stack up[/] in {info.ready_s:.1f}s — env file: {stack_env_file(s.state_dir)}")
+        console.print(f"[green]local stack up[/] in {info.ready_s:.1f}s — env file: {stack_env.env_file(s.state_dir)}")
         local_status(json_out=False)
 
 
