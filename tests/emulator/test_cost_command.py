@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import TEST_PROJECT
+from tests.emulator.emulator_fixtures import firestore_emulator
 
 from local_emulator.billing import BillingServer
 from spotleash.model import InstanceRecord, State
@@ -25,13 +26,8 @@ pytestmark = [pytest.mark.emulator]
 
 @pytest.fixture(scope="module")
 def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from local_emulator.emulators import start_firestore_emulator
-
-    proc = start_firestore_emulator(log_dir=Path(tmp_path_factory.mktemp("firestore-emulator")))
-    try:
-        yield f"127.0.0.1:{proc.port}"
-    finally:
-        proc.stop()
+    with firestore_emulator(tmp_path_factory.mktemp("firestore-emulator")) as host:
+        yield host
 
 
 def rec(iid: str, dep: str, state: State, *, running: datetime, ended: datetime | None, price: float,

@@ -7,11 +7,11 @@ what passes there and fails here is a place where the fake lies.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 from tests.conftest import TEST_PROJECT
+from tests.emulator.emulator_fixtures import firestore_emulator
 from tests.support.store_contract import MakeStore, StoreContract
 
 from spotleash.store import FirestoreStore
@@ -21,13 +21,8 @@ pytestmark = [pytest.mark.emulator]
 
 @pytest.fixture(scope="module")
 def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from local_emulator.emulators import start_firestore_emulator
-
-    proc = start_firestore_emulator(log_dir=Path(tmp_path_factory.mktemp("firestore-emulator")))
-    try:
-        yield f"127.0.0.1:{proc.port}"
-    finally:
-        proc.stop()
+    with firestore_emulator(tmp_path_factory.mktemp("firestore-emulator")) as host:
+        yield host
 
 
 class TestFirestoreStore(StoreContract):

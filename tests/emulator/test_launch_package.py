@@ -17,13 +17,13 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.emulator.emulator_fixtures import gcs_emulator
 from tests.support.builders import DEP, actions, demand, open_lease, record_of
 from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from local_emulator import storage as gcs
-from local_emulator.procs import ManagedProcess, free_port
+from local_emulator.procs import free_port
 from spotleash.config import ENV_PREFIX, Settings
 from spotleash.errors import ProviderTransient, Transient
 from spotleash.instance_agent.config import AgentConfig
@@ -46,14 +46,8 @@ SETTINGS: dict[str, Any] = {
 
 @pytest.fixture(scope="module")
 def gcs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc: ManagedProcess = gcs.spawn_storage(port, tmp_path_factory.mktemp("gcs-logs"))
-    try:
-        gcs.wait_storage_ready(proc, 20.0)
-        gcs.create_bucket(port, "p", BUCKET)
-        yield gcs.url(port)
-    finally:
-        proc.stop()
+    with gcs_emulator(tmp_path_factory.mktemp("gcs-logs"), BUCKET) as url:
+        yield url
 
 
 @pytest.fixture(autouse=True)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import psutil
 import pytest
+from tests.emulator.emulator_fixtures import gcs_emulator
 
 from local_emulator import stack
-from local_emulator import storage as gcs
-from local_emulator.procs import ManagedProcess, free_port, port_open
+from local_emulator.procs import free_port, port_open
 from spotleash.appspec import load_app
 from spotleash.errors import BadInput, Transient
 from spotleash.package_format import Manifest, package_object, parse_pointer, pointer_object, verify_archive
@@ -37,15 +37,8 @@ BUCKET = "spotleash-test-packages"
 
 @pytest.fixture(scope="module")
 def gcs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    logs = tmp_path_factory.mktemp("gcs-logs")
-    proc: ManagedProcess = gcs.spawn_storage(port, logs)
-    try:
-        gcs.wait_storage_ready(proc, 20.0)
-        gcs.create_bucket(port, "p", BUCKET)
-        yield gcs.url(port)
-    finally:
-        proc.stop()
+    with gcs_emulator(tmp_path_factory.mktemp("gcs-logs"), BUCKET) as url:
+        yield url
 
 
 @pytest.fixture()

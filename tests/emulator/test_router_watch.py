@@ -9,12 +9,12 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from tests.conftest import TEST_PROJECT
+from tests.emulator.emulator_fixtures import firestore_emulator
 
 from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.router.channel import credential_hash, new_credential
@@ -27,13 +27,8 @@ pytestmark = [pytest.mark.emulator]
 
 @pytest.fixture(scope="module")
 def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from local_emulator.emulators import start_firestore_emulator
-
-    proc = start_firestore_emulator(log_dir=Path(tmp_path_factory.mktemp("firestore-emulator")))
-    try:
-        yield f"127.0.0.1:{proc.port}"
-    finally:
-        proc.stop()
+    with firestore_emulator(tmp_path_factory.mktemp("firestore-emulator")) as host:
+        yield host
 
 
 @pytest.fixture

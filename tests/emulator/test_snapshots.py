@@ -18,11 +18,10 @@ from typing import Any
 import httpx
 import pytest
 import zstandard
+from tests.emulator.emulator_fixtures import gcs_emulator
 from tests.support.builders import DEP, open_lease, put_record
 from tests.support.memory_store import MemoryStore
 
-from local_emulator import storage as gcs
-from local_emulator.procs import ManagedProcess, free_port
 from spotleash.config import Settings
 from spotleash.events import Heartbeat
 from spotleash.instance_agent.snapshot import parse_reply, restore, take_snapshot
@@ -50,14 +49,8 @@ IID, LEASE = "sl-box1", "lease-1"
 
 @pytest.fixture(scope="module")
 def gcs_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    proc: ManagedProcess = gcs.spawn_storage(port, tmp_path_factory.mktemp("gcs-logs"))
-    try:
-        gcs.wait_storage_ready(proc, 20.0)
-        gcs.create_bucket(port, "p", BUCKET)
-        yield gcs.url(port)
-    finally:
-        proc.stop()
+    with gcs_emulator(tmp_path_factory.mktemp("gcs-logs"), BUCKET) as url:
+        yield url
 
 
 @pytest.fixture()

@@ -1,0 +1,35 @@
+"""The two single emulators several emulator tests start on their own (no whole local stack):
+Google's Firestore emulator, and the Cloud Storage emulator with one bucket. One definition each."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from local_emulator import storage as gcs
+from local_emulator.emulators import start_firestore_emulator
+from local_emulator.procs import free_port
+
+
+@contextmanager
+def firestore_emulator(log_dir: Path) -> Iterator[str]:
+    """A Firestore emulator on loopback; yields its host:port, stops it (and its Java child) after."""
+    proc = start_firestore_emulator(log_dir=log_dir)
+    try:
+        yield f"127.0.0.1:{proc.port}"
+    finally:
+        proc.stop()
+
+
+@contextmanager
+def gcs_emulator(log_dir: Path, bucket: str) -> Iterator[str]:
+    """The Cloud Storage emulator on loopback with ``bucket`` created; yields its http:// URL."""
+    port = free_port()
+    proc = gcs.spawn_storage(port, log_dir)
+    try:
+        gcs.wait_storage_ready(proc, 20.0)
+        gcs.create_bucket(port, "p", bucket)
+        yield gcs.url(port)
+    finally:
+        proc.stop()
