@@ -5,6 +5,7 @@ copy of the component (local or remote) answers the same query the same way.
 
     POST /similar   {"vector": [..VECTORS_DIM floats..], "k": 5}  →  {"ids": [...], "scores": [...]}
     POST /similar   {"id": 42, "k": 5}                            →  neighbours of index entry 42
+    GET  /similar?id=42&k=5                                       →  the same, as a query
     GET  /healthz                                                 →  {"ok": true, "count": N, "dim": D}
 """
 
@@ -58,10 +59,17 @@ def similar(_q: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
     return json_reply(200, {"ids": top.tolist(), "scores": [round(float(s), 6) for s in scores[top]]})
 
 
+def similar_query(query: dict[str, list[str]], _body: bytes) -> tuple[int, str, bytes]:
+    req = {key: query[key][0] for key in ("id", "k") if key in query}
+    if "id" not in req:
+        raise ValueError("GET /similar needs ?id=N (POST a vector for anything else)")
+    return similar({}, json.dumps(req).encode())
+
+
 def health(_q: dict[str, list[str]], _b: bytes) -> tuple[int, str, bytes]:
     return json_reply(200, {"ok": True, "component": "vectors", "count": COUNT, "dim": DIM,
                             "numpy": np.__version__})
 
 
 if __name__ == "__main__":
-    serve("vectors", {("POST", "/similar"): similar, ("GET", "/healthz"): health})
+    serve("vectors", {("POST", "/similar"): similar, ("GET", "/similar"): similar_query, ("GET", "/healthz"): health})

@@ -63,3 +63,18 @@ def test_the_components_do_their_work(running: dict[str, str]) -> None:
     assert body["ids"][0] == 42 and body["scores"][0] == pytest.approx(1.0, abs=1e-5)
     assert body["scores"] == sorted(body["scores"], reverse=True)
     assert httpx.post(running["vectors"] + "/similar", json={"vector": [1, 2]}, timeout=10).status_code == 400
+
+
+def test_the_components_answer_queries_by_get(running: dict[str, str]) -> None:
+    r = httpx.get(running["thumbnailer"] + "/thumbnail?size=64&color=00ff80", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.size == (64, 48)
+    left, right = img.getpixel((0, 24)), img.getpixel((63, 24))
+    assert left[0] < 8 and left[1] > 240 and 120 < left[2] < 136 and max(right) < 16  # the colour fades out
+    assert httpx.get(running["thumbnailer"] + "/thumbnail?color=zz", timeout=10).status_code == 400
+
+    r = httpx.get(running["vectors"] + "/similar?id=42&k=3", timeout=10)
+    assert r.status_code == 200
+    assert r.json() == httpx.post(running["vectors"] + "/similar", json={"id": 42, "k": 3}, timeout=10).json()
+    assert httpx.get(running["vectors"] + "/similar?k=3", timeout=10).status_code == 400
