@@ -231,13 +231,13 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         console.rule("[bold]Act 3b — VAST GPU smoke run")
         smoke_rc = smoke_command(real=False, json_out=state_dir / "vast-smoke.json", yes=True)
         _summary(console, launches, smoke_rc)
+        for note in failure_notes(moves):
+            console.print(f"  [yellow]failed:[/] {note}")
         left = leftovers(settings, store)
         if left:
             console.print("[bold red]INSTANCES LEFT RUNNING:[/]\n  " + "\n  ".join(left))
             return ExitCode.LEFT_RUNNING
         console.print(f"[bold green]0 instances left[/] — demo finished in {time.monotonic() - started:.0f}s")
-        for note in failure_notes(moves):
-            console.print(f"  [yellow]failed:[/] {note}")
         return ExitCode.OK if smoke_rc == ExitCode.OK else ExitCode.FAILED
     finally:
         if local is not None:
