@@ -81,6 +81,10 @@ class Settings(BaseSettings):
     snapshot_url_ttl_s: float = Field(900.0, ge=60, le=7 * 86400,
                                       description="life of the signed URLs an instance moves a snapshot with")
     snapshot_upload_timeout_s: float = Field(3600.0, gt=0, description="an upload unfinished this long failed")
+    idle_after_s: float = Field(0.0, ge=0, description="an instance idle this long (no request served, CPU low) "
+                                "is snapshotted and destroyed, its lease HIBERNATED until the next demand; 0: off")
+    snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "
+                                              "long before its max-runtime deadline (needs the bucket); 0: never")
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")
@@ -156,6 +160,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"SPOTLEASH_HEARTBEAT_TIMEOUT_S ({self.heartbeat_timeout_s}) must be at least twice "
                 f"SPOTLEASH_HEARTBEAT_INTERVAL_S ({self.heartbeat_interval_s})"
+            )
+        if self.idle_after_s > 0 and not self.package_bucket:
+            raise ValueError(
+                f"SPOTLEASH_IDLE_AFTER_S ({self.idle_after_s}) needs SPOTLEASH_PACKAGE_BUCKET: hibernation keeps "
+                "the instance's state in that bucket's snapshots/ (set the bucket, or SPOTLEASH_IDLE_AFTER_S=0)"
+            )
+        if self.idle_after_s > 0 and self.idle_after_s + 2 * self.heartbeat_interval_s >= self.max_runtime_s:
+            raise ValueError(
+                f"SPOTLEASH_IDLE_AFTER_S ({self.idle_after_s}) plus two heartbeats must stay under "
+                f"SPOTLEASH_MAX_RUNTIME_S ({self.max_runtime_s}): the cap would always come first"
             )
         return self
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
@@ -53,6 +54,23 @@ def instance_id_for(event_id: str, slot: int = 0) -> str:
     return f"sl-{digest}"
 
 
+SnapshotReason = Literal["on_demand", "hibernate", "deadline"]
+
+
+class SnapshotRequest(BaseModel):
+    """The control plane wants a snapshot of this instance; its next heartbeat reply asks for it
+    (``spotleash.snapshot_wire.SnapshotRequested``) until a snapshot of it starts at or after
+    ``requested_at``."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    request_id: str
+    reason: SnapshotReason
+    requested_at: AwareDatetime
+    by: str = ""  # who asked: "cli", "reaper", "heartbeat"
+    served: bool = False  # a snapshot of the instance started after it: the replies stop asking
+
+
 class InstanceRecord(BaseModel):
     """One rented instance, as Firestore stores it (collection ``instances``, doc id = instance_id)."""
 
@@ -92,6 +110,14 @@ class InstanceRecord(BaseModel):
     component_states: dict[str, ComponentReport] = {}  # as the last heartbeat reported them, with endpoints
     route_credential_sha256: str | None = None  # from the demand: what the instance's front admits
     tls_fingerprint: str | None = None  # the front's certificate, pinned at the first beat that carries one
+    first_heartbeat_at: AwareDatetime | None = None
+    ready_at: AwareDatetime | None = None
+    idle_s: float = 0.0  # as the last heartbeat reported it (no request served, CPU under its threshold)
+    snapshot_request: SnapshotRequest | None = None
+    # A replacement (``replaces`` set): its predecessor's last sign of life, and the restore it reported;
+    # with created_at, running_at, first_heartbeat_at and ready_at they give the failover's phases.
+    lost_at: AwareDatetime | None = None
+    restore_s: float | None = None
 
     @property
     def live(self) -> bool:
@@ -218,3 +244,33 @@ class Lease(BaseModel):
 
     def expired(self, now: datetime) -> bool:
         return self.released or now >= self.expires_at
+
+
+class Hibernation(BaseModel):
+    """A lease whose components sleep in a verified snapshot (collection ``hibernations``, doc id = lease_id):
+    its instance was destroyed after the snapshot was verified; the lease's next instance restores it.
+    Removed once an instance of the lease is READY again."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    lease_id: str
+    deployment_id: str
+    snapshot_id: str
+    instance_id: str  # the instance destroyed
+    components: list[str] = []
+    snapshot_created_at: AwareDatetime
+    size_bytes: int = 0
+    raw_bytes: int = 0
+    hibernated_at: AwareDatetime
+
+
+class RestorePin(BaseModel):
+    """``spotleash snapshot restore``: the lease's next restore uses this snapshot instead of the latest
+    (collection ``restore_pins``, doc id = lease_id). Removed once an instance reports it restored."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    lease_id: str
+    deployment_id: str
+    snapshot_id: str
+    pinned_at: AwareDatetime

@@ -3,7 +3,11 @@
 Each decision names one instance and one reason. A TERMINATING record is being deleted by someone
 else: it only gets ``retry_delete`` once that delete has stalled. Otherwise, in order of precedence:
 ``budget_exceeded`` > ``max_runtime`` > ``lease_expired`` > ``provisioning_timeout`` >
-``heartbeat_lost`` > ``vanished`` / ``stopped_at_provider``. Then provider
+``stopped_at_provider`` > ``vanished`` > ``heartbeat_lost``: the provider's own verdict on a running
+instance (outbid, stopped, preempted; deleted behind our back) says more than our silence does, so an
+outbid box that is also past the heartbeat timeout is ``stopped_at_provider``. The last three are
+losses: the reap service replaces such an instance while its lease wants it (``spotleash.failover``).
+Then provider
 instances that carry our labels but no live record owns become ``orphan`` once older than a grace
 period. A provider whose listing failed is *unknown*: it yields no orphan or vanished decision.
 """
@@ -28,11 +32,12 @@ class ReapConfig:
     provisioning_timeout_s: float
     orphan_grace_s: float
     max_deletions: int
+    heartbeat_interval_s: float = 30.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> ReapConfig:
         return cls(s.deployment_id, s.heartbeat_timeout_s, s.provisioning_timeout_s, s.orphan_grace_s,
-                   s.reap_max_deletions)
+                   s.reap_max_deletions, s.heartbeat_interval_s)
 
 
 @dataclass(frozen=True)
@@ -80,12 +85,12 @@ def _record_reason(
         return "provisioning_timeout", f"{r.state} for {_age(now, r.updated_at):.0f}s"
     if r.state in (State.RUNNING, State.READY):
         last = r.last_heartbeat or r.running_at or r.updated_at
-        if _age(now, last) > cfg.heartbeat_timeout_s:
-            return "heartbeat_lost", f"no heartbeat for {_age(now, last):.0f}s"
-        if listing_ok and seen is None:
-            return "vanished", "the provider no longer lists it"
         if seen is not None and seen.status in (ProviderStatus.STOPPED, ProviderStatus.TERMINATED):
             return "stopped_at_provider", f"provider status {seen.native_status or seen.status}"
+        if listing_ok and seen is None:
+            return "vanished", f"the provider no longer lists it (last heartbeat {_age(now, last):.0f}s ago)"
+        if _age(now, last) > cfg.heartbeat_timeout_s:
+            return "heartbeat_lost", f"no heartbeat for {_age(now, last):.0f}s"
     return None
 
 
@@ -147,8 +152,10 @@ def decide_reaps(
 
 
 def candidate_cutoffs(now: datetime, cfg: ReapConfig) -> dict[str, datetime]:
-    """Cut-offs the reap run uses to query only records that may be due."""
+    """Cut-offs the reap run uses to query only records that may be due. ``heartbeat``: records that missed
+    two beats, so one deleted behind our back is seen ``vanished`` (and replaced) within a reap or two
+    instead of only after the heartbeat timeout; it covers every record past that timeout too."""
     return {
-        "heartbeat": now - timedelta(seconds=cfg.heartbeat_timeout_s),
+        "heartbeat": now - timedelta(seconds=min(2 * cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s)),
         "pending": now - timedelta(seconds=min(cfg.provisioning_timeout_s, RETRY_DELETE_AFTER_S)),
     }

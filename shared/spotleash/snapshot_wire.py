@@ -187,3 +187,21 @@ class Noted(_Wire):
 
 
 SnapshotReply = Annotated[UploadGrant | Verdict | RestoreGrant | Refused | Noted, Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------------------ the control plane asks
+
+
+class SnapshotRequested(_Wire):
+    """In a heartbeat reply (key ``snapshot_requested``): 'take a snapshot now and upload it' (the usual
+    UploadAsk / UploadedAsk steps). Repeated on every reply until a snapshot of this instance starts at or
+    after the request; ``request_id`` lets the instance ignore a repeat of a request it is already serving.
+    ``reason``: ``on_demand`` (``spotleash snapshot create``), ``hibernate`` (idle: the box is destroyed
+    once the snapshot is verified), ``deadline`` (the max-runtime cap is near)."""
+
+    request_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    reason: Literal["on_demand", "hibernate", "deadline"]
+    requested_at: AwareDatetime
+
+
+REPLY_KEY_SNAPSHOT_REQUESTED = "snapshot_requested"

@@ -4,7 +4,8 @@ same protocol in memory; ``tests/support/store_contract.py`` holds both to the s
 
 Collections: ``instances`` (InstanceRecord, doc id = instance_id), ``leases`` (Lease), ``events``
 (dedup marks), ``rejected`` (bad input with its reason), ``audit`` (every decision and action),
-``budget`` (the latest billing alert), ``snapshots`` (SnapshotRecord, doc id = snapshot_id). Transactions stay short: the emulator locks pessimistically.
+``budget`` (the latest billing alert), ``snapshots`` (SnapshotRecord, doc id = snapshot_id),
+``hibernations`` (Hibernation, doc id = lease_id), ``restore_pins`` (RestorePin, doc id = lease_id). Transactions stay short: the emulator locks pessimistically.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from spotleash.config import Settings
 from spotleash.errors import Transient
-from spotleash.model import LIVE, InstanceRecord, Lease, SnapshotRecord, State
+from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
@@ -75,6 +76,15 @@ class Store(Protocol):
     def put_snapshot(self, snap: SnapshotRecord) -> None: ...
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
     def snapshots_of_lease(self, lease_id: str) -> list[SnapshotRecord]: ...
+    # hibernation and forced restores (per lease)
+    def hibernation_pending(self) -> list[InstanceRecord]: ...
+    def put_hibernation(self, hibernation: Hibernation) -> None: ...
+    def get_hibernation(self, lease_id: str) -> Hibernation | None: ...
+    def hibernations(self) -> list[Hibernation]: ...
+    def delete_hibernation(self, lease_id: str) -> None: ...
+    def put_restore_pin(self, pin: RestorePin) -> None: ...
+    def get_restore_pin(self, lease_id: str) -> RestorePin | None: ...
+    def delete_restore_pin(self, lease_id: str) -> None: ...
 
 
 class FirestoreStore:
@@ -87,6 +97,8 @@ class FirestoreStore:
         self._instances = client.collection("instances")
         self._leases = client.collection("leases")
         self._snapshots = client.collection("snapshots")
+        self._hibernations = client.collection("hibernations")
+        self._pins = client.collection("restore_pins")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> FirestoreStore:
@@ -332,3 +344,41 @@ class FirestoreStore:
         found = [SnapshotRecord.model_validate(d.to_dict()) for d in docs]
         return sorted((s for s in found if s.deployment_id == self.deployment_id),
                       key=lambda s: (s.created_at, s.snapshot_id))
+
+    # ---------------------------------------------------------------- hibernation, forced restores
+    def hibernation_pending(self) -> list[InstanceRecord]:
+        """Live records whose hibernation was decided (a snapshot asked for, the destroy not done)."""
+        q = self._live().where(filter=FieldFilter("snapshot_request.reason", "==", "hibernate"))
+        return self._records(q)
+
+    def put_hibernation(self, hibernation: Hibernation) -> None:
+        data = hibernation.model_dump(mode="python")
+        self._wrap(lambda: self._hibernations.document(hibernation.lease_id).set(data))
+
+    def get_hibernation(self, lease_id: str) -> Hibernation | None:
+        snap = self._wrap(lambda: self._hibernations.document(lease_id).get())
+        self.reads += 1
+        found = Hibernation.model_validate(snap.to_dict()) if snap.exists else None
+        return found if found is not None and found.deployment_id == self.deployment_id else None
+
+    def hibernations(self) -> list[Hibernation]:
+        q = self._hibernations.where(filter=FieldFilter("deployment_id", "==", self.deployment_id))
+        docs = self._wrap(lambda: list(q.stream()))
+        self.reads += len(docs)
+        return sorted((Hibernation.model_validate(d.to_dict()) for d in docs), key=lambda h: h.lease_id)
+
+    def delete_hibernation(self, lease_id: str) -> None:
+        self._wrap(lambda: self._hibernations.document(lease_id).delete())
+
+    def put_restore_pin(self, pin: RestorePin) -> None:
+        data = pin.model_dump(mode="python")
+        self._wrap(lambda: self._pins.document(pin.lease_id).set(data))
+
+    def get_restore_pin(self, lease_id: str) -> RestorePin | None:
+        snap = self._wrap(lambda: self._pins.document(lease_id).get())
+        self.reads += 1
+        found = RestorePin.model_validate(snap.to_dict()) if snap.exists else None
+        return found if found is not None and found.deployment_id == self.deployment_id else None
+
+    def delete_restore_pin(self, lease_id: str) -> None:
+        self._wrap(lambda: self._pins.document(lease_id).delete())

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from spotleash.model import LIVE, InstanceRecord, Lease, SnapshotRecord, State
+from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
 from spotleash.store import RETENTION
 
 if TYPE_CHECKING:
@@ -68,6 +68,8 @@ class _Tables:
     audit: list[dict[str, Any]] = field(default_factory=list)
     budget: dict[str, dict[str, Any]] = field(default_factory=dict)
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hibernations: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pins: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 class MemoryStore:
@@ -84,6 +86,8 @@ class MemoryStore:
         self._audit = tables.audit
         self._budget = tables.budget
         self._snapshots = tables.snapshots
+        self._hibernations = tables.hibernations
+        self._pins = tables.pins
         self._hooks: dict[str, list[Callable[[], None]]] = defaultdict(list)
         self._faults: dict[str, list[tuple[Exception, list[int]]]] = defaultdict(list)
 
@@ -316,6 +320,57 @@ class MemoryStore:
             self.reads += len(found)
         return sorted((s for s in found if s.deployment_id == self.deployment_id),
                       key=lambda s: (s.created_at, s.snapshot_id))
+
+
+    # ---------------------------------------------------------------- hibernation, forced restores
+    @_scripted
+    def hibernation_pending(self) -> list[InstanceRecord]:
+        return self._records(lambda r: self._ours(r) and r.state in LIVE and r.snapshot_request is not None
+                             and r.snapshot_request.reason == "hibernate")
+
+    @_scripted
+    def put_hibernation(self, hibernation: Hibernation) -> None:
+        with self._lock:
+            self._hibernations[hibernation.lease_id] = hibernation.model_dump(mode="python")
+
+    @_scripted
+    def get_hibernation(self, lease_id: str) -> Hibernation | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._hibernations.get(lease_id)
+        found = Hibernation.model_validate(doc) if doc is not None else None
+        return found if found is not None and found.deployment_id == self.deployment_id else None
+
+    @_scripted
+    def hibernations(self) -> list[Hibernation]:
+        with self._lock:
+            found = [Hibernation.model_validate(d) for d in self._hibernations.values()
+                     if d["deployment_id"] == self.deployment_id]
+            self.reads += len(found)
+        return sorted(found, key=lambda h: h.lease_id)
+
+    @_scripted
+    def delete_hibernation(self, lease_id: str) -> None:
+        with self._lock:
+            self._hibernations.pop(lease_id, None)
+
+    @_scripted
+    def put_restore_pin(self, pin: RestorePin) -> None:
+        with self._lock:
+            self._pins[pin.lease_id] = pin.model_dump(mode="python")
+
+    @_scripted
+    def get_restore_pin(self, lease_id: str) -> RestorePin | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._pins.get(lease_id)
+        found = RestorePin.model_validate(doc) if doc is not None else None
+        return found if found is not None and found.deployment_id == self.deployment_id else None
+
+    @_scripted
+    def delete_restore_pin(self, lease_id: str) -> None:
+        with self._lock:
+            self._pins.pop(lease_id, None)
 
 
 if TYPE_CHECKING:  # mypy (strict, over tests/support) holds it to the protocol the services use

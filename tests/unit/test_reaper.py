@@ -239,10 +239,15 @@ def test_precedence_order() -> None:
     assert reasons(run([everything], stopped, dead_lease)) == ["max_runtime"]
     alive = everything.model_copy(update={"deadline": NOW + timedelta(hours=1)})
     assert reasons(run([alive], stopped, dead_lease)) == ["lease_expired"]
-    assert reasons(run([alive], stopped)) == ["heartbeat_lost"]
+    # The provider's own verdict beats our silence: an outbid box past the heartbeat timeout is still
+    # stopped_at_provider, one deleted behind our back vanished; silence alone is heartbeat_lost.
+    assert reasons(run([alive], stopped)) == ["stopped_at_provider"]
+    assert reasons(run([alive], inv())) == ["vanished"]
+    assert reasons(run([alive], inv(pinst()))) == ["heartbeat_lost"]
     beating = alive.model_copy(update={"last_heartbeat": ago(1)})
     assert reasons(run([beating], stopped)) == ["stopped_at_provider"]
     assert reasons(run([beating], inv())) == ["vanished"]
+    assert reasons(run([beating], inv(pinst()))) == []
 
 
 def test_provisioning_precedence() -> None:
@@ -388,7 +393,8 @@ def test_force_passes_the_guard() -> None:
 
 def test_candidate_cutoffs() -> None:
     cut = candidate_cutoffs(NOW, CFG)
-    assert cut["heartbeat"] == ago(180)
+    assert cut["heartbeat"] == ago(2 * CFG.heartbeat_interval_s)  # two missed beats: vanished is seen early
+    assert candidate_cutoffs(NOW, ReapConfig(DEP, 50, 600, 300, 20, heartbeat_interval_s=30))["heartbeat"] == ago(50)
     assert cut["pending"] == ago(min(600, RETRY_DELETE_AFTER_S))
 
 

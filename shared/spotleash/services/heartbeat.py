@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from spotleash import failover, hibernation
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
@@ -23,6 +24,7 @@ from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import terminate
+from spotleash.snapshot_wire import SnapshotRequested
 
 log = get_logger("spotleash.heartbeat")
 
@@ -33,6 +35,8 @@ class BeatReply:
     action: str  # "continue" | "stop" | ""
     detail: str = ""
     snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.snapshot_wire)
+    # the control plane wants a snapshot (spotleash.snapshot_wire.SnapshotRequested, reply key snapshot_requested)
+    snapshot_requested: dict[str, Any] | None = None
 
 
 def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
@@ -74,18 +78,24 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         ready = verdict.ready and r.state in (State.PROVISIONING, State.RUNNING)
         dst = State.READY if ready else r.state
         states = dict(beat.components) if beat.components else r.component_states
-        return transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
-                          component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint)
+        moved = transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
+                           component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint,
+                           first_heartbeat_at=r.first_heartbeat_at or now, idle_s=beat.idle_s,
+                           ready_at=r.ready_at or (now if dst is State.READY else None))
+        return moved.model_copy(update={"snapshot_request": hibernation.after_beat(moved, beat.idle_s,
+                                                                                   ctx.settings, now)})
 
     updated = ctx.store.update(beat.instance_id, beat_in)
     if updated is not None and updated.tls_fingerprint and not rec.tls_fingerprint:
         log.info("TLS fingerprint pinned", instance_id=rec.instance_id, fingerprint=updated.tls_fingerprint)
     snap = _answer_snapshot(ctx, updated, beat)
+    asked = _snapshot_request(ctx, rec, updated)
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
         endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
         ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
                         instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints)
         _pin_host_key(ctx, updated)
+        _awake(ctx, updated)
     if beat.preempted and not rec.preempted:
         _failover(ctx, rec)
         return BeatReply(200, "stop", "preempted; a replacement is being launched", snapshot=snap)
@@ -93,7 +103,45 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
         return BeatReply(200, "stop", reason, snapshot=snap)
-    return BeatReply(200, "continue", snapshot=snap)
+    return BeatReply(200, "continue", snapshot=snap, snapshot_requested=asked)
+
+
+def _snapshot_request(ctx: Context, before: InstanceRecord, rec: InstanceRecord | None) -> dict[str, Any] | None:
+    """Audit a request the beat opened or called off; the ``snapshot_requested`` reply while it is open."""
+    if rec is None:
+        return None
+    old, new = before.snapshot_request, rec.snapshot_request
+    now = ctx.now()
+    if new is not None and (old is None or old.request_id != new.request_id):
+        ctx.store.audit("snapshot_requested", new.reason, now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                        request_id=new.request_id, idle_s=rec.idle_s)
+        log.info("snapshot requested", instance_id=rec.instance_id, lease_id=rec.lease_id, reason=new.reason,
+                 request_id=new.request_id, idle_s=rec.idle_s)
+    elif old is not None and old.reason == "hibernate" and (new is None or new.reason != "hibernate"):
+        ctx.store.audit("hibernation_called_off", "the instance is busy again", now, instance_id=rec.instance_id,
+                        lease_id=rec.lease_id, request_id=old.request_id, idle_s=rec.idle_s)
+    if new is None or new.served:
+        return None
+    if not hibernation.is_open(rec, ctx.store.snapshots_of_lease(rec.lease_id)):
+        ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={
+            "snapshot_request": new.model_copy(update={"served": True})})
+            if r.snapshot_request is not None and r.snapshot_request.request_id == new.request_id else None)
+        return None
+    return SnapshotRequested(request_id=new.request_id, reason=new.reason,
+                             requested_at=new.requested_at).model_dump(mode="json")
+
+
+def _awake(ctx: Context, rec: InstanceRecord) -> None:
+    """An instance of the lease is READY: a hibernated lease is awake; a replacement's phases are written down."""
+    if ctx.store.get_hibernation(rec.lease_id) is not None:
+        ctx.store.delete_hibernation(rec.lease_id)
+        ctx.store.audit("woke", "an instance of the lease is ready", ctx.now(), instance_id=rec.instance_id,
+                        lease_id=rec.lease_id)
+    if rec.replaces:
+        timings = failover.phases(rec)
+        ctx.store.audit("failover_ready", "replacement ready", ctx.now(), instance_id=rec.instance_id,
+                        lease_id=rec.lease_id, replaces=rec.replaces, **timings)
+        log.info("failover complete", instance_id=rec.instance_id, replaces=rec.replaces, **timings)
 
 
 def _answer_snapshot(ctx: Context, rec: InstanceRecord | None, beat: Heartbeat) -> dict[str, Any] | None:

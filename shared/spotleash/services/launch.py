@@ -22,6 +22,7 @@ from tenacity.stop import stop_base
 
 from spotleash.errors import BadInput, CapacityExhausted, LeaseUnknown, ProviderPermanent, Transient
 from spotleash.events import DemandEvent
+from spotleash.failover import last_sign_of_life, should_replace
 from spotleash.ledger import committed, month_to_date, region_of
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
@@ -48,7 +49,8 @@ def month_start(now: datetime) -> datetime:
     return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
-def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
+def gather_facts(ctx: Context, lease_id: str, now: datetime, *, replacing: str | None = None) -> LaunchFacts:
+    """``replacing``: the lost instance a failover replaces does not count against the lease's limit."""
     store = ctx.store
     live = store.live_instances()
     month = store.billed_since(month_start(now))
@@ -59,7 +61,8 @@ def gather_facts(ctx: Context, lease_id: str, now: datetime) -> LaunchFacts:
         raise LeaseUnknown(lease_id)
     budget = store.get_budget() or {}
     return LaunchFacts(
-        lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING],
+        lease_live=[r for r in live if r.lease_id == lease_id and r.state != State.TERMINATING
+                    and r.instance_id != replacing],
         total_live=len(live),
         month_spend=month_to_date(month, now).total,  # the same ledger `spotleash cost` shows
         month_committed=committed(live, now),
@@ -166,7 +169,8 @@ def _fail(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> Launch
     return LaunchOutcome(rec.instance_id, State.FAILED, True, reason)
 
 
-def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = None) -> LaunchOutcome:
+def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = None,
+                  lost_at: datetime | None = None) -> LaunchOutcome:
     now = ctx.now()
     s = ctx.settings
     instance_id = instance_id_for(event.event_id)
@@ -177,7 +181,8 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
         return LaunchOutcome(instance_id, existing.state, False, existing.reason)
 
     if existing is None:
-        decision: LaunchPlan | Refusal = plan_launch(event, gather_facts(ctx, event.lease_id, now), s, now)
+        facts = gather_facts(ctx, event.lease_id, now, replacing=replaces)
+        decision: LaunchPlan | Refusal = plan_launch(event, facts, s, now)
         package = pin_package(ctx) if isinstance(decision, LaunchPlan) else None
         if isinstance(package, Refusal):
             decision, package = package, None
@@ -186,7 +191,7 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
             instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
             event_id=event.event_id, provider=provider_name, now=now, max_runtime_s=s.max_runtime_s,
             ram_gb=event.ram_gb, gpu=event.needs_gpu, components=[c.name for c in event.components],
-            replaces=replaces, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
+            replaces=replaces, lost_at=lost_at, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
             machine=decision.machine if isinstance(decision, LaunchPlan) else None,
             price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
             route_credential_sha256=event.route_credential_sha256,
@@ -279,12 +284,21 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
 
 
 def launch_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | None:
-    """The provider took ``rec`` back (preempted, outbid): launch a replacement if its lease still wants
-    capacity. Returns the replacement's id. Idempotent: the failover event id derives from ``rec``."""
+    """``rec`` was lost (``spotleash.failover.LOSS_REASONS``: preempted, outbid or stopped, deleted behind
+    our back, silent): launch a replacement if its lease still wants capacity. Returns the replacement's id.
+    Idempotent: the failover event id derives from ``rec``. The replacement's record carries ``replaces``
+    and ``lost_at`` (the lost one's last sign of life), the lost one's ``replaced_by``."""
+    now = ctx.now()
+    replace, why_not = should_replace(rec, why)
     lease = ctx.store.get_lease(rec.lease_id)
-    if lease is None or lease.expired(ctx.now()):
+    if lease is None or lease.expired(now):
+        why_not = "its lease is gone" if lease is None else "its lease expired or was released"
+    if not replace or lease is None or lease.expired(now):
+        ctx.store.audit("failover_skipped", why, now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                        detail=why_not)
+        log.info("no failover", instance_id=rec.instance_id, reason=why, detail=why_not)
         return None
-    outcome = handle_demand(ctx, failover_event(rec, ctx.now()), replaces=rec.instance_id)
+    outcome = handle_demand(ctx, failover_event(rec, now), replaces=rec.instance_id, lost_at=last_sign_of_life(rec))
     replacement = outcome.instance_id
     ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"replaced_by": replacement}))
     ctx.store.audit("failover", why, ctx.now(), instance_id=rec.instance_id, replacement=replacement,

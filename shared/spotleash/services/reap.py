@@ -8,12 +8,14 @@ from datetime import timedelta
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
+from spotleash.failover import LOSS_REASONS
 from spotleash.log import get_logger
-from spotleash.model import InstanceRecord, Lease
+from spotleash.model import InstanceRecord, Lease, State
 from spotleash.providers import enabled_providers
 from spotleash.providers.base import Inventory
 from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide_reaps
 from spotleash.services.context import Context
+from spotleash.services.hibernate import run_hibernations
 from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
 
@@ -29,6 +31,7 @@ class ReapReport:
     done: list[Decision] = field(default_factory=list)
     failed: list[tuple[Decision, str]] = field(default_factory=list)
     reads: int = 0
+    hibernated: list[str] = field(default_factory=list)
 
 
 def inventory(ctx: Context, name: str) -> Inventory:
@@ -73,11 +76,12 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
 def _execute(ctx: Context, d: Decision) -> None:
     rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
-        if d.reason == "stopped_at_provider":  # outbid / preempted: replace it if still wanted
+        if d.reason == "stopped_at_provider":
             seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
             ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
                              if r.stopped_at is None and r.live else None)
-            launch_replacement(ctx, rec, d.reason)
+        if d.reason in LOSS_REASONS and rec.state in (State.RUNNING, State.READY) and rec.replaced_by is None:
+            launch_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
         terminate(ctx, rec.instance_id, d.reason, action="reap")
         return
     if d.provider_id is None:
@@ -126,6 +130,9 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
                 report.done.append(d)
             else:  # one failure must not stop the others; the next tick retries
                 report.failed.append((d, error))
+    if not (dry or plan.blocked):
+        decided = {d.instance_id for d in plan.decisions}
+        report.hibernated = run_hibernations(ctx, skip=decided)
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
              failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)

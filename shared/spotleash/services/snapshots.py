@@ -261,14 +261,23 @@ def _issue_restore(ctx: Context, rec: InstanceRecord, ask: RestoreAsk) -> Snapsh
                         snapshot_id=sid, detail="falling back to the snapshot before it")
         log.error("snapshot found corrupt at restore; falling back", lease_id=rec.lease_id, snapshot_id=sid,
                   reason=why[:300])
-    chosen = choose_restore(ctx.store.snapshots_of_lease(rec.lease_id), ask.failed)
+    snaps = ctx.store.snapshots_of_lease(rec.lease_id)
+    chosen = choose_restore(snaps, ask.failed)
+    pin = ctx.store.get_restore_pin(rec.lease_id)
+    pinned = next((s for s in snaps if pin is not None and s.snapshot_id == pin.snapshot_id
+                   and s.state is SnapshotState.VERIFIED and s.snapshot_id not in ask.failed), None)
+    if pin is not None and pinned is None:
+        ctx.store.audit("alert", "restore_pin_unusable", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
+                        snapshot_id=pin.snapshot_id, detail="the pinned snapshot is not verified (or was found "
+                        "corrupt): restoring the latest verified one instead")
+    chosen = pinned or chosen
     if chosen is None:
         if ask.failed:
             ctx.store.audit("alert", "no_restorable_snapshot", now, instance_id=rec.instance_id,
                             lease_id=rec.lease_id, failed=sorted(ask.failed))
         return RestoreGrant()
     ttl = ctx.settings.snapshot_url_ttl_s
-    ctx.store.audit("restore_granted", "fallback" if ask.failed else "latest verified", now,
+    ctx.store.audit("restore_granted", "pinned" if pinned else "fallback" if ask.failed else "latest verified", now,
                     instance_id=rec.instance_id, lease_id=rec.lease_id, snapshot_id=chosen.snapshot_id,
                     fell_back_from=sorted(ask.failed))
     return RestoreGrant(snapshot_id=chosen.snapshot_id, manifest_sha256=chosen.manifest_sha256,
@@ -277,6 +286,11 @@ def _issue_restore(ctx: Context, rec: InstanceRecord, ask: RestoreAsk) -> Snapsh
 
 
 def _restored(ctx: Context, rec: InstanceRecord, ask: RestoredAsk) -> SnapshotReply:
+    took = round(ask.seconds, 3)
+    ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"restore_s": took}) if r.live else None)
+    pin = ctx.store.get_restore_pin(rec.lease_id) if ask.snapshot_id else None
+    if pin is not None and pin.snapshot_id == ask.snapshot_id:
+        ctx.store.delete_restore_pin(rec.lease_id)  # served: later instances restore the latest again
     ctx.store.audit("restored" if ask.snapshot_id else "restore_skipped",
                     "snapshot restored" if ask.snapshot_id else "no verified snapshot", ctx.now(),
                     instance_id=rec.instance_id, lease_id=rec.lease_id, snapshot_id=ask.snapshot_id,
