@@ -140,8 +140,10 @@ def status(
     records = store.all_instances() if all_ else store.live_instances()
     records.sort(key=lambda r: r.created_at)
     routes = read_routes(s.router_admin_port) or {}
+    sleeping = store.hibernations()
     if json_out:
         print(json.dumps({"instances": [status_view.as_json(r, now) for r in records],
+                          "hibernated": [status_view.hibernated_json(h, now) for h in sleeping],
                           "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
                                          **v} for n, v in routes.items()}}))
         return
@@ -152,6 +154,11 @@ def status(
                       _age(r.created_at, now), _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}",
                       r.reason or "")
     console.print(table if records else "no instances" + ("" if all_ else " running"))
+    if sleeping:
+        hib = Table(*status_view.HIBERNATED_COLUMNS)
+        for row in status_view.hibernated_rows(sleeping, now):
+            hib.add_row(*row)
+        console.print(hib)
     if routes:
         rt = Table("component", "traffic to", "instance", "served remotely", "requests", "why")
         for n, v in routes.items():
@@ -260,6 +267,10 @@ def vast_smoke(
 from spotleash.publish_cli import publish_command  # noqa: E402 - the command lives beside publish
 
 app.command("publish")(publish_command)
+
+from spotleash.snapshot_cli import snapshot_app  # noqa: E402 - the commands live in their own module
+
+app.add_typer(snapshot_app, name="snapshot")
 
 
 def _fail(prefix: str, e: BaseException, code: ExitCode, hint: str = "") -> None:

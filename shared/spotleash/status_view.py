@@ -2,6 +2,8 @@
 
 Per instance, ``components`` maps each component it was launched for (and any other its heartbeats
 reported) to its ``state`` (``pending`` until the first report), ``endpoint`` and last ``error``.
+A HIBERNATED lease (no instance: its components sleep in a verified snapshot) shows with the snapshot's
+id, age and size.
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from spotleash.model import InstanceRecord
+from spotleash.model import Hibernation, InstanceRecord
 
 PENDING = "pending"  # launched for it, no heartbeat has reported it yet
 _MARK = {"healthy": "ok", "starting": "..", "failing": "!!", PENDING: "--"}
@@ -44,3 +46,26 @@ def compact(rec: InstanceRecord) -> str:
             text += f" {str(c['error'])[:40]}"
         parts.append(text)
     return "\n".join(parts)
+
+
+def hibernated_json(h: Hibernation, now: datetime) -> dict[str, Any]:
+    """A HIBERNATED lease: its components sleep in ``snapshot_id``; the next demand restores them."""
+    out = h.model_dump(mode="json", exclude={"deployment_id"})
+    out["state"] = "HIBERNATED"
+    out["snapshot_age_s"] = round((now - h.snapshot_created_at).total_seconds(), 1)
+    out["hibernated_for_s"] = round((now - h.hibernated_at).total_seconds(), 1)
+    return out
+
+
+HIBERNATED_COLUMNS = ("lease", "components", "state", "snapshot", "snapshot age", "size")
+
+
+def hibernated_rows(hibernations: list[Hibernation], now: datetime) -> list[tuple[str, ...]]:
+    """Table rows under HIBERNATED_COLUMNS."""
+    rows: list[tuple[str, ...]] = []
+    for h in hibernations:
+        age = int((now - h.snapshot_created_at).total_seconds())
+        shown = f"{age // 3600}h{age % 3600 // 60:02d}m" if age >= 3600 else f"{age // 60}m{age % 60:02d}s"
+        rows.append((h.lease_id, ", ".join(h.components) or "-", "HIBERNATED", h.snapshot_id, shown,
+                     f"{h.size_bytes / 1e6:.1f} MB"))
+    return rows
