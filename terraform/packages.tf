@@ -2,6 +2,7 @@
 #
 #   packages/<sha256>.tar.gz   content-addressed app archives (the app, its wheels, spotleash's wheel)
 #   latest-<channel>.txt       the pointer a launch resolves and pins into the instance's config
+#   snapshots/<lease>/...      instances' state snapshots (snapshots.tf: on_heartbeat, that prefix only)
 #
 # Who may do what, and nothing more:
 #   publishers (var.package_publishers)  object user on this bucket: upload archives, move pointers
@@ -39,6 +40,18 @@ resource "google_storage_bucket" "packages" {
       age            = var.package_retention_days
       matches_prefix = ["packages/"]
       with_state     = "LIVE"
+    }
+    action {
+      type = "Delete"
+    }
+  }
+
+  # Versioning keeps what retention deletes under snapshots/ as a noncurrent version: it goes a day later.
+  lifecycle_rule {
+    condition {
+      matches_prefix             = ["snapshots/"]
+      with_state                 = "ARCHIVED"
+      days_since_noncurrent_time = 1
     }
     action {
       type = "Delete"

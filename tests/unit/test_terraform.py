@@ -327,8 +327,8 @@ def test_dashboard_locals_evaluate_to_the_dashboard_alone(console: Any) -> None:
 def test_every_role_is_in_the_allow_list() -> None:
     for rtype, name, body in _iam_members():
         role = body["role"]
-        if role.startswith("${google_project_iam_custom_role.compute"):
-            continue
+        if role.startswith(("${google_project_iam_custom_role.compute", "${google_project_iam_custom_role.snapshot_objects")):
+            continue  # custom roles: their permissions are checked one by one below
         assert role in ALLOWED_ROLES, f"{rtype}.{name} grants {role}"
     project_roles = {b["role"] for b in resources("google_project_iam_member").values()}
     assert not {r for r in project_roles if r.startswith("roles/") and r not in
@@ -541,7 +541,7 @@ def test_package_bucket_is_private_versioned_and_expires_old_archives() -> None:
 def test_only_vm_launcher_and_publishers_reach_the_package_bucket() -> None:
     grants = {n: b for n, b in resources("google_storage_bucket_iam_member").items()
               if b["bucket"] == "${google_storage_bucket.packages.name}"}
-    assert set(grants) == {"vm_package_reader", "launcher_package_reader", "package_publisher"}
+    assert set(grants) == {"vm_package_reader", "launcher_package_reader", "package_publisher", "snapshot_objects"}
     assert grants["vm_package_reader"]["role"] == "roles/storage.objectViewer"
     assert grants["vm_package_reader"]["member"] == "serviceAccount:${google_service_account.vm.email}"
     assert grants["launcher_package_reader"]["role"] == "roles/storage.objectViewer"
@@ -613,3 +613,38 @@ def test_vms_carry_the_tag_the_front_rule_targets() -> None:
     assert TFDOC["locals"]["front_tag"] == FRONT_TAG
     gce = (ROOT / "shared" / "spotleash" / "providers" / "gce.py").read_text()
     assert "tags=compute_v1.Tags(items=[FRONT_TAG])" in gce
+
+
+# ---------------------------------------------------------------- snapshots (issue 14)
+
+def test_snapshot_objects_only_under_their_prefix_and_only_for_on_heartbeat() -> None:
+    role = resources("google_project_iam_custom_role")["snapshot_objects"]
+    assert sorted(role["permissions"]) == ["storage.objects.create", "storage.objects.delete", "storage.objects.get"]
+    grant = resources("google_storage_bucket_iam_member")["snapshot_objects"]
+    assert grant["bucket"] == "${google_storage_bucket.packages.name}"
+    assert grant["role"] == "${google_project_iam_custom_role.snapshot_objects.id}"
+    assert expr(grant, "for_each") == "local.snapshot_signers"
+    assert TFDOC["locals"]["snapshot_signers"] == "${toset([\"on_heartbeat\"])}"
+    cond = block(grant, "condition")
+    assert cond["expression"] == r'resource.name.startsWith(\"${local.snapshot_prefix}\")'
+    prefix = TFDOC["locals"]["snapshot_prefix"]
+    assert prefix == "projects/_/buckets/${google_storage_bucket.packages.name}/objects/snapshots/"
+    from spotleash.snapshot_wire import SNAPSHOT_PREFIX
+
+    assert prefix.endswith(f"/objects/{SNAPSHOT_PREFIX}/")  # the prefix the control plane writes under
+    # Nobody else gets a storage permission through a custom role; no list (retention deletes recorded names).
+    assert not any("list" in p for p in role["permissions"])
+
+
+def test_the_snapshot_signer_may_sign_as_itself_only() -> None:
+    grant = resources("google_service_account_iam_member")["snapshot_signer_signs_urls"]
+    assert grant["role"] == "roles/iam.serviceAccountTokenCreator"
+    assert grant["service_account_id"] == "${google_service_account.function[each.key].name}"
+    assert grant["member"] == "serviceAccount:${google_service_account.function[each.key].email}"
+    assert expr(grant, "for_each") == "local.snapshot_signers"
+
+
+def test_deleted_snapshot_versions_expire() -> None:
+    rules = resources("google_storage_bucket")["packages"]["lifecycle_rule"]
+    snap = [r["condition"][0] for r in rules if r["condition"][0].get("matches_prefix") == ["snapshots/"]]
+    assert snap == [{"matches_prefix": ["snapshots/"], "with_state": "ARCHIVED", "days_since_noncurrent_time": 1}]

@@ -312,8 +312,8 @@ def apply_retention(ctx: Context, lease_id: str) -> list[str]:
     storage = ctx.bucket()
     gone: list[str] = []
     for snap in doomed:
-        try:
-            for name in storage.list_names(object_prefix(lease_id, snap.snapshot_id)):
+        try:  # the names it recorded (every URL it issued), not a listing: no list permission needed
+            for name in snap.objects:
                 storage.delete_if_present(name)
         except StorageError as e:
             log.warning("snapshot retention stopped; retried next time", lease_id=lease_id,
