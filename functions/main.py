@@ -28,7 +28,7 @@ from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.launch import handle_demand
 from spotleash.services.lifecycle import handle_budget, handle_lease, handle_release
 from spotleash.services.reap import run_reap
-from spotleash.snapshot_wire import REPLY_KEY_SNAPSHOT_REQUESTED
+from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD
 
 settings()  # wrong configuration fails here, at start, with a message that says what to fix
 warm_up()
@@ -73,8 +73,8 @@ def on_heartbeat(request: Request) -> tuple[str, int, dict[str, str]]:
     body: dict[str, Any] = {"action": reply.action, "detail": reply.detail}
     if reply.snapshot is not None:
         body["snapshot"] = reply.snapshot
-    if reply.snapshot_requested is not None:
-        body[REPLY_KEY_SNAPSHOT_REQUESTED] = reply.snapshot_requested
+    if reply.snapshot_request is not None:
+        body[SNAPSHOT_REQUEST_FIELD] = reply.snapshot_request.model_dump(mode="json")
     return json.dumps(body), reply.status, headers
 
 

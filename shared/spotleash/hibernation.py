@@ -1,7 +1,7 @@
 """Snapshot requests and hibernation, pure: when the control plane asks an instance for a snapshot,
 and whether a request is still open.
 
-An instance's record carries at most one ``SnapshotRequest``; its heartbeat replies repeat it until a
+An instance's record carries at most one ``RequestedSnapshot``; its heartbeat replies repeat it until a
 snapshot of that instance starts at or after ``requested_at`` (``is_open``). Requests come from
 ``spotleash snapshot create`` (``on_demand``), from idleness (``hibernate``: once the snapshot is verified
 the reaper destroys the box and the lease is HIBERNATED) and from the max-runtime deadline drawing near
@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from spotleash.config import Settings
-from spotleash.model import InstanceRecord, SnapshotReason, SnapshotRecord, SnapshotRequest, State
+from spotleash.model import InstanceRecord, RequestedSnapshot, SnapshotReason, SnapshotRecord, State
 
 
 def request_id(instance_id: str, reason: str, at: datetime) -> str:
@@ -28,8 +28,8 @@ def request_id(instance_id: str, reason: str, at: datetime) -> str:
     return f"{reason.replace('_', '-')}-{digest}"
 
 
-def new_request(rec: InstanceRecord, reason: SnapshotReason, now: datetime, by: str) -> SnapshotRequest:
-    return SnapshotRequest(request_id=request_id(rec.instance_id, reason, now), reason=reason, requested_at=now,
+def new_request(rec: InstanceRecord, reason: SnapshotReason, now: datetime, by: str) -> RequestedSnapshot:
+    return RequestedSnapshot(request_id=request_id(rec.instance_id, reason, now), reason=reason, requested_at=now,
                            by=by)
 
 
@@ -37,7 +37,7 @@ def is_idle(idle_s: float, settings: Settings) -> bool:
     return settings.idle_after_s > 0 and idle_s >= settings.idle_after_s
 
 
-def after_beat(rec: InstanceRecord, idle_s: float, settings: Settings, now: datetime) -> SnapshotRequest | None:
+def after_beat(rec: InstanceRecord, idle_s: float, settings: Settings, now: datetime) -> RequestedSnapshot | None:
     """The record's request after a beat reporting ``idle_s``: idle → hibernate; busy again → a pending
     hibernation is called off; the deadline near → a deadline snapshot (once per window)."""
     current = rec.snapshot_request

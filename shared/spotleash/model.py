@@ -57,9 +57,9 @@ def instance_id_for(event_id: str, slot: int = 0) -> str:
 SnapshotReason = Literal["on_demand", "hibernate", "deadline"]
 
 
-class SnapshotRequest(BaseModel):
-    """The control plane wants a snapshot of this instance; its next heartbeat reply asks for it
-    (``spotleash.snapshot_wire.SnapshotRequested``) until a snapshot of it starts at or after
+class RequestedSnapshot(BaseModel):
+    """The control plane wants a snapshot of this instance (the record's ``snapshot_request``): its heartbeat
+    replies carry it (``spotleash.snapshot_wire.SnapshotRequest``) until a snapshot of it starts at or after
     ``requested_at``."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -113,7 +113,7 @@ class InstanceRecord(BaseModel):
     first_heartbeat_at: AwareDatetime | None = None
     ready_at: AwareDatetime | None = None
     idle_s: float = 0.0  # as the last heartbeat reported it (no request served, CPU under its threshold)
-    snapshot_request: SnapshotRequest | None = None
+    snapshot_request: RequestedSnapshot | None = None
     # A replacement (``replaces`` set): its predecessor's last sign of life, and the restore it reported;
     # with created_at, running_at, first_heartbeat_at and ready_at they give the failover's phases.
     lost_at: AwareDatetime | None = None

@@ -186,22 +186,21 @@ class Noted(_Wire):
     kind: Literal["noted"] = "noted"
 
 
+# ------------------------------------------------------------------------------------------ the request
+
+
+SNAPSHOT_REQUEST_FIELD = "snapshot_request"  # the heartbeat reply's member carrying a SnapshotRequest
+RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+
+
+class SnapshotRequest(_Wire):
+    """'Take a snapshot now' — in any heartbeat reply, beside ``action`` (set by the control plane before a
+    planned destroy, for hibernation, or on the CLI's ``snapshot create``). ``request_id`` is the control
+    plane's, unique per request; ``reason`` is free text for the instance's log and the audit."""
+
+    request_id: RequestId
+    reason: Detail = ""
+
+
 SnapshotReply = Annotated[UploadGrant | Verdict | RestoreGrant | Refused | Noted, Field(discriminator="kind")]
 
-
-# ------------------------------------------------------------------------------------------ the control plane asks
-
-
-class SnapshotRequested(_Wire):
-    """In a heartbeat reply (key ``snapshot_requested``): 'take a snapshot now and upload it' (the usual
-    UploadAsk / UploadedAsk steps). Repeated on every reply until a snapshot of this instance starts at or
-    after the request; ``request_id`` lets the instance ignore a repeat of a request it is already serving.
-    ``reason``: ``on_demand`` (``spotleash snapshot create``), ``hibernate`` (idle: the box is destroyed
-    once the snapshot is verified), ``deadline`` (the max-runtime cap is near)."""
-
-    request_id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
-    reason: Literal["on_demand", "hibernate", "deadline"]
-    requested_at: AwareDatetime
-
-
-REPLY_KEY_SNAPSHOT_REQUESTED = "snapshot_requested"

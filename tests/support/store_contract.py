@@ -19,8 +19,11 @@ from typing import Any, Protocol
 import pytest
 
 from spotleash.model import (
+    Hibernation,
     InstanceRecord,
     Lease,
+    RequestedSnapshot,
+    RestorePin,
     SnapshotRecord,
     SnapshotState,
     State,
@@ -323,3 +326,43 @@ class StoreContract:
         store.get_budget()  # 1
         store.audit("x", "y", NOW)  # writes are not reads
         assert store.reads - before == 10
+
+    # ---------------------------------------------------------------- hibernation, forced restores
+    def test_hibernation_pending_finds_live_records_asked_to_hibernate_only(self, store: ContractStore,
+                                                                            make_store: MakeStore) -> None:
+        def asked(reason: str) -> RequestedSnapshot:
+            return RequestedSnapshot(request_id=f"{reason}-1", reason=reason, requested_at=at(0),
+                                   by="heartbeat")
+
+        store.create_intent(record("sl-hib", State.READY, snapshot_request=asked("hibernate"), idle_s=900.5))
+        store.create_intent(record("sl-served", State.READY, snapshot_request=asked("hibernate").model_copy(
+            update={"served": True})))
+        store.create_intent(record("sl-demand", State.READY, snapshot_request=asked("on_demand")))
+        store.create_intent(record("sl-none", State.READY))
+        store.create_intent(record("sl-gone", State.TERMINATED, snapshot_request=asked("hibernate")))
+        make_store("dep-other").create_intent(record("sl-other", State.READY, dep="dep-other",
+                                                     snapshot_request=asked("hibernate")))
+        found = store.hibernation_pending()
+        assert ids(found) == ["sl-hib", "sl-served"]
+        hib = next(r for r in found if r.instance_id == "sl-hib")
+        assert hib.snapshot_request == asked("hibernate") and hib.idle_s == 900.5
+
+    def test_hibernations_and_restore_pins_per_lease(self, store: ContractStore, make_store: MakeStore) -> None:
+        h = Hibernation(lease_id="lease-1", deployment_id=DEP, snapshot_id="s1", instance_id="sl-a",
+                        components=["vision"], snapshot_created_at=at(0), size_bytes=10, raw_bytes=30,
+                        hibernated_at=at(5))
+        store.put_hibernation(h)
+        make_store("dep-other").put_hibernation(h.model_copy(update={"lease_id": "lease-9", "deployment_id": "dep-other"}))
+        assert store.get_hibernation("lease-1") == h and store.get_hibernation("lease-2") is None
+        assert store.hibernations() == [h] and store.get_hibernation("lease-9") is None
+        store.delete_hibernation("lease-1")
+        store.delete_hibernation("lease-1")  # deleting what is gone is no error
+        assert store.get_hibernation("lease-1") is None and store.hibernations() == []
+
+        pin = RestorePin(lease_id="lease-1", deployment_id=DEP, snapshot_id="s1", pinned_at=at(1))
+        store.put_restore_pin(pin)
+        assert store.get_restore_pin("lease-1") == pin and make_store("dep-other").get_restore_pin("lease-1") is None
+        store.put_restore_pin(pin.model_copy(update={"snapshot_id": "s2"}))
+        assert store.get_restore_pin("lease-1") == pin.model_copy(update={"snapshot_id": "s2"})
+        store.delete_restore_pin("lease-1")
+        assert store.get_restore_pin("lease-1") is None

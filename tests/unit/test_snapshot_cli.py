@@ -53,9 +53,9 @@ def test_create_writes_an_on_demand_request_the_next_beat_carries(ctx: Context) 
     req = written.snapshot_request
     assert req is not None and req.reason == "on_demand" and req.by == "cli" and not req.served
     reply = handle_heartbeat(ctx, Heartbeat(lease_id="lease-1", instance_id="sl-a"), ctx.heartbeat_token("sl-a"))
-    assert reply.snapshot_requested is not None
-    assert reply.snapshot_requested["request_id"] == req.request_id
-    assert reply.snapshot_requested["reason"] == "on_demand"
+    assert reply.snapshot_request is not None
+    assert reply.snapshot_request.request_id == req.request_id
+    assert reply.snapshot_request.reason == "on_demand"
 
 
 @pytest.mark.parametrize(("records", "named", "message"), [

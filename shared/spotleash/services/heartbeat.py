@@ -24,7 +24,7 @@ from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import launch_replacement
 from spotleash.services.terminate import terminate
-from spotleash.snapshot_wire import SnapshotRequested
+from spotleash.snapshot_wire import SnapshotRequest
 
 log = get_logger("spotleash.heartbeat")
 
@@ -35,8 +35,8 @@ class BeatReply:
     action: str  # "continue" | "stop" | ""
     detail: str = ""
     snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.snapshot_wire)
-    # the control plane wants a snapshot (spotleash.snapshot_wire.SnapshotRequested, reply key snapshot_requested)
-    snapshot_requested: dict[str, Any] | None = None
+    # "take a snapshot now": a SnapshotRequest, sent as the reply's SNAPSHOT_REQUEST_FIELD (spotleash.snapshot_wire)
+    snapshot_request: SnapshotRequest | None = None
 
 
 def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
@@ -103,11 +103,11 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
         return BeatReply(200, "stop", reason, snapshot=snap)
-    return BeatReply(200, "continue", snapshot=snap, snapshot_requested=asked)
+    return BeatReply(200, "continue", snapshot=snap, snapshot_request=asked)
 
 
-def _snapshot_request(ctx: Context, before: InstanceRecord, rec: InstanceRecord | None) -> dict[str, Any] | None:
-    """Audit a request the beat opened or called off; the ``snapshot_requested`` reply while it is open."""
+def _snapshot_request(ctx: Context, before: InstanceRecord, rec: InstanceRecord | None) -> SnapshotRequest | None:
+    """Audit a request the beat opened or called off; the reply's ``snapshot_request`` while it is open."""
     if rec is None:
         return None
     old, new = before.snapshot_request, rec.snapshot_request
@@ -127,8 +127,7 @@ def _snapshot_request(ctx: Context, before: InstanceRecord, rec: InstanceRecord 
             "snapshot_request": new.model_copy(update={"served": True})})
             if r.snapshot_request is not None and r.snapshot_request.request_id == new.request_id else None)
         return None
-    return SnapshotRequested(request_id=new.request_id, reason=new.reason,
-                             requested_at=new.requested_at).model_dump(mode="json")
+    return SnapshotRequest(request_id=new.request_id, reason=new.reason)
 
 
 def _awake(ctx: Context, rec: InstanceRecord) -> None:

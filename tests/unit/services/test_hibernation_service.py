@@ -62,14 +62,14 @@ def reap(ctx: Context) -> None:
 def test_an_idle_instance_is_asked_for_a_snapshot_until_one_starts(hctx: Context, make_ctx: MakeCtx,
                                                                    store: MemoryStore, clock: FakeClock) -> None:
     rec = ready(hctx, make_ctx)
-    assert send(hctx, rec, idle_s=IDLE_AFTER - 1).snapshot_requested is None
-    asked = send(hctx, rec, idle_s=IDLE_AFTER).snapshot_requested
-    assert asked is not None and asked["reason"] == "hibernate"
+    assert send(hctx, rec, idle_s=IDLE_AFTER - 1).snapshot_request is None
+    asked = send(hctx, rec, idle_s=IDLE_AFTER).snapshot_request
+    assert asked is not None and asked.reason == "hibernate"
     clock.advance(30)
-    again = send(hctx, rec, idle_s=IDLE_AFTER + 30).snapshot_requested
-    assert again is not None and again["request_id"] == asked["request_id"]  # the same request, repeated
+    again = send(hctx, rec, idle_s=IDLE_AFTER + 30).snapshot_request
+    assert again is not None and again.request_id == asked.request_id  # the same request, repeated
     snapshot(hctx, rec, "s-hib", SnapshotState.UPLOADING)  # the instance started it
-    assert send(hctx, rec, idle_s=IDLE_AFTER + 60).snapshot_requested is None
+    assert send(hctx, rec, idle_s=IDLE_AFTER + 60).snapshot_request is None
     req = record_of(store, rec.instance_id).snapshot_request
     assert req is not None and req.served and req.reason == "hibernate"
     assert [a for a in actions(store, rec.instance_id) if a[0] == "snapshot_requested"] == [
@@ -78,14 +78,14 @@ def test_an_idle_instance_is_asked_for_a_snapshot_until_one_starts(hctx: Context
 
 def test_idleness_is_ignored_when_hibernation_is_off(ctx: Context, store: MemoryStore) -> None:
     rec = launched(ctx)
-    assert send(ctx, rec, idle_s=1e9).snapshot_requested is None
+    assert send(ctx, rec, idle_s=1e9).snapshot_request is None
     assert record_of(store, rec.instance_id).snapshot_request is None
 
 
 def test_a_busy_beat_calls_the_hibernation_off(hctx: Context, make_ctx: MakeCtx, store: MemoryStore) -> None:
     rec = ready(hctx, make_ctx)
     send(hctx, rec, idle_s=IDLE_AFTER)
-    assert send(hctx, rec, idle_s=3.0).snapshot_requested is None
+    assert send(hctx, rec, idle_s=3.0).snapshot_request is None
     assert record_of(store, rec.instance_id).snapshot_request is None
     assert ("hibernation_called_off", "the instance is busy again") in actions(store, rec.instance_id)
 
@@ -130,7 +130,7 @@ def test_a_failed_snapshot_keeps_the_box_alerts_and_asks_again(hctx: Context, ma
                                                                store: MemoryStore, gce: FakeProvider,
                                                                clock: FakeClock) -> None:
     rec = ready(hctx, make_ctx)
-    first = send(hctx, rec, idle_s=IDLE_AFTER).snapshot_requested
+    first = send(hctx, rec, idle_s=IDLE_AFTER).snapshot_request
     assert first is not None
     clock.advance(1)
     snapshot(hctx, rec, "s-bad", SnapshotState.FAILED, reason="cloud storage 503")
@@ -139,8 +139,8 @@ def test_a_failed_snapshot_keeps_the_box_alerts_and_asks_again(hctx: Context, ma
     assert record_of(store, rec.instance_id).state is State.READY and gce.by_instance_id(rec.instance_id)
     alerts = [e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"]
     assert [a["reason"] for a in alerts] == ["hibernation_snapshot_failed"] and alerts[0]["snapshot_id"] == "s-bad"
-    retried = send(hctx, rec, idle_s=IDLE_AFTER + 6).snapshot_requested
-    assert retried is not None and retried["request_id"] != first["request_id"]
+    retried = send(hctx, rec, idle_s=IDLE_AFTER + 6).snapshot_request
+    assert retried is not None and retried.request_id != first.request_id
     clock.advance(5)
     reap(hctx)  # asked again, nothing new failed: no second alert
     assert len([e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"]) == 1
@@ -179,13 +179,13 @@ def test_a_snapshot_is_asked_for_once_before_the_deadline(make_ctx: MakeCtx, sto
     send(ctx, rec)
     clock.advance(ctx.settings.max_runtime_s - 601)
     open_lease(ctx)
-    assert send(ctx, rec).snapshot_requested is None
+    assert send(ctx, rec).snapshot_request is None
     clock.advance(2)
-    asked = send(ctx, rec).snapshot_requested
-    assert asked is not None and asked["reason"] == "deadline"
+    asked = send(ctx, rec).snapshot_request
+    assert asked is not None and asked.reason == "deadline"
     snapshot(ctx, rec, "s-last", SnapshotState.UPLOADING)
     clock.advance(30)
-    assert send(ctx, rec).snapshot_requested is None
+    assert send(ctx, rec).snapshot_request is None
     assert [a for a in actions(store, rec.instance_id) if a[0] == "snapshot_requested"] == [
         ("snapshot_requested", "deadline")]
 
