@@ -45,9 +45,8 @@ SEEDS = list(range(RUNS))
 LEASE_TTL = float(FAST_TIMINGS["SPOTLEASH_LEASE_TTL_S"])
 # The chaos stack keeps production's ratio of heartbeat timeout to reap period (180 s to 60 s): the reaper
 # sees a provider's stop (an outbid) before the silence it causes reaches the timeout, and names it
-# ``stopped_at_provider`` (which fails over) rather than ``heartbeat_lost`` (which does not). With
-# FAST_TIMINGS' 5 s timeout, 5 s reap period and 1 s beat, the silence at the first reap after an outbid
-# is up to 6 s, and the reason was a coin flip.
+# ``stopped_at_provider`` rather than ``heartbeat_lost``. Both fail over now, and the reaper ranks the
+# provider's verdict above silence; the ratio still keeps the recorded reason the outbid's own.
 HB_TIMEOUT = 3 * REAP_PERIOD_S
 PROVISIONING_TIMEOUT = float(FAST_TIMINGS["SPOTLEASH_PROVISIONING_TIMEOUT_S"])
 SLACK = 30.0  # function cold paths, deletes and their confirmation on a loaded 2-core machine

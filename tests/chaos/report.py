@@ -33,7 +33,7 @@ WHAT_CLEANS = {
     "VAST outbid spot GPU": "reaper `stopped_at_provider` → failover replacement; release",
     "VAST 429/5xx/slow at launch and delete": "retries with backoff; release",
     "GCE preemption": "preemption seen → failover replacement; release",
-    "instance agent hangs (SIGSTOP)": "heartbeat loss → reaper",
+    "instance agent hangs (SIGSTOP)": "heartbeat loss → reaper → failover replacement; release",
     "deadline hit mid-launch": "reaper `max_runtime`",
     "budget exhausted mid-run": "budget alert → reaper stops everything; launches refused",
     "hostile and malformed events": "acked, recorded in `rejected`, dead-lettered",

@@ -273,12 +273,18 @@ def test_instance_agent_hangs(chaos: Chaos, seed: int) -> None:
             t0 = time.monotonic()
             os.killpg(os.getpgid(pid), signal.SIGSTOP)
             try:
+                # The agent still wants the capacity: the silent VM is deleted and replaced.
+                chaos.wait_gone(rec, timeout_s=HB_TIMEOUT + REAP_BOUND)
+                new = wait_until(lambda: [r for r in chaos.records_of(lid) if r.replaces == rec.instance_id
+                                          and r.state == State.READY], timeout_s=60, what="the replacement")[0]
+                chaos.release(lid)
                 chaos.verdict("instance agent hangs (SIGSTOP)", obs, [lid], t_fault=t0,
-                              bound_s=HB_TIMEOUT + REAP_BOUND, min_seen=1)
+                              bound_s=HB_TIMEOUT + REAP_BOUND + 60, min_seen=2)
             finally:
                 if psutil.pid_exists(pid):
                     os.killpg(os.getpgid(pid), signal.SIGCONT)
     assert chaos.store.get(rec.instance_id).reason == "heartbeat_lost"  # type: ignore[union-attr]
+    assert chaos.store.get(new.instance_id).state in ENDED  # type: ignore[union-attr]
 
 
 @pytest.mark.parametrize("seed", SEEDS)

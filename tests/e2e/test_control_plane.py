@@ -93,7 +93,40 @@ def test_lost_heartbeats_get_the_vm_deleted(flows: Flows) -> None:
         finally:
             if psutil.pid_exists(pid):
                 os.killpg(os.getpgid(pid), signal.SIGCONT)
-    assert done.reason == "heartbeat_lost"
+        assert done.reason == "heartbeat_lost"
+        # The agent still holds the lease: the silent VM is replaced (it had beaten, so its boot worked).
+        assert done.replaced_by is not None
+        new = flows.wait_state(done.replaced_by, {State.READY}, timeout_s=60)
+        assert new.replaces == rec.instance_id
+        flows.release(lid)
+        flows.wait_gone(new, timeout_s=30)
+
+
+def test_a_vm_deleted_behind_our_back_is_replaced(flows: Flows) -> None:
+    """`gcloud compute instances delete` by someone else while the agent holds the lease: the reaper sees the
+    VM gone from the listing (vanished), launches a replacement and the old record names it."""
+    lid = lease()
+    with flows.lease_kept(lid):
+        flows.demand(lid)
+        rec = flows.wait_ready(lid)
+        client = _compute_client(flows)
+        client.delete_unary(project=flows.project, zone=rec.zone or flows.settings.zones[0],
+                            instance=rec.provider_id or "")
+        t0 = time.monotonic()
+        done = flows.wait_gone(rec, timeout_s=HB_TIMEOUT + REAP_PERIOD_S + SLACK)
+        assert done.reason in ("vanished", "heartbeat_lost"), done.reason  # the listing usually tells first
+        assert done.replaced_by is not None, "the lost VM was not replaced"
+        new = flows.wait_state(done.replaced_by, {State.READY}, timeout_s=60)
+        print(f"deleted behind our back → replacement READY: {elapsed(t0):.1f}s ({done.reason})")
+        assert new.replaces == rec.instance_id and new.lease_id == lid and new.lost_at is not None
+        assert flows.vm(new.provider_id or "") is not None
+        audit = [e["action"] for e in flows.audit(rec.instance_id)]
+        assert "failover" in audit
+        ready = wait_until(lambda: [e for e in flows.audit(new.instance_id) if e["action"] == "failover_ready"],
+                           timeout_s=15, what="the replacement's phases in the audit")
+        assert ready[0]["detection_s"] is not None and ready[0]["total_s"] is not None
+        flows.release(lid)
+        flows.wait_gone(new, timeout_s=30)
 
 
 def test_max_runtime_passed_gets_the_vm_deleted(flows: Flows) -> None:
