@@ -23,6 +23,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from spotleash.errors import BadInput, ExitCode
@@ -115,7 +116,7 @@ def _context(lease_id: str | None) -> tuple[Store, str, str]:
 
 
 def _usage(e: BadInput) -> typer.Exit:
-    Console(stderr=True).print(f"[red]error:[/] {e}", soft_wrap=True, markup=True)
+    Console(stderr=True).print(f"[red]error:[/] {escape(str(e))}", soft_wrap=True)
     return typer.Exit(ExitCode.USAGE)
 
 
