@@ -11,6 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from spotleash.failover import phases
 from spotleash.model import Hibernation, InstanceRecord
 
 PENDING = "pending"  # launched for it, no heartbeat has reported it yet
@@ -28,10 +29,13 @@ def components_of(rec: InstanceRecord) -> dict[str, dict[str, Any]]:
 
 
 def as_json(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
-    """The record (less its token hash) with ``components`` as above and ``cost_so_far``."""
+    """The record (less its token hash) with ``components`` as above, ``cost_so_far`` and, for a failover's
+    replacement, ``failover_phases`` (``spotleash.failover.phases``)."""
     out = rec.model_dump(mode="json", exclude={"token_hash", "component_states"})
     out["components"] = components_of(rec)
     out["cost_so_far"] = rec.cost_so_far(now)
+    if rec.replaces:  # a failover's replacement: detection, provisioning, boot, restore, ready (None: not yet)
+        out["failover_phases"] = phases(rec)
     return out
 
 

@@ -21,6 +21,7 @@ from spotleash.services.context import Context
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import ReapReport, run_reap
 from spotleash.snapshot_wire import RestoredAsk
+from spotleash.status_view import as_json
 
 
 def reap(ctx: Context) -> ReapReport:
@@ -134,6 +135,7 @@ def test_the_replacement_records_its_phases(ctx: Context, store: MemoryStore, gc
     assert got["detection_s"] == 70.0 and got["boot_s"] == 12.0 and got["restore_s"] == 4.5
     assert got["provisioning_s"] == 0.0  # the fake provider answers at once; a real one waits here
     assert got["total_s"] == 70.0 + 12.0 + 0.0  # READY at the first beat: no package to wait for
+    assert as_json(done, clock.now)["failover_phases"] == got  # what `spotleash status --json` shows
     ready = [e for e in store.audit_entries(new.instance_id) if e["action"] == "failover_ready"]
     assert len(ready) == 1 and ready[0]["replaces"] == rec.instance_id and ready[0]["detection_s"] == 70.0
 
