@@ -5,8 +5,8 @@ The heartbeat opens a ``hibernate`` request when an instance reports ``idle_s >=
 and uploads; each reap then asks ``may_destroy_for_hibernation`` about every instance with such a
 request. Verified → the lease is recorded HIBERNATED (``Hibernation``: the snapshot's id, size, age)
 and the box destroyed. Failed → the box keeps running, an alert is raised and the request renewed, so
-the next beat asks again. Never started (an instance that does not answer) → the same, once the upload
-timeout has passed. Past the max-runtime deadline the reaper's own ``max_runtime`` decision wins.
+the next beat asks again. Never started (an instance that does not answer), or an upload unfinished
+(an agent killed mid-upload) → the same, once the upload timeout has passed. Past the max-runtime deadline the reaper's own ``max_runtime`` decision wins.
 """
 
 from __future__ import annotations
@@ -62,8 +62,10 @@ def hibernate_one(ctx: Context, rec: InstanceRecord) -> bool:
         except Transient as e:  # TERMINATING: the reaper retries the stalled delete
             log.warning("hibernated instance not yet confirmed gone", instance_id=rec.instance_id, detail=str(e))
         return True
-    stale = now - req.requested_at > timedelta(seconds=ctx.settings.snapshot_upload_timeout_s)
-    if verdict.reason == "snapshot_failed" or (verdict.reason == "no_snapshot" and stale):
+    limit = timedelta(seconds=ctx.settings.snapshot_upload_timeout_s)
+    began = next((s.created_at for s in snaps if s.snapshot_id == verdict.snapshot_id), req.requested_at)
+    stale = now - (began if verdict.reason == "snapshot_in_progress" else req.requested_at) > limit
+    if verdict.reason == "snapshot_failed" or (verdict.reason in ("no_snapshot", "snapshot_in_progress") and stale):
         _retry(ctx, rec, verdict.reason, verdict.snapshot_id, now)
     return False
 
@@ -85,8 +87,10 @@ def _retry(ctx: Context, rec: InstanceRecord, why: str, snapshot_id: str | None,
     ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"snapshot_request": again})
                      if r.live and r.snapshot_request is not None and r.snapshot_request.reason == "hibernate"
                      else None)
-    detail = ("its snapshot failed" if why == "snapshot_failed"
-              else f"no snapshot began within {ctx.settings.snapshot_upload_timeout_s:.0f}s of the request")
+    limit = f"{ctx.settings.snapshot_upload_timeout_s:.0f}s"
+    detail = {"snapshot_failed": "its snapshot failed",
+              "snapshot_in_progress": f"its snapshot's upload did not finish within {limit}"}.get(
+                  why, f"no snapshot began within {limit} of the request")
     ctx.store.audit("alert", "hibernation_snapshot_failed", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
                     snapshot_id=snapshot_id, detail=f"{detail}; the instance keeps running, asked again",
                     request_id=again.request_id)

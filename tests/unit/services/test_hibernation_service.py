@@ -146,6 +146,28 @@ def test_a_failed_snapshot_keeps_the_box_alerts_and_asks_again(hctx: Context, ma
     assert len([e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"]) == 1
 
 
+@pytest.mark.parametrize("started", [False, True])
+def test_a_snapshot_that_never_starts_or_never_finishes_alerts_after_the_upload_timeout(
+        started: bool, make_ctx: MakeCtx, store: MemoryStore, clock: FakeClock) -> None:
+    hctx = make_ctx(idle_after_s=IDLE_AFTER, package_bucket="bkt", snapshot_upload_timeout_s=900)
+    rec = ready(hctx, make_ctx)
+    send(hctx, rec, idle_s=IDLE_AFTER)
+    if started:
+        snapshot(hctx, rec, "s-stuck", SnapshotState.UPLOADING)  # the agent was killed mid-upload
+    clock.advance(hctx.settings.snapshot_upload_timeout_s - 1)
+    open_lease(hctx)
+    send(hctx, rec, idle_s=IDLE_AFTER * 10)
+    reap(hctx)
+    assert [e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"] == []
+    clock.advance(2)
+    open_lease(hctx)
+    send(hctx, rec, idle_s=IDLE_AFTER * 10)
+    reap(hctx)
+    [alert] = [e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"]
+    assert ("did not finish" if started else "no snapshot began") in alert["detail"]
+    assert record_of(store, rec.instance_id).state is State.READY  # never destroyed without a verified one
+
+
 def test_the_max_runtime_cap_wins_over_a_pending_hibernation(hctx: Context, make_ctx: MakeCtx,
                                                              store: MemoryStore, clock: FakeClock) -> None:
     rec = ready(hctx, make_ctx)
