@@ -235,26 +235,34 @@ def find_marked(var: str, value: str) -> list[psutil.Process]:
     return found
 
 
-def kill_marked(var: str, value: str, *, term_grace: float = 5.0) -> list[psutil.Process]:
+def kill_marked(var: str, value: str, *, term_grace: float = 5.0, rounds: int = 20) -> list[psutil.Process]:
     """SIGTERM, then SIGKILL, every process marked ``var=value``; returns those that were running.
 
-    The safety net for the instant between a process starting and its record reaching disk.
+    Looked for again until none is left: a process may fork between one search and its signal (pip
+    starting a build step, say), and its child carries the marker too. Used for the instant between a
+    process starting and its record reaching disk, and for whatever left a fake instance's process group.
     """
     procs = find_marked(var, value)
     if not procs:
         return []
+    seen = {p.pid: p for p in procs}
     for p in procs:
         with contextlib.suppress(psutil.Error):
             p.terminate()
-    _, still = psutil.wait_procs(procs, timeout=term_grace)
-    still += [p for p in find_marked(var, value) if p not in still]
-    for p in still:
-        with contextlib.suppress(psutil.Error):
-            p.kill()
-    _, still = psutil.wait_procs(still, timeout=10)
-    if still:
-        raise StackError(f"could not stop pids {[p.pid for p in still]}: they survive SIGKILL")
-    return procs
+    psutil.wait_procs(procs, timeout=term_grace)
+    for _ in range(rounds):
+        still = find_marked(var, value)
+        if not still:
+            return list(seen.values())
+        seen.update({p.pid: p for p in still})
+        for p in still:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        psutil.wait_procs(still, timeout=10)
+    left = find_marked(var, value)
+    if left:
+        raise StackError(f"could not stop pids {[p.pid for p in left]}: they survive SIGKILL")
+    return list(seen.values())
 
 
 def _pgid(p: psutil.Process) -> int | None:

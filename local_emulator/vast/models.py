@@ -303,7 +303,14 @@ class VastModel:
                 procs.stop_all([proc], timeout=10.0, term_grace=3.0)
             except procs.StackError as e:
                 log.error("instance process did not stop", instance=iid, reason=str(e))
-        # The supervisor starts components in process groups of their own: they die with the box too.
+        # Install steps and components run in process groups of their own: they die with the box too.
+        try:
+            left = vmshim.sweep_instance(vmshim.instance_mark("vast", iid))
+        except procs.StackError as e:
+            log.error("box processes outside its group did not stop", instance=iid, reason=str(e))
+            left = 0
+        if left:
+            log.info("box processes outside its process group ended", instance=iid, count=left)
         swept = vmshim.sweep_components(spotleash_id)
         if swept:
             log.info("component processes of the box ended", instance=iid, count=swept)
@@ -336,6 +343,7 @@ class VastModel:
             "VAST_CONTAINERLABEL": f"C.{inst.id}",
             "PUBLIC_IPADDR": self.host,
             **inst.env,
+            vmshim.INSTANCE_VAR: vmshim.instance_mark("vast", inst.id),
         }
         for var in ("PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "SPOTLEASH_LOCAL_STACK"):
             if var in os.environ and var not in env:

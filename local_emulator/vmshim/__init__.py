@@ -14,9 +14,13 @@ a VAST ``onstart``). The few steps that cannot run here as written go through th
   without a package (heartbeats only) runs the agent from it, as an image with spotleash baked in would;
   a packaged instance installs the package's own wheels into a fresh venv and runs the agent from there.
 
-Component processes start in process groups of their own (the supervisor's), so stopping the VM's group
-does not reach them; they carry ``SPOTLEASH_COMPONENT_OF=<instance id>`` and the fakes sweep them with
-``local_emulator.procs.kill_marked`` when the VM or box ends (delete, preemption, deadline).
+Some processes of an instance leave the VM's process group: the bootstrap runs ``python -m venv`` and pip
+in process groups of their own (so it can cancel them), and the supervisor starts each component in one.
+A real VM takes them all down when it goes; here every process of a fake VM or box carries
+``SPOTLEASH_FAKE_INSTANCE=<provider>:<id>`` (children inherit it) and the fakes end, after its process
+group, every process still marked (:func:`sweep_instance`), then every component process
+(``SPOTLEASH_COMPONENT_OF=<instance id>``, :func:`sweep_components`), when the VM or box ends (delete,
+preemption, deadline).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from local_emulator import procs
 BIN = Path(__file__).resolve().parent / "bin"
 ROOT_VAR = "SPOTLEASH_VM_ROOT"
 MARKER_VAR = "SPOTLEASH_COMPONENT_OF"  # spotleash.instance_agent.supervisor.MARKER_ENV
+INSTANCE_VAR = "SPOTLEASH_FAKE_INSTANCE"  # in every process of one fake VM or box: "<provider>:<id>"
 
 
 def path_value(base: Mapping[str, str] | None = None) -> str:
@@ -44,3 +49,14 @@ def sweep_components(instance_id: str, *, term_grace: float = 3.0) -> int:
     if not instance_id:
         return 0
     return len(procs.kill_marked(MARKER_VAR, instance_id, term_grace=term_grace))
+
+
+def instance_mark(provider: str, native_id: object) -> str:
+    """The ``INSTANCE_VAR`` value of one fake VM (``gce:<numeric id>``) or box (``vast:<id>``)."""
+    return f"{provider}:{native_id}"
+
+
+def sweep_instance(mark: str, *, term_grace: float = 3.0) -> int:
+    """End every process of one fake instance that outlived its process group (install steps, their
+    children); how many."""
+    return len(procs.kill_marked(INSTANCE_VAR, mark, term_grace=term_grace))

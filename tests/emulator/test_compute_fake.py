@@ -172,6 +172,36 @@ def test_delete_ends_the_process_group(clients: Any, control: httpx.Client) -> N
         ic.delete_unary(project=P, zone=ZA, instance="vm-del")
 
 
+# A process in a group of its own that, told to stop, starts one more (as pip may start a build step at
+# the moment its VM goes): neither is in the VM's process group nor, by then, a child of its leader.
+ESCAPER = """\
+import signal, subprocess, sys, time
+def on_term(*_):
+    subprocess.Popen(["sleep", "600"], start_new_session=True)
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("escaper ready", flush=True)
+time.sleep(600)
+"""
+
+
+def test_delete_ends_processes_that_left_the_vm_s_process_group(clients: Any, control: httpx.Client) -> None:
+    from local_emulator import procs, vmshim
+
+    script = f"#!/bin/bash\nsetsid python3 -c '{ESCAPER}' &\nwait\n"
+    ic, oc = clients
+    insert(clients, resource("vm-esc", metadata=compute_v1.Metadata(
+        items=[compute_v1.Items(key="startup-script", value=script)])))
+    info = inspect(control, "vm-esc")
+    mark = vmshim.instance_mark("gce", ic.get(project=P, zone=ZA, instance="vm-esc").id)
+    wait_until(lambda: "escaper ready" in open(info["log_path"]).read(), what="the escaper to start")
+    [escaper] = [p for p in procs.find_marked(vmshim.INSTANCE_VAR, mark) if "python" in p.name()]
+    assert os.getpgid(escaper.pid) != os.getpgid(info["pid"]), "it runs outside the VM's process group"
+    oc.wait(project=P, zone=ZA, operation=ic.delete_unary(project=P, zone=ZA, instance="vm-esc").name)
+    wait_until(lambda: not procs.find_marked(vmshim.INSTANCE_VAR, mark), timeout=15,
+               what="every process of the deleted VM to end")
+
+
 def test_stop_and_start(clients: Any, control: httpx.Client) -> None:
     ic, oc = clients
     insert(clients, resource("vm-stop"))

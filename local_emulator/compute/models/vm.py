@@ -44,7 +44,8 @@ def start(command: list[str] | None, inst: Instance, *, metadata_host: str) -> p
     assert inst.workdir is not None
     env = without_agent_env(os.environ)  # a real VM reads its configuration from its metadata server
     env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1",
-                "PATH": vmshim.path_value(), vmshim.ROOT_VAR: str(inst.workdir / "root")})
+                "PATH": vmshim.path_value(), vmshim.ROOT_VAR: str(inst.workdir / "root"),
+                vmshim.INSTANCE_VAR: vmshim.instance_mark("gce", inst.id)})
     return procs.spawn(f"gce-vm-{inst.name}", command or startup_command(inst), log_path=inst.workdir / "vm.log",
                        port=None, env=env, cwd=inst.workdir)
 
@@ -60,13 +61,20 @@ def spotleash_id(inst: Instance) -> str:
 
 def stop(inst: Instance, *, grace_s: float) -> None:
     """End the VM's whole process group (SIGTERM, SIGKILL after ``grace_s``, wait until it is gone),
-    then its components, which run in process groups of their own."""
+    then whatever of it runs in process groups of its own (install steps, components)."""
     proc = inst.proc
     if proc is not None:
         try:
             procs.stop_all([proc], timeout=GROUP_GONE_TIMEOUT_S, term_grace=grace_s)
         except procs.StackError as e:
             log.error("VM processes did not stop", vm=proc.name, reason=str(e))
+    try:
+        left = vmshim.sweep_instance(vmshim.instance_mark("gce", inst.id), term_grace=grace_s)
+    except procs.StackError as e:
+        log.error("VM processes outside its group did not stop", vm=inst.name, reason=str(e))
+        left = 0
+    if left:
+        log.info("VM processes outside its process group ended", vm=inst.name, count=left)
     vmshim.sweep_components(spotleash_id(inst))
 
 
