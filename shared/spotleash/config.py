@@ -72,6 +72,10 @@ class Settings(BaseSettings):
         default_factory=list, description="components that need a GPU (a demand naming one goes to VAST)"
     )
     package_bucket: str | None = Field(None, description="Cloud Storage bucket of app packages (the local stack sets it)")
+    package_fetch_retry_s: float = Field(
+        300.0, gt=0, le=86400,
+        description="time an instance spends retrying its package download while Cloud Storage fails (then it fails "
+                    "with package_unavailable)")
     package_channel: str = Field("main", pattern=r"^[a-z0-9][a-z0-9._-]{0,62}$",
                                  description="channel whose latest-<channel>.txt pointer names the package")
     state_dir: Path = Field(Path.home() / ".spotleash", description="lock files and the local stack's env file")

@@ -112,6 +112,7 @@ class ReapTick(Event):
     force: bool = False  # lets a reap delete past the mass-deletion guard
 
 
+PhaseName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 ComponentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
 ReasonCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 ComponentState = Literal["starting", "healthy", "failing"]
@@ -153,6 +154,11 @@ class Heartbeat(Event):
     # the router connects only to a front presenting exactly it. None: the instance runs no front.
     tls_fingerprint: Sha256Hex | None = None
     snapshot: SnapshotAsk | None = None  # a snapshot or restore step (spotleash.snapshot_wire); the reply answers
+    # How the instance got its package running: when its own software started (the bootstrap) and how long
+    # each step took, in seconds (fetch_s: download + sha256; install_s: verify, extract, venv, offline pip;
+    # to_healthy_s: components started → all healthy). The READY audit entry keeps them (``bench/``).
+    started_at: AwareDatetime | None = None
+    timings: Annotated[dict[PhaseName, Annotated[float, Field(ge=0, le=86400)]], Field(max_length=16)] = {}
 
 
 class BudgetAlert(BaseModel):

@@ -140,6 +140,8 @@ class InstanceAgent:
                 components=components,
                 failure=failure,
                 tls_fingerprint=self.workload.tls_fingerprint if self.workload else None,
+                started_at=self.workload.started_at if self.workload else None,
+                timings=dict(self.workload.timings) if self.workload else {},
             )
         except ValidationError as e:
             log.error("cannot build a heartbeat from the config", reason=str(e)[:300])

@@ -73,6 +73,8 @@ FORMAT_VERSION = 1
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 CHUNK = 1 << 20
 SHA256_LEN = 64
+TIMINGS_ENV = "SPOTLEASH_BOOT_TIMINGS"  # JSON {"started_at": ISO time, "fetch_s": …, "install_s": …} for the agent
+STARTED_AT = _dt.datetime.now(_dt.UTC)  # when this instance's own software started (the agent's heartbeat says it)
 
 
 class PackageFailure(Exception):
@@ -488,9 +490,10 @@ def load_config(provider: str, env: Mapping[str, str], opener: Opener = _urlopen
 
 
 def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener = _urlopen,
-        python: str = sys.executable) -> tuple[Path, dict[str, Any]] | PackageFailure | None:
+        python: str = sys.executable, timings: dict[str, float] | None = None,
+        ) -> tuple[Path, dict[str, Any]] | PackageFailure | None:
     """Fetch, verify, install, beating meanwhile; the prepared (root, manifest), the failure (reported), or
-    None when the config pins no package."""
+    None when the config pins no package. ``timings`` gets ``fetch_s`` and ``install_s``."""
     cfg, token = load_config(provider, env, opener)
     sha = str(cfg.get("package_sha256") or "")
     if not sha:
@@ -511,11 +514,14 @@ def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener
         source = source_for(str(cfg.get("package_uri") or ""), str(cfg.get("package_url") or ""), env=env,
                             token=md_token)
         t0 = time.monotonic()
-        archive = fetch(source, sha, work_dir / "archives", opener=opener)
+        archive = fetch(source, sha, work_dir / "archives", opener=opener,
+                        retry_budget_s=float(cfg.get("package_fetch_retry_s") or 300.0))
         t1 = time.monotonic()
         root, manifest = Installer(python).prepare(archive, sha, work_dir)
-        _log("package installed", sha256=sha, root=str(root), fetch_s=round(t1 - t0, 3),
-             install_s=round(time.monotonic() - t1, 3))
+        steps = {"fetch_s": round(t1 - t0, 3), "install_s": round(time.monotonic() - t1, 3)}
+        if timings is not None:
+            timings.update(steps)
+        _log("package installed", sha256=sha, root=str(root), **steps)
         return root, manifest
     except PackageFailure as e:
         _log("the package cannot run; this instance is useless", severity="ERROR", reason=e.reason, detail=e.detail)
@@ -538,8 +544,9 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     p.add_argument("--work-dir", type=Path, required=True, help="cache, package roots and component logs")
     p.add_argument("--no-exec", action="store_true", help="stop after installing (print the package root)")
     args = p.parse_args(argv)
+    timings: dict[str, float] = {}
     try:
-        got = run(args.provider, args.work_dir, env)
+        got = run(args.provider, args.work_dir, env, timings=timings)
     except (OSError, ValueError) as e:  # no config, no metadata server: nothing to report to
         _log("bootstrap cannot start", severity="ERROR", reason=str(e)[:300])
         return 2
@@ -563,6 +570,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     argv_agent = [python, "-m", "spotleash.instance_agent", "--provider", args.provider,
                   "--work-dir", str(args.work_dir), "--package-root", str(root)]
     _log("starting the instance agent", argv=argv_agent)
+    env[TIMINGS_ENV] = json.dumps({"started_at": STARTED_AT.isoformat(), **timings})
     os.execve(python, argv_agent, env)  # noqa: S606 - our own venv's interpreter
     return 0  # pragma: no cover - execve does not return
 

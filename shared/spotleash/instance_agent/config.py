@@ -44,6 +44,7 @@ class AgentConfig(BaseModel):
     package_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
     package_uri: str = ""  # gs://<bucket>/packages/<sha256>.tar.gz
     package_url: str = ""  # a V4 signed URL of that object (VAST: no Google identity on the box); secret
+    package_fetch_retry_s: float = Field(300.0, gt=0, le=86400)  # download retries end after this (Cloud Storage down)
     components: list[str] = []  # the components this instance was launched for (empty: all of the package)
     advertise_host: str = ""  # host in the endpoints the user's machine reaches (unset: found on the box)
     # The authenticating TLS front (instance_agent.front): started before the components when set; it
@@ -60,6 +61,7 @@ class AgentConfig(BaseModel):
             deadline=spec.deadline, route_credential_sha256=spec.route_credential_sha256,
             package_sha256=spec.package_sha256, package_uri=spec.package_uri,
             package_url=spec.package_url, components=list(spec.components),
+            package_fetch_retry_s=spec.package_fetch_retry_s,
         )
 
     @classmethod

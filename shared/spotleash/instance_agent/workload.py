@@ -14,11 +14,13 @@ and the heartbeat carries its certificate's fingerprint (``tls_fingerprint``).
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -86,6 +88,7 @@ class Workload:
         env: Mapping[str, str] | None = None,
         package_root: Path | None = None,
         front: FrontConfig | None = None,
+        fetch_retry_s: float = 300.0,
     ) -> None:
         self.sha256 = sha256
         self._source = source
@@ -96,13 +99,14 @@ class Workload:
         self._on_change = on_change
         self.installer = installer or Installer()
         self._env = dict(os.environ if env is None else env)
+        self.fetch_retry_s = fetch_retry_s
         self.package_root = package_root  # already fetched, verified and installed (by the bootstrap)
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self.failure: InstanceFailure | None = None
         self.supervisor: Supervisor | None = None
         self.prepared: Prepared | None = None
-        self.timings: dict[str, float] = {}
+        self.started_at, self.timings = boot_timings(self._env) if package_root is not None else (utcnow(), {})
         self._thread: threading.Thread | None = None
         self._t0 = time.monotonic()
         self._all_healthy_logged = False
@@ -173,7 +177,8 @@ class Workload:
             if self.package_root is not None:
                 prepared = package.prepared(self.package_root)
             else:
-                archive = bootstrap.fetch(self._source(), self.sha256, self.work_dir / "archives")
+                archive = bootstrap.fetch(self._source(), self.sha256, self.work_dir / "archives",
+                                          retry_budget_s=self.fetch_retry_s)
                 t = self._step("fetch", t)
                 root, raw = self.installer.prepare(archive, self.sha256, self.work_dir)
                 t = self._step("install", t)
@@ -216,6 +221,22 @@ class Workload:
             self.front.stop()
 
 
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def boot_timings(env: Mapping[str, str]) -> tuple[datetime, dict[str, float]]:
+    """(when the bootstrap started, its step durations) from what it handed over (``TIMINGS_ENV``); now and
+    nothing when it handed over nothing readable."""
+    try:
+        raw = json.loads(env.get(bootstrap.TIMINGS_ENV) or "{}")
+        started = datetime.fromisoformat(str(raw.pop("started_at")))
+        steps = {str(k): float(v) for k, v in raw.items() if str(k).endswith("_s")}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return utcnow(), {}
+    return (started if started.tzinfo else started.replace(tzinfo=UTC)), steps
+
+
 DEFAULT_WORK_ROOT = Path(tempfile.gettempdir())
 EXTERNAL_IP_PATH = "instance/network-interfaces/0/access-configs/0/external-ip"
 
@@ -251,6 +272,7 @@ def workload_for(
         work_dir=work_dir or DEFAULT_WORK_ROOT / f"spotleash-{cfg.instance_id or 'instance'}",
         endpoint=endpoint_for(cfg.advertise_host, environ, _external_ip(md) if not cfg.advertise_host else None),
         on_change=on_change, env=environ, package_root=package_root, front=front_config(cfg),
+        fetch_retry_s=cfg.package_fetch_retry_s,
     )
 
 

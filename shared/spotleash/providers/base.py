@@ -84,6 +84,7 @@ class LaunchSpec:
     package_uri: str = ""
     package_url: str = ""
     components: tuple[str, ...] = ()
+    package_fetch_retry_s: float = 300.0  # how long the instance retries its download (Cloud Storage failing)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -93,7 +93,9 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
     if updated is not None and updated.state == State.READY and rec.state != State.READY:
         endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
         ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
-                        instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints)
+                        instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints,
+                        instance_started_at=beat.started_at.isoformat() if beat.started_at else None,
+                        timings=dict(beat.timings))
         _pin_host_key(ctx, updated)
         _awake(ctx, updated)
     if beat.preempted and not rec.preempted:

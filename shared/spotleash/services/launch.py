@@ -116,6 +116,7 @@ def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: dateti
     sha, uri, url = _package_fields(ctx, rec, now)
     return LaunchSpec(
         package_sha256=sha, package_uri=uri, package_url=url, components=tuple(rec.components),
+        package_fetch_retry_s=s.package_fetch_retry_s,
         instance_id=rec.instance_id, lease_id=rec.lease_id, deployment_id=rec.deployment_id,
         deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),
         gpu=gpu, image=s.gpu_image, heartbeat_url=s.heartbeat_url or "",
