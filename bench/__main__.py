@@ -1,4 +1,4 @@
-"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,reap] [--no-readme] [--out PATH]``
+"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,package,reap] [--no-readme] [--out PATH]``
 
 Starts the local stack in a temporary directory, runs every benchmark with its same-run baseline,
 writes ``bench/results/latest.json`` and the README's bench section, and stops the stack, whatever
@@ -33,7 +33,7 @@ from spotleash.demo import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 README = REPO / "README.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "reap")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "reap")
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
 # heartbeat-only instances (no package bucket): these sections time the control plane, not an install.
@@ -58,9 +58,11 @@ def machine() -> dict[str, Any]:
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
-                "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2}
+                "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
+                "package_launches": 1}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
-            "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3}
+            "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
+            "package_launches": 3}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -104,7 +106,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
 
 def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], work: Path,
                   console: Console) -> None:
-    from bench import agent_cost, lifecycle, reap_scale, vast_smoke
+    from bench import agent_cost, lifecycle, packages, reap_scale, vast_smoke
     from bench.harness import Harness
 
     h = Harness(work)
@@ -141,6 +143,9 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     def smoke() -> None:
         raw["vast_smoke"] = vast_smoke.vast_smoke(work, p["smoke"])
 
+    def package() -> None:
+        raw["package"] = packages.package_section(h, work, work, p["publishes"], p["package_launches"])
+
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
 
@@ -150,6 +155,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         section("sigkill", f"SIGKILL → deleted, {p['sigkill']} agents", sigkill)
         section("agent", f"agent CPU/RSS over {p['agent_s']:.0f}s", agent)
         section("smoke", f"VAST smoke run x{p['smoke']}", smoke)
+        section("package", f"publish x{p['publishes']} (2 apps), demand → READY x{p['package_launches']} "
+                           "(GCE, VAST)", package)
         section("reap", f"reap at {p['reap_sizes']} tracked", reap)
     finally:
         h.close()
@@ -159,7 +166,7 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
 
 def build_rows(results: dict[str, Any]) -> None:
     """The table rows and notes, from the raw measurements alone (so ``--render-only`` can redo them)."""
-    from bench import agent_cost, lifecycle, reap_scale, vast_smoke
+    from bench import agent_cost, lifecycle, packages, reap_scale, vast_smoke
 
     raw = results["raw"]
     ttl = float(results["timings"]["SPOTLEASH_LEASE_TTL_S"])
@@ -175,6 +182,8 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += agent_cost.agent_rows(raw["agent"])
     if "vast_smoke" in raw:
         rows += vast_smoke.smoke_rows(raw["vast_smoke"])
+    if "package" in raw:
+        rows += packages.package_rows(raw["package"])
     results["rows"] = rows
     results["notes"] = notes(results) + list(results.get("extra_notes", []))
 
@@ -199,6 +208,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         out.append("agent: `python -m spotleash.agent` replaying the demo trace at 1x with production agent "
                    "timings (1 s samples, 30 s lease beats); the baseline is `python -c 'import time; "
                    "time.sleep(...)'` sampled in the same loop.")
+    if "package" in raw:
+        from bench.packages import package_notes
+
+        out += package_notes(raw["package"])
     if "loadavg_start" in results and "loadavg_end" in results:
         out.append(f"machine load (1-min load average) {results['loadavg_start'][0]:.1f} at the start, "
                    f"{results['loadavg_end'][0]:.1f} at the end, on {results['machine'].get('cores')} cores.")

@@ -85,3 +85,34 @@ def test_console_table_renders_every_row() -> None:
     console.print(report.console_table(fake_results()["rows"]))
     text = console.export_text()
     assert "demand published" in text and "10,001 (naive)" in text and "✗ over" in text
+
+
+def test_package_rows_split_demand_to_ready_and_render() -> None:
+    from bench.packages import package_notes, package_rows
+
+    def s(*xs: float) -> dict[str, Any]:
+        return summary(list(xs))
+
+    phases = {"demand_to_intent_s": s(0.1, 0.2), "create_call_s": s(0.7, 0.8), "boot_s": s(1.0, 1.2),
+              "fetch_s": s(0.5, 0.6), "install_s": s(10.0, 12.0), "handoff_s": s(1.5, 1.7),
+              "components_s": s(2.0, 2.2), "total_s": s(16.0, 18.0), "intent_to_insert_s": s(0.05, 0.06),
+              "insert_to_created_s": s(0.65, 0.74)}
+    pub = {"size_bytes": 85_600_000, "wheels": 100, "files": 3, "first_s": s(9.0, 10.0), "again_s": s(2.0, 2.4)}
+    res = {"publish": {"example": pub, "generated": {**pub, "size_bytes": 140_000_000}, "generated_app_bytes": 52e6},
+           "ready": {"gce": phases, "vast": {k: v for k, v in phases.items() if "insert" not in k}}}
+    rows = package_rows(res)
+    keys = [r["key"] for r in rows]
+    assert keys[:3] == ["publish_example_size", "publish_example_first", "publish_example_again"]
+    for p in ("gce", "vast"):
+        assert [k for k in keys if k.startswith(f"ready_{p}_")] == [
+            f"ready_{p}_{x}" for x in ("total", "provider", "own", "fetch", "install", "components")]
+    provider = next(r for r in rows if r["key"] == "ready_gce_provider")
+    assert provider["median"] == pytest.approx((1.7 + 2.0) / 2) and provider["n"] == 2  # create call + boot
+    own = next(r for r in rows if r["key"] == "ready_gce_own")
+    assert own["median"] == pytest.approx((1.6 + 1.9) / 2)  # demand → intent + install → READY beat
+    size = next(r for r in rows if r["key"] == "publish_example_size")
+    assert report.row_cells(size)[2] == "85.6 MB"
+    table = report.markdown_table(rows)
+    assert table.count("\n") == len(rows) + 1 and "0 bytes uploaded" in table
+    notes = package_notes(res)
+    assert len(notes) == 2 and "intent → insert received" in notes[1]

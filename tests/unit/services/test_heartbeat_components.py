@@ -103,3 +103,33 @@ def test_without_a_package_the_first_beat_is_ready_as_before(ctx: Context, store
     assert send(ctx, rec, {}).action == "continue"
     got = record_of(store, rec.instance_id)
     assert got.state is State.READY and got.component_states == {}
+
+
+def test_the_ready_entry_keeps_when_the_instance_started_and_how_long_each_step_took(
+        ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    rec = with_package(ctx)
+    started = clock.now
+    clock.advance(20)
+    hb = Heartbeat(lease_id=rec.lease_id, instance_id=rec.instance_id, started_at=started,
+                   timings={"fetch_s": 0.5, "install_s": 12.25, "to_healthy_s": 2.0},
+                   components={"ml_models": ComponentReport(state="healthy", endpoint="h:1")})
+    assert handle_heartbeat(ctx, hb, ctx.heartbeat_token(rec.instance_id)).action == "continue"
+    [entry] = [e for e in store.audit_entries(rec.instance_id) if e["action"] == "ready"]
+    assert entry["instance_started_at"] == started.isoformat()
+    assert entry["timings"] == {"fetch_s": 0.5, "install_s": 12.25, "to_healthy_s": 2.0}
+
+
+def test_boot_timings_are_read_from_what_the_bootstrap_hands_over() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from spotleash.instance_agent.bootstrap import TIMINGS_ENV
+    from spotleash.instance_agent.workload import boot_timings
+
+    at = datetime(2026, 11, 29, 21, 0, tzinfo=UTC)
+    env = {TIMINGS_ENV: json.dumps({"started_at": at.isoformat(), "fetch_s": 1.5, "install_s": 9.0})}
+    assert boot_timings(env) == (at, {"fetch_s": 1.5, "install_s": 9.0})
+    before = datetime.now(UTC)
+    for bad in ({}, {TIMINGS_ENV: "not json"}, {TIMINGS_ENV: json.dumps({"fetch_s": 1})}):
+        when, steps = boot_timings(bad)
+        assert steps == {} and when >= before  # nothing readable: the agent's own start, no steps

@@ -1,0 +1,319 @@
+"""Packages: ``spotleash publish`` time and size, and demand → READY with every component healthy, split.
+
+Publish (the CLI, as a user runs it, against the stack's Cloud Storage emulator; wheel cache warm — the
+resolution from PyPI is not measured): the example app (``examples/thumbs``) and a generated app of
+50 MB of files (half random, half text). "First" is a publish to a bucket that does not hold the archive
+(it is deleted between runs), "again" a re-publish of the same tree (0 bytes uploaded, checked).
+
+Demand → READY (examples/thumbs, both components, one GCE VM / one VAST box at a time), from the timestamps
+the product records: the demand's publish call (here) → the intent (record ``created_at``) → the provider's
+create call returned (``running_at``) → the instance's own software started (the bootstrap; the READY audit
+entry's ``instance_started_at``) → fetch + verify, install (extract, venv, offline pip), components started
+→ all healthy (the heartbeat's ``timings``) → READY (the audit entry's time). The Compute fake's call log
+splits the GCE create call into spotleash's launch work (intent → insert received) and the provider's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from bench.harness import Harness, log
+from bench.stats import summary
+from spotleash.events import Component, DemandEvent, LeaseEvent, ReleaseEvent
+from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.package_format import package_object, pointer_object
+from spotleash.polling import wait_until
+from spotleash.storage import Storage
+from spotleash.topology import load_topology
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "thumbs"
+WHEEL_CACHE = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
+LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
+GENERATED_MB = 50
+READY_TIMEOUT_S = 300.0
+
+GENERATED_TOML = """\
+[app]
+name = "bulk"
+dir = "."
+
+[[app.components]]
+name = "bulk"
+command = ["python", "serve.py"]
+port = 18371
+"""
+
+
+def generate_app(root: Path, mb: int = GENERATED_MB, seed: int = 11) -> int:
+    """An app of ``mb`` MB: half incompressible (model weights), half text (data files); its size in bytes."""
+    import random
+
+    rnd = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "spotleash.toml").write_text(GENERATED_TOML)
+    (root / "serve.py").write_text("import http.server, os\nhttp.server.ThreadingHTTPServer(('127.0.0.1', "
+                                   "int(os.environ['PORT'])), http.server.SimpleHTTPRequestHandler).serve_forever()\n")
+    half = mb * 2**20 // 2
+    (root / "weights").mkdir(exist_ok=True)
+    for i in range(5):
+        (root / "weights" / f"part-{i}.bin").write_bytes(rnd.randbytes(half // 5))
+    (root / "data").mkdir(exist_ok=True)
+    words = ["alpha", "beta", "gamma", "delta", "vector", "image", "token", "batch", "score", "label"]
+    for i in range(20):
+        lines, size = [], 0
+        while size < half // 20:
+            line = " ".join(rnd.choice(words) for _ in range(12)) + f" {rnd.random():.6f}\n"
+            lines.append(line)
+            size += len(line)
+        (root / "data" / f"rows-{i}.txt").write_text("".join(lines))
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def _publish(app: Path, state: Path) -> dict[str, Any]:
+    env = {**os.environ, "SPOTLEASH_STATE_DIR": str(state), "SPOTLEASH_PACKAGE_BUCKET": load_topology().package_bucket}
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+                         env=env, capture_output=True, text=True, timeout=900, check=False)
+    wall = time.monotonic() - t0
+    if out.returncode != 0:
+        raise RuntimeError(f"publish of {app} failed: {out.stderr[-2000:]}")
+    res: dict[str, Any] = json.loads(out.stdout)
+    res["wall_s"] = wall
+    return res
+
+
+def _bucket() -> Storage:
+    return Storage(load_topology().package_bucket, project=os.environ["SPOTLEASH_PROJECT"], retry_s=10.0)
+
+
+def publish_times(work: Path, runs: int) -> dict[str, Any]:
+    """First publish and re-publish, ``runs`` each, of the example app and of a generated 50 MB app."""
+    WHEEL_CACHE.mkdir(parents=True, exist_ok=True)
+    state = work / "publish-state"
+    state.mkdir(exist_ok=True)
+    if not (state / "wheels").exists():
+        (state / "wheels").symlink_to(WHEEL_CACHE, target_is_directory=True)
+    generated = work / "generated-app"
+    app_bytes = generate_app(generated)
+    bucket = _bucket()
+    out: dict[str, Any] = {"generated_app_bytes": app_bytes}
+    for key, app in (("example", EXAMPLE), ("generated", generated)):
+        first, again = [], []
+        for _ in range(runs):
+            res = _publish(app, state)
+            if res["uploaded_bytes"] == 0:  # already there: delete it, so this one is a first publish
+                bucket.delete(package_object(res["sha256"]))
+                res = _publish(app, state)
+            first.append(res)
+            again.append(_publish(app, state))
+        if any(r["uploaded_bytes"] != 0 for r in again) or len({r["sha256"] for r in first + again}) != 1:
+            raise RuntimeError(f"re-publish of {key} uploaded bytes or changed the sha256: {again}")
+        out[key] = {"first": first, "again": again, "size_bytes": first[0]["size_bytes"],
+                    "wheels": first[0]["wheels"], "files": first[0]["files"], "sha256": first[0]["sha256"],
+                    "first_s": summary([r["wall_s"] for r in first]),
+                    "again_s": summary([r["wall_s"] for r in again])}
+        log.info("bench publish", app=key, first_s=out[key]["first_s"]["median"],
+                 again_s=out[key]["again_s"]["median"], size_bytes=out[key]["size_bytes"])
+    return out
+
+
+# --------------------------------------------------------------------------- demand → READY
+
+
+def _set_launcher_env(state_dir: Path, values: dict[str, str]) -> None:
+    from local_emulator import stack
+
+    path = stack.env_file(state_dir)
+    lines = [ln for ln in path.read_text().splitlines() if ln.split("=", 1)[0] not in values]
+    path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items())]) + "\n")
+    for name in LAUNCHERS:
+        stack.restart(state_dir, name)
+
+
+def _renewing(h: Harness, lease_id: str) -> Callable[[], None]:
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            h.publish(LeaseEvent(lease_id=lease_id, ttl_s=h.settings.lease_ttl_s, holder="bench"))
+            if stop.wait(h.settings.lease_renew_s):
+                return
+
+    t = threading.Thread(target=beat, daemon=True)
+    t.start()
+
+    def done() -> None:
+        stop.set()
+        t.join(timeout=10)
+
+    return done
+
+
+def _s(a: datetime, b: datetime) -> float:
+    return (b - a).total_seconds()
+
+
+def one_launch(h: Harness, provider: str, i: int) -> dict[str, Any]:
+    lease = f"lease-bench-pkg-{provider}-{i}"
+    gpu = provider == "vast"
+    stop = _renewing(h, lease)
+    try:
+        since = time.time()
+        t0 = time.time()
+        h.publish(DemandEvent(lease_id=lease, trigger="manual", ram_percent=91.0, components=[
+            Component(name="thumbnailer", ram_gb=2.0, gpu=gpu), Component(name="vectors", ram_gb=4.0, gpu=gpu)]))
+
+        def ready() -> InstanceRecord | None:
+            rec = h.latest_of_lease(lease)
+            if rec is not None and rec.state in ENDED:
+                raise RuntimeError(f"{rec.instance_id} ended {rec.state}: {rec.reason}")
+            return rec if rec is not None and rec.state == State.READY else None
+
+        rec: InstanceRecord = wait_until(ready, timeout_s=READY_TIMEOUT_S, interval_s=0.25,
+                                         what=f"{lease} READY")
+        entry = next(e for e in h.store.audit_entries(rec.instance_id) if e["action"] == "ready")
+        insert_at = h.insert_received_at(rec.provider_id or "", since) if provider == "gce" else None
+        h.publish(ReleaseEvent(lease_id=lease, instance_id=rec.instance_id, reason="bench"))
+        wait_until(lambda: (r := h.store.get(rec.instance_id)) is not None and r.state in ENDED,
+                   timeout_s=60, interval_s=0.25, what=f"{rec.instance_id} released")
+    finally:
+        stop()
+    assert rec.running_at is not None
+    ready_at: datetime = entry["at"]
+    started = datetime.fromisoformat(entry["instance_started_at"]) if entry.get("instance_started_at") else None
+    t = {k: float(v) for k, v in (entry.get("timings") or {}).items()}
+    if started is None or not {"fetch_s", "install_s", "to_healthy_s"} <= set(t):
+        raise RuntimeError(f"the READY entry of {rec.instance_id} carries no phase timings: {entry}")
+    demand_at = datetime.fromtimestamp(t0, tz=ready_at.tzinfo)
+    phases = {
+        "demand_to_intent_s": _s(demand_at, rec.created_at),  # Pub/Sub push + on_demand up to the intent
+        "create_call_s": _s(rec.created_at, rec.running_at),  # launch work + the provider's create call
+        "boot_s": _s(rec.running_at, started),  # the provider boots the instance, runs its start script
+        "fetch_s": t["fetch_s"],
+        "install_s": t["install_s"],
+        "handoff_s": max(_s(started, ready_at) - t["fetch_s"] - t["install_s"] - t["to_healthy_s"], 0.0),
+        "components_s": t["to_healthy_s"],
+        "total_s": _s(demand_at, ready_at),
+    }
+    if insert_at is not None:
+        insert = datetime.fromtimestamp(insert_at, tz=ready_at.tzinfo)
+        phases["intent_to_insert_s"] = _s(rec.created_at, insert)
+        phases["insert_to_created_s"] = _s(insert, rec.running_at)
+    log.info("bench package launch", provider=provider, **{k: round(v, 2) for k, v in phases.items()})
+    return {"instance_id": rec.instance_id, "provider": provider, "phases": phases}
+
+
+def ready_times(h: Harness, state_dir: Path, work: Path, runs: int, sha256: str | None = None) -> dict[str, Any]:
+    """``runs`` launches each of GCE and VAST with examples/thumbs published; phases per launch."""
+    bucket = load_topology().package_bucket
+    if sha256 is None:  # the package must be there (publish_times puts it; alone, publish it now)
+        state = work / "publish-state"
+        state.mkdir(exist_ok=True)
+        if not (state / "wheels").exists():
+            (state / "wheels").symlink_to(WHEEL_CACHE, target_is_directory=True)
+        sha256 = _publish(EXAMPLE, state)["sha256"]
+    store = _bucket()  # the pointer names the example app (a publish of another app may have moved it)
+    ptr = pointer_object(h.settings.package_channel)
+    store.write_bytes(ptr, f"{sha256}\n".encode(), if_generation_match=store.generation(ptr))
+    _set_launcher_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": bucket})
+    out: dict[str, Any] = {"sha256": sha256, "runs": []}
+    try:
+        for provider in ("gce", "vast"):
+            for i in range(runs):
+                out["runs"].append(one_launch(h, provider, i))
+    finally:
+        _set_launcher_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": ""})
+    for provider in ("gce", "vast"):
+        runs_p = [r["phases"] for r in out["runs"] if r["provider"] == provider]
+        out[provider] = {k: summary([p[k] for p in runs_p]) for k in (runs_p[0] if runs_p else {})}
+    return out
+
+
+def package_section(h: Harness, state_dir: Path, work: Path, publish_runs: int, launch_runs: int) -> dict[str, Any]:
+    pub = publish_times(work, publish_runs)
+    res = {"publish": pub}
+    res["ready"] = ready_times(h, state_dir, work, launch_runs, sha256=pub["example"]["sha256"])
+    shutil.rmtree(work / "generated-app", ignore_errors=True)
+    return res
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _row(key: str, metric: str, s: dict[str, Any], unit: str = "s", baseline: float | None = None,
+         baseline_name: str | None = None) -> dict[str, Any]:
+    return {"key": key, "metric": metric, "unit": unit, "n": s.get("n", 0), "median": s.get("median"),
+            "p99": s.get("p99") if s.get("n", 0) > 1 else None, "max": s.get("max"), "baseline": baseline,
+            "baseline_name": baseline_name, "ratio": None, "target": None, "within_target": None}
+
+
+def package_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    pub = res.get("publish") or {}
+    for key, label in (("example", "examples/thumbs"), ("generated", f"a generated {GENERATED_MB} MB app")):
+        p = pub.get(key)
+        if not p:
+            continue
+        size = {"n": 1, "median": p["size_bytes"] / 1e6, "max": p["size_bytes"] / 1e6}
+        rows.append(_row(f"publish_{key}_size", f"package of {label}: archive size ({p['wheels']} wheels, "
+                         f"{p['files']} app files)", size, unit="MB"))
+        rows.append(_row(f"publish_{key}_first", f"publish {label}, first (all {p['size_bytes'] / 1e6:.1f} MB "
+                         "uploaded)", p["first_s"]))
+        rows.append(_row(f"publish_{key}_again", f"publish {label} again, same tree (0 bytes uploaded)",
+                         p["again_s"], baseline=p["first_s"].get("median"), baseline_name="first publish"))
+    ready = res.get("ready") or {}
+    for provider, name in (("gce", "GCE"), ("vast", "VAST")):
+        ph = ready.get(provider)
+        if not ph or not ph.get("total_s", {}).get("n"):
+            continue
+        prov = [c + b for c, b in zip(ph["create_call_s"]["samples"], ph["boot_s"]["samples"], strict=True)]
+        provider_wait = summary(prov)
+        own = summary([q + h for q, h in zip(ph["demand_to_intent_s"]["samples"], ph["handoff_s"]["samples"],
+                                             strict=True)])
+        rows += [
+            _row(f"ready_{provider}_total", f"{name}: demand → READY, both thumbs components healthy", ph["total_s"]),
+            _row(f"ready_{provider}_provider", f"{name}: provider waits (create call {ph['create_call_s']['median']:.2f}"
+                 f" s + boot {ph['boot_s']['median']:.2f} s, medians)", provider_wait),
+            _row(f"ready_{provider}_own", f"{name}: spotleash's own (demand → intent {ph['demand_to_intent_s']['median']:.2f}"
+                 f" s + install → agent → READY beat {ph['handoff_s']['median']:.2f} s, medians)", own),
+            _row(f"ready_{provider}_fetch", f"{name}: package fetch + sha256 on the instance", ph["fetch_s"]),
+            _row(f"ready_{provider}_install", f"{name}: offline install (verify, extract, venv, pip)", ph["install_s"]),
+            _row(f"ready_{provider}_components", f"{name}: components started → all healthy", ph["components_s"]),
+        ]
+    return rows
+
+
+def package_notes(res: dict[str, Any]) -> list[str]:
+    out = []
+    pub = res.get("publish")
+    if pub:
+        out.append(f"publish: `spotleash publish --json` as a subprocess against the stack's Cloud Storage emulator, "
+                   f"wheel cache warm (resolution from PyPI not measured); the generated app is "
+                   f"{pub['generated_app_bytes'] / 1e6:.1f} MB of files, half random (incompressible), half text; "
+                   "every archive also carries spotleash's wheel and what `spotleash[instance]` plus the app's "
+                   "requirements resolve to. 'first' deletes the archive from the bucket before each run.")
+    ready = res.get("ready")
+    if ready:
+        gce = ready.get("gce", {})
+        split = ""
+        if gce.get("intent_to_insert_s", {}).get("n"):
+            split = (f" The GCE create call splits into spotleash's launch work (intent → insert received, median "
+                     f"{gce['intent_to_insert_s']['median']:.2f} s) and the provider's "
+                     f"({gce['insert_to_created_s']['median']:.2f} s).")
+        out.append("demand → READY: examples/thumbs on one fake VM / box at a time, from the record's `created_at` "
+                   "and `running_at`, the READY audit entry's time, `instance_started_at` and the heartbeat's "
+                   "`timings` (fetch_s, install_s, to_healthy_s); 'boot' is the fake's boot delay plus bash and "
+                   "python starting the bootstrap, 'install → agent → READY beat' is the exec of the installed "
+                   "agent, its import and the beat that makes the record READY." + split)
+    return out
