@@ -19,6 +19,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 from tests.emulator import compute_fixtures
+from tests.emulator.escaper import ESCAPER_LINE
 
 from local_emulator.compute import ComputeFake
 
@@ -172,23 +173,10 @@ def test_delete_ends_the_process_group(clients: Any, control: httpx.Client) -> N
         ic.delete_unary(project=P, zone=ZA, instance="vm-del")
 
 
-# A process in a group of its own that, told to stop, starts one more (as pip may start a build step at
-# the moment its VM goes): neither is in the VM's process group nor, by then, a child of its leader.
-ESCAPER = """\
-import signal, subprocess, sys, time
-def on_term(*_):
-    subprocess.Popen(["sleep", "600"], start_new_session=True)
-    sys.exit(0)
-signal.signal(signal.SIGTERM, on_term)
-print("escaper ready", flush=True)
-time.sleep(600)
-"""
-
-
 def test_delete_ends_processes_that_left_the_vm_s_process_group(clients: Any, control: httpx.Client) -> None:
     from local_emulator import procs, vmshim
 
-    script = f"#!/bin/bash\nsetsid python3 -c '{ESCAPER}' &\nwait\n"
+    script = f"#!/bin/bash\n{ESCAPER_LINE}\nwait\n"
     ic, oc = clients
     insert(clients, resource("vm-esc", metadata=compute_v1.Metadata(
         items=[compute_v1.Items(key="startup-script", value=script)])))

@@ -14,6 +14,7 @@ import psutil
 import pytest
 import requests
 from tests.emulator import vast_fixtures as fx
+from tests.emulator.escaper import ESCAPER_LINE
 from tests.emulator.vast_fixtures import API_KEY, assert_no_instance_processes, instance_pids, wait_for
 from vastai import VastAI
 
@@ -213,6 +214,25 @@ def test_container_key_destroys_only_its_own_instance(vast_fake: VastFake) -> No
     assert own.status_code == 200
     again = httpx.delete(f"{vast_fake.url}/api/v0/instances/{a}/", headers={"Authorization": f"Bearer {key_a}"})
     assert again.status_code == 404 and again.json()["error"] == "no_such_instance"
+
+
+def test_destroy_ends_processes_that_left_the_box_s_process_group(vast_fake: VastFake) -> None:
+    from local_emulator import procs, vmshim
+
+    v = sdk(vast_fake)
+    o = v.search_offers("num_gpus=1", order="dph_total", limit=1)[0]
+    iid = v.create_instance(o["id"], image="i", onstart_cmd=f"{ESCAPER_LINE}\nwait")["new_contract"]
+    mark = vmshim.instance_mark("vast", iid)
+
+    def escaper() -> list[psutil.Process]:
+        return [p for p in procs.find_marked(vmshim.INSTANCE_VAR, mark) if "python" in p.name()]
+
+    wait_for(escaper, timeout=20, what="the escaper to start")
+    box = vast_fake.model.get(iid).proc
+    assert box is not None and os.getpgid(escaper()[0].pid) != box.pgid, "it runs outside the box's process group"
+    v.destroy_instance(iid)
+    wait_for(lambda: not procs.find_marked(vmshim.INSTANCE_VAR, mark), timeout=15,
+             what="every process of the destroyed box to end")
 
 
 def test_process_mode_sigterm_kills_instances(tmp_path: object) -> None:
