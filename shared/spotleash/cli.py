@@ -1,5 +1,9 @@
 """The ``spotleash`` command line. Thin: it parses options and calls spotleash's modules.
 
+``--json`` means JSON on stdout, on every command that has a result: human text and progress then go to
+stderr, so stdout stays parseable. Shell completion: ``spotleash --install-completion`` (or
+``--show-completion`` to print the script).
+
 Exit codes (``spotleash.errors.ExitCode``): 0 ok, 1 the operation failed, 2 wrong usage or
 configuration, 3 instances left running, 130 interrupted. Errors print as one sentence; ``--debug``
 shows the traceback.
@@ -12,7 +16,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -20,11 +24,16 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from spotleash import stack_env
-from spotleash.config import Settings, load_settings
+from spotleash.config import Settings, load_settings, secret_env_vars
 from spotleash.errors import ConfigError, ExitCode, SpotleashError
 from spotleash.stack_env import read_env_file
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+if TYPE_CHECKING:
+    from spotleash.inventory import Checked
+    from spotleash.model import InstanceRecord
+    from spotleash.store import FirestoreStore
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 local_app = typer.Typer(no_args_is_help=True, help="The local stack: Google's emulators, our fakes, the functions.")
 vast_app = typer.Typer(no_args_is_help=True, help="VAST.ai GPU commands.")
 app.add_typer(local_app, name="local")
@@ -32,6 +41,7 @@ app.add_typer(vast_app, name="vast")
 console = Console()
 err_console = Console(stderr=True)
 _debug = False
+DOWN_TIMEOUT_S = 300.0  # a GCE delete takes a minute or two; VAST's destroy seconds
 
 
 def _load_stack_env() -> None:
@@ -67,32 +77,49 @@ def _age(dt: datetime | None, now: datetime) -> str:
 
 
 # ------------------------------------------------------------------ local stack
+def _out(json_out: bool) -> Console:
+    """Where human text goes: stdout, or stderr when stdout carries JSON."""
+    return err_console if json_out else console
+
+
+def public_env(env: dict[str, str]) -> dict[str, str]:
+    """The stack's settings less its secrets (the signing key, the VAST key): those stay in the env file."""
+    hidden = secret_env_vars() | {"VAST_API_KEY"}  # VAST_API_KEY: the vastai SDK's own name for the key
+    return {k: v for k, v in env.items() if k not in hidden}
+
+
 @local_app.command("up")
-def local_up(json_out: bool = typer.Option(False, "--json")) -> None:
-    """Start the local stack and print where everything runs."""
+def local_up(json_out: bool = typer.Option(False, "--json", help="JSON on stdout (secrets left out)")) -> None:
+    """Start the local stack and print where everything runs (never its secrets)."""
     from local_emulator import stack
 
     s = load_settings()
-    with console.status("starting Google's emulators, the fakes and the functions..."):
+    with _out(json_out).status("starting Google's emulators, the fakes and the functions..."):
         info = stack.up(s.state_dir)
     if json_out:
-        print(json.dumps(stack.read_env(s.state_dir)))
+        env = stack.read_env(s.state_dir)
+        shown = public_env(env)
+        print(json.dumps({"env_file": str(stack_env.env_file(s.state_dir)), "ready_s": round(info.ready_s, 1),
+                          "env": shown, "secrets_in_env_file": sorted(env.keys() - shown.keys())}))
     else:
         console.print(f"[green]local stack up[/] in {info.ready_s:.1f}s — env file: {stack_env.env_file(s.state_dir)}")
         local_status(json_out=False)
 
 
 @local_app.command("down")
-def local_down() -> None:
+def local_down(json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
     """Stop exactly the processes the local stack started."""
     from local_emulator import stack
 
     stopped = stack.down(load_settings().state_dir)
+    if json_out:
+        print(json.dumps({"stopped": stopped}))
+        return
     console.print(f"stopped {len(stopped)} process(es)" + (": " + ", ".join(stopped) if stopped else ""))
 
 
 @local_app.command("status")
-def local_status(json_out: bool = typer.Option(False, "--json")) -> None:
+def local_status(json_out: bool = typer.Option(False, "--json", help="JSON on stdout")) -> None:
     """What runs where."""
     from local_emulator import stack
 
@@ -126,8 +153,10 @@ def agent(
 # ------------------------------------------------------------------ status / down / reap
 @app.command()
 def status(
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
     all_: bool = typer.Option(False, "--all", help="include ended instances"),
+    refresh: bool = typer.Option(False, "--refresh", help="ask the providers too, and flag where they disagree "
+                                 "with Firestore"),
 ) -> None:
     """A table of the deployment's instances, and where the agent's router sends each component's requests."""
     from spotleash import status_view
@@ -141,30 +170,65 @@ def status(
     records.sort(key=lambda r: r.created_at)
     routes = read_routes(s.router_admin_port) or {}
     sleeping = store.hibernations()
+    checked = _refresh(s, store, records) if refresh else None
     if json_out:
-        print(json.dumps({"instances": [status_view.as_json(r, now) for r in records],
-                          "hibernated": [status_view.hibernated_json(h, now) for h in sleeping],
-                          "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
-                                         **v} for n, v in routes.items()}}))
+        rows = [status_view.as_json(r, now) for r in records]
+        out: dict[str, Any] = {"instances": rows,
+                               "hibernated": [status_view.hibernated_json(h, now) for h in sleeping],
+                               "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
+                                              **v} for n, v in routes.items()}}
+        if checked is not None:
+            for row, r in zip(rows, records, strict=True):
+                row["provider_says"] = checked.says[r.instance_id].as_json()
+            out["unrecorded"] = [u.as_json() for u in checked.unrecorded]
+            out["providers"] = checked.providers_json()
+        print(json.dumps(out))
         return
     table = Table("lease", "provider", "state", "components", "age", "last beat", "deadline", "cost $", "reason")
     table.columns.insert(0, Column("instance", no_wrap=True))
+    if checked is not None:
+        table.add_column("provider says")
     for r in records:
-        table.add_row(r.instance_id, r.lease_id, r.provider, str(r.state), status_view.compact(r),
-                      _age(r.created_at, now), _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}",
-                      r.reason or "")
+        cells = [r.instance_id, r.lease_id, r.provider, str(r.state), status_view.compact(r),
+                 _age(r.created_at, now), _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}",
+                 r.reason or ""]
+        table.add_row(*cells, *([checked.says[r.instance_id].cell()] if checked is not None else []))
     console.print(table if records else "no instances" + ("" if all_ else " running"))
     if sleeping:
         hib = Table(*status_view.HIBERNATED_COLUMNS)
         for row in status_view.hibernated_rows(sleeping, now):
             hib.add_row(*row)
         console.print(hib)
+    if checked is not None:
+        _print_refresh(checked)
     if routes:
         rt = Table("component", "traffic to", "instance", "served remotely", "requests", "why")
         for n, v in routes.items():
             rt.add_row(n, str(v.get("target")), str(v.get("instance_id") or "-"),
                        f"{float(v.get('remote_share', 0.0)):.0%}", str(v.get("requests", 0)), str(v.get("reason", "")))
         console.print(rt)
+
+
+def _refresh(s: Settings, store: FirestoreStore, records: list[InstanceRecord]) -> Checked:
+    """Ask every configured provider, and Firestore for the records of what they list beyond ``records``."""
+    from spotleash.inventory import check, list_inventories
+
+    inventories = list_inventories(s)
+    named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
+    return check(records, store.get_many(named - {r.instance_id for r in records}), inventories)
+
+
+def _print_refresh(checked: Checked) -> None:
+    for name, inv in checked.inventories.items():
+        if not inv.ok:
+            console.print(f"[yellow]{name}: listing failed, its instances are unknown:[/] {escape(str(inv.error))}",
+                          soft_wrap=True)
+    if checked.unrecorded:
+        t = Table("provider", "provider id", "instance", "lease", "provider says", "why flagged",
+                  title="[red]at the provider, not accounted for in Firestore[/]", title_justify="left")
+        for u in checked.unrecorded:
+            t.add_row(u.provider, u.provider_id, u.instance_id or "-", u.lease_id or "-", u.status, u.flag)
+        console.print(t)
 
 
 @app.command()
@@ -177,14 +241,19 @@ def cost(since: str | None = typer.Option(None, help="first day counted, YYYY-MM
 
 
 @app.command()
-def dashboard(port: int = typer.Option(0, help="port on 127.0.0.1 (default: a free one)")) -> None:
+def dashboard(port: int = typer.Option(0, help="port on 127.0.0.1 (default: a free one)"),
+              json_out: bool = typer.Option(False, "--json", help='print {"url": ...} on stdout')) -> None:
     """Serve the read-only dashboard on 127.0.0.1; prints its URL, with a one-time token, once."""
     from spotleash.dashboard.command import dashboard_command
 
     s = settings()
-    console.print("[dim]the dashboard answers on 127.0.0.1 only; the token in this URL is its only key "
-                  "(Ctrl-C stops it):[/]")
-    raise typer.Exit(dashboard_command(s, port))
+    _out(json_out).print("[dim]the dashboard answers on 127.0.0.1 only; the token in this URL is its only key "
+                         "(Ctrl-C stops it):[/]")
+
+    def show(url: str) -> None:
+        print(json.dumps({"url": url}) if json_out else url, flush=True)
+
+    raise typer.Exit(dashboard_command(s, port, print_url=show))
 
 
 @app.command()
@@ -192,27 +261,33 @@ def down(
     all_: bool = typer.Option(False, "--all", help="release every lease of the deployment"),
     lease_id: str | None = typer.Option(None, help="lease to release (default: this machine's)"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask for confirmation"),
+    timeout: float = typer.Option(DOWN_TIMEOUT_S, "--timeout", min=0,
+                                  help="seconds to wait for the providers to confirm the deletions; "
+                                       "exit 3 if anything is left then"),
+    json_out: bool = typer.Option(False, "--json", help="JSON on stdout (progress on stderr)"),
 ) -> None:
-    """Release this lease's instances (or, with --all, every instance of the deployment)."""
+    """Release this lease's instances (or, with --all, every lease's) and wait until the providers confirm them gone."""
     from spotleash.agent import default_lease_id
     from spotleash.agent.publisher import Publisher
+    from spotleash.down_cli import down_command
     from spotleash.events import ReleaseEvent
     from spotleash.store import FirestoreStore
 
     s = settings()
+    store = FirestoreStore.from_settings(s)
     if all_:
-        leases = sorted({r.lease_id for r in FirestoreStore.from_settings(s).live_instances()})
-        if not leases:
-            console.print("nothing is running")
-            return
-        if not yes and not typer.confirm(f"release {len(leases)} lease(s): {', '.join(leases)}?"):
+        leases = sorted({r.lease_id for r in store.live_instances()})
+        if leases and not yes and not typer.confirm(f"release {len(leases)} lease(s): {', '.join(leases)}?",
+                                                    err=json_out):
             raise typer.Exit(ExitCode.FAILED)
     else:
         leases = [lease_id or default_lease_id()]
     pub = Publisher(s)
-    for lid in leases:
+
+    def publish(lid: str) -> None:
         pub.publish_and_wait(ReleaseEvent(lease_id=lid, reason="spotleash down"), s.shutdown_budget_s)
-        console.print(f"release published for lease {lid}")
+
+    raise typer.Exit(down_command(s, store, leases, timeout_s=timeout, json_out=json_out, publish=publish))
 
 
 @app.command()
@@ -255,13 +330,14 @@ def demo(keep_stack: bool = typer.Option(False, help="leave the local stack runn
 @vast_app.command("smoke")
 def vast_smoke(
     real: bool = typer.Option(False, "--real", help="rent a real GPU (needs VAST_API_KEY)"),
-    json_out: Path | None = typer.Option(None, "--json", help="write the report here"),
+    json_out: bool = typer.Option(False, "--json", help="the report as JSON on stdout (the table on stderr)"),
+    output: Path | None = typer.Option(None, "--output", "-o", help="also write the JSON report to this file"),
     yes: bool = typer.Option(False, "--yes", "-y", help="do not ask to confirm the price"),
 ) -> None:
     """search → create → wait → SSH write/read → destroy, with a timing breakdown."""
     from spotleash.smoke import smoke_command
 
-    raise typer.Exit(smoke_command(real=real, json_out=json_out, yes=yes))
+    raise typer.Exit(smoke_command(real=real, json_out=json_out, output=output, yes=yes))
 
 
 from spotleash.publish_cli import publish_command  # noqa: E402 - the command lives beside publish
@@ -284,7 +360,7 @@ def _fail(prefix: str, e: BaseException, code: ExitCode, hint: str = "") -> None
 
 def main() -> None:
     try:
-        app()  # click's standalone mode handles usage errors (exit 2) and typer.Exit
+        app(prog_name="spotleash")  # click's standalone mode handles usage errors (exit 2) and typer.Exit
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(ExitCode.INTERRUPTED)

@@ -231,3 +231,9 @@ def load_settings(**overrides: Any) -> Settings:
         var = f"{ENV_PREFIX}{m.group(1).upper()}" if m else "a SPOTLEASH_ variable"
         raise ConfigError(f"invalid spotleash configuration — fix these:\n  {var}: must be JSON, "
                           f"e.g. '[\"us-central1-a\", \"us-central1-b\"]' for a list ({e})") from e
+
+
+def secret_env_vars() -> frozenset[str]:
+    """The variables holding secrets: every ``SecretStr`` setting's, so a new secret is covered by its type."""
+    return frozenset(f"{ENV_PREFIX}{name.upper()}" for name, f in Settings.model_fields.items()
+                     if SecretStr in (f.annotation, *getattr(f.annotation, "__args__", ())))

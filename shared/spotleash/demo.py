@@ -229,7 +229,7 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
                                 budget_s=45, when_ready=lambda: real_answers(
                                     console, settings, routes, _live_id(store, "demo-vast"))))
         console.rule("[bold]Act 3b — VAST GPU smoke run")
-        smoke_rc = smoke_command(real=False, json_out=state_dir / "vast-smoke.json", yes=True)
+        smoke_rc = smoke_command(real=False, output=state_dir / "vast-smoke.json", yes=True)
         _summary(console, launches, smoke_rc)
         for note in failure_notes(moves):
             console.print(f"  [yellow]failed:[/] {note}")

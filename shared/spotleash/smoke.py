@@ -27,7 +27,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.prompt import Confirm
 from rich.table import Table
 
-from spotleash.errors import CapacityExhausted, ExitCode, SpotleashError
+from spotleash.errors import CapacityExhausted, ConfigError, ExitCode, SpotleashError
 from spotleash.events import utcnow
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
@@ -297,43 +297,54 @@ def smoke_against_fake(
             fake.stop()
 
 
-def smoke_command(real: bool, json_out: Path | None, yes: bool) -> int:
-    """``spotleash vast smoke [--real] [--json PATH] [--yes]``; returns the exit code."""
-    console = Console()
-    report_path = json_out or Path(tempfile.gettempdir()) / f"spotleash-vast-smoke-{int(time.time())}.json"
+def smoke_command(real: bool, yes: bool, *, json_out: bool = False, output: Path | None = None) -> int:
+    """``spotleash vast smoke [--real] [--json] [--output PATH] [--yes]``; returns the exit code.
+
+    ``json_out``: the report as one JSON object on stdout, every human line on stderr. The report is also
+    written to ``output`` (default, without ``json_out``: a file in the temporary directory)."""
+    console = Console(stderr=json_out)
+    report_path = output or (None if json_out else
+                             Path(tempfile.gettempdir()) / f"spotleash-vast-smoke-{int(time.time())}.json")
+    report: SmokeReport | None = None
+    error = ""
     try:
-        if not real:
-            smoke_against_fake(console=console, report_path=report_path)
-            return ExitCode.OK
-        key = os.environ.get("VAST_API_KEY") or os.environ.get("SPOTLEASH_VAST_API_KEY")
-        if not key:
-            console.print("[red]--real needs VAST_API_KEY (your VAST.ai API key) in the environment[/red]")
-            return ExitCode.USAGE
-        from spotleash.config import load_settings
-
-        settings = load_settings()
-        url = os.environ.get("SPOTLEASH_VAST_URL") or REAL_URL
-        provider = VastProvider(url=url, api_key=key, ssh_key_path=settings.state_dir / "vast_ssh_key",
-                                image=settings.gpu_image)
-        req = GpuRequirements.from_settings(settings)
-
-        def confirm(o: Offer) -> bool:
-            text = (f"Rent a {o.gpu_name} ({o.gpu_ram_gb:.0f} GB, {o.geolocation}, reliability {o.reliability:.3f}) "
-                    f"at ${o.dph_total:.4f}/h for a run of about 2 minutes (≈ ${o.dph_total * 2 / 60:.4f})?")
-            return yes or Confirm.ask(text, console=console, default=False)
-
-        try:
-            run_smoke(provider, console=console, requirements=req, report_path=report_path,
-                      confirm_price=confirm, target="real")
-        finally:
-            provider.close()
-        return ExitCode.OK
+        report = _smoke(real, yes, console, report_path)
+        code = ExitCode.OK
     except SmokeFailed as e:
+        report, code, error = e.report, ExitCode.FAILED, str(e)
         console.print(f"[red]smoke run failed:[/red] {e}")
-        return ExitCode.FAILED
     except SpotleashError as e:
+        code, error = ExitCode.USAGE, str(e)
         console.print(f"[red]smoke run could not start:[/red] {e}")
-        return ExitCode.USAGE
     except KeyboardInterrupt:
+        code, error = ExitCode.INTERRUPTED, "interrupted"
         console.print("[yellow]interrupted; the instance (if any) was destroyed[/yellow]")
-        return ExitCode.INTERRUPTED
+    if json_out:
+        print(json.dumps(report.to_json() if report is not None else {"ok": False, "error": error}))
+    return code
+
+
+def _smoke(real: bool, yes: bool, console: Console, report_path: Path | None) -> SmokeReport:
+    if not real:
+        return smoke_against_fake(console=console, report_path=report_path)
+    key = os.environ.get("VAST_API_KEY") or os.environ.get("SPOTLEASH_VAST_API_KEY")
+    if not key:
+        raise ConfigError("--real needs VAST_API_KEY (your VAST.ai API key) in the environment")
+    from spotleash.config import load_settings
+
+    settings = load_settings()
+    url = os.environ.get("SPOTLEASH_VAST_URL") or REAL_URL
+    provider = VastProvider(url=url, api_key=key, ssh_key_path=settings.state_dir / "vast_ssh_key",
+                            image=settings.gpu_image)
+    req = GpuRequirements.from_settings(settings)
+
+    def confirm(o: Offer) -> bool:
+        text = (f"Rent a {o.gpu_name} ({o.gpu_ram_gb:.0f} GB, {o.geolocation}, reliability {o.reliability:.3f}) "
+                f"at ${o.dph_total:.4f}/h for a run of about 2 minutes (≈ ${o.dph_total * 2 / 60:.4f})?")
+        return yes or Confirm.ask(text, console=console, default=False)
+
+    try:
+        return run_smoke(provider, console=console, requirements=req, report_path=report_path,
+                         confirm_price=confirm, target="real")
+    finally:
+        provider.close()

@@ -97,15 +97,28 @@ def test_declined_price_rents_nothing(vast_fake: VastFake, tmp_path: Path) -> No
     p.close()
 
 
-def test_smoke_command_exit_codes(vast_fake: VastFake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_smoke_command_exit_codes_and_json_on_stdout(vast_fake: VastFake, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
     for var in ("SPOTLEASH_VAST_URL", "SPOTLEASH_VAST_API_KEY"):  # a running local stack's must not leak in
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("VAST_URL", vast_fake.url)
     monkeypatch.setenv("VAST_API_KEY", API_KEY)
-    assert smoke_command(False, tmp_path / "ok.json", yes=True) == 0
+    assert smoke_command(False, yes=True, output=tmp_path / "ok.json") == 0
     assert json.loads((tmp_path / "ok.json").read_text())["ok"] is True
+    capsys.readouterr()
+    # --json: the report is the whole of stdout; the table and the progress go to stderr
+    assert smoke_command(False, yes=True, json_out=True) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)
+    assert report["ok"] is True and report["destroyed"] is True and len(report["phases"]) == len(PHASES)
+    assert "destroy instance" in err
     monkeypatch.setenv("VAST_API_KEY", "wrong-key")
-    assert smoke_command(False, tmp_path / "bad.json", yes=True) != 0
+    assert smoke_command(False, yes=True, output=tmp_path / "bad.json") != 0
+    assert json.loads((tmp_path / "bad.json").read_text())["ok"] is False
     monkeypatch.delenv("VAST_API_KEY")
     monkeypatch.delenv("SPOTLEASH_VAST_API_KEY", raising=False)
-    assert smoke_command(True, tmp_path / "real.json", yes=True) == 2  # --real without a key: refused
+    capsys.readouterr()
+    assert smoke_command(True, yes=True, json_out=True) == 2  # --real without a key: refused
+    out, err = capsys.readouterr()
+    assert json.loads(out) == {"ok": False, "error": "--real needs VAST_API_KEY (your VAST.ai API key) in the environment"}

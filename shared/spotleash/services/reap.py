@@ -9,6 +9,7 @@ from datetime import timedelta
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
 from spotleash.failover import LOSS_REASONS
+from spotleash.inventory import take_inventory
 from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, Lease, State
 from spotleash.providers import enabled_providers
@@ -37,11 +38,11 @@ class ReapReport:
 def inventory(ctx: Context, name: str) -> Inventory:
     """A provider listing; a failure is recorded as unknown, never as empty."""
     try:
-        found = ctx.provider(name).list_owned(ctx.settings.deployment_id)
-        return Inventory(name, True, tuple(found))
+        provider = ctx.provider(name)
     except (SpotleashError, OSError) as e:
-        log.warning("provider listing failed; treating as unknown", provider=name, detail=str(e))
+        log.warning("provider cannot be built; its listing is unknown", provider=name, detail=str(e))
         return Inventory(name, False, (), str(e))
+    return take_inventory(provider, name, ctx.settings.deployment_id)
 
 
 def configured_providers(ctx: Context) -> list[str]:

@@ -1,0 +1,101 @@
+"""``spotleash down``: publish a release per lease, then wait until the providers confirm every instance gone.
+
+Gone means: no live record of those leases in Firestore, and no provider listing an instance carrying one
+of their lease labels (a listing that fails is not "gone": it keeps the wait going). Past ``timeout_s``
+what is left is reported and the exit code is ``ExitCode.LEFT_RUNNING`` (3).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from spotleash.errors import ExitCode
+from spotleash.inventory import Left, left_of_leases, list_inventories
+from spotleash.polling import WaitTimeout, wait_until
+
+if TYPE_CHECKING:
+    from spotleash.config import Settings
+    from spotleash.store import FirestoreStore
+
+POLL_S = 1.0
+
+
+@dataclass
+class DownResult:
+    leases: list[str]
+    timeout_s: float
+    waited_s: float = 0.0
+    gone: list[str] = field(default_factory=list)  # instance ids confirmed gone during the wait
+    left: list[Left] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return ExitCode.OK if not self.left else ExitCode.LEFT_RUNNING
+
+    def as_json(self) -> dict[str, Any]:
+        return {"ok": not self.left, "leases": self.leases, "gone": self.gone,
+                "left": [x.as_json() for x in self.left], "waited_s": round(self.waited_s, 1),
+                "timeout_s": self.timeout_s}
+
+
+def wait_gone(lease_ids: list[str], look: Callable[[], list[Left]], *, timeout_s: float, progress: Progress,
+              poll_s: float = POLL_S) -> DownResult:
+    """Poll ``look`` until it finds nothing left of the leases or ``timeout_s`` passes."""
+    started = time.monotonic()
+    result = DownResult(leases=lease_ids, timeout_s=timeout_s)
+    seen: set[str] = set()
+    task = progress.add_task("asking Firestore and the providers", total=None)
+    last: list[Left] = []
+
+    def check() -> bool:
+        nonlocal last
+        last = look()
+        seen.update(x.instance_id for x in last if x.instance_id)
+        still = {x.instance_id for x in last if x.instance_id}
+        what = ", ".join(sorted(x.instance_id or x.provider for x in last))
+        progress.update(task, total=max(len(seen), 1), completed=len(seen - still),
+                        description=f"waiting for {len(last)} to be confirmed gone: {what[:80]}" if last
+                        else "all confirmed gone")
+        return not last
+
+    try:
+        wait_until(check, timeout_s=timeout_s, interval_s=poll_s, what="the providers to confirm the deletions")
+    except WaitTimeout:
+        pass
+    result.left = last
+    result.gone = sorted(seen - {x.instance_id for x in last if x.instance_id})
+    result.waited_s = time.monotonic() - started
+    return result
+
+
+def down_command(settings: Settings, store: FirestoreStore, lease_ids: list[str], *, timeout_s: float,
+                 json_out: bool, publish: Callable[[str], None]) -> int:
+    """Release ``lease_ids`` and wait for the providers; human text on stderr when ``json_out``."""
+    human = Console(stderr=json_out)
+    for lid in lease_ids:
+        publish(lid)
+        human.print(f"release published for lease {lid}")
+
+    def look() -> list[Left]:
+        live = [r for lid in lease_ids for r in store.instances_of_lease(lid)]
+        return left_of_leases(live, list_inventories(settings), lease_ids)
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=human, transient=True) as progress:
+        result = wait_gone(lease_ids, look, timeout_s=timeout_s, progress=progress)
+    if json_out:
+        print(json.dumps(result.as_json()))
+    if result.left:
+        human.print(f"[bold red]left after {timeout_s:.0f}s:[/]")
+        for x in result.left:
+            human.print(f"  {x.provider} {x.instance_id or ''} {x.provider_id or ''}: {x.why}", soft_wrap=True)
+    else:
+        human.print(f"[green]confirmed gone[/] ({len(result.gone)} instance(s)) in {result.waited_s:.1f}s")
+    return result.exit_code
