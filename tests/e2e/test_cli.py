@@ -12,12 +12,17 @@ from pathlib import Path
 
 import httpx
 import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
 from tests.e2e.flows import Flows
 
 from spotleash.events import Heartbeat
 from spotleash.model import Hibernation
+from spotleash.providers.base import ownership_labels
 from spotleash.services.context import Context
 from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD
+from spotleash.stack_env import read_env_file
 
 pytestmark = [pytest.mark.e2e]
 
@@ -42,6 +47,90 @@ def test_local_status_without_a_stack(tmp_path: Path) -> None:
     assert out.returncode == 0 and json.loads(out.stdout) == []
 
 
+def _no_stack_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and not k.endswith("_EMULATOR_HOST")}
+    return {**env, "SPOTLEASH_STATE_DIR": str(tmp_path)}
+
+
+def test_shell_completion_is_on_under_the_command_name(tmp_path: Path) -> None:
+    script = cli("--show-completion", "bash", env=_no_stack_env(tmp_path))
+    assert script.returncode == 0 and "_SPOTLEASH_COMPLETE=complete_bash" in script.stdout
+    env = {**_no_stack_env(tmp_path), "_SPOTLEASH_COMPLETE": "complete_bash", "COMP_WORDS": "spotleash vast sm",
+           "COMP_CWORD": "2"}
+    assert cli(env=env).stdout.split() == ["smoke"]
+
+
+def test_local_up_json_is_the_stack_without_its_secrets(tmp_path: Path) -> None:
+    """Its own stack (started and stopped here, before or beside the session's): stdout is JSON naming the
+    secrets' variables, and no secret value is anywhere in what the command printed."""
+    env = _no_stack_env(tmp_path)
+    try:
+        up = cli("local", "up", "--json", env=env, timeout=240)
+        assert up.returncode == 0, up.stderr
+        shown = json.loads(up.stdout)
+        written = read_env_file(Path(shown["env_file"]))
+        secrets = {k: written[k] for k in ("SPOTLEASH_HEARTBEAT_SIGNING_KEY", "SPOTLEASH_VAST_API_KEY")}
+        assert sorted(shown["secrets_in_env_file"]) == sorted(secrets)
+        assert shown["env"]["SPOTLEASH_VAST_URL"] == written["SPOTLEASH_VAST_URL"]
+        for value in secrets.values():
+            assert len(value) >= 16 and value not in up.stdout and value not in up.stderr
+    finally:
+        down = cli("local", "down", "--json", env=env)
+    assert down.returncode == 0 and json.loads(down.stdout)["stopped"], down.stderr
+
+
+def _insert_vm(flows: Flows, name: str, labels: dict[str, str]) -> None:
+    opts = ClientOptions(api_endpoint=flows.compute_url)
+    zone = flows.settings.zones[0]
+    inst = compute_v1.Instance(
+        name=name, machine_type=f"zones/{zone}/machineTypes/e2-small", labels=labels,
+        disks=[compute_v1.AttachedDisk(boot=True, auto_delete=True, initialize_params=compute_v1.AttachedDiskInitializeParams(
+            source_image="projects/debian-cloud/global/images/family/debian-12"))],
+        network_interfaces=[compute_v1.NetworkInterface(network="global/networks/default")],
+    )
+    op = compute_v1.InstancesClient(client_options=opts, credentials=AnonymousCredentials()).insert_unary(
+        project=flows.project, zone=zone, instance_resource=inst)
+    compute_v1.ZoneOperationsClient(client_options=opts, credentials=AnonymousCredentials()).wait(
+        project=flows.project, zone=zone, operation=op.name)
+
+
+def test_status_refresh_asks_the_provider_and_down_waits_for_it(local_stack: object) -> None:
+    """A VM carrying the lease's labels but no record (its delete refused by the fake): ``status --refresh``
+    flags it, ``down`` confirms the recorded one gone and exits 3 for it; once it can go, ``down`` exits 0."""
+    flows = Flows()
+    lid = f"cli-{uuid.uuid4().hex[:8]}"
+    stray = f"sl-stray-{uuid.uuid4().hex[:8]}"
+    rule = {"operation": "instances.delete", "path": stray, "count": 100000, "status": 403}
+    httpx.post(f"{flows.compute_url}/_control/faults", json=rule, timeout=10).raise_for_status()
+    try:
+        with flows.lease_kept(lid):
+            flows.demand(lid)
+            rec = flows.wait_ready(lid)
+            _insert_vm(flows, stray, ownership_labels(flows.settings.deployment_id, lid, stray))
+            refreshed = cli("status", "--refresh", "--json")
+            assert refreshed.returncode == 0, refreshed.stderr
+            shown = json.loads(refreshed.stdout)
+            row = next(r for r in shown["instances"] if r["instance_id"] == rec.instance_id)
+            assert row["provider_says"]["listing"] == "listed" and row["provider_says"]["flag"] is None
+            assert row["provider_says"]["status"] == "RUNNING"
+            flagged = {u["provider_id"]: u for u in shown["unrecorded"]}
+            assert flagged[stray]["flag"] == "not in Firestore" and flagged[stray]["lease_id"] == lid
+            assert shown["providers"]["gce"]["ok"] is True
+            table = cli("status", "--refresh")
+            assert table.returncode == 0 and stray in table.stdout and "not in Firestore" in table.stdout
+            down = cli("down", "--lease-id", lid, "--timeout", "30", "--json")
+            assert down.returncode == 3, down.stderr
+            result = json.loads(down.stdout)
+            assert result["ok"] is False and rec.instance_id in result["gone"]
+            assert [x["provider_id"] for x in result["left"]] == [stray]
+            assert "left after" in down.stderr
+    finally:
+        flows.compute("DELETE", "faults")
+    again = cli("down", "--lease-id", lid, "--json")  # the reaper deletes the stray now: nothing is left
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert json.loads(again.stdout)["left"] == [] and flows.vm(stray) is None
+
+
 def test_status_reap_and_down_against_the_local_stack(local_stack: object) -> None:
     flows = Flows()
     lid = f"cli-{uuid.uuid4().hex[:8]}"
@@ -63,7 +152,8 @@ def test_status_reap_and_down_against_the_local_stack(local_stack: object) -> No
         assert table.returncode == 0 and rec.instance_id in table.stdout
         down = cli("down", "--lease-id", lid)
         assert down.returncode == 0, down.stderr
-        flows.wait_gone(rec, timeout_s=30)
+        assert "confirmed gone" in down.stdout
+        flows.wait_gone(rec, timeout_s=5)  # down returned: already gone
     gone = json.loads(cli("status", "--all", "--json").stdout)["instances"]
     assert any(r["instance_id"] == rec.instance_id and r["state"] == "TERMINATED" for r in gone)
 
