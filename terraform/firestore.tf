@@ -24,9 +24,9 @@ resource "google_firestore_database" "main" {
 #   billed_since               instances: deployment_id ==, ended_at >=  (plus live and since queries)
 #   expired_leases             leases:    deployment_id ==, expires_at <=   (and released == : equality
 #                                         only, served by merging single-field indexes)
-#   audit_entries              audit:     deployment_id ==, instance_id ==, ordered by at (the store
-#                                         sorts by `at` itself today; the index lets the query do it)
+#   audit_entries              audit:     deployment_id == (, instance_id ==), newest first by at, limit
 #
+# A field written "name:desc" is indexed DESCENDING (a query ordering by it newest first needs that).
 # Equality/in-only queries are served by Firestore's automatic single-field indexes; they get a
 # composite index anyway where it is the hot path (every reap and every launch), so Firestore need
 # not merge indexes there. If store.py gains a query, add its index here (a missing one fails at
@@ -41,7 +41,8 @@ locals {
     instances-created       = { collection = "instances", fields = ["deployment_id", "created_at"] }
     instances-ended         = { collection = "instances", fields = ["deployment_id", "ended_at"] }
     leases-expiry           = { collection = "leases", fields = ["deployment_id", "expires_at"] }
-    audit-instance-timeline = { collection = "audit", fields = ["deployment_id", "instance_id", "at"] }
+    audit-recent            = { collection = "audit", fields = ["deployment_id", "at:desc"] }
+    audit-instance-timeline = { collection = "audit", fields = ["deployment_id", "instance_id", "at:desc"] }
   }
 
   # Records that expire on their own: TTL on `expire_at` (written by the store as now + RETENTION).
@@ -60,8 +61,8 @@ resource "google_firestore_index" "index" {
   dynamic "fields" {
     for_each = each.value.fields
     content {
-      field_path = fields.value
-      order      = "ASCENDING"
+      field_path = split(":", fields.value)[0]
+      order      = endswith(fields.value, ":desc") ? "DESCENDING" : "ASCENDING"
     }
   }
 }

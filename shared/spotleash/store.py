@@ -307,12 +307,16 @@ class FirestoreStore:
         self._wrap(lambda: self.client.collection("audit").add(entry))
 
     def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """The newest ``limit`` entries (of one instance), oldest first."""
         q: Any = self.client.collection("audit").where(
             filter=FieldFilter("deployment_id", "==", self.deployment_id))
         if instance_id:
             q = q.where(filter=FieldFilter("instance_id", "==", instance_id))
-        docs = self._wrap(lambda: list(q.limit(limit).stream()))
-        return sorted((d.to_dict() for d in docs), key=lambda e: e["at"])
+        # the newest ``limit`` in the query itself (Terraform's audit indexes serve it), oldest first
+        newest = q.order_by("at", direction=firestore.Query.DESCENDING).limit(limit)
+        docs = self._wrap(lambda: list(newest.stream()))
+        self.reads += len(docs)
+        return [d.to_dict() for d in reversed(docs)]
 
     def put_budget(self, data: dict[str, Any]) -> None:
         self._wrap(lambda: self.client.collection("budget").document(self.deployment_id).set(data))

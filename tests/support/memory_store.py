@@ -285,7 +285,9 @@ class MemoryStore:
             found = [dict(e) for e in self._audit
                      if e["deployment_id"] == self.deployment_id
                      and (not instance_id or e.get("instance_id") == instance_id)]
-        return sorted(found[:limit], key=lambda e: e["at"])
+            newest = sorted(found, key=lambda e: e["at"])[-limit:] if limit > 0 else []
+            self.reads += len(newest)
+        return newest
 
     @_scripted
     def put_budget(self, data: dict[str, Any]) -> None:

@@ -287,6 +287,15 @@ class StoreContract:
                                                              ("reap", "heartbeat_lost")]
         assert mine[1]["detail"] == "late" and everything[1]["instances"] == ["sl-a"]
 
+    def test_audit_entries_are_the_newest_up_to_the_limit_oldest_first(self, store: ContractStore) -> None:
+        for i in (3, 11, 0, 7, 9, 1, 10, 5, 2, 8, 4, 6):  # written out of time order
+            store.audit("reap", f"r{i}", at(i), instance_id="sl-a" if i % 2 else "sl-b")
+        before = store.reads
+        assert [e["reason"] for e in store.audit_entries(limit=5)] == ["r7", "r8", "r9", "r10", "r11"]
+        assert store.reads - before == 5  # the limit is in the query: five documents read, not twelve
+        assert [e["reason"] for e in store.audit_entries("sl-a", limit=2)] == ["r9", "r11"]
+        assert len(store.audit_entries()) == 12
+
     def test_budget_is_per_deployment(self, store: ContractStore, make_store: MakeStore) -> None:
         assert store.get_budget() is None
         store.put_budget({"exceeded": True, "stop_all": False, "cost": 51.5, "at": NOW})

@@ -442,10 +442,14 @@ def test_ttl_on_audit_and_events() -> None:
 def test_composite_indexes_name_fields_the_store_really_queries() -> None:
     store = (ROOT / "shared" / "spotleash" / "store.py").read_text()
     queried = set(re.findall(r'FieldFilter\("(\w+)"', store))
+    ordered = set(re.findall(r'order_by\("(\w+)", direction=firestore\.Query\.DESCENDING', store))
     indexes = TFDOC["locals"]["firestore_indexes"]
     for name, spec in indexes.items():
-        fields = set(spec["fields"]) - {"at"}  # audit's order field: the store sorts by it
+        fields = {f for f in spec["fields"] if not f.endswith(":desc")}
+        descending = {f.removesuffix(":desc") for f in spec["fields"] if f.endswith(":desc")}
         assert fields <= queried, f"index {name} covers fields no query uses: {fields - queried}"
+        assert descending <= ordered, f"index {name} orders by fields no query orders by: {descending - ordered}"
+    assert ["deployment_id", "instance_id", "at:desc"] in [s["fields"] for s in indexes.values()]
     assert ["deployment_id", "state", "deadline"] in [s["fields"] for s in indexes.values()]
     db = resources("google_firestore_database")["main"]
     assert db["type"] == "FIRESTORE_NATIVE"
