@@ -111,9 +111,10 @@ def cost_command(settings: Settings, since: str | None, json_out: bool, *, store
         from spotleash.store import FirestoreStore
 
         store = FirestoreStore.from_settings(settings)
-    from spotleash.pricing.book import PriceBook
+    from spotleash.pricing.book import PriceBook, PriceCache
 
-    book = PriceBook.from_settings(settings, lambda: now)  # asked only for a GCE record launched without a price
+    # asked only for a GCE record launched without a price; cached in Firestore when the store is
+    book = PriceBook.from_settings(settings, lambda: now, store if isinstance(store, PriceCache) else None)
     ledger = ledger_since(store, start, now, price=book.lookup)
     if json_out:
         print(json.dumps(ledger.to_json()))

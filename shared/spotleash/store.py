@@ -5,7 +5,9 @@ same protocol in memory; ``tests/support/store_contract.py`` holds both to the s
 Collections: ``instances`` (InstanceRecord, doc id = instance_id), ``leases`` (Lease), ``events``
 (dedup marks), ``rejected`` (bad input with its reason), ``audit`` (every decision and action),
 ``budget`` (the latest billing alert), ``snapshots`` (SnapshotRecord, doc id = snapshot_id),
-``hibernations`` (Hibernation, doc id = lease_id), ``restore_pins`` (RestorePin, doc id = lease_id). Transactions stay short: the emulator locks pessimistically.
+``hibernations`` (Hibernation, doc id = lease_id), ``restore_pins`` (RestorePin, doc id = lease_id), ``prices``
+(the Spot price cache: CachedPrice, doc id = ``machine@region``, shared by every deployment of the project).
+Transactions stay short: the emulator locks pessimistically.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from spotleash.config import Settings
 from spotleash.errors import Transient
 from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
+from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
@@ -325,6 +328,18 @@ class FirestoreStore:
         snap = self._wrap(lambda: self.client.collection("budget").document(self.deployment_id).get())
         self.reads += 1
         return snap.to_dict() if snap.exists else None
+
+    # ---------------------------------------------------------------- the price cache (spotleash.pricing.book)
+    def _price_doc(self, machine: str, region: str) -> Any:
+        return self.client.collection("prices").document(f"{machine}@{region}".replace("/", "_"))
+
+    def cached_price(self, machine: str, region: str) -> CachedPrice | None:
+        snap = self._wrap(lambda: self._price_doc(machine, region).get())
+        self.reads += 1
+        return CachedPrice.model_validate(snap.to_dict()) if snap.exists else None
+
+    def put_price(self, price: CachedPrice) -> None:
+        self._wrap(lambda: self._price_doc(price.machine, price.region).set(price.model_dump(mode="python")))
 
     # ---------------------------------------------------------------- snapshots
     def put_snapshot(self, snap: SnapshotRecord) -> None:

@@ -17,9 +17,7 @@ from google.cloud import billing_v1
 from local_emulator.billing import BillingServer, catalog_client, control_call
 from local_emulator.billing.models import COMPUTE_ID
 from local_emulator.procs import free_port, spawn, wait_ready
-from spotleash.config import Settings
 from spotleash.errors import ProviderPermanent, ProviderTransient
-from spotleash.pricing.book import CACHE_NAME, PriceBook, read_cache
 from spotleash.pricing.catalog import fetch_sheet
 
 pytestmark = pytest.mark.emulator
@@ -120,29 +118,6 @@ def test_the_adapter_translates_errors(fake: BillingServer, client: Any) -> None
     control_call(fake.address, "AddFault", {"operation": "ListServices", "status": 403})
     with pytest.raises(ProviderPermanent, match="Billing Catalog"):
         fetch_sheet(client, NOW)
-
-
-def test_the_price_book_quotes_from_the_fake_and_follows_a_price_change(fake: BillingServer, tmp_path: Path) -> None:
-    settings = Settings(billing_endpoint=fake.address, state_dir=tmp_path)
-    clock = [NOW]
-    book = PriceBook.from_settings(settings, lambda: clock[0])
-    # e2-highmem-4 in us-central1: 4 x 0.006543 + 32 x 0.000877 = 0.054236
-    q = book.quote("e2-highmem-4", "us-central1")
-    assert q.usd_per_hour == pytest.approx(0.054236) and q.source == "catalog 2026-11-03"
-    # in Belgium: 4 x round(0.006543 x 1.099, 9) + 32 x round(0.000877 x 1.099, 9) = 0.028763028 + 0.030842336
-    assert book.quote("e2-highmem-4", "europe-west1").usd_per_hour == pytest.approx(0.059605)
-    # n2-standard-8 in Japan: 8 x 0.007673 x 1.284 + 32 x 0.001029 x 1.284
-    assert book.quote("n2-standard-8", "asia-northeast1").usd_per_hour == pytest.approx(
-        8 * 0.007673 * 1.284 + 32 * 0.001029 * 1.284, abs=1e-6)
-    cached = read_cache(tmp_path / CACHE_NAME)
-    assert cached is not None and cached.fetched_at == NOW
-    control_call(fake.address, "SetPrice", {"description": "Spot Preemptible E2 Instance Core running in Americas",
-                                            "usd": 0.01})
-    assert book.quote("e2-highmem-4", "us-central1").usd_per_hour == pytest.approx(0.054236)  # cached a day
-    clock[0] += timedelta(days=1, seconds=1)
-    assert book.quote("e2-highmem-4", "us-central1").usd_per_hour == pytest.approx(4 * 0.01 + 32 * 0.000877)
-    calls = [c["method"] for c in control_call(fake.address, "Calls")]
-    assert calls.count("ListSkus") == 2 and calls.count("ListServices") == 2
 
 
 def test_the_fake_runs_as_its_own_process(tmp_path: Path) -> None:

@@ -91,7 +91,10 @@ def test_cost_json_and_table_from_firestore(firestore_host: str, tmp_path: Path,
                                               abs=1e-5)
     assert table.returncode == 0, table.stderr
     assert "sl-eu *" in table.stdout and "priced from catalog" in table.stdout and "sl-other" not in table.stdout
-    assert (tmp_path / "prices.json").is_file()  # the sheet is cached with its date
+    cached = store.cached_price("e2-highmem-4", "europe-west1")  # the price is cached in Firestore with its date
+    assert cached is not None and cached.usd_per_hour == pytest.approx(0.059605, abs=1e-6)
+    assert rows["sl-eu"]["rate_source"] == cached.label
+    assert not (tmp_path / "prices.json").exists()  # no per-machine file any more
 
 
 def test_a_bad_since_exits_2_with_one_sentence(tmp_path: Path) -> None:

@@ -164,7 +164,8 @@ def test_billing_catalog_prices_spot_machines(running: stack.StackInfo, tmp_path
 
     endpoint = stack.read_env(running.state_dir)["SPOTLEASH_BILLING_ENDPOINT"]
     assert endpoint.startswith("127.0.0.1:")
-    book = PriceBook.from_settings(Settings(billing_endpoint=endpoint, state_dir=tmp_path), lambda: datetime.now(UTC))
+    book = PriceBook.from_settings(Settings(billing_endpoint=endpoint, state_dir=tmp_path), lambda: datetime.now(UTC),
+                                   None)
     q = book.quote("e2-highmem-4", "europe-west4")  # 4 x 0.006543 x 1.094 + 32 x 0.000877 x 1.094
     assert q.from_catalog and q.usd_per_hour == pytest.approx(4 * 0.006543 * 1.094 + 32 * 0.000877 * 1.094, abs=1e-6)
 

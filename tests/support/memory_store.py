@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
+from spotleash.pricing.sheet import CachedPrice
 from spotleash.store import RETENTION
 
 if TYPE_CHECKING:
@@ -70,6 +71,7 @@ class _Tables:
     snapshots: dict[str, dict[str, Any]] = field(default_factory=dict)
     hibernations: dict[str, dict[str, Any]] = field(default_factory=dict)
     pins: dict[str, dict[str, Any]] = field(default_factory=dict)
+    prices: dict[tuple[str, str], CachedPrice] = field(default_factory=dict)  # shared by deployments, as in Firestore
 
 
 class MemoryStore:
@@ -300,6 +302,18 @@ class MemoryStore:
             self.reads += 1
             data = self._budget.get(self.deployment_id)
         return dict(data) if data is not None else None
+
+    # ---------------------------------------------------------------- the price cache
+    @_scripted
+    def cached_price(self, machine: str, region: str) -> CachedPrice | None:
+        with self._lock:
+            self.reads += 1
+            return self._db.prices.get((machine, region))
+
+    @_scripted
+    def put_price(self, price: CachedPrice) -> None:
+        with self._lock:
+            self._db.prices[(price.machine, price.region)] = price
 
     # ---------------------------------------------------------------- snapshots
     @_scripted

@@ -30,6 +30,7 @@ from spotleash.model import (
     new_record,
     transition,
 )
+from spotleash.pricing.sheet import CachedPrice
 from spotleash.store import Store
 
 NOW = datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)  # microseconds: both must keep them
@@ -43,6 +44,8 @@ class ContractStore(Store, Protocol):
     def all_instances(self, limit: int | None = None) -> list[InstanceRecord]: ...
     def rejected(self, limit: int = 1000) -> list[dict[str, Any]]: ...
     def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
+    def cached_price(self, machine: str, region: str) -> CachedPrice | None: ...
+    def put_price(self, price: CachedPrice) -> None: ...
 
 
 MakeStore = Callable[[str], ContractStore]
@@ -295,6 +298,18 @@ class StoreContract:
         assert store.reads - before == 5  # the limit is in the query: five documents read, not twelve
         assert [e["reason"] for e in store.audit_entries("sl-a", limit=2)] == ["r9", "r11"]
         assert len(store.audit_entries()) == 12
+
+    def test_cached_prices_round_trip_per_machine_and_region(self, store: ContractStore,
+                                                             make_store: MakeStore) -> None:
+        price = CachedPrice(machine="e2-highmem-4", region="europe-west4", usd_per_hour=0.0593, fetched_at=NOW)
+        assert store.cached_price("e2-highmem-4", "europe-west4") is None
+        store.put_price(price)
+        assert store.cached_price("e2-highmem-4", "europe-west4") == price
+        assert store.cached_price("e2-highmem-4", "us-central1") is None
+        assert make_store("dep-other").cached_price("e2-highmem-4", "europe-west4") == price  # prices are the project's
+        newer = price.model_copy(update={"usd_per_hour": 0.06, "fetched_at": at(86400)})
+        store.put_price(newer)
+        assert store.cached_price("e2-highmem-4", "europe-west4") == newer
 
     def test_budget_is_per_deployment(self, store: ContractStore, make_store: MakeStore) -> None:
         assert store.get_budget() is None

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
+from tests.support.memory_store import MemoryStore
 
-from spotleash.errors import ProviderPermanent, ProviderTransient
+from spotleash.errors import ProviderPermanent, ProviderTransient, Transient
 from spotleash.policy import SPOT_PRICE
-from spotleash.pricing.book import CACHE_NAME, PriceBook, read_cache
+from spotleash.pricing.book import PriceBook
 from spotleash.pricing.sheet import (
+    CachedPrice,
     FamilyRate,
     PriceSheet,
     Shape,
@@ -106,37 +106,43 @@ class Catalog:
         return a.model_copy(update={"fetched_at": now})
 
 
-def test_the_book_reads_the_catalog_once_and_caches_it_with_its_date(tmp_path: Path) -> None:
-    clock, cat = Clock(), Catalog(sheet())
-    book = PriceBook(tmp_path / CACHE_NAME, cat, clock)
+def test_the_book_reads_the_catalog_once_and_caches_each_price_with_its_date() -> None:
+    clock, cat, store = Clock(), Catalog(sheet()), MemoryStore()
+    book = PriceBook(store, cat, clock)
     # e2-highmem-4: 4 x 0.01 + 32 x 0.001 = 0.072
     assert book.quote("e2-highmem-4", "us-central1").usd_per_hour == pytest.approx(0.072)
     clock.now += timedelta(hours=23)
     assert book.quote("e2-highmem-2", "us-central1").usd_per_hour == pytest.approx(0.036)
-    assert cat.calls == 1
-    cached = read_cache(tmp_path / CACHE_NAME)
-    assert cached is not None and cached.fetched_at == T0
-    assert json.loads((tmp_path / CACHE_NAME).read_text())["fetched_at"].startswith("2026-11-03")
-    # another process (a new book) uses the cache without asking the catalog
-    other = PriceBook(tmp_path / CACHE_NAME, Catalog(), clock)
+    assert cat.calls == 1  # one catalog read prices every machine and region for the day
+    assert store.cached_price("e2-highmem-4", "us-central1") == CachedPrice(
+        machine="e2-highmem-4", region="us-central1", usd_per_hour=0.072, fetched_at=T0)
+    two = store.cached_price("e2-highmem-2", "us-central1")
+    assert two is not None and two.fetched_at == T0 and two.label == "catalog 2026-11-03"
+    # another process (a new book on the same store) uses the cache without asking the catalog
+    other = PriceBook(store, Catalog(), clock)
     assert other.quote("e2-highmem-4", "us-central1").source == "catalog 2026-11-03"
+    reads = store.reads
+    other.quote("e2-highmem-4", "us-central1")
+    assert store.reads == reads  # and keeps what it read while it is fresh
 
 
-def test_a_stale_cache_is_refreshed(tmp_path: Path) -> None:
-    clock, cat = Clock(), Catalog(sheet(), sheet(e2=FamilyRate(core=0.02, ram=0.002)))
-    book = PriceBook(tmp_path / CACHE_NAME, cat, clock)
-    book.quote("e2-highmem-4", "us-central1")
+def test_a_stale_cache_is_refreshed() -> None:
+    clock, store = Clock(), MemoryStore()
+    PriceBook(store, Catalog(sheet()), clock).quote("e2-highmem-4", "us-central1")
     clock.now += timedelta(hours=25)
-    q = book.quote("e2-highmem-4", "us-central1")
-    assert cat.calls == 2 and q.usd_per_hour == pytest.approx(0.144) and q.source == "catalog 2026-11-04"
+    cat = Catalog(sheet(e2=FamilyRate(core=0.02, ram=0.002)))
+    q = PriceBook(store, cat, clock).quote("e2-highmem-4", "us-central1")
+    assert cat.calls == 1 and q.usd_per_hour == pytest.approx(0.144) and q.source == "catalog 2026-11-04"
+    cached = store.cached_price("e2-highmem-4", "us-central1")
+    assert cached is not None and cached.fetched_at == clock.now and cached.usd_per_hour == pytest.approx(0.144)
 
 
-def test_an_unreadable_catalog_falls_back_to_the_stale_cache_then_waits_before_asking_again(tmp_path: Path) -> None:
-    clock = Clock()
-    PriceBook(tmp_path / CACHE_NAME, Catalog(sheet()), clock).quote("e2-highmem-4", "us-central1")
+def test_an_unreadable_catalog_falls_back_to_the_stale_cache_then_waits_before_asking_again() -> None:
+    clock, store = Clock(), MemoryStore()
+    PriceBook(store, Catalog(sheet()), clock).quote("e2-highmem-4", "us-central1")
     clock.now += timedelta(days=40)
     cat = Catalog(ProviderTransient("Billing Catalog: 503"), sheet())
-    book = PriceBook(tmp_path / CACHE_NAME, cat, clock)
+    book = PriceBook(store, cat, clock)
     q = book.quote("e2-highmem-4", "us-central1")
     assert q.source == "catalog 2026-11-03" and q.usd_per_hour == pytest.approx(0.072)  # dated: 40 days old
     assert book.last_error == "Billing Catalog: 503"
@@ -147,29 +153,32 @@ def test_an_unreadable_catalog_falls_back_to_the_stale_cache_then_waits_before_a
     assert book.quote("e2-highmem-4", "us-central1").source == "catalog 2026-12-13" and cat.calls == 2
 
 
-def test_no_catalog_and_no_cache_means_the_labelled_builtin_table(tmp_path: Path) -> None:
-    book = PriceBook(tmp_path / CACHE_NAME, Catalog(ProviderPermanent("no credentials")), Clock())
+def test_no_catalog_and_no_cache_means_the_labelled_builtin_table() -> None:
+    store = MemoryStore()
+    book = PriceBook(store, Catalog(ProviderPermanent("no credentials")), Clock())
     q = book.quote("e2-highmem-4", "europe-west1")
     assert q.usd_per_hour == SPOT_PRICE["e2-highmem-4"] and q.source.startswith("builtin table")
     assert book.lookup("e2-highmem-4", "europe-west1") == (q.usd_per_hour, q.source)
+    assert store.cached_price("e2-highmem-4", "europe-west1") is None  # the fallback is never cached
 
 
-def test_a_region_the_catalog_lacks_is_priced_by_the_builtin_table(tmp_path: Path) -> None:
-    book = PriceBook(tmp_path / CACHE_NAME, Catalog(sheet()), Clock())
+def test_a_region_the_catalog_lacks_is_priced_by_the_builtin_table() -> None:
+    book = PriceBook(MemoryStore(), Catalog(sheet()), Clock())
     assert book.quote("e2-highmem-4", "me-central2").source == "builtin table (us-central1, used for me-central2)"
 
 
-def test_a_corrupt_cache_is_ignored_and_rewritten(tmp_path: Path) -> None:
-    path = tmp_path / CACHE_NAME
-    path.write_text("{not json")
-    book = PriceBook(path, Catalog(sheet()), Clock())
-    assert book.quote("e2-highmem-4", "us-central1").from_catalog
-    assert read_cache(path) is not None
-
-
-def test_an_unwritable_cache_costs_nothing_but_a_reread(tmp_path: Path) -> None:
-    blocker = tmp_path / "file"
-    blocker.write_text("")
-    cat = Catalog(sheet())
-    book = PriceBook(blocker / CACHE_NAME, cat, Clock())  # its parent is a file: cannot be written
+def test_a_cache_that_cannot_be_read_or_written_costs_a_catalog_read_nothing_else() -> None:
+    store, cat = MemoryStore(), Catalog(sheet())
+    store.fail("cached_price", Transient("firestore: 503"))
+    store.fail("put_price", Transient("firestore: 503"))
+    book = PriceBook(store, cat, Clock())
     assert book.quote("e2-highmem-4", "us-central1").from_catalog and cat.calls == 1
+    assert store.cached_price("e2-highmem-4", "us-central1") is None  # the write failed, the quote did not
+
+
+def test_without_a_cache_the_book_keeps_the_sheet_in_memory() -> None:
+    clock, cat = Clock(), Catalog(sheet(), ProviderTransient("503"))
+    book = PriceBook(None, cat, clock)
+    assert book.quote("e2-highmem-4", "us-central1").from_catalog
+    clock.now += timedelta(days=2)  # stale, and the catalog is down: the old read, dated, beats the table
+    assert book.quote("e2-highmem-4", "us-central1").source == "catalog 2026-11-03" and cat.calls == 2

@@ -25,9 +25,9 @@ def state_source(store: DashboardStore, monthly_budget_usd: float, *, price: Pri
 
 def cloud_state(settings: Settings, store: DashboardStore) -> Callable[[], dict[str, Any]]:
     """The view as the deployment sees it (Firestore, Spot prices from the Billing Catalog for unpriced records)."""
-    from spotleash.pricing.book import PriceBook
+    from spotleash.pricing.book import PriceBook, PriceCache
 
-    book = PriceBook.from_settings(settings, utcnow)
+    book = PriceBook.from_settings(settings, utcnow, store if isinstance(store, PriceCache) else None)
     return state_source(store, settings.monthly_budget_usd, price=book.lookup)
 
 

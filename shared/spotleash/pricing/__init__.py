@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from spotleash.pricing.book import PriceBook
-from spotleash.pricing.sheet import PriceSheet, Quote, builtin_quote, machine_shape, quote
+from spotleash.pricing.book import PriceBook, PriceCache
+from spotleash.pricing.sheet import CachedPrice, PriceSheet, Quote, builtin_quote, machine_shape, quote
 
-__all__ = ["PriceBook", "PriceSheet", "Quote", "builtin_quote", "machine_shape", "quote"]
+__all__ = ["CachedPrice", "PriceBook", "PriceCache", "PriceSheet", "Quote", "builtin_quote", "machine_shape", "quote"]

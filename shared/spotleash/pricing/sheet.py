@@ -71,6 +71,25 @@ class PriceSheet(BaseModel):
         return f"catalog {self.fetched_at.date().isoformat()}"
 
 
+class CachedPrice(BaseModel):
+    """One machine type's Spot price in one region, as read from the catalog on ``fetched_at`` (cached as is)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    machine: str
+    region: str
+    usd_per_hour: float
+    fetched_at: AwareDatetime
+    source: Literal["catalog"] = "catalog"
+
+    @property
+    def label(self) -> str:
+        return f"catalog {self.fetched_at.date().isoformat()}"
+
+    def quote(self) -> Quote:
+        return Quote(self.usd_per_hour, self.label)
+
+
 @dataclass(frozen=True)
 class Quote:
     usd_per_hour: float

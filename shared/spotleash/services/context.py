@@ -38,8 +38,8 @@ class Context:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
-        return cls(settings=settings, store=FirestoreStore.from_settings(settings),
-                   prices=PriceBook.from_settings(settings, utcnow))
+        store = FirestoreStore.from_settings(settings)
+        return cls(settings=settings, store=store, prices=PriceBook.from_settings(settings, utcnow, store))
 
     def provider(self, name: str) -> Provider:
         if name not in self.providers:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from tests.support.builders import MakeCtx, demand, open_lease, put_record, record_of
@@ -13,27 +12,29 @@ from tests.support.memory_store import MemoryStore
 from spotleash.ledger import month_to_date
 from spotleash.model import State
 from spotleash.policy import SPOT_PRICE, LaunchPlan, plan_launch
-from spotleash.pricing.book import CACHE_NAME, PriceBook
+from spotleash.pricing.book import PriceBook
 from spotleash.pricing.sheet import FamilyRate, PriceSheet
 from spotleash.services.context import Context
 from spotleash.services.launch import gather_facts, handle_demand
 
 
-def book(tmp_path: Path, clock: FakeClock, region: str = "europe-west4") -> PriceBook:
+def book(store: MemoryStore, clock: FakeClock, region: str = "europe-west4") -> PriceBook:
     sheet = PriceSheet(source="catalog", fetched_at=clock.now,
                        rates={region: {"e2": FamilyRate(core=0.0075, ram=0.001)}})
-    return PriceBook(tmp_path / CACHE_NAME, lambda now: sheet.model_copy(update={"fetched_at": now}), clock)
+    return PriceBook(store, lambda now: sheet.model_copy(update={"fetched_at": now}), clock)
 
 
 def test_a_launch_is_priced_with_the_catalog_in_the_region_of_its_zones(make_ctx: MakeCtx, clock: FakeClock,
-                                                                      tmp_path: Path) -> None:
+                                                                      store: MemoryStore) -> None:
     ctx = make_ctx(zones=["europe-west4-a", "europe-west4-b"])
-    ctx.prices = book(tmp_path, clock)
+    ctx.prices = book(store, clock)
     open_lease(ctx)
     plan = plan_launch(demand(ram_gb=8.0), gather_facts(ctx, "lease-1", clock.now), ctx.settings, clock.now)
     # e2-highmem-4 (the configured floor): 4 x 0.0075 + 32 x 0.001 = 0.062 $/h, not the us-central1 table's 0.0528
     assert isinstance(plan, LaunchPlan) and plan.machine == "e2-highmem-4"
     assert plan.price_cap == pytest.approx(0.062)
+    cached = store.cached_price("e2-highmem-4", "europe-west4")  # what the next launch, anywhere, reads
+    assert cached is not None and cached.usd_per_hour == pytest.approx(0.062) and cached.fetched_at == clock.now
 
 
 def test_without_a_price_book_the_builtin_table_prices_the_launch(ctx: Context, clock: FakeClock) -> None:
