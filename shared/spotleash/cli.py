@@ -211,9 +211,10 @@ def status(
 
 def _refresh(s: Settings, store: FirestoreStore, records: list[InstanceRecord]) -> Checked:
     """Ask every configured provider, and Firestore for the records of what they list beyond ``records``."""
-    from spotleash.inventory import check, list_inventories
+    from spotleash.inventory import Listings, check
 
-    inventories = list_inventories(s)
+    with Listings(s) as listings:
+        inventories = listings()
     named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
     return check(records, store.get_many(named - {r.instance_id for r in records}), inventories)
 

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from spotleash.errors import ExitCode
-from spotleash.inventory import Left, left_of_leases, list_inventories
+from spotleash.inventory import Left, Listings, left_of_leases
 from spotleash.polling import WaitTimeout, wait_until
 
 if TYPE_CHECKING:
@@ -83,12 +83,12 @@ def down_command(settings: Settings, store: FirestoreStore, lease_ids: list[str]
         publish(lid)
         human.print(f"release published for lease {lid}")
 
-    def look() -> list[Left]:
-        live = [r for lid in lease_ids for r in store.instances_of_lease(lid)]
-        return left_of_leases(live, list_inventories(settings), lease_ids)
-
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=human, transient=True) as progress:
+    with Listings(settings) as listings, Progress(*columns, console=human, transient=True) as progress:
+        def look() -> list[Left]:
+            live = [r for lid in lease_ids for r in store.instances_of_lease(lid)]
+            return left_of_leases(live, listings(), lease_ids)
+
         result = wait_gone(lease_ids, look, timeout_s=timeout_s, progress=progress)
     if json_out:
         print(json.dumps(result.as_json()))

@@ -31,22 +31,37 @@ def take_inventory(provider: Provider, name: str, deployment_id: str) -> Invento
         return Inventory(name, False, (), str(e))
 
 
-def list_inventories(settings: Settings, names: Iterable[str] | None = None) -> dict[str, Inventory]:
-    """Every configured provider's listing (a provider that cannot even be built is unknown too)."""
-    out: dict[str, Inventory] = {}
-    for name in names if names is not None else enabled_providers(settings):
-        try:
-            provider = build_provider(name, settings)
-        except (SpotleashError, OSError, ValueError) as e:
-            out[name] = Inventory(name, False, (), f"cannot reach {name}: {e}")
-            continue
-        try:
-            out[name] = take_inventory(provider, name, settings.deployment_id)
-        finally:
-            close = getattr(provider, "close", None)
+class Listings:
+    """Every configured provider, built once and listed on each call (``down`` lists them every poll).
+
+    A provider that cannot even be built is listed as unknown, with the reason."""
+
+    def __init__(self, settings: Settings, names: Iterable[str] | None = None) -> None:
+        self.deployment_id = settings.deployment_id
+        self.providers: dict[str, Provider] = {}
+        self.unbuilt: dict[str, str] = {}
+        for name in names if names is not None else enabled_providers(settings):
+            try:
+                self.providers[name] = build_provider(name, settings)
+            except (SpotleashError, OSError, ValueError) as e:
+                self.unbuilt[name] = f"cannot reach {name}: {e}"
+
+    def __call__(self) -> dict[str, Inventory]:
+        out = {name: Inventory(name, False, (), why) for name, why in self.unbuilt.items()}
+        out.update((name, take_inventory(p, name, self.deployment_id)) for name, p in self.providers.items())
+        return out
+
+    def close(self) -> None:
+        for p in self.providers.values():
+            close = getattr(p, "close", None)  # the VAST provider holds an HTTP client
             if callable(close):
                 close()
-    return out
+
+    def __enter__(self) -> Listings:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _match(rec: InstanceRecord, inv: Inventory) -> ProviderInstance | None:

@@ -9,9 +9,10 @@ from rich.console import Console
 from rich.progress import Progress
 from tests.support.fake_provider import FakeProvider
 
+from spotleash.config import Settings
 from spotleash.down_cli import wait_gone
 from spotleash.errors import ExitCode, ProviderTransient
-from spotleash.inventory import Left, check, left_of_leases, provider_says, take_inventory
+from spotleash.inventory import Left, Listings, check, left_of_leases, provider_says, take_inventory
 from spotleash.model import InstanceRecord, State, new_record, transition
 from spotleash.providers.base import Inventory, ProviderInstance, ProviderStatus, ownership_labels
 
@@ -100,3 +101,9 @@ def test_down_reports_what_is_left_at_its_timeout_with_exit_3() -> None:
     assert result.exit_code == ExitCode.LEFT_RUNNING == 3
     assert result.as_json()["left"] == [{"instance_id": "a", "provider": "gce", "provider_id": "vm-a",
                                          "why": "the provider lists it (RUNNING)"}]
+
+
+def test_a_provider_that_cannot_be_built_is_listed_as_unknown() -> None:
+    with Listings(Settings(), names=["no-such-provider"]) as listings:
+        inv = listings()["no-such-provider"]
+    assert inv.ok is False and inv.instances == () and "unknown provider" in str(inv.error)
