@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,11 +46,12 @@ class DownResult:
 
 
 def wait_gone(lease_ids: list[str], look: Callable[[], list[Left]], *, timeout_s: float, progress: Progress,
-              poll_s: float = POLL_S) -> DownResult:
-    """Poll ``look`` until it finds nothing left of the leases or ``timeout_s`` passes."""
+              before: Sequence[Left] = (), poll_s: float = POLL_S) -> DownResult:
+    """Poll ``look`` until it finds nothing left of the leases or ``timeout_s`` passes. ``before``: what the
+    leases had before their release (what ``gone`` counts, with whatever a look saw after)."""
     started = time.monotonic()
     result = DownResult(leases=lease_ids, timeout_s=timeout_s)
-    seen: set[str] = set()
+    seen: set[str] = {x.instance_id for x in before if x.instance_id}
     task = progress.add_task("asking Firestore and the providers", total=None)
     last: list[Left] = []
 
@@ -79,17 +80,17 @@ def down_command(settings: Settings, store: FirestoreStore, lease_ids: list[str]
                  json_out: bool, publish: Callable[[str], None]) -> int:
     """Release ``lease_ids`` and wait for the providers; human text on stderr when ``json_out``."""
     human = Console(stderr=json_out)
-    for lid in lease_ids:
-        publish(lid)
-        human.print(f"release published for lease {lid}")
-
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with Listings(settings) as listings, Progress(*columns, console=human, transient=True) as progress:
         def look() -> list[Left]:
             live = [r for lid in lease_ids for r in store.instances_of_lease(lid)]
             return left_of_leases(live, listings(), lease_ids)
 
-        result = wait_gone(lease_ids, look, timeout_s=timeout_s, progress=progress)
+        before = look()  # what the release is for: a deletion faster than the first poll still counts as gone
+        for lid in lease_ids:
+            publish(lid)
+            progress.console.print(f"release published for lease {lid}")
+        result = wait_gone(lease_ids, look, timeout_s=timeout_s, progress=progress, before=before)
     if json_out:
         print(json.dumps(result.as_json()))
     if result.left:

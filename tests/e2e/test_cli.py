@@ -121,7 +121,7 @@ def test_status_refresh_asks_the_provider_and_down_waits_for_it(local_stack: obj
             down = cli("down", "--lease-id", lid, "--timeout", "30", "--json")
             assert down.returncode == 3, down.stderr
             result = json.loads(down.stdout)
-            assert result["ok"] is False and rec.instance_id in result["gone"]
+            assert result["ok"] is False and rec.instance_id in result["gone"], down.stdout
             assert [x["provider_id"] for x in result["left"]] == [stray]
             assert "left after" in down.stderr
     finally:

@@ -92,6 +92,10 @@ def test_down_waits_until_nothing_is_left_and_says_what_went() -> None:
         result = wait_gone(["lease-1"], lambda: next(looks), timeout_s=60, progress=progress, poll_s=0)
     assert result.exit_code == ExitCode.OK and result.gone == ["a", "b"] and result.left == []
     assert result.as_json()["ok"] is True
+    # an instance gone before the first look still counts: ``before`` is what the release was for
+    with Progress(console=Console(file=io.StringIO())) as progress:
+        fast = wait_gone(["lease-1"], lambda: [], timeout_s=60, progress=progress, before=[a, b], poll_s=0)
+    assert fast.gone == ["a", "b"] and fast.exit_code == ExitCode.OK
 
 
 def test_down_reports_what_is_left_at_its_timeout_with_exit_3() -> None:
