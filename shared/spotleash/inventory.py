@@ -84,7 +84,8 @@ class ProviderSays:
         return asdict(self)
 
     def cell(self) -> str:
-        text = {"listed": f"{self.status} ({self.native_status})" if self.native_status else str(self.status),
+        native = f" ({self.native_status})" if self.native_status not in (None, self.status) else ""
+        text = {"listed": f"{self.status}{native}",
                 "gone": "gone", "not_created": "-", "unknown": "unknown"}[self.listing]
         return f"[red]{text}: {self.flag}[/]" if self.flag else text
 

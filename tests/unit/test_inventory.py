@@ -49,6 +49,8 @@ def test_the_provider_view_of_each_record_flags_only_disagreements() -> None:
     assert ended_but_there.listing == "listed" and "Firestore says TERMINATED" in str(ended_but_there.flag)
     vanished = provider_says(rec("b", provider_id="vm-b"), inv)
     assert vanished.listing == "gone" and vanished.flag == "the provider no longer has it"
+    assert vanished.cell() == "[red]gone: the provider no longer has it[/]"
+    assert provider_says(rec("a", provider_id="vm-a"), inv).cell() == "RUNNING"
     assert provider_says(rec("c", State.TERMINATED, provider_id="vm-c"), inv).flag is None  # gone, as recorded
     assert provider_says(rec("d", State.REQUESTED), inv).listing == "not_created"
     failed = {"gce": Inventory("gce", False, (), "503 from compute")}
