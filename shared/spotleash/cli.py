@@ -178,8 +178,8 @@ def status(
                                "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
                                               **v} for n, v in routes.items()}}
         if checked is not None:
-            for row, r in zip(rows, records, strict=True):
-                row["provider_says"] = checked.says[r.instance_id].as_json()
+            for as_json, r in zip(rows, records, strict=True):
+                as_json["provider_says"] = checked.says[r.instance_id].as_json()
             out["unrecorded"] = [u.as_json() for u in checked.unrecorded]
             out["providers"] = checked.providers_json()
         print(json.dumps(out))
