@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 from tests.support.memory_store import MemoryStore
 
-from spotleash.dashboard.view import NO_HIBERNATION, NO_ROUTES, build_view, gather
+from spotleash.dashboard.view import NO_ROUTES, build_view, gather
 from spotleash.events import ComponentReport
 from spotleash.ledger import month_to_date
-from spotleash.model import InstanceRecord, Lease, State
+from spotleash.model import Hibernation, InstanceRecord, Lease, RequestedSnapshot, State
 
 NOW = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)
 DEP = "dep-dash"
@@ -116,10 +116,56 @@ def test_deletions_with_reasons_and_rejected_events_newest_first() -> None:
     assert "raw" not in v["rejected"][0]  # the bytes stay in the store
 
 
-def test_without_sources_routes_and_hibernation_say_not_available() -> None:
+def test_without_a_route_source_routes_say_not_available() -> None:
     v = view_of(seeded())
     assert v["routes"] == {"available": False, "reason": NO_ROUTES, "components": {}}
-    assert v["hibernated"] == {"available": False, "reason": NO_HIBERNATION, "leases": []}
+    assert v["hibernated"] == []
+
+
+def hibernation(lease_id: str, *, dep: str = DEP, **more: Any) -> Hibernation:
+    return Hibernation.model_validate({
+        "lease_id": lease_id, "deployment_id": dep, "snapshot_id": f"snap-{lease_id}", "instance_id": f"sl-{lease_id}",
+        "components": ["vision", "chatbots"], "snapshot_created_at": NOW - timedelta(minutes=90, seconds=30),
+        "size_bytes": 123_400_000, "raw_bytes": 400_000_000, "hibernated_at": NOW - timedelta(minutes=88), **more})
+
+
+def test_hibernated_leases_with_components_snapshot_age_and_size() -> None:
+    store = seeded()
+    store.put_hibernation(hibernation("lease-z"))
+    store.put_hibernation(hibernation("lease-h", components=[], size_bytes=0, raw_bytes=0))
+    store.put_hibernation(hibernation("lease-else", dep="dep-else"))  # another deployment's: never shown
+    v = view_of(store)
+    assert [h["lease_id"] for h in v["hibernated"]] == ["lease-h", "lease-z"]
+    assert v["hibernated"][1] == {
+        "lease_id": "lease-z", "state": "HIBERNATED", "snapshot_id": "snap-lease-z", "instance_id": "sl-lease-z",
+        "components": ["vision", "chatbots"], "size_bytes": 123_400_000, "raw_bytes": 400_000_000,
+        "snapshot_created_at": (NOW - timedelta(minutes=90, seconds=30)).isoformat().replace("+00:00", "Z"),
+        "snapshot_age_s": 5430.0,
+        "hibernated_at": (NOW - timedelta(minutes=88)).isoformat().replace("+00:00", "Z"),
+        "hibernated_for_s": 5280.0}
+    assert v["hibernated"][0]["components"] == [] and v["hibernated"][0]["size_bytes"] == 0
+    # a restore removes the document: the next read no longer shows the lease
+    store.delete_hibernation("lease-z")
+    assert [h["lease_id"] for h in view_of(store)["hibernated"]] == ["lease-h"]
+
+
+def test_an_instance_asked_to_hibernate_and_a_replacements_failover_phases() -> None:
+    store = seeded()
+    lost = NOW - timedelta(minutes=10)
+    asked = RequestedSnapshot(request_id="hibernate-1", reason="hibernate", requested_at=NOW - timedelta(seconds=40),
+                              by="heartbeat")
+    store.update("sl-ready", lambda r: r.model_copy(update={"snapshot_request": asked}))
+    store.put(rec("sl-repl", State.READY, running=lost + timedelta(seconds=95), price=0.4, provider="vast",
+                  created_at=lost + timedelta(seconds=20), lost_at=lost, replaces="sl-lost",
+                  first_heartbeat_at=lost + timedelta(seconds=110), restore_s=4.5, ready_at=lost + timedelta(seconds=125),
+                  last_heartbeat=NOW - timedelta(seconds=5)))
+    rows = {i["instance_id"]: i for i in view_of(store)["instances"]}
+    assert rows["sl-ready"]["snapshot_request"] == {"reason": "hibernate",
+                                                    "requested_at": (NOW - timedelta(seconds=40)).isoformat()}
+    assert rows["sl-ready"]["failover"] is None and rows["sl-vast"]["snapshot_request"] is None
+    assert rows["sl-repl"]["failover"] == {"replaces": "sl-lost", "phases": {
+        "detection_s": 20.0, "provisioning_s": 75.0, "boot_s": 15.0, "restore_s": 4.5, "ready_s": 10.5,
+        "total_s": 125.0}}
 
 
 def test_a_route_source_says_where_each_component_goes() -> None:

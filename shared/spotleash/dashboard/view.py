@@ -4,7 +4,9 @@
 document: every live instance with its leash (lease age and expiry, last heartbeat, deadline, components'
 health, where traffic goes when a route source is given), spend today and this month from the cost
 ledger (the figures ``spotleash cost`` and the budget guard use) with one entry per day, the budget and
-its last alert, hibernated leases, the deletions with their reasons and the rejected events.
+its last alert, hibernated leases (the documents of ``hibernations``, shown as ``spotleash status`` shows
+them), the deletions with their reasons and the rejected events. A failover's replacement carries its
+phase timings (``spotleash.failover.phases``), as ``status --json`` does.
 
 Times go out as ISO 8601 (UTC) and ages as seconds at ``now``; the page moves the clocks on between two
 reads by itself.
@@ -17,10 +19,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
+from spotleash.failover import phases
 from spotleash.ledger import PriceLookup, month_to_date
-from spotleash.model import InstanceRecord, Lease
+from spotleash.model import Hibernation, InstanceRecord, Lease
+from spotleash.status_view import hibernated_json
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: ``hibernated`` is the list of hibernated leases (it was a not-available note)
 MAX_ROWS = 50  # deletions and rejected events shown, newest first
 AUDIT_READ = 1000  # audit entries read per refresh
 
@@ -31,7 +35,6 @@ RoutesSource = Callable[[], Mapping[str, Mapping[str, Any]]]
 
 NO_ROUTES = ("the router runs inside `spotleash agent` on the laptop; this view has no route source, "
              "so where traffic goes is not available here")
-NO_HIBERNATION = "this version's model has no hibernated leases: a lease's instances run or are deleted"
 
 
 class DashboardStore(Protocol):
@@ -43,6 +46,7 @@ class DashboardStore(Protocol):
     def billed_since(self, since: datetime) -> list[InstanceRecord]: ...
     def get_lease(self, lease_id: str) -> Lease | None: ...
     def get_budget(self) -> dict[str, Any] | None: ...
+    def hibernations(self) -> list[Hibernation]: ...
     def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]: ...
     def rejected(self, limit: int = 1000) -> list[dict[str, Any]]: ...
 
@@ -60,14 +64,15 @@ class Inputs:
     monthly_budget_usd: float
     audit: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
+    hibernated: list[Hibernation] = field(default_factory=list)
     routes: Mapping[str, Mapping[str, Any]] | None = None  # None: no route source
-    hibernated: list[dict[str, Any]] | None = None  # None: the model has no hibernation
     price: PriceLookup | None = field(default=None, compare=False)
 
 
 def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, price: PriceLookup | None = None,
            routes: RoutesSource | None = None) -> Inputs:
-    """Read what the view needs: live records, this month's billed records, their leases, budget, audit, rejects."""
+    """Read what the view needs: live records, this month's billed records, their leases, budget, hibernated
+    leases, audit, rejects."""
     from spotleash.ledger import month_start
 
     live = store.live_instances()
@@ -75,8 +80,9 @@ def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, p
     return Inputs(
         now=now, deployment_id=store.deployment_id, live=live, month=store.billed_since(month_start(now)),
         leases={lid: store.get_lease(lid) for lid in lease_ids}, budget_alert=store.get_budget(),
-        monthly_budget_usd=monthly_budget_usd, audit=store.audit_entries(limit=AUDIT_READ),
-        rejected=store.rejected(limit=AUDIT_READ), routes=routes() if routes is not None else None, price=price,
+        monthly_budget_usd=monthly_budget_usd, hibernated=store.hibernations(),
+        audit=store.audit_entries(limit=AUDIT_READ), rejected=store.rejected(limit=AUDIT_READ),
+        routes=routes() if routes is not None else None, price=price,
     )
 
 
@@ -125,6 +131,7 @@ def instance_row(rec: InstanceRecord, lease: Lease | None, first_of_lease: datet
                 "to_this_instance": route.get("instance_id") == rec.instance_id, "reason": route.get("reason"),
             },
         })
+    request = rec.snapshot_request
     return {
         "instance_id": rec.instance_id, "lease_id": rec.lease_id, "provider": rec.provider, "state": str(rec.state),
         "machine": rec.machine, "zone": rec.zone, "provider_id": rec.provider_id,
@@ -132,6 +139,10 @@ def instance_row(rec: InstanceRecord, lease: Lease | None, first_of_lease: datet
         "last_heartbeat": _iso(rec.last_heartbeat), "heartbeat_age_s": _age(rec.last_heartbeat, now),
         "deadline": _iso(rec.deadline), "deadline_in_s": round((rec.deadline - now).total_seconds(), 3),
         "price_per_hour": rec.price_per_hour, "preempted": rec.preempted,
+        # "hibernate": idle, so a snapshot was asked for; once it is verified the box is destroyed
+        "snapshot_request": None if request is None else {"reason": request.reason,
+                                                          "requested_at": _iso(request.requested_at)},
+        "failover": None if not rec.replaces else {"replaces": rec.replaces, "phases": phases(rec)},
         "lease": {
             "known": lease is not None,
             "age_s": _age(first_of_lease, now),  # since its first live instance was asked for
@@ -207,10 +218,7 @@ def build_view(inputs: Inputs) -> dict[str, Any]:
     else:
         routes = {"available": True, "reason": None,
                   "components": {k: {kk: _plain(vv) for kk, vv in v.items()} for k, v in sorted(inputs.routes.items())}}
-    hibernated: dict[str, Any] = (
-        {"available": False, "reason": NO_HIBERNATION, "leases": []} if inputs.hibernated is None
-        else {"available": True, "reason": None, "leases": [{k: _plain(v) for k, v in h.items()}
-                                                              for h in inputs.hibernated]})
+    hibernated = [hibernated_json(h, now) for h in sorted(inputs.hibernated, key=lambda h: h.lease_id)]
     return {
         "schema_version": SCHEMA_VERSION,
         "deployment_id": inputs.deployment_id,

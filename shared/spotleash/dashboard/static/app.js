@@ -75,7 +75,7 @@
     tr.appendChild(el("th", { scope: "row", class: "id" }, inst.instance_id));
     tr.appendChild(el("td", { class: "id" }, inst.lease_id));
     tr.appendChild(el("td", {}, `${inst.provider}${inst.machine ? " · " + inst.machine : ""}${inst.zone ? " · " + inst.zone : ""}`));
-    tr.appendChild(el("td", { class: inst.preempted ? "bad" : null }, inst.state + (inst.preempted ? " (preempted)" : "")));
+    tr.appendChild(stateCell(inst));
     const leaseStart = inst.lease.age_s === null ? null : new Date(Date.parse(inst.now_iso) - inst.lease.age_s * 1000).toISOString();
     tr.appendChild(clockCell("since", leaseStart));
     const exp = clockCell("until", inst.lease.expires_at);
@@ -106,6 +106,40 @@
     tr.appendChild(traffic);
     tr.appendChild(el("td", { class: "num" }, Number(inst.price_per_hour).toFixed(4)));
     return tr;
+  }
+
+  function hibernatedRow(h) {
+    const tr = el("tr", { "data-lease-id": h.lease_id });
+    tr.appendChild(el("th", { scope: "row", class: "id" }, h.lease_id));
+    tr.appendChild(el("td", {}, h.components.length ? h.components.join(", ") : "none declared"));
+    tr.appendChild(el("td", { class: "id" }, h.snapshot_id));
+    tr.appendChild(clockCell("since", h.snapshot_created_at, "snapshot-age"));
+    const size = el("td", { class: "num", "data-bytes": h.size_bytes }, (h.size_bytes / 1e6).toFixed(1));
+    if (h.raw_bytes) size.title = `${(h.raw_bytes / 1e6).toFixed(1)} MB before compression`;
+    tr.appendChild(size);
+    tr.appendChild(clockCell("since", h.hibernated_at));
+    tr.appendChild(el("td", { class: "id" }, h.instance_id));
+    return tr;
+  }
+
+  // Under an instance's state: a hibernation under way, and a replacement's failover phases.
+  function stateCell(inst) {
+    const td = el("td", { class: inst.preempted ? "bad" : null });
+    td.appendChild(el("span", { class: "comp" }, inst.state + (inst.preempted ? " (preempted)" : "")));
+    const req = inst.snapshot_request;
+    if (req && req.reason === "hibernate") {
+      td.appendChild(el("span", { class: "comp warn" }, "hibernating: idle, snapshot asked"));
+    }
+    const f = inst.failover;
+    if (f) {
+      const names = { detection_s: "detection", provisioning_s: "provisioning", boot_s: "boot", restore_s: "restore",
+        ready_s: "ready", total_s: "total" };
+      const parts = Object.entries(names).map(([k, name]) =>
+        `${name} ${f.phases[k] === null || f.phases[k] === undefined ? "–" : Number(f.phases[k]).toFixed(1) + " s"}`);
+      td.appendChild(el("span", { class: "comp failover" }, `replaces ${f.replaces}`));
+      td.appendChild(el("span", { class: "comp muted failover-phases" }, parts.join(" · ")));
+    }
+    return td;
   }
 
   function chart(days) {
@@ -186,13 +220,7 @@
     $("guessed").textContent = v.spend.guessed.length
       ? `Estimated (a timestamp or a price was missing): ${v.spend.guessed.join(", ")}` : "";
 
-    $("hibernated-note").textContent = v.hibernated.available ? "" : `Not available: ${v.hibernated.reason}.`;
-    fillRows("hibernated", v.hibernated.leases.map((h) => {
-      const tr = el("tr");
-      tr.appendChild(el("th", { scope: "row", class: "id" }, h.lease_id));
-      tr.appendChild(el("td", {}, JSON.stringify(h)));
-      return tr;
-    }), v.hibernated.available ? "No hibernated leases." : "None: the model has no hibernation.", 2);
+    fillRows("hibernated", v.hibernated.map(hibernatedRow), "No hibernated leases.", 7);
 
     fillRows("deletions", v.deletions.map((d) => {
       const tr = el("tr", { "data-instance-id": d.instance_id });
