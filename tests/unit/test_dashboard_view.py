@@ -144,6 +144,11 @@ def test_hibernated_leases_with_components_snapshot_age_and_size() -> None:
         "hibernated_at": (NOW - timedelta(minutes=88)).isoformat().replace("+00:00", "Z"),
         "hibernated_for_s": 5280.0}
     assert v["hibernated"][0]["components"] == [] and v["hibernated"][0]["size_bytes"] == 0
+    # the hibernated box's deletion (services.hibernate: terminate(..., action="hibernate")) is a deletion
+    store.audit("hibernate", "hibernated", NOW - timedelta(minutes=88), instance_id="sl-lease-z", lease_id="lease-z",
+                provider="vast", provider_id="77", cost_so_far=1.25, seconds=4.0)
+    assert ("sl-lease-z", "hibernate", "hibernated", 1.25) in [
+        (d["instance_id"], d["action"], d["reason"], d["cost_so_far"]) for d in view_of(store)["deletions"]]
     # a restore removes the document: the next read no longer shows the lease
     store.delete_hibernation("lease-z")
     assert [h["lease_id"] for h in view_of(store)["hibernated"]] == ["lease-h"]

@@ -29,7 +29,7 @@ MAX_ROWS = 50  # deletions and rejected events shown, newest first
 AUDIT_READ = 1000  # audit entries read per refresh
 
 # The audit actions ``services.terminate`` writes when a deletion is confirmed (its ``action`` argument).
-DELETION_ACTIONS = frozenset({"delete", "reap", "release", "launch_cleanup", "heartbeat", "preempted"})
+DELETION_ACTIONS = frozenset({"delete", "reap", "release", "launch_cleanup", "heartbeat", "preempted", "hibernate"})
 
 RoutesSource = Callable[[], Mapping[str, Mapping[str, Any]]]
 
