@@ -1,10 +1,16 @@
 """The dashboard in a real browser: Debian's headless chromium driven by Selenium through /usr/bin/chromedriver.
 
-The local dashboard server runs in this process over the in-memory store, with a clock the test moves, so
-every figure on the page can be compared with the cost ledger's at the same instant. The browser loads the
-page with the token, and the test checks the instance rows, the spend figures, the chart, a live update
-after the store changes, the 401 without the token, keyboard navigation to every table, visible focus, and
-that no request left for another host (chromium's performance log and the server's access log).
+The first test runs the local dashboard server in this process over the in-memory store, with a clock the
+test moves, so every figure on the page can be compared with the cost ledger's at the same instant. The
+browser loads the page with the token, and the test checks the instance rows, a hibernated lease, the spend
+figures, the chart, a live update after the store changes, the 401 without the token, keyboard navigation to
+every table, visible focus, and that no request left for another host (chromium's performance log and the
+server's access log).
+
+The second serves the view as ``spotleash dashboard`` builds it (``state_source``, the real clock) over
+``FirestoreStore`` on Google's Firestore emulator: an instance asked to hibernate, then the hibernation
+written into Firestore while the page is open (the ``Hibernation`` document, the box deleted), shows up
+live with its components, snapshot age and size; deleting the document (a restore) takes it off again.
 
 Chromium comes from Debian's packages (scripts/ensure_chromium.sh installs them when root); nothing is
 downloaded at run time. Without them and without root the test skips and says why.
@@ -15,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,13 +29,17 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from tests.conftest import TEST_PROJECT
+from tests.emulator.emulator_fixtures import firestore_emulator
 from tests.support.memory_store import MemoryStore
 
+from spotleash.dashboard.command import state_source
 from spotleash.dashboard.local import DashboardServer
 from spotleash.dashboard.view import build_view, gather
-from spotleash.events import ComponentReport
+from spotleash.events import ComponentReport, utcnow
 from spotleash.ledger import month_start, month_to_date
-from spotleash.model import InstanceRecord, Lease, State, transition
+from spotleash.model import Hibernation, InstanceRecord, Lease, RequestedSnapshot, State, transition
+from spotleash.store import FirestoreStore
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
@@ -79,6 +90,14 @@ def seed(store: MemoryStore) -> None:
                  now=T0 - timedelta(minutes=3))
     store.put_budget({"cost": 10.0, "budget": 50.0, "threshold": 0.2, "exceeded": False, "stop_all": False,
                       "at": T0 - timedelta(hours=2)})
+    store.put_hibernation(hibernation("lease-nightly", DEP, T0 - timedelta(hours=3)))
+
+
+def hibernation(lease_id: str, dep: str, at: datetime) -> Hibernation:
+    """What services.hibernate records once the snapshot taken at ``at`` is verified."""
+    return Hibernation(lease_id=lease_id, deployment_id=dep, snapshot_id=f"{lease_id}-snap-1",
+                       instance_id=f"sl-{lease_id}-box", components=["vision", "chatbots"], snapshot_created_at=at,
+                       size_bytes=734_500_000, raw_bytes=2_100_000_000, hibernated_at=at + timedelta(minutes=2))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +188,10 @@ def test_the_dashboard_in_chromium(dash: Any, browser: Any, tmp_path: Path) -> N
     assert "READY" in ready_row and "api: healthy @ 10.1.2.3:8443" in ready_row
     assert "not available" in ready_row  # no route source behind the local server
     assert "not available" in driver.find_element(By.ID, "routes-note").text
-    assert "no hibernat" in driver.find_element(By.ID, "hibernated-note").text.lower()
+    nightly = driver.execute_script(
+        "return document.querySelector('#hibernated tr[data-lease-id=\"lease-nightly\"]').innerText;")
+    assert "vision, chatbots" in nightly and "lease-nightly-snap-1" in nightly and "734.5" in nightly
+    assert "3h 00m ago" in nightly or "3h 01m ago" in nightly  # the snapshot's age, moved on by the page
     assert "invalid_json" in driver.find_element(By.ID, "rejected").text
     assert "$10.0000 of $50.0000" in driver.find_element(By.ID, "budget-alert").text
 
@@ -262,3 +284,83 @@ def test_the_dashboard_in_chromium(dash: Any, browser: Any, tmp_path: Path) -> N
     assert any(a.path == "/<token>/api/state" for a in srv.access.snapshot())
     errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
     assert errors == [], errors
+
+
+@pytest.fixture(scope="module")
+def firestore_host(chromium_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with firestore_emulator(tmp_path_factory.mktemp("firestore-emulator")) as host:
+        yield host
+
+
+def hibernated_rows(driver: Any) -> dict[str, dict[str, str]]:
+    """lease id -> the row's cells by column header, read in one go (every poll re-renders the rows)."""
+    return dict(driver.execute_script(
+        "const heads = [...document.querySelectorAll('#hibernated thead th')].map(h => h.textContent);"
+        "const out = {};"
+        "for (const tr of document.querySelectorAll('#hibernated tbody tr[data-lease-id]')) {"
+        "  const cells = [...tr.children];"
+        "  out[tr.dataset.leaseId] = Object.fromEntries(heads.map((h, i) => [h, cells[i].textContent]));"
+        "  out[tr.dataset.leaseId]['row header'] = cells[0].tagName + ' ' + cells[0].getAttribute('scope');"
+        "}"
+        "return out;"))
+
+
+def test_a_hibernation_written_to_firestore_appears_live(firestore_host: str, browser: Any,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from google.cloud import firestore
+    from selenium.webdriver.common.by import By
+
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    dep = f"dep-browser-{uuid.uuid4().hex[:8]}"
+    store = FirestoreStore(firestore.Client(project=TEST_PROJECT), dep)
+    now = utcnow()
+    # A READY box that reported itself idle: the heartbeat asked it for a hibernation snapshot.
+    asked = RequestedSnapshot(request_id="hibernate-browser", reason="hibernate", requested_at=now, by="heartbeat")
+    store.put(record("sl-idle", State.READY, lease_id="lease-idle", provider="vast", price=0.42,
+                     running=now - timedelta(hours=1), last_heartbeat=now, deployment_id=dep,
+                     components=["vision", "chatbots"], snapshot_request=asked))
+    srv = DashboardServer(state_source(store, 50.0)).start()
+    driver = browser
+    try:
+        driver.get(srv.url)
+        wait_for("the idle instance", lambda: row_ids(driver, "instances") == ["sl-idle"])
+        idle_row = driver.execute_script(
+            "return document.querySelector('#instances tr[data-instance-id=\"sl-idle\"]').innerText;")
+        assert "hibernating: idle, snapshot asked" in idle_row
+        assert driver.find_element(By.ID, "hibernated").find_element(By.TAG_NAME, "tbody").text \
+            == "No hibernated leases."
+
+        # The reaper's hibernation, as services.hibernate writes it: the document, then the box deleted.
+        snapshot_at = utcnow() - timedelta(minutes=3)
+        store.put_hibernation(hibernation("lease-idle", dep, snapshot_at))
+        done = utcnow()
+        store.update("sl-idle", lambda r: transition(transition(r, State.TERMINATING, done, reason="hibernated"),
+                                                     State.TERMINATED, done))
+        store.audit("hibernate", "hibernated", done, instance_id="sl-idle", lease_id="lease-idle", provider="vast",
+                    provider_id="p-sl-idle", cost_so_far=0.42, seconds=1.0)
+
+        rows = wait_for("the hibernated lease", lambda: hibernated_rows(driver).get("lease-idle") and
+                        hibernated_rows(driver))
+        assert list(rows) == ["lease-idle"]
+        row = rows["lease-idle"]
+        assert row["row header"] == "TH row"
+        assert row["Lease"] == "lease-idle" and row["Components"] == "vision, chatbots"
+        assert row["Snapshot"] == "lease-idle-snap-1" and row["Instance destroyed"] == "sl-lease-idle-box"
+        assert row["Size (MB)"] == "734.5"
+        assert row["Snapshot taken"].startswith("3m ") and row["Snapshot taken"].endswith(" ago")
+        assert row["Hibernated"].endswith(" ago")
+        wait_for("the snapshot age to move on", lambda: hibernated_rows(driver)["lease-idle"]["Snapshot taken"]
+                 != row["Snapshot taken"])
+        wait_for("the instance gone", lambda: row_ids(driver, "instances") == [])
+        wait_for("its deletion, by hibernation", lambda: "sl-idle" in row_ids(driver, "deletions"))
+        deletion = driver.execute_script(
+            "return document.querySelector('#deletions tr[data-instance-id=\"sl-idle\"]').innerText;")
+        assert "hibernate" in deletion and "0.4200" in deletion
+
+        # The lease's next instance restored it and became READY: the document goes, and so does the row.
+        store.delete_hibernation("lease-idle")
+        wait_for("the hibernated lease gone", lambda: not hibernated_rows(driver))
+        assert driver.find_element(By.ID, "hibernated").find_element(By.TAG_NAME, "tbody").text \
+            == "No hibernated leases."
+    finally:
+        srv.stop()
