@@ -14,7 +14,15 @@ from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, Lease, State
 from spotleash.providers import enabled_providers
 from spotleash.providers.base import Inventory
-from spotleash.reaper import Decision, ReapConfig, ReapPlan, candidate_cutoffs, decide_reaps
+from spotleash.reaper import (
+    Decision,
+    LeaseRecheck,
+    ReapConfig,
+    ReapPlan,
+    candidate_cutoffs,
+    decide_reaps,
+    recheck_lease,
+)
 from spotleash.services.context import Context
 from spotleash.services.hibernate import run_hibernations
 from spotleash.services.launch import launch_replacement
@@ -33,6 +41,7 @@ class ReapReport:
     failed: list[tuple[Decision, str]] = field(default_factory=list)
     reads: int = 0
     hibernated: list[str] = field(default_factory=list)
+    saved: list[Decision] = field(default_factory=list)  # lease_expired, but renewed before the deletion
 
 
 def inventory(ctx: Context, name: str) -> Inventory:
@@ -74,9 +83,38 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
     return list(found.values()), leases, inventories
 
 
-def _execute(ctx: Context, d: Decision) -> None:
+def end_expired_lease(ctx: Context, lease_id: str) -> LeaseRecheck:
+    """``reaper.recheck_lease`` in the lease's transaction, at this instant: a renewal committed before it is
+    seen (the instance is spared), one committed after it finds the lease ended."""
+    now = ctx.now()
+    seen: list[LeaseRecheck] = []
+
+    def change(current: Lease | None) -> Lease | None:
+        seen[:] = [recheck_lease(current, now)]  # the transaction may run this more than once: keep the last
+        return seen[0].write
+
+    ctx.store.update_lease(lease_id, change)
+    check = seen[0]
+    if check.write is not None:
+        ctx.store.audit("lease_ended", "lease_expired", now, lease_id=lease_id, detail=check.detail,
+                        expires_at=check.write.expires_at, renewed_at=check.write.renewed_at)
+    return check
+
+
+def _execute(ctx: Context, d: Decision) -> bool:
+    """Carry out one decision: True once done, False if a ``lease_expired`` decision's lease was renewed since
+    the reap read it (nothing deleted, the save audited)."""
     rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
+        if d.reason == "lease_expired":
+            check = end_expired_lease(ctx, rec.lease_id)
+            if not check.expired:
+                ctx.store.audit("reap_saved", "lease_renewed", ctx.now(), instance_id=rec.instance_id,
+                                lease_id=rec.lease_id, provider=rec.provider, provider_id=rec.provider_id,
+                                detail=f"decided lease_expired ({d.detail}); at the deletion: {check.detail}")
+                log.info("reap spared an instance: its lease was renewed after the reap read it",
+                         instance_id=rec.instance_id, lease_id=rec.lease_id, detail=check.detail)
+                return False
         if d.reason == "stopped_at_provider":
             seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
             ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
@@ -84,23 +122,23 @@ def _execute(ctx: Context, d: Decision) -> None:
         if d.reason in LOSS_REASONS and rec.state in (State.RUNNING, State.READY) and rec.replaced_by is None:
             launch_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
         terminate(ctx, rec.instance_id, d.reason, action="reap")
-        return
+        return True
     if d.provider_id is None:
         raise Transient(f"orphan without a provider id: {d}")
     if not delete_at_provider(ctx, d.provider, d.provider_id):
         raise Transient(f"{d.provider} has not confirmed the deletion of orphan {d.provider_id}")
     ctx.store.audit("reap", d.reason, ctx.now(), instance_id=d.instance_id, provider=d.provider,
                     provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail)
+    return True
 
 
-def _attempt(ctx: Context, d: Decision) -> str | None:
-    """Execute one decision; the error as text, or None on success."""
+def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
+    """Execute one decision: (carried out, the error as text or None)."""
     try:
-        _execute(ctx, d)
-        return None
+        return _execute(ctx, d), None
     except SpotleashError as e:
         log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
-        return str(e)
+        return False, str(e)
 
 
 def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -> ReapReport:
@@ -125,16 +163,18 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
     if not (dry or plan.blocked):
         # Deletions are independent and mostly wait on the provider: run a few at once.
         with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
-            outcomes = list(pool.map(lambda d: (d, _attempt(ctx, d)), plan.decisions))
-        for d, error in outcomes:
-            if error is None:
-                report.done.append(d)
-            else:  # one failure must not stop the others; the next tick retries
+            outcomes = list(pool.map(lambda d: (d, *_attempt(ctx, d)), plan.decisions))
+        for d, acted, error in outcomes:
+            if error is not None:  # one failure must not stop the others; the next tick retries
                 report.failed.append((d, error))
+            elif acted:
+                report.done.append(d)
+            else:
+                report.saved.append(d)
     if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
         report.hibernated = run_hibernations(ctx, skip=decided)
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
-             failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)
+             saved=len(report.saved), failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)
     return report
