@@ -1,0 +1,102 @@
+"""The reaper's lease re-check on ``FirestoreStore`` over Google's Firestore emulator (the in-memory store's
+version of these races is in tests/unit/services/test_reap_service.py).
+
+A reap reads an expired lease and decides ``lease_expired``; the agent's renewal is handled before the
+deletion: the re-check, in the lease's Firestore transaction, must see it and spare the instance. Without a
+renewal the same steps end the lease in Firestore and delete the instance. The providers are the in-process
+fakes of tests/support: what is under test is the store's transaction, not a cloud.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from tests.conftest import TEST_PROJECT
+from tests.emulator.emulator_fixtures import firestore_emulator
+from tests.support.builders import DEP, launched, open_lease, record_of
+from tests.support.clock import FakeClock
+from tests.support.fake_provider import FakeProvider, FakeSshProvider
+
+from spotleash.config import Settings
+from spotleash.model import State
+from spotleash.services import reap as reap_module
+from spotleash.services import terminate as terminate_module
+from spotleash.services.context import Context
+from spotleash.store import FirestoreStore
+
+pytestmark = [pytest.mark.emulator]
+
+SETTINGS: dict[str, Any] = {
+    "deployment_id": DEP, "heartbeat_signing_key": "k" * 32, "heartbeat_url": "http://127.0.0.1:9/beat",
+    "vast_api_key": "vast-key", "confirm_delete_s": 5.0, "max_instances_per_lease": 2, "max_instances_total": 10,
+    "monthly_budget_usd": 50.0, "heartbeat_timeout_s": 180.0, "provisioning_timeout_s": 600.0,
+    "orphan_grace_s": 300.0, "reap_max_deletions": 20, "lease_ttl_s": 90.0, "max_runtime_s": 3600,
+}
+
+
+@pytest.fixture(scope="module")
+def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with firestore_emulator(tmp_path_factory.mktemp("firestore-emulator")) as host:
+        yield host
+
+
+@pytest.fixture
+def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context, FakeClock, FakeProvider]:
+    from google.cloud import firestore
+
+    httpx.delete(f"http://{firestore_host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
+                 timeout=10).raise_for_status()
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
+    monkeypatch.setattr(terminate_module, "POLL_S", 0.001)
+    clock = FakeClock()
+    gce = FakeProvider("gce", clock)
+    ctx = Context(settings=Settings(**SETTINGS), store=FirestoreStore(firestore.Client(project=TEST_PROJECT), DEP),
+                  clock=clock, providers={"gce": gce, "vast": FakeSshProvider("vast", clock)}, sleep=clock.sleep)
+    return ctx, clock, gce
+
+
+def plan_of(ctx: Context) -> list[Any]:
+    """The reap's read and decisions, as run_reap makes them, without carrying them out."""
+    from spotleash.reaper import ReapConfig, decide_reaps
+
+    records, leases, inventories = reap_module.gather(ctx, ["gce"])
+    plan = decide_reaps(records, leases, inventories, ctx.now(), ReapConfig.from_settings(ctx.settings))
+    return list(plan.decisions)
+
+
+def test_a_renewal_committed_between_the_read_and_the_deletion_spares_the_instance(world: Any) -> None:
+    ctx, clock, gce = world
+    rec = launched(ctx)
+    clock.advance(91)
+    [decision] = plan_of(ctx)
+    assert (decision.reason, decision.instance_id) == ("lease_expired", rec.instance_id)
+    open_lease(ctx)  # the agent's renewal, handled after the reap's read
+    assert reap_module._execute(ctx, decision) is False
+    assert record_of(ctx.store, rec.instance_id).state is State.RUNNING
+    assert gce.by_instance_id(rec.instance_id) is not None and gce.calls_of("delete") == []
+    lease = ctx.store.get_lease("lease-1")
+    assert lease is not None and not lease.released and lease.expires_at > clock.now
+    last = ctx.store.audit_entries(rec.instance_id)[-1]
+    assert (last["action"], last["reason"], last["lease_id"]) == ("reap_saved", "lease_renewed", "lease-1")
+
+
+def test_without_a_renewal_the_lease_is_ended_in_firestore_and_the_instance_deleted(world: Any) -> None:
+    ctx, clock, gce = world
+    rec = launched(ctx)
+    clock.advance(91)
+    [decision] = plan_of(ctx)
+    assert reap_module._execute(ctx, decision) is True
+    done = record_of(ctx.store, rec.instance_id)
+    assert done.state is State.TERMINATED and done.reason == "lease_expired"
+    assert gce.by_instance_id(rec.instance_id) is None
+    lease = ctx.store.get_lease("lease-1")
+    assert lease is not None and lease.released
+    assert [e["action"] for e in ctx.store.audit_entries() if e["action"] == "lease_ended"] == ["lease_ended"]
+    # a renewal sent after the end opens a new term; the deleted instance stays deleted
+    open_lease(ctx)
+    lease = ctx.store.get_lease("lease-1")
+    assert lease is not None and not lease.released
+    assert record_of(ctx.store, rec.instance_id).state is State.TERMINATED
