@@ -222,14 +222,18 @@ def test_the_dashboard_in_chromium(dash: Any, browser: Any, tmp_path: Path) -> N
     first = wait_for("a heartbeat age", lambda: beat_age() if beat_age().endswith(" ago") else None)
     wait_for("the heartbeat age to move", lambda: beat_age() not in (first, "–"))
 
-    # --- live update: the GPU box is deleted (reaped), a new instance appears, an hour passes
+    # --- live update, an hour on: the GPU box was outbid and reaped; its failover replacement is READY
     later = T0 + timedelta(hours=1)
-    store.update("sl-web-gpu", lambda r: transition(transition(r, State.TERMINATING, later, reason="reap: lease_expired"),
-                                                     State.TERMINATED, later))
-    store.audit("reap", "lease_expired", later, instance_id="sl-web-gpu", lease_id="lease-laptop", provider="vast",
-                provider_id="p-sl-web-gpu", cost_so_far=0.5, seconds=2.0)
-    store.put(record("sl-web-new", State.READY, lease_id="lease-laptop", price=0.06, running=later,
-                     last_heartbeat=later))
+    store.update("sl-web-gpu", lambda r: transition(transition(
+        r, State.TERMINATING, later - timedelta(seconds=115), reason="reap: stopped_at_provider"),
+        State.TERMINATED, later - timedelta(seconds=110)))
+    store.audit("reap", "stopped_at_provider", later - timedelta(seconds=110), instance_id="sl-web-gpu",
+                lease_id="lease-laptop", provider="vast", provider_id="p-sl-web-gpu", cost_so_far=0.5, seconds=2.0)
+    store.put(record("sl-web-new", State.READY, lease_id="lease-laptop", provider="vast", price=0.42,
+                     storage_per_hour=0.02, running=later - timedelta(seconds=30), last_heartbeat=later,
+                     replaces="sl-web-gpu", lost_at=later - timedelta(seconds=120),
+                     first_heartbeat_at=later - timedelta(seconds=20), restore_s=6.0,
+                     ready_at=later - timedelta(seconds=5)))
     before = float(month.get_attribute("data-value"))
     clock.now = later
     wait_for("the new instance row and the deleted one gone",
@@ -237,7 +241,13 @@ def test_the_dashboard_in_chromium(dash: Any, browser: Any, tmp_path: Path) -> N
     wait_for("the deletion with its reason", lambda: "sl-web-gpu" in row_ids(driver, "deletions"))
     deletion = driver.execute_script(
         "return document.querySelector('#deletions tr[data-instance-id=\"sl-web-gpu\"]').innerText;")
-    assert "lease_expired" in deletion and "reap" in deletion
+    assert "stopped_at_provider" in deletion and "reap" in deletion
+    replacement = driver.execute_script(
+        "return document.querySelector('#instances tr[data-instance-id=\"sl-web-new\"]').innerText;")
+    # created 30 s after the loss, running 60 s later, first beat 10 s on, READY 15 s on of which 6 s restore
+    assert "replaces sl-web-gpu" in replacement
+    assert ("detection 30.0 s · provisioning 60.0 s · boot 10.0 s · restore 6.0 s · ready 9.0 s · total 115.0 s"
+            in replacement)
     ledger = ledger_now()
     wait_for("the month's spend to follow the ledger",
              lambda: float(driver.find_element(By.ID, "spend-month").get_attribute("data-value"))
