@@ -12,8 +12,8 @@ instances that carry our labels but no live record owns become ``orphan`` once o
 period. A provider whose listing failed is *unknown*: it yields no orphan or vanished decision.
 
 ``lease_expired`` is decided from a read; the lease may be renewed before the deletion. ``recheck_lease``
-is the second look, made inside the lease's transaction just before the instance is deleted (see
-``services.reap``): still expired → the lease is ended, else the instance is spared.
+is the second look, made in the transaction that moves the instance to TERMINATING (see
+``services.reap``): still expired → the deletion goes on, else the instance is spared.
 """
 
 from __future__ import annotations
@@ -101,27 +101,20 @@ def _record_reason(
 @dataclass(frozen=True)
 class LeaseRecheck:
     expired: bool  # still expired: carry out the decision
-    write: Lease | None  # what the transaction writes (None: nothing)
     detail: str
 
 
 def recheck_lease(current: Lease | None, now: datetime) -> LeaseRecheck:
-    """A ``lease_expired`` decision looked at again, inside the lease's transaction, at ``now``.
-
-    Renewed (or reopened after a release) since the reap read it → not expired, nothing written: the
-    instance is spared. Still expired → the lease is ended: written ``released``, so a renewal sent
-    before this instant (``created_at <= renewed_at``) cannot revive it after its instances are gone,
-    while one sent later opens a new term as after any release (``services.lifecycle.handle_lease``).
-    Gone (retired by another reap) → nothing renewed it: expired, nothing written."""
+    """A ``lease_expired`` decision looked at again at ``now``, with the lease read in the same transaction
+    that starts the instance's deletion (``Store.update_with_lease``). Renewed (or reopened after a release)
+    since the reap read it → not expired: the instance is spared. Gone (retired by another reap) → nothing
+    renewed it: expired."""
     if current is None:
-        return LeaseRecheck(True, None, "the lease is gone")
+        return LeaseRecheck(True, "the lease is gone")
     if not current.expired(now):
-        return LeaseRecheck(False, None, f"renewed at {current.renewed_at.isoformat()}, "
-                                         f"now expires at {current.expires_at.isoformat()}")
-    if current.released:
-        return LeaseRecheck(True, None, "released")
-    return LeaseRecheck(True, current.model_copy(update={"released": True}),
-                        f"expired at {current.expires_at.isoformat()}; ended by the reaper")
+        return LeaseRecheck(False, f"renewed at {current.renewed_at.isoformat()}, "
+                                   f"now expires at {current.expires_at.isoformat()}")
+    return LeaseRecheck(True, "released" if current.released else f"expired at {current.expires_at.isoformat()}")
 
 
 def decide_reaps(

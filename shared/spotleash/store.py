@@ -54,6 +54,9 @@ class Store(Protocol):
     def update(
         self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
     ) -> InstanceRecord | None: ...
+    def update_with_lease(
+        self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
+    ) -> InstanceRecord | None: ...
     def live_instances(self) -> list[InstanceRecord]: ...
     def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]: ...
     def instances_since(self, since: datetime) -> list[InstanceRecord]: ...
@@ -163,6 +166,37 @@ class FirestoreStore:
                 return
             current = InstanceRecord.model_validate(snap.to_dict())
             new = change(current)
+            if new is not None and new != current:
+                txn.set(ref, _doc(new))
+            result[0] = new if new is not None else current
+
+        try:
+            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
+            raise Transient(f"firestore transaction on {instance_id} kept aborting: {e}") from e
+        return result[0]
+
+    def update_with_lease(
+        self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        """``update`` whose ``change`` also sees the record's lease, read in the same transaction: a lease
+        written between that read and the commit makes the transaction run again, so the decision taken on
+        the lease (the reaper's re-check of an expiry) holds at the instant the record is written."""
+        ref = self._instances.document(instance_id)
+        result: list[InstanceRecord | None] = [None]
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            snap = ref.get(transaction=txn)
+            self.reads += 1
+            if not snap.exists:
+                result[0] = None
+                return
+            current = InstanceRecord.model_validate(snap.to_dict())
+            lease_snap = self._leases.document(current.lease_id).get(transaction=txn)
+            self.reads += 1
+            lease = Lease.model_validate(lease_snap.to_dict()) if lease_snap.exists else None
+            new = change(current, lease)
             if new is not None and new != current:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current

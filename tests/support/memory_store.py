@@ -177,6 +177,23 @@ class MemoryStore:
             return new if new is not None else current
 
     @_scripted
+    def update_with_lease(
+        self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._instances.get(instance_id)
+            if doc is None:
+                return None
+            current = InstanceRecord.model_validate(doc)
+            self.reads += 1
+            lease_doc = self._leases.get(current.lease_id)
+            new = change(current, Lease.model_validate(lease_doc) if lease_doc is not None else None)
+            if new is not None and new != current:
+                self._instances[instance_id] = _stored(new)
+            return new if new is not None else current
+
+    @_scripted
     def live_instances(self) -> list[InstanceRecord]:
         return self._records(lambda r: self._ours(r) and r.state in LIVE)
 

@@ -247,6 +247,26 @@ class StoreContract:
         got = store.get_lease("lease-c")
         assert got is not None and got.holder == "4"
 
+    def test_update_with_lease_shows_the_change_the_records_lease(self, store: ContractStore) -> None:
+        """The reaper's re-check stands on it: ``change`` sees the record's stored lease (or None), read in
+        the same transaction, and what it returns is written, or nothing is."""
+        lease = Lease(lease_id="lease-1", deployment_id=DEP, expires_at=at(60), renewed_at=at(0), holder="h")
+        store.put_lease(lease)
+        store.put(record("sl-w", State.READY))
+        seen: list[Lease | None] = []
+
+        def mark(r: InstanceRecord, current: Lease | None) -> InstanceRecord | None:
+            seen.append(current)
+            return r.model_copy(update={"zone": "seen"}) if current is not None else None
+
+        after = store.update_with_lease("sl-w", mark)
+        assert after is not None and after.zone == "seen" and seen == [lease]
+        stored = store.get("sl-w")
+        assert stored is not None and stored.zone == "seen"
+        store.retire_lease("lease-1")
+        assert store.update_with_lease("sl-w", mark) == stored and seen[-1] is None
+        assert store.update_with_lease("sl-nobody", mark) is None
+
     def test_expired_leases(self, store: ContractStore, make_store: MakeStore) -> None:
         def put(lid: str, expires: float, released: bool = False, dep: str = DEP) -> None:
             target = store if dep == DEP else make_store(dep)

@@ -83,22 +83,25 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
     return list(found.values()), leases, inventories
 
 
-def end_expired_lease(ctx: Context, lease_id: str) -> LeaseRecheck:
-    """``reaper.recheck_lease`` in the lease's transaction, at this instant: a renewal committed before it is
-    seen (the instance is spared), one committed after it finds the lease ended."""
-    now = ctx.now()
+def _reap_if_still_expired(ctx: Context, rec: InstanceRecord, d: Decision) -> bool:
+    """A ``lease_expired`` decision, taken on a read: the lease is read again in the transaction that moves
+    the instance to TERMINATING (``reaper.recheck_lease``). A renewal committed before it spares the
+    instance (audited ``reap_saved``); one committed after it finds the deletion under way."""
     seen: list[LeaseRecheck] = []
 
-    def change(current: Lease | None) -> Lease | None:
-        seen[:] = [recheck_lease(current, now)]  # the transaction may run this more than once: keep the last
-        return seen[0].write
+    def still_expired(lease: Lease | None) -> bool:
+        seen[:] = [recheck_lease(lease, ctx.now())]  # the transaction may run this more than once: keep the last
+        return seen[0].expired
 
-    ctx.store.update_lease(lease_id, change)
-    check = seen[0]
-    if check.write is not None:
-        ctx.store.audit("lease_ended", "lease_expired", now, lease_id=lease_id, detail=check.detail,
-                        expires_at=check.write.expires_at, renewed_at=check.write.renewed_at)
-    return check
+    after = terminate(ctx, rec.instance_id, d.reason, action="reap", only_if=still_expired)
+    if seen and not seen[0].expired and after is not None and after.live and after.state != State.TERMINATING:
+        ctx.store.audit("reap_saved", "lease_renewed", ctx.now(), instance_id=rec.instance_id,
+                        lease_id=rec.lease_id, provider=rec.provider, provider_id=rec.provider_id,
+                        detail=f"decided lease_expired ({d.detail}); at the deletion: {seen[0].detail}")
+        log.info("reap spared an instance: its lease was renewed after the reap read it",
+                 instance_id=rec.instance_id, lease_id=rec.lease_id, detail=seen[0].detail)
+        return False
+    return True
 
 
 def _execute(ctx: Context, d: Decision) -> bool:
@@ -107,14 +110,7 @@ def _execute(ctx: Context, d: Decision) -> bool:
     rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
         if d.reason == "lease_expired":
-            check = end_expired_lease(ctx, rec.lease_id)
-            if not check.expired:
-                ctx.store.audit("reap_saved", "lease_renewed", ctx.now(), instance_id=rec.instance_id,
-                                lease_id=rec.lease_id, provider=rec.provider, provider_id=rec.provider_id,
-                                detail=f"decided lease_expired ({d.detail}); at the deletion: {check.detail}")
-                log.info("reap spared an instance: its lease was renewed after the reap read it",
-                         instance_id=rec.instance_id, lease_id=rec.lease_id, detail=check.detail)
-                return False
+            return _reap_if_still_expired(ctx, rec, d)
         if d.reason == "stopped_at_provider":
             seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
             ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})

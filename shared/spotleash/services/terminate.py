@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from spotleash.errors import Transient
 from spotleash.log import get_logger
-from spotleash.model import ENDED, InstanceRecord, State, transition
+from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
 
@@ -33,12 +34,15 @@ def delete_at_provider(ctx: Context, provider_name: str, provider_id: str) -> bo
 
 def terminate(
     ctx: Context, instance_id: str, reason: str, *, action: str = "delete", end: State = State.TERMINATED,
+    only_if: Callable[[Lease | None], bool] | None = None,
 ) -> InstanceRecord | None:
     """Move a live record to TERMINATING, delete at the provider, confirm, then ``end`` (TERMINATED, or
     FAILED for an instance that never did its job).
 
     Idempotent: an ended record is left as it is. Raises Transient if the provider did not confirm
-    the deletion in time (the caller's redelivery or the next reap tries again).
+    the deletion in time (the caller's redelivery or the next reap tries again). ``only_if``: asked about
+    the record's lease in the transaction that would move it to TERMINATING; False spares a live record
+    (returned as it is, not TERMINATING).
     """
     now = ctx.now()
 
@@ -49,8 +53,13 @@ def terminate(
             return r.model_copy(update={"updated_at": now})
         return transition(r, State.TERMINATING, now, reason=reason)
 
-    rec = ctx.store.update(instance_id, start)
-    if rec is None or rec.state in ENDED:
+    if only_if is None:
+        rec = ctx.store.update(instance_id, start)
+    else:
+        gate = only_if
+        rec = ctx.store.update_with_lease(instance_id, lambda r, lease: start(r) if (
+            r.state in ENDED or r.state == State.TERMINATING or gate(lease)) else None)
+    if rec is None or rec.state in ENDED or rec.state != State.TERMINATING:
         return rec
     provider = ctx.provider(rec.provider)
     provider_id = rec.provider_id

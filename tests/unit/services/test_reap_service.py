@@ -65,11 +65,7 @@ def test_lease_expired(ctx: Context, store: MemoryStore, gce: FakeProvider, cloc
     report = reap(ctx)
     assert reasons(report) == [("lease_expired", rec.instance_id)] and report.saved == []
     assert_reaped(store, gce, rec.instance_id, "lease_expired")
-    ended = store.get_lease("lease-1")  # ended by the re-check: released, kept a while like any release
-    assert ended is not None and ended.released
-    reap(ctx)
-    assert store.get_lease("lease-1") is not None
-    clock.advance(RELEASED_LEASE_HOLD.total_seconds())
+    assert store.get_lease("lease-1") is not None  # kept while it still owned something; retired next time
     reap(ctx)
     assert store.get_lease("lease-1") is None
 
@@ -107,10 +103,10 @@ def test_a_released_lease_reopened_before_the_deletion_spares_its_instance(
     assert record_of(store, rec.instance_id).state is State.RUNNING
 
 
-def test_a_renewal_after_the_recheck_finds_the_lease_ended_and_opens_a_new_term(
+def test_a_renewal_after_the_recheck_finds_the_deletion_under_way(
         ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
-    """Once the re-check has ended the lease, the deletion goes on: a renewal handled in between (after the
-    re-check's transaction, before terminate's first write) opens a new term, audited, for later demands."""
+    """Once the re-check's transaction has moved the instance to TERMINATING, the deletion goes on: a renewal
+    handled then (before terminate's last write) extends the lease for the agent's next demand."""
     rec = launched(ctx)
     clock.advance(91)
     store.on("update", lambda: open_lease(ctx))
@@ -119,33 +115,16 @@ def test_a_renewal_after_the_recheck_finds_the_lease_ended_and_opens_a_new_term(
     assert_reaped(store, gce, rec.instance_id, "lease_expired")
     lease = store.get_lease("lease-1")
     assert lease is not None and not lease.released and lease.expires_at > clock.now
-    assert ("lease_opened", "lease") in actions(store)
 
 
-def test_a_renewal_sent_before_the_end_cannot_revive_the_ended_lease(
-        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
-    from spotleash.events import LeaseEvent
-    from spotleash.services.lifecycle import handle_lease
-
-    rec = launched(ctx)
-    sent = clock.now - timedelta(seconds=5)  # older than the last renewal the lease holds; delivered late
-    clock.advance(91)
-    reap(ctx)
-    assert_reaped(store, gce, rec.instance_id, "lease_expired")
-    handle_lease(ctx, LeaseEvent(lease_id="lease-1", ttl_s=90, holder="laptop", created_at=sent))
-    lease = store.get_lease("lease-1")
-    assert lease is not None and lease.released and lease.expired(clock.now)
-
-
-def test_two_instances_of_one_expired_lease_end_it_once(ctx: Context, store: MemoryStore, gce: FakeProvider,
-                                                        clock: FakeClock) -> None:
+def test_two_instances_of_one_expired_lease_are_both_reaped(ctx: Context, store: MemoryStore, gce: FakeProvider,
+                                                            clock: FakeClock) -> None:
     a = launched(ctx)
     b = put_record(ctx, "sl-second", age_s=60)
     clock.advance(91)
     report = reap(ctx)
     assert sorted(d.instance_id or "" for d in report.done) == sorted([a.instance_id, b.instance_id])
-    ended = [e for e in store.audit_entries() if e["action"] == "lease_ended"]
-    assert len(ended) == 1 and ended[0]["lease_id"] == "lease-1" and "ended by the reaper" in ended[0]["detail"]
+    assert report.saved == [] and not [e for e in store.audit_entries() if e["action"] == "reap_saved"]
 
 
 def test_max_runtime(ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
