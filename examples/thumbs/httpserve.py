@@ -1,4 +1,10 @@
-"""A tiny JSON-over-HTTP server on the standard library, shared by the two components."""
+"""A tiny JSON-over-HTTP server on the standard library, shared by the two components.
+
+Every response says which copy answered in ``X-Served-By``: the instance id on a spotleash instance
+(its agent sets ``SPOTLEASH_COMPONENT_OF`` for every component), ``local`` elsewhere. A handler may
+return an iterator of byte chunks instead of bytes: each chunk is written and flushed as it comes
+(server-sent events), and the connection closes at the end.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,15 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-# (method, path) -> handler(query, body) -> (status, content_type, payload bytes)
-Handler = Callable[[dict[str, list[str]], bytes], tuple[int, str, bytes]]
+# (method, path) -> handler(query, body) -> (status, content_type, payload bytes or a stream of chunks)
+Handler = Callable[[dict[str, list[str]], bytes], tuple[int, str, "bytes | Iterator[bytes]"]]
 MAX_BODY = 32 * 1024 * 1024
+SERVED_BY = os.environ.get("SPOTLEASH_COMPONENT_OF") or "local"
 
 
 def json_reply(status: int, obj: Any) -> tuple[int, str, bytes]:
@@ -40,9 +47,18 @@ def serve(name: str, routes: dict[tuple[str, str], Handler]) -> None:
                         status, ctype, body = json_reply(400, {"error": str(e)})
             self.send_response(status)
             self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            self.send_header("X-Served-By", SERVED_BY)
+            if isinstance(body, bytes):
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
+            self.send_header("Cache-Control", "no-cache")
+            self.end_headers()  # HTTP/1.0: the body ends when the connection closes
+            for chunk in body:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+            self.close_connection = True
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._handle("GET")

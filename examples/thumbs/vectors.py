@@ -6,6 +6,8 @@ copy of the component (local or remote) answers the same query the same way.
     POST /similar   {"vector": [..VECTORS_DIM floats..], "k": 5}  →  {"ids": [...], "scores": [...]}
     POST /similar   {"id": 42, "k": 5}                            →  neighbours of index entry 42
     GET  /similar?id=42&k=5                                       →  the same, as a query
+    GET  /similar/stream?id=42&k=5&every_s=0.2                    →  the same neighbours as server-sent
+                                                                     events, one per neighbour, every_s apart
     GET  /healthz                                                 →  {"ok": true, "count": N, "dim": D}
 """
 
@@ -13,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from httpserve import json_reply, serve
@@ -32,11 +37,8 @@ def build_index(count: int, dim: int) -> np.ndarray:
 INDEX = build_index(COUNT, DIM)
 
 
-def similar(_q: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
-    try:
-        req = json.loads(body or b"{}")
-    except ValueError as e:
-        raise ValueError(f"body must be JSON: {e}") from e
+def nearest(req: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, scores) of the ``k`` entries nearest ``req``'s ``id`` or ``vector``, best first."""
     k = int(req.get("k", 5))
     if not 1 <= k <= 100:
         raise ValueError("k must be 1..100")
@@ -56,7 +58,33 @@ def similar(_q: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
     scores = INDEX @ v
     top = np.argpartition(-scores, k - 1)[:k]
     top = top[np.argsort(-scores[top])]
-    return json_reply(200, {"ids": top.tolist(), "scores": [round(float(s), 6) for s in scores[top]]})
+    return top, scores[top]
+
+
+def similar(_q: dict[str, list[str]], body: bytes) -> tuple[int, str, bytes]:
+    try:
+        req = json.loads(body or b"{}")
+    except ValueError as e:
+        raise ValueError(f"body must be JSON: {e}") from e
+    ids, scores = nearest(req)
+    return json_reply(200, {"ids": ids.tolist(), "scores": [round(float(s), 6) for s in scores]})
+
+
+def similar_stream(q: dict[str, list[str]], _b: bytes) -> tuple[int, str, Iterator[bytes]]:
+    every_s = float(q.get("every_s", ["0"])[0])
+    if not 0 <= every_s <= 5:
+        raise ValueError("every_s must be 0..5")
+    ids, scores = nearest({"id": q.get("id", ["0"])[0], "k": q.get("k", ["5"])[0]})
+
+    def events() -> Iterator[bytes]:
+        for rank, (i, s) in enumerate(zip(ids.tolist(), scores.tolist(), strict=True)):
+            if rank:
+                time.sleep(every_s)
+            event = {"rank": rank, "id": i, "score": round(float(s), 6), "sent_at": time.time()}
+            yield f"data: {json.dumps(event)}\n\n".encode()
+        yield b"event: end\ndata: {}\n\n"
+
+    return 200, "text/event-stream", events()
 
 
 def similar_query(query: dict[str, list[str]], _body: bytes) -> tuple[int, str, bytes]:
@@ -72,4 +100,5 @@ def health(_q: dict[str, list[str]], _b: bytes) -> tuple[int, str, bytes]:
 
 
 if __name__ == "__main__":
-    serve("vectors", {("POST", "/similar"): similar, ("GET", "/similar"): similar_query, ("GET", "/healthz"): health})
+    serve("vectors", {("POST", "/similar"): similar, ("GET", "/similar"): similar_query,
+                      ("GET", "/similar/stream"): similar_stream, ("GET", "/healthz"): health})

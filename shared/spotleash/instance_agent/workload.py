@@ -126,8 +126,11 @@ class Workload:
         front = FrontThread(FrontConfig(
             components=LivePorts(self), credential_sha256=cfg.credential_sha256, listen_host=cfg.listen_host,
             listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash"))
-        # A taken port is another fake instance on this machine; a real instance has its port to itself.
-        self.front_address = front.start_on(cfg.listen_port, fallback_to_any=cfg.listen_host.startswith("127."))
+        # A taken port is another fake instance on this machine (its endpoint is loopback: the fakes' VMs
+        # advertise 127.0.0.1); a real instance has its port to itself, and a taken one is a failure.
+        advertised = self._endpoint(cfg.listen_port).rsplit(":", 1)[0]
+        on_this_machine = any(h.startswith("127.") or h == "localhost" for h in (cfg.listen_host, advertised))
+        self.front_address = front.start_on(cfg.listen_port, fallback_to_any=on_this_machine)
         self.front = front
         self._env["HOST"] = "127.0.0.1"  # components: loopback only, the front is the instance's way in
 

@@ -131,3 +131,29 @@ def test_a_taken_front_port_on_loopback_falls_back_to_a_free_one(tmp_path: Path,
             assert w._component_endpoint(1234) == f"127.0.0.1:{w.front_address[1]}"
         finally:
             w.stop()
+
+
+@pytest.mark.parametrize(("external_ip", "falls_back"), [("127.0.0.1", True), ("203.0.113.7", False)])
+def test_a_taken_front_port_falls_back_only_where_the_instance_advertises_loopback(
+        tmp_path: Path, credential: str, external_ip: str, falls_back: bool) -> None:
+    """The fakes' VMs advertise their external IP, 127.0.0.1, and listen on every address: a preempted VM
+    and its replacement share this machine. A real instance (public IP) whose port is taken fails instead."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        cfg = front_config(AgentConfig(instance_id="i-3", route_credential_sha256=credential_hash(credential),
+                                       front_port=busy))
+        assert cfg is not None and cfg.listen_host == "0.0.0.0"
+        w = Workload(sha256="0" * 64, source=lambda: pytest.fail("no fetch"), components=[], instance_id="i-3",
+                     work_dir=tmp_path / "w", endpoint=endpoint_for("", {}, external_ip), env={"PATH": "/usr/bin"},
+                     package_root=installed_package(tmp_path / "p", free_port()), front=cfg)
+        try:
+            w.start()
+            if falls_back:
+                assert w.front_address is not None and w.front_address[1] != busy
+                assert w._component_endpoint(1234) == f"127.0.0.1:{w.front_address[1]}"
+            else:
+                assert w.front_address is None and w.failure is not None and w.failure.reason == "front_failed"
+        finally:
+            w.stop()
