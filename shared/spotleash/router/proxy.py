@@ -14,7 +14,9 @@ The target comes from the ``RouteTable`` (pure decisions); this module only acts
 - **Bounded drain.** When a target stops being the one (its instance ends, gets a preemption notice,
   fails its probes, the lease is released), new requests go to the new target at once; requests in
   flight on the old one may finish for up to ``drain_s``; then its connections are closed, and what is
-  still waiting for a response is retried by the rule above.
+  still waiting for a response is retried by the rule above. A target left because it stopped answering
+  (``fall`` failed probes or forwards in a row: dead or frozen) is not drained: nothing in flight there
+  will finish, so its connections close at once and those requests are retried now, not after ``drain_s``.
 - **Limits** per target: a connection pool and at most ``max_in_flight`` requests (more wait up to
   ``queue_timeout_s``), a connect timeout, a response-start timeout and an idle timeout between body
   chunks. No target → 503 with ``Retry-After``.
@@ -256,10 +258,11 @@ class Router:
             moved = ch.new.remote or ch.old.remote
             log.info("route changed", component=ch.component, from_target=ch.old.key, to_target=ch.new.key,
                      reason=ch.new.reason, instance_id=moved.instance_id if moved else None)
-            if ch.old.target == TargetKind.REMOTE:
+            if ch.old.target == TargetKind.REMOTE and ch.old.remote is not None:
                 up = self._upstreams[ch.component].get(ch.old.key)
                 if up is not None:
-                    self._begin_drain(up)
+                    probes = self.table.remote_probes(ch.component, ch.old.remote.instance_id)
+                    self._begin_drain(up, answering=probes.fail_streak < self.table.policy.fall)
             if ch.new.target == TargetKind.REMOTE:
                 up = self._upstreams[ch.component].get(ch.new.key)
                 if up is not None and up.draining and up.drain_task is not None:
@@ -267,20 +270,28 @@ class Router:
                     up.draining = False
                     up.drain_task = None
 
-    def _begin_drain(self, up: Upstream) -> None:
+    def _begin_drain(self, up: Upstream, *, answering: bool = True) -> None:
+        """Stop using ``up``: requests in flight may finish for ``drain_s`` when it still ``answering``;
+        one that stopped answering is closed at once (its in-flight requests fail now and are retried)."""
         if up.draining:
-            return
+            if answering or up.drain_task is None:
+                return
+            up.drain_task.cancel()  # draining already, but it just stopped answering: close it now
         up.draining = True
-        up.drain_task = asyncio.get_running_loop().create_task(self._drain(up))
+        up.drain_task = asyncio.get_running_loop().create_task(self._drain(up, self.limits.drain_s if answering else 0.0))
 
-    async def _drain(self, up: Upstream) -> None:
+    async def _drain(self, up: Upstream, drain_s: float) -> None:
         name = up.component.name
         try:
-            await asyncio.wait_for(up.idle.wait(), self.limits.drain_s)
+            if drain_s <= 0 and up.in_flight:
+                log.warning("target stopped answering; closing its connections without a drain", component=name,
+                            target=up.key, in_flight=up.in_flight)
+            await asyncio.wait_for(up.idle.wait(), drain_s)
             log.info("target drained", component=name, target=up.key)
         except TimeoutError:
-            log.warning("drain deadline passed; closing the target's connections", component=name,
-                        target=up.key, in_flight=up.in_flight, drain_s=self.limits.drain_s)
+            if drain_s > 0:
+                log.warning("drain deadline passed; closing the target's connections", component=name,
+                            target=up.key, in_flight=up.in_flight, drain_s=drain_s)
         if self._upstreams[name].get(up.key) is up:
             del self._upstreams[name][up.key]
         await up.close()

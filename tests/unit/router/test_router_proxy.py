@@ -161,6 +161,25 @@ def test_drain_is_bounded_then_stragglers_are_retried_locally() -> None:
     run(main())
 
 
+def test_a_target_that_stops_answering_is_not_drained_its_requests_are_retried_at_once() -> None:
+    """Frozen or dead: nothing in flight there will finish, so waiting out the drain only delays the retry.
+    The drain here is far longer than the test's own deadline: the retry must come from the probe verdict."""
+    async def main() -> None:
+        async with world(Limits(**{**FAST.__dict__, "drain_s": 60.0, "response_timeout_s": 60.0,
+                                                "idle_timeout_s": 60.0})) as w:
+            await w.go_remote()
+            held = asyncio.ensure_future(w.get_text("/hold"))
+            await until(lambda: w.remote.held == 1, "a request in flight on the remote")
+            w.local.release.set()
+            w.remote.healthy = False  # its probes fail from now on; the request in flight never ends
+            assert await held == (200, "local after hold")
+            assert w.router.table.current(COMPONENT).target == "local"
+            assert "remote:sl-1" not in w.router._upstreams[COMPONENT]
+            assert w.router.metrics.retries[(COMPONENT, "remote", "local")] == 1
+
+    run(main(), timeout_s=10.0)
+
+
 async def _events(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
     buf = b""
     async for chunk in resp.content.iter_any():
