@@ -26,6 +26,7 @@ from local_emulator.faults import FaultPlan
 from local_emulator.vast import errors
 from local_emulator.vast.errors import VastApiError
 from local_emulator.vast.offers import Offer, build_catalog
+from local_emulator.vast.portmap import PortRelay, requested_ports
 from local_emulator.vast.ssh import SshEndpoint
 from spotleash.log import get_logger
 
@@ -61,6 +62,8 @@ class Instance:
     proc: procs.ManagedProcess | None = None
     ssh: SshEndpoint | None = None
     ssh_keys: list[str] = field(default_factory=list)
+    ports: list[int] = field(default_factory=list)  # container ports the create asked to expose ("-p C:C")
+    relays: list[PortRelay] = field(default_factory=list)  # their host ports, while the box runs
 
     @property
     def spotleash_id(self) -> str:
@@ -115,7 +118,9 @@ class Instance:
             "ssh_host": self.ssh.host if running and self.ssh else None,
             "ssh_port": self.ssh.port if running and self.ssh else None,
             "ssh_idx": None,
-            "ports": {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self.ssh.port)}]} if running and self.ssh else {},
+            "ports": ({"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(self.ssh.port)}],
+                       **{f"{r.container_port}/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(r.host_port)}]
+                          for r in self.relays}} if running and self.ssh else {}),
         }
 
 
@@ -233,7 +238,7 @@ class VastModel:
             onstart=body.get("onstart") or "", disk=float(body.get("disk") or 10), is_bid=is_bid,
             price=None if price is None else float(price), dph_total=dph,
             api_key=secrets.token_hex(32), folder=folder, host_key=paramiko.ECDSAKey.generate(),
-            ssh_keys=[k["public_key"] for k in self.ssh_keys],
+            ssh_keys=[k["public_key"] for k in self.ssh_keys], ports=requested_ports(env_in),
         )
         o.available = False
         self.instances[iid] = inst
@@ -278,9 +283,9 @@ class VastModel:
             inst.intended = intended
             inst.state = "stopped"
             inst.status_msg = msg
-            proc, ssh = inst.proc, inst.ssh
-            inst.proc, inst.ssh = None, None
-        self._kill(inst.id, proc, ssh, inst.spotleash_id)
+            proc, ssh, relays = inst.proc, inst.ssh, inst.relays
+            inst.proc, inst.ssh, inst.relays = None, None, []
+        self._kill(inst.id, proc, ssh, inst.spotleash_id, relays)
 
     def destroy(self, iid: int) -> None:
         with self.lock:
@@ -288,14 +293,16 @@ class VastModel:
             del self.instances[iid]
             self._dead_keys[iid] = (inst.api_key,)
             inst.offer.available = True
-            proc, ssh = inst.proc, inst.ssh
-            inst.proc, inst.ssh = None, None
-        self._kill(iid, proc, ssh, inst.spotleash_id)
+            proc, ssh, relays = inst.proc, inst.ssh, inst.relays
+            inst.proc, inst.ssh, inst.relays = None, None, []
+        self._kill(iid, proc, ssh, inst.spotleash_id, relays)
         shutil.rmtree(inst.folder, ignore_errors=True)
         log.info("instance destroyed", instance=iid)
 
     def _kill(self, iid: int, proc: procs.ManagedProcess | None, ssh: SshEndpoint | None,
-              spotleash_id: str = "") -> None:
+              spotleash_id: str = "", relays: list[PortRelay] | None = None) -> None:
+        for relay in relays or []:
+            relay.close()
         if ssh is not None:
             ssh.close()
         if proc is not None:
@@ -345,6 +352,8 @@ class VastModel:
             **inst.env,
             vmshim.INSTANCE_VAR: vmshim.instance_mark("vast", inst.id),
         }
+        relays = [PortRelay(self.host, port) for port in inst.ports]
+        env.update({f"VAST_TCP_PORT_{r.container_port}": str(r.host_port) for r in relays})
         for var in ("PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "SPOTLEASH_LOCAL_STACK"):
             if var in os.environ and var not in env:
                 env[var] = os.environ[var]
@@ -357,9 +366,9 @@ class VastModel:
         with self.lock:
             alive = self.instances.get(inst.id) is inst and inst.state == "starting"
             if alive:
-                inst.proc, inst.ssh, inst.state = proc, ssh, "running"
+                inst.proc, inst.ssh, inst.state, inst.relays = proc, ssh, "running", relays
         if not alive:  # destroyed or stopped while booting
-            self._kill(inst.id, proc, ssh, inst.spotleash_id)
+            self._kill(inst.id, proc, ssh, inst.spotleash_id, relays)
 
     # ------------------------------------------------------------------ control
     def inspect(self) -> dict[str, Any]:

@@ -23,74 +23,33 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from PIL import Image
 from tests.e2e.flows import Flows
+from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
 
-from local_emulator import procs, stack
-from spotleash.events import Component, DemandEvent
+from local_emulator import procs
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
-from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "thumbs"
-LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")  # the functions that call handle_demand
-MARKER = "SPOTLEASH_COMPONENT_OF"
 READY_TIMEOUT_S = 240.0
-
-
-def _set_bucket(state_dir: Path, bucket: str) -> None:
-    path = stack.env_file(state_dir)
-    lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("SPOTLEASH_PACKAGE_BUCKET=")]
-    path.write_text("\n".join([*lines, f"SPOTLEASH_PACKAGE_BUCKET={bucket}"]) + "\n")
-    for name in LAUNCHERS:  # one at a time: each restart rewrites stack.json
-        stack.restart(state_dir, name)
 
 
 @pytest.fixture(scope="module")
 def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """examples/thumbs published once (through the CLI) and the launchers told the bucket; undone after."""
-    bucket = load_topology().package_bucket
-    state_dir: Path = local_stack.state_dir
-    cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
-    cache.mkdir(parents=True, exist_ok=True)
-    pub_state = tmp_path_factory.mktemp("publish-state")
-    (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
-    env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
-    t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
-                         env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result: dict[str, Any] = json.loads(out.stdout)
-    result["publish_s"] = round(time.monotonic() - t0, 2)
-    saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")
-    _set_bucket(state_dir, bucket)
-    os.environ["SPOTLEASH_PACKAGE_BUCKET"] = bucket
-    try:
+    with packages_on(local_stack.state_dir, tmp_path_factory.mktemp("publish-state")) as result:
         yield result
-    finally:
-        _set_bucket(state_dir, "")
-        if saved is None:
-            os.environ.pop("SPOTLEASH_PACKAGE_BUCKET", None)
-        else:
-            os.environ["SPOTLEASH_PACKAGE_BUCKET"] = saved
 
 
 @pytest.fixture(scope="module")
 def flows(published: dict[str, Any]) -> Flows:
     return Flows()
-
-
-def thumbs_demand(lease_id: str, *, gpu: bool) -> DemandEvent:
-    return DemandEvent(lease_id=lease_id, trigger="manual", ram_percent=91.0, components=[
-        Component(name="thumbnailer", ram_gb=2.0, gpu=gpu), Component(name="vectors", ram_gb=4.0, gpu=gpu)])
 
 
 def wait_ready(flows: Flows, lease_id: str) -> InstanceRecord:

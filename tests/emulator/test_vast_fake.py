@@ -264,3 +264,39 @@ def test_process_mode_sigterm_kills_instances(tmp_path: object) -> None:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.wait(timeout=10)
+
+
+def test_a_requested_port_is_mapped_to_a_host_port_and_relayed(vast_fake: VastFake) -> None:
+    """``--env "-p P:P"`` (the SDK's parse_env) exposes container port P on a host port VAST picks: the
+    instance's ``ports`` and the box's ``VAST_TCP_PORT_P`` name it, and a connection to it reaches P."""
+    import socket
+    import threading
+
+    container_port = free_port()
+    server = socket.create_server(("127.0.0.1", container_port))
+
+    def echo_once() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.sendall(b"echo:" + conn.recv(100))
+
+    threading.Thread(target=echo_once, daemon=True).start()
+    v = sdk(vast_fake)
+    offer = v.search_offers("gpu_name=RTX_4090 num_gpus=1", order="dph_total", limit=1)[0]
+    iid = v.create_instance(offer["id"], image="i", env=f"-e FOO=bar -p {container_port}:{container_port}",
+                            onstart_cmd=f'echo "$VAST_TCP_PORT_{container_port}" > mapped.txt')["new_contract"]
+    try:
+        wait_for(lambda: v.show_instance(iid)["actual_status"] == "running", timeout=10, every=0.05, what="running")
+        row = v.show_instance(iid)
+        host_port = int(row["ports"][f"{container_port}/tcp"][0]["HostPort"])
+        assert host_port != container_port and row["extra_env"] == {"FOO": "bar"}
+        mapped = vast_fake.model.get(iid).folder / "mapped.txt"
+        wait_for(lambda: mapped.exists() and mapped.read_text().strip(), timeout=5, what="the onstart's output")
+        assert mapped.read_text().strip() == str(host_port)
+        with socket.create_connection(("127.0.0.1", host_port), timeout=5) as c:
+            c.sendall(b"hello")
+            assert c.recv(100) == b"echo:hello"
+    finally:
+        server.close()
+        v.destroy_instance(iid)
+    assert not _port_open(host_port), "the mapping ends with the box"

@@ -187,3 +187,18 @@ def test_learn_host_key_from_a_box_that_is_no_ssh_server_is_transient(tmp_path: 
         finally:
             p.close()
         t.join(timeout=5)
+
+
+def test_a_box_with_a_route_credential_exposes_the_front_port_mapped_to_a_host_port(
+        provider: VastProvider, vast_fake: VastFake) -> None:
+    """The router reaches a box's TLS front through the host port VAST maps its container port 8443 to."""
+    inst = provider.create(spec("front", route_credential_sha256="c" * 64))
+    running = provider.wait_running(inst.provider_id, timeout_s=20, poll_s=0.1)
+    raw = provider.get_raw(running.provider_id)
+    assert raw is not None
+    [mapping] = raw["ports"]["8443/tcp"]
+    assert int(mapping["HostPort"]) != 8443
+    assert "-p 8443:8443" not in dict(raw["extra_env"]), "a docker option, not a variable of the box"
+    plain = provider.create(spec("no-front"))
+    plain_raw = provider.wait_running(plain.provider_id, timeout_s=20, poll_s=0.1) and provider.get_raw(plain.provider_id)
+    assert plain_raw is not None and "8443/tcp" not in plain_raw["ports"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 from datetime import UTC
 
-from spotleash.instance_agent.config import env_values
+from spotleash.instance_agent.config import FRONT_PORT, env_values
 from spotleash.providers.base import LaunchSpec
 from spotleash.startup_script import bootstrap_source, embed_file
 
@@ -49,6 +49,18 @@ def build_onstart(spec: LaunchSpec, *, bootstrap: str | None = None) -> str:
     return "\n".join(lines) + "\n" + embed_file('"$SPOTLEASH_DIR/bootstrap.py"', bootstrap_source()) + run
 
 
+def front_port_option(port: int = FRONT_PORT) -> str:
+    """The create's ``env`` key that makes VAST expose a container port, as the vastai SDK's ``parse_env``
+    writes ``--env "-p 8443:8443"``: VAST maps it to a host port of its choosing, named in the instance's
+    ``ports`` (``{"8443/tcp": [{"HostPort": ...}]}``) and, inside the box, in ``VAST_TCP_PORT_8443`` (the
+    endpoint the instance agent reports: ``instance_agent.workload.endpoint_for``)."""
+    return f"-p {port}:{port}"
+
+
 def agent_env(spec: LaunchSpec) -> dict[str, str]:
-    """The box's environment: ``spec.extra_env`` and the instance agent's config and token."""
-    return env_values(spec)
+    """The create's ``env``: ``spec.extra_env``, the instance agent's config and token, and, when the box
+    runs the router's TLS front (a route credential is set), the option that exposes the front's port."""
+    env = env_values(spec)
+    if spec.route_credential_sha256:
+        env[front_port_option()] = "1"
+    return env

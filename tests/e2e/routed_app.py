@@ -1,0 +1,190 @@
+"""A routed app on the local stack, for the router's end-to-end tests: a real agent, real local copies.
+
+``RoutedApp.start`` runs the example app's two components locally (``python thumbnailer.py`` /
+``python vectors.py``, the same files an instance runs) and a real ``python -m spotleash.agent`` with a
+copy of the example's ``spotleash.toml``: its ``local_url`` names the ports the local copies listen on
+and its ``route_port`` free ones. On this one machine the fake instance's copies bind the declared
+ports 8101/8102, so the local copies take others (a real instance has its own network). The agent
+replays a RAM trace that stays above its threshold: it demands at once, with its route credential's
+hash, and its router serves both route ports.
+
+``Traffic`` is a load generator: a thread sending GETs through the router's ports one after another
+(bounded in count and time) and counting who answered and what failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local_emulator.procs import free_port
+from spotleash.polling import wait_until
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLE = REPO / "examples" / "thumbs"
+COMPONENTS = {"thumbnailer": ("thumbnailer.py", 8101, 8201), "vectors": ("vectors.py", 8102, 8202)}
+SERVED_BY = "X-Served-By"
+
+
+def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int]) -> str:
+    """The example's spotleash.toml with its app tree absolute and the local / route ports replaced."""
+    text = (EXAMPLE / "spotleash.toml").read_text()
+    text = text.replace('dir = "."', f"dir = {json.dumps(str(EXAMPLE))}")
+    for name, (_, port, route) in COMPONENTS.items():
+        for old, new in ((f"http://127.0.0.1:{port}", f"http://127.0.0.1:{local_ports[name]}"),
+                         (f"route_port = {route}", f"route_port = {route_ports[name]}")):
+            assert text.count(old) == 1, f"{old} not once in the example's spotleash.toml"
+            text = text.replace(old, new)
+    return text
+
+
+@dataclass
+class RoutedApp:
+    lease_id: str
+    work: Path
+    local_ports: dict[str, int] = field(default_factory=dict)
+    route_ports: dict[str, int] = field(default_factory=dict)
+    admin_port: int = 0
+    locals_: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    agent: subprocess.Popen[bytes] | None = None
+    agent_log: Path | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self, budget_s: float = 10.0) -> None:
+        self.local_ports = {n: free_port() for n in COMPONENTS}
+        self.route_ports = {n: free_port() for n in COMPONENTS}
+        self.admin_port = free_port()
+        config = self.work / "spotleash.toml"
+        config.write_text(routed_toml(self.local_ports, self.route_ports))
+        for name, (script, _, _) in COMPONENTS.items():
+            env = {**os.environ, "PORT": str(self.local_ports[name]), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+            env.pop("SPOTLEASH_COMPONENT_OF", None)
+            with (self.work / f"local-{name}.log").open("wb") as out:
+                self.locals_.append(subprocess.Popen([sys.executable, script], cwd=EXAMPLE, env=env, stdout=out,
+                                                     stderr=subprocess.STDOUT, start_new_session=True))
+        trace = self.work / "high.csv"
+        trace.write_text("t_seconds,percent\n0,95\n1,95\n")
+        env = {**os.environ, "SPOTLEASH_CONFIG_FILE": str(config), "SPOTLEASH_STATE_DIR": str(self.work / "state"),
+               "SPOTLEASH_ROUTER_ADMIN_PORT": str(self.admin_port), "SPOTLEASH_SHUTDOWN_BUDGET_S": str(budget_s),
+               "PYTHONUNBUFFERED": "1"}
+        for var in ("SPOTLEASH_COMPONENTS", "SPOTLEASH_COMPONENT_RAM_GB", "SPOTLEASH_GPU_COMPONENTS"):
+            env.pop(var, None)  # derived from [app]
+        self.agent_log = self.work / "agent.log"
+        with self.agent_log.open("wb") as out:
+            self.agent = subprocess.Popen(
+                [sys.executable, "-m", "spotleash.agent", "--lease-id", self.lease_id, "--trace", str(trace)],
+                env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        for name, port in self.local_ports.items():
+            wait_until(lambda p=port: _answers(f"http://127.0.0.1:{p}/healthz"), timeout_s=60, interval_s=0.2,
+                       what=f"the local copy of {name}")
+        wait_until(lambda: self.logged("router started"), timeout_s=30, interval_s=0.2, what="the agent's router")
+
+    def stop(self) -> None:
+        for p in [*self.locals_, *([self.agent] if self.agent else [])]:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+
+    # ------------------------------------------------------------------ the agent's log
+    def lines(self) -> list[dict[str, Any]]:
+        assert self.agent_log is not None
+        out = []
+        for raw in self.agent_log.read_text(errors="replace").splitlines():
+            try:
+                out.append(json.loads(raw))
+            except json.JSONDecodeError:
+                out.append({"message": raw})
+        return out
+
+    def logged(self, fragment: str) -> dict[str, Any] | None:
+        return next((ln for ln in self.lines() if fragment in str(ln.get("message", ""))), None)
+
+    def route_changes(self, component: str) -> list[dict[str, Any]]:
+        return [ln for ln in self.lines() if ln.get("message") == "route changed" and ln.get("component") == component]
+
+    # ------------------------------------------------------------------ through the router
+    def url(self, component: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.route_ports[component]}{path}"
+
+    def get(self, component: str, path: str = "/healthz", timeout_s: float = 30.0) -> httpx.Response:
+        return httpx.get(self.url(component, path), timeout=timeout_s)
+
+    def served_by(self, component: str) -> str:
+        r = self.get(component)
+        assert r.status_code == 200, r.text
+        return r.headers[SERVED_BY]
+
+    def wait_served_by(self, who: str, timeout_s: float = 30.0) -> None:
+        for name in COMPONENTS:
+            wait_until(lambda n=name: self.served_by(n) == who, timeout_s=timeout_s, interval_s=0.2,
+                       what=f"{name} served by {who}")
+
+    def routes(self) -> dict[str, Any]:
+        got: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.admin_port}/routes", timeout=10).json()
+        return got
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+@dataclass
+class Traffic:
+    """GETs through the router, one after another from a thread, until stopped (bounded: 3000 / 300 s)."""
+
+    app: RoutedApp
+    served: Counter[str] = field(default_factory=Counter)  # X-Served-By → count
+    failures: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def __enter__(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        assert self._thread is not None
+        self._thread.join(timeout=90)
+
+    @property
+    def total(self) -> int:
+        return sum(self.served.values()) + len(self.failures)
+
+    def wait_requests(self, n: int, timeout_s: float = 30.0) -> None:
+        start = self.total
+        wait_until(lambda: self.total >= start + n, timeout_s=timeout_s, interval_s=0.1, what=f"{n} more requests")
+
+    def _run(self) -> None:
+        deadline = time.monotonic() + 300
+        names = list(COMPONENTS)
+        with httpx.Client(timeout=60) as client:
+            for i in range(3000):
+                if self._stop.is_set() or time.monotonic() > deadline:
+                    return
+                name = names[i % len(names)]
+                try:
+                    r = client.get(self.app.url(name, "/healthz"))
+                except httpx.HTTPError as e:
+                    self.failures.append(f"{name}: {type(e).__name__}: {e}")
+                    continue
+                if r.status_code == 200 and r.json().get("component") == name:
+                    self.served[r.headers[SERVED_BY]] += 1
+                else:
+                    self.failures.append(f"{name}: {r.status_code} {r.text[:300]}")
+                time.sleep(0.02)
