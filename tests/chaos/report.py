@@ -37,6 +37,12 @@ WHAT_CLEANS = {
     "deadline hit mid-launch": "reaper `max_runtime`",
     "budget exhausted mid-run": "budget alert → reaper stops everything; launches refused",
     "hostile and malformed events": "acked, recorded in `rejected`, dead-lettered",
+    "router: remote instance preempted under traffic": "router: preemption notice (listener) → local, 0 failed "
+                                                       "requests; failover replacement; release",
+    "router: remote instance killed under traffic": "router: failed forwards retried locally, probes → local, "
+                                                    "0 failed requests; release (heartbeat loss → reaper)",
+    "router: remote instance frozen under traffic": "router: probes fail → connections closed at once, in-flight "
+                                                    "GETs retried locally, 0 failed requests; release",
 }
 
 

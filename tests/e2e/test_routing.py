@@ -13,8 +13,9 @@ or the instance id). The tests run in order on that one lease, each leaving it r
 5. SIGKILL of every process of the instance: no failed GET, a POST in flight gets a 502 saying why;
    traffic back to local by the router's own probes;
 6. the reaper deletes the next instance (its deadline passed): traffic back to local with no failure;
-7. SIGTERM to the agent: new requests go local while a stream in flight on the instance finishes,
-   the release is published and the instance is deleted.
+7. a VAST box: its front is reached through the host port VAST maps its port 8443 to;
+8. SIGTERM to the agent: new requests go local while a stream in flight on the instance (the VAST box)
+   finishes, the release is published and the instance is deleted.
 """
 
 from __future__ import annotations
@@ -87,10 +88,10 @@ class Lease:
         self.current = rec
         return rec
 
-    def demand_again(self) -> InstanceRecord:
+    def demand_again(self, *, gpu: bool = False) -> InstanceRecord:
         """What the agent does when it needs capacity: a demand carrying its route credential's hash."""
         seen = {r.instance_id for r in self.flows.records_of(self.app.lease_id)}
-        event = thumbs_demand(self.app.lease_id, gpu=False).model_copy(
+        event = thumbs_demand(self.app.lease_id, gpu=gpu).model_copy(
             update={"route_credential_sha256": self.rec.route_credential_sha256})
         self.flows.publish(event)
         rec = self.wait_new_ready(seen)
@@ -266,10 +267,24 @@ def test_reaper_deletion_sends_traffic_local_without_a_failure(lease: Lease) -> 
     assert gone.reason == "max_runtime"
 
 
-# ------------------------------------------------------------------ 7. release
+# ------------------------------------------------------------------ 7. a VAST box: the front behind VAST's port map
+def test_a_vast_box_is_reached_through_the_host_port_vast_maps_its_front_to(lease: Lease) -> None:
+    from vastai import VastAI
+
+    rec = lease.demand_again(gpu=True)
+    assert rec.provider == "vast" and rec.provider_id
+    vast = VastAI(api_key=os.environ["SPOTLEASH_VAST_API_KEY"], server_url=os.environ["SPOTLEASH_VAST_URL"], raw=True)
+    box = vast.show_instance(int(rec.provider_id))
+    host_port = box["ports"]["8443/tcp"][0]["HostPort"]
+    assert host_port != "8443"
+    assert {c.endpoint for c in rec.component_states.values()} == {f"{box['public_ipaddr']}:{host_port}"}
+    assert similar_via_router(lease.app).headers[SERVED_BY] == rec.instance_id
+
+
+# ------------------------------------------------------------------ 8. release
 def test_agent_sigterm_sends_new_requests_local_while_a_stream_in_flight_finishes(lease: Lease) -> None:
-    app, flows = lease.app, lease.flows
-    rec = lease.demand_again()
+    app, flows, rec = lease.app, lease.flows, lease.rec
+    app.wait_served_by(rec.instance_id)
     events: list[dict[str, Any]] = []
     headers: dict[str, str] = {}
 

@@ -1,0 +1,113 @@
+"""The router under a steady request stream while its remote instance is preempted, killed or frozen.
+
+A real agent with the example app's spotleash.toml (its router on two route ports, the local copies
+running here) demands an instance; the Compute fake VM runs the published package and its TLS front;
+traffic shifts to it. Then, with GETs flowing through the router from a thread, the instance is
+preempted (the Compute fake's control API), SIGKILLed (every process of the VM and its components) or
+frozen (SIGSTOP of all of them). Verdict: not one GET failed (each was answered by one copy or the
+other), traffic is back on the local copies, and after the agent's SIGTERM nothing is left at the
+provider and every record ended with a reason (``Chaos.verdict``).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from tests.chaos.conftest import REAP_BOUND, SEEDS, Chaos, ChaosStack, new_lease, observed
+from tests.e2e.packaged import MARKER, packages_on
+from tests.e2e.routed_app import RoutedApp, Traffic
+
+from local_emulator import procs
+from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.polling import wait_until
+
+pytestmark = [pytest.mark.chaos]
+
+FAULTS = ("preempted", "killed", "frozen")
+READY_TIMEOUT_S = 240.0
+
+
+@pytest.fixture(scope="module")
+def packages(chaos_stack: ChaosStack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """The example app published on the chaos stack and its launchers told the bucket (undone after)."""
+    saved = dict(os.environ)
+    os.environ.update(chaos_stack.env)
+    try:
+        with packages_on(chaos_stack.state_dir, tmp_path_factory.mktemp("chaos-publish")):
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _instance_processes(chaos: Chaos, rec: InstanceRecord) -> list[psutil.Process]:
+    vm = chaos.vm(rec.provider_id or "")
+    assert vm is not None and vm["pid"]
+    group = os.getpgid(int(vm["pid"]))
+    members = [p for p in psutil.process_iter() if _pgid(p) == group]
+    return members + procs.find_marked(MARKER, rec.instance_id)
+
+
+def _pgid(p: psutil.Process) -> int | None:
+    try:
+        return os.getpgid(p.pid)
+    except OSError:
+        return None
+
+
+def _signal_all(ps: list[psutil.Process], sig: int) -> None:
+    for p in ps:
+        with suppress(psutil.Error):
+            p.send_signal(sig)
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_requests_through_the_router_survive_the_remote_instance_going_away(
+        chaos: Chaos, packages: None, tmp_path: Path, fault: str, seed: int) -> None:
+    scenario = f"router: remote instance {fault} under traffic"
+    lid = new_lease(f"rt{fault[:3]}")
+    app = RoutedApp(lease_id=lid, work=tmp_path)
+    frozen: list[psutil.Process] = []
+    try:
+        with observed(chaos) as obs:
+            app.start(budget_s=5.0)
+            rec = wait_until(lambda: next((r for r in chaos.records_of(lid) if r.state == State.READY), None),
+                             timeout_s=READY_TIMEOUT_S, interval_s=0.5, what=f"a READY instance of {lid}")
+            app.wait_served_by(rec.instance_id)
+            with Traffic(app) as traffic:
+                traffic.wait_requests(20)
+                time.sleep(random.Random(seed).uniform(0, 1))
+                t_fault = time.monotonic()
+                if fault == "preempted":
+                    chaos.compute("POST", f"instances/{rec.zone}/{rec.provider_id}/preempt")
+                elif fault == "killed":
+                    _signal_all(_instance_processes(chaos, rec), signal.SIGKILL)
+                else:
+                    frozen = _instance_processes(chaos, rec)
+                    _signal_all(frozen, signal.SIGSTOP)
+                app.wait_served_by("local", timeout_s=60)
+                traffic.wait_requests(20)
+            assert traffic.failures == [], f"{scenario}: {traffic.failures[:5]}"
+            assert traffic.served[rec.instance_id] and traffic.served["local"]
+            note = f"{traffic.total} requests, {len(traffic.failures)} failed"
+            assert app.agent is not None
+            app.agent.send_signal(signal.SIGTERM)
+            assert app.agent.wait(timeout=30) == 0, "the release was confirmed"
+            _signal_all(frozen, signal.SIGCONT)
+            chaos.verdict(scenario, obs, [lid], t_fault=t_fault, bound_s=REAP_BOUND + 30, min_seen=1, note=note)
+        ended: dict[str, Any] = {r.instance_id: (r.state, r.reason) for r in chaos.records_of(lid)}
+        assert all(state in ENDED for state, _ in ended.values()), ended
+        print(scenario, note, ended)
+    finally:
+        _signal_all(frozen, signal.SIGCONT)
+        app.stop()
