@@ -9,9 +9,9 @@ front), the credential itself stays in this process.
 The router's admin port (``settings.router_admin_port``, loopback) serves ``/routes`` (what ``spotleash
 status`` shows) and ``/metrics`` (Prometheus text).
 
-Shutdown order (``agent.shutdown``): ``release_lease()`` first, so new requests go local at once while
-remote ones in flight finish; then the release is published; then ``stop()`` after at most the rest of
-the shutdown budget (the drain is bounded below it).
+Shutdown order (``agent.shutdown``): ``release_lease()`` first, so new requests go local at once; then
+``wait_drained()`` while remote ones in flight finish (at most ``DRAIN_SHARE`` of the shutdown budget);
+then the release is published (the control plane deletes the instances at once); then ``stop()``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spotleash import appspec
+from spotleash.agent.shutdown import DRAIN_SHARE
 from spotleash.config import CONFIG_FILE_VAR
 from spotleash.errors import ConfigError
 from spotleash.log import get_logger
@@ -34,7 +35,6 @@ if TYPE_CHECKING:
 
 log = get_logger("spotleash.agent.routing")
 
-DRAIN_SHARE = 0.5  # of the shutdown budget: in-flight remote requests may finish for this long
 
 
 def component_routes(app: AppSpec, names: list[str]) -> tuple[ComponentRoute, ...]:

@@ -8,8 +8,9 @@ paths fire. If the release cannot be confirmed (no network, emulator down, budge
 says so, and says that lease expiry (``lease_ttl_s``) will still get every instance deleted.
 
 With a router (``agent.routing``) the release is wrapped: the router sends every new request to the
-local copies first (requests in flight on a remote copy may finish), then the release is published,
-then the router waits for the remote requests still in flight and stops — all inside the same budget.
+local copies first, then waits (at most ``DRAIN_SHARE`` of the budget) for the requests in flight on a
+remote copy to finish, then the release is published — the control plane deletes the instances at once,
+so a drain after it would cut what it waits for — then the router stops, all inside the same budget.
 
 A signal only *asks* to stop (it sets an event the run loop waits on); the release runs in the
 main thread once the loop returns. A second signal while stopping exits at once with
@@ -54,7 +55,7 @@ class RouterHooks(Protocol):
     def stop(self) -> None: ...
 
 
-ROUTER_STOP_RESERVE_S = 1.0  # of the budget, kept for stopping the router after its drain
+DRAIN_SHARE = 0.5  # of the budget: requests in flight on remote copies may finish for this long before the release
 
 
 class Shutdown:
@@ -155,15 +156,27 @@ class Shutdown:
         except Exception as e:  # noqa: BLE001 - the release must be published whatever the router does
             log.error("shutdown: router did not take the release", lease_id=self.lease_id,
                       error=f"{type(e).__name__}: {e}")
+        drained = self._drain(router, started)
         try:
             return self._publish_release(reason, started)
         finally:
-            self._stop_router(router, started)
+            self._stop_router(router, started, drained)
 
-    def _stop_router(self, router: RouterHooks, started: float) -> None:
-        left = self.budget_s - (self._clock() - started) - ROUTER_STOP_RESERVE_S
+    def _drain(self, router: RouterHooks, started: float) -> bool | None:
+        """Let requests in flight on remote copies finish before the release deletes their instances."""
+        left = self.budget_s * DRAIN_SHARE - (self._clock() - started)
         try:
             drained = router.wait_drained(max(left, 0.0))
+        except Exception as e:  # noqa: BLE001 - the release must be published whatever the router does
+            log.error("shutdown: router did not drain", lease_id=self.lease_id, error=f"{type(e).__name__}: {e}")
+            return None
+        if not drained:
+            log.warning("shutdown: requests still in flight on remote copies; releasing anyway",
+                        lease_id=self.lease_id, waited_s=round(max(left, 0.0), 3))
+        return drained
+
+    def _stop_router(self, router: RouterHooks, started: float, drained: bool | None) -> None:
+        try:
             router.stop()
         except Exception as e:  # noqa: BLE001 - a failing router must not keep the agent from exiting
             log.error("shutdown: router did not stop cleanly", lease_id=self.lease_id,

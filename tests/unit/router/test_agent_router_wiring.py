@@ -147,6 +147,8 @@ class Publisher:
     router: AgentRouter | None = None
     sent: list[Event] = field(default_factory=list)
     target_at_release: str | None = None
+    finished_before_release: list[str] = field(default_factory=list)  # the in-flight request's answer, if any
+    in_flight: list[str] | None = None
 
     def publish(self, event: Event) -> Future[str]:
         self.sent.append(event)
@@ -157,6 +159,8 @@ class Publisher:
     def publish_and_wait(self, event: Event, timeout_s: float) -> str:  # noqa: ARG002
         if self.router is not None:
             self.target_at_release = self.router.routes()["web"]["target"]
+        if self.in_flight is not None:
+            self.finished_before_release = list(self.in_flight)
         self.sent.append(event)
         return "released"
 
@@ -221,6 +225,7 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
         assert shown["target"] == "remote" and shown["instance_id"] == "inst-1" and shown["remote_share"] > 0.5
 
         slow: list[str] = []
+        publisher.in_flight = slow
         in_flight = threading.Thread(target=lambda: slow.append(get(route_port, "/slow")), daemon=True)
         in_flight.start()
         time.sleep(0.3)  # the slow request is on the remote copy now
@@ -239,6 +244,7 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
     assert publisher.target_at_release == "local", "new requests went local before the release was published"
     assert during_drain == "local"
     assert slow == ["remote"], "the request in flight on the remote copy finished there (bounded drain)"
+    assert publisher.finished_before_release == ["remote"], "it finished before the release deleted the instance"
     releases = [e for e in publisher.sent if isinstance(e, ReleaseEvent)]
     assert len(releases) == 1
     with pytest.raises(OSError):
