@@ -69,6 +69,8 @@ class PortRelay:
 
     def close(self) -> None:
         self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked on it (close alone does not)
         self._listener.close()
         with self._lock:
             conns, self._conns = self._conns, []
