@@ -99,7 +99,13 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
                 traffic.wait_requests(20)
             assert traffic.failures == [], f"{scenario}: {traffic.failures[:5]}"
             assert traffic.served[rec.instance_id] and traffic.served["local"]
-            note = f"{traffic.total} requests, {len(traffic.failures)} failed"
+            totals = app.routes()["totals"]  # the router's own count, every request it took
+            assert totals["failed"] == 0, totals
+            if fault == "frozen":  # a GET was waiting on the frozen copy: retried when the probes gave up on it
+                assert app.logged("target stopped answering; closing its connections without a drain"), fault
+                assert totals["retried"] >= 1, totals
+            note = (f"{totals['total']} requests through the router, {totals['retried']} retried, "
+                    f"{totals['failed']} failed")
             assert app.agent is not None
             app.agent.send_signal(signal.SIGTERM)
             assert app.agent.wait(timeout=30) == 0, "the release was confirmed"
