@@ -11,8 +11,8 @@ or the instance id). The tests run in order on that one lease, each leaving it r
 3. the instance's front refuses a request without the lease credential or with a wrong one;
 4. preemption: traffic back to local with no failed request, then to the failover replacement;
 5. SIGKILL of every process of the instance: no failed GET, a POST in flight gets a 502 saying why;
-   traffic back to local by the router's own probes;
-6. the reaper deletes the next instance (its deadline passed): traffic back to local with no failure;
+   traffic back to local by the router's own probes, then to the replacement of the silent instance;
+6. the reaper deletes that replacement (its deadline passed): traffic back to local with no failure;
 7. a VAST box: its front is reached through the host port VAST maps its port 8443 to;
 8. SIGTERM to the agent: new requests go local while a stream in flight on the instance (the VAST box)
    finishes, the release is published and the instance is deleted.
@@ -225,6 +225,7 @@ def _kill_instance(flows: Flows, rec: InstanceRecord, post_in_flight: threading.
 def test_sigkill_of_the_instance_loses_no_get_and_a_post_in_flight_gets_a_clear_502(lease: Lease) -> None:
     app, flows, rec = lease.app, lease.flows, lease.rec
     app.wait_served_by(rec.instance_id)
+    before = {r.instance_id for r in flows.records_of(app.lease_id)}
     post: dict[str, httpx.Response] = {}
 
     def send_post() -> None:
@@ -246,13 +247,17 @@ def test_sigkill_of_the_instance_loses_no_get_and_a_post_in_flight_gets_a_clear_
     left = next(c for c in app.route_changes("thumbnailer") if c["from_target"] == f"remote:{rec.instance_id}")
     assert "probe of" in left["reason"], left  # the router's own probes, before any record changed
     gone = flows.wait_state(rec.instance_id, set(ENDED), timeout_s=60)
+    assert gone.reason == "heartbeat_lost", gone.reason
+    new = lease.wait_new_ready(before)  # a silent instance is replaced (failover), and traffic follows
+    assert new.replaces == rec.instance_id
+    app.wait_served_by(new.instance_id)
     print("sigkill:", dict(traffic.served), "post:", error, "record:", gone.state, gone.reason)
 
 
 # ------------------------------------------------------------------ 6. reaper deletion
 def test_reaper_deletion_sends_traffic_local_without_a_failure(lease: Lease) -> None:
-    app, flows = lease.app, lease.flows
-    rec = lease.demand_again()
+    app, flows, rec = lease.app, lease.flows, lease.rec
+    app.wait_served_by(rec.instance_id)
     with Traffic(app) as traffic:
         traffic.wait_requests(20)
         flows.store.update(rec.instance_id, lambda r: r.model_copy(update={"deadline": datetime.now(UTC)}))
