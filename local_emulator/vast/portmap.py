@@ -52,12 +52,14 @@ class PortRelay:
                 client.close()  # nothing listens in the "container": the connection is refused
                 continue
             upstream.settimeout(None)
+            pair = [client, upstream]
             with self._lock:
-                self._conns += [client, upstream]
+                self._conns += pair
+            done = threading.Barrier(2, action=lambda p=pair: self._forget(p))  # both directions ended
             for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+                threading.Thread(target=self._pump, args=(a, b, done), daemon=True).start()
 
-    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, done: threading.Barrier) -> None:
         try:
             while data := src.recv(_CHUNK):
                 dst.sendall(data)
@@ -66,6 +68,14 @@ class PortRelay:
         finally:
             with contextlib.suppress(OSError):
                 dst.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                done.wait()
+
+    def _forget(self, pair: list[socket.socket]) -> None:
+        with self._lock:
+            self._conns = [s for s in self._conns if s not in pair]
+        for s in pair:
+            s.close()
 
     def close(self) -> None:
         self._closed.set()
