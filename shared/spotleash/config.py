@@ -89,6 +89,9 @@ class Settings(BaseSettings):
                                 "is snapshotted and destroyed, its lease HIBERNATED until the next demand; 0: off")
     snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "
                                               "long before its max-runtime deadline (needs the bucket); 0: never")
+    snapshot_interval_s: float = Field(900.0, ge=0, le=7 * 86400,
+                                       description="an instance snapshots its state paths this often, when they "
+                                                   "changed (0: no periodic snapshots)")
 
     # --- launching
     machine_type: str = Field("e2-highmem-4", description="smallest Spot machine type to launch")

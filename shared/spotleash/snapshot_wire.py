@@ -25,6 +25,23 @@ download URLs (``spotleash.storage.Storage.transfer``), so the same code path ru
 Object layout: ``snapshots/<lease>/<snapshot_id>/part-00000.tar.zst`` … and ``manifest.json``,
 uploaded last. A snapshot exists for restore only once the control plane has verified it (every
 object present with the manifest's size and MD5) and recorded it as ``verified`` in Firestore.
+
+**When an instance snapshots** (``spotleash.instance_agent.keeper``), one snapshot at a time, each one's
+``UploadAsk`` saying why (``trigger``) and, when asked for, which request it answers (``request_id``):
+
+- ``periodic``: every ``AgentConfig.snapshot_interval_s`` seconds (0: never), skipped while the state
+  paths are unchanged since the last verified snapshot;
+- ``requested``: the control plane asks in a heartbeat reply — the reply's member
+  ``SNAPSHOT_REQUEST_FIELD`` (``"snapshot_request"``) holds a ``SnapshotRequest``. The instance takes one
+  snapshot per ``request_id`` (a request repeated in later replies is not taken again; one arriving while
+  a snapshot runs is taken after it, so the state it saves is at least as new as the request). The
+  control plane knows its request was served when an ``UploadAsk`` names that ``request_id`` and then
+  when that snapshot is verified (or failed); it may stop repeating the request at the ``UploadAsk``;
+- ``preempted``: the GCE preemption notice (``instance/preempted`` TRUE), best effort within its 30 s.
+
+**Restore at boot.** A new instance asks ``RestoreAsk`` before its components start; its ``RestoredAsk``
+carries the restore's seconds and bytes (the phase timing the control plane records). No verified
+snapshot: ``RestoredAsk(snapshot_id=None)``, and the components start on empty state.
 """
 
 from __future__ import annotations
@@ -98,12 +115,19 @@ class SnapshotManifest(_Wire):
 # ------------------------------------------------------------------------------------------ the asks
 
 
+SnapshotTrigger = Literal["periodic", "requested", "preempted", "manual"]
+RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
+
+
 class UploadAsk(_Wire):
-    """'I packed a snapshot of ``parts`` parts: give me URLs to upload it.'"""
+    """'I packed a snapshot of ``parts`` parts: give me URLs to upload it.' ``trigger``: why it was
+    taken; ``request_id``: the ``SnapshotRequest`` it answers (trigger ``requested`` only)."""
 
     op: Literal["upload"] = "upload"
     snapshot_id: SnapshotId
     parts: Annotated[int, Field(ge=1, le=MAX_PARTS)]
+    trigger: SnapshotTrigger = "manual"
+    request_id: RequestId | None = None
 
 
 class UploadedAsk(_Wire):
@@ -190,7 +214,6 @@ class Noted(_Wire):
 
 
 SNAPSHOT_REQUEST_FIELD = "snapshot_request"  # the heartbeat reply's member carrying a SnapshotRequest
-RequestId = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")]
 
 
 class SnapshotRequest(_Wire):

@@ -1,6 +1,10 @@
-"""The instance agent: heartbeats, the preemption watch (GCE), an optional backend child.
+"""The instance agent: heartbeats, the preemption watch (GCE), snapshots, an optional backend child.
 
-What a heartbeat's reply means is the pure function ``interpret_beat_reply``; everything else is plumbing.
+What a heartbeat's reply means is the pure functions ``interpret_beat_reply`` and ``snapshot_request_of``;
+everything else is plumbing. Snapshots and the restore at boot run on the ``SnapshotKeeper``'s thread
+(``instance_agent.keeper``): an instance with a package restores before its components start, one
+without restores at once; a reply's ``snapshot_request`` and the preemption notice queue a snapshot
+there. Each beat carries ``idle_s`` (``instance_agent.idle`` has the rule).
 Failures to reach the control plane are logged and retried at the next interval — the agent never
 crashes on them. It exits 0 when told to stop (answer ``{"action":"stop"}``, 401/404/410) or on SIGTERM.
 """
@@ -11,7 +15,8 @@ import json
 import os
 import subprocess
 import threading
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -20,12 +25,17 @@ import httpx
 import psutil
 from pydantic import ValidationError
 
-from spotleash.events import Heartbeat
+from spotleash.events import Heartbeat, InstanceFailure
 from spotleash.instance_agent.config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
+from spotleash.instance_agent.idle import GpuProbe, IdleClock
+from spotleash.instance_agent.keeper import SnapshotKeeper, resolve_state_paths
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
-from spotleash.instance_agent.workload import Workload, workload_for
+from spotleash.instance_agent.package import Prepared
+from spotleash.instance_agent.snapshot import HeartbeatChannel, SnapshotError
+from spotleash.instance_agent.workload import DEFAULT_WORK_ROOT, Workload, workload_for
 from spotleash.log import get_logger
 from spotleash.providers import AgentTransport
+from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
 
 log = get_logger("spotleash.instance_agent")
 
@@ -58,6 +68,25 @@ def interpret_beat_reply(status_code: int | None, body: str | None) -> BeatOutco
     if isinstance(data, dict) and data.get("action") == "stop":
         return BeatOutcome.STOP
     return BeatOutcome.CONTINUE
+
+
+def snapshot_request_of(status_code: int | None, body: str | None) -> SnapshotRequest | None:
+    """The ``SnapshotRequest`` a 2xx heartbeat reply carries (``snapshot_wire.SNAPSHOT_REQUEST_FIELD``), or None;
+    a malformed one is logged and ignored (the control plane repeats a request until it is served)."""
+    if status_code is None or not 200 <= status_code < 300:
+        return None
+    try:
+        data = json.loads(body or "{}")
+    except json.JSONDecodeError:
+        return None
+    raw = data.get(SNAPSHOT_REQUEST_FIELD) if isinstance(data, dict) else None
+    if raw is None:
+        return None
+    try:
+        return SnapshotRequest.model_validate(raw)
+    except ValidationError as e:
+        log.warning("heartbeat reply carries a malformed snapshot request; ignored", reason=str(e)[:300])
+        return None
 
 
 def parse_config(raw: str | None) -> AgentConfig | None:
@@ -124,25 +153,50 @@ class InstanceAgent:
         self.work_dir = work_dir
         self.package_root = package_root
         self.workload: Workload | None = None
+        self.keeper: SnapshotKeeper | None = None
+        self.idle: IdleClock | None = None
+        self.idle_s = 0.0
+        self._cpu = 0.0
+        self._gpu = GpuProbe()
 
     # ------------------------------------------------------------------ one heartbeat
-    def heartbeat(self) -> BeatOutcome:
+    def build_beat(self, snapshot: SnapshotAsk | None = None) -> Heartbeat:
+        """This instance's heartbeat now (ValidationError when the config cannot make one)."""
         cfg = self.config
         assert cfg is not None
         components, failure = self.workload.snapshot() if self.workload else ({}, None)
+        if failure is None and self.keeper is not None:
+            failure = self.keeper.failure
+        return Heartbeat(
+            lease_id=cfg.lease_id,
+            instance_id=cfg.instance_id,
+            preempted=self.preempted,
+            backend_alive=self.backend.alive if self.backend else True,
+            cpu_percent=self._cpu,
+            idle_s=self.idle_s,
+            components=components,
+            failure=failure,
+            tls_fingerprint=self.workload.tls_fingerprint if self.workload else None,
+            started_at=self.workload.started_at if self.workload else None,
+            timings=dict(self.workload.timings) if self.workload else {},
+            snapshot=snapshot,
+        )
+
+    def _sample_idle(self, cfg: AgentConfig) -> None:
+        """CPU since the last beat, GPUs now and the front's last request → ``idle_s`` (instance_agent.idle)."""
+        now = time.monotonic()
+        self._cpu = psutil.cpu_percent(interval=None)
+        if self.idle is None:
+            self.idle = IdleClock(now, cpu_threshold=cfg.idle_cpu_percent, gpu_threshold=cfg.idle_gpu_percent)
+        self.idle_s = self.idle.observe(now, cpu_percent=self._cpu, gpu_percents=self._gpu.sample(),
+                                        last_request_at=self.workload.last_request_at if self.workload else None)
+
+    def heartbeat(self) -> BeatOutcome:
+        cfg = self.config
+        assert cfg is not None
+        self._sample_idle(cfg)
         try:
-            beat = Heartbeat(
-                lease_id=cfg.lease_id,
-                instance_id=cfg.instance_id,
-                preempted=self.preempted,
-                backend_alive=self.backend.alive if self.backend else True,
-                cpu_percent=psutil.cpu_percent(interval=None),
-                components=components,
-                failure=failure,
-                tls_fingerprint=self.workload.tls_fingerprint if self.workload else None,
-                started_at=self.workload.started_at if self.workload else None,
-                timings=dict(self.workload.timings) if self.workload else {},
-            )
+            beat = self.build_beat()
         except ValidationError as e:
             log.error("cannot build a heartbeat from the config", reason=str(e)[:300])
             return BeatOutcome.RETRY
@@ -158,6 +212,9 @@ class InstanceAgent:
         except httpx.HTTPError as e:
             log.warning("heartbeat failed", instance_id=cfg.instance_id, reason=type(e).__name__, detail=str(e)[:200])
         action = interpret_beat_reply(status, body)
+        request = snapshot_request_of(status, body)
+        if request is not None and self.keeper is not None:
+            self.keeper.ask("requested", request.request_id, request.reason)
         self.beats_sent += 1
         log.info(
             "heartbeat", instance_id=cfg.instance_id, lease_id=cfg.lease_id, event_id=beat.event_id,
@@ -180,10 +237,48 @@ class InstanceAgent:
         self.config, self._token = cfg, token
         if cfg and cfg.backend_cmd and self.backend is None:
             self.backend = Backend(cfg.backend_cmd)
+        if cfg and cfg.heartbeat_url and self.keeper is None:
+            self.keeper = self._keeper_for(cfg, token)
+            if not cfg.package_sha256:  # nothing to wait for: restore now (the package's restore waits for it)
+                self._begin_keeper(cfg, ())
         if cfg and cfg.package_sha256 and self.workload is None:
             self.workload = workload_for(cfg, self._metadata, self.work_dir, on_change=self.wake.set,
-                                         package_root=self.package_root)
+                                         package_root=self.package_root, before_components=self._restore_before)
             self.workload.start()
+
+    # ------------------------------------------------------------------ snapshots
+    def _keeper_for(self, cfg: AgentConfig, token: str) -> SnapshotKeeper:
+        work = self.work_dir or DEFAULT_WORK_ROOT / f"spotleash-{cfg.instance_id or 'instance'}"
+
+        def beat(ask: SnapshotAsk) -> Heartbeat:
+            return self.build_beat(ask)
+
+        http = httpx.Client(timeout=120.0, trust_env=False)
+        return SnapshotKeeper(lease_id=cfg.lease_id, instance_id=cfg.instance_id,
+                              channel=HeartbeatChannel(http, cfg.heartbeat_url, token, beat),
+                              spool=work / "snapshot-spool", interval_s=cfg.snapshot_interval_s, http=http,
+                              on_change=self.wake.set)
+
+    def _begin_keeper(self, cfg: AgentConfig, declared: Sequence[str]) -> InstanceFailure | None:
+        assert self.keeper is not None
+        try:
+            roots = resolve_state_paths(self.provider, cfg.state_paths, declared)
+        except SnapshotError as e:
+            self.keeper.failure = InstanceFailure(reason="state_paths_invalid", detail=str(e)[:500])
+            self.keeper.restored.set()
+            return self.keeper.failure
+        log.info("state paths", instance_id=cfg.instance_id, paths=[str(r) for r in roots],
+                 snapshot_interval_s=cfg.snapshot_interval_s)
+        self.keeper.begin(roots)
+        return None
+
+    def _restore_before(self, prepared: Prepared) -> InstanceFailure | None:
+        """The workload's hook: restore the lease's state before any component starts."""
+        cfg = self.config
+        if cfg is None or self.keeper is None:
+            return None
+        failed = self._begin_keeper(cfg, list(prepared.manifest.app.state_paths))
+        return failed or self.keeper.wait_restored()
 
     def run(self) -> int:
         log.info("instance agent starting", provider=self.provider, pid=os.getpid())
@@ -205,6 +300,10 @@ class InstanceAgent:
                 self.wake.wait(timeout=interval)
                 self.wake.clear()
         finally:
+            if self.keeper is not None:
+                if self.preempted:  # the state of a preempted box: its last chance to be saved
+                    self.keeper.settle_preemption()
+                self.keeper.stop()
             self.stop_event.set()
             if self.workload:
                 self.workload.stop()
@@ -236,6 +335,8 @@ class InstanceAgent:
             if value == "TRUE" and not self.preempted:
                 self.preempted = True
                 log.warning("preempted: the VM will be stopped or deleted within 30 s", reason="preempted")
+                if self.keeper is not None:
+                    self.keeper.ask("preempted", reason="GCE preemption notice")
                 self.wake.set()  # heartbeat at once, with preempted=True
 
 

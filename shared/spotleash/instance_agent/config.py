@@ -51,7 +51,14 @@ class AgentConfig(BaseModel):
     # admits requests carrying the credential whose sha256 this is. Unset: no front, components as before.
     route_credential_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
     front_port: int = Field(FRONT_PORT, ge=0, le=65535)  # the instance's one open port (0: any free one)
-    state_paths: list[str] = []  # snapshotted and restored (empty: the provider's default, see instance_agent.snapshot)
+    state_paths: list[str] = []  # snapshotted and restored (empty: the package's [app] state_paths, else the
+    # provider's default: /workspace on VAST, none on GCE; see instance_agent.keeper)
+    # Snapshots (instance_agent.keeper): a periodic one every this many seconds, skipped while the state is
+    # unchanged (0: none; requested and preemption snapshots are taken regardless).
+    snapshot_interval_s: float = Field(0.0, ge=0, le=7 * 86400)
+    # Idle (the heartbeat's idle_s, instance_agent.idle): the box is busy while CPU or any GPU is above these.
+    idle_cpu_percent: float = Field(10.0, ge=0, le=100)
+    idle_gpu_percent: float = Field(10.0, ge=0, le=100)
 
     @classmethod
     def for_launch(cls, spec: LaunchSpec) -> AgentConfig:
@@ -62,6 +69,7 @@ class AgentConfig(BaseModel):
             package_sha256=spec.package_sha256, package_uri=spec.package_uri,
             package_url=spec.package_url, components=list(spec.components),
             package_fetch_retry_s=spec.package_fetch_retry_s,
+            snapshot_interval_s=spec.snapshot_interval_s,
         )
 
     @classmethod

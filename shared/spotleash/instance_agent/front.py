@@ -28,6 +28,7 @@ import os
 import ssl
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -64,6 +65,8 @@ class FrontConfig:
     idle_timeout_s: float = 300.0
     max_connections: int = 256
     common_name: str = "spotleash"
+    # component → its health path: requests for it are the router's probes and leave the box idle
+    quiet_paths: Mapping[str, str] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"FrontConfig(components={dict(self.components)}, listen={self.listen_host}:{self.listen_port})"
@@ -101,6 +104,7 @@ class Front:
         self.identity = identity or make_identity(config.common_name)
         self.stats = FrontStats()
         self.address: tuple[str, int] | None = None
+        self.last_request_at: float | None = None  # time.monotonic() of the last admitted request (instance_agent.idle)
         self._runner: web.ServerRunner | None = None
         self._session: aiohttp.ClientSession | None = None
 
@@ -152,6 +156,8 @@ class Front:
             self.stats.refused["unknown component"] += 1
             return _json(404, {"error": f"no component {name!r} on this instance",
                                "components": sorted(self.config.components)})
+        if request.path != self.config.quiet_paths.get(name):
+            self.last_request_at = time.monotonic()
         session = self._session
         if session is None:
             return _json(503, {"error": "front is stopping"})

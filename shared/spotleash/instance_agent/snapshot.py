@@ -61,6 +61,7 @@ from spotleash.snapshot_wire import (
     SnapshotAsk,
     SnapshotManifest,
     SnapshotReply,
+    SnapshotTrigger,
     Transfer,
     UploadAsk,
     UploadedAsk,
@@ -379,6 +380,8 @@ def take_snapshot(
     level: int = ZSTD_LEVEL,
     retry_budget_s: float = 120.0,
     sleep: Callable[[float], None] = time.sleep,
+    trigger: SnapshotTrigger = "manual",
+    request_id: str | None = None,
 ) -> SnapshotOutcome:
     """Pack, upload and have the control plane verify one snapshot. Never raises for a failed step:
     the outcome says what happened (and the control plane was told, if it could be reached)."""
@@ -395,7 +398,8 @@ def take_snapshot(
             raw_bytes=packed.raw_bytes, skipped=packed.skipped[:1000])
         manifest_bytes = manifest.model_dump_json().encode()
         t1 = time.monotonic()
-        grant: UploadGrant = _expect(channel.ask(UploadAsk(snapshot_id=snapshot_id, parts=len(packed.parts))),
+        grant: UploadGrant = _expect(channel.ask(UploadAsk(snapshot_id=snapshot_id, parts=len(packed.parts),
+                                                               trigger=trigger, request_id=request_id)),
                                      UploadGrant, "upload")
         timings["grant_s"] = time.monotonic() - t1
         if set(grant.objects) != set(object_names(len(packed.parts))):

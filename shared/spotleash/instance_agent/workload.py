@@ -73,6 +73,26 @@ class LivePorts(Mapping[str, int]):
         return len(self._ports())
 
 
+class LiveHealthPaths(Mapping[str, str]):
+    """Component → its health path (the front leaves the router's probes of it out of the idle clock)."""
+
+    def __init__(self, workload: Workload) -> None:
+        self._w = workload
+
+    def _paths(self) -> dict[str, str]:
+        sup = self._w.supervisor
+        return {r.launch.name: r.launch.health_path for r in sup.runners} if sup is not None else {}
+
+    def __getitem__(self, name: str) -> str:
+        return self._paths()[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._paths())
+
+    def __len__(self) -> int:
+        return len(self._paths())
+
+
 class Workload:
     def __init__(
         self,
@@ -89,6 +109,7 @@ class Workload:
         package_root: Path | None = None,
         front: FrontConfig | None = None,
         fetch_retry_s: float = 300.0,
+        before_components: Callable[[Prepared], InstanceFailure | None] | None = None,
     ) -> None:
         self.sha256 = sha256
         self._source = source
@@ -113,6 +134,14 @@ class Workload:
         self._front_config = front
         self.front: FrontThread | None = None
         self.front_address: tuple[str, int] | None = None
+        # Runs after the package is ready and before any component starts (the snapshot restore); a
+        # failure it returns fails the instance and no component starts.
+        self._before_components = before_components
+
+    @property
+    def last_request_at(self) -> float | None:
+        """``time.monotonic()`` of the last request the front admitted (None: none yet, or no front)."""
+        return self.front.front.last_request_at if self.front is not None else None
 
     @property
     def tls_fingerprint(self) -> str | None:
@@ -125,7 +154,8 @@ class Workload:
     def _start_front(self, cfg: FrontConfig) -> None:
         front = FrontThread(FrontConfig(
             components=LivePorts(self), credential_sha256=cfg.credential_sha256, listen_host=cfg.listen_host,
-            listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash"))
+            listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash",
+            quiet_paths=LiveHealthPaths(self)))
         # A taken port is another fake instance on this machine (its endpoint is loopback: the fakes' VMs
         # advertise 127.0.0.1); a real instance has its port to itself, and a taken one is a failure.
         advertised = self._endpoint(cfg.listen_port).rsplit(":", 1)[0]
@@ -187,6 +217,11 @@ class Workload:
                 t = self._step("install", t)
                 prepared = package.prepared(root, raw)
             launches = package.launches(prepared.manifest, self.wanted)
+            if self._before_components is not None:
+                failed = self._before_components(prepared)
+                t = self._step("restore", t)
+                if failed is not None:
+                    raise PackageFailure(failed.reason, failed.detail)
             if self._stopping.is_set():
                 return
             sup = Supervisor(
@@ -262,6 +297,7 @@ def workload_for(
     on_change: Callable[[], None],
     env: Mapping[str, str] | None = None,
     package_root: Path | None = None,
+    before_components: Callable[[Prepared], InstanceFailure | None] | None = None,
 ) -> Workload:
     """The workload a config names: GCS through the metadata token (GCE), the emulator, or a signed URL."""
     environ = dict(os.environ if env is None else env)
@@ -276,6 +312,7 @@ def workload_for(
         endpoint=endpoint_for(cfg.advertise_host, environ, _external_ip(md) if not cfg.advertise_host else None),
         on_change=on_change, env=environ, package_root=package_root, front=front_config(cfg),
         fetch_retry_s=cfg.package_fetch_retry_s,
+        before_components=before_components,
     )
 
 

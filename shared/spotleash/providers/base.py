@@ -85,6 +85,7 @@ class LaunchSpec:
     package_url: str = ""
     components: tuple[str, ...] = ()
     package_fetch_retry_s: float = 300.0  # how long the instance retries its download (Cloud Storage failing)
+    snapshot_interval_s: float = 0.0  # the instance's periodic snapshots (0: none; AgentConfig.snapshot_interval_s)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -1,0 +1,78 @@
+"""How long this instance has done nothing: the heartbeat's ``idle_s``, what auto-hibernation reads.
+
+**The rule.** A moment is *busy* when any of these holds, and ``idle_s`` is the seconds since the last
+busy moment (since the agent started, when there was none):
+
+- a remote request was admitted by the instance's TLS front (``instance_agent.front``: it carried the
+  lease's credential), except the router's probes of a component's own health path — those come every
+  few seconds from the user's machine whether the app is used or not, and would keep every box awake;
+- the CPU use of the whole box, averaged over the time since the previous heartbeat, was at or above
+  ``AgentConfig.idle_cpu_percent`` (default 10 %);
+- any GPU's utilisation (``nvidia-smi``, when the box has one) was at or above
+  ``AgentConfig.idle_gpu_percent`` (default 10 %) at the heartbeat.
+
+The samples are taken once per heartbeat, so a burst shorter than the interval counts through the CPU
+average and the front's clock, not through the GPU's instantaneous reading. A box without a front is
+judged on CPU and GPU alone.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+
+from spotleash.log import get_logger
+
+log = get_logger("spotleash.instance_agent.idle")
+
+NVIDIA_SMI = "nvidia-smi"
+GPU_QUERY = [NVIDIA_SMI, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+GPU_TIMEOUT_S = 5.0
+
+
+class IdleClock:
+    """``observe`` once per heartbeat; it answers ``idle_s``. Times are ``time.monotonic()`` seconds."""
+
+    def __init__(self, started_at: float, *, cpu_threshold: float, gpu_threshold: float) -> None:
+        self._busy_at = started_at
+        self.cpu_threshold = cpu_threshold
+        self.gpu_threshold = gpu_threshold
+
+    def observe(self, now: float, *, cpu_percent: float, gpu_percents: Sequence[float] = (),
+                last_request_at: float | None = None) -> float:
+        if cpu_percent >= self.cpu_threshold or any(g >= self.gpu_threshold for g in gpu_percents):
+            self._busy_at = now
+        if last_request_at is not None and last_request_at > self._busy_at:
+            self._busy_at = min(last_request_at, now)
+        return round(max(0.0, now - self._busy_at), 3)
+
+
+Runner = Callable[[list[str]], "subprocess.CompletedProcess[str]"]
+
+
+def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=GPU_TIMEOUT_S, check=False)  # noqa: S603
+
+
+class GpuProbe:
+    """Each GPU's utilisation in percent from ``nvidia-smi``; empty when the box has none (or it fails)."""
+
+    def __init__(self, run: Runner = _run, which: Callable[[str], str | None] = shutil.which) -> None:
+        self._run = run
+        self.present = which(NVIDIA_SMI) is not None
+        self._warned = False
+
+    def sample(self) -> list[float]:
+        if not self.present:
+            return []
+        try:
+            out = self._run(GPU_QUERY)
+            if out.returncode != 0:
+                raise ValueError(f"exit {out.returncode}: {out.stderr.strip()[:200]}")
+            return [float(line) for line in out.stdout.split() if line.strip()]
+        except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+            if not self._warned:  # once: a broken driver would otherwise log at every beat
+                log.warning("nvidia-smi gave no utilisation; GPUs count as idle", reason=str(e)[:200])
+                self._warned = True
+            return []
