@@ -2,8 +2,14 @@
 
 Lifecycle (``boot_delay_s`` = B): created → ``actual_status`` null for B/3 → ``loading`` →
 ``running`` at B, when the instance's process group starts (``bash onstart.sh``, then it idles) and
-its SSH endpoint opens. ``stop`` / outbid → ``exited`` (processes and SSH gone, instance kept);
-``start`` → loading again; ``destroy`` → gone (``no_such_instance`` afterwards), offer free again.
+its SSH endpoint opens. ``stop`` → ``exited`` (processes and SSH gone, instance kept); ``start`` →
+loading again; ``destroy`` → gone (``no_such_instance`` afterwards), offer free again, its data removed.
+
+Outbid (a bid box, ``POST /_control/outbid/{id}``) → ``exited`` and **paused**, as on VAST: every process
+of the box and its components is SIGSTOPped where it stands and its disk is kept; ``start`` resumes them
+(SIGCONT; SSH opens again), ``destroy`` SIGKILLs them. A box's disk is ``<folder>/root`` (given to it as
+``SPOTLEASH_VM_ROOT``, see ``local_emulator.vmshim``), its workspace ``<folder>/root/workspace``: what
+the instance agent sees as ``/workspace``.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -20,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import paramiko
+import psutil
 
 from local_emulator import procs, vmshim
 from local_emulator.faults import FaultPlan
@@ -64,6 +72,12 @@ class Instance:
     ssh_keys: list[str] = field(default_factory=list)
     ports: list[int] = field(default_factory=list)  # container ports the create asked to expose ("-p C:C")
     relays: list[PortRelay] = field(default_factory=list)  # their host ports, while the box runs
+    paused: procs.ManagedProcess | None = None  # outbid: the box's process group, SIGSTOPped
+
+    @property
+    def root(self) -> Path:
+        """The box's disk (``SPOTLEASH_VM_ROOT``): ``/workspace`` of the instance agent is ``root/workspace``."""
+        return self.folder / "root"
 
     @property
     def spotleash_id(self) -> str:
@@ -260,7 +274,9 @@ class VastModel:
         with self.lock:
             inst = self.get(iid)
             inst.intended = "running"
-            if inst.state == "stopped":
+            if inst.state == "stopped" and inst.paused is not None:
+                self._resume(inst)
+            elif inst.state == "stopped":
                 inst.state = "booting"
                 inst.status_msg = None
                 inst.boot_started = time.monotonic()
@@ -276,16 +292,52 @@ class VastModel:
             if not inst.is_bid:
                 raise errors.invalid(f"instance {iid} is on-demand; only a bid can be outbid")
         # real VAST keeps intended_status running and would resume if the bid became competitive
-        self._do_stop(inst, "running", "Instance was outbid by a higher bid and stopped.")
+        with self.lock:
+            if inst.paused is not None:
+                return  # outbid already
+            if inst.state != "running" or inst.proc is None:
+                self._do_stop(inst, "running", "Instance was outbid by a higher bid and stopped.")
+                return
+            inst.intended, inst.state = "running", "stopped"
+            inst.status_msg = "Instance was outbid by a higher bid and stopped."
+            proc, ssh = inst.proc, inst.ssh
+            inst.proc, inst.ssh, inst.paused = None, None, proc
+        if ssh is not None:
+            ssh.close()
+        n = self._signal_box(proc, inst.spotleash_id, signal.SIGSTOP)
+        log.info("instance paused (outbid): processes stopped, disk kept", instance=iid, processes=n)
+
+    @staticmethod
+    def _signal_box(proc: procs.ManagedProcess, spotleash_id: str, sig: signal.Signals) -> int:
+        """``sig`` to every process of the box: its group and its components (groups of their own)."""
+        members = proc.members()
+        if spotleash_id:
+            members += [p for p in procs.find_marked(vmshim.MARKER_VAR, spotleash_id)
+                        if p.pid not in {m.pid for m in members}]
+        for p in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError, OSError, psutil.Error):
+                p.send_signal(sig)
+        return len(members)
+
+    def _resume(self, inst: Instance) -> None:
+        """Caller holds the lock: SIGCONT the paused box, open SSH again."""
+        proc, inst.paused = inst.paused, None
+        assert proc is not None
+        inst.ssh = SshEndpoint(host=self.host, host_key=inst.host_key, root=inst.folder, env=self._box_env(inst),
+                               authorized=lambda: list(inst.ssh_keys) + [k["public_key"] for k in self.ssh_keys],
+                               name=str(inst.id))
+        inst.proc, inst.state, inst.status_msg = proc, "running", None
+        self._signal_box(proc, inst.spotleash_id, signal.SIGCONT)
+        log.info("instance resumed", instance=inst.id)
 
     def _do_stop(self, inst: Instance, intended: str, msg: str | None) -> None:
         with self.lock:
             inst.intended = intended
             inst.state = "stopped"
             inst.status_msg = msg
-            proc, ssh, relays = inst.proc, inst.ssh, inst.relays
-            inst.proc, inst.ssh, inst.relays = None, None, []
-        self._kill(inst.id, proc, ssh, inst.spotleash_id, relays)
+            proc, ssh, paused, relays = inst.proc, inst.ssh, inst.paused, inst.relays
+            inst.proc, inst.ssh, inst.paused, inst.relays = None, None, None, []
+        self._kill(inst.id, proc or paused, ssh, inst.spotleash_id, relays, paused=paused is not None)
 
     def destroy(self, iid: int) -> None:
         with self.lock:
@@ -293,18 +345,20 @@ class VastModel:
             del self.instances[iid]
             self._dead_keys[iid] = (inst.api_key,)
             inst.offer.available = True
-            proc, ssh, relays = inst.proc, inst.ssh, inst.relays
-            inst.proc, inst.ssh, inst.relays = None, None, []
-        self._kill(iid, proc, ssh, inst.spotleash_id, relays)
-        shutil.rmtree(inst.folder, ignore_errors=True)
+            proc, ssh, paused, relays = inst.proc, inst.ssh, inst.paused, inst.relays
+            inst.proc, inst.ssh, inst.paused, inst.relays = None, None, None, []
+        self._kill(iid, proc or paused, ssh, inst.spotleash_id, relays, paused=paused is not None)
+        shutil.rmtree(inst.folder, ignore_errors=True)  # the box's disk goes with it: destroy ends the bill
         log.info("instance destroyed", instance=iid)
 
     def _kill(self, iid: int, proc: procs.ManagedProcess | None, ssh: SshEndpoint | None,
-              spotleash_id: str = "", relays: list[PortRelay] | None = None) -> None:
+              spotleash_id: str = "", relays: list[PortRelay] | None = None, *, paused: bool = False) -> None:
         for relay in relays or []:
             relay.close()
         if ssh is not None:
             ssh.close()
+        if paused and proc is not None:  # SIGSTOPped processes would hold a SIGTERM until resumed
+            self._signal_box(proc, spotleash_id, signal.SIGKILL)
         if proc is not None:
             try:
                 procs.stop_all([proc], timeout=10.0, term_grace=3.0)
@@ -339,7 +393,7 @@ class VastModel:
                         inst.state = "stopped"
                         inst.status_msg = f"boot failed: {e}"
 
-    def _boot(self, inst: Instance) -> None:
+    def _box_env(self, inst: Instance) -> dict[str, str]:
         env = {
             "PATH": vmshim.path_value(),  # python3: the fakes' own (see local_emulator.vmshim)
             "HOME": str(inst.folder),
@@ -349,6 +403,7 @@ class VastModel:
             "VAST_URL": self._url(),
             "VAST_CONTAINERLABEL": f"C.{inst.id}",
             "PUBLIC_IPADDR": self.host,
+            vmshim.ROOT_VAR: str(inst.root),
             **inst.env,
             vmshim.INSTANCE_VAR: vmshim.instance_mark("vast", inst.id),
         }
@@ -357,6 +412,11 @@ class VastModel:
         for var in ("PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "SPOTLEASH_LOCAL_STACK"):
             if var in os.environ and var not in env:
                 env[var] = os.environ[var]
+        return env
+
+    def _boot(self, inst: Instance) -> None:
+        env = self._box_env(inst)
+        (inst.root / "workspace").mkdir(parents=True, exist_ok=True)
         (inst.folder / "onstart.sh").write_text(inst.onstart + "\n")
         ssh = SshEndpoint(host=self.host, host_key=inst.host_key, root=inst.folder, env=env,
                           authorized=lambda: list(inst.ssh_keys) + [k["public_key"] for k in self.ssh_keys],
@@ -376,8 +436,9 @@ class VastModel:
             return {
                 "instances": [
                     {**i.to_json(self.boot_delay_s), "state": i.state, "folder": str(i.folder),
-                     "pids": [p.pid for p in i.proc.members()] if i.proc else [],
-                     "pgid": i.proc.pgid if i.proc else None}
+                     "root": str(i.root), "workspace": str(i.root / "workspace"), "paused": i.paused is not None,
+                     "pids": [p.pid for p in (i.proc or i.paused).members()] if (i.proc or i.paused) else [],
+                     "pgid": (i.proc or i.paused).pgid if (i.proc or i.paused) else None}
                     for i in self.instances.values()
                 ],
                 "ssh_keys": len(self.ssh_keys),

@@ -15,7 +15,7 @@ Any other path is a loud 404. Control (no auth, loopback only):
   POST|GET|DELETE /_control/faults   local_emulator.faults rules, matched on the route name (``create``,
        ``destroy``, ``search``, ``list_v1``...), method and path; status 429 answers VAST's rate limit;
        effects ``offer_gone`` and ``bid_leaves_instance`` act on ``create``,
-  POST /_control/outbid/{id}, POST /_control/vanish/{offer}, POST /_control/ssh_keys {"ssh_key"},
+  POST /_control/outbid/{id} (the box is paused: SIGSTOP, disk kept), POST /_control/vanish/{offer}, POST /_control/ssh_keys {"ssh_key"},
   POST /_control/config {"boot_delay_s"}.
 """
 

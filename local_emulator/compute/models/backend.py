@@ -7,6 +7,9 @@ are real seconds. ``time_scale=60`` makes a 60 s ``maxRunDuration`` last one rea
 Capacity: when a zone is marked exhausted, ``insert`` answers 200 with an operation that then ends
 DONE with ``error.errors[0].code == "ZONE_RESOURCE_POOL_EXHAUSTED"`` (and httpErrorStatusCode 503),
 and no instance is left behind — that is what GCE does for Spot stock-outs.
+
+Disk: a VM's disk is ``<workdir>/root`` (its ``SPOTLEASH_VM_ROOT``: the startup script's ``/opt``, the
+instance agent's state directories); a stopped VM keeps it, a deleted one loses it (its log stays).
 """
 
 from __future__ import annotations
@@ -334,6 +337,7 @@ class ComputeModel:
                 "pid": inst.proc.pid if inst.proc else None,
                 "metadata_host": inst.md.host if inst.md else None,
                 "workdir": str(inst.workdir) if inst.workdir else None,
+                "root": str(inst.workdir / "root") if inst.workdir else None,  # the VM's disk (SPOTLEASH_VM_ROOT)
                 "log_path": str(log) if log else None,
                 "startup_script_check": inst.startup_check,
                 "labels": dict(inst.labels),
@@ -425,6 +429,8 @@ class ComputeModel:
                 self._notify(inst)
             if really_delete and inst.md:
                 inst.md.close()
+            if really_delete and inst.workdir is not None:
+                shutil.rmtree(inst.workdir / "root", ignore_errors=True)  # the boot disk goes with the VM
 
         t = threading.Thread(target=work, name=f"gce-fake-stop-{inst.name}", daemon=True)
         self._killers = [k for k in self._killers if k.is_alive()] + [t]

@@ -82,8 +82,8 @@ def fingerprint(roots: Sequence[Path]) -> str:
 
 
 def new_snapshot_id() -> str:
-    """Unique and sortable by time: ``20261129t213501-1a2b3c4d``."""
-    return f"{utcnow():%Y%m%dt%H%M%S}-{secrets.token_hex(4)}"
+    """Unique, and sortable by time to the microsecond: ``20261129t213501-123456-1a2b3c4d``."""
+    return f"{utcnow():%Y%m%dt%H%M%S-%f}-{secrets.token_hex(4)}"
 
 
 class SnapshotKeeper:
@@ -124,6 +124,7 @@ class SnapshotKeeper:
         self.failure: InstanceFailure | None = None
         self.busy: SnapshotTrigger | None = None  # the trigger of the snapshot running now
         self.outcomes: list[SnapshotOutcome] = []  # of this instance's snapshots, oldest first (last 16)
+        self.periodic_checks = 0  # periods that came due (a snapshot taken or, unchanged, skipped)
 
     # ------------------------------------------------------------------ control
     def begin(self, roots: Sequence[Path]) -> None:
@@ -181,6 +182,16 @@ class SnapshotKeeper:
 
     # ------------------------------------------------------------------ the thread
     def _main(self) -> None:
+        try:
+            self._run()
+        finally:  # whatever ended the thread, nobody may wait for the restore forever
+            if not self.restored.is_set():
+                self.failure = self.failure or InstanceFailure(reason="restore_failed",
+                                                               detail="the restore stopped unexpectedly")
+                self.restored.set()
+                self._on_change()
+
+    def _run(self) -> None:
         if not self.roots:
             self.restored.set()
             return
@@ -199,6 +210,7 @@ class SnapshotKeeper:
             try:
                 if trigger == "periodic":
                     next_periodic = self._clock() + self.interval_s
+                    self.periodic_checks += 1
                 if trigger != "periodic" or fingerprint(self.roots) != self._saved_fingerprint:
                     self._take(trigger, request_id)
             finally:
@@ -229,7 +241,7 @@ class SnapshotKeeper:
                 self.restored.set()
                 self._on_change()
                 return True
-            except SnapshotError as e:
+            except (SnapshotError, OSError) as e:  # OSError: the disk (full, read-only), said as such
                 why = str(e)[:400]
             if self._stop.is_set() or self._clock() + pause > give_up_at:
                 self.failure = InstanceFailure(reason="restore_failed", detail=f"state not restored: {why}")
