@@ -310,6 +310,8 @@ class VastModel:
     @staticmethod
     def _signal_box(proc: procs.ManagedProcess, spotleash_id: str, sig: signal.Signals) -> int:
         """``sig`` to every process of the box: its group and its components (groups of their own)."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pgid, sig)  # the group first: a child forked meanwhile is in it too
         members = proc.members()
         if spotleash_id:
             members += [p for p in procs.find_marked(vmshim.MARKER_VAR, spotleash_id)

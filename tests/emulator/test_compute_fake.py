@@ -9,6 +9,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -163,10 +164,14 @@ def test_delete_ends_the_process_group(clients: Any, control: httpx.Client) -> N
     ic, oc = clients
     insert(clients, resource("vm-del"))
     pid = inspect(control, "vm-del")["pid"]
+    disk = Path(inspect(control, "vm-del")["root"])
+    (disk / "var" / "lib").mkdir(parents=True, exist_ok=True)
+    (disk / "var" / "lib" / "state.bin").write_bytes(b"work")
     op = ic.delete_unary(project=P, zone=ZA, instance="vm-del")
     op = oc.wait(project=P, zone=ZA, operation=op.name)
     assert op.status == DONE and op.operation_type == "delete"
     assert pid_gone(pid)
+    assert not disk.exists()  # the VM's disk goes with it
     with pytest.raises(gexc.NotFound):
         ic.get(project=P, zone=ZA, instance="vm-del")
     with pytest.raises(gexc.NotFound):
@@ -194,6 +199,8 @@ def test_stop_and_start(clients: Any, control: httpx.Client) -> None:
     ic, oc = clients
     insert(clients, resource("vm-stop"))
     pid = inspect(control, "vm-stop")["pid"]
+    disk = Path(inspect(control, "vm-stop")["root"])
+    (disk / "state.bin").write_bytes(b"work")
     op = oc.wait(project=P, zone=ZA, operation=ic.stop_unary(project=P, zone=ZA, instance="vm-stop").name)
     assert op.status == DONE
     assert ic.get(project=P, zone=ZA, instance="vm-stop").status == "TERMINATED"
@@ -202,6 +209,7 @@ def test_stop_and_start(clients: Any, control: httpx.Client) -> None:
     assert ic.get(project=P, zone=ZA, instance="vm-stop").status == "RUNNING"
     new_pid = inspect(control, "vm-stop")["pid"]
     assert new_pid and new_pid != pid and psutil.pid_exists(new_pid)
+    assert (disk / "state.bin").read_bytes() == b"work"  # a stopped VM keeps its disk
 
 
 def test_operations_get_and_unknown_operation(clients: Any) -> None:

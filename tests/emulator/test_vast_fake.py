@@ -300,3 +300,45 @@ def test_a_requested_port_is_mapped_to_a_host_port_and_relayed(vast_fake: VastFa
         server.close()
         v.destroy_instance(iid)
     assert not _port_open(host_port), "the mapping ends with the box"
+
+
+def test_an_outbid_box_is_paused_with_its_workspace_kept_then_resumed_or_destroyed(
+        vast_fake: VastFake, control: httpx.Client) -> None:
+    v = sdk(vast_fake)
+    offer = v.search_offers("gpu_name=RTX_4090", type="bid", order="dph_total", limit=1)[0]
+    # The box counts in its workspace (SPOTLEASH_VM_ROOT/workspace: the agent's /workspace) every 50 ms.
+    count = 'while true; do date +%s%N >> "$SPOTLEASH_VM_ROOT/workspace/ticks"; sleep 0.05; done'
+    iid = v.create_instance(offer["id"], image="i", price=offer["min_bid"] * 1.2, onstart_cmd=count)["new_contract"]
+    wait_for(lambda: v.show_instance(iid)["actual_status"] == "running", timeout=10, what="running")
+    [row] = control.get("/inspect").json()["instances"]
+    ticks = vast_fake.model.get(iid).root / "workspace" / "ticks"
+    assert row["workspace"] == str(ticks.parent)
+    wait_for(lambda: ticks.exists() and len(ticks.read_text().split()) >= 3, timeout=10, what="the box to work")
+
+    control.post(f"/outbid/{iid}").raise_for_status()
+    s = v.show_instance(iid)
+    assert s["actual_status"] == "exited" and "outbid" in s["status_msg"] and s["ssh_port"] is None
+    pids = instance_pids(vast_fake)
+    assert pids and control.get("/inspect").json()["instances"][0]["paused"] is True
+    wait_for(lambda: all(_stopped_or_gone(p) for p in pids), timeout=5, what="every process of the box stopped")
+    frozen = ticks.read_text()  # the disk is kept as it stood
+    control.post(f"/outbid/{iid}").raise_for_status()  # outbid again: still the same paused box
+    assert instance_pids(vast_fake) == pids
+
+    v.start_instance(iid)
+    assert v.show_instance(iid)["actual_status"] == "running"
+    wait_for(lambda: len(ticks.read_text()) > len(frozen), timeout=10, what="the box to go on where it stood")
+    assert ticks.read_text().startswith(frozen)  # resumed, not rebooted
+
+    control.post(f"/outbid/{iid}").raise_for_status()
+    folder = vast_fake.model.get(iid).folder
+    assert v.destroy_instance(iid)["success"]
+    assert_no_instance_processes(pids)
+    assert not folder.exists()  # destroy removes the disk
+
+
+def _stopped_or_gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() in (psutil.STATUS_STOPPED, psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return True

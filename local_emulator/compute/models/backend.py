@@ -415,6 +415,8 @@ class ComputeModel:
                 inst.proc = None
                 inst.stopping = False
                 really_delete = delete or inst.delete_after_stop
+                if really_delete and inst.workdir is not None:  # the boot disk goes with the VM, before "DONE"
+                    shutil.rmtree(inst.workdir / "root", ignore_errors=True)
                 for op in inst.pending_ops:
                     op.finish(now)
                 inst.pending_ops.clear()
@@ -429,8 +431,6 @@ class ComputeModel:
                 self._notify(inst)
             if really_delete and inst.md:
                 inst.md.close()
-            if really_delete and inst.workdir is not None:
-                shutil.rmtree(inst.workdir / "root", ignore_errors=True)  # the boot disk goes with the VM
 
         t = threading.Thread(target=work, name=f"gce-fake-stop-{inst.name}", daemon=True)
         self._killers = [k for k in self._killers if k.is_alive()] + [t]
