@@ -16,7 +16,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
@@ -138,8 +138,10 @@ class InstanceAgent:
         stop: threading.Event | None = None,
         work_dir: Path | None = None,
         package_root: Path | None = None,
+        environ: Mapping[str, str] | None = None,
     ) -> None:
         self.provider = provider
+        self._environ = dict(os.environ if environ is None else environ)  # where SPOTLEASH_VM_ROOT is read
         self._load = load
         self._metadata = metadata
         self._http = http or httpx.Client(timeout=10.0, trust_env=False)
@@ -262,7 +264,7 @@ class InstanceAgent:
     def _begin_keeper(self, cfg: AgentConfig, declared: Sequence[str]) -> InstanceFailure | None:
         assert self.keeper is not None
         try:
-            roots = resolve_state_paths(self.provider, cfg.state_paths, declared)
+            roots = resolve_state_paths(self.provider, cfg.state_paths, declared, self._environ)
         except SnapshotError as e:
             self.keeper.failure = InstanceFailure(reason="state_paths_invalid", detail=str(e)[:500])
             self.keeper.restored.set()
