@@ -112,7 +112,12 @@ def cloud() -> Iterator[Cloud]:
             beat = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             assert self.headers["Authorization"] == "Bearer tok-1"
             c.beats.append(beat)
-            body = json.dumps({"action": "stop" if c.stop else "continue"}).encode()
+            reply: dict[str, Any] = {"action": "stop" if c.stop else "continue"}
+            ask = (beat.get("snapshot") or {}).get("op")
+            if ask is not None:  # as the control plane answers a lease that has no snapshot yet
+                reply["snapshot"] = {"restore": {"kind": "restore_grant"}, "restored": {"kind": "noted"}}.get(
+                    ask, {"kind": "refused", "detail": "this receiver takes no snapshots"})
+            body = json.dumps(reply).encode()
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -174,7 +179,8 @@ def agent(cloud: Cloud, tmp_path: Path) -> Iterator[Callable[..., Agent]]:
                "heartbeat_interval_s": 1.0, "package_sha256": sha, "advertise_host": "127.0.0.1",
                "package_uri": f"gs://{BUCKET}/{package_object(uri_sha or sha)}", "components": components}
         env = {**os.environ, "SPOTLEASH_AGENT_CONFIG": json.dumps(cfg), "SPOTLEASH_HEARTBEAT_TOKEN": "tok-1",
-               "STORAGE_EMULATOR_HOST": cloud.url, "PYTHONUNBUFFERED": "1"}
+               "STORAGE_EMULATOR_HOST": cloud.url, "PYTHONUNBUFFERED": "1",
+               "SPOTLEASH_VM_ROOT": str(tmp_path / f"{instance_id}-disk")}  # its /workspace, not this machine's
         log_path = tmp_path / f"{instance_id}.log"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(  # noqa: S603
