@@ -395,7 +395,7 @@ class VastModel:
                         inst.state = "stopped"
                         inst.status_msg = f"boot failed: {e}"
 
-    def _box_env(self, inst: Instance) -> dict[str, str]:
+    def _box_env(self, inst: Instance, relays: list[PortRelay] | None = None) -> dict[str, str]:
         env = {
             "PATH": vmshim.path_value(),  # python3: the fakes' own (see local_emulator.vmshim)
             "HOME": str(inst.folder),
@@ -409,15 +409,15 @@ class VastModel:
             **inst.env,
             vmshim.INSTANCE_VAR: vmshim.instance_mark("vast", inst.id),
         }
-        relays = [PortRelay(self.host, port) for port in inst.ports]
-        env.update({f"VAST_TCP_PORT_{r.container_port}": str(r.host_port) for r in relays})
+        env.update({f"VAST_TCP_PORT_{r.container_port}": str(r.host_port) for r in relays or inst.relays})
         for var in ("PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "SPOTLEASH_LOCAL_STACK"):
             if var in os.environ and var not in env:
                 env[var] = os.environ[var]
         return env
 
     def _boot(self, inst: Instance) -> None:
-        env = self._box_env(inst)
+        relays = [PortRelay(self.host, port) for port in inst.ports]
+        env = self._box_env(inst, relays)
         (inst.root / "workspace").mkdir(parents=True, exist_ok=True)
         (inst.folder / "onstart.sh").write_text(inst.onstart + "\n")
         ssh = SshEndpoint(host=self.host, host_key=inst.host_key, root=inst.folder, env=env,
