@@ -13,7 +13,9 @@ period. A provider whose listing failed is *unknown*: it yields no orphan or van
 
 ``lease_expired`` is decided from a read; the lease may be renewed before the deletion. ``recheck_lease``
 is the second look, made in the transaction that moves the instance to TERMINATING (see
-``services.reap``): still expired → the deletion goes on, else the instance is spared.
+``services.reap``): still expired → the deletion goes on, else the instance is spared. A lease with
+nothing live left is deleted on the same kind of second look: ``lease_retirable``, asked in the transaction
+that deletes it (``Store.retire_lease_if``).
 """
 
 from __future__ import annotations
@@ -115,6 +117,17 @@ def recheck_lease(current: Lease | None, now: datetime) -> LeaseRecheck:
         return LeaseRecheck(False, f"renewed at {current.renewed_at.isoformat()}, "
                                    f"now expires at {current.expires_at.isoformat()}")
     return LeaseRecheck(True, "released" if current.released else f"expired at {current.expires_at.isoformat()}")
+
+
+RELEASED_LEASE_HOLD = timedelta(hours=1)  # how long a released lease outlives its last instance
+
+
+def lease_retirable(lease: Lease, now: datetime) -> bool:
+    """May a lease with no live instance left be deleted at ``now``? Expired, yes; released, only once
+    ``RELEASED_LEASE_HOLD`` has passed since its last renewal: deleted at once, a late renewal (sent before the
+    release, delivered after) would open it again and a late demand would launch. Asked on the reap's read
+    and again in the deleting transaction, so a renewal handled in between keeps the lease."""
+    return lease.expired(now) and (not lease.released or now - lease.renewed_at > RELEASED_LEASE_HOLD)
 
 
 def decide_reaps(

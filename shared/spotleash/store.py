@@ -71,6 +71,7 @@ class Store(Protocol):
     def update_lease(self, lease_id: str, change: Callable[[Lease | None], Lease | None]) -> Lease | None: ...
     def expired_leases(self, now: datetime) -> list[Lease]: ...
     def retire_lease(self, lease_id: str) -> None: ...
+    def retire_lease_if(self, lease_id: str, due: Callable[[Lease], bool]) -> Lease | None: ...
     # dedup marks, rejected input, audit, budget
     def mark_event(self, event_id: str, kind: str, now: datetime) -> bool: ...
     def reject(self, *, source: str, reason: str, detail: str, raw: bytes, message_id: str,
@@ -317,6 +318,30 @@ class FirestoreStore:
     def retire_lease(self, lease_id: str) -> None:
         """A lease with nothing live left: delete it so expired leases don't pile up in every reap."""
         self._wrap(lambda: self._leases.document(lease_id).delete())
+
+    def retire_lease_if(self, lease_id: str, due: Callable[[Lease], bool]) -> Lease | None:
+        """Delete a lease only if ``due`` says so of the lease as stored, read in the same transaction: a renewal
+        committed between that read and the deletion makes the transaction run again and see it (the reaper
+        re-checks an expiry this way, ``reaper.lease_retirable``). Returns the lease left standing (None:
+        deleted, or already gone)."""
+        ref = self._leases.document(lease_id)
+        result: list[Lease | None] = [None]
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            snap = ref.get(transaction=txn)
+            self.reads += 1
+            current = Lease.model_validate(snap.to_dict()) if snap.exists else None
+            if current is not None and due(current):
+                txn.delete(ref)
+                current = None
+            result[0] = current
+
+        try:
+            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
+            raise Transient(f"firestore transaction on lease {lease_id} kept aborting: {e}") from e
+        return result[0]
 
     # ---------------------------------------------------------------- events, rejects, audit, budget
     def mark_event(self, event_id: str, kind: str, now: datetime) -> bool:

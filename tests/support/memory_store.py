@@ -5,8 +5,9 @@ Same semantics as ``FirestoreStore`` where the services depend on them, and the 
 
 - records round-trip through their stored form (``model_dump`` / ``model_validate``), so a caller
   never holds a reference into the store;
-- ``create_intent`` and ``mark_event`` are conditional creates; ``update`` and ``update_lease`` are
-  each one atomic read-modify-write (one lock for the whole store: a reap deletes from several threads);
+- ``create_intent`` and ``mark_event`` are conditional creates; ``update``, ``update_with_lease``,
+  ``update_lease`` and ``retire_lease_if`` are each one atomic read-modify-write (one lock for the whole
+  store: a reap deletes from several threads);
 - the queries filter as Firestore's do, including that a range filter never matches a missing field
   (a RUNNING record without ``last_heartbeat`` is not "older than" any cut-off);
 - ``reads`` counts documents read the way ``FirestoreStore`` counts them.
@@ -270,6 +271,17 @@ class MemoryStore:
     def retire_lease(self, lease_id: str) -> None:
         with self._lock:
             self._leases.pop(lease_id, None)
+
+    @_scripted
+    def retire_lease_if(self, lease_id: str, due: Callable[[Lease], bool]) -> Lease | None:
+        with self._lock:
+            self.reads += 1
+            doc = self._leases.get(lease_id)
+            current = Lease.model_validate(doc) if doc is not None else None
+            if current is None or due(current):
+                self._leases.pop(lease_id, None)
+                return None
+            return current
 
     # ---------------------------------------------------------------- events, rejects, audit, budget
     @_scripted

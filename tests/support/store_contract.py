@@ -267,6 +267,26 @@ class StoreContract:
         assert store.update_with_lease("sl-w", mark) == stored and seen[-1] is None
         assert store.update_with_lease("sl-nobody", mark) is None
 
+    def test_retire_lease_if_deletes_only_what_due_says_of_the_stored_lease(self, store: ContractStore) -> None:
+        """The reaper's retirement of a lease stands on it: ``due`` sees the lease as stored, in the deleting
+        transaction; the lease is deleted only if ``due`` says so, and what is left standing is returned."""
+        stale = Lease(lease_id="lease-r", deployment_id=DEP, expires_at=at(-1), renewed_at=at(-91), holder="h")
+        store.put_lease(stale)
+        renewed = stale.model_copy(update={"expires_at": at(90), "renewed_at": at(0)})
+        seen: list[Lease] = []
+
+        def due(current: Lease) -> bool:
+            seen.append(current)
+            return current.expired(at(0))
+
+        store.put_lease(renewed)  # the renewal lands after the caller read ``stale``
+        assert store.retire_lease_if("lease-r", due) == renewed and seen == [renewed]
+        assert store.get_lease("lease-r") == renewed
+        store.put_lease(stale)
+        assert store.retire_lease_if("lease-r", due) is None and seen[-1] == stale
+        assert store.get_lease("lease-r") is None
+        assert store.retire_lease_if("lease-r", due) is None and len(seen) == 2  # gone: nothing to ask
+
     def test_expired_leases(self, store: ContractStore, make_store: MakeStore) -> None:
         def put(lid: str, expires: float, released: bool = False, dep: str = DEP) -> None:
             target = store if dep == DEP else make_store(dep)

@@ -26,12 +26,14 @@ from spotleash.providers.base import (
     ownership_labels,
 )
 from spotleash.reaper import (
+    RELEASED_LEASE_HOLD,
     RETRY_DELETE_AFTER_S,
     Decision,
     ReapConfig,
     ReapPlan,
     candidate_cutoffs,
     decide_reaps,
+    lease_retirable,
     recheck_lease,
 )
 
@@ -167,6 +169,15 @@ def test_the_recheck_agrees_with_the_decision_rule(expires_in: float, released: 
     current = lease(expires_in=expires_in, released=released)
     decided = run([rec()], leases={"lease-1": current}).decisions
     assert recheck_lease(current, NOW).expired == any(d.reason == "lease_expired" for d in decided)
+
+
+def test_a_lease_with_nothing_live_is_retirable_once_expired_or_released_long_enough() -> None:
+    assert lease_retirable(lease(expires_in=0), NOW)
+    assert not lease_retirable(lease(expires_in=1e-6), NOW)  # renewed: kept
+    fresh = lease(expires_in=3600, released=True).model_copy(update={"renewed_at": NOW - RELEASED_LEASE_HOLD})
+    assert not lease_retirable(fresh, NOW)  # a late renewal must find the release
+    old = fresh.model_copy(update={"renewed_at": NOW - RELEASED_LEASE_HOLD - timedelta(microseconds=1)})
+    assert lease_retirable(old, NOW)
 
 
 @pytest.mark.parametrize("state", [State.REQUESTED, State.PROVISIONING])

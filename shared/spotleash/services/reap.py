@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
@@ -21,6 +20,7 @@ from spotleash.reaper import (
     ReapPlan,
     candidate_cutoffs,
     decide_reaps,
+    lease_retirable,
     recheck_lease,
 )
 from spotleash.services.context import Context
@@ -30,7 +30,6 @@ from spotleash.services.terminate import delete_at_provider, terminate
 
 log = get_logger("spotleash.reap")
 PARALLEL_DELETES = 8
-RELEASED_LEASE_HOLD = timedelta(hours=1)  # how long a released lease outlives its last instance
 
 
 @dataclass
@@ -73,14 +72,25 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
         if live:
             leases[lease.lease_id] = lease
             found.update((r.instance_id, r) for r in live)
-        elif not lease.released or now - lease.renewed_at > RELEASED_LEASE_HOLD:
-            # A released lease is kept a while: deleted at once, a late renewal (sent before the
-            # release, delivered after) would open it again and a late demand would launch.
-            store.retire_lease(lease.lease_id)
+        elif lease_retirable(lease, now):
+            _retire_if_still_due(ctx, lease)
     inventories = {name: inventory(ctx, name) for name in providers}
     named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
     found.update(store.get_many(named - found.keys()))
     return list(found.values()), leases, inventories
+
+
+def _retire_if_still_due(ctx: Context, read: Lease) -> None:
+    """Delete a lease found retirable on the reap's read, if it still is in the deleting transaction: a renewal
+    handled in between keeps it (audited ``lease_saved``), so the agent's next demand finds its lease."""
+    kept = ctx.store.retire_lease_if(read.lease_id, lambda current: lease_retirable(current, ctx.now()))
+    if kept is None:
+        return
+    detail = (f"retirable on the read (renewed at {read.renewed_at.isoformat()}, expires at "
+              f"{read.expires_at.isoformat()}, released={read.released}); at the deletion: renewed at "
+              f"{kept.renewed_at.isoformat()}, expires at {kept.expires_at.isoformat()}, released={kept.released}")
+    ctx.store.audit("lease_saved", "lease_renewed", ctx.now(), lease_id=read.lease_id, detail=detail)
+    log.info("reap kept a lease: it was renewed after the reap read it", lease_id=read.lease_id, detail=detail)
 
 
 def _reap_if_still_expired(ctx: Context, rec: InstanceRecord, d: Decision) -> bool:

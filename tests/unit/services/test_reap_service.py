@@ -17,9 +17,9 @@ from tests.support.memory_store import MemoryStore
 from spotleash.errors import ProviderTransient, Transient
 from spotleash.events import ReapTick
 from spotleash.model import Lease, State, transition
-from spotleash.reaper import Decision
+from spotleash.reaper import RELEASED_LEASE_HOLD, Decision
 from spotleash.services.context import Context
-from spotleash.services.reap import RELEASED_LEASE_HOLD, ReapReport, _execute, run_reap
+from spotleash.services.reap import ReapReport, _execute, run_reap
 
 
 def reap(ctx: Context, *, dry_run: bool = False, force: bool = False) -> ReapReport:
@@ -323,6 +323,36 @@ def test_leases_with_nothing_live_are_retired_but_a_fresh_release_is_kept_a_whil
     reap(ctx)
     assert store.get_lease("l-expired") is None and store.get_lease("l-released-long-ago") is None
     assert store.get_lease("l-released-now") is not None  # a late renewal must not reopen it
+
+
+def test_a_lease_renewed_between_the_read_and_its_retirement_is_kept(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    """The reap reads an expired lease with nothing live; the agent's renewal is handled before the deletion:
+    the deleting transaction re-reads the lease and keeps it, so the agent's next demand launches."""
+    from tests.support.builders import demand
+
+    from spotleash.services.launch import handle_demand
+
+    open_lease(ctx)
+    clock.advance(91)
+    store.on("retire_lease_if", lambda: open_lease(ctx))
+    report = reap(ctx)
+    assert report.plan.decisions == ()
+    lease = store.get_lease("lease-1")
+    assert lease is not None and not lease.released and lease.expires_at > clock.now
+    kept = [e for e in store.audit_entries() if e["action"] == "lease_saved"]
+    assert [(e["reason"], e["lease_id"]) for e in kept] == [("lease_renewed", "lease-1")]
+    assert "retirable on the read" in kept[0]["detail"] and "at the deletion" in kept[0]["detail"]
+    assert handle_demand(ctx, demand("lease-1", event_id="ev-after")).state is State.RUNNING
+
+
+def test_a_lease_still_expired_at_its_retirement_is_deleted_without_a_save(
+        ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    open_lease(ctx)
+    clock.advance(91)
+    reap(ctx)
+    assert store.get_lease("lease-1") is None
+    assert not [e for e in store.audit_entries() if e["action"] == "lease_saved"]
 
 
 def test_without_a_vast_key_only_gce_is_listed(make_ctx: MakeCtx, gce: FakeProvider,
