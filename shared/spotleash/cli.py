@@ -31,6 +31,8 @@ from spotleash.stack_env import read_env_file
 if TYPE_CHECKING:
     from spotleash.inventory import Checked
     from spotleash.model import InstanceRecord
+    from spotleash.reaper import Decision
+    from spotleash.services.reap import ReapReport
     from spotleash.store import FirestoreStore
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
@@ -291,6 +293,19 @@ def down(
     raise typer.Exit(down_command(s, store, leases, timeout_s=timeout, json_out=json_out, publish=publish))
 
 
+def _decision_row(d: Decision) -> dict[str, Any]:
+    return {"reason": d.reason, "provider": d.provider, "instance_id": d.instance_id,
+            "provider_id": d.provider_id, "detail": d.detail}
+
+
+def reap_json(report: ReapReport) -> dict[str, Any]:
+    """``spotleash reap --json``: every decision, and which ``lease_expired`` ones were ``saved`` (the lease was
+    renewed between the reap's read and the deletion: nothing deleted)."""
+    return {"decisions": [_decision_row(d) for d in report.plan.decisions], "blocked": report.plan.blocked,
+            "dry_run": report.dry_run, "failed": [str(f[1]) for f in report.failed],
+            "saved": [_decision_row(d) for d in report.saved], "notes": list(report.plan.notes)}
+
+
 @app.command()
 def reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="decide and print, delete nothing"),
@@ -303,12 +318,10 @@ def reap(
     from spotleash.services.reap import run_reap
 
     report = run_reap(Context.from_settings(settings()), ReapTick(dry_run=dry_run, force=force))
-    rows = [{"reason": d.reason, "provider": d.provider, "instance_id": d.instance_id,
-             "provider_id": d.provider_id, "detail": d.detail} for d in report.plan.decisions]
     if json_out:
-        print(json.dumps({"decisions": rows, "blocked": report.plan.blocked, "dry_run": report.dry_run,
-                          "failed": [str(f[1]) for f in report.failed], "notes": list(report.plan.notes)}))
+        print(json.dumps(reap_json(report)))
     else:
+        rows = [_decision_row(d) for d in report.plan.decisions]
         table = Table("reason", "provider", "instance", "provider id", "detail")
         for r in rows:
             table.add_row(*(str(r[k] or "") for k in ("reason", "provider", "instance_id", "provider_id", "detail")))

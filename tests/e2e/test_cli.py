@@ -146,7 +146,7 @@ def test_status_reap_and_down_against_the_local_stack(local_stack: object) -> No
         dry = cli("reap", "--dry-run", "--json")
         assert dry.returncode == 0, dry.stderr
         report = json.loads(dry.stdout)
-        assert report["dry_run"] is True
+        assert report["dry_run"] is True and report["saved"] == []  # a dry run deletes nothing, so saves nothing
         assert rec.instance_id not in [d["instance_id"] for d in report["decisions"]], "a healthy VM is not due"
         table = cli("status")
         assert table.returncode == 0 and rec.instance_id in table.stdout

@@ -6,6 +6,7 @@ what it gathers from the store and the providers, what it deletes, and what it w
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
@@ -14,6 +15,7 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
+from spotleash.cli import reap_json
 from spotleash.errors import ProviderTransient, Transient
 from spotleash.events import ReapTick
 from spotleash.model import Lease, State, transition
@@ -88,6 +90,10 @@ def test_a_lease_renewed_between_the_read_and_the_deletion_is_spared(
     assert actions(store, rec.instance_id)[-2:] == [("reap_decision", "lease_expired"), ("reap_saved", "lease_renewed")]
     saved = [e for e in store.audit_entries(rec.instance_id) if e["action"] == "reap_saved"][0]
     assert saved["lease_id"] == "lease-1" and "renewed at" in saved["detail"] and "expired at" in saved["detail"]
+    shown = json.loads(json.dumps(reap_json(report)))  # what ``spotleash reap --json`` prints
+    assert shown["saved"] == [{"reason": "lease_expired", "provider": "gce", "instance_id": rec.instance_id,
+                               "provider_id": rec.provider_id, "detail": report.saved[0].detail}]
+    assert shown["decisions"] == shown["saved"] and shown["failed"] == []
     assert reap(ctx).plan.decisions == ()  # and the next reap has nothing to say
 
 
