@@ -4,7 +4,8 @@ version of these races is in tests/unit/services/test_reap_service.py).
 A reap reads an expired lease and decides ``lease_expired``; the agent's renewal is handled before the
 deletion: the re-check, in the Firestore transaction that would move the instance to TERMINATING, must see
 it and spare the instance. Without a renewal the same steps delete the instance. The providers are the
-in-process fakes of tests/support: what is under test is the store's transaction, not a cloud.
+in-process fakes of tests/support: what is under test is the store's transaction, not a cloud. The same
+holds for a lease with nothing live left: a renewal before its deletion keeps it (``Store.retire_lease_if``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.support.fake_provider import FakeProvider, FakeSshProvider
 
 from spotleash.config import Settings
 from spotleash.model import State
+from spotleash.reaper import lease_retirable
 from spotleash.services import reap as reap_module
 from spotleash.services import terminate as terminate_module
 from spotleash.services.context import Context
@@ -93,3 +95,24 @@ def test_without_a_renewal_the_instance_is_deleted(world: Any) -> None:
     assert done.state is State.TERMINATED and done.reason == "lease_expired"
     assert gce.by_instance_id(rec.instance_id) is None
     assert not [e for e in ctx.store.audit_entries() if e["action"] == "reap_saved"]
+
+
+def test_a_renewal_committed_between_the_read_and_the_retirement_keeps_the_lease(world: Any) -> None:
+    """A lease with nothing live, read expired: the agent's renewal is handled before the reap deletes it. The
+    deleting Firestore transaction re-reads it and keeps it; without the renewal the same step deletes it."""
+    ctx, clock, _ = world
+    open_lease(ctx)
+    clock.advance(91)
+    [read] = ctx.store.expired_leases(ctx.now())
+    assert lease_retirable(read, ctx.now()) and ctx.store.instances_of_lease("lease-1") == []
+    open_lease(ctx)  # the agent's renewal, handled after the reap's read
+    reap_module._retire_if_still_due(ctx, read)
+    lease = ctx.store.get_lease("lease-1")
+    assert lease is not None and not lease.released and lease.expires_at > clock.now
+    saved = [e for e in ctx.store.audit_entries() if e["action"] == "lease_saved"]
+    assert [(e["reason"], e["lease_id"]) for e in saved] == [("lease_renewed", "lease-1")]
+    clock.advance(91)
+    [read] = ctx.store.expired_leases(ctx.now())
+    reap_module._retire_if_still_due(ctx, read)
+    assert ctx.store.get_lease("lease-1") is None
+    assert len([e for e in ctx.store.audit_entries() if e["action"] == "lease_saved"]) == 1
