@@ -28,7 +28,12 @@ PER_LEASE = 10
 
 
 def _records(dep: str, n: int, now: datetime) -> tuple[list[InstanceRecord], list[Lease]]:
-    """n RUNNING records with fresh heartbeats, 1 % due (half past their deadline, half silent)."""
+    """n RUNNING records with fresh heartbeats, 1 % due (half past their deadline, half silent).
+
+    A silent record's lease is one of its own that its agent released: a silent instance of a live lease
+    is replaced (a failover launch, whose launch facts read every live record: 10,000 here, beyond any
+    global limit), which is launch work, not reap work.
+    """
     recs: list[InstanceRecord] = []
     leases: dict[str, Lease] = {}
     born = now - timedelta(minutes=10)
@@ -46,7 +51,10 @@ def _records(dep: str, n: int, now: datetime) -> tuple[list[InstanceRecord], lis
             if (i // 100) % 2 == 0:
                 r = r.model_copy(update={"deadline": now - timedelta(minutes=1)})
             else:
-                r = r.model_copy(update={"last_heartbeat": now - timedelta(hours=1)})
+                gone = f"{dep}-gone{i:05d}"
+                leases[gone] = Lease(lease_id=gone, deployment_id=dep, expires_at=now - timedelta(minutes=1),
+                                     renewed_at=now - timedelta(minutes=2), released=True)
+                r = r.model_copy(update={"last_heartbeat": now - timedelta(hours=1), "lease_id": gone})
         recs.append(r)
     return recs, list(leases.values())
 
