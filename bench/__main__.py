@@ -1,6 +1,7 @@
-"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,package,reap] [--no-readme] [--out PATH]``
+"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,package,reap,router] [--no-readme] [--out PATH]``
 
-Starts the local stack in a temporary directory, runs every benchmark with its same-run baseline,
+Starts the local stack in a temporary directory (unless only stackless sections are chosen), runs every
+benchmark with its same-run baseline,
 writes ``bench/results/latest.json`` and the README's bench section, and stops the stack, whatever
 happens. The full run takes under ten minutes on a 2-core machine; ``--quick`` about three.
 """
@@ -33,7 +34,8 @@ from spotleash.demo import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 README = REPO / "README.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "reap")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "reap", "router")
+STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
 # heartbeat-only instances (no package bucket): these sections time the control plane, not an install.
@@ -59,15 +61,13 @@ def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
                 "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
-                "package_launches": 1}
+                "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
-            "package_launches": 3}
+            "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
-    from local_emulator import stack
-
     chosen = [s.strip() for s in args.only.split(",")] if args.only else list(SECTIONS)
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
@@ -80,6 +80,41 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "raw": {}, "errors": {}, "rows": [], "notes": [], "loadavg_start": list(os.getloadavg()),
         "extra_notes": list(args.note),
     }
+    if "router" in chosen:
+        _run_router(results, p, console)
+    if set(chosen) - set(STACKLESS):
+        _run_stack_sections(results, chosen, p, console)
+    build_rows(results)
+    results["duration_s"] = time.monotonic() - started
+    results["loadavg_end"] = list(os.getloadavg())
+    return results
+
+
+def _timed(results: dict[str, Any], console: Console, name: str, what: str, fn: Callable[[], Any]) -> None:
+    t0 = time.monotonic()
+    with console.status(f"{what}..."):
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' figures
+            results["errors"][name] = f"{type(e).__name__}: {e}"
+            console.print(f"[red]{name} failed:[/] {e}\n{traceback.format_exc()}")
+    console.print(f"{what}: {time.monotonic() - t0:.0f}s")
+
+
+def _run_router(results: dict[str, Any], p: dict[str, Any], console: Console) -> None:
+    from bench import router_overhead
+
+    def router() -> None:
+        results["raw"]["router"] = router_overhead.router_section(p["router_n"], p["router_s"], p["router_rounds"])
+
+    _timed(results, console, "router", f"router overhead, {p['router_n']} sequential GETs per target + "
+           f"{p['router_rounds']}x{p['router_s']:g} s at 32 clients", router)
+
+
+def _run_stack_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], console: Console) -> None:
+    from local_emulator import stack
+
+    started = time.monotonic()
     work = Path(tempfile.mkdtemp(prefix="spotleash-bench-"))
     saved = dict(os.environ)
     try:
@@ -99,9 +134,6 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             left = stack.down(work)
         results["stack_parts_stopped"] = left
         shutil.rmtree(work, ignore_errors=True)
-    results["duration_s"] = time.monotonic() - started
-    results["loadavg_end"] = list(os.getloadavg())
-    return results
 
 
 def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], work: Path,
@@ -115,16 +147,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     bound = ttl + REAP_PERIOD_S
 
     def section(name: str, what: str, fn: Callable[[], Any]) -> None:
-        if name not in chosen:
-            return
-        t0 = time.monotonic()
-        with console.status(f"{what}..."):
-            try:
-                fn()
-            except Exception as e:  # noqa: BLE001 - one failed section must not lose the others' figures
-                results["errors"][name] = f"{type(e).__name__}: {e}"
-                console.print(f"[red]{name} failed:[/] {e}\n{traceback.format_exc()}")
-        console.print(f"{what}: {time.monotonic() - t0:.0f}s")
+        if name in chosen:
+            _timed(results, console, name, what, fn)
 
     def launch() -> None:
         raw["demand"] = lifecycle.demand_to_create(h, p["launches"])
@@ -161,12 +185,10 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     finally:
         h.close()
 
-    build_rows(results)
-
 
 def build_rows(results: dict[str, Any]) -> None:
     """The table rows and notes, from the raw measurements alone (so ``--render-only`` can redo them)."""
-    from bench import agent_cost, lifecycle, packages, reap_scale, vast_smoke
+    from bench import agent_cost, lifecycle, packages, reap_scale, router_overhead, vast_smoke
 
     raw = results["raw"]
     ttl = float(results["timings"]["SPOTLEASH_LEASE_TTL_S"])
@@ -184,6 +206,8 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += vast_smoke.smoke_rows(raw["vast_smoke"])
     if "package" in raw:
         rows += packages.package_rows(raw["package"])
+    if "router" in raw:
+        rows += router_overhead.router_rows(raw["router"])
     results["rows"] = rows
     results["notes"] = notes(results) + list(results.get("extra_notes", []))
 
@@ -212,6 +236,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         from bench.packages import package_notes
 
         out += package_notes(raw["package"])
+    if "router" in raw:
+        from bench.router_overhead import router_notes
+
+        out += router_notes(raw["router"])
     if "loadavg_start" in results and "loadavg_end" in results:
         out.append(f"machine load (1-min load average) {results['loadavg_start'][0]:.1f} at the start, "
                    f"{results['loadavg_end'][0]:.1f} at the end, on {results['machine'].get('cores')} cores.")
@@ -222,7 +250,8 @@ def notes(results: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    ap.add_argument("--quick", action="store_true", help="fewer runs, 20 s agent window, no 10,000-record reap")
+    ap.add_argument("--quick", action="store_true",
+                    help="fewer runs, 20 s agent window, no 10,000-record reap, 2 s router rounds")
     ap.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/latest.json)")
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")

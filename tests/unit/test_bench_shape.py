@@ -116,3 +116,39 @@ def test_package_rows_split_demand_to_ready_and_render() -> None:
     assert table.count("\n") == len(rows) + 1 and "0 bytes uploaded" in table
     notes = package_notes(res)
     assert len(notes) == 2 and "intent → insert received" in notes[1]
+
+
+def test_router_rows_compare_with_direct_and_quote_the_targets() -> None:
+    from bench.router_overhead import router_notes, router_rows
+
+    direct, routed = summary([0.30, 0.31, 0.32, 0.60]), summary([0.50, 0.52, 0.55, 1.20])
+    res = {"sequential": {"direct": {**direct, "failed": 0}, "routed": {**routed, "failed": 1}},
+           "throughput": {"direct": {"ok": 4000, "failed": 0, "elapsed_s": 2.0, "rps": 2000.0},
+                          "routed": {"ok": 3000, "failed": 2, "elapsed_s": 2.0, "rps": 1500.0}},
+           "clients": 32, "duration_s": 2.0, "rounds": 1, "body_bytes": 256}
+    rows = {r["key"]: r for r in router_rows(res)}
+    assert list(rows) == ["router_get_direct", "router_get_routed", "router_added", "router_rps_direct",
+                          "router_rps_routed"]
+    assert rows["router_get_routed"]["baseline"] == direct["median"]
+    assert rows["router_get_routed"]["ratio"] == pytest.approx(routed["median"] / direct["median"])
+    added = rows["router_added"]
+    assert added["median"] == pytest.approx(routed["median"] - direct["median"])
+    assert added["p99"] == pytest.approx(routed["p99"] - direct["p99"])
+    assert added["target"] == "at most 0.5 ms added at p50" and added["within_target"] is True
+    assert "1 failed" in rows["router_get_routed"]["metric"]
+    rps = rows["router_rps_routed"]
+    assert rps["ratio"] == pytest.approx(0.75) and rps["within_target"] is False
+    assert rps["target"] == "at least 80 % of direct" and "2 failed" in rps["metric"]
+    cells = report.row_cells(rps)
+    assert cells[2] == "1,500 req/s" and cells[5] == "2,000 req/s (direct)" and cells[8] == "✗ over"
+    assert report.row_cells(added)[2] == "0.2 ms"
+    assert "32 client threads" in router_notes(res)[0]
+    assert router_rows({}) == []  # a failed section yields no rows, not half-empty ones
+
+
+def test_router_section_needs_no_stack_and_has_quick_sizes() -> None:
+    from bench.__main__ import SECTIONS, STACKLESS, plan
+
+    assert "router" in SECTIONS and STACKLESS == ("router",)
+    quick, full = plan(True), plan(False)
+    assert quick["router_n"] < full["router_n"] and quick["router_s"] < full["router_s"]
