@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+import typer.completion
 import typer.main
 from typer.testing import CliRunner
 
@@ -37,7 +39,9 @@ def test_every_command_with_a_result_takes_json_as_a_flag() -> None:
         assert flag is not None and flag.is_flag, f"`spotleash {name}` has no --json flag"
 
 
-def test_completion_is_on() -> None:
+def test_completion_is_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The parent process names the shell (under ``make`` it is ``sh``, which typer does not complete): say bash.
+    monkeypatch.setattr(typer.completion, "_get_shell_name", lambda: "bash")
     runner = CliRunner()
     script = runner.invoke(app, ["--show-completion", "bash"], prog_name="spotleash")
     assert script.exit_code == 0 and "_SPOTLEASH_COMPLETE=complete_bash" in script.output
