@@ -12,6 +12,8 @@ Transactions stay short: the emulator locks pessimistically.
 
 from __future__ import annotations
 
+import random
+import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -27,6 +29,7 @@ from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin
 from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
+CONTENTION_ROUNDS = 3  # rounds of the client's own 10 attempts, for a transaction under contention (``_transact``)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
               gexc.TooManyRequests, gexc.RetryError)
 
@@ -118,6 +121,19 @@ class FirestoreStore:
         except _TRANSIENT as e:
             raise Transient(f"firestore: {e}") from e
 
+    def _transact(self, run: Callable[[Any], None], what: str) -> None:
+        """One transactional function, run under contention. The client retries an aborted transaction at once,
+        without a pause, up to ``max_attempts``: several writers of one document (heartbeats, reaps, launches
+        on a loaded machine) can use them all up together. So a few rounds, each after a jittered pause."""
+        for attempt in range(CONTENTION_ROUNDS):
+            try:
+                self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
+                return
+            except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
+                if attempt == CONTENTION_ROUNDS - 1:
+                    raise Transient(f"firestore transaction on {what} kept aborting: {e}") from e
+                time.sleep(random.uniform(0.05, 0.25) * (attempt + 1))
+
     def _records(self, query: Any) -> list[InstanceRecord]:
         docs = self._wrap(lambda: list(query.stream()))
         self.reads += len(docs)
@@ -171,10 +187,7 @@ class FirestoreStore:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current
 
-        try:
-            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
-        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
-            raise Transient(f"firestore transaction on {instance_id} kept aborting: {e}") from e
+        self._transact(run, instance_id)
         return result[0]
 
     def update_with_lease(
@@ -202,10 +215,7 @@ class FirestoreStore:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current
 
-        try:
-            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
-        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
-            raise Transient(f"firestore transaction on {instance_id} kept aborting: {e}") from e
+        self._transact(run, instance_id)
         return result[0]
 
     def _live(self) -> Any:
@@ -297,10 +307,7 @@ class FirestoreStore:
                 txn.set(ref, new.model_dump(mode="python"))
             result[0] = new if new is not None else current
 
-        try:
-            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
-        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
-            raise Transient(f"firestore transaction on lease {lease_id} kept aborting: {e}") from e
+        self._transact(run, f"lease {lease_id}")
         return result[0]
 
     def expired_leases(self, now: datetime) -> list[Lease]:
@@ -337,10 +344,7 @@ class FirestoreStore:
                 current = None
             result[0] = current
 
-        try:
-            self._wrap(lambda: run(self.client.transaction(max_attempts=10)))
-        except ValueError as e:  # the client's "Failed to commit transaction in N attempts": contention
-            raise Transient(f"firestore transaction on lease {lease_id} kept aborting: {e}") from e
+        self._transact(run, f"lease {lease_id}")
         return result[0]
 
     # ---------------------------------------------------------------- events, rejects, audit, budget

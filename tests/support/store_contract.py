@@ -130,7 +130,7 @@ class StoreContract:
             t.start()
         for t in threads:
             t.join(timeout=60)
-        assert errors == []
+        assert errors == [], [repr(e) for e in errors]
         got = store.get("sl-a")
         assert got is not None and got.attempts == 12
 
