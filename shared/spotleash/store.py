@@ -171,24 +171,7 @@ class FirestoreStore:
         self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
     ) -> InstanceRecord | None:
         """Read-modify-write in one transaction. ``change`` returns the new record or None (no write)."""
-        ref = self._instances.document(instance_id)
-        result: list[InstanceRecord | None] = [None]
-
-        @firestore.transactional
-        def run(txn: firestore.Transaction) -> None:
-            snap = ref.get(transaction=txn)
-            self.reads += 1
-            if not snap.exists:
-                result[0] = None
-                return
-            current = InstanceRecord.model_validate(snap.to_dict())
-            new = change(current)
-            if new is not None and new != current:
-                txn.set(ref, _doc(new))
-            result[0] = new if new is not None else current
-
-        self._transact(run, instance_id)
-        return result[0]
+        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False)
 
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
@@ -196,6 +179,12 @@ class FirestoreStore:
         """``update`` whose ``change`` also sees the record's lease, read in the same transaction: a lease
         written between that read and the commit makes the transaction run again, so the decision taken on
         the lease (the reaper's re-check of an expiry) holds at the instant the record is written."""
+        return self._update(instance_id, change, read_lease=True)
+
+    def _update(
+        self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None], *,
+        read_lease: bool,
+    ) -> InstanceRecord | None:
         ref = self._instances.document(instance_id)
         result: list[InstanceRecord | None] = [None]
 
@@ -207,9 +196,11 @@ class FirestoreStore:
                 result[0] = None
                 return
             current = InstanceRecord.model_validate(snap.to_dict())
-            lease_snap = self._leases.document(current.lease_id).get(transaction=txn)
-            self.reads += 1
-            lease = Lease.model_validate(lease_snap.to_dict()) if lease_snap.exists else None
+            lease = None
+            if read_lease:
+                lease_snap = self._leases.document(current.lease_id).get(transaction=txn)
+                self.reads += 1
+                lease = Lease.model_validate(lease_snap.to_dict()) if lease_snap.exists else None
             new = change(current, lease)
             if new is not None and new != current:
                 txn.set(ref, _doc(new))

@@ -166,20 +166,17 @@ class MemoryStore:
     def update(
         self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
     ) -> InstanceRecord | None:
-        with self._lock:
-            self.reads += 1
-            doc = self._instances.get(instance_id)
-            if doc is None:
-                return None
-            current = InstanceRecord.model_validate(doc)
-            new = change(current)
-            if new is not None and new != current:
-                self._instances[instance_id] = _stored(new)
-            return new if new is not None else current
+        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False)
 
     @_scripted
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
+    ) -> InstanceRecord | None:
+        return self._update(instance_id, change, read_lease=True)
+
+    def _update(
+        self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None], *,
+        read_lease: bool,
     ) -> InstanceRecord | None:
         with self._lock:
             self.reads += 1
@@ -187,9 +184,12 @@ class MemoryStore:
             if doc is None:
                 return None
             current = InstanceRecord.model_validate(doc)
-            self.reads += 1
-            lease_doc = self._leases.get(current.lease_id)
-            new = change(current, Lease.model_validate(lease_doc) if lease_doc is not None else None)
+            lease = None
+            if read_lease:
+                self.reads += 1
+                lease_doc = self._leases.get(current.lease_id)
+                lease = Lease.model_validate(lease_doc) if lease_doc is not None else None
+            new = change(current, lease)
             if new is not None and new != current:
                 self._instances[instance_id] = _stored(new)
             return new if new is not None else current
