@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -30,6 +30,7 @@ from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
 CONTENTION_ROUNDS = 3  # rounds of the client's own 10 attempts, for a transaction under contention (``_transact``)
+_OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
 _TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
               gexc.TooManyRequests, gexc.RetryError)
 
@@ -429,10 +430,7 @@ class FirestoreStore:
         self._wrap(lambda: self._hibernations.document(hibernation.lease_id).set(data))
 
     def get_hibernation(self, lease_id: str) -> Hibernation | None:
-        snap = self._wrap(lambda: self._hibernations.document(lease_id).get())
-        self.reads += 1
-        found = Hibernation.model_validate(snap.to_dict()) if snap.exists else None
-        return found if found is not None and found.deployment_id == self.deployment_id else None
+        return self._get_of_lease(self._hibernations, lease_id, Hibernation)
 
     def hibernations(self) -> list[Hibernation]:
         q = self._hibernations.where(filter=FieldFilter("deployment_id", "==", self.deployment_id))
@@ -448,9 +446,13 @@ class FirestoreStore:
         self._wrap(lambda: self._pins.document(pin.lease_id).set(data))
 
     def get_restore_pin(self, lease_id: str) -> RestorePin | None:
-        snap = self._wrap(lambda: self._pins.document(lease_id).get())
+        return self._get_of_lease(self._pins, lease_id, RestorePin)
+
+    def _get_of_lease(self, collection: Any, lease_id: str, model: type[_OfLease]) -> _OfLease | None:
+        """A document keyed by lease id, if it belongs to this deployment (lease ids are not per deployment)."""
+        snap = self._wrap(lambda: collection.document(lease_id).get())
         self.reads += 1
-        found = RestorePin.model_validate(snap.to_dict()) if snap.exists else None
+        found = model.model_validate(snap.to_dict()) if snap.exists else None
         return found if found is not None and found.deployment_id == self.deployment_id else None
 
     def delete_restore_pin(self, lease_id: str) -> None:
