@@ -3,9 +3,11 @@
 #   sl-<function>   one service account per function. Every function: Firestore user, publisher on
 #                   the dead-letter topic only, reader of the heartbeat signing key only. The
 #                   functions with a Compute role in the topology (on_demand: launcher; on_release:
-#                   deleter; on_reap: deleter + lister) get custom roles with just those Compute
+#                   deleter; on_reap: deleter + lister; on_heartbeat: deleter, for an instance whose
+#                   lease is gone or that cannot do its job) get custom roles with just those Compute
 #                   permissions, and read the VAST API key. Only the launcher may act as the VM
-#                   service account, and only that one.
+#                   service account, and only that one; the reaper and the heartbeat publish a failover
+#                   demand to the demand topic instead of launching (pubsub.tf).
 #   sl-push         the identity Pub/Sub push deliveries carry (OIDC); may invoke the private functions.
 #   sl-build        builds the function images: logs, its Artifact Registry repo, the source bucket.
 #   sl-vm           the identity attached to spotleash VMs: may write logs and read the package

@@ -108,3 +108,13 @@ resource "google_pubsub_topic_iam_member" "budget_publisher" {
   role   = "roles/pubsub.publisher"
   member = "serviceAccount:billing-budget-alert@system.gserviceaccount.com"
 }
+
+# A lost instance's replacement is launched by on_demand alone (the one launcher): the reaper and the
+# heartbeat publish a failover demand instead, each on the demand topic only (topology "publishes").
+resource "google_pubsub_topic_iam_member" "function_publisher" {
+  for_each = local.function_publishes
+
+  topic  = google_pubsub_topic.topic[each.value.topic].id
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${google_service_account.function[each.value.function].email}"
+}

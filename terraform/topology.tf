@@ -52,6 +52,9 @@ locals {
   function_compute_roles = merge([
     for fname, f in local.functions : { for r in f.roles : "${fname}/${r}" => { function = fname, role = r } }
   ]...)
+  function_publishes = merge([
+    for fname, f in local.functions : { for t in try(f.publishes, []) : "${fname}/${t}" => { function = fname, topic = t } }
+  ]...)
   vm_creators  = toset([for fname, f in local.functions : fname if contains(f.roles, "launcher")])
   vm_functions = toset([for fname, f in local.functions : fname if length(f.roles) > 0])
 

@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from spotleash.providers import ProviderName
 from spotleash.snapshot_wire import SnapshotAsk
@@ -70,6 +78,16 @@ class DemandEvent(Event):
     # sha256 of the lease's route credential (spotleash.router.channel): the instance's TLS front admits
     # only requests carrying the credential itself, which never leaves the user's machine. None: no router.
     route_credential_sha256: Sha256Hex | None = None
+    # A failover demand (published by the reaper or the heartbeat, launched by on_demand, the one function
+    # allowed to create instances): the lost instance it replaces and that one's last sign of life.
+    replaces: Id | None = None
+    lost_at: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _replaces_only_on_failover(self) -> DemandEvent:
+        if self.replaces is not None and self.trigger != "failover":
+            raise ValueError("replaces is only for a failover demand (trigger 'failover')")
+        return self
 
     @field_validator("components")
     @classmethod

@@ -3,7 +3,8 @@
 An instance is *lost* when the provider took it back (``preempted``, ``stopped_at_provider``: outbid on
 VAST, preempted or stopped on GCE), it disappeared from the provider's listing (``vanished``: deleted
 behind our back, e.g. ``gcloud compute instances delete``), or it went silent (``heartbeat_lost``).
-While its lease is alive, each of these launches a replacement (``services.launch.launch_replacement``).
+While its lease is alive, each of these asks for a replacement (``services.launch.request_replacement``
+publishes a failover demand that on_demand launches).
 
 One exception: an instance that went silent without ever having beaten is not replaced. Its boot is
 what failed (a broken image, a heartbeat URL it cannot reach), and its replacement would fail the same

@@ -19,6 +19,8 @@ class Function:
     topic: str | None
     timeout_s: int
     public: bool
+    roles: tuple[str, ...] = ()  # Compute roles (terraform/topology.tf): launcher, deleter, lister
+    publishes: tuple[str, ...] = ()  # topics it may publish to, besides the dead-letter topic
 
 
 @dataclass(frozen=True)
@@ -65,7 +67,8 @@ def load_topology() -> Topology:
         topics=tuple(raw["topics"]),
         dead_letter_topic=raw["dead_letter_topic"],
         functions={
-            n: Function(n, f["trigger"], f.get("topic"), f["timeout_s"], bool(f.get("public", False)))
+            n: Function(n, f["trigger"], f.get("topic"), f["timeout_s"], bool(f.get("public", False)),
+                        tuple(f.get("roles", ())), tuple(f.get("publishes", ())))
             for n, f in raw["functions"].items()
         },
         subscriptions={

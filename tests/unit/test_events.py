@@ -92,6 +92,15 @@ def test_demand_derived_properties() -> None:
     assert demand(components=[Component(name="a"), Component(name="b", gpu=True)]).needs_gpu
 
 
+def test_only_a_failover_demand_names_the_instance_it_replaces() -> None:
+    ev = demand(trigger="failover", replaces="sl-lost")
+    parsed = parse_event(ev.to_bytes(), DemandEvent)
+    assert isinstance(parsed, DemandEvent) and parsed.replaces == "sl-lost"
+    refused = parse_event(demand().model_dump_json().replace('"replaces":null', '"replaces":"sl-lost"').encode(),
+                          DemandEvent)
+    assert isinstance(refused, Rejected) and "only for a failover demand" in refused.detail
+
+
 # Strategies that build valid events, for a round-trip property over many field values.
 ids = st.from_regex(ID_PATTERN, fullmatch=True)
 aware = st.builds(

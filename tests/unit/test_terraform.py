@@ -34,7 +34,7 @@ CHECKOV_VERSION = "3.3.30"
 ALLOWED_ROLES = {
     "roles/datastore.user",  # functions: Firestore documents
     "roles/logging.logWriter",  # the VM and the build identity
-    "roles/pubsub.publisher",  # on one topic only (dead-letter / budget)
+    "roles/pubsub.publisher",  # on one topic each (dead-letter / budget / demand for failover)
     "roles/pubsub.subscriber",  # the Pub/Sub service agent, on source subscriptions (dead-lettering)
     "roles/run.invoker",  # the push identity on private functions; allUsers on on_heartbeat only
     "roles/secretmanager.secretAccessor",  # on one secret at a time
@@ -210,7 +210,10 @@ def test_topology_locals_evaluate_as_designed(console: Any) -> None:
     assert console("local.heartbeat_function") == "on_heartbeat"
     assert set(console("local.dashboard_functions")) == {"on_dashboard"}
     assert set(console("local.vm_creators")) == {"on_demand"}
-    assert set(console("local.vm_functions")) == {"on_demand", "on_release", "on_reap"}
+    assert set(console("local.vm_functions")) == {"on_demand", "on_release", "on_reap", "on_heartbeat"}
+    publishes = console("local.function_publishes")
+    assert {(v["function"], v["topic"]) for v in publishes.values()} == {
+        ("on_reap", "spotleash-demand"), ("on_heartbeat", "spotleash-demand")}
     assert console("local.budget_topic") == "spotleash-budget"
     roles = console("local.function_compute_roles")
     assert {(v["function"], v["role"]) for v in roles.values()} == {
@@ -345,7 +348,7 @@ def test_compute_custom_roles_are_minimal_and_only_vm_functions_hold_them() -> N
     assert not any("delete" in p for p in perms["lister"])
     creators = {f for f, s in TOPOLOGY["functions"].items() if "launcher" in s["roles"]}
     deleters = {f for f, s in TOPOLOGY["functions"].items() if {"launcher", "deleter"} & set(s["roles"])}
-    assert creators == {"on_demand"} and deleters == {"on_demand", "on_release", "on_reap"}
+    assert creators == {"on_demand"} and deleters == {"on_demand", "on_release", "on_reap", "on_heartbeat"}
     binding = resources("google_project_iam_member")["function_compute"]
     assert expr(binding, "for_each") == "local.function_compute_roles"
     assert binding["role"] == "${google_project_iam_custom_role.compute[each.value.role].id}"

@@ -23,7 +23,11 @@ from spotleash.providers.base import Provider
 from spotleash.store import FirestoreStore, Store
 
 if TYPE_CHECKING:
+    from spotleash.agent.publisher import Publisher
+    from spotleash.events import DemandEvent
     from spotleash.storage import Storage
+
+PUBLISH_TIMEOUT_S = 10.0
 
 
 @dataclass
@@ -35,6 +39,10 @@ class Context:
     sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
     prices: PriceBook | None = None  # Spot prices for the budget guard; None: the built-in table
     storage: Storage | None = None  # the package bucket (packages, snapshots); built when first used
+    # Where a failover demand goes: None publishes it to the demand topic (on_demand launches it); a test
+    # in one process hands it to ``handle_demand`` directly.
+    demand_bus: Callable[[DemandEvent], None] | None = None
+    _publisher: Publisher | None = field(default=None, repr=False)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Context:
@@ -59,6 +67,17 @@ class Context:
         if self.storage is None and not self.settings.package_bucket:
             return None
         return self.bucket()
+
+    def publish_demand(self, event: DemandEvent) -> None:
+        """Publish ``event`` and wait for Pub/Sub's confirmation (Transient when it does not come)."""
+        if self.demand_bus is not None:
+            self.demand_bus(event)
+            return
+        if self._publisher is None:  # Pub/Sub's client only where a demand is published
+            from spotleash.agent.publisher import Publisher
+
+            self._publisher = Publisher(self.settings)
+        self._publisher.publish_and_wait(event, timeout_s=PUBLISH_TIMEOUT_S)
 
     def now(self) -> datetime:
         return self.clock()

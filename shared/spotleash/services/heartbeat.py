@@ -22,7 +22,7 @@ from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, State, readiness, transition
 from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
-from spotleash.services.launch import launch_replacement
+from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import terminate
 from spotleash.snapshot_wire import SnapshotRequest
 
@@ -99,8 +99,9 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         _pin_host_key(ctx, updated)
         _awake(ctx, updated)
     if beat.preempted and not rec.preempted:
-        _failover(ctx, rec)
-        return BeatReply(200, "stop", "preempted; a replacement is being launched", snapshot=snap)
+        replaced = _failover(ctx, rec)
+        return BeatReply(200, "stop", "preempted; a replacement is being launched" if replaced else
+                         "preempted; the reaper will ask for a replacement", snapshot=snap)
     if verdict.failure is not None and updated is not None:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
@@ -184,12 +185,19 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
     log.info("SSH host key pinned", instance_id=rec.instance_id, key_type=key.split()[0])
 
 
-def _failover(ctx: Context, rec: InstanceRecord) -> None:
-    """The provider is taking this instance back: record it, launch a replacement if still wanted."""
+def _failover(ctx: Context, rec: InstanceRecord) -> bool:
+    """The provider is taking this instance back: record it, ask for a replacement if still wanted. False
+    when the failover demand could not be published (the instance is then left live for the reaper)."""
     ctx.store.audit("preempted", "preemption notice", ctx.now(), instance_id=rec.instance_id,
                     lease_id=rec.lease_id, provider=rec.provider)
-    launch_replacement(ctx, rec, "preempted")
+    try:
+        request_replacement(ctx, rec, "preempted")
+    except Transient as e:  # left live: the reaper sees it gone at the provider and asks again
+        log.warning("failover demand not published; the reaper will ask again", instance_id=rec.instance_id,
+                    detail=str(e))
+        return False
     try:
         terminate(ctx, rec.instance_id, "preempted", action="preempted")
     except Transient as e:  # the provider deletes preempted instances itself; the reaper confirms later
         log.warning("preempted instance not yet confirmed gone", instance_id=rec.instance_id, detail=str(e))
+    return True

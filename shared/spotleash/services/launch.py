@@ -170,9 +170,9 @@ def _fail(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> Launch
     return LaunchOutcome(rec.instance_id, State.FAILED, True, reason)
 
 
-def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = None,
-                  lost_at: datetime | None = None) -> LaunchOutcome:
+def handle_demand(ctx: Context, event: DemandEvent) -> LaunchOutcome:
     now = ctx.now()
+    replaces, lost_at = event.replaces, event.lost_at
     s = ctx.settings
     instance_id = instance_id_for(event.event_id)
     existing = ctx.store.get(instance_id)
@@ -284,11 +284,15 @@ def handle_demand(ctx: Context, event: DemandEvent, *, replaces: str | None = No
     return LaunchOutcome(instance_id, State.RUNNING, True)
 
 
-def launch_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | None:
+def request_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | None:
     """``rec`` was lost (``spotleash.failover.LOSS_REASONS``: preempted, outbid or stopped, deleted behind
-    our back, silent): launch a replacement if its lease still wants capacity. Returns the replacement's id.
-    Idempotent: the failover event id derives from ``rec``. The replacement's record carries ``replaces``
-    and ``lost_at`` (the lost one's last sign of life), the lost one's ``replaced_by``."""
+    our back, silent): if its lease still wants capacity, publish a failover demand. Returns the
+    replacement's id (derived from the demand's id, so known before the launch).
+
+    Published, not launched here: the reaper and the heartbeat may not create instances (least privilege:
+    only on_demand holds the launcher role), and a reap with many lost instances stays short. Idempotent:
+    the failover event id derives from ``rec`` and on_demand drops a duplicate. The replacement's record
+    carries ``replaces`` and ``lost_at`` (the lost one's last sign of life), the lost one's ``replaced_by``."""
     now = ctx.now()
     replace, why_not = should_replace(rec, why)
     lease = ctx.store.get_lease(rec.lease_id)
@@ -299,12 +303,13 @@ def launch_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | Non
                         detail=why_not)
         log.info("no failover", instance_id=rec.instance_id, reason=why, detail=why_not)
         return None
-    outcome = handle_demand(ctx, failover_event(rec, now), replaces=rec.instance_id, lost_at=last_sign_of_life(rec))
-    replacement = outcome.instance_id
+    event = failover_event(rec, now)
+    replacement = instance_id_for(event.event_id)
+    ctx.publish_demand(event)  # Transient when not confirmed: the caller's retry publishes the same event again
     ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"replaced_by": replacement}))
     ctx.store.audit("failover", why, ctx.now(), instance_id=rec.instance_id, replacement=replacement,
-                    replacement_state=str(outcome.state), lease_id=rec.lease_id)
-    log.info("failover launched", instance_id=rec.instance_id, replacement=replacement, state=str(outcome.state))
+                    lease_id=rec.lease_id, event_id=event.event_id)
+    log.info("failover requested", instance_id=rec.instance_id, replacement=replacement, reason=why)
     return replacement
 
 
@@ -318,6 +323,7 @@ def failover_event(rec: InstanceRecord, now: datetime) -> DemandEvent:
         event_id=f"failover-{rec.instance_id}"[:63], created_at=now, lease_id=rec.lease_id, trigger="failover",
         ram_percent=100.0, provider=rec.provider, route_credential_sha256=rec.route_credential_sha256,
         components=[Component(name=n, ram_gb=per, gpu=rec.gpu) for n in names],
+        replaces=rec.instance_id, lost_at=last_sign_of_life(rec),
     )
 
 

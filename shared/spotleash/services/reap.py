@@ -25,7 +25,7 @@ from spotleash.reaper import (
 )
 from spotleash.services.context import Context
 from spotleash.services.hibernate import run_hibernations
-from spotleash.services.launch import launch_replacement
+from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
 
 log = get_logger("spotleash.reap")
@@ -126,7 +126,7 @@ def _execute(ctx: Context, d: Decision) -> bool:
             ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
                              if r.stopped_at is None and r.live else None)
         if d.reason in LOSS_REASONS and rec.state in (State.RUNNING, State.READY) and rec.replaced_by is None:
-            launch_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
+            request_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
         terminate(ctx, rec.instance_id, d.reason, action="reap")
         return True
     if d.provider_id is None:

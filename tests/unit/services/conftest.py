@@ -22,6 +22,7 @@ from tests.support.memory_store import MemoryStore
 from spotleash.config import ENV_PREFIX, Settings
 from spotleash.services import terminate as terminate_module
 from spotleash.services.context import Context
+from spotleash.services.launch import handle_demand
 
 BASE_SETTINGS: dict[str, Any] = {
     "deployment_id": DEP, "heartbeat_signing_key": "k" * 32, "heartbeat_url": "http://127.0.0.1:9/beat",
@@ -64,8 +65,10 @@ def vast(clock: FakeClock) -> FakeSshProvider:
 @pytest.fixture
 def make_ctx(store: MemoryStore, gce: FakeProvider, vast: FakeSshProvider, clock: FakeClock) -> MakeCtx:
     def make(**overrides: Any) -> Context:
-        return Context(settings=Settings(**{**BASE_SETTINGS, **overrides}), store=store, clock=clock,
-                       providers={"gce": gce, "vast": vast}, sleep=clock.sleep)
+        ctx = Context(settings=Settings(**{**BASE_SETTINGS, **overrides}), store=store, clock=clock,
+                      providers={"gce": gce, "vast": vast}, sleep=clock.sleep)
+        ctx.demand_bus = lambda event: handle_demand(ctx, event)  # on_demand, in this process
+        return ctx
 
     return make
 

@@ -10,7 +10,7 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.errors import ProviderTransient
+from spotleash.errors import ProviderTransient, Transient
 from spotleash.events import Heartbeat
 from spotleash.model import Lease, State
 from spotleash.services import context as context_module
@@ -204,3 +204,19 @@ def test_a_preemption_after_the_lease_expired_is_just_a_stop(ctx: Context, store
     reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
     assert reply == BeatReply(200, "stop", "lease_expired")
     assert record_of(store, rec.instance_id).replaced_by is None and gce.instances == {}
+
+
+def test_a_preemption_whose_failover_demand_cannot_be_published_is_left_for_the_reaper(
+        ctx: Context, store: MemoryStore, gce: FakeProvider) -> None:
+    rec = launched(ctx)
+
+    def pubsub_down(event: object) -> None:
+        raise Transient("publishing demand event not confirmed within 10.0s")
+
+    ctx.demand_bus = pubsub_down
+    reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    assert reply.action == "stop"
+    old = record_of(store, rec.instance_id)
+    # Still live and unreplaced: once the provider has taken it, the reaper decides it lost and asks again.
+    assert old.live and old.preempted and old.replaced_by is None and len(gce.instances) == 1
+    assert "failover" not in [a for a, _ in actions(store, rec.instance_id)]

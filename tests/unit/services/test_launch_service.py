@@ -1,4 +1,4 @@
-"""handle_demand and launch_replacement, in-process: every return and raise path.
+"""handle_demand and request_replacement, in-process: every return and raise path.
 
 The store is in memory, the providers are scripted fakes and the clock only moves when told, so each
 race (a release during create, a concurrent copy of the event) is placed exactly where it matters.
@@ -27,7 +27,7 @@ from spotleash.model import Lease, State, instance_id_for, new_record, transitio
 from spotleash.providers.base import GpuRequirements, ownership_labels
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
-from spotleash.services.launch import IN_FLIGHT_GRACE_S, handle_demand, launch_replacement
+from spotleash.services.launch import IN_FLIGHT_GRACE_S, handle_demand, request_replacement
 from spotleash.services.lifecycle import handle_release
 
 IID = instance_id_for("ev-1")
@@ -291,20 +291,19 @@ def test_a_redelivery_that_loses_the_record_to_a_release_does_not_launch(ctx: Co
     assert (out.state, out.created) == (State.TERMINATED, False) and gce.calls_of("create") == []
 
 
-# ------------------------------------------------------------------ launch_replacement
+# ------------------------------------------------------------------ request_replacement
 def test_a_replacement_is_launched_once_and_linked(ctx: Context, store: MemoryStore, gce: FakeProvider,
                                                    clock: FakeClock) -> None:
     open_lease(ctx)
     handle_demand(ctx, demand())
     old = record_of(store, IID)
-    first = launch_replacement(ctx, old, "preempted")
+    first = request_replacement(ctx, old, "preempted")
     assert first is not None and first != IID
     new = record_of(store, first)
     assert new.replaces == IID and new.state is State.RUNNING and new.components == ["ml_models"]
     assert record_of(store, IID).replaced_by == first
-    assert actions(store, IID)[-1] == ("failover", "preempted")
-    assert store.audit_entries(IID)[-1]["replacement_state"] == "RUNNING"
-    assert launch_replacement(ctx, old, "preempted") == first  # idempotent: the failover event id is derived
+    assert ("failover", "preempted") in actions(store, IID)
+    assert request_replacement(ctx, old, "preempted") == first  # idempotent: the failover event id is derived
     assert len(gce.instances) == 2
 
 
@@ -314,9 +313,9 @@ def test_no_replacement_once_the_lease_is_gone_or_expired(ctx: Context, store: M
     handle_demand(ctx, demand())
     old = record_of(store, IID)
     clock.advance(91)
-    assert launch_replacement(ctx, old, "preempted") is None
+    assert request_replacement(ctx, old, "preempted") is None
     store.retire_lease("lease-1")
-    assert launch_replacement(ctx, old, "preempted") is None
+    assert request_replacement(ctx, old, "preempted") is None
     assert gce.calls_of("create") == [IID] and record_of(store, IID).replaced_by is None
 
 
@@ -325,9 +324,9 @@ def test_a_refused_replacement_is_still_linked_and_audited(make_ctx: MakeCtx, st
     ctx = make_ctx(max_instances_total=1)
     open_lease(ctx)
     handle_demand(ctx, demand())
-    replacement = launch_replacement(ctx, record_of(store, IID), "stopped_at_provider")
+    replacement = request_replacement(ctx, record_of(store, IID), "stopped_at_provider")
     assert replacement is not None and record_of(store, replacement).reason.startswith("global_limit")  # type: ignore[union-attr]
-    assert store.audit_entries(IID)[-1]["replacement_state"] == "FAILED"
+    assert [e["replacement"] for e in store.audit_entries(IID) if e["action"] == "failover"] == [replacement]
 
 
 def test_a_first_heartbeat_that_beats_the_launcher_keeps_the_provider_facts(ctx: Context, store: MemoryStore,
