@@ -19,6 +19,9 @@ gunicorn has stopped (requests answered, sockets closed) there is nothing left t
 master and worker leave with ``os._exit`` and gunicorn's own exit code, after flushing their output.
 SIGTERM stays the signal: gunicorn's quick shutdown (SIGINT/SIGQUIT) exits the worker from inside a
 signal handler and did not end faster.
+
+Faults: every function carries the fakes' fault control API (``local_emulator.faults``) at
+``/_control/faults`` (``FaultHook``), so a chaos test can catch a function at a chosen moment.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from typing import NoReturn
 
 from functions_framework import create_app
 from functions_framework._http import create_server
+
+from local_emulator.function_faults import FaultHook
 
 # gunicorn settings for a stack that is torn down whole: nothing is left to drain for.
 SHUTDOWN_OPTIONS = {"keepalive": 1, "graceful_timeout": 3, "control_socket_disable": True}
@@ -45,6 +50,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     p.add_argument("--port", type=int, default=8080)
     args = p.parse_args(argv)
     app = create_app(args.target, args.source, args.signature_type)
+    app.wsgi_app = FaultHook(app.wsgi_app)  # type: ignore[method-assign]
     try:
         create_server(app, False, **SHUTDOWN_OPTIONS).run(args.host, args.port)
         code = 0

@@ -80,6 +80,7 @@ CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RESTORE_ATTEMPTS = 8
 WORKERS = 4
+CHANNEL_RETRY_S = 60.0  # a snapshot ask is repeated this long while the control plane does not answer
 
 _reply_adapter: TypeAdapter[SnapshotReply] = TypeAdapter(SnapshotReply)
 
@@ -272,21 +273,48 @@ class Channel(Protocol):
 
 
 class HeartbeatChannel:
-    """Asks ride on a heartbeat (``beat(ask)`` builds it); the answer is the reply's ``snapshot``."""
+    """Asks ride on a heartbeat (``beat(ask)`` builds it); the answer is the reply's ``snapshot``.
 
-    def __init__(self, http: httpx.Client, url: str, token: str, beat: Callable[[SnapshotAsk], Heartbeat]) -> None:
+    An ask whose heartbeat got no answer (connection refused or cut, a 429/5xx: the function restarting,
+    or killed after it acted and before it replied) is sent again, in a fresh heartbeat, for up to
+    ``retry_budget_s``. Every ask is safe to repeat: an upload ask for a snapshot already recorded gets
+    that snapshot's URLs again, a repeated "uploaded" gets the verdict already given. Without this, a
+    control plane restart during the grant lost the whole packed snapshot."""
+
+    def __init__(self, http: httpx.Client, url: str, token: str, beat: Callable[[SnapshotAsk], Heartbeat], *,
+                 retry_budget_s: float = CHANNEL_RETRY_S, sleep: Callable[[float], None] = time.sleep) -> None:
         self._http, self._url, self._token, self._beat = http, url, token, beat
+        self._retry_budget_s, self._sleep = retry_budget_s, sleep
 
     def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+        give_up_at = time.monotonic() + self._retry_budget_s
+        pause = 0.5
+        while True:
+            try:
+                return self._ask_once(ask)
+            except _NoAnswer as e:
+                if time.monotonic() + pause > give_up_at:
+                    raise SnapshotError(f"{ask.op}: {e} (asked for {self._retry_budget_s:.0f} s)") from e
+                log.warning("snapshot ask not answered; asking again", op=ask.op, reason=str(e), pause_s=pause)
+            self._sleep(pause)
+            pause = min(pause * 2, 8.0)
+
+    def _ask_once(self, ask: SnapshotAsk) -> SnapshotReply:
         body = self._beat(ask).model_dump_json()
         try:
             r = self._http.post(self._url, content=body, headers={
                 "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
         except httpx.HTTPError as e:
-            raise SnapshotError(f"{ask.op}: the control plane did not answer ({type(e).__name__})") from e
+            raise _NoAnswer(f"the control plane did not answer ({type(e).__name__})") from e
+        if r.status_code in RETRY_STATUSES:
+            raise _NoAnswer(f"the control plane answered HTTP {r.status_code}")
         if r.status_code != 200:
             raise SnapshotError(f"{ask.op}: the control plane answered HTTP {r.status_code}")
         return parse_reply(r.text, ask.op)
+
+
+class _NoAnswer(Exception):
+    """A heartbeat that got no usable answer and may be sent again."""
 
 
 def parse_reply(text: str, op: str) -> SnapshotReply:
