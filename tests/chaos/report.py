@@ -43,6 +43,13 @@ WHAT_CLEANS = {
                                                     "0 failed requests; release (heartbeat loss → reaper)",
     "router: remote instance frozen under traffic": "router: probes fail → connections closed at once, in-flight "
                                                     "GETs retried locally, 0 failed requests; release",
+    "router: remote instance slowed under traffic": "router: slow answers waited for, paused beyond the probe "
+                                                    "timeout → local, back to remote at full speed; 0 failed "
+                                                    "requests; release",
+    "snapshots: on_heartbeat killed issuing URLs, agent SIGKILL mid-upload, Cloud Storage 503s":
+        "instance repeats an unanswered snapshot ask; heartbeat loss → reaper → failover, the replacement "
+        "restores the last verified snapshot (503s retried); the unfinished upload is never verified and its "
+        "leftover object goes with the next verified snapshot's retention; release",
 }
 
 

@@ -3,10 +3,13 @@
 A real agent with the example app's spotleash.toml (its router on two route ports, the local copies
 running here) demands an instance; the Compute fake VM runs the published package and its TLS front;
 traffic shifts to it. Then, with GETs flowing through the router from a thread, the instance is
-preempted (the Compute fake's control API), SIGKILLed (every process of the VM and its components) or
-frozen (SIGSTOP of all of them). Verdict: not one GET failed (each was answered by one copy or the
-other), traffic is back on the local copies, and after the agent's SIGTERM nothing is left at the
-provider and every record ended with a reason (``Chaos.verdict``).
+preempted (the Compute fake's control API), SIGKILLed (every process of the VM and its components),
+frozen (SIGSTOP of all of them) or slowed (all of them stopped and continued in turns, ``Slowdown``: each
+pause drawn between well under and just over the router's 2 s probe timeout, so the remote is by turns
+slow and unresponsive). Verdict: not one GET failed (each was answered by one copy or the other); a
+killed, frozen or preempted remote leaves traffic on the local copies, a slowed one gets it back once it
+runs at full speed again; after the agent's SIGTERM nothing is left at the provider and every record
+ended with a reason (``Chaos.verdict``).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import suppress
@@ -32,7 +36,8 @@ from spotleash.polling import wait_until
 
 pytestmark = [pytest.mark.chaos]
 
-FAULTS = ("preempted", "killed", "frozen")
+FAULTS = ("preempted", "killed", "frozen", "slowed")
+SLOW_CYCLES = 12
 READY_TIMEOUT_S = 240.0
 
 
@@ -70,6 +75,33 @@ def _signal_all(ps: list[psutil.Process], sig: int) -> None:
             p.send_signal(sig)
 
 
+class Slowdown:
+    """Every process of the instance stopped and continued in turns, ``SLOW_CYCLES`` times: paused 0.3–2.5 s
+    (the router's probe timeout is 2 s), then running 0.3–0.6 s. Ends with every process continued."""
+
+    def __init__(self, ps: list[psutil.Process], rng: random.Random) -> None:
+        self.ps, self.rng = ps, rng
+        self.paused_s = 0.0
+        self.done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="slowdown", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for _ in range(SLOW_CYCLES):
+                pause = self.rng.uniform(0.3, 2.5)
+                _signal_all(self.ps, signal.SIGSTOP)
+                time.sleep(pause)
+                _signal_all(self.ps, signal.SIGCONT)
+                self.paused_s += pause
+                time.sleep(self.rng.uniform(0.3, 0.6))
+        finally:
+            _signal_all(self.ps, signal.SIGCONT)
+            self.done.set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("seed", SEEDS)
 def test_requests_through_the_router_survive_the_remote_instance_going_away(
@@ -77,7 +109,8 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
     scenario = f"router: remote instance {fault} under traffic"
     lid = new_lease(f"rt{fault[:3]}")
     app = RoutedApp(lease_id=lid, work=tmp_path)
-    frozen: list[psutil.Process] = []
+    frozen: list[psutil.Process] = []  # stopped at some point: continued whatever happens
+    slow: Slowdown | None = None
     try:
         with observed(chaos) as obs:
             app.start(budget_s=5.0)
@@ -92,13 +125,24 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
                     chaos.compute("POST", f"instances/{rec.zone}/{rec.provider_id}/preempt")
                 elif fault == "killed":
                     _signal_all(_instance_processes(chaos, rec), signal.SIGKILL)
-                else:
+                elif fault == "frozen":
                     frozen = _instance_processes(chaos, rec)
                     _signal_all(frozen, signal.SIGSTOP)
-                app.wait_served_by("local", timeout_s=60)
+                else:
+                    frozen = _instance_processes(chaos, rec)
+                    slow = Slowdown(frozen, random.Random(seed))
+                    remote_before = traffic.served[rec.instance_id]
+                    slow.start()
+                if slow is None:
+                    app.wait_served_by("local", timeout_s=60)
+                else:  # once it runs at full speed again, the remote serves again
+                    assert slow.done.wait(SLOW_CYCLES * 3.1 + 10), "the slowdown ended"
+                    slowed_remote = traffic.served[rec.instance_id] - remote_before
+                    app.wait_served_by(rec.instance_id, timeout_s=60)
                 traffic.wait_requests(20)
             assert traffic.failures == [], f"{scenario}: {traffic.failures[:5]}"
-            assert traffic.served[rec.instance_id] and traffic.served["local"]
+            assert traffic.served[rec.instance_id]
+            assert traffic.served["local"] or slow is not None
             totals = app.routes()["totals"]  # the router's own count, every request it took
             assert totals["failed"] == 0, totals
             if fault == "frozen":  # a GET was waiting on the frozen copy: retried when the probes gave up on it
@@ -106,6 +150,9 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
                 assert totals["retried"] >= 1, totals
             note = (f"{totals['total']} requests through the router, {totals['retried']} retried, "
                     f"{totals['failed']} failed")
+            if slow is not None:
+                note += (f"; {SLOW_CYCLES} pauses ({slow.paused_s:.1f} s in all), {slowed_remote} requests served "
+                         f"remotely meanwhile, {traffic.served['local']} locally in the whole run")
             assert app.agent is not None
             app.agent.send_signal(signal.SIGTERM)
             assert app.agent.wait(timeout=30) == 0, "the release was confirmed"
