@@ -83,23 +83,31 @@ class Slowdown:
         self.ps, self.rng = ps, rng
         self.paused_s = 0.0
         self.done = threading.Event()
+        self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="slowdown", daemon=True)
 
     def _run(self) -> None:
         try:
             for _ in range(SLOW_CYCLES):
+                if self._stop.is_set():
+                    return
                 pause = self.rng.uniform(0.3, 2.5)
                 _signal_all(self.ps, signal.SIGSTOP)
-                time.sleep(pause)
+                self._stop.wait(pause)
                 _signal_all(self.ps, signal.SIGCONT)
                 self.paused_s += pause
-                time.sleep(self.rng.uniform(0.3, 0.6))
+                self._stop.wait(self.rng.uniform(0.3, 0.6))
         finally:
             _signal_all(self.ps, signal.SIGCONT)
             self.done.set()
 
     def start(self) -> None:
         self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("fault", FAULTS)
@@ -162,5 +170,7 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
         assert all(state in ENDED for state, _ in ended.values()), ended
         print(scenario, note, ended)
     finally:
+        if slow is not None:
+            slow.stop()
         _signal_all(frozen, signal.SIGCONT)
         app.stop()
