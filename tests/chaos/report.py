@@ -78,7 +78,10 @@ def render(data: dict[str, Any]) -> str:
         "",
         "What the suite does: a stack of its own (`tests/chaos/conftest.py`), a real agent process for the agent "
         "faults, `stack.kill_part`/`stack.restart` for function and emulator processes, the fakes' control APIs for "
-        "provider faults (every injected fault must have fired), hypothesis for the hostile events (pushed to the "
+        "provider faults (every injected fault must have fired), the same fault API in front of Cloud Storage (a "
+        "proxy before the emulator, `local_emulator/storage/fault_proxy.py`) and inside each function "
+        "(`local_emulator/function_faults.py`: hold a function's reply after it acted, so it is killed in that "
+        "window), hypothesis for the hostile events (pushed to the "
         "functions' URLs exactly as Pub/Sub push does). An observer polls both fakes throughout, so an instance "
         "that lived only seconds still counts.",
         "",
@@ -92,7 +95,10 @@ def render(data: dict[str, Any]) -> str:
         "(`services/reap.py` now keeps released leases an hour); VAST bids (spot GPUs) could not be turned on "
         "(`SPOTLEASH_VAST_INTERRUPTIBLE`, used by the chaos stack); a renewal handled at the same instant as "
         "its lease's release wrote over the release, so the lease stayed open (5 of 12 pairs pushed together; "
-        "the renewal and the release are now each one Firestore transaction, `Store.update_lease`).",
+        "the renewal and the release are now each one Firestore transaction, `Store.update_lease`); a snapshot "
+        "whose upload ask went unanswered (on_heartbeat killed after it recorded the snapshot, before it replied) "
+        "was lost — the instance gave up at once, the control plane counted the request as served, so nothing "
+        "asked again (the instance now repeats an unanswered ask for up to a minute, `HeartbeatChannel`).",
     ]
     t = data["totals"]
     if data.get("failed_tests"):
