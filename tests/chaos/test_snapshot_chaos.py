@@ -221,7 +221,8 @@ def test_snapshots_survive_a_killed_function_a_killed_agent_and_storage_503s(
             assert {s1.snapshot_id, s2.snapshot_id, s4.snapshot_id} <= {
                 s.snapshot_id for s in chaos.store.snapshots_of_lease(lid) if s.state is SnapshotState.VERIFIED}
             chaos.release(lid)
-        note = (f"S2 verified after on_heartbeat was killed holding its URLs; box 2 restored S2 "
+        killed_when = "after it recorded S2 and signed its URLs" if acted else "before it handled the ask"
+        note = (f"S2 verified after on_heartbeat was killed {killed_when}; box 2 restored S2 "
                 f"({(s2.raw_bytes or 0) // MB} MB) through 4 injected 503s; S3 (agent killed mid-upload) never "
                 "verified, its leftover part deleted by retention")
         chaos.verdict(SCENARIO, obs, [lid], t_fault=t_fault, bound_s=HB_TIMEOUT + REAP_BOUND + 240, min_seen=2,
