@@ -10,6 +10,8 @@
 #            no list permission is needed
 #
 # and only on objects whose name starts with snapshots/ (IAM condition): never a package or a pointer.
+# on_reap may delete there, nothing more: it sweeps the objects of an upload whose instance agent died
+# (spotleash.services.reap.sweep_abandoned_uploads), by the names recorded.
 
 locals {
   # The functions that answer snapshot asks: on_heartbeat alone (spotleash.services.snapshots).
@@ -31,6 +33,26 @@ resource "google_storage_bucket_iam_member" "snapshot_objects" {
   bucket = google_storage_bucket.packages.name
   role   = google_project_iam_custom_role.snapshot_objects.id
   member = "serviceAccount:${google_service_account.function[each.key].email}"
+
+  condition {
+    title       = "snapshots-prefix-only"
+    description = "Objects under snapshots/ only: never a package archive or a channel pointer."
+    expression  = "resource.name.startsWith(\"${local.snapshot_prefix}\")"
+  }
+}
+
+resource "google_project_iam_custom_role" "snapshot_sweep" {
+  project     = var.project
+  role_id     = "spotleash_snapshot_sweep_${replace(var.deployment_id, "-", "_")}"
+  title       = "spotleash snapshot sweep (${var.deployment_id})"
+  description = "Delete snapshot objects of abandoned uploads; granted on the package bucket under snapshots/ only."
+  permissions = ["storage.objects.delete"]
+}
+
+resource "google_storage_bucket_iam_member" "snapshot_sweep" {
+  bucket = google_storage_bucket.packages.name
+  role   = google_project_iam_custom_role.snapshot_sweep.id
+  member = "serviceAccount:${google_service_account.function["on_reap"].email}"
 
   condition {
     title       = "snapshots-prefix-only"

@@ -25,7 +25,16 @@ from google.cloud.firestore_v1.field_path import FieldPath
 
 from spotleash.config import Settings
 from spotleash.errors import Transient
-from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
+from spotleash.model import (
+    LIVE,
+    Hibernation,
+    InstanceRecord,
+    Lease,
+    RestorePin,
+    SnapshotRecord,
+    SnapshotState,
+    State,
+)
 from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
@@ -87,6 +96,7 @@ class Store(Protocol):
     def put_snapshot(self, snap: SnapshotRecord) -> None: ...
     def get_snapshot(self, snapshot_id: str) -> SnapshotRecord | None: ...
     def snapshots_of_lease(self, lease_id: str) -> list[SnapshotRecord]: ...
+    def uploads_started_before(self, cutoff: datetime) -> list[SnapshotRecord]: ...
     # hibernation and forced restores (per lease)
     def hibernation_pending(self) -> list[InstanceRecord]: ...
     def put_hibernation(self, hibernation: Hibernation) -> None: ...
@@ -417,6 +427,16 @@ class FirestoreStore:
         self.reads += len(docs)
         found = [SnapshotRecord.model_validate(d.to_dict()) for d in docs]
         return sorted((s for s in found if s.deployment_id == self.deployment_id),
+                      key=lambda s: (s.created_at, s.snapshot_id))
+
+    def uploads_started_before(self, cutoff: datetime) -> list[SnapshotRecord]:
+        """Snapshots still UPLOADING that began before ``cutoff`` (an agent killed mid-upload). One equality
+        filter (no composite index); few snapshots are ever uploading at once, the rest is filtered here."""
+        q = self._snapshots.where(filter=FieldFilter("state", "==", str(SnapshotState.UPLOADING)))
+        docs = self._wrap(lambda: list(q.stream()))
+        self.reads += len(docs)
+        found = [SnapshotRecord.model_validate(d.to_dict()) for d in docs]
+        return sorted((s for s in found if s.deployment_id == self.deployment_id and s.created_at < cutoff),
                       key=lambda s: (s.created_at, s.snapshot_id))
 
     # ---------------------------------------------------------------- hibernation, forced restores

@@ -12,6 +12,7 @@ import json
 import os
 import tarfile
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ from spotleash.instance_agent.snapshot import parse_reply, restore, take_snapsho
 from spotleash.model import SnapshotState, State
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
+from spotleash.services.reap import sweep_abandoned_uploads
 from spotleash.snapshot_wire import (
     MANIFEST_OBJECT,
     ManifestObject,
@@ -266,3 +268,32 @@ def test_retention_keeps_the_last_n_and_deletes_older_objects(ctx: Context, tmp_
     assert storage.list_names(object_prefix(LEASE, "snap-0")) == []
     assert storage.list_names(object_prefix(LEASE, "snap-1")) == []
     assert storage.list_names(object_prefix(LEASE, "snap-3"))
+
+
+class Killed(BaseException):
+    """The instance agent dying: nothing of ours catches it, so no "abandoned" ask is ever sent."""
+
+
+def test_the_reaper_sweeps_an_upload_whose_agent_died_when_no_snapshot_follows(ctx: Context, tmp_path: Path) -> None:
+    ws1 = tmp_path / "box1" / "workspace"
+    write_state(ws1, "one")
+
+    def die_before_uploaded(ask: SnapshotAsk) -> None:
+        if ask.op == "uploaded":
+            raise Killed
+
+    ch = box(ctx, IID)
+    ch.before = die_before_uploaded
+    with pytest.raises(Killed):
+        snapshot(ch, ws1, "snap-dead", tmp_path)
+    storage = ctx.bucket()
+    landed = storage.list_names(object_prefix(LEASE, "snap-dead"))
+    assert landed and state(ctx, "snap-dead") is SnapshotState.UPLOADING  # parts in the bucket, never verified
+
+    assert sweep_abandoned_uploads(ctx) == []  # within the upload timeout it may still finish
+    later = ctx.now() + timedelta(seconds=ctx.settings.snapshot_upload_timeout_s + 1)
+    ctx.clock = lambda: later
+    assert sweep_abandoned_uploads(ctx) == ["snap-dead"]
+    assert storage.list_names(object_prefix(LEASE, "snap-dead")) == []
+    assert state(ctx, "snap-dead") is SnapshotState.DELETED and ("snapshot_deleted", "snap-dead") in actions(ctx)
+    assert sweep_abandoned_uploads(ctx) == []  # nothing left: the next tick does nothing

@@ -29,7 +29,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from spotleash.model import LIVE, Hibernation, InstanceRecord, Lease, RestorePin, SnapshotRecord, State
+from spotleash.model import (
+    LIVE,
+    Hibernation,
+    InstanceRecord,
+    Lease,
+    RestorePin,
+    SnapshotRecord,
+    SnapshotState,
+    State,
+)
 from spotleash.pricing.sheet import CachedPrice
 from spotleash.store import RETENTION
 
@@ -366,6 +375,14 @@ class MemoryStore:
         return sorted((s for s in found if s.deployment_id == self.deployment_id),
                       key=lambda s: (s.created_at, s.snapshot_id))
 
+    @_scripted
+    def uploads_started_before(self, cutoff: datetime) -> list[SnapshotRecord]:
+        with self._lock:
+            found = [SnapshotRecord.model_validate(d) for d in self._snapshots.values()
+                     if d["state"] == str(SnapshotState.UPLOADING)]
+            self.reads += len(found)
+        return sorted((s for s in found if s.deployment_id == self.deployment_id and s.created_at < cutoff),
+                      key=lambda s: (s.created_at, s.snapshot_id))
 
     # ---------------------------------------------------------------- hibernation, forced restores
     @_scripted

@@ -373,6 +373,10 @@ class StoreContract:
         assert store.get_snapshot("s2") == newer
         assert store.get_snapshot("nope") is None and store.get_snapshot("s4") is None
         assert [s.snapshot_id for s in store.snapshots_of_lease("lease-1")] == ["s1", "s2"]
+        store.put_snapshot(snap("s5", "lease-2", 3, SnapshotState.UPLOADING))
+        make_store("dep-other").put_snapshot(snap("s6", "lease-1", 0, SnapshotState.UPLOADING, dep="dep-other"))
+        assert [s.snapshot_id for s in store.uploads_started_before(at(3))] == ["s1"]
+        assert [s.snapshot_id for s in store.uploads_started_before(at(4))] == ["s1", "s5"]
         store.put_snapshot(newer.model_copy(update={"state": SnapshotState.CORRUPT, "reason": "sha256 mismatch"}))
         got = store.get_snapshot("s2")
         assert got is not None and got.state is SnapshotState.CORRUPT and got.reason == "sha256 mismatch"

@@ -330,7 +330,7 @@ def test_dashboard_locals_evaluate_to_the_dashboard_alone(console: Any) -> None:
 def test_every_role_is_in_the_allow_list() -> None:
     for rtype, name, body in _iam_members():
         role = body["role"]
-        if role.startswith(("${google_project_iam_custom_role.compute", "${google_project_iam_custom_role.snapshot_objects")):
+        if role.startswith(("${google_project_iam_custom_role.compute", "${google_project_iam_custom_role.snapshot_")):
             continue  # custom roles: their permissions are checked one by one below
         assert role in ALLOWED_ROLES, f"{rtype}.{name} grants {role}"
     project_roles = {b["role"] for b in resources("google_project_iam_member").values()}
@@ -548,7 +548,8 @@ def test_package_bucket_is_private_versioned_and_expires_old_archives() -> None:
 def test_only_vm_launcher_and_publishers_reach_the_package_bucket() -> None:
     grants = {n: b for n, b in resources("google_storage_bucket_iam_member").items()
               if b["bucket"] == "${google_storage_bucket.packages.name}"}
-    assert set(grants) == {"vm_package_reader", "launcher_package_reader", "package_publisher", "snapshot_objects"}
+    assert set(grants) == {"vm_package_reader", "launcher_package_reader", "package_publisher", "snapshot_objects",
+                           "snapshot_sweep"}
     assert grants["vm_package_reader"]["role"] == "roles/storage.objectViewer"
     assert grants["vm_package_reader"]["member"] == "serviceAccount:${google_service_account.vm.email}"
     assert grants["launcher_package_reader"]["role"] == "roles/storage.objectViewer"
@@ -641,6 +642,16 @@ def test_snapshot_objects_only_under_their_prefix_and_only_for_on_heartbeat() ->
     assert prefix.endswith(f"/objects/{SNAPSHOT_PREFIX}/")  # the prefix the control plane writes under
     # Nobody else gets a storage permission through a custom role; no list (retention deletes recorded names).
     assert not any("list" in p for p in role["permissions"])
+
+
+def test_the_reaper_may_only_delete_snapshot_objects() -> None:
+    role = resources("google_project_iam_custom_role")["snapshot_sweep"]
+    assert role["permissions"] == ["storage.objects.delete"]
+    grant = resources("google_storage_bucket_iam_member")["snapshot_sweep"]
+    assert grant["role"] == "${google_project_iam_custom_role.snapshot_sweep.id}"
+    assert grant["member"] == 'serviceAccount:${google_service_account.function["on_reap"].email}'
+    cond = block(grant, "condition")
+    assert cond["expression"] == r'resource.name.startsWith(\"${local.snapshot_prefix}\")'
 
 
 def test_the_snapshot_signer_may_sign_as_itself_only() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
@@ -40,6 +41,7 @@ class ReapReport:
     failed: list[tuple[Decision, str]] = field(default_factory=list)
     reads: int = 0
     hibernated: list[str] = field(default_factory=list)
+    swept: list[str] = field(default_factory=list)  # snapshots abandoned mid-upload whose objects were deleted
     saved: list[Decision] = field(default_factory=list)  # lease_expired, but renewed before the deletion
 
 
@@ -138,6 +140,24 @@ def _execute(ctx: Context, d: Decision) -> bool:
     return True
 
 
+def sweep_abandoned_uploads(ctx: Context) -> list[str]:
+    """Snapshots left UPLOADING past the upload timeout (an agent killed mid-upload): their objects go, by
+    the names recorded. The next verified snapshot of the lease does it too, but a lease that is released
+    or hibernated may never take another. Retention of those leases runs here (``apply_retention``)."""
+    if not ctx.settings.package_bucket:
+        return []
+    from spotleash.services.snapshots import apply_retention  # Cloud Storage's client only with a bucket
+
+    cutoff = ctx.now() - timedelta(seconds=ctx.settings.snapshot_upload_timeout_s)
+    swept: list[str] = []
+    for lease_id in sorted({s.lease_id for s in ctx.store.uploads_started_before(cutoff)}):
+        try:
+            swept += apply_retention(ctx, lease_id)
+        except SpotleashError as e:  # the next tick sweeps again
+            log.warning("snapshot sweep failed", lease_id=lease_id, detail=str(e)[:300])
+    return swept
+
+
 def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
     """Execute one decision: (carried out, the error as text or None)."""
     try:
@@ -180,7 +200,9 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
     if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
         report.hibernated = run_hibernations(ctx, skip=decided)
+        report.swept = sweep_abandoned_uploads(ctx)
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
-             saved=len(report.saved), failed=len(report.failed), dry_run=dry, blocked=plan.blocked, reads=report.reads)
+             saved=len(report.saved), failed=len(report.failed), swept=len(report.swept), dry_run=dry,
+             blocked=plan.blocked, reads=report.reads)
     return report
