@@ -1,4 +1,7 @@
-"""``uv run python -m bench [--quick] [--only launch,sigterm,sigkill,agent,smoke,package,reap,router] [--no-readme] [--out PATH]``
+"""``uv run python -m bench [--quick] [--only launch,...,snapshot,failover] [--no-readme] [--out PATH]``
+
+``--render-only --merge RUN.json`` measures nothing: it takes the sections ``RUN.json`` measured (an
+``--only`` run) into the results file, keeps every other section's data, and re-renders.
 
 Starts the local stack in a temporary directory (unless only stackless sections are chosen), runs every
 benchmark with its same-run baseline,
@@ -34,7 +37,7 @@ from spotleash.demo import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 README = REPO / "README.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "reap", "router")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "reap", "router")
 STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
@@ -61,10 +64,12 @@ def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
                 "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
-                "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1}
+                "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
+                "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
-            "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2}
+            "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
+            "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -138,7 +143,7 @@ def _run_stack_sections(results: dict[str, Any], chosen: list[str], p: dict[str,
 
 def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], work: Path,
                   console: Console) -> None:
-    from bench import agent_cost, lifecycle, packages, reap_scale, vast_smoke
+    from bench import agent_cost, failover, lifecycle, packages, reap_scale, snapshot_throughput, vast_smoke
     from bench.harness import Harness
 
     h = Harness(work)
@@ -170,6 +175,14 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     def package() -> None:
         raw["package"] = packages.package_section(h, work, work, p["publishes"], p["package_launches"])
 
+    def snapshot() -> None:
+        ctx, storage = snapshot_throughput.stack_context(h.settings)
+        raw["snapshot"] = snapshot_throughput.snapshot_section(ctx, storage, work / "snapshot-scratch",
+                                                               p["snapshot_sizes_mb"], p["snapshot_repeats"])
+
+    def failover_() -> None:
+        raw["failover"] = failover.failover_section(h, work, work, p["failovers"], p["latency_n"])
+
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
 
@@ -181,6 +194,10 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         section("smoke", f"VAST smoke run x{p['smoke']}", smoke)
         section("package", f"publish x{p['publishes']} (2 apps), demand → READY x{p['package_launches']} "
                            "(GCE, VAST)", package)
+        section("snapshot", f"snapshot + restore of {p['snapshot_sizes_mb']} MB x{p['snapshot_repeats']}",
+                snapshot)
+        section("failover", f"failover under load through the router, GCE preemption + VAST outbid "
+                            f"x{p['failovers']}", failover_)
         section("reap", f"reap at {p['reap_sizes']} tracked", reap)
     finally:
         h.close()
@@ -188,7 +205,16 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
 
 def build_rows(results: dict[str, Any]) -> None:
     """The table rows and notes, from the raw measurements alone (so ``--render-only`` can redo them)."""
-    from bench import agent_cost, lifecycle, packages, reap_scale, router_overhead, vast_smoke
+    from bench import (
+        agent_cost,
+        failover,
+        lifecycle,
+        packages,
+        reap_scale,
+        router_overhead,
+        snapshot_throughput,
+        vast_smoke,
+    )
 
     raw = results["raw"]
     ttl = float(results["timings"]["SPOTLEASH_LEASE_TTL_S"])
@@ -208,6 +234,10 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += packages.package_rows(raw["package"])
     if "router" in raw:
         rows += router_overhead.router_rows(raw["router"])
+    if "snapshot" in raw:
+        rows += snapshot_throughput.snapshot_rows(raw["snapshot"])
+    if "failover" in raw:
+        rows += failover.failover_rows(raw["failover"], restore_median_s(raw, 1024))
     results["rows"] = rows
     results["notes"] = notes(results) + list(results.get("extra_notes", []))
 
@@ -240,11 +270,52 @@ def notes(results: dict[str, Any]) -> list[str]:
         from bench.router_overhead import router_notes
 
         out += router_notes(raw["router"])
+    if "snapshot" in raw:
+        from bench.snapshot_throughput import snapshot_notes
+
+        out += snapshot_notes(raw["snapshot"])
+    if "failover" in raw:
+        from bench.failover import failover_notes
+
+        out += failover_notes(raw["failover"])
+    for m in results.get("merged", []):
+        out.append(f"sections {', '.join(m['sections'])} measured separately ({m['date']}, "
+                   f"{'quick' if m.get('quick') else 'full'}, {m.get('duration_s', 0):.0f} s, commit "
+                   f"`{str(m.get('commit', '?'))[:10]}`, load {m['loadavg_start'][0]:.1f} → {m['loadavg_end'][0]:.1f})"
+                   " and merged into these results.")
     if "loadavg_start" in results and "loadavg_end" in results:
         out.append(f"machine load (1-min load average) {results['loadavg_start'][0]:.1f} at the start, "
                    f"{results['loadavg_end'][0]:.1f} at the end, on {results['machine'].get('cores')} cores.")
     for name, err in results["errors"].items():
         out.append(f"section {name} FAILED: {err}")
+    return out
+
+
+def restore_median_s(raw: dict[str, Any], mb: int) -> float | None:
+    """The median restore time of the ``mb`` MB state in the snapshot section, if it was measured."""
+    for sz in raw.get("snapshot", {}).get("sizes", []):
+        if sz.get("mb") == mb and sz.get("restore_s", {}).get("n"):
+            return float(sz["restore_s"]["median"])
+    return None
+
+
+def merge(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
+    """``base`` with the raw data of the sections ``run`` measured taking the place of its own; the other
+    sections' data, errors and run details stay. Where a section's raw data came from is kept in ``merged``."""
+    out = json.loads(json.dumps(base))
+    ran = list(run.get("sections", []))
+    produced = set(run.get("raw", {}))
+    out["raw"].update(run.get("raw", {}))
+    out["errors"] = {k: v for k, v in out.get("errors", {}).items() if k not in ran}
+    out["errors"].update(run.get("errors", {}))
+    out["plan"] = {**out.get("plan", {}), **run.get("plan", {})}
+    out["sections"] = list(dict.fromkeys([*out.get("sections", []), *ran]))
+    earlier = [m for m in out.get("merged", []) if not set(m["sections"]) <= set(ran)]
+    out["merged"] = [*earlier, {"sections": ran, "raw_keys": sorted(produced), "date": run.get("date"),
+                                "quick": run.get("quick"), "duration_s": run.get("duration_s", 0),
+                                "commit": run.get("machine", {}).get("commit"),
+                                "loadavg_start": run.get("loadavg_start", [0.0]),
+                                "loadavg_end": run.get("loadavg_end", [0.0])}]
     return out
 
 
@@ -257,11 +328,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")
     ap.add_argument("--render-only", action="store_true",
                     help="measure nothing: rebuild the table and README section from the results file's raw data")
+    ap.add_argument("--merge", type=Path, default=None, metavar="RUN.json",
+                    help="with --render-only: take the sections RUN.json measured into the results file first")
     ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 200))
+    if args.merge is not None and not args.render_only:
+        raise SystemExit("--merge goes with --render-only (measure with --only ... --out RUN.json first)")
     if args.render_only:
         results = json.loads(args.out.read_text())
+        if args.merge is not None:
+            results = merge(results, json.loads(args.merge.read_text()))
         results["extra_notes"] = list(dict.fromkeys([*results.get("extra_notes", []), *args.note]))
         build_rows(results)
     else:

@@ -23,6 +23,8 @@ def fmt(value: float | None, unit: str) -> str:
         return f"{value:.2f} %"
     if unit == "req/s":
         return f"{value:,.0f} req/s"
+    if unit == "MB/s":
+        return f"{value:,.0f} MB/s"
     if unit == "MB":
         return f"{value:.1f} MB"
     return f"{value:g} {unit}".strip()

@@ -37,8 +37,9 @@ COMPONENTS = {"thumbnailer": ("thumbnailer.py", 8101, 8201), "vectors": ("vector
 SERVED_BY = "X-Served-By"
 
 
-def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int]) -> str:
-    """The example's spotleash.toml with its app tree absolute and the local / route ports replaced."""
+def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu: bool = False) -> str:
+    """The example's spotleash.toml with its app tree absolute and the local / route ports replaced;
+    ``gpu``: every component asks for a GPU (the demand then goes to VAST)."""
     text = (EXAMPLE / "spotleash.toml").read_text()
     text = text.replace('dir = "."', f"dir = {json.dumps(str(EXAMPLE))}")
     for name, (_, port, route) in COMPONENTS.items():
@@ -46,6 +47,8 @@ def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int]) -> str
                          (f"route_port = {route}", f"route_port = {route_ports[name]}")):
             assert text.count(old) == 1, f"{old} not once in the example's spotleash.toml"
             text = text.replace(old, new)
+        if gpu:
+            text = text.replace(f"route_port = {route_ports[name]}", f"route_port = {route_ports[name]}\ngpu = true")
     return text
 
 
@@ -56,6 +59,7 @@ class RoutedApp:
     local_ports: dict[str, int] = field(default_factory=dict)
     route_ports: dict[str, int] = field(default_factory=dict)
     admin_port: int = 0
+    gpu: bool = False  # the components ask for a GPU: the agent's demand goes to VAST
     locals_: list[subprocess.Popen[bytes]] = field(default_factory=list)
     agent: subprocess.Popen[bytes] | None = None
     agent_log: Path | None = None
@@ -66,7 +70,7 @@ class RoutedApp:
         self.route_ports = {n: free_port() for n in COMPONENTS}
         self.admin_port = free_port()
         config = self.work / "spotleash.toml"
-        config.write_text(routed_toml(self.local_ports, self.route_ports))
+        config.write_text(routed_toml(self.local_ports, self.route_ports, gpu=self.gpu))
         for name, (script, _, _) in COMPONENTS.items():
             env = {**os.environ, "PORT": str(self.local_ports[name]), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
             env.pop("SPOTLEASH_COMPONENT_OF", None)
