@@ -181,7 +181,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
                                                                p["snapshot_sizes_mb"], p["snapshot_repeats"])
 
     def failover_() -> None:
-        raw["failover"] = failover.failover_section(h, work, work, p["failovers"], p["latency_n"])
+        raw["failover"] = {}
+        failover.failover_section(h, work, work, p["failovers"], p["latency_n"], raw["failover"])
 
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
