@@ -33,7 +33,7 @@ def replacement(**kw: Any) -> InstanceRecord:
 
 
 ENTRY = {"instance_started_at": at(4.5).isoformat(),
-         "timings": {"fetch_s": 0.5, "install_s": 12.0, "to_healthy_s": 1.0, "restore_s": 1.0}}
+         "timings": {"fetch_s": 0.5, "install_s": 12.0, "to_healthy_s": 2.0, "restore_s": 1.0}}
 
 
 def test_phases_split_own_work_provider_waits_and_the_app() -> None:
@@ -46,8 +46,9 @@ def test_phases_split_own_work_provider_waits_and_the_app() -> None:
     assert ph["own_s"] == pytest.approx(2.0 + 0.25 + 0.5 + 0.5 + 0.5)
     assert ph["own_work_s"] == pytest.approx(ph["own_s"] - 2.0)  # type: ignore[operator]
     assert ph["provider_s"] == pytest.approx(2.25) and ph["app_s"] == pytest.approx(13.0)
+    assert ph["components_s"] == pytest.approx(1.0)  # the agent's to_healthy (2 s) holds the restore (1 s)
     parts = [ph[k] for k in ("detection_s", "launch_work_s", "provider_create_s", "provider_boot_s", "agent_start_s",
-                             "restore_s", "fetch_s", "install_s", "to_healthy_s", "handoff_s")]
+                             "restore_s", "fetch_s", "install_s", "components_s", "handoff_s")]
     assert sum(p for p in parts if p is not None) == pytest.approx(ph["total_s"])  # nothing counted twice
 
 
