@@ -4,9 +4,9 @@
 ``--only`` run) into the results file, keeps every other section's data, and re-renders.
 
 Starts the local stack in a temporary directory (unless only stackless sections are chosen), runs every
-benchmark with its same-run baseline,
-writes ``bench/results/latest.json`` and the README's bench section, and stops the stack, whatever
-happens. The full run takes under ten minutes on a 2-core machine; ``--quick`` about three.
+benchmark with its same-run baseline, writes ``bench/results/latest.json`` and the README's bench
+section, and stops the stack, whatever happens. The full run took ~18 min on a 2-core machine before
+the snapshot and failover sections were added (they take ~10 min more; ``--quick`` ~3 min for both).
 """
 
 from __future__ import annotations
