@@ -278,7 +278,7 @@ def notes(results: dict[str, Any]) -> list[str]:
     if "failover" in raw:
         from bench.failover import failover_notes
 
-        out += failover_notes(raw["failover"])
+        out += failover_notes(raw["failover"], restore_median_s(raw, 1024))
     for m in results.get("merged", []):
         out.append(f"sections {', '.join(m['sections'])} measured separately ({m['date']}, "
                    f"{'quick' if m.get('quick') else 'full'}, {m.get('duration_s', 0):.0f} s, commit "

@@ -172,3 +172,12 @@ def test_routed_toml_for_gpu_asks_a_gpu_for_every_component() -> None:
     text = routed_toml({"thumbnailer": 1, "vectors": 2}, {"thumbnailer": 3, "vectors": 4}, gpu=True)
     assert text.count("gpu = true") == 2
     assert "gpu" not in routed_toml({"thumbnailer": 1, "vectors": 2}, {"thumbnailer": 3, "vectors": 4})
+
+
+def test_notes_say_whether_the_projection_meets_its_target() -> None:
+    def proj(restore_s: float) -> str:
+        return next(n for n in failover.failover_notes(raw_failover(), restore_s) if n.startswith("projection:"))
+
+    assert proj(6.0).startswith("projection: 111.2 s, over the 110 s target")  # 86.72 + 6 + app 13 + own 5.5 s
+    assert proj(2.0).startswith("projection: 107.2 s, within the 110 s target")
+    assert "60–120 s" in next(n for n in failover.failover_notes(raw_failover()) if n.startswith("failover detection"))
