@@ -65,11 +65,13 @@ def plan(quick: bool) -> dict[str, Any]:
         return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
                 "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
                 "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
-                "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200}
+                "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200,
+                "failover_state_mb": 100}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
             "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
-            "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000}
+            "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000,
+            "failover_state_mb": 1024}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -182,7 +184,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
 
     def failover_() -> None:
         raw["failover"] = {}
-        failover.failover_section(h, work, work, p["failovers"], p["latency_n"], raw["failover"])
+        failover.failover_section(h, work, work, p["failovers"], p["latency_n"], raw["failover"],
+                                  p.get("failover_state_mb", 0))
 
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]

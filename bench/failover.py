@@ -29,7 +29,11 @@ and its create call (1.59 s) replace the fake's provider waits; the measured 1 G
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -289,7 +293,48 @@ def _end_lease(h: Harness, app: Any) -> None:
                        timeout_s=90, interval_s=0.5, what=f"{r.instance_id} gone")
 
 
-def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int) -> dict[str, Any]:
+def _box_workspace(vast_url: str, provider_id: str | None) -> Path:
+    """The VAST fake box's ``/workspace`` on this machine (its disk is a directory kept per box)."""
+    r = httpx.get(f"{vast_url}/_control/inspect", timeout=30)
+    r.raise_for_status()
+    box = next((b for b in r.json()["instances"] if str(b["id"]) == str(provider_id)), None)
+    if box is None:
+        raise RuntimeError(f"the VAST fake has no box {provider_id}")
+    return Path(box["workspace"])
+
+
+def _file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def state_before_outbid(vast_url: str, rec: InstanceRecord, state_mb: int) -> dict[str, Any]:
+    """Write ``state_mb`` MB of random bytes into the box's workspace (once: a restored box has it) and
+    have the box snapshot it (``spotleash snapshot create --wait``, the CLI a user runs): the
+    replacement then restores it before its components start, and its sha256 is checked after."""
+    ws = _box_workspace(vast_url, rec.provider_id)
+    path = ws / "bench-state.bin"
+    if not path.exists() or path.stat().st_size != state_mb * 2**20:
+        ws.mkdir(parents=True, exist_ok=True)
+        with path.open("wb") as f:
+            for _ in range(state_mb):
+                f.write(os.urandom(2**20))
+    digest = _file_sha256(path)
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "snapshot", "create", "--lease-id",
+                          rec.lease_id, "--instance", rec.instance_id, "--wait", "240", "--json"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"snapshot create of {rec.instance_id} failed: {out.stdout[-500:]} {out.stderr[-1500:]}")
+    snap = json.loads(out.stdout).get("snapshot") or {}
+    return {"sha256": digest, "size_mb": state_mb, "snapshot_s": time.monotonic() - t0, "snapshot_id": snap.get("snapshot_id"),
+            "size_bytes": snap.get("size_bytes")}
+
+
+def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int, state_mb: int = 0) -> dict[str, Any]:
     from tests.e2e.routed_app import COMPONENTS, RoutedApp
 
     provider = "vast" if gpu else "gce"
@@ -321,8 +366,15 @@ def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int) -> 
                 port = COMPONENTS["thumbnailer"][1]
                 out["latency"] = remote_latency(app, load, rec, f"http://127.0.0.1:{port}/healthz", latency_n)
             for _ in range(n):
+                state = state_before_outbid(vast_url, rec, state_mb) if gpu and state_mb else None
                 res = one_failover(h, app, load, rec, kill)
                 rec = res.pop("_rec")
+                if state is not None:
+                    restored = _box_workspace(vast_url, rec.provider_id) / "bench-state.bin"
+                    state["restored_same_sha256"] = restored.exists() and _file_sha256(restored) == state["sha256"]
+                    if not state["restored_same_sha256"]:
+                        raise RuntimeError(f"{rec.instance_id} did not restore the {state_mb} MB state file")
+                    res["state"] = state
                 out["failovers"].append(res)
                 log.info("bench failover", **{k: v for k, v in res.items() if k != "phases"},
                          **{k: round(v, 2) for k, v in res["phases"].items() if v is not None})
@@ -337,7 +389,7 @@ def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int) -> 
 
 
 def failover_section(h: Harness, state_dir: Path, work: Path, n: int, latency_n: int,
-                     into: dict[str, Any]) -> None:
+                     into: dict[str, Any], state_mb: int = 0) -> None:
     """Fills ``into`` provider by provider (a failed VAST half keeps the GCE half's figures), then raises
     if either failed. VAST GPUs are rented as interruptible bids here: only a bid can be outbid."""
     from bench import packages
@@ -350,7 +402,7 @@ def failover_section(h: Harness, state_dir: Path, work: Path, n: int, latency_n:
     try:
         for provider, gpu in (("gce", False), ("vast", True)):
             try:
-                into[provider] = _run_provider(h, work, gpu, n, latency_n if not gpu else 0)
+                into[provider] = _run_provider(h, work, gpu, n, latency_n if not gpu else 0, state_mb)
             except Exception as e:  # noqa: BLE001 - the other provider's figures still count
                 failed[provider] = f"{type(e).__name__}: {e}"[:3000]
                 log.error("bench failover failed", provider=provider, error=failed[provider])
@@ -410,6 +462,15 @@ def failover_rows(res: dict[str, Any], restore_1gb_s: float | None = None) -> li
                      f"during the failover ({total} sent over {len(fos)} failovers, {sum(f['retried'] for f in fos)} "
                      "retried)", "unit": "", "n": len(fos), "median": float(sum(fails)), "max": float(max(fails)),
                      "target": "0", "within_target": sum(fails) == 0})
+        states = [f["state"] for f in fos if f.get("state")]
+        if states:
+            mb = round(states[0].get("size_mb", 0) or 0)
+            same = sum(1 for st in states if st.get("restored_same_sha256"))
+            rows.append(_row(f"failover_{provider}_restore", f"{name}: restore phase with {mb} MB of state written on "
+                             f"the lost box, snapshotted before the {how} (same sha256 on the replacement: "
+                             f"{same}/{len(states)})", "s", m["restore_s"],
+                             **({"baseline": restore_1gb_s, "baseline_name": "1 GB restore alone",
+                                 "ratio": ratio(md["restore_s"], restore_1gb_s)} if mb == 1024 and restore_1gb_s else {})))
         firsts = [f["ready_to_first_remote_s"] for f in fos if f["ready_to_first_remote_s"] is not None]
         if r.get("first_ready_to_first_remote_s") is not None:
             firsts.append(r["first_ready_to_first_remote_s"])

@@ -99,7 +99,8 @@ def raw_failover() -> dict[str, Any]:
            "direct_ms": {"n": 3, "median": 1.0, "p99": 2.0, "max": 2.0}}
     return {"gce": {"provider": "gce", "failovers": [fo("gce", 0), fo("gce", 0)], "first_ready_to_first_remote_s": 0.02,
                     "latency": lat},
-            "vast": {"provider": "vast", "failovers": [fo("vast", 1, det=3.0)], "first_ready_to_first_remote_s": 0.03}}
+            "vast": {"provider": "vast", "first_ready_to_first_remote_s": 0.03, "failovers": [
+                {**fo("vast", 1, det=3.0), "state": {"size_mb": 1024, "restored_same_sha256": True}}]}}
 
 
 def test_failover_rows_compare_to_baselines_and_quote_targets() -> None:
@@ -109,6 +110,9 @@ def test_failover_rows_compare_to_baselines_and_quote_targets() -> None:
     assert rows["failover_gce_first_remote"]["n"] == 3  # two replacements and the first launch
     assert rows["remote_path_latency"]["ratio"] == pytest.approx(3.0)
     assert rows["remote_path_added"]["median"] == pytest.approx(2.0) and rows["remote_path_added"]["p99"] == pytest.approx(3.0)
+    assert "same sha256 on the replacement: 1/1" in rows["failover_vast_restore"]["metric"]
+    assert rows["failover_vast_restore"]["ratio"] == pytest.approx(1.0 / 6.0)  # restore phase 1 s vs 6 s alone
+    assert "failover_gce_restore" not in rows
     proj = rows["projection_vast_1gb"]
     assert "6.00 s" in proj["metric"] and proj["target"] == "< 110 s"
     own = rows["projection_vast_own"]
