@@ -314,7 +314,8 @@ def merge(base: dict[str, Any], run: dict[str, Any]) -> dict[str, Any]:
     out["errors"].update(run.get("errors", {}))
     out["plan"] = {**out.get("plan", {}), **run.get("plan", {})}
     out["sections"] = list(dict.fromkeys([*out.get("sections", []), *ran]))
-    earlier = [m for m in out.get("merged", []) if not set(m["sections"]) <= set(ran)]
+    earlier = [{**m, "sections": [x for x in m["sections"] if x not in ran]} for m in out.get("merged", [])]
+    earlier = [m for m in earlier if m["sections"]]
     out["merged"] = [*earlier, {"sections": ran, "raw_keys": sorted(produced), "date": run.get("date"),
                                 "quick": run.get("quick"), "duration_s": run.get("duration_s", 0),
                                 "commit": run.get("machine", {}).get("commit"),

@@ -114,11 +114,13 @@ def test_failover_rows_compare_to_baselines_and_quote_targets() -> None:
     assert rows["failover_vast_restore"]["ratio"] == pytest.approx(1.0 / 6.0)  # restore phase 1 s vs 6 s alone
     assert "failover_gce_restore" not in rows
     proj = rows["projection_vast_1gb"]
-    assert "6.00 s" in proj["metric"] and proj["target"] == "< 110 s"
+    assert "1.00 s" in proj["metric"] and proj["target"] == "< 110 s"  # the 1 GB restore inside the failover
+    alone = {**raw_failover(), "vast": {**raw_failover()["vast"], "failovers": [fo("vast", 0)]}}
+    assert "6.00 s" in {r["key"]: r for r in failover.failover_rows(alone, 6.0)}["projection_vast_1gb"]["metric"]
     own = rows["projection_vast_own"]
     assert own["median"] == pytest.approx(3.0 + 0.5 + 0.5 + 0.5 + 1.0)  # detection + agent start, fetch, hand-off, create
     assert own["within_target"] is False
-    assert "not measured" in {r["key"]: r for r in failover.failover_rows(raw_failover())}["projection_vast_1gb"]["metric"]
+    assert "not measured" in {r["key"]: r for r in failover.failover_rows(alone)}["projection_vast_1gb"]["metric"]
 
 
 def snapshot_raw() -> dict[str, Any]:
@@ -165,6 +167,8 @@ def test_merging_an_only_run_keeps_the_other_sections_and_says_so() -> None:
     assert merged["merged"][0]["sections"] == ["snapshot", "failover"] and base["raw"]["snapshot"] == {"old": True}
     again = merge(merged, run)
     assert len(again["merged"]) == 1  # re-merging the same sections replaces the record of the first merge
+    only_failover = merge(merged, {**run, "sections": ["failover"], "raw": {"failover": raw_failover()}})
+    assert [m["sections"] for m in only_failover["merged"]] == [["snapshot"], ["failover"]]
     build_rows(merged)
     keys = {r["key"] for r in merged["rows"] if "key" in r}
     assert {"snapshot_1024", "failover_gce_total", "projection_vast_1gb"} <= keys
@@ -179,8 +183,10 @@ def test_routed_toml_for_gpu_asks_a_gpu_for_every_component() -> None:
 
 
 def test_notes_say_whether_the_projection_meets_its_target() -> None:
+    alone = {**raw_failover(), "vast": {**raw_failover()["vast"], "failovers": [fo("vast", 1, det=3.0)]}}
+
     def proj(restore_s: float) -> str:
-        return next(n for n in failover.failover_notes(raw_failover(), restore_s) if n.startswith("projection:"))
+        return next(n for n in failover.failover_notes(alone, restore_s) if n.startswith("projection:"))
 
     assert proj(6.0).startswith("projection: 111.2 s, over the 110 s target")  # 86.72 + 6 + app 13 + own 5.5 s
     assert proj(2.0).startswith("projection: 107.2 s, within the 110 s target")
