@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     snapshot_upload_timeout_s: float = Field(3600.0, gt=0, description="an upload unfinished this long failed")
     idle_after_s: float = Field(0.0, ge=0, description="an instance idle this long (no request served, CPU low) "
                                 "is snapshotted and destroyed, its lease HIBERNATED until the next demand; 0: off")
+    idle_cpu_percent: float = Field(10.0, ge=0, le=100, description="an instance counts as busy while its CPU use, "
+                                    "averaged between two heartbeats, is at or above this percent of all its cores "
+                                    "(a box shared with other work may need it higher)")
+    wake_on_request: bool = Field(False, description="the agent's router wakes a HIBERNATED lease when a request "
+                                  "for one of its components arrives (it serves the request locally meanwhile)")
     snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "
                                               "long before its max-runtime deadline (needs the bucket); 0: never")
     snapshot_interval_s: float = Field(900.0, ge=0, le=7 * 86400,

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from spotleash import appspec
 from spotleash.agent.shutdown import DRAIN_SHARE
+from spotleash.agent.wake import Waker
 from spotleash.config import CONFIG_FILE_VAR
 from spotleash.errors import ConfigError
 from spotleash.log import get_logger
@@ -64,6 +65,7 @@ class AgentRouter:
 
     service: RouterService
     credential_sha256: str
+    waker: Waker | None = None  # SPOTLEASH_WAKE_ON_REQUEST: requests wake a hibernated lease
 
     def routes(self) -> dict[str, dict[str, Any]]:
         return self.service.routes()
@@ -79,36 +81,50 @@ class AgentRouter:
         self.service.stop()
 
 
-def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str) -> RouterConfig:
+def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str,
+                  waker: Waker | None = None) -> RouterConfig:
     return RouterConfig(components=routes, credential=credential, admin_port=settings.router_admin_port,
-                        limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5)))
+                        limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5)),
+                        on_request=waker.requested if waker is not None else None)
 
 
-def firestore_records(settings: Settings, lease_id: str) -> WatchFactory:
-    """The listener on this lease's instance records (Firestore, or its emulator when the env names one)."""
+def firestore_records(settings: Settings, lease_id: str, waker: Waker | None = None) -> WatchFactory:
+    """The listener on this lease's instance records (Firestore, or its emulator when the env names one);
+    with a ``waker``, on the lease's hibernation document too, and the waker sees every record set."""
     from google.cloud import firestore
 
-    return firestore_watch(firestore.Client(project=settings.project), lease_id)
+    client = firestore.Client(project=settings.project)
+    if waker is None:
+        return firestore_watch(client, lease_id)
+    return firestore_watch(client, lease_id, on_records_too=waker.records_changed,
+                           on_hibernation=waker.hibernation_changed)
 
 
 def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
                  watch_factory: WatchFactory | None = None) -> AgentRouter | None:
     """Start the router for the app's routed components; None when none is routed.
 
-    ConfigError when a port is taken (another agent, or the app itself on its route port).
+    ConfigError when a port is taken (another agent, or the app itself on its route port), or when
+    ``wake_on_request`` is on but no component is routed (no request could ever wake the lease).
     """
     routes = component_routes(app, list(settings.components)) if app is not None else ()
     if not routes:
+        if settings.wake_on_request:
+            raise ConfigError("SPOTLEASH_WAKE_ON_REQUEST is on, but no component of the app's [app] table (named "
+                              "in SPOTLEASH_COMPONENTS) has a route_port, so no request reaches the router to wake "
+                              "a hibernated lease: give a component a route_port, or set SPOTLEASH_WAKE_ON_REQUEST"
+                              "=false")
         log.info("no component has a route_port: requests are not routed", lease_id=lease_id)
         return None
     credential = new_credential()
+    waker = Waker(retry_s=settings.demand_cooldown_s) if settings.wake_on_request else None
     if watch_factory is None:
         try:
-            watch_factory = firestore_records(settings, lease_id)
+            watch_factory = firestore_records(settings, lease_id, waker)
         except Exception as e:  # noqa: BLE001 - e.g. no credentials: route locally, say why
             log.error("cannot read this lease's instance records; the router routes to the local copies only",
                       lease_id=lease_id, error=f"{type(e).__name__}: {e}"[:300])
-    service = RouterService(router_config(settings, routes, credential), watch_factory=watch_factory)
+    service = RouterService(router_config(settings, routes, credential, waker), watch_factory=watch_factory)
     try:
         addresses = service.start()
     except OSError as e:
@@ -117,5 +133,6 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
                           f"a component already use its route_port?") from e
     log.info("router started", lease_id=lease_id,
              routes={n: "{}:{}".format(*a) for n, a in addresses.items()},
-             admin=f"127.0.0.1:{settings.router_admin_port}" if settings.router_admin_port else None)
-    return AgentRouter(service, credential_hash(credential))
+             admin=f"127.0.0.1:{settings.router_admin_port}" if settings.router_admin_port else None,
+             wake_on_request=waker is not None)
+    return AgentRouter(service, credential_hash(credential), waker)

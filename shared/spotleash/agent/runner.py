@@ -20,6 +20,7 @@ from spotleash.log import get_logger
 
 if TYPE_CHECKING:
     from spotleash.agent.routing import AgentRouter
+    from spotleash.agent.wake import Waker
     from spotleash.config import Settings
 
 log = get_logger("spotleash.agent")
@@ -75,8 +76,11 @@ class Agent:
         holder: str = "",
         policy: TriggerPolicy | None = None,
         route_credential_sha256: str | None = None,
+        waker: Waker | None = None,
     ) -> None:
         self.route_credential_sha256 = route_credential_sha256  # the router's, when one runs
+        self.waker = waker  # SPOTLEASH_WAKE_ON_REQUEST: the router's requests wake a hibernated lease
+        self._last_ram_percent = 0.0
         self.settings = settings
         self.lease_id = lease_id
         self.ram = ram_source
@@ -142,6 +146,7 @@ class Agent:
     # ---------------------------------------------------------------- one sample
     def tick(self, t: float) -> None:
         used = self.ram.used_fraction()
+        self._last_ram_percent = min(max(used * 100, 0.0), 100.0)
         self.stats.samples += 1
         self.state, action = self.policy.step(self.state, (t, used))
         if isinstance(action, Demand):
@@ -159,6 +164,23 @@ class Agent:
             log.info("release: memory is back to normal", lease_id=self.lease_id, event_id=rel.event_id,
                      ram_percent=action.ram_percent)
             self._send(rel)
+
+    def wake(self, now: float) -> None:
+        """Publish a wake demand when a request arrived for a hibernated component (``agent.wake``)."""
+        if self.waker is None or self._pending_demand is not None:
+            return
+        due = self.waker.due(now)
+        if due is None:
+            return
+        names = set(due.components)
+        components = [c for c in self._components if c.name in names] or self._components
+        ev = DemandEvent(lease_id=self.lease_id, trigger="request", ram_percent=round(self._last_ram_percent, 2),
+                         components=components, route_credential_sha256=self.route_credential_sha256)
+        self.stats.demands.append(ev)
+        log.info("demand: a request arrived for a hibernated component; waking the lease", lease_id=self.lease_id,
+                 event_id=ev.event_id, component=due.asked_by, snapshot_id=due.snapshot_id,
+                 components=[c.name for c in components])
+        self._pending_demand = self._send(ev)
 
     # ---------------------------------------------------------------- the loop
     def run(self, run_for_s: float | None = None) -> None:
@@ -183,6 +205,7 @@ class Agent:
                 if next_sample <= now:  # fell behind (suspend, slow source): do not burst
                     next_sample = now + s.sample_interval_s
             self._check_in_flight(now)
+            self.wake(now)
             wake = min(next_renew, next_sample, end if end is not None else next_sample)
             self.stop.wait(max(wake - self.clock(), 0.0))
         log.info("agent loop ended", lease_id=self.lease_id, samples=self.stats.samples,
@@ -221,7 +244,8 @@ def run_agent(
     try:
         Agent(settings, lease_id=lease_id, ram_source=ram_source, publisher=publisher, stop=stop_event,
               clock=clock, holder=holder,
-              route_credential_sha256=router.credential_sha256 if router is not None else None).run(run_for_s)
+              route_credential_sha256=router.credential_sha256 if router is not None else None,
+              waker=router.waker if router is not None else None).run(run_for_s)
     except Exception as e:
         reason = f"agent shutdown: crash ({type(e).__name__})"
         log.exception("agent crashed; releasing the lease", lease_id=lease_id, error=str(e))

@@ -69,7 +69,7 @@ class AgentConfig(BaseModel):
             package_sha256=spec.package_sha256, package_uri=spec.package_uri,
             package_url=spec.package_url, components=list(spec.components),
             package_fetch_retry_s=spec.package_fetch_retry_s,
-            snapshot_interval_s=spec.snapshot_interval_s,
+            snapshot_interval_s=spec.snapshot_interval_s, idle_cpu_percent=spec.idle_cpu_percent,
         )
 
     @classmethod

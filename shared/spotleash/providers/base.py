@@ -86,6 +86,7 @@ class LaunchSpec:
     components: tuple[str, ...] = ()
     package_fetch_retry_s: float = 300.0  # how long the instance retries its download (Cloud Storage failing)
     snapshot_interval_s: float = 0.0  # the instance's periodic snapshots (0: none; AgentConfig.snapshot_interval_s)
+    idle_cpu_percent: float = 10.0  # CPU use at or above this keeps the instance busy (AgentConfig.idle_cpu_percent)
 
     @property
     def labels(self) -> dict[str, str]:

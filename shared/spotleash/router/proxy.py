@@ -85,6 +85,9 @@ class RouterConfig:
     admin_port: int | None = None  # /metrics and /routes; None: not served, 0: any free port
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
+    # Told the component of every request as it arrives (the agent's wake-on-request; it must be quick and
+    # must not raise: it runs in the router's event loop).
+    on_request: Callable[[str], None] | None = None
 
     def __repr__(self) -> str:
         return f"RouterConfig(components={[c.name for c in self.components]}, admin_port={self.admin_port})"
@@ -335,6 +338,8 @@ class Router:
     async def _handle(self, comp: ComponentRoute, request: web.BaseRequest) -> web.StreamResponse:
         started = self.clock()
         name = comp.name
+        if self.config.on_request is not None:
+            self.config.on_request(name)
         primary = self._upstream_for(comp, self.table.current(name))
         if primary is None:
             self.metrics.fail(name)

@@ -26,9 +26,17 @@ WatchFactory = Callable[[RecordsCallback, LeaseCallback], RecordWatch]
 _WATCH_CHECK_S = 5.0
 
 
-def firestore_watch(client: Any, lease_id: str) -> WatchFactory:
+def firestore_watch(client: Any, lease_id: str, *, on_records_too: RecordsCallback | None = None,
+                    on_hibernation: LeaseCallback | None = None) -> WatchFactory:
+    """A listener on the lease's records and lease document; ``on_records_too`` is also given every record
+    set, ``on_hibernation`` the lease's hibernation document (the agent's wake-on-request)."""
     def make(on_records: RecordsCallback, on_lease: LeaseCallback) -> RecordWatch:
-        return RecordWatch(client, lease_id, on_records, on_lease)
+        def both(records: list[dict[str, Any]]) -> None:
+            if on_records_too is not None:
+                on_records_too(records)
+            on_records(records)
+
+        return RecordWatch(client, lease_id, both, on_lease, on_hibernation)
 
     return make
 

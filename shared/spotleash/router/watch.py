@@ -26,15 +26,19 @@ log = get_logger("spotleash.router.watch")
 
 RecordsCallback = Callable[[list[dict[str, Any]]], None]
 LeaseCallback = Callable[[dict[str, Any] | None], None]
+HIBERNATIONS = "hibernations"  # the control plane's collection (spotleash.store), doc id = lease id
 
 
 class RecordWatch:
-    def __init__(self, client: Any, lease_id: str, on_records: RecordsCallback, on_lease: LeaseCallback) -> None:
-        """``client``: a ``google.cloud.firestore.Client``."""
+    def __init__(self, client: Any, lease_id: str, on_records: RecordsCallback, on_lease: LeaseCallback,
+                 on_hibernation: LeaseCallback | None = None) -> None:
+        """``client``: a ``google.cloud.firestore.Client``. ``on_hibernation``: also listen to the lease's
+        hibernation document (the agent's wake-on-request)."""
         self._client = client
         self._lease_id = lease_id
         self._on_records = on_records
         self._on_lease = on_lease
+        self._on_hibernation = on_hibernation
         self._watches: list[Any] = []
         self._lock = threading.Lock()
         self.restarts = 0
@@ -48,6 +52,9 @@ class RecordWatch:
                 query.on_snapshot(self._records_snapshot),
                 self._client.collection("leases").document(self._lease_id).on_snapshot(self._lease_snapshot),
             ]
+            if self._on_hibernation is not None:
+                self._watches.append(self._client.collection(HIBERNATIONS).document(self._lease_id)
+                                     .on_snapshot(self._hibernation_snapshot))
         log.info("watching instance records", lease_id=self._lease_id)
 
     def stop(self) -> None:
@@ -72,3 +79,7 @@ class RecordWatch:
 
     def _lease_snapshot(self, docs: list[Any], _changes: Any, _read_time: Any) -> None:
         self._on_lease(docs[0].to_dict() if docs and docs[0].exists else None)
+
+    def _hibernation_snapshot(self, docs: list[Any], _changes: Any, _read_time: Any) -> None:
+        if self._on_hibernation is not None:
+            self._on_hibernation(docs[0].to_dict() if docs and docs[0].exists else None)

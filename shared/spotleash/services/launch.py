@@ -122,6 +122,7 @@ def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: dateti
         gpu=gpu, image=s.gpu_image, heartbeat_url=s.heartbeat_url or "",
         heartbeat_token=ctx.heartbeat_token(rec.instance_id), heartbeat_interval_s=s.heartbeat_interval_s,
         route_credential_sha256=rec.route_credential_sha256 or "", snapshot_interval_s=s.snapshot_interval_s,
+        idle_cpu_percent=s.idle_cpu_percent,
     )
 
 
