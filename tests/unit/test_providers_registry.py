@@ -111,3 +111,11 @@ def test_control_plane_import_path_does_not_load_paramiko() -> None:
                          cwd=REPO, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "False"
+
+
+def test_the_idle_cpu_threshold_reaches_the_instance() -> None:
+    from dataclasses import replace
+
+    spec = replace(_spec(), idle_cpu_percent=55.0)
+    assert AgentConfig.parse(env_values(spec)[CONFIG_ENV]).idle_cpu_percent == 55.0
+    assert AgentConfig.parse(metadata_values(spec)[CONFIG_KEY]).idle_cpu_percent == 55.0
