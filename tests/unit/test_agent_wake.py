@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.router.test_agent_router_wiring import FakeWatch, Publisher, app_with, free_port, get, serve, wait_for
+from tests.unit.router.test_agent_router_wiring import (
+    FakeWatch,
+    Publisher,
+    app_with,
+    free_port,
+    get,
+    serve,
+    wait_for,
+)
 from tests.unit.test_agent_runner import FakeClock, FakePublisher, FakeStop
 
 from spotleash.agent.routing import start_router
