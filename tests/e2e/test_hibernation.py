@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -281,6 +282,12 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
     lease = "lease-hibernate-e2e"
     agent = Agent(tmp_path, published["app"], lease)
     storage_down = False
+    t0 = time.monotonic()
+    marks: dict[str, float] = {}
+
+    def mark(name: str) -> None:
+        marks[name] = round(time.monotonic() - t0, 1)
+
     try:
         # 1. The agent's demand → box 1 READY; the router sends notes there; a file lands in its workspace.
         first = wait_ready(flows, lease, set())
@@ -293,6 +300,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         wait_until(lambda: agent.state()["served_by"] == first.instance_id, timeout_s=30, interval_s=0.5,
                    what="the router to send notes to box 1")
         assert agent.state()["sha256_at_start"] is None  # a first box: nothing to restore
+        mark("box 1 READY, file written")
 
         # 2. Cloud Storage down; box 1 goes idle → asked for a hibernation snapshot → the upload cannot finish.
         stack.kill_part(published["state_dir"], gcs.NAME)
@@ -300,6 +308,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         alert = wait_until(lambda: next(iter(alerts(flows, first.instance_id)), None), timeout_s=IDLE_AFTER_S + 90,
                            interval_s=0.5, what="an alert: the hibernation snapshot did not finish")
         assert alert["reason"] in ("hibernation_snapshot_failed", "snapshot_failed"), alert
+        mark(f"first alert ({alert['reason']})")
         kept = flows.store.get(first.instance_id)
         assert kept is not None and kept.state is State.READY, "the box is kept running"
         assert kept.snapshot_request is not None and kept.snapshot_request.reason == "hibernate"
@@ -318,6 +327,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         # 3. Cloud Storage back → a snapshot verifies → only then the box is destroyed.
         storage_back(published)
         storage_down = False
+        mark("Cloud Storage back")
         ended = flows.wait_state(first.instance_id, {State.TERMINATED, State.FAILED}, timeout_s=180)
         assert ended.state is State.TERMINATED and ended.reason == "hibernated", (ended.state, ended.reason)
         hib = flows.store.get_hibernation(lease)
@@ -327,6 +337,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         assert snap.verified_at is not None and ended.ended_at is not None
         assert snap.verified_at <= ended.ended_at, "verified before the box was destroyed"
         gone = flows.wait_gone(first, timeout_s=60)
+        mark("box 1 hibernated and gone")
         assert build_provider("vast", flows.settings).get(gone.provider_id or "") is None
         assert vast_box(first) is None and not Path(box["folder"]).exists(), "the box and its disk are gone"
         costs = [next(i for i in cli_json("cost")["instances"] if i["instance_id"] == first.instance_id)
@@ -344,12 +355,15 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         # 4. Requests arrive: served locally at once; one demand wakes the lease; box 2 restores the file.
         for _ in range(3):
             assert agent.state()["served_by"] == "local"
+        mark("requests served locally")
         second = wait_ready(flows, lease, {first.instance_id})
+        mark("box 2 READY")
         wakes = [ln for ln in agent.lines() if "waking the lease" in str(ln.get("message", ""))]
         assert len(wakes) == 1 and wakes[0]["snapshot_id"] == hib.snapshot_id, wakes
         assert second.provider == "vast"
         wait_until(lambda: agent.state()["served_by"] == second.instance_id, timeout_s=30, interval_s=0.5,
                    what="the router to send notes to box 2")
+        mark("served by box 2")
         assert agent.state()["sha256_at_start"] == want, "box 2's notes found the file at its very start"
         restored = [e for e in flows.audit(second.instance_id) if e["action"] == "restored"]
         assert [e["snapshot_id"] for e in restored] == [hib.snapshot_id]
@@ -357,6 +371,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         assert any(e["action"] == "woke" for e in flows.audit(second.instance_id))
         launched = [e for e in flows.audit(second.instance_id) if e["action"] in ("launch_intent", "launched")]
         assert launched and all(e["reason"] == "request" for e in launched), launched
+        print(f"\nphases (s since the agent started): {json.dumps(marks)}")
     finally:
         if storage_down:
             storage_back(published)
