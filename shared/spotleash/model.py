@@ -68,6 +68,9 @@ class RequestedSnapshot(BaseModel):
     reason: SnapshotReason
     requested_at: AwareDatetime
     by: str = ""  # who asked: "cli", "reaper", "heartbeat"
+    # asked again because the last snapshot failed or did not finish (what the alert said; ``spotleash status``
+    # shows it): empty for a first request
+    postponed: str = ""
     served: bool = False  # a snapshot of the instance started after it: the replies stop asking
 
 

@@ -39,6 +39,14 @@ def as_json(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
     return out
 
 
+def postponed(rec: InstanceRecord) -> str:
+    """A live instance's hibernation held back by a failed or unfinished snapshot (its alert), or ""."""
+    req = rec.snapshot_request
+    if not rec.live or req is None or req.reason != "hibernate" or not req.postponed:
+        return ""
+    return f"hibernation postponed: {req.postponed}; asked again"
+
+
 def compact(rec: InstanceRecord) -> str:
     """One cell: ``name ok 1.2.3.4:8080`` per component (a failing one with the start of its error)."""
     parts = []

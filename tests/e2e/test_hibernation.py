@@ -322,6 +322,8 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         renewed = flows.store.get(first.instance_id)
         assert renewed is not None and renewed.snapshot_request is not None
         assert renewed.snapshot_request.by == "reaper" and renewed.state is State.READY
+        shown = {r["instance_id"]: r for r in cli_json("status")["instances"]}
+        assert "did not finish" in shown[first.instance_id]["snapshot_request"]["postponed"], "the user sees why"
         assert vast_box(first) is not None, "still no verified snapshot: the box stays"
 
         # 3. Cloud Storage back → a snapshot verifies → only then the box is destroyed.

@@ -82,15 +82,16 @@ def _record_hibernation(ctx: Context, rec: InstanceRecord, snap: SnapshotRecord,
 
 
 def _retry(ctx: Context, rec: InstanceRecord, why: str, snapshot_id: str | None, now: datetime) -> None:
-    """The box stays up; someone is told; the next beat asks for a snapshot again."""
-    again = new_request(rec, "hibernate", now, by="reaper")
-    ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"snapshot_request": again})
-                     if r.live and r.snapshot_request is not None and r.snapshot_request.reason == "hibernate"
-                     else None)
+    """The box stays up; someone is told (the audit's alert, an error log line, and ``spotleash status`` through
+    the renewed request's ``postponed``); the next beat asks for a snapshot again."""
     limit = f"{ctx.settings.snapshot_upload_timeout_s:.0f}s"
     detail = {"snapshot_failed": "its snapshot failed",
               "snapshot_in_progress": f"its snapshot's upload did not finish within {limit}"}.get(
                   why, f"no snapshot began within {limit} of the request")
+    again = new_request(rec, "hibernate", now, by="reaper").model_copy(update={"postponed": detail})
+    ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"snapshot_request": again})
+                     if r.live and r.snapshot_request is not None and r.snapshot_request.reason == "hibernate"
+                     else None)
     ctx.store.audit("alert", "hibernation_snapshot_failed", now, instance_id=rec.instance_id, lease_id=rec.lease_id,
                     snapshot_id=snapshot_id, detail=f"{detail}; the instance keeps running, asked again",
                     request_id=again.request_id)

@@ -17,6 +17,7 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
+from spotleash import status_view
 from spotleash.config import load_settings
 from spotleash.errors import ConfigError
 from spotleash.events import Heartbeat, ReapTick
@@ -141,6 +142,10 @@ def test_a_failed_snapshot_keeps_the_box_alerts_and_asks_again(hctx: Context, ma
     assert [a["reason"] for a in alerts] == ["hibernation_snapshot_failed"] and alerts[0]["snapshot_id"] == "s-bad"
     retried = send(hctx, rec, idle_s=IDLE_AFTER + 6).snapshot_request
     assert retried is not None and retried.request_id != first.request_id
+    asked = record_of(store, rec.instance_id).snapshot_request
+    assert asked is not None and asked.by == "reaper" and asked.postponed == "its snapshot failed"
+    assert status_view.postponed(record_of(store, rec.instance_id)) == (
+        "hibernation postponed: its snapshot failed; asked again")
     clock.advance(5)
     reap(hctx)  # asked again, nothing new failed: no second alert
     assert len([e for e in store.audit_entries(rec.instance_id) if e["action"] == "alert"]) == 1
