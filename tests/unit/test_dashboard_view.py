@@ -166,7 +166,8 @@ def test_an_instance_asked_to_hibernate_and_a_replacements_failover_phases() -> 
                   last_heartbeat=NOW - timedelta(seconds=5)))
     rows = {i["instance_id"]: i for i in view_of(store)["instances"]}
     assert rows["sl-ready"]["snapshot_request"] == {"reason": "hibernate",
-                                                    "requested_at": (NOW - timedelta(seconds=40)).isoformat()}
+                                                    "requested_at": (NOW - timedelta(seconds=40)).isoformat(),
+                                                    "postponed": ""}
     assert rows["sl-ready"]["failover"] is None and rows["sl-vast"]["snapshot_request"] is None
     assert rows["sl-repl"]["failover"] == {"replaces": "sl-lost", "phases": {
         "detection_s": 20.0, "provisioning_s": 75.0, "boot_s": 15.0, "restore_s": 4.5, "ready_s": 10.5,

@@ -141,7 +141,8 @@ def instance_row(rec: InstanceRecord, lease: Lease | None, first_of_lease: datet
         "price_per_hour": rec.price_per_hour, "preempted": rec.preempted,
         # "hibernate": idle, so a snapshot was asked for; once it is verified the box is destroyed
         "snapshot_request": None if request is None else {"reason": request.reason,
-                                                          "requested_at": _iso(request.requested_at)},
+                                                          "requested_at": _iso(request.requested_at),
+                                                          "postponed": request.postponed},
         "failover": None if not rec.replaces else {"replaces": rec.replaces, "phases": phases(rec)},
         "lease": {
             "known": lease is not None,

@@ -128,7 +128,8 @@
     td.appendChild(el("span", { class: "comp" }, inst.state + (inst.preempted ? " (preempted)" : "")));
     const req = inst.snapshot_request;
     if (req && req.reason === "hibernate") {
-      td.appendChild(el("span", { class: "comp warn" }, "hibernating: idle, snapshot asked"));
+      td.appendChild(el("span", { class: "comp warn" }, req.postponed
+        ? `hibernation postponed: ${req.postponed}; asked again` : "hibernating: idle, snapshot asked"));
     }
     const f = inst.failover;
     if (f) {
