@@ -31,7 +31,7 @@ from spotleash.config import Settings, load_settings
 from spotleash.errors import ConfigError
 from spotleash.events import DemandEvent
 
-DOC = {"lease_id": "lease-w", "snapshot_id": "snap-1", "components": ["web"],
+DOC = {"lease_id": "lease-w", "deployment_id": "default", "snapshot_id": "snap-1", "components": ["web"],
        "hibernated_at": "2026-11-30T01:00:00+00:00", "size_bytes": 10}
 H = Hibernated.from_doc(DOC)
 
@@ -58,6 +58,15 @@ def test_the_rule() -> None:
 @pytest.mark.parametrize("doc", [None, {}, {"snapshot_id": 3}, {"components": ["web"]}])
 def test_a_missing_or_unreadable_document_is_no_hibernation(doc: Any) -> None:
     assert Hibernated.from_doc(doc) is None
+
+
+def test_another_deployments_hibernation_is_not_ours() -> None:
+    assert Hibernated.from_doc(DOC, "default") == H
+    assert Hibernated.from_doc(DOC, "staging") is None
+    w = Waker(retry_s=5.0, deployment_id="staging")
+    w.hibernation_changed(DOC)
+    w.requested("web")
+    assert w.hibernated is None and w.due(1.0) is None
 
 
 def test_the_waker_sends_once_per_hibernation_and_again_only_after_a_launch_came_to_nothing() -> None:

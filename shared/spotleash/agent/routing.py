@@ -117,7 +117,7 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
         log.info("no component has a route_port: requests are not routed", lease_id=lease_id)
         return None
     credential = new_credential()
-    waker = Waker(retry_s=settings.demand_cooldown_s) if settings.wake_on_request else None
+    waker = Waker(retry_s=settings.demand_cooldown_s, deployment_id=settings.deployment_id) if settings.wake_on_request else None
     if watch_factory is None:
         try:
             watch_factory = firestore_records(settings, lease_id, waker)

@@ -38,9 +38,12 @@ class Hibernated:
     components: tuple[str, ...]
 
     @classmethod
-    def from_doc(cls, doc: Mapping[str, Any] | None) -> Hibernated | None:
-        """The document as Firestore delivers it; None when absent or unreadable (never raises)."""
+    def from_doc(cls, doc: Mapping[str, Any] | None, deployment_id: str | None = None) -> Hibernated | None:
+        """The document as Firestore delivers it; None when absent, unreadable or of another deployment
+        (``deployment_id`` given; the document id is the lease id alone). Never raises."""
         if not doc or not isinstance(doc.get("snapshot_id"), str):
+            return None
+        if deployment_id is not None and doc.get("deployment_id") != deployment_id:
             return None
         comps = doc.get("components")
         names = tuple(c for c in comps if isinstance(c, str)) if isinstance(comps, list) else ()
@@ -73,8 +76,9 @@ class WakeDemand:
 
 
 class Waker:
-    def __init__(self, retry_s: float) -> None:
+    def __init__(self, retry_s: float, deployment_id: str | None = None) -> None:
         self.retry_s = retry_s
+        self.deployment_id = deployment_id
         self._lock = threading.Lock()
         self._hibernated: Hibernated | None = None
         self._live = 0
@@ -83,7 +87,7 @@ class Waker:
 
     # --- inputs
     def hibernation_changed(self, doc: Mapping[str, Any] | None) -> None:
-        now = Hibernated.from_doc(doc)
+        now = Hibernated.from_doc(doc, self.deployment_id)
         with self._lock:
             before, self._hibernated = self._hibernated, now
             if now is None:
