@@ -89,7 +89,7 @@ class Settings(BaseSettings):
                                 "is snapshotted and destroyed, its lease HIBERNATED until the next demand; 0: off")
     idle_cpu_percent: float = Field(10.0, ge=0, le=100, description="an instance counts as busy while its CPU use, "
                                     "averaged between two heartbeats, is at or above this percent of all its cores "
-                                    "(a box shared with other work may need it higher)")
+                                    "(0: CPU never keeps it busy, only requests and GPUs do)")
     wake_on_request: bool = Field(False, description="the agent's router wakes a HIBERNATED lease when a request "
                                   "for one of its components arrives (it serves the request locally meanwhile)")
     snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "

@@ -80,6 +80,9 @@ def test_idle_counts_from_the_last_busy_moment() -> None:
     assert clock.observe(260.0, cpu_percent=2.0, last_request_at=250.0) == 10.0  # a request through the front
     assert clock.observe(300.0, cpu_percent=2.0, last_request_at=250.0) == 50.0  # the same request again: old
     assert clock.observe(310.0, cpu_percent=10.0) == 0.0  # the threshold itself is busy
+    off = IdleClock(100.0, cpu_threshold=0.0, gpu_threshold=10.0)
+    assert off.observe(130.0, cpu_percent=100.0) == 30.0  # 0: CPU never makes the box busy
+    assert off.observe(140.0, cpu_percent=100.0, last_request_at=135.0) == 5.0  # requests still do
 
 
 def test_gpu_utilisation_from_nvidia_smi_or_none() -> None:

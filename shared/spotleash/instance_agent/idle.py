@@ -7,7 +7,8 @@ busy moment (since the agent started, when there was none):
   lease's credential), except the router's probes of a component's own health path — those come every
   few seconds from the user's machine whether the app is used or not, and would keep every box awake;
 - the CPU use of the whole box, averaged over the time since the previous heartbeat, was at or above
-  ``AgentConfig.idle_cpu_percent`` (default 10 %);
+  ``AgentConfig.idle_cpu_percent`` (default 10 %; 0: CPU never makes the box busy — a box whose CPU is
+  shared with work that is not its own, such as the local fakes' boxes on one machine);
 - any GPU's utilisation (``nvidia-smi``, when the box has one) was at or above
   ``AgentConfig.idle_gpu_percent`` (default 10 %) at the heartbeat.
 
@@ -41,7 +42,8 @@ class IdleClock:
 
     def observe(self, now: float, *, cpu_percent: float, gpu_percents: Sequence[float] = (),
                 last_request_at: float | None = None) -> float:
-        if cpu_percent >= self.cpu_threshold or any(g >= self.gpu_threshold for g in gpu_percents):
+        cpu_busy = self.cpu_threshold > 0 and cpu_percent >= self.cpu_threshold
+        if cpu_busy or any(g >= self.gpu_threshold for g in gpu_percents):
             self._busy_at = now
         if last_request_at is not None and last_request_at > self._busy_at:
             self._busy_at = min(last_request_at, now)
