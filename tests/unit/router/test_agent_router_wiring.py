@@ -41,12 +41,17 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+SLOW_STARTED: dict[str, threading.Event] = {}  # per copy: a ``/slow`` request has reached it
+
+
 def serve(name: str, slow_s: float = 2.0) -> tuple[http.server.ThreadingHTTPServer, int]:
     """A component copy answering its own name; ``/slow`` answers after ``slow_s``."""
+    SLOW_STARTED[name] = threading.Event()
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             if self.path == "/slow":
+                SLOW_STARTED[name].set()
                 time.sleep(slow_s)
             body = name.encode()
             self.send_response(200)
@@ -228,7 +233,8 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
         publisher.in_flight = slow
         in_flight = threading.Thread(target=lambda: slow.append(get(route_port, "/slow")), daemon=True)
         in_flight.start()
-        time.sleep(0.3)  # the slow request is on the remote copy now
+        # Not a fixed sleep: on a loaded machine the request may take longer than that to get there.
+        assert SLOW_STARTED["remote"].wait(10), "the slow request never reached the remote copy"
         stop.set()  # what SIGTERM does
         wait_for(lambda: router.routes()["web"]["target"] == "local" if agent.is_alive() else True,
                  what="traffic to go local")
