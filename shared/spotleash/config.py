@@ -94,6 +94,10 @@ class Settings(BaseSettings):
                                   "for one of its components arrives (it serves the request locally meanwhile)")
     snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "
                                               "long before its max-runtime deadline (needs the bucket); 0: never")
+    preemption_grace_s: float = Field(30.0, ge=0, le=300,
+                                      description="a preempted instance's snapshot asks are still answered this "
+                                                  "long after its notice (GCE gives 30 s before hard off); then it "
+                                                  "is deleted. 0: deleted at the notice, its last snapshot lost")
     snapshot_interval_s: float = Field(900.0, ge=0, le=7 * 86400,
                                        description="an instance snapshots its state paths this often, when they "
                                                    "changed (0: no periodic snapshots)")

@@ -103,6 +103,7 @@ class InstanceRecord(BaseModel):
     ssh_host: str | None = None
     ssh_port: int | None = None
     preempted: bool = False
+    preempted_at: AwareDatetime | None = None  # the preemption notice's beat; the record lives on for its grace
     replaced_by: str | None = None
     replaces: str | None = None
     attempts: int = 0
@@ -231,6 +232,7 @@ class SnapshotRecord(BaseModel):
     files: int = 0
     reason: str | None = None  # why FAILED or CORRUPT
     verified_at: AwareDatetime | None = None
+    trigger: str | None = None  # why the instance took it (snapshot_wire.SnapshotTrigger); None: recorded before
 
 
 class Lease(BaseModel):

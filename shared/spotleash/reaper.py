@@ -2,10 +2,12 @@
 
 Each decision names one instance and one reason. A TERMINATING record is being deleted by someone
 else: it only gets ``retry_delete`` once that delete has stalled. Otherwise, in order of precedence:
-``budget_exceeded`` > ``max_runtime`` > ``lease_expired`` > ``provisioning_timeout`` >
-``stopped_at_provider`` > ``vanished`` > ``heartbeat_lost``: the provider's own verdict on a running
-instance (outbid, stopped, preempted; deleted behind our back) says more than our silence does, so an
-outbid box that is also past the heartbeat timeout is ``stopped_at_provider``. The last three are
+``budget_exceeded`` > ``max_runtime`` > ``lease_expired`` > ``provisioning_timeout`` > ``preempted`` >
+``stopped_at_provider`` > ``vanished`` > ``heartbeat_lost``. A preempted instance was replaced at its notice
+and lives on only to save its state (``spotleash.preemption``): it ends as ``preempted`` once the provider
+took it, its grace is over, or it went silent. Otherwise the provider's own verdict on a running
+instance (outbid, stopped; deleted behind our back) says more than our silence does, so an
+outbid box that is also past the heartbeat timeout is ``stopped_at_provider``. The last four are
 losses: the reap service replaces such an instance while its lease wants it (``spotleash.failover``).
 Then provider
 instances that carry our labels but no live record owns become ``orphan`` once older than a grace
@@ -26,6 +28,7 @@ from datetime import datetime, timedelta
 
 from spotleash.config import Settings
 from spotleash.model import LIVE, InstanceRecord, Lease, State
+from spotleash.preemption import grace_over
 from spotleash.providers.base import LABEL_DEPLOYMENT, Inventory, ProviderInstance, ProviderStatus
 
 RETRY_DELETE_AFTER_S = 30.0
@@ -39,11 +42,12 @@ class ReapConfig:
     orphan_grace_s: float
     max_deletions: int
     heartbeat_interval_s: float = 30.0
+    preemption_grace_s: float = 30.0
 
     @classmethod
     def from_settings(cls, s: Settings) -> ReapConfig:
         return cls(s.deployment_id, s.heartbeat_timeout_s, s.provisioning_timeout_s, s.orphan_grace_s,
-                   s.reap_max_deletions, s.heartbeat_interval_s)
+                   s.reap_max_deletions, s.heartbeat_interval_s, s.preemption_grace_s)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,13 @@ def _record_reason(
         return "provisioning_timeout", f"{r.state} for {_age(now, r.updated_at):.0f}s"
     if r.state in (State.RUNNING, State.READY):
         last = r.last_heartbeat or r.running_at or r.updated_at
+        if r.preempted_at is not None:  # replaced at its notice; alive only to save its state (spotleash.preemption)
+            gone = (listing_ok and seen is None) or (seen is not None and seen.status in (ProviderStatus.STOPPED,
+                                                                                      ProviderStatus.TERMINATED))
+            if gone or grace_over(r, now, cfg.preemption_grace_s) or _age(now, last) > cfg.heartbeat_timeout_s:
+                took = "the provider took it" if gone else f"its grace of {cfg.preemption_grace_s:.0f}s is over"
+                return "preempted", f"preempted at {r.preempted_at.isoformat()}; {took}"
+            return None
         if seen is not None and seen.status in (ProviderStatus.STOPPED, ProviderStatus.TERMINATED):
             return "stopped_at_provider", f"provider status {seen.native_status or seen.status}"
         if listing_ok and seen is None:

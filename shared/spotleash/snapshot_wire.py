@@ -41,7 +41,9 @@ object present with the manifest's size and MD5) and recorded it as ``verified``
 
 **Restore at boot.** A new instance asks ``RestoreAsk`` before its components start; its ``RestoredAsk``
 carries the restore's seconds and bytes (the phase timing the control plane records). No verified
-snapshot: ``RestoredAsk(snapshot_id=None)``, and the components start on empty state.
+snapshot: ``RestoredAsk(snapshot_id=None)``, and the components start on empty state. While a preempted
+predecessor is still saving its state, the answer is ``RestoreWait`` (ask again shortly; bounded by the
+preemption grace — ``spotleash.preemption`` has why).
 """
 
 from __future__ import annotations
@@ -158,8 +160,9 @@ class RestoredAsk(_Wire):
 
     op: Literal["restored"] = "restored"
     snapshot_id: SnapshotId | None = None
-    seconds: Annotated[float, Field(ge=0)] = 0.0
+    seconds: Annotated[float, Field(ge=0)] = 0.0  # the whole restore, waits for a newer snapshot included
     raw_bytes: Annotated[int, Field(ge=0)] = 0
+    waited_s: Annotated[float, Field(ge=0)] = 0.0  # of ``seconds``: told to wait (``RestoreWait``)
 
 
 SnapshotAsk = Annotated[UploadAsk | UploadedAsk | AbandonedAsk | RestoreAsk | RestoredAsk,
@@ -201,6 +204,15 @@ class RestoreGrant(_Wire):
     expires_at: AwareDatetime | None = None
 
 
+class RestoreWait(_Wire):
+    """'Ask again in ``retry_after_s``': a newer snapshot of the lease is on its way (a preempted predecessor
+    is saving its state; ``spotleash.preemption`` decides). The restore's clock keeps running."""
+
+    kind: Literal["restore_wait"] = "restore_wait"
+    retry_after_s: Annotated[float, Field(gt=0, le=60)]
+    detail: Detail = ""
+
+
 class Refused(_Wire):
     kind: Literal["refused"] = "refused"
     detail: Detail
@@ -225,5 +237,6 @@ class SnapshotRequest(_Wire):
     reason: Detail = ""
 
 
-SnapshotReply = Annotated[UploadGrant | Verdict | RestoreGrant | Refused | Noted, Field(discriminator="kind")]
+SnapshotReply = Annotated[UploadGrant | Verdict | RestoreGrant | RestoreWait | Refused | Noted,
+                          Field(discriminator="kind")]
 

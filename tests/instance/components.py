@@ -11,7 +11,8 @@ import subprocess
 import sys
 
 MODE = os.environ.get("MODE", "ok")
-SHOWN = ("PORT", "MODE", "SPOTLEASH_HEARTBEAT_TOKEN", "SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_COMPONENT_OF", "VIRTUAL_ENV")
+SHOWN = ("PORT", "MODE", "SPOTLEASH_HEARTBEAT_TOKEN", "SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_COMPONENT_OF", "VIRTUAL_ENV",
+         "SPOTLEASH_STATE_PATHS")
 
 if MODE == "crash":
     print("boom: the model file is missing", flush=True)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from spotleash.events import ComponentReport
-from spotleash.instance_agent.supervisor import MARKER_ENV, Launch, Supervisor, component_env
+from spotleash.instance_agent.supervisor import MARKER_ENV, STATE_PATHS_ENV, Launch, Supervisor, component_env
 
 COMPONENT = Path(__file__).with_name("components.py")
 
@@ -45,7 +45,8 @@ def run(tmp_path: Path) -> Iterator[Callable[..., Supervisor]]:
         launch = Launch(name=f"c-{mode}", argv=(sys.executable, str(COMPONENT)), port=port or free_port(),
                         health_path="/healthz", timeout_s=timeout_s, env={"MODE": mode, **extra_env})
         base = {**os.environ, "SPOTLEASH_HEARTBEAT_TOKEN": "tok-secret", "SPOTLEASH_AGENT_CONFIG": "{}"}
-        sup = Supervisor([launch], cwd=tmp_path, env=component_env(base, tmp_path / "venv", "sl-test"),
+        state = [tmp_path / "workspace", tmp_path / "var" / "lib" / "app"]
+        sup = Supervisor([launch], cwd=tmp_path, env=component_env(base, tmp_path / "venv", "sl-test", state),
                          log_dir=tmp_path / "logs", backoff_base_s=0.2)
         started.append(sup)
         sup.start()
@@ -72,6 +73,7 @@ def test_healthy_component_reports_its_endpoint_and_gets_its_environment(run: Ca
     assert env["PORT"] == str(port) and env["MODE"] == "ok" and env[MARKER_ENV] == "sl-test"
     assert env["SPOTLEASH_HEARTBEAT_TOKEN"] is None and env["SPOTLEASH_AGENT_CONFIG"] is None  # secrets stay out
     assert env["VIRTUAL_ENV"].endswith("venv")
+    assert [Path(p).name for p in env[STATE_PATHS_ENV].split(os.pathsep)] == ["workspace", "app"]
 
 
 def test_crash_at_start_restarts_with_backoff_and_reports_failing(run: Callable[..., Supervisor]) -> None:

@@ -12,8 +12,19 @@ import pytest
 from spotleash.instance_agent.agent import snapshot_request_of
 from spotleash.instance_agent.idle import GPU_QUERY, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import fingerprint, new_snapshot_id, resolve_state_paths
-from spotleash.instance_agent.snapshot import SnapshotError
-from spotleash.snapshot_wire import SNAPSHOT_ID_PATTERN, SNAPSHOT_REQUEST_FIELD, SnapshotRequest, UploadAsk
+from spotleash.instance_agent.snapshot import MAX_RESTORE_WAIT_S, SnapshotError, restore
+from spotleash.snapshot_wire import (
+    SNAPSHOT_ID_PATTERN,
+    SNAPSHOT_REQUEST_FIELD,
+    Noted,
+    RestoredAsk,
+    RestoreGrant,
+    RestoreWait,
+    SnapshotAsk,
+    SnapshotReply,
+    SnapshotRequest,
+    UploadAsk,
+)
 
 
 def test_state_paths_configured_then_declared_then_the_providers_default() -> None:
@@ -100,3 +111,34 @@ def test_gpu_utilisation_from_nvidia_smi_or_none() -> None:
         return subprocess.CompletedProcess(argv, 9, stdout="", stderr="NVIDIA-SMI has failed")
 
     assert GpuProbe(broken, which=lambda _n: "/usr/bin/nvidia-smi").sample() == []
+
+
+class ScriptedChannel:
+    """The control plane's answers, in order; every ask kept."""
+
+    def __init__(self, *replies: SnapshotReply) -> None:
+        self.replies: list[SnapshotReply] = list(replies)
+        self.asks: list[SnapshotAsk] = []
+
+    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+        self.asks.append(ask)
+        return self.replies.pop(0) if self.replies else Noted()
+
+
+def test_a_restore_told_to_wait_asks_again_after_the_pause_and_reports_the_wait(tmp_path: Path) -> None:
+    channel = ScriptedChannel(RestoreWait(retry_after_s=2.0, detail="sl-old is saving"),
+                              RestoreWait(retry_after_s=1.5), RestoreGrant())
+    slept: list[float] = []
+    out = restore([tmp_path / "state"], channel=channel, spool=tmp_path / "spool", sleep=slept.append)
+    assert out.snapshot_id is None and slept == [2.0, 1.5]
+    assert [a.op for a in channel.asks] == ["restore", "restore", "restore", "restored"]
+    done = channel.asks[-1]
+    assert isinstance(done, RestoredAsk) and done.waited_s == min(3.5, done.seconds)
+
+
+def test_a_restore_waits_no_longer_than_its_own_bound(tmp_path: Path) -> None:
+    channel = ScriptedChannel(*[RestoreWait(retry_after_s=60.0)] * 5)
+    slept: list[float] = []
+    with pytest.raises(SnapshotError, match="unexpected answer 'restore_wait'"):
+        restore([tmp_path / "state"], channel=channel, spool=tmp_path / "spool", sleep=slept.append)
+    assert sum(slept) == MAX_RESTORE_WAIT_S

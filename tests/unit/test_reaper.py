@@ -110,8 +110,8 @@ def test_config_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.upper().startswith(ENV_PREFIX):
             monkeypatch.delenv(key)
-    s = Settings(deployment_id="dep-x", reap_max_deletions=7)
-    assert ReapConfig.from_settings(s) == ReapConfig("dep-x", 180.0, 600.0, 300.0, 7)
+    s = Settings(deployment_id="dep-x", reap_max_deletions=7, preemption_grace_s=12)
+    assert ReapConfig.from_settings(s) == ReapConfig("dep-x", 180.0, 600.0, 300.0, 7, 30.0, 12.0)
 
 
 # --- each reason at its boundary ------------------------------------------------------------------
@@ -572,3 +572,26 @@ def test_a_healthy_record_is_never_decided_in_any_world(
                   force=w["force"])
     assert "sl-healthy" not in {d.instance_id for d in plan.decisions}
     assert "p-healthy" not in {d.provider_id for d in plan.decisions}
+
+
+# --- preempted: replaced at the notice, alive for its grace only ---------------------------------------------
+def test_a_preempted_instance_within_its_grace_is_left_alone() -> None:
+    assert run([rec(preempted=True, preempted_at=ago(29))]).decisions == ()
+
+
+@pytest.mark.parametrize(("preempted_s", "listed", "why"), [
+    (30, ProviderStatus.RUNNING, "its grace of 30s is over"),
+    (5, None, "the provider took it"),
+    (5, ProviderStatus.TERMINATED, "the provider took it"),
+])
+def test_a_preempted_instance_ends_as_preempted(preempted_s: float, listed: ProviderStatus | None, why: str) -> None:
+    r = rec(preempted=True, preempted_at=ago(preempted_s))
+    d = only(run([r], inv(pinst(r.instance_id, listed)) if listed else inv()))
+    assert d.reason == "preempted" and why in d.detail
+
+
+def test_a_preempted_instance_silent_past_the_timeout_ends_as_preempted_even_with_a_long_grace() -> None:
+    cfg = ReapConfig(DEP, heartbeat_timeout_s=180, provisioning_timeout_s=600, orphan_grace_s=300, max_deletions=20,
+                     preemption_grace_s=300)
+    assert only(run([rec(preempted=True, preempted_at=ago(200), last_heartbeat=ago(190))], cfg=cfg)).reason \
+        == "preempted"

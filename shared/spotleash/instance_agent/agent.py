@@ -280,6 +280,8 @@ class InstanceAgent:
         if cfg is None or self.keeper is None:
             return None
         failed = self._begin_keeper(cfg, list(prepared.manifest.app.state_paths))
+        if self.workload is not None:  # the components learn where their state survives (SPOTLEASH_STATE_PATHS)
+            self.workload.state_paths = list(self.keeper.roots)
         return failed or self.keeper.wait_restored()
 
     def run(self) -> int:

@@ -58,6 +58,7 @@ from spotleash.snapshot_wire import (
     RestoreAsk,
     RestoredAsk,
     RestoreGrant,
+    RestoreWait,
     SnapshotAsk,
     SnapshotManifest,
     SnapshotReply,
@@ -79,6 +80,7 @@ ZSTD_LEVEL = 3
 CHUNK = 1 << 20
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 MAX_RESTORE_ATTEMPTS = 8
+MAX_RESTORE_WAIT_S = 120.0  # told to wait (RestoreWait) this long in all, the restore takes what it is granted
 WORKERS = 4
 CHANNEL_RETRY_S = 60.0  # a snapshot ask is repeated this long while the control plane does not answer
 
@@ -639,8 +641,16 @@ def restore(
     client = http or httpx.Client(timeout=120.0, trust_env=False)
     failed: dict[str, str] = {}
     t0 = time.monotonic()
+    waited = 0.0
     for _ in range(MAX_RESTORE_ATTEMPTS):
-        grant: RestoreGrant = _expect(channel.ask(RestoreAsk(failed=failed)), RestoreGrant, "restore")
+        reply = channel.ask(RestoreAsk(failed=failed))
+        while isinstance(reply, RestoreWait) and waited < MAX_RESTORE_WAIT_S:  # a newer snapshot is on its way
+            log.info("restore waits for a newer snapshot", detail=reply.detail[:200], retry_after_s=reply.retry_after_s)
+            pause = min(reply.retry_after_s, MAX_RESTORE_WAIT_S - waited)
+            sleep(pause)
+            waited += pause
+            reply = channel.ask(RestoreAsk(failed=failed))
+        grant: RestoreGrant = _expect(reply, RestoreGrant, "restore")
         if grant.snapshot_id is None:
             break
         if grant.snapshot_id in failed:
@@ -653,13 +663,15 @@ def restore(
             failed[grant.snapshot_id] = str(e)[:480]
             continue
         seconds = time.monotonic() - t0
-        _tell(channel, RestoredAsk(snapshot_id=grant.snapshot_id, seconds=seconds, raw_bytes=raw))
+        _tell(channel, RestoredAsk(snapshot_id=grant.snapshot_id, seconds=seconds, raw_bytes=raw,
+                                   waited_s=min(waited, seconds)))
         log.info("snapshot restored", snapshot_id=grant.snapshot_id, files=files, raw_bytes=raw,
                  seconds=round(seconds, 3), fell_back=sorted(failed))
         return RestoreOutcome(grant.snapshot_id, failed, seconds, raw, files)
     else:
         raise SnapshotError(f"restore: {MAX_RESTORE_ATTEMPTS} snapshots failed in a row: {sorted(failed)}")
-    _tell(channel, RestoredAsk(snapshot_id=None, seconds=time.monotonic() - t0))
+    seconds = time.monotonic() - t0
+    _tell(channel, RestoredAsk(snapshot_id=None, seconds=seconds, waited_s=min(waited, seconds)))
     return RestoreOutcome(None, failed, time.monotonic() - t0)
 
 

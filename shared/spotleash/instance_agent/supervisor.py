@@ -21,7 +21,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -44,6 +44,7 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 TAIL_LINES = 20
 MARKER_ENV = "SPOTLEASH_COMPONENT_OF"  # every component process carries the instance id in it
+STATE_PATHS_ENV = "SPOTLEASH_STATE_PATHS"  # where a component keeps what must outlive its instance
 # Never handed to the app: the agent's config (may hold a signed URL) and its heartbeat token.
 SECRET_ENV = ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")
 
@@ -260,9 +261,13 @@ class ComponentRunner:
             h.close()
 
 
-def component_env(base: Mapping[str, str], venv: Path, instance_id: str) -> dict[str, str]:
-    """The environment every component starts from: the agent's, minus its secrets, venv first on PATH."""
+def component_env(base: Mapping[str, str], venv: Path, instance_id: str,
+                  state_paths: Sequence[Path] = ()) -> dict[str, str]:
+    """The environment every component starts from: the agent's, minus its secrets, venv first on PATH, and
+    ``SPOTLEASH_STATE_PATHS``: the directories whose content survives the instance (snapshotted, restored on
+    the lease's next one), ``os.pathsep``-joined, empty when none is kept."""
     env = {k: v for k, v in base.items() if k not in SECRET_ENV}
+    env[STATE_PATHS_ENV] = os.pathsep.join(str(p) for p in state_paths)
     env.pop("PYTHONHOME", None)
     env["VIRTUAL_ENV"] = str(venv)
     env["PATH"] = os.pathsep.join([str(venv / "bin"), base.get("PATH", os.defpath)])

@@ -137,6 +137,7 @@ class Workload:
         # Runs after the package is ready and before any component starts (the snapshot restore); a
         # failure it returns fails the instance and no component starts.
         self._before_components = before_components
+        self.state_paths: list[Path] = []  # set by ``before_components``; told to components (component_env)
 
     @property
     def last_request_at(self) -> float | None:
@@ -225,7 +226,8 @@ class Workload:
             if self._stopping.is_set():
                 return
             sup = Supervisor(
-                launches, cwd=prepared.app_dir, env=component_env(self._env, prepared.venv, self.instance_id),
+                launches, cwd=prepared.app_dir, env=component_env(self._env, prepared.venv, self.instance_id,
+                                                                  self.state_paths),
                 log_dir=self.work_dir / "logs", endpoint=self._component_endpoint, on_change=self._on_change,
             )
             with self._lock:

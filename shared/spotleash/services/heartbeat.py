@@ -3,7 +3,9 @@
 A beat carries its components' states: the record becomes READY only when every component it was
 launched for is healthy (an instance without a package: at its first beat), and keeps each one's
 state and endpoint. A package that cannot run, or a component not healthy by its deadline, fails
-the instance: it is deleted and its record ends FAILED with the reason.
+the instance: it is deleted and its record ends FAILED with the reason. A beat carrying a preemption
+notice launches the replacement and leaves the record live for the preemption grace, so the snapshot
+the instance takes on the notice is still answered and verified (``spotleash.preemption``).
 
 The certificate fingerprint of the instance's TLS front is pinned at the first beat that carries one,
 like the VAST SSH host key: only an authenticated beat can set it, and a later beat naming another
@@ -15,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spotleash import failover, hibernation
+from spotleash import failover, hibernation, preemption
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import Heartbeat
 from spotleash.log import get_logger
@@ -57,6 +59,9 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
                     instance_id=rec.instance_id, lease_id=rec.lease_id, pinned=rec.tls_fingerprint,
                     presented=beat.tls_fingerprint)
         return BeatReply(409, "", "TLS fingerprint differs from the one pinned at first contact")
+    if preemption.grace_over(rec, now, ctx.settings.preemption_grace_s):
+        _end_preempted(ctx, rec)
+        return BeatReply(200, "stop", "preempted; its grace is over")
     lease = ctx.store.get_lease(rec.lease_id)
     if lease is None or lease.expired(now):
         # The reaper finds expired leases by query; a lease whose document is gone (lost records) it
@@ -71,14 +76,20 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         return BeatReply(200, "stop", reason)
 
     verdict = readiness(rec.components, rec.package_sha256 is not None, beat.components, beat.failure)
+    # Several beats can carry the notice at once (the agent's and its snapshot asks'): the failover belongs to
+    # the one whose transaction recorded it, as the transaction last ran.
+    noticed_here = [False]
 
     def beat_in(r: InstanceRecord) -> InstanceRecord | None:
+        noticed_here[0] = False
         if r.state in ENDED or r.state == State.TERMINATING:
             return None
         ready = verdict.ready and r.state in (State.PROVISIONING, State.RUNNING)
         dst = State.READY if ready else r.state
         states = dict(beat.components) if beat.components else r.component_states
+        noticed = noticed_here[0] = beat.preempted and not r.preempted
         moved = transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
+                           preempted_at=now if noticed else r.preempted_at,
                            component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint,
                            first_heartbeat_at=r.first_heartbeat_at or now, idle_s=beat.idle_s,
                            ready_at=r.ready_at or (now if dst is State.READY else None))
@@ -98,10 +109,13 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
                         timings=dict(beat.timings))
         _pin_host_key(ctx, updated)
         _awake(ctx, updated)
-    if beat.preempted and not rec.preempted:
-        replaced = _failover(ctx, rec)
-        return BeatReply(200, "stop", "preempted; a replacement is being launched" if replaced else
-                         "preempted; the reaper will ask for a replacement", snapshot=snap)
+    if noticed_here[0] and updated is not None and _failover(ctx, rec):
+        return BeatReply(200, "stop", "preempted; a replacement is asked for", snapshot=snap)
+    if updated is not None and updated.preempted:
+        # "stop": the agent stops beating and, once its preemption snapshot is done (its asks are still
+        # answered while the grace lasts), stops its components — the router sends them nothing any more.
+        return BeatReply(200, "stop", "preempted; a replacement is asked for, snapshot asks are answered "
+                         f"for {ctx.settings.preemption_grace_s:.0f} s", snapshot=snap)
     if verdict.failure is not None and updated is not None:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
@@ -186,18 +200,26 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
 
 
 def _failover(ctx: Context, rec: InstanceRecord) -> bool:
-    """The provider is taking this instance back: record it, ask for a replacement if still wanted. False
-    when the failover demand could not be published (the instance is then left live for the reaper)."""
+    """The provider is taking this instance back: record it, ask for a replacement if still wanted. The record
+    lives on for the preemption grace (``spotleash.preemption``) so the snapshot the instance takes on its
+    notice can still be uploaded and verified. True when it was ended at once: no grace configured and the
+    failover demand published (unpublished, it is left live: the reaper ends it and asks again)."""
     ctx.store.audit("preempted", "preemption notice", ctx.now(), instance_id=rec.instance_id,
-                    lease_id=rec.lease_id, provider=rec.provider)
+                    lease_id=rec.lease_id, provider=rec.provider, grace_s=ctx.settings.preemption_grace_s)
     try:
         request_replacement(ctx, rec, "preempted")
-    except Transient as e:  # left live: the reaper sees it gone at the provider and asks again
+    except SpotleashError as e:  # not the beat's failure: the reaper asks again when it ends this record
         log.warning("failover demand not published; the reaper will ask again", instance_id=rec.instance_id,
-                    detail=str(e))
+                    detail=str(e)[:300])
         return False
+    if ctx.settings.preemption_grace_s > 0:
+        return False
+    _end_preempted(ctx, rec)
+    return True
+
+
+def _end_preempted(ctx: Context, rec: InstanceRecord) -> None:
     try:
         terminate(ctx, rec.instance_id, "preempted", action="preempted")
     except Transient as e:  # the provider deletes preempted instances itself; the reaper confirms later
         log.warning("preempted instance not yet confirmed gone", instance_id=rec.instance_id, detail=str(e))
-    return True

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
+from spotleash.preemption import restore_hold
 from spotleash.services.context import Context
 from spotleash.snapshot_wire import (
     MANIFEST_OBJECT,
@@ -36,6 +37,7 @@ from spotleash.snapshot_wire import (
     RestoreAsk,
     RestoredAsk,
     RestoreGrant,
+    RestoreWait,
     SnapshotAsk,
     SnapshotManifest,
     SnapshotReply,
@@ -181,7 +183,7 @@ def _issue_upload(ctx: Context, rec: InstanceRecord, ask: UploadAsk) -> Snapshot
         ctx.store.put_snapshot(SnapshotRecord(
             snapshot_id=ask.snapshot_id, lease_id=rec.lease_id, instance_id=rec.instance_id,
             deployment_id=rec.deployment_id, state=SnapshotState.UPLOADING, created_at=now, updated_at=now,
-            parts=ask.parts, objects=names))
+            parts=ask.parts, objects=names, trigger=ask.trigger))
         ctx.store.audit("snapshot_started", "instance asked", now, instance_id=rec.instance_id,
                         lease_id=rec.lease_id, snapshot_id=ask.snapshot_id, parts=ask.parts)
     ttl = ctx.settings.snapshot_url_ttl_s
@@ -262,6 +264,12 @@ def _issue_restore(ctx: Context, rec: InstanceRecord, ask: RestoreAsk) -> Snapsh
         log.error("snapshot found corrupt at restore; falling back", lease_id=rec.lease_id, snapshot_id=sid,
                   reason=why[:300])
     snaps = ctx.store.snapshots_of_lease(rec.lease_id)
+    hold = restore_hold(rec.instance_id, ctx.store.instances_of_lease(rec.lease_id) if snaps else [], snaps, now,
+                        ctx.settings.preemption_grace_s)
+    if hold is not None:
+        log.info("restore waits for a preempted instance's snapshot", instance_id=rec.instance_id,
+                 lease_id=rec.lease_id, waiting_for=hold.waiting_for, until=hold.until.isoformat())
+        return RestoreWait(retry_after_s=hold.retry_after_s(now), detail=hold.detail)
     chosen = choose_restore(snaps, ask.failed)
     pin = ctx.store.get_restore_pin(rec.lease_id)
     pinned = next((s for s in snaps if pin is not None and s.snapshot_id == pin.snapshot_id
@@ -294,7 +302,7 @@ def _restored(ctx: Context, rec: InstanceRecord, ask: RestoredAsk) -> SnapshotRe
     ctx.store.audit("restored" if ask.snapshot_id else "restore_skipped",
                     "snapshot restored" if ask.snapshot_id else "no verified snapshot", ctx.now(),
                     instance_id=rec.instance_id, lease_id=rec.lease_id, snapshot_id=ask.snapshot_id,
-                    seconds=round(ask.seconds, 3), raw_bytes=ask.raw_bytes)
+                    seconds=round(ask.seconds, 3), raw_bytes=ask.raw_bytes, waited_s=round(ask.waited_s, 3))
     return Noted()
 
 

@@ -15,12 +15,12 @@ from tests.support.memory_store import MemoryStore
 
 from spotleash.events import Heartbeat, ReapTick
 from spotleash.failover import phases
-from spotleash.model import InstanceRecord, State
+from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.providers.base import ProviderStatus
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import ReapReport, run_reap
-from spotleash.snapshot_wire import RestoredAsk
+from spotleash.snapshot_wire import RestoreAsk, RestoredAsk
 from spotleash.status_view import as_json
 
 
@@ -139,3 +139,39 @@ def test_the_replacement_records_its_phases(ctx: Context, store: MemoryStore, gc
     ready = [e for e in store.audit_entries(new.instance_id) if e["action"] == "failover_ready"]
     assert len(ready) == 1 and ready[0]["replaces"] == rec.instance_id and ready[0]["detection_s"] == 70.0
 
+
+
+def test_a_replacement_restores_only_once_the_preempted_ones_snapshot_has_its_verdict(
+        ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    """The adapter of ``spotleash.preemption.restore_hold``: the replacement's restore ask is told to wait
+    while its preempted predecessor is saving (the lease keeps state: it has a snapshot), then answered."""
+    old = beaten(ctx, launched(ctx))
+    store.put_snapshot(SnapshotRecord(snapshot_id="s-old", lease_id=old.lease_id, instance_id=old.instance_id,
+                                      deployment_id=old.deployment_id, state=SnapshotState.FAILED,
+                                      created_at=clock.now, updated_at=clock.now, trigger="periodic"))
+    clock.advance(5)
+    assert handle_heartbeat(ctx, beat(old, preempted=True), ctx.heartbeat_token(old.instance_id)).action == "stop"
+    new = replacement_of(store, old)
+    asking = beat(new).model_copy(update={"snapshot": RestoreAsk()})
+    waiting = handle_heartbeat(ctx, asking, ctx.heartbeat_token(new.instance_id)).snapshot
+    assert waiting is not None and waiting["kind"] == "restore_wait" and old.instance_id in waiting["detail"]
+    store.put_snapshot(SnapshotRecord(snapshot_id="s-pre", lease_id=old.lease_id, instance_id=old.instance_id,
+                                      deployment_id=old.deployment_id, state=SnapshotState.FAILED,
+                                      created_at=clock.now, updated_at=clock.now, trigger="preempted"))
+    answered = handle_heartbeat(ctx, asking, ctx.heartbeat_token(new.instance_id)).snapshot
+    assert answered == {"kind": "restore_grant", "snapshot_id": None, "manifest_sha256": None, "objects": {},
+                        "expires_at": None}  # nothing verified to restore: the components start empty
+
+
+def test_a_preempted_one_ends_as_preempted_at_the_reap_once_its_vm_is_gone(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    old = beaten(ctx, launched(ctx))
+    handle_heartbeat(ctx, beat(old, preempted=True), ctx.heartbeat_token(old.instance_id))
+    clock.advance(70)  # two beats missed: the reap looks at it
+    open_lease(ctx)
+    gce.vanish(old.provider_id or "")  # GCE deleted it at the end of its notice
+    assert [(d.reason, d.detail.split("; ")[-1]) for d in reap(ctx).plan.decisions] == [
+        ("preempted", "the provider took it")]
+    done = record_of(store, old.instance_id)
+    assert done.state is State.TERMINATED and done.reason == "preempted" and done.replaced_by is not None
+    assert [a for a, _ in actions(store, old.instance_id)].count("failover") == 1

@@ -91,6 +91,9 @@ def test_the_heartbeat_deletes_and_publishes_but_never_creates(case: str, as_fun
     reply = handle_heartbeat(as_function, beat(rec, preempted=case == "preempted"),
                              as_function.heartbeat_token(rec.instance_id))
     assert reply.action == "stop"
+    if case == "preempted":  # kept for its preemption grace (its snapshot asks answered); the next beat deletes it
+        clock.advance(as_function.settings.preemption_grace_s)
+        assert handle_heartbeat(as_function, beat(rec), as_function.heartbeat_token(rec.instance_id)).action == "stop"
     assert_within_grant("on_heartbeat", published, gce)
     assert "create" not in called(gce)
     if case == "preempted":  # the replacement is asked for on the demand topic, for on_demand to launch

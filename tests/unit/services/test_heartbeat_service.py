@@ -16,6 +16,7 @@ from spotleash.model import Lease, State
 from spotleash.services import context as context_module
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
+from spotleash.snapshot_wire import AbandonedAsk
 
 
 def token(ctx: Context, instance_id: str) -> str:
@@ -161,24 +162,58 @@ def test_no_host_key_is_learned_from_a_box_the_provider_no_longer_has(ctx: Conte
 
 
 # ------------------------------------------------------------------ preemption
-def test_a_preemption_notice_replaces_the_instance(ctx: Context, store: MemoryStore, gce: FakeProvider,
-                                                   clock: FakeClock) -> None:
+def test_a_preemption_notice_replaces_the_instance_and_keeps_it_for_its_grace(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
     rec = launched(ctx)
     clock.advance(20)
     reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
-    assert reply == BeatReply(200, "stop", "preempted; a replacement is being launched")
+    assert (reply.status, reply.action) == (200, "stop") and "snapshot asks are answered for 30 s" in reply.detail
     old = record_of(store, rec.instance_id)
-    assert old.state is State.TERMINATED and old.reason == "preempted" and old.preempted
+    assert old.state is State.READY and old.preempted and old.preempted_at == clock.now
     assert old.replaced_by is not None
     new = record_of(store, old.replaced_by)
     assert new.state is State.RUNNING and new.replaces == rec.instance_id and new.lease_id == "lease-1"
-    assert [p.instance_id for p in gce.instances.values()] == [new.instance_id]
+    assert sorted(p.instance_id for p in gce.instances.values()) == sorted([rec.instance_id, new.instance_id])
+    assert [a for a, _ in actions(store, rec.instance_id)][-3:] == ["ready", "preempted", "failover"]
+
+
+def test_a_preempted_instances_snapshot_asks_are_answered_during_its_grace_only(
+        ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    rec = launched(ctx)
+    handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    clock.advance(29)
+    asking = beat(rec).model_copy(update={"snapshot": AbandonedAsk(snapshot_id="s-1", detail="disk full")})
+    reply = handle_heartbeat(ctx, asking, token(ctx, rec.instance_id))
+    assert (reply.action, reply.snapshot) == ("stop", {"kind": "noted"})  # answered; the agent beats no more
+    clock.advance(1)
+    late = handle_heartbeat(ctx, asking, token(ctx, rec.instance_id))
+    assert (late.action, late.detail, late.snapshot) == ("stop", "preempted; its grace is over", None)
+
+
+def test_the_first_beat_past_the_grace_ends_it_as_preempted(ctx: Context, store: MemoryStore, gce: FakeProvider,
+                                                            clock: FakeClock) -> None:
+    rec = launched(ctx)
+    handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    clock.advance(31)
+    assert handle_heartbeat(ctx, beat(rec), token(ctx, rec.instance_id)).action == "stop"
+    old = record_of(store, rec.instance_id)
+    assert old.state is State.TERMINATED and old.reason == "preempted" and old.replaced_by is not None
+    assert gce.by_instance_id(rec.instance_id) is None and gce.by_instance_id(old.replaced_by) is not None
+
+
+def test_with_no_grace_the_notice_ends_it_at_once(make_ctx: MakeCtx, store: MemoryStore, gce: FakeProvider) -> None:
+    ctx = make_ctx(preemption_grace_s=0)
+    rec = launched(ctx)
+    reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    assert reply == BeatReply(200, "stop", "preempted; a replacement is asked for")
+    old = record_of(store, rec.instance_id)
+    assert old.state is State.TERMINATED and old.reason == "preempted" and old.replaced_by is not None
     assert [a for a, _ in actions(store, rec.instance_id)][-4:] == ["ready", "preempted", "failover", "preempted"]
 
 
 def test_a_preempted_instance_whose_delete_stalls_still_gets_its_replacement(
         make_ctx: MakeCtx, store: MemoryStore, gce: FakeProvider) -> None:
-    ctx = make_ctx(confirm_delete_s=0.01)
+    ctx = make_ctx(confirm_delete_s=0.01, preemption_grace_s=0)
     rec = launched(ctx)
     gce.fail("delete", ProviderTransient("503"), target=rec.provider_id)
     reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
@@ -193,8 +228,23 @@ def test_a_repeated_preemption_notice_launches_no_second_replacement(ctx: Contex
     rec = launched(ctx)
     store.update(rec.instance_id, lambda r: r.model_copy(update={"preempted": True}))
     reply = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
-    assert reply == BeatReply(200, "continue")
+    assert (reply.status, reply.action) == (200, "stop")
     assert "failover" not in [a for a, _ in actions(store)] and len(gce.instances) == 1
+
+
+def test_of_two_beats_carrying_one_notice_only_the_one_that_recorded_it_fails_over(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent's beat and its snapshot ask's beat both say preempted; whichever the store records first
+    launches the replacement, the other one finds it recorded (they raced: a second launch was a 500)."""
+    rec = launched(ctx)
+    before = record_of(store, rec.instance_id)  # what both handlers read, before either wrote
+    first = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    clock.advance(0.2)
+    read = store.get
+    monkeypatch.setattr(store, "get", lambda iid: before if iid == rec.instance_id else read(iid))
+    second = handle_heartbeat(ctx, beat(rec, preempted=True), token(ctx, rec.instance_id))
+    assert (first.status, second.status, second.action) == (200, 200, "stop")
+    assert [a for a, _ in actions(store)].count("failover") == 1 and len(gce.instances) == 2
 
 
 def test_a_preemption_after_the_lease_expired_is_just_a_stop(ctx: Context, store: MemoryStore, gce: FakeProvider,
