@@ -73,6 +73,7 @@ class Instance:
     ports: list[int] = field(default_factory=list)  # container ports the create asked to expose ("-p C:C")
     relays: list[PortRelay] = field(default_factory=list)  # their host ports, while the box runs
     paused: procs.ManagedProcess | None = None  # outbid: the box's process group, SIGSTOPped
+    outbid: bool = False  # its GPUs went to a higher bid: destroyed, its offer is not free again
 
     @property
     def root(self) -> Path:
@@ -275,6 +276,7 @@ class VastModel:
             inst = self.get(iid)
             inst.intended = "running"
             if inst.state == "stopped" and inst.paused is not None:
+                inst.outbid = False  # the bid is competitive again: the GPUs are back
                 self._resume(inst)
             elif inst.state == "stopped":
                 inst.state = "booting"
@@ -298,7 +300,7 @@ class VastModel:
             if inst.state != "running" or inst.proc is None:
                 self._do_stop(inst, "running", "Instance was outbid by a higher bid and stopped.")
                 return
-            inst.intended, inst.state = "running", "stopped"
+            inst.intended, inst.state, inst.outbid = "running", "stopped", True
             inst.status_msg = "Instance was outbid by a higher bid and stopped."
             proc, ssh = inst.proc, inst.ssh
             inst.proc, inst.ssh, inst.paused = None, None, proc
@@ -346,7 +348,7 @@ class VastModel:
             inst = self.get(iid)
             del self.instances[iid]
             self._dead_keys[iid] = (inst.api_key,)
-            inst.offer.available = True
+            inst.offer.available = not inst.outbid  # the higher bidder keeps an outbid box's GPUs
             proc, ssh, paused, relays = inst.proc, inst.ssh, inst.paused, inst.relays
             inst.proc, inst.ssh, inst.paused, inst.relays = None, None, None, []
         self._kill(iid, proc or paused, ssh, inst.spotleash_id, relays, paused=paused is not None)
@@ -437,7 +439,7 @@ class VastModel:
         with self.lock:
             return {
                 "instances": [
-                    {**i.to_json(self.boot_delay_s), "state": i.state, "folder": str(i.folder),
+                    {**i.to_json(self.boot_delay_s), "state": i.state, "folder": str(i.folder), "offer_id": i.offer.id,
                      "root": str(i.root), "workspace": str(i.root / "workspace"), "paused": i.paused is not None,
                      "pids": [p.pid for p in (i.proc or i.paused).members()] if (i.proc or i.paused) else [],
                      "pgid": (i.proc or i.paused).pgid if (i.proc or i.paused) else None}

@@ -74,12 +74,12 @@ def test_a_vast_box_outbid_is_replaced_from_another_offer_with_its_workspace(flo
         assert [Path(p).relative_to(box(flows, first)["root"]).as_posix() for p in paths] == [STATE_PATH.lstrip("/")]
         want = write_state(flows, first)
         saved = request_snapshot(lease, first.instance_id)
-        host = box(flows, first)["machine_id"]
+        offer = box(flows, first)["offer_id"]
 
         vast_control(f"outbid/{first.provider_id}")
         second = wait_ready(flows, lease, replaces=first.instance_id)
         assert second.provider == "vast" and second.provider_id != first.provider_id
-        assert box(flows, second)["machine_id"] != host  # another offer, on another host
+        assert box(flows, second)["offer_id"] != offer  # the higher bidder has box 1's
         assert notes_state(second)["sha256_at_start"] == want  # restored before its component started
         restored = actions_of(flows, second.instance_id, "restored")
         assert [e["snapshot_id"] for e in restored] == [saved["snapshot_id"]]

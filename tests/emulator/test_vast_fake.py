@@ -335,6 +335,8 @@ def test_an_outbid_box_is_paused_with_its_workspace_kept_then_resumed_or_destroy
     assert v.destroy_instance(iid)["success"]
     assert_no_instance_processes(pids)
     assert not folder.exists()  # destroy removes the disk
+    rentable = v.search_offers("gpu_name=RTX_4090", type="bid", limit=1000)
+    assert offer["id"] not in [o["id"] for o in rentable]  # the higher bidder has its GPUs: not ours to rent again
 
 
 def _stopped_or_gone(pid: int) -> bool:
