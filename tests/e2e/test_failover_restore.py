@@ -89,6 +89,7 @@ def test_a_vast_box_outbid_is_replaced_from_another_offer_with_its_workspace(flo
         ready = wait_until(lambda: actions_of(flows, second.instance_id, "failover_ready"), timeout_s=15,
                            what="the replacement's phases")[0]
         assert ready["restore_s"] is not None and ready["restore_s"] >= 0 and ready["total_s"] is not None
+        print("VAST outbid failover phases:", {k: ready[k] for k in ready if k.endswith("_s")})
         flows.release(lease)
         flows.wait_gone(second, timeout_s=60)
 
@@ -121,7 +122,8 @@ def test_the_snapshot_taken_on_a_preemption_notice_is_verified_and_restored_by_t
             assert [e["snapshot_id"] for e in restored] == [on_notice.snapshot_id]
             old = flows.wait_gone(first, timeout_s=60)
             assert (old.reason, old.preempted, old.replaced_by) == ("preempted", True, second.instance_id)
-            assert old.preempted_at is not None
+            assert old.preempted_at is not None and on_notice.verified_at is not None
+            print(f"preemption notice → its snapshot verified: {(on_notice.verified_at - old.preempted_at).total_seconds():.1f}s")
             assert [e["grace_s"] for e in actions_of(flows, first.instance_id, "preempted")][:1] == [30.0]
             flows.release(lease)
             flows.wait_gone(second, timeout_s=60)
