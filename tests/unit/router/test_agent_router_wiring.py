@@ -42,11 +42,12 @@ def free_port() -> int:
 
 
 SLOW_STARTED: dict[str, threading.Event] = {}  # per copy: a ``/slow`` request has reached it
+SLOW_ANSWERED: dict[str, threading.Event] = {}  # per copy: it has written its ``/slow`` answer
 
 
 def serve(name: str, slow_s: float = 2.0) -> tuple[http.server.ThreadingHTTPServer, int]:
     """A component copy answering its own name; ``/slow`` answers after ``slow_s``."""
-    SLOW_STARTED[name] = threading.Event()
+    SLOW_STARTED[name], SLOW_ANSWERED[name] = threading.Event(), threading.Event()
 
     class H(http.server.BaseHTTPRequestHandler):
         def do_GET(self) -> None:
@@ -58,6 +59,8 @@ def serve(name: str, slow_s: float = 2.0) -> tuple[http.server.ThreadingHTTPServ
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
             self.wfile.write(body)
+            if self.path == "/slow":
+                SLOW_ANSWERED[name].set()
 
         def log_message(self, *_a: Any) -> None:
             pass
@@ -152,8 +155,10 @@ class Publisher:
     router: AgentRouter | None = None
     sent: list[Event] = field(default_factory=list)
     target_at_release: str | None = None
-    finished_before_release: list[str] = field(default_factory=list)  # the in-flight request's answer, if any
-    in_flight: list[str] | None = None
+    # Whether the remote copy had answered the request in flight when the release was published. Read on the
+    # server's side: the client thread that receives the answer may run later on a loaded machine.
+    remote_answered: threading.Event | None = None
+    answered_before_release: bool | None = None
 
     def publish(self, event: Event) -> Future[str]:
         self.sent.append(event)
@@ -164,8 +169,8 @@ class Publisher:
     def publish_and_wait(self, event: Event, timeout_s: float) -> str:  # noqa: ARG002
         if self.router is not None:
             self.target_at_release = self.router.routes()["web"]["target"]
-        if self.in_flight is not None:
-            self.finished_before_release = list(self.in_flight)
+        if self.remote_answered is not None:
+            self.answered_before_release = self.remote_answered.is_set()
         self.sent.append(event)
         return "released"
 
@@ -230,7 +235,7 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
         assert shown["target"] == "remote" and shown["instance_id"] == "inst-1" and shown["remote_share"] > 0.5
 
         slow: list[str] = []
-        publisher.in_flight = slow
+        publisher.remote_answered = SLOW_ANSWERED["remote"]
         in_flight = threading.Thread(target=lambda: slow.append(get(route_port, "/slow")), daemon=True)
         in_flight.start()
         # Not a fixed sleep: on a loaded machine the request may take longer than that to get there.
@@ -250,7 +255,7 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
     assert publisher.target_at_release == "local", "new requests went local before the release was published"
     assert during_drain == "local"
     assert slow == ["remote"], "the request in flight on the remote copy finished there (bounded drain)"
-    assert publisher.finished_before_release == ["remote"], "it finished before the release deleted the instance"
+    assert publisher.answered_before_release is True, "it was answered before the release deleted the instance"
     releases = [e for e in publisher.sent if isinstance(e, ReleaseEvent)]
     assert len(releases) == 1
     with pytest.raises(OSError):
