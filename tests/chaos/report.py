@@ -49,7 +49,7 @@ WHAT_CLEANS = {
     "snapshots: on_heartbeat killed issuing URLs, agent SIGKILL mid-upload, Cloud Storage 503s":
         "instance repeats an unanswered snapshot ask; heartbeat loss → reaper → failover, the replacement "
         "restores the last verified snapshot (503s retried); the unfinished upload is never verified and its "
-        "leftover object goes with the next verified snapshot's retention; release",
+        "leftover object goes with the next verified snapshot's retention or the reaper's sweep past the upload timeout; release",
 }
 
 
