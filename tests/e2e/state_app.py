@@ -39,7 +39,8 @@ LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 STATE_PATH = "/workspace"
 READY_TIMEOUT_S = 240.0
 
-NOTES_PY = '''"""Serves the sha256 of notes.bin in its state directory as it was when the process started (or null)."""
+NOTES_PY = '''"""Serves the sha256 of notes.bin in its state directory as it was when the process started (or null),
+its state paths and the instance it runs on."""
 import hashlib
 import json
 import os
@@ -48,12 +49,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 PATHS = [p for p in os.environ.get("SPOTLEASH_STATE_PATHS", "").split(os.pathsep) if p]
 STATE = os.path.join(PATHS[0], "notes.bin") if PATHS else None
 AT_START = hashlib.sha256(open(STATE, "rb").read()).hexdigest() if STATE and os.path.exists(STATE) else None
+WHO = os.environ.get("SPOTLEASH_COMPONENT_OF", "local")  # the instance it runs on; "local": the user's copy
 
 
 class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
-        body = json.dumps({"sha256_at_start": AT_START, "state_paths": PATHS}).encode() if self.path == "/state" \\
-            else b"ok"
+        body = json.dumps({"sha256_at_start": AT_START, "state_paths": PATHS, "served_by": WHO}).encode() \\
+            if self.path == "/state" else b"ok"
         self.send_response(200 if self.path in ("/state", "/healthz") else 404)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -70,23 +72,30 @@ NOTES_TOML = '''
 [[app.components]]
 name = "notes"
 command = ["python", "notes.py"]
-port = 8132
+port = {port}
 health_path = "/healthz"
 ram_gb = 1
 '''
 
 
-def state_app(tmp: Path) -> Path:
-    """examples/thumbs (same requirements: its resolved wheels are cached) plus ``notes`` and the state path."""
-    app = tmp / "state-app"
+def notes_app(tmp: Path, *, state_path: str | None, port: int) -> Path:
+    """examples/thumbs (same requirements: its resolved wheels are cached) plus ``notes`` on ``port``; with
+    ``state_path`` declared as the app's state path (None: the provider's default)."""
+    app = tmp / "notes-app"
     shutil.copytree(EXAMPLE, app)
-    toml = (app / "spotleash.toml").read_text().replace(
-        'requirements = ["Pillow>=10", "numpy>=1.26"]',
-        f'requirements = ["Pillow>=10", "numpy>=1.26"]\nstate_paths = ["{STATE_PATH}"]')
-    assert STATE_PATH in toml
-    (app / "spotleash.toml").write_text(toml + NOTES_TOML)
+    toml = (app / "spotleash.toml").read_text()
+    if state_path is not None:
+        toml = toml.replace('requirements = ["Pillow>=10", "numpy>=1.26"]',
+                            f'requirements = ["Pillow>=10", "numpy>=1.26"]\nstate_paths = ["{state_path}"]')
+        assert state_path in toml
+    (app / "spotleash.toml").write_text(toml + NOTES_TOML.format(port=port))
     (app / "notes.py").write_text(NOTES_PY)
     return app
+
+
+def state_app(tmp: Path) -> Path:
+    """The failover tests' app: ``notes`` with ``/workspace`` declared."""
+    return notes_app(tmp, state_path=STATE_PATH, port=8132)
 
 
 def set_launcher_env(state_dir: Path, values: dict[str, str | None]) -> None:

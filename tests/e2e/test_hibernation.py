@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e.flows import Flows
+from tests.e2e.state_app import notes_app
 
 from local_emulator import stack
 from local_emulator import storage as gcs
@@ -53,8 +53,6 @@ from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "thumbs"
 LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 IDLE_AFTER_S = 20
 READY_TIMEOUT_S = 240.0
@@ -66,51 +64,6 @@ HIBERNATION_ENV = {
 }
 OFF = {"SPOTLEASH_PACKAGE_BUCKET": "", "SPOTLEASH_SNAPSHOT_INTERVAL_S": "0", "SPOTLEASH_IDLE_AFTER_S": "0",
        "SPOTLEASH_IDLE_CPU_PERCENT": "10", "SPOTLEASH_SNAPSHOT_UPLOAD_TIMEOUT_S": "3600"}
-
-NOTES_PY = '''"""Serves the sha256 of /workspace/notes.bin as it was when the process started (or null), and who it is."""
-import hashlib
-import json
-import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-# A fake box's disk lives under SPOTLEASH_VM_ROOT; /workspace is VAST's default state path.
-STATE = os.environ.get("SPOTLEASH_VM_ROOT", "") + "/workspace/notes.bin"
-AT_START = hashlib.sha256(open(STATE, "rb").read()).hexdigest() if os.path.exists(STATE) else None
-WHO = os.environ.get("SPOTLEASH_COMPONENT_OF", "local")
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"sha256_at_start": AT_START, "served_by": WHO}).encode() if self.path == "/state" else b"ok"
-        self.send_response(200 if self.path in ("/state", "/healthz") else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), int(os.environ["PORT"])), Handler).serve_forever()
-'''
-
-NOTES_TOML = '''
-[[app.components]]
-name = "notes"
-command = ["python", "notes.py"]
-port = 8131
-health_path = "/healthz"
-ram_gb = 1
-'''
-
-
-def notes_app(tmp: Path) -> Path:
-    app = tmp / "notes-app"
-    shutil.copytree(EXAMPLE, app)
-    (app / "spotleash.toml").write_text((app / "spotleash.toml").read_text() + NOTES_TOML)
-    (app / "notes.py").write_text(NOTES_PY)
-    return app
-
 
 def agent_toml(app: Path, local_port: int, route_port: int) -> str:
     """The app's spotleash.toml for the agent: wake on request, notes routed, its local copy's address."""
@@ -149,7 +102,7 @@ def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     cache.mkdir(parents=True, exist_ok=True)
     pub_state = tmp_path_factory.mktemp("publish-state")
     (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
-    app = notes_app(tmp_path_factory.mktemp("app"))
+    app = notes_app(tmp_path_factory.mktemp("app"), state_path=None, port=8131)
     result = publish(app, pub_state)
     saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")
     _set_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": bucket, **HIBERNATION_ENV})

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,6 +26,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e.flows import Flows
+from tests.e2e.state_app import notes_app
 
 from local_emulator import stack
 from spotleash.events import Component, DemandEvent
@@ -36,47 +36,9 @@ from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "thumbs"
 LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 STATE_PATH = "/var/lib/notes-state"
 READY_TIMEOUT_S = 240.0
-
-NOTES_PY = '''"""Serves the sha256 of its state file as it was when the process started (or null)."""
-import hashlib
-import json
-import os
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-# On a real VM the state path is the real one; a fake VM's disk lives under SPOTLEASH_VM_ROOT.
-STATE = os.environ.get("SPOTLEASH_VM_ROOT", "") + "/var/lib/notes-state/notes.bin"
-AT_START = hashlib.sha256(open(STATE, "rb").read()).hexdigest() if os.path.exists(STATE) else None
-
-
-class Handler(BaseHTTPRequestHandler):
-    def do_GET(self):
-        body = json.dumps({"sha256_at_start": AT_START}).encode() if self.path == "/state" else b"ok"
-        self.send_response(200 if self.path in ("/state", "/healthz") else 404)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args):
-        pass
-
-
-ThreadingHTTPServer((os.environ.get("HOST", "0.0.0.0"), int(os.environ["PORT"])), Handler).serve_forever()
-'''
-
-NOTES_TOML = '''
-[[app.components]]
-name = "notes"
-command = ["python", "notes.py"]
-port = 8131
-health_path = "/healthz"
-ram_gb = 1
-'''
-
 
 def _set_env(state_dir: Path, values: dict[str, str]) -> None:
     path = stack.env_file(state_dir)
@@ -84,20 +46,6 @@ def _set_env(state_dir: Path, values: dict[str, str]) -> None:
     path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items())]) + "\n")
     for name in LAUNCHERS:  # one at a time: each restart rewrites stack.json
         stack.restart(state_dir, name)
-
-
-def notes_app(tmp: Path) -> Path:
-    """examples/thumbs (same requirements: its resolved wheels are cached) plus the notes component and
-    the state path."""
-    app = tmp / "notes-app"
-    shutil.copytree(EXAMPLE, app)
-    toml = (app / "spotleash.toml").read_text().replace(
-        'requirements = ["Pillow>=10", "numpy>=1.26"]',
-        f'requirements = ["Pillow>=10", "numpy>=1.26"]\nstate_paths = ["{STATE_PATH}"]')
-    assert STATE_PATH in toml
-    (app / "spotleash.toml").write_text(toml + NOTES_TOML)
-    (app / "notes.py").write_text(NOTES_PY)
-    return app
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +56,7 @@ def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     cache.mkdir(parents=True, exist_ok=True)
     pub_state = tmp_path_factory.mktemp("publish-state")
     (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
-    app = notes_app(tmp_path_factory.mktemp("app"))
+    app = notes_app(tmp_path_factory.mktemp("app"), state_path=STATE_PATH, port=8131)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
     out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
