@@ -202,7 +202,11 @@ def test_snapshots_survive_a_killed_function_a_killed_agent_and_storage_503s(
             s3_now = chaos.store.get_snapshot(s3.snapshot_id)
             assert s3_now is not None and s3_now.state is SnapshotState.UPLOADING, s3_now
 
-            # 4. box 2 snapshots under 503s; the verified snapshot's retention removes S3's leftover
+            # 4. box 2 snapshots under 503s; the verified snapshot's retention removes S3's leftover — once S3
+            # is older than the upload timeout (a younger upload may still be under way, so retention spares it;
+            # a fast failover reaches this point sooner than that)
+            stale_at = s3.created_at.timestamp() + UPLOAD_TIMEOUT_S + 1
+            time.sleep(max(0.0, stale_at - time.time()))
             proxy.plan.add({"operation": "upload", "method": "POST", "path": r"part-", "status": 503, "count": 2})
             proxy.plan.add({"operation": "json", "method": "GET", "path": r"snapshots", "status": 503,
                             "count": 2})
