@@ -118,3 +118,17 @@ resource "google_pubsub_topic_iam_member" "function_publisher" {
   role   = "roles/pubsub.publisher"
   member = "serviceAccount:${google_service_account.function[each.value.function].email}"
 }
+
+# The local agent's identity (var.agent_principals; a project Owner running it needs none of this) may
+# publish on the agent's topics and no other: demand, lease, release, and reap, where its router asks for
+# an immediate check of an instance that stopped answering without notice (an outbid VAST box).
+resource "google_pubsub_topic_iam_member" "agent_publisher" {
+  for_each = {
+    for pair in setproduct(local.agent_topics, var.agent_principals) :
+    "${pair[0]}/${pair[1]}" => { topic = pair[0], member = pair[1] }
+  }
+
+  topic  = google_pubsub_topic.topic[each.value.topic].id
+  role   = "roles/pubsub.publisher"
+  member = each.value.member # named principals only (the variable's validation refuses allUsers)
+}

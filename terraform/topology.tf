@@ -61,6 +61,10 @@ locals {
   budget_topic       = local.functions["on_budget"].topic
   heartbeat_function = one([for name, f in local.functions : name if f.trigger == "http" && try(f.public, false)])
 
+  # What the local agent publishes: demands, lease renewals, releases, and a reap tick naming an instance
+  # its router lost without notice (spotleash.agent.loss). pubsub.tf grants the agent_principals these only.
+  agent_topics = toset([for f in ["on_demand", "on_lease", "on_release", "on_reap"] : local.functions[f].topic])
+
   # HTTP functions that are not public (on_dashboard): reachable from the internet ("ingress": "all") so a
   # viewer's browser or `gcloud run services proxy` gets there, but Cloud Run lets in only the principals
   # named in the dashboard_viewers variable (functions.tf), each with a Google identity token.

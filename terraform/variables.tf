@@ -239,6 +239,17 @@ variable "router_source_ranges" {
   }
 }
 
+variable "agent_principals" {
+  description = "Principals that run the local agent (e.g. [\"user:you@example.com\"] or a service account): publisher on the demand, lease, release and reap topics only. Empty: grant it yourself (a project Owner has it)."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.agent_principals : can(regex("^(user|group|serviceAccount):[^@]+@[^@]+$", m))])
+    error_message = "agent_principals must be IAM members of the form user:..., group:... or serviceAccount:... (never allUsers or allAuthenticatedUsers)."
+  }
+}
+
 variable "dashboard_viewers" {
   description = "Principals that may open the dashboard (e.g. [\"user:you@example.com\"]): run.invoker on on_dashboard only. Empty: nobody."
   type        = list(string)

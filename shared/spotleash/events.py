@@ -65,6 +65,7 @@ class Component(BaseModel):
 
 
 Sha256Hex = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+ReasonCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 
 
 class DemandEvent(Event):
@@ -125,14 +126,26 @@ class LeaseEvent(Event):
 class ReapTick(Event):
     KIND: ClassVar[str] = "reap"
     kind: Literal["reap"] = "reap"
-    lease_id: Id | None = None  # reap ticks come from the scheduler, not from a lease
+    lease_id: Id | None = None  # the scheduler's ticks name no lease; an agent's names its own
     dry_run: bool = False
     force: bool = False  # lets a reap delete past the mass-deletion guard
+    # An agent's router lost this instance without notice (``reason``, e.g. ``probe_fall``): the reap reads
+    # its record and asks its provider in this pass (outbid, deleted, frozen), not when its beats run out.
+    instance_id: Id | None = None
+    reason: ReasonCode | None = None
+    detail: Annotated[str, Field(max_length=300)] = ""
+
+    @model_validator(mode="after")
+    def _named_instance(self) -> ReapTick:
+        if (self.instance_id is None) != (self.reason is None):
+            raise ValueError("instance_id and reason go together: a tick naming an instance says why")
+        if self.instance_id is not None and self.force:
+            raise ValueError("a tick naming an instance cannot force past the mass-deletion guard")
+        return self
 
 
 PhaseName = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[a-z][a-z0-9_]*$")]
 ComponentName = Annotated[str, Field(min_length=1, max_length=63, pattern=r"^[A-Za-z0-9_.-]+$")]
-ReasonCode = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,39}$")]
 ComponentState = Literal["starting", "healthy", "failing"]
 
 

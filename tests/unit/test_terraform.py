@@ -215,6 +215,10 @@ def test_topology_locals_evaluate_as_designed(console: Any) -> None:
     assert {(v["function"], v["topic"]) for v in publishes.values()} == {
         ("on_reap", "spotleash-demand"), ("on_heartbeat", "spotleash-demand")}
     assert console("local.budget_topic") == "spotleash-budget"
+    from spotleash.topology import load_topology
+
+    topo = load_topology()  # the agent's topics are those its events go to (spotleash.agent.publisher)
+    assert set(console("local.agent_topics")) == {topo.topic_of(k) for k in ("demand", "lease", "release", "reap")}
     roles = console("local.function_compute_roles")
     assert {(v["function"], v["role"]) for v in roles.values()} == {
         (f, r) for f, spec in TOPOLOGY["functions"].items() for r in spec["roles"]
@@ -291,6 +295,26 @@ def test_no_function_is_public_except_on_heartbeat() -> None:
     assert TOPOLOGY["functions"]["on_heartbeat"]["trigger"] == "http"
     assert not any(t.endswith("_iam_binding") or t.endswith("_iam_policy") for t in TFDOC["resource"]), \
         "authoritative IAM would wipe grants Google makes itself"
+
+
+def test_the_agent_may_publish_on_its_four_topics_only_and_only_as_a_named_principal() -> None:
+    pub = resources("google_pubsub_topic_iam_member")["agent_publisher"]
+    assert pub["role"] == "roles/pubsub.publisher"
+    assert expr(pub, "topic") == "google_pubsub_topic.topic[each.value.topic].id"
+    assert expr(pub, "member") == "each.value.member" and pub["member"] not in PUBLIC_MEMBERS
+    assert "setproduct(local.agent_topics, var.agent_principals)" in expr(pub, "for_each")
+    topics = TFDOC["locals"]["agent_topics"]
+    for fn in ("on_demand", "on_lease", "on_release", "on_reap"):  # reap: the router's check of a lost box
+        assert f'"{fn}"' in topics, topics
+    assert "on_budget" not in topics and "dead_letter" not in topics
+    var = TFDOC["variable"]["agent_principals"]
+    assert var["default"] == []
+    pattern = re.search(r'regex\("([^"]+)"', var["validation"][0]["condition"])
+    assert pattern
+    rx = re.compile(pattern.group(1).replace("\\\\", "\\"))
+    for bad in ("allUsers", "allAuthenticatedUsers", "user:allUsers", "domain:example.com", ""):
+        assert not rx.search(bad), f"agent_principals would accept {bad!r}"
+    assert rx.search("serviceAccount:agent@p.iam.gserviceaccount.com") and rx.search("user:ana@example.com")
 
 
 def test_the_dashboard_is_never_public_and_only_named_viewers_may_invoke_it() -> None:

@@ -67,8 +67,9 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         log.error(str(e), lease_id=lease)
         return ExitCode.USAGE
     router: AgentRouter | None = None
+    publisher = Publisher(settings)
     try:
-        router = start_router(settings, lease, app_of_settings())
+        router = start_router(settings, lease, app_of_settings(), publisher=publisher)
     except ConfigError as e:
         log.error(str(e), lease_id=lease)
         lock.release()
@@ -77,7 +78,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         log.info("agent starting", lease_id=lease, pid=os.getpid(), project=settings.project,
                  ram_source=f"trace {trace} x{trace_speed}" if trace else "psutil",
                  pubsub_emulator=os.environ.get("PUBSUB_EMULATOR_HOST"))
-        return run_agent(settings, lease_id=lease, ram_source=ram, publisher=Publisher(settings),
+        return run_agent(settings, lease_id=lease, ram_source=ram, publisher=publisher,
                          holder=f"{socket.gethostname()} pid {os.getpid()}", run_for_s=run_for_s,
                          router=router)
     finally:

@@ -12,6 +12,9 @@ status`` shows) and ``/metrics`` (Prometheus text).
 Shutdown order (``agent.shutdown``): ``release_lease()`` first, so new requests go local at once; then
 ``wait_drained()`` while remote ones in flight finish (at most ``DRAIN_SHARE`` of the shutdown budget);
 then the release is published (the control plane deletes the instances at once); then ``stop()``.
+
+A remote copy that stops answering without notice makes the agent publish a focused reap tick
+(``agent.loss``), so an outbid or deleted box is replaced without waiting for the scheduler's reap.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spotleash import appspec
+from spotleash.agent.loss import LossReporter
+from spotleash.agent.publisher import EventPublisher
 from spotleash.agent.shutdown import DRAIN_SHARE
 from spotleash.agent.wake import Waker
 from spotleash.config import CONFIG_FILE_VAR
@@ -82,10 +87,11 @@ class AgentRouter:
 
 
 def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str,
-                  waker: Waker | None = None) -> RouterConfig:
+                  waker: Waker | None = None, losses: LossReporter | None = None) -> RouterConfig:
     return RouterConfig(components=routes, credential=credential, admin_port=settings.router_admin_port,
                         limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5)),
-                        on_request=waker.requested if waker is not None else None)
+                        on_request=waker.requested if waker is not None else None,
+                        on_remote_lost=losses.lost if losses is not None else None)
 
 
 def firestore_records(settings: Settings, lease_id: str, waker: Waker | None = None) -> WatchFactory:
@@ -101,8 +107,10 @@ def firestore_records(settings: Settings, lease_id: str, waker: Waker | None = N
 
 
 def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
-                 watch_factory: WatchFactory | None = None) -> AgentRouter | None:
-    """Start the router for the app's routed components; None when none is routed.
+                 watch_factory: WatchFactory | None = None,
+                 publisher: EventPublisher | None = None) -> AgentRouter | None:
+    """Start the router for the app's routed components; None when none is routed. With a ``publisher``, a
+    remote copy lost without notice makes the agent ask for a check of its instance (``agent.loss``).
 
     ConfigError when a port is taken (another agent, or the app itself on its route port), or when
     ``wake_on_request`` is on but no component is routed (no request could ever wake the lease).
@@ -124,7 +132,8 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
         except Exception as e:  # noqa: BLE001 - e.g. no credentials: route locally, say why
             log.error("cannot read this lease's instance records; the router routes to the local copies only",
                       lease_id=lease_id, error=f"{type(e).__name__}: {e}"[:300])
-    service = RouterService(router_config(settings, routes, credential, waker), watch_factory=watch_factory)
+    losses = LossReporter(lease_id, publisher) if publisher is not None else None
+    service = RouterService(router_config(settings, routes, credential, waker, losses), watch_factory=watch_factory)
     try:
         addresses = service.start()
     except OSError as e:

@@ -4,7 +4,9 @@
 is healthy there, nothing says the instance is going away and the router's own probe of it passes;
 otherwise the local copy when it answers its own probe; otherwise nobody (the proxy answers 503).
 ``RouteTable`` keeps what the control plane and the probes said, and turns every change of that into
-at most one ``Change`` per component (the proxy logs it and drains the target it leaves).
+at most one ``Change`` per component (the proxy logs it and drains the target it leaves), and notes each
+remote copy that fell for failed probes without notice (``lost_without_notice``: the agent asks the
+control plane to check that instance at its provider now).
 """
 
 from __future__ import annotations
@@ -147,6 +149,30 @@ def decide_target(
     return Decision(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
 
 
+def lost_without_notice(remote: RemoteState | None, before: Probes, after: Probes, policy: Policy,
+                        lease_released: bool = False) -> bool:
+    """Did this probe take a remote copy out for failed probes alone (its ``fall``-th failure in a row) while
+    nothing planned its ending? Then its instance may be gone behind our back (an outbid VAST box, a VM
+    deleted, a frozen box) and the control plane should ask the provider now. A planned ending never counts:
+    the lease released, a preemption notice, the instance ending (a release's or the reaper's deletion),
+    its READY record gone (then the table no longer has it), or its own heartbeat calling the component
+    unhealthy (the instance is alive and says so)."""
+    if lease_released or remote is None or remote.preempted:
+        return False
+    if remote.instance_state != READY or remote.component_state != HEALTHY:
+        return False
+    return before.fail_streak < policy.fall <= after.fail_streak
+
+
+@dataclass(frozen=True)
+class Lost:
+    """A remote copy that fell for failed probes without notice (``lost_without_notice``)."""
+
+    component: str
+    instance_id: str
+    error: str
+
+
 @dataclass(frozen=True)
 class Change:
     component: str
@@ -175,6 +201,7 @@ class RouteTable:
             for n, has_local in components.items()
         }
         self._remote_probes: dict[tuple[str, str], Probes] = {}
+        self._lost: list[Lost] = []
 
     @property
     def components(self) -> list[str]:
@@ -228,8 +255,16 @@ class RouteTable:
             c.local_probes = c.local_probes.record(ok, now, error)
         elif instance_id in c.remotes:
             key = (component, instance_id)
-            self._remote_probes[key] = self._remote_probes.get(key, Probes()).record(ok, now, error)
+            before = self._remote_probes.get(key, Probes())
+            after = self._remote_probes[key] = before.record(ok, now, error)
+            if lost_without_notice(c.remotes[instance_id], before, after, self.policy, self.lease_released):
+                self._lost.append(Lost(component, instance_id, after.last_error or "failed"))
         return self.reevaluate(now)
+
+    def take_lost(self) -> list[Lost]:
+        """The remote copies lost without notice since the last call (each reported once per fall)."""
+        lost, self._lost = self._lost, []
+        return lost
 
     # ------------------------------------------------------------------ deciding
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from spotleash.errors import SpotleashError, Transient
 from spotleash.events import ReapTick
@@ -59,8 +59,10 @@ def configured_providers(ctx: Context) -> list[str]:
     return enabled_providers(ctx.settings)
 
 
-def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], dict[str, Lease], dict[str, Inventory]]:
-    """Only records that may be due, plus those the inventories name: cost follows what is due."""
+def gather(ctx: Context, providers: list[str], named: str | None = None,
+           ) -> tuple[list[InstanceRecord], dict[str, Lease], dict[str, Inventory]]:
+    """Only records that may be due, plus those the inventories name and the one a tick ``named`` (an agent's
+    router lost it; its last beat may be recent, so no cut-off would read it): cost follows what is due."""
     store, now = ctx.store, ctx.now()
     cfg = ReapConfig.from_settings(ctx.settings)
     cut = candidate_cutoffs(now, cfg)
@@ -77,8 +79,8 @@ def gather(ctx: Context, providers: list[str]) -> tuple[list[InstanceRecord], di
         elif lease_retirable(lease, now):
             _retire_if_still_due(ctx, lease)
     inventories = {name: inventory(ctx, name) for name in providers}
-    named = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
-    found.update(store.get_many(named - found.keys()))
+    listed = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
+    found.update(store.get_many((listed | ({named} if named else set())) - found.keys()))
     return list(found.values()), leases, inventories
 
 
@@ -167,10 +169,22 @@ def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
         return False, str(e)
 
 
+def _audit_check(ctx: Context, tick: ReapTick, plan: ReapPlan, now: datetime, dry: bool) -> None:
+    """A tick naming an instance (an agent's router lost it): say what the check found, acted on or not."""
+    verdict = next((d for d in plan.decisions if d.instance_id == tick.instance_id), None)
+    found = (f"decided {verdict.reason}: {verdict.detail}" if verdict is not None
+             else "nothing to do: its provider and its record show no loss (a network blip?)")
+    ctx.store.audit("reap_check", tick.reason or "named", now, event_id=tick.event_id,
+                    instance_id=tick.instance_id, lease_id=tick.lease_id, dry_run=dry, blocked=plan.blocked,
+                    decided=verdict.reason if verdict is not None else None, detail=f"{tick.detail}; {found}"[:500])
+    log.info("reap checked a named instance", instance_id=tick.instance_id, reason=tick.reason,
+             decided=verdict.reason if verdict is not None else None, event_id=tick.event_id)
+
+
 def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -> ReapReport:
     now = ctx.now()
     reads_before = ctx.store.reads
-    records, leases, inventories = gather(ctx, providers or configured_providers(ctx))
+    records, leases, inventories = gather(ctx, providers or configured_providers(ctx), tick.instance_id)
     budget = ctx.store.get_budget() or {}
     plan = decide_reaps(records, leases, inventories, now, ReapConfig.from_settings(ctx.settings),
                   budget_exceeded=bool(budget.get("stop_all")), force=tick.force)
@@ -197,6 +211,8 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
                 report.done.append(d)
             else:
                 report.saved.append(d)
+    if tick.instance_id is not None:
+        _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
         report.hibernated = run_hibernations(ctx, skip=decided)

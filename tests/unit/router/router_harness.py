@@ -175,7 +175,8 @@ class World:
 
 
 @asynccontextmanager
-async def world(limits: Limits = FAST, local: bool = True, policy: Policy | None = None) -> AsyncIterator[World]:
+async def world(limits: Limits = FAST, local: bool = True, policy: Policy | None = None,
+                on_remote_lost: Callable[[str, str], None] | None = None) -> AsyncIterator[World]:
     local_up, remote_up = Upstream("local"), Upstream("remote")
     await local_up.start()
     await remote_up.start()
@@ -185,7 +186,8 @@ async def world(limits: Limits = FAST, local: bool = True, policy: Policy | None
     await front.start()
     router = Router(RouterConfig(
         components=(ComponentRoute(COMPONENT, 0, local_up.url if local else None, "/healthz"),),
-        credential=credential, admin_port=0, limits=limits, policy=policy or Policy(stale_s=5.0)))
+        credential=credential, admin_port=0, limits=limits, policy=policy or Policy(stale_s=5.0),
+        on_remote_lost=on_remote_lost))
     await router.start()
     client = aiohttp.ClientSession()
     try:
