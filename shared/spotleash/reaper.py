@@ -201,7 +201,9 @@ def decide_reaps(
 def candidate_cutoffs(now: datetime, cfg: ReapConfig) -> dict[str, datetime]:
     """Cut-offs the reap run uses to query only records that may be due. ``heartbeat``: records that missed
     two beats, so one deleted behind our back is seen ``vanished`` (and replaced) within a reap or two
-    instead of only after the heartbeat timeout; it covers every record past that timeout too."""
+    instead of only after the heartbeat timeout; it covers every record past that timeout too. A record a tick
+    names (an agent's router lost it, ``spotleash.agent.loss``) is read whatever its times: the provider's
+    verdict on it is then decided in that pass."""
     return {
         "heartbeat": now - timedelta(seconds=min(2 * cfg.heartbeat_interval_s, cfg.heartbeat_timeout_s)),
         "pending": now - timedelta(seconds=min(cfg.provisioning_timeout_s, RETRY_DELETE_AFTER_S)),
