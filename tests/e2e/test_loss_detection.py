@@ -91,7 +91,11 @@ def test_an_outbid_box_is_replaced_on_the_router_s_word_with_no_scheduled_reap(
 
         old = wait_until(replaced, timeout_s=60, interval_s=0.1, what="the outbid box's replacement requested")
         seen_s = time.monotonic() - t0
-        audit = flows.audit(first.instance_id)
+        def audited() -> list[dict[str, Any]] | None:  # the failover's entry follows the record's replaced_by
+            entries = flows.audit(first.instance_id)
+            return entries if any(e["action"] == "failover" for e in entries) else None
+
+        audit = wait_until(audited, timeout_s=10, interval_s=0.1, what="the failover audited")
         [check] = [e for e in audit if e["action"] == "reap_check"]
         assert (check["reason"], check["decided"], check["lease_id"]) == (
             "probe_fall", "stopped_at_provider", app.lease_id)

@@ -200,6 +200,8 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         ctx.store.audit("reap_decision", d.reason, now, instance_id=d.instance_id, provider=d.provider,
                         provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail, dry_run=dry,
                         blocked=plan.blocked)
+    if tick.instance_id is not None:  # before acting: the check's entry precedes what it caused
+        _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
         # Deletions are independent and mostly wait on the provider: run a few at once.
         with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
@@ -211,8 +213,6 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
                 report.done.append(d)
             else:
                 report.saved.append(d)
-    if tick.instance_id is not None:
-        _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
         report.hibernated = run_hibernations(ctx, skip=decided)
