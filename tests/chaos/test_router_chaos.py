@@ -77,8 +77,8 @@ def _signal_all(ps: list[psutil.Process], sig: int) -> None:
 
 class Slowdown:
     """Every process of the instance stopped and continued in turns, running 0.3–0.6 s between pauses: ten
-    of 0.3–2.5 s (the router probes every 1 s with a 2 s timeout and drops a target after two failures in
-    a row, so it waits these out) and two of 7 s (two probes fail: the router drops the remote, then takes
+    of 0.3–2.5 s (the router probes every 1 s with a 2 s timeout, again 0.2 s after a failure, and drops a
+    target after two failures in a row — 4.2 s of silence at the least — so it waits these out) and two of 7 s (two probes fail: the router drops the remote, then takes
     it back), in a seeded order. Ends with every process continued."""
 
     def __init__(self, ps: list[psutil.Process], rng: random.Random) -> None:

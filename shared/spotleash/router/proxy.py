@@ -51,6 +51,7 @@ log = get_logger("spotleash.router")
 
 _ATTEMPT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 _PROBE_HEADROOM = 2  # connections beyond max_in_flight, so a busy target still gets its probes through
+CONFIRM_AFTER_S = 0.2  # after a failed probe, the next one (not a tight loop on a refused connection)
 
 
 @dataclass(frozen=True)
@@ -461,8 +462,11 @@ class Router:
         while True:
             await self.probe_once()
             self._wake.clear()
+            # a target that failed once is probed again soon (``RouteTable.unsettled``): a second failure
+            # confirms its loss two probe timeouts after it stopped answering
+            wait_s = CONFIRM_AFTER_S if self.table.unsettled() else self.limits.probe_interval_s
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.limits.probe_interval_s)
+                await asyncio.wait_for(self._wake.wait(), wait_s)
 
     async def probe_once(self) -> None:
         jobs: list[tuple[str, str | None, Upstream]] = []

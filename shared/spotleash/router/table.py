@@ -261,6 +261,15 @@ class RouteTable:
                 self._lost.append(Lost(component, instance_id, after.last_error or "failed"))
         return self.reevaluate(now)
 
+    def unsettled(self) -> bool:
+        """Has a probed target failed its last probe without having fallen yet? The proxy then probes again
+        at once instead of after its interval: a dead target falls in two probe timeouts, not in those plus
+        the interval between them (a freeze the router waits out is still shorter than two timeouts)."""
+        targets = {(name, r.instance_id) for name, r in self.probe_targets()}
+        streaks = [p.fail_streak for key, p in self._remote_probes.items() if key in targets]
+        streaks += [c.local_probes.fail_streak for c in self._c.values() if c.has_local]
+        return any(0 < s < self.policy.fall for s in streaks)
+
     def take_lost(self) -> list[Lost]:
         """The remote copies lost without notice since the last call (each reported once per fall)."""
         lost, self._lost = self._lost, []

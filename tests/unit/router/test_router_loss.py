@@ -65,6 +65,23 @@ def test_the_table_reports_each_fall_once_and_again_after_a_recovery() -> None:
     assert [x.error for x in t.take_lost()] == ["timeout"]
 
 
+def test_a_target_that_failed_once_is_unsettled_until_it_falls_or_answers() -> None:
+    t = _table()
+    assert not t.unsettled()
+    t.record_probe("c", "sl-1", False, 1.0, "timeout")
+    assert t.unsettled(), "one failure: probe again at once to confirm"
+    t.record_probe("c", "sl-1", False, 1.2, "timeout")
+    assert not t.unsettled(), "fallen: back to the interval"
+    t.record_probe("c", "sl-1", True, 2.0)
+    t.record_probe("c", None, False, 2.0, "refused")
+    assert t.unsettled(), "the local copy's first failure counts too"
+    t.record_probe("c", None, True, 2.2)
+    assert not t.unsettled()
+    t.set_remotes({"c": [remote(preempted=True)]}, 3.0)
+    t.record_probe("c", "sl-1", False, 3.0, "timeout")
+    assert not t.unsettled(), "a copy no longer probed (preempted) is not confirmed"
+
+
 def test_the_table_reports_no_loss_once_the_lease_is_released_or_the_instance_ends() -> None:
     t = _table()
     t.release_lease(0.5)
