@@ -9,12 +9,14 @@ Run standalone: ``python -m local_emulator.scheduler --host 127.0.0.1 --port POR
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from local_emulator.scheduler.models import Scheduler, SchedulerFault
 from local_emulator.scheduler.server import SchedulerServer, control_call
 
-__all__ = ["Scheduler", "SchedulerFault", "SchedulerServer", "control_call", "scheduler_client"]
+__all__ = ["Scheduler", "SchedulerFault", "SchedulerServer", "control_call", "reaper_paused", "scheduler_client"]
 
 
 def scheduler_client(host: str) -> Any:
@@ -24,3 +26,21 @@ def scheduler_client(host: str) -> Any:
     from google.cloud.scheduler_v1.services.cloud_scheduler.transports import CloudSchedulerGrpcTransport
 
     return scheduler_v1.CloudSchedulerClient(transport=CloudSchedulerGrpcTransport(channel=grpc.insecure_channel(host)))
+
+
+@contextmanager
+def reaper_paused(host: str, project: str, region: str) -> Iterator[None]:
+    """The scheduler's reap job paused through the official client, resumed after: only what else asks for a
+    reap (an agent's tick naming an instance it lost) can then explain one."""
+    from spotleash.topology import load_topology
+
+    topo = load_topology()
+    [job] = [s.name for s in topo.schedules.values() if s.topic == topo.topic_of("reap")]
+    name = f"projects/{project}/locations/{region}/jobs/{job}"
+    client = scheduler_client(host)
+    try:
+        client.pause_job(name=name)
+        yield
+    finally:
+        client.resume_job(name=name)
+        client.transport.close()

@@ -14,7 +14,6 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -24,10 +23,9 @@ from tests.e2e.packaged import packages_on
 from tests.e2e.routed_app import RoutedApp
 from tests.e2e.state_app import set_launcher_env, vast_control, wait_ready
 
-from local_emulator.scheduler import scheduler_client
+from local_emulator.scheduler import reaper_paused
 from spotleash.model import InstanceRecord
 from spotleash.polling import wait_until
-from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -56,21 +54,6 @@ def app(flows: Flows, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rout
                 flows.wait_gone(r, timeout_s=60)
 
 
-@contextmanager
-def reaper_paused(local_stack: Any, flows: Flows) -> Iterator[None]:
-    """The scheduler's reaper job paused (through the official client), resumed at the end."""
-    topo = load_topology()
-    [job] = [s.name for s in topo.schedules.values() if s.topic == topo.topic_of("reap")]
-    name = f"projects/{flows.project}/locations/{flows.settings.region}/jobs/{job}"
-    client = scheduler_client(local_stack.scheduler_host)
-    try:
-        client.pause_job(name=name)
-        yield
-    finally:
-        client.resume_job(name=name)
-        client.transport.close()
-
-
 def _at(value: Any) -> datetime:
     return value if isinstance(value, datetime) else datetime.fromisoformat(str(value))
 
@@ -81,7 +64,7 @@ def test_an_outbid_box_is_replaced_on_the_router_s_word_with_no_scheduled_reap(
     assert first.provider == "vast" and first.provider_id
     app.wait_served_by(first.instance_id, timeout_s=60)
 
-    with reaper_paused(local_stack, flows):
+    with reaper_paused(local_stack.scheduler_host, flows.project, flows.settings.region):
         outbid_at, t0 = datetime.now(UTC), time.monotonic()
         vast_control(f"outbid/{first.provider_id}")
 

@@ -85,9 +85,11 @@ def test_windows_count_failures_and_find_the_first_remote_answer() -> None:
     assert w["failures"] == ["thumbnailer: 502 no target"]
 
 
-def fo(provider: str, failed: int, det: float = 1.0) -> dict[str, Any]:
+def fo(provider: str, failed: int, det: float = 1.0, fault: float | None = None) -> dict[str, Any]:
     ph = failover.split_phases(replacement(provider=provider, lost_at=at(2.0 - det)), ENTRY,
                                insert_at=at(2.25) if provider == "gce" else None)
+    if fault is not None:
+        ph["fault_to_intent_s"] = fault
     return {"old": "sl-old", "new": "sl-new", "provider": provider, "reason": "preempted", "phases": ph,
             "ready_to_first_remote_s": 0.04, "kill_to_remote_again_s": 21.0,
             "window": {"total": 900, "failed": failed, "failures": [], "local": 500, "remote": 400},
@@ -121,6 +123,18 @@ def test_failover_rows_compare_to_baselines_and_quote_targets() -> None:
     assert own["median"] == pytest.approx(3.0 + 0.5 + 0.5 + 0.5 + 1.0)  # detection + agent start, fetch, hand-off, create
     assert own["within_target"] is False
     assert "not measured" in {r["key"]: r for r in failover.failover_rows(alone)}["projection_vast_1gb"]["metric"]
+
+
+def test_the_projection_takes_detection_from_the_outbid_when_measured() -> None:
+    """Outbid → intent (scheduled reaps paused) is production's detection; last beat → intent the fallback."""
+    raw = raw_failover()
+    raw["vast"]["failovers"] = [{**fo("vast", 0, det=3.0, fault=f), "state": {"size_mb": 1024}} for f in (4.0, 5.0, 6.0)]
+    rows = {r["key"]: r for r in failover.failover_rows(raw, restore_1gb_s=6.0)}
+    assert rows["projection_vast_own"]["median"] == pytest.approx(5.0 + 0.5 + 0.5 + 0.5 + 1.0)
+    assert "5.00 s" in rows["projection_vast_own"]["metric"]
+    assert rows["failover_vast_fault_to_intent"]["median"] == pytest.approx(5.0)
+    assert "router" in rows["failover_vast_fault_to_intent"]["metric"]
+    assert rows["failover_gce_fault_to_intent"]["n"] == 0  # not measured in this raw: an empty row, not a number
 
 
 def snapshot_raw() -> dict[str, Any]:
