@@ -92,6 +92,9 @@ class Settings(BaseSettings):
                                     "(0: CPU never keeps it busy, only requests and GPUs do)")
     wake_on_request: bool = Field(False, description="the agent's router wakes a HIBERNATED lease when a request "
                                   "for one of its components arrives (it serves the request locally meanwhile)")
+    router_hold_s: float = Field(0.0, ge=0, le=600, description="a request no target can serve (a component with no "
+                                 "local copy while its instance wakes or is replaced) waits this long for one "
+                                 "before the router answers 503 with Retry-After; 0: answer at once")
     snapshot_before_deadline_s: float = Field(600.0, ge=0, description="an instance is asked for a snapshot this "
                                               "long before its max-runtime deadline (needs the bucket); 0: never")
     preemption_grace_s: float = Field(30.0, ge=0, le=300,

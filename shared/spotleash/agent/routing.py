@@ -89,7 +89,8 @@ class AgentRouter:
 def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str,
                   waker: Waker | None = None, losses: LossReporter | None = None) -> RouterConfig:
     return RouterConfig(components=routes, credential=credential, admin_port=settings.router_admin_port,
-                        limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5)),
+                        limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5),
+                                      hold_s=settings.router_hold_s),
                         on_request=waker.requested if waker is not None else None,
                         on_remote_lost=losses.lost if losses is not None else None)
 

@@ -42,6 +42,7 @@ class Metrics:
         self.retries: Counter[tuple[str, str, str]] = Counter()  # component, from, to
         self.failed: Counter[str] = Counter()  # component: answered by the router itself with 5xx, or cut
         self.changes: Counter[str] = Counter()  # component
+        self.held: Counter[str] = Counter()  # component: requests that waited for a target (``Limits.hold_s``)
         self.current: dict[str, str] = {}  # component → local / remote / none
         self._latency: dict[tuple[str, str], _Histogram] = {}
 
@@ -54,6 +55,9 @@ class Metrics:
 
     def retry(self, component: str, src: str, dst: str) -> None:
         self.retries[(component, src, dst)] += 1
+
+    def hold(self, component: str) -> None:
+        self.held[component] += 1
 
     def fail(self, component: str) -> None:
         self.failed[component] += 1
@@ -92,6 +96,9 @@ class Metrics:
         family("failed_total", "counter", "Requests the router could not serve (its own 502/503, or cut mid-stream).")
         for c, n in sorted(self.failed.items()):
             lines.append(f"{PREFIX}_failed_total{_labels(component=c)} {n}")
+        family("held_total", "counter", "Requests that arrived with no target and waited for one.")
+        for c, n in sorted(self.held.items()):
+            lines.append(f"{PREFIX}_held_total{_labels(component=c)} {n}")
         family("target_changes_total", "counter", "Target changes.")
         for c, n in sorted(self.changes.items()):
             lines.append(f"{PREFIX}_target_changes_total{_labels(component=c)} {n}")

@@ -66,6 +66,7 @@ class Limits:
     probe_interval_s: float = 1.0
     probe_timeout_s: float = 2.0
     retry_after_s: int = 2
+    hold_s: float = 0.0  # no target can serve: wait this long for one (a wake, a replacement) before the 503
     keepalive_s: float = 4.0  # below common server keep-alive timeouts (uvicorn: 5 s): no stale reuse
 
 
@@ -167,6 +168,7 @@ class Router:
         self._runners: list[web.BaseRunner] = []
         self._probe_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
+        self._routes_changed = asyncio.Event()  # set (and replaced) at every route change: held requests look again
         for c in config.components:
             self.metrics.current[c.name] = str(self.table.current(c.name).target)
 
@@ -261,6 +263,10 @@ class Router:
     # ------------------------------------------------------------------ acting on decisions
 
     def _apply(self, changes: Iterable[Change]) -> None:
+        changes = list(changes)
+        if changes:
+            self._routes_changed.set()
+            self._routes_changed = asyncio.Event()
         for ch in changes:
             self.metrics.changes[ch.component] += 1
             self.metrics.current[ch.component] = str(ch.new.target)
@@ -347,6 +353,8 @@ class Router:
         if self.config.on_request is not None:
             self.config.on_request(name)
         primary = self._upstream_for(comp, self.table.current(name))
+        if primary is None and self.limits.hold_s > 0:
+            primary = await self._held(comp, started)
         if primary is None:
             self.metrics.fail(name)
             return self._unavailable(f"no target can serve {name}: {self.table.current(name).reason}")
@@ -450,6 +458,19 @@ class Router:
         finally:
             up.end()
             up.slots.release()
+
+    async def _held(self, comp: ComponentRoute, started: float) -> Upstream | None:
+        """No target can serve ``comp`` now: wait for a route change that gives it one (a waking lease's or a
+        replacement's instance READY, the local copy answering again), at most ``hold_s`` after ``started``."""
+        self.metrics.hold(comp.name)
+        while (left := started + self.limits.hold_s - self.clock()) > 0:
+            changed = self._routes_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), left)
+            up = self._upstream_for(comp, self.table.current(comp.name))
+            if up is not None:
+                return up
+        return None
 
     def _unavailable(self, reason: str) -> web.Response:
         resp = _error(503, reason)

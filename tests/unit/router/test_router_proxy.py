@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 
@@ -234,6 +235,23 @@ def test_503_with_retry_after_when_no_target_can_serve() -> None:
                 assert "no target can serve thumbs" in (await r.json())["error"]
             await w.go_remote()
             assert await w.get_text("/who") == (200, "remote")
+
+    run(main())
+
+
+def test_with_a_hold_a_request_no_target_can_serve_waits_for_one() -> None:
+    """hold_s: a request for a component with no local copy waits for its remote copy to come up (a wake or a
+    replacement), then is served; past the hold it gets the 503 with Retry-After."""
+    async def main() -> None:
+        async with world(limits=dataclasses.replace(FAST, hold_s=2.0), local=False) as w:
+            async with w.client.get(w.base + "/who") as r:  # nothing comes within the hold
+                assert r.status == 503 and r.headers["Retry-After"] == "3"
+            waiting = asyncio.ensure_future(w.get_text("/who"))
+            await until(lambda: w.router.metrics.held[COMPONENT] == 2, "the second request held")
+            assert not waiting.done()
+            w.router.apply_records([w.record()])  # the instance READY: the router probes it, then routes to it
+            assert await waiting == (200, "remote")
+            assert 'spotleash_router_held_total{component="thumbs"} 2' in w.router.metrics.render()
 
     run(main())
 
