@@ -22,12 +22,11 @@ from enum import StrEnum
 from pathlib import Path
 
 import httpx
-import psutil
 from pydantic import ValidationError
 
 from spotleash.events import Heartbeat, InstanceFailure
 from spotleash.instance_agent.config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
-from spotleash.instance_agent.idle import GpuProbe, IdleClock
+from spotleash.instance_agent.idle import CpuMeter, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import SnapshotKeeper, resolve_state_paths
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
@@ -160,6 +159,7 @@ class InstanceAgent:
         self.idle_s = 0.0
         self._cpu = 0.0
         self._gpu = GpuProbe()
+        self._cpu_meter: CpuMeter | None = None
 
     # ------------------------------------------------------------------ one heartbeat
     def build_beat(self, snapshot: SnapshotAsk | None = None) -> Heartbeat:
@@ -187,7 +187,9 @@ class InstanceAgent:
     def _sample_idle(self, cfg: AgentConfig) -> None:
         """CPU since the last beat, GPUs now and the front's last request → ``idle_s`` (instance_agent.idle)."""
         now = time.monotonic()
-        self._cpu = psutil.cpu_percent(interval=None)
+        if self._cpu_meter is None:
+            self._cpu_meter = CpuMeter()
+        self._cpu = self._cpu_meter.sample()
         if self.idle is None:
             self.idle = IdleClock(now, cpu_threshold=cfg.idle_cpu_percent, gpu_threshold=cfg.idle_gpu_percent)
         self.idle_s = self.idle.observe(now, cpu_percent=self._cpu, gpu_percents=self._gpu.sample(),

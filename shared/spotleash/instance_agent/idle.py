@@ -6,9 +6,11 @@ busy moment (since the agent started, when there was none):
 - a remote request was admitted by the instance's TLS front (``instance_agent.front``: it carried the
   lease's credential), except the router's probes of a component's own health path — those come every
   few seconds from the user's machine whether the app is used or not, and would keep every box awake;
-- the CPU use of the whole box, averaged over the time since the previous heartbeat, was at or above
+- the CPU use of the box, averaged over the time since the previous heartbeat, was at or above
   ``AgentConfig.idle_cpu_percent`` (default 10 %; 0: CPU never makes the box busy — a box whose CPU is
-  shared with work that is not its own, such as the local fakes' boxes on one machine);
+  shared with work that is not its own, such as the local fakes' boxes on one machine). "The box" is its
+  cgroup when it has one (``CpuMeter``): a VAST box is a container, whose ``/proc/stat`` counts the whole
+  host and its other tenants;
 - any GPU's utilisation (``nvidia-smi``, when the box has one) was at or above
   ``AgentConfig.idle_gpu_percent`` (default 10 %) at the heartbeat.
 
@@ -19,9 +21,14 @@ judged on CPU and GPU alone.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
 
 from spotleash.log import get_logger
 
@@ -78,3 +85,68 @@ class GpuProbe:
                 log.warning("nvidia-smi gave no utilisation; GPUs count as idle", reason=str(e)[:200])
                 self._warned = True
             return []
+
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+
+
+def cgroup_cpu_seconds(root: Path) -> float | None:
+    """CPU seconds used by the cgroup mounted at ``root`` (v2 ``cpu.stat``, v1 ``cpuacct``); None: neither."""
+    try:
+        for line in (root / "cpu.stat").read_text().splitlines():
+            key, _, value = line.partition(" ")
+            if key == "usage_usec":
+                return int(value) / 1e6
+    except (OSError, ValueError):
+        pass
+    try:
+        return int((root / "cpuacct" / "cpuacct.usage").read_text()) / 1e9
+    except (OSError, ValueError):
+        return None
+
+
+def cgroup_cores(root: Path, cpus: int) -> float:
+    """The CPUs the cgroup may use: its quota (v2 ``cpu.max``, v1 ``cfs_quota_us``) when set, else ``cpus``."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return cpus if quota == "max" else min(int(quota) / int(period), cpus)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return min(quota_us / period_us, cpus) if quota_us > 0 and period_us > 0 else cpus
+    except (OSError, ValueError):
+        return cpus
+
+
+class CpuMeter:
+    """The box's CPU use since the previous ``sample``, in percent of the CPUs it may use.
+
+    Its cgroup's counter when there is one (in a container that is the container's own use; on a VM, the
+    root cgroup's is the machine's), else ``psutil.cpu_percent`` (``/proc/stat``: the whole host). The first
+    sample is 0 (no interval yet), as psutil's is."""
+
+    def __init__(self, root: Path = CGROUP_ROOT, clock: Callable[[], float] = time.monotonic,
+                 cpus: int | None = None, fallback: Callable[[], float] = lambda: psutil.cpu_percent(interval=None),
+                 ) -> None:
+        self.root = root
+        self.clock = clock
+        self.fallback = fallback
+        self.cores = cgroup_cores(root, cpus or len(os.sched_getaffinity(0)))
+        self.source = "cgroup" if cgroup_cpu_seconds(root) is not None else "psutil"
+        self._last: tuple[float, float] | None = None  # (clock, cpu seconds)
+        log.info("CPU use measured", source=self.source, cores=round(self.cores, 2))
+
+    def sample(self) -> float:
+        if self.source == "psutil":
+            return float(self.fallback())
+        used = cgroup_cpu_seconds(self.root)
+        if used is None:  # the cgroup went away under us: the host's figure beats none
+            self.source = "psutil"
+            return float(self.fallback())
+        now, last = self.clock(), self._last
+        self._last = (now, used)
+        if last is None or now <= last[0] or self.cores <= 0:
+            return 0.0
+        return round(min(max((used - last[1]) / ((now - last[0]) * self.cores) * 100, 0.0), 100.0), 2)
