@@ -92,7 +92,7 @@ class Channel:
     def __init__(self, ctx: Context, lease_id: str, iid: str) -> None:
         self.ctx, self.lease_id, self.iid = ctx, lease_id, iid
 
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:  # noqa: ARG002 - in-process: always answered
         reply = handle_heartbeat(self.ctx, Heartbeat(lease_id=self.lease_id, instance_id=self.iid, snapshot=ask),
                                  self.ctx.heartbeat_token(self.iid))
         return parse_reply(json.dumps({"snapshot": reply.snapshot}), ask.op)

@@ -73,7 +73,7 @@ class Channel:
         self.held = threading.Event()
         self._lock = threading.Lock()
 
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
         with self._lock:
             if isinstance(ask, UploadAsk):
                 self.uploads.append(ask)

@@ -75,7 +75,7 @@ class Channel:
         assert rec is not None
         self.lease_id = rec.lease_id
 
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
         self.asks.append(ask.op)
         if self.before:
             self.before(ask)

@@ -12,11 +12,12 @@ import pytest
 from spotleash.instance_agent.agent import snapshot_request_of
 from spotleash.instance_agent.idle import GPU_QUERY, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import fingerprint, new_snapshot_id, resolve_state_paths
-from spotleash.instance_agent.snapshot import MAX_RESTORE_WAIT_S, SnapshotError, restore
+from spotleash.instance_agent.snapshot import MAX_RESTORE_WAIT_S, SnapshotError, restore, take_snapshot
 from spotleash.snapshot_wire import (
     SNAPSHOT_ID_PATTERN,
     SNAPSHOT_REQUEST_FIELD,
     Noted,
+    Refused,
     RestoredAsk,
     RestoreGrant,
     RestoreWait,
@@ -119,9 +120,11 @@ class ScriptedChannel:
     def __init__(self, *replies: SnapshotReply) -> None:
         self.replies: list[SnapshotReply] = list(replies)
         self.asks: list[SnapshotAsk] = []
+        self.budgets: list[float | None] = []
 
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
         self.asks.append(ask)
+        self.budgets.append(budget_s)
         return self.replies.pop(0) if self.replies else Noted()
 
 
@@ -142,3 +145,15 @@ def test_a_restore_waits_no_longer_than_its_own_bound(tmp_path: Path) -> None:
     with pytest.raises(SnapshotError, match="unexpected answer 'restore_wait'"):
         restore([tmp_path / "state"], channel=channel, spool=tmp_path / "spool", sleep=slept.append)
     assert sum(slept) == MAX_RESTORE_WAIT_S
+
+
+def test_every_ask_of_a_snapshot_carries_its_retry_budget(tmp_path: Path) -> None:
+    """The keeper gives a preemption snapshot 25 s: the control plane's asks are bounded by it too."""
+    (tmp_path / "state").mkdir()
+    (tmp_path / "state" / "f").write_text("x")
+    channel = ScriptedChannel(Refused(detail="no bucket"))
+    out = take_snapshot([tmp_path / "state"], snapshot_id="20261130t000000-000000-abcdef01", lease_id="l-1",
+                        instance_id="i-1", channel=channel, spool=tmp_path / "spool", retry_budget_s=25.0,
+                        trigger="preempted")
+    assert not out.verified
+    assert [a.op for a in channel.asks] == ["upload", "abandoned"] and channel.budgets == [25.0, 25.0]

@@ -54,3 +54,11 @@ def test_the_channel_gives_up_after_its_budget() -> None:
     with pytest.raises(SnapshotError, match="upload: the control plane did not answer"):
         _channel([httpx.ConnectError("refused")], sent, budget_s=0.0).ask(ASK)
     assert len(sent) == 1
+
+
+def test_a_caller_s_budget_bounds_the_channel_s_own() -> None:
+    """A preemption snapshot has 25 s in all: its asks are not repeated for the channel's 60 s."""
+    sent: list[dict[str, object]] = []
+    with pytest.raises(SnapshotError, match=r"asked for 0 s"):
+        _channel([httpx.ConnectError("refused")], sent, budget_s=60.0).ask(ASK, budget_s=0.0)
+    assert len(sent) == 1

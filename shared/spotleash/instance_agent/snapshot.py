@@ -269,8 +269,9 @@ def pack(roots: list[Path], spool: Path, *, part_bytes: int = PART_BYTES, level:
 
 
 class Channel(Protocol):
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
-        """Send one ask to the control plane and return its answer; ``SnapshotError`` if none came."""
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
+        """Send one ask to the control plane and return its answer; ``SnapshotError`` if none came (within
+        ``budget_s`` when given: a preemption snapshot has 25 s in all)."""
         ...
 
 
@@ -288,15 +289,16 @@ class HeartbeatChannel:
         self._http, self._url, self._token, self._beat = http, url, token, beat
         self._retry_budget_s, self._sleep = retry_budget_s, sleep
 
-    def ask(self, ask: SnapshotAsk) -> SnapshotReply:
-        give_up_at = time.monotonic() + self._retry_budget_s
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
+        budget = self._retry_budget_s if budget_s is None else min(budget_s, self._retry_budget_s)
+        give_up_at = time.monotonic() + budget
         pause = 0.5
         while True:
             try:
                 return self._ask_once(ask)
             except _NoAnswer as e:
                 if time.monotonic() + pause > give_up_at:
-                    raise SnapshotError(f"{ask.op}: {e} (asked for {self._retry_budget_s:.0f} s)") from e
+                    raise SnapshotError(f"{ask.op}: {e} (asked for {budget:.0f} s)") from e
                 log.warning("snapshot ask not answered; asking again", op=ask.op, reason=str(e), pause_s=pause)
             self._sleep(pause)
             pause = min(pause * 2, 8.0)
@@ -429,8 +431,8 @@ def take_snapshot(
         manifest_bytes = manifest.model_dump_json().encode()
         t1 = time.monotonic()
         grant: UploadGrant = _expect(channel.ask(UploadAsk(snapshot_id=snapshot_id, parts=len(packed.parts),
-                                                               trigger=trigger, request_id=request_id)),
-                                     UploadGrant, "upload")
+                                                               trigger=trigger, request_id=request_id),
+                                                     retry_budget_s), UploadGrant, "upload")
         timings["grant_s"] = time.monotonic() - t1
         if set(grant.objects) != set(object_names(len(packed.parts))):
             raise SnapshotError("upload: the grant does not name this snapshot's objects")
@@ -444,13 +446,14 @@ def take_snapshot(
         timings["upload_s"] = time.monotonic() - t2
         t3 = time.monotonic()
         verdict: Verdict = _expect(channel.ask(UploadedAsk(
-            snapshot_id=snapshot_id, manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest())), Verdict, "uploaded")
+            snapshot_id=snapshot_id, manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest()), retry_budget_s),
+            Verdict, "uploaded")
         timings["verify_s"] = time.monotonic() - t3
     except (SnapshotError, OSError, zstandard.ZstdError, tarfile.TarError) as e:
         detail = str(e)[:400]
         log.error("snapshot failed", snapshot_id=snapshot_id, reason=detail)
         try:
-            channel.ask(AbandonedAsk(snapshot_id=snapshot_id, detail=detail))
+            channel.ask(AbandonedAsk(snapshot_id=snapshot_id, detail=detail), retry_budget_s)
         except SnapshotError as told:
             log.warning("could not report the failed snapshot", snapshot_id=snapshot_id, reason=str(told))
         return SnapshotOutcome(snapshot_id, False, detail, timings={"total_s": time.monotonic() - t0})
