@@ -191,7 +191,7 @@ def status(
     if checked is not None:
         table.add_column("provider says")
     for r in records:
-        cells = [r.instance_id, r.lease_id, r.provider, str(r.state), status_view.compact(r),
+        cells = [r.instance_id, r.lease_id, r.provider, status_view.shown_state(r), status_view.compact(r),
                  _age(r.created_at, now), _iso(r.last_heartbeat), _iso(r.deadline), f"{r.cost_so_far(now):.4f}",
                  r.reason or status_view.postponed(r)]
         table.add_row(*cells, *([checked.says[r.instance_id].cell()] if checked is not None else []))

@@ -39,6 +39,12 @@ def as_json(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
     return out
 
 
+def shown_state(rec: InstanceRecord) -> str:
+    """The state column: a live instance that got its preemption notice says so (it lives on for its grace
+    so its last snapshot is answered; the router and the reaper already treat it as going)."""
+    return f"{rec.state} (preempted)" if rec.live and rec.preempted else str(rec.state)
+
+
 def postponed(rec: InstanceRecord) -> str:
     """A live instance's hibernation held back by a failed or unfinished snapshot (its alert), or ""."""
     req = rec.snapshot_request

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from spotleash.events import ComponentReport
 from spotleash.model import State, new_record, transition
-from spotleash.status_view import as_json, compact
+from spotleash.status_view import as_json, compact, shown_state
 
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 
@@ -38,3 +38,11 @@ def test_the_table_cell_is_compact() -> None:
     cell = compact(rec)
     assert cell.splitlines() == ["thumbnailer ok 10.0.0.2:8301", "vectors !! " + ("connection refused " * 5)[:40]]
     assert compact(record(components=[])) == ""
+
+
+def test_a_live_instance_in_its_preemption_grace_says_so() -> None:
+    assert shown_state(record()) == "RUNNING"
+    assert shown_state(record(preempted=True, preempted_at=NOW)) == "RUNNING (preempted)"
+    ended = transition(transition(record(preempted=True, preempted_at=NOW), State.TERMINATING, NOW),
+                       State.TERMINATED, NOW, reason="preempted")
+    assert shown_state(ended) == "TERMINATED"
