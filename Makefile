@@ -9,7 +9,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	$(RUN) pytest -q -p no:cacheprovider -m "not chaos"
+	$(RUN) pytest -q -p no:cacheprovider -m "not chaos" --durations=15
 
 demo: setup
 	$(RUN) spotleash demo
