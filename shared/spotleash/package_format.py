@@ -16,9 +16,12 @@ In Cloud Storage: ``packages/<sha256>.tar.gz`` (content-addressed, written once)
 ``latest-<channel>.txt`` (the pointer; its text is the sha256 and a newline).
 
 On the instance: verify the archive's sha256 against the one the launch pinned (``verify_archive``),
-extract it into a fresh directory (``extract_archive``), create a venv, run ``install_command``, then
-start each component with ``cwd=<root>/app``, the venv's ``bin`` first on ``PATH``, the component's
-``env`` and ``PORT=<port>``.
+extract it into a fresh directory (``extract_archive``), create a venv and install ``requirements`` into
+it offline from ``wheels/``, then start each component with ``cwd=<root>/app``, the venv's ``bin`` first
+on ``PATH``, the component's ``env`` and ``PORT=<port>``. The venv and the install are defined once, in
+``spotleash.instance_agent.bootstrap`` (``Installer``): it runs on a fresh instance's system python3
+before anything is installed, so it keeps to the standard library and this module (pydantic) cannot be
+its source.
 
 The functions above the models use the standard library only, so the instance's bootstrap (which runs
 before any wheel is installed) can copy them verbatim.
@@ -201,13 +204,6 @@ def extract_archive(path: Path, dest: Path) -> None:
                     or not target.is_relative_to(root):
                 raise PackageError(f"archive member {member.name!r} is not a plain file or folder inside the package")
         tar.extractall(dest)  # every member checked above
-
-
-def install_command(python: str, root: Path, manifest: Mapping[str, Any]) -> list[str]:
-    """The offline install of an extracted package into the venv whose interpreter is ``python``."""
-    wheels = root / WHEELS_PREFIX.rstrip("/")
-    reqs = [str(r) for r in manifest.get("requirements", [])]
-    return [python, "-m", "pip", "install", "--no-index", "--find-links", str(wheels), *reqs]
 
 
 # --------------------------------------------------------------------------- spotleash.toml: the app spec

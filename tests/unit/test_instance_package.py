@@ -126,6 +126,46 @@ def test_not_an_archive_is_refused(tmp_path: Path) -> None:
     assert e.value.reason == "package_unverified"
 
 
+# ------------------------------------------------------------------ how the venv is made and installed into
+
+
+@pytest.mark.parametrize(("version", "has"), [
+    (None, False), ("", False), ("junk", False), ("9.0.1", False), ("22", False), ("22.2.2", False),
+    ("22.3", True), ("22.3b1", True), ("23.0.1", True), ("26.3", True), ("100.0", True),
+])
+def test_only_a_pip_of_22_3_or_later_installs_into_another_venv(version: str | None, has: bool) -> None:
+    assert bootstrap.has_python_option(version) is has
+
+
+def _plan(pip_version: str | None) -> tuple[bootstrap.InstallPlan, list[str]]:
+    asked: list[str] = []
+
+    def probe(python: str) -> str | None:
+        asked.append(python)
+        return pip_version
+
+    plan = Installer(python="/usr/bin/python3", pip_version=probe).plan(Path("/w/pkg"), {"requirements": ["a", "b>=2"]})
+    return plan, asked
+
+
+def test_a_bootstrap_python_with_a_recent_pip_installs_into_a_venv_without_pip() -> None:
+    plan, asked = _plan("23.0.1")
+    assert asked == ["/usr/bin/python3"]
+    assert plan.make_venv == ["/usr/bin/python3", "-m", "venv", "--without-pip", "/w/pkg/venv"]
+    assert plan.install == ["/usr/bin/python3", "-m", "pip", "--python", "/w/pkg/venv/bin/python", "install",
+                            "--no-index", "--no-compile", "--find-links", "/w/pkg/wheels", "a", "b>=2"]
+    assert "pip 23.0.1 of /usr/bin/python3" in plan.path and "--python" in plan.path
+
+
+@pytest.mark.parametrize(("version", "said"), [(None, "has no pip"), ("22.2.2", "has pip 22.2.2")])
+def test_a_bootstrap_python_without_a_recent_pip_gives_the_venv_its_own(version: str | None, said: str) -> None:
+    plan, _ = _plan(version)
+    assert plan.make_venv == ["/usr/bin/python3", "-m", "venv", "/w/pkg/venv"]  # with ensurepip
+    assert plan.install == ["/w/pkg/venv/bin/python", "-m", "pip", "install", "--no-index", "--no-compile",
+                            "--find-links", "/w/pkg/wheels", "a", "b>=2"]
+    assert said in plan.path and "ensurepip" in plan.path and "22.3+" in plan.path
+
+
 # ------------------------------------------------------------------ download
 
 
@@ -279,8 +319,6 @@ def test_bootstrap_names_match_their_one_definition() -> None:
     assert (bootstrap.CONFIG_ENV, bootstrap.TOKEN_ENV) == (agent_config.CONFIG_ENV, agent_config.TOKEN_ENV)
     assert bootstrap.MANIFEST_NAME == package_format.MANIFEST_NAME
     assert bootstrap.FORMAT_VERSION == package_format.FORMAT_VERSION
-    assert bootstrap.install_command("py", Path("/r"), {"requirements": ["a"]}) == \
-        package_format.install_command("py", Path("/r"), {"requirements": ["a"]})
 
 
 def test_bootstrap_verifies_what_publish_builds(tmp_path: Path) -> None:

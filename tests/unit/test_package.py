@@ -21,7 +21,6 @@ from spotleash.package_format import (
     PackageError,
     build_package,
     extract_archive,
-    install_command,
     package_object,
     parse_pointer,
     pointer_object,
@@ -254,7 +253,7 @@ def test_manifest_lists_every_member_and_verify_checks_them(tmp_path: Path) -> N
     manifest = Manifest.model_validate(verify_archive(out, sha))
     assert manifest.format == 1 and manifest.python == "3.11" and manifest.platform.endswith("x86_64")
     assert list(manifest.files) == ["app/app.py"] and manifest.app.name == "demo"
-    assert install_command("/v/bin/python", Path("/r"), manifest.model_dump())[-1] == "spotleash[instance]==0.1.0"
+    assert manifest.requirements[-1] == "spotleash[instance]==0.1.0"  # what the instance installs
     with pytest.raises(PackageError, match="sha256 mismatch"):
         verify_archive(out, "0" * 64)
     dest = tmp_path / "x"
