@@ -543,9 +543,10 @@ def failover_notes(res: dict[str, Any], restore_1gb_s: float | None = None, hear
     if "vast" in res:
         out.append(f"failover detection: a GCE preemption is seen from the instance's own notice (event-driven); a "
                    f"VAST outbid gives no notice. The VAST failovers run with the scheduler's reap job paused, so "
-                   f"only the agent's router can start them: its probes (every 1 s, again 0.2 s after a failure, "
-                   f"2 s timeout) drop the silent box after two failures and the agent publishes a reap tick naming "
-                   f"it; that reap asks VAST, finds it stopped and publishes the failover demand. This path does "
+                   f"only the agent's router can start them: at its first failed probe of the silent box (probes every "
+                   f"1 s, 2 s timeout) the agent publishes a reap tick naming it; that reap asks VAST, finds it "
+                   f"stopped and publishes the failover demand (the traffic leaves the box at the second failure, "
+                   f"0.2 s after the first). This path does "
                    f"not depend on the beat interval; it needs a router routing to the box. A box no router "
                    f"uses is seen by the scheduled reap once it missed two beats: at production defaults "
                    f"({heartbeat_interval_s:.0f} s beats, a reap every {reap_period_s:.0f} s) "

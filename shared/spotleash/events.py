@@ -129,7 +129,7 @@ class ReapTick(Event):
     lease_id: Id | None = None  # the scheduler's ticks name no lease; an agent's names its own
     dry_run: bool = False
     force: bool = False  # lets a reap delete past the mass-deletion guard
-    # An agent's router lost this instance without notice (``reason``, e.g. ``probe_fall``): the reap reads
+    # An agent's router lost this instance without notice (``reason``, e.g. ``probe_failed``): the reap reads
     # its record and asks its provider in this pass (outbid, deleted, frozen), not when its beats run out.
     instance_id: Id | None = None
     reason: ReasonCode | None = None

@@ -1,14 +1,15 @@
-"""Asking the control plane to check an instance the router lost without notice.
+"""Asking the control plane to check an instance the router may have lost without notice.
 
 A VAST box that is outbid, a VM deleted behind our back or a frozen box sends nothing; the reaper would
 see it on its next pass once the box missed its beats (a minute or two at production timings). The
-router sees it sooner: its probes of the copy fail ``fall`` times in a row (``router.table
-.lost_without_notice``, which leaves out every planned ending). Then the agent publishes a ``ReapTick``
-naming that instance (reason ``probe_fall``): the reap reads its record and asks its provider in that
+router sees it sooner: a probe of the copy fails (``router.table.suspect_without_notice``, which leaves
+out every planned ending). Then the agent publishes a ``ReapTick`` naming that instance (reason
+``probe_failed``): the reap reads its record and asks its provider in that
 pass, and a box the provider shows stopped or no longer lists is replaced at once. A box the provider
 still shows running (a network blip) is left alone; the reap audits the check.
 
-Debounced: at most one tick per instance per ``every_s``, so a flapping link cannot flood the reap topic.
+Debounced: at most one tick per instance per ``every_s``, so a flapping link cannot flood the reap topic
+(a box that is fine but missed one probe costs one reap pass and one provider read per ``every_s``).
 Thread-safe (the router calls in from a worker thread); never raises (a lost tick is a slower detection,
 the scheduler's reap still comes).
 """
@@ -24,7 +25,7 @@ from spotleash.events import ReapTick
 from spotleash.log import get_logger
 
 log = get_logger("spotleash.agent.loss")
-REASON = "probe_fall"
+REASON = "probe_failed"
 DEFAULT_EVERY_S = 30.0
 PUBLISH_WAIT_S = 10.0
 

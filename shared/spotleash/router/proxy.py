@@ -22,8 +22,8 @@ The target comes from the ``RouteTable`` (pure decisions); this module only acts
   chunks. No target → 503 with ``Retry-After``.
 - **Probes**: every ``probe_interval_s`` the router probes the local copy and each remote copy the
   control plane calls healthy, on the component's health path — through the same pinned, credentialed
-  channel the traffic uses. A failed forward counts as a failed probe. A remote copy that falls for
-  failed probes without notice is handed to ``on_remote_lost`` (the agent asks for a focused reap).
+  channel the traffic uses. A failed forward counts as a failed probe. A remote copy that fails a probe
+  without notice is handed to ``on_remote_lost`` (the agent asks for a focused reap: is it still there?).
 """
 
 from __future__ import annotations
@@ -91,8 +91,8 @@ class RouterConfig:
     # Told the component of every request as it arrives (the agent's wake-on-request; it must be quick and
     # must not raise: it runs in the router's event loop).
     on_request: Callable[[str], None] | None = None
-    # Told (instance id, what failed) when a remote copy falls for failed probes without notice
-    # (``table.lost_without_notice``): the agent asks the control plane to check it. Runs in a worker
+    # Told (instance id, what failed) when a remote copy fails a probe without notice
+    # (``table.suspect_without_notice``): the agent asks the control plane to check it. Runs in a worker
     # thread, never in the router's event loop, so it may block briefly (a publish).
     on_remote_lost: Callable[[str, str], object] | None = None
 
@@ -402,7 +402,7 @@ class Router:
             return
         iid = up.key.removeprefix("remote:") if up.kind == "remote" else None
         self._apply(self.table.record_probe(up.component.name, iid, False, self.clock(), failure.detail))
-        self._report_lost()
+        self._report_suspects()
 
     async def _attempt(self, up: Upstream, request: web.BaseRequest, body: bytes | aiohttp.StreamReader | None,
                        started: float) -> web.StreamResponse:
@@ -504,14 +504,14 @@ class Router:
             changes += self.table.record_probe(name, iid, error is None, now, error)
         changes += self.table.reevaluate(now)
         self._apply(changes)
-        self._report_lost()
+        self._report_suspects()
 
-    def _report_lost(self) -> None:
-        """Hand each instance lost without notice to ``on_remote_lost`` (once, whatever its components)."""
-        lost = {x.instance_id: x for x in self.table.take_lost()}
-        for iid, x in lost.items():
-            log.warning("remote copy fell for failed probes without notice; asking the control plane to check "
-                        "its instance", component=x.component, instance_id=iid, error=x.error[:200])
+    def _report_suspects(self) -> None:
+        """Hand each suspect instance to ``on_remote_lost`` (once, whatever its components)."""
+        suspects = {x.instance_id: x for x in self.table.take_suspects()}
+        for iid, x in suspects.items():
+            log.warning("remote copy failed a probe without notice; asking the control plane to check its instance",
+                        component=x.component, instance_id=iid, error=x.error[:200])
             if self.config.on_remote_lost is not None:
                 asyncio.get_running_loop().run_in_executor(None, self.config.on_remote_lost, iid, x.error)
 

@@ -5,7 +5,7 @@ is healthy there, nothing says the instance is going away and the router's own p
 otherwise the local copy when it answers its own probe; otherwise nobody (the proxy answers 503).
 ``RouteTable`` keeps what the control plane and the probes said, and turns every change of that into
 at most one ``Change`` per component (the proxy logs it and drains the target it leaves), and notes each
-remote copy that fell for failed probes without notice (``lost_without_notice``: the agent asks the
+remote copy that fails probes without notice (``suspect_without_notice``: the agent asks the
 control plane to check that instance at its provider now).
 """
 
@@ -57,10 +57,11 @@ class Probes:
 class Policy:
     rise: int = 1  # passing probes in a row before a remote copy takes traffic
     fall: int = 2  # failing probes in a row before a target stops taking traffic
+    suspect: int = 1  # failing probes in a row of a remote copy before the control plane is asked to check it
     stale_s: float = 10.0  # a remote whose last probe is older than this is not trusted
 
     def __post_init__(self) -> None:
-        if self.rise < 1 or self.fall < 1 or self.stale_s <= 0:
+        if self.rise < 1 or self.fall < 1 or not 1 <= self.suspect <= self.fall or self.stale_s <= 0:
             raise ValueError(f"bad route policy: {self}")
 
 
@@ -149,11 +150,14 @@ def decide_target(
     return Decision(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
 
 
-def lost_without_notice(remote: RemoteState | None, before: Probes, after: Probes, policy: Policy,
-                        lease_released: bool = False) -> bool:
-    """Did this probe take a remote copy out for failed probes alone (its ``fall``-th failure in a row) while
-    nothing planned its ending? Then its instance may be gone behind our back (an outbid VAST box, a VM
-    deleted, a frozen box) and the control plane should ask the provider now. A planned ending never counts:
+def suspect_without_notice(remote: RemoteState | None, before: Probes, after: Probes, policy: Policy,
+                           lease_released: bool = False) -> bool:
+    """Did this probe make a remote copy suspect (its ``suspect``-th failure in a row, the first by default)
+    while nothing planned its ending? Then its instance may be gone behind our back (an outbid VAST box, a VM
+    deleted, a frozen box) and the control plane should ask the provider now — a question, not a verdict:
+    the provider's answer decides, and one showing the box running changes nothing (the traffic still needs
+    ``fall`` failures to move). Asking at the first failure rather than at the fall saves a probe timeout
+    on every silent loss. A planned ending never counts:
     the lease released, a preemption notice, the instance ending (a release's or the reaper's deletion),
     its READY record gone (then the table no longer has it), or its own heartbeat calling the component
     unhealthy (the instance is alive and says so)."""
@@ -161,12 +165,12 @@ def lost_without_notice(remote: RemoteState | None, before: Probes, after: Probe
         return False
     if remote.instance_state != READY or remote.component_state != HEALTHY:
         return False
-    return before.fail_streak < policy.fall <= after.fail_streak
+    return before.fail_streak < policy.suspect <= after.fail_streak
 
 
 @dataclass(frozen=True)
-class Lost:
-    """A remote copy that fell for failed probes without notice (``lost_without_notice``)."""
+class Suspect:
+    """A remote copy that failed probes without notice (``suspect_without_notice``)."""
 
     component: str
     instance_id: str
@@ -201,7 +205,7 @@ class RouteTable:
             for n, has_local in components.items()
         }
         self._remote_probes: dict[tuple[str, str], Probes] = {}
-        self._lost: list[Lost] = []
+        self._suspects: list[Suspect] = []
 
     @property
     def components(self) -> list[str]:
@@ -257,8 +261,8 @@ class RouteTable:
             key = (component, instance_id)
             before = self._remote_probes.get(key, Probes())
             after = self._remote_probes[key] = before.record(ok, now, error)
-            if lost_without_notice(c.remotes[instance_id], before, after, self.policy, self.lease_released):
-                self._lost.append(Lost(component, instance_id, after.last_error or "failed"))
+            if suspect_without_notice(c.remotes[instance_id], before, after, self.policy, self.lease_released):
+                self._suspects.append(Suspect(component, instance_id, after.last_error or "failed"))
         return self.reevaluate(now)
 
     def unsettled(self) -> bool:
@@ -270,10 +274,10 @@ class RouteTable:
         streaks += [c.local_probes.fail_streak for c in self._c.values() if c.has_local]
         return any(0 < s < self.policy.fall for s in streaks)
 
-    def take_lost(self) -> list[Lost]:
-        """The remote copies lost without notice since the last call (each reported once per fall)."""
-        lost, self._lost = self._lost, []
-        return lost
+    def take_suspects(self) -> list[Suspect]:
+        """The remote copies that became suspect since the last call (each once per run of failures)."""
+        suspects, self._suspects = self._suspects, []
+        return suspects
 
     # ------------------------------------------------------------------ deciding
 

@@ -1,6 +1,7 @@
-"""A remote copy lost without notice: which falls make the agent ask for a check, and the debounce.
+"""A remote copy that may be lost without notice: which failures make the agent ask for a check, and the
+debounce.
 
-Pure decision (``table.lost_without_notice``), the table's once-per-fall report, the router handing it to
+Pure decision (``table.suspect_without_notice``), the table's once-per-run report, the router handing it to
 ``on_remote_lost`` over a real TLS front that stops answering, and the agent's ``LossReporter`` publishing a
 ``ReapTick`` naming the instance at most once per instance per ``every_s``.
 """
@@ -16,7 +17,7 @@ from tests.unit.router.router_harness import COMPONENT, run, until, world
 from spotleash.agent.loss import REASON, LossReporter, check_due
 from spotleash.errors import Transient
 from spotleash.events import Event, ReapTick
-from spotleash.router.table import Policy, Probes, RemoteState, RouteTable, lost_without_notice
+from spotleash.router.table import Policy, Probes, RemoteState, RouteTable, suspect_without_notice
 
 FP = "ab" * 32
 POLICY = Policy(fall=2)
@@ -27,23 +28,33 @@ def remote(state: str = "READY", comp: str | None = "healthy", preempted: bool =
     return RemoteState("sl-1", state, comp, "10.0.0.1:8443", FP, preempted)
 
 
-def test_the_fall_th_failure_of_a_copy_nothing_planned_to_end_is_a_loss() -> None:
-    assert lost_without_notice(remote(), ONE_FAIL, TWO_FAILS, POLICY)
+def test_the_first_failure_of_a_copy_nothing_planned_to_end_makes_it_suspect() -> None:
+    assert suspect_without_notice(remote(), Probes(), ONE_FAIL, POLICY)
+    assert not suspect_without_notice(remote(), ONE_FAIL, TWO_FAILS, POLICY)  # asked already in this run
+    later = Policy(fall=3, suspect=2)  # a stricter policy asks at its own count
+    assert not suspect_without_notice(remote(), Probes(), ONE_FAIL, later)
+    assert suspect_without_notice(remote(), ONE_FAIL, TWO_FAILS, later)
+
+
+@pytest.mark.parametrize("bad", [{"suspect": 0}, {"suspect": 3, "fall": 2}])
+def test_suspect_is_between_one_and_fall(bad: dict[str, int]) -> None:
+    with pytest.raises(ValueError, match="bad route policy"):
+        Policy(**bad)
 
 
 @pytest.mark.parametrize(("r", "released", "before", "after"), [
-    (remote(), True, ONE_FAIL, TWO_FAILS),  # the lease released: our own ending
-    (remote(preempted=True), False, ONE_FAIL, TWO_FAILS),  # a preemption notice: failover is under way
-    (remote(state="TERMINATING"), False, ONE_FAIL, TWO_FAILS),  # a release's or the reaper's deletion
-    (remote(state="TERMINATED"), False, ONE_FAIL, TWO_FAILS),
-    (None, False, ONE_FAIL, TWO_FAILS),  # its READY record gone
-    (remote(comp="failing"), False, ONE_FAIL, TWO_FAILS),  # the instance is alive and says so
-    (remote(), False, Probes(), ONE_FAIL),  # one failure is not a fall
-    (remote(), False, TWO_FAILS, THREE_FAILS),  # fallen already: reported at the fall, not again
+    (remote(), True, Probes(), ONE_FAIL),  # the lease released: our own ending
+    (remote(preempted=True), False, Probes(), ONE_FAIL),  # a preemption notice: failover is under way
+    (remote(state="TERMINATING"), False, Probes(), ONE_FAIL),  # a release's or the reaper's deletion
+    (remote(state="TERMINATED"), False, Probes(), ONE_FAIL),
+    (None, False, Probes(), ONE_FAIL),  # its READY record gone
+    (remote(comp="failing"), False, Probes(), ONE_FAIL),  # the instance is alive and says so
+    (remote(), False, Probes(), Probes(1, 0, 1.0)),  # a passing probe
+    (remote(), False, TWO_FAILS, THREE_FAILS),  # suspect already: reported at the first failure, not again
 ])
 def test_planned_endings_and_repeats_are_not_losses(r: RemoteState | None, released: bool, before: Probes,
                                                     after: Probes) -> None:
-    assert not lost_without_notice(r, before, after, POLICY, released)
+    assert not suspect_without_notice(r, before, after, POLICY, released)
 
 
 def _table() -> RouteTable:
@@ -52,17 +63,17 @@ def _table() -> RouteTable:
     return t
 
 
-def test_the_table_reports_each_fall_once_and_again_after_a_recovery() -> None:
+def test_the_table_reports_each_run_of_failures_once_and_again_after_a_recovery() -> None:
     t = _table()
     for now in (1.0, 2.0, 3.0, 4.0):
         t.record_probe("c", "sl-1", False, now, "refused")
-    [lost] = t.take_lost()
-    assert (lost.component, lost.instance_id, lost.error) == ("c", "sl-1", "refused")
-    assert t.take_lost() == []
+    [suspect] = t.take_suspects()
+    assert (suspect.component, suspect.instance_id, suspect.error) == ("c", "sl-1", "refused")
+    assert t.take_suspects() == []
     t.record_probe("c", "sl-1", True, 5.0)
     t.record_probe("c", "sl-1", False, 6.0, "timeout")
     t.record_probe("c", "sl-1", False, 7.0, "timeout")
-    assert [x.error for x in t.take_lost()] == ["timeout"]
+    assert [x.error for x in t.take_suspects()] == ["timeout"]
 
 
 def test_a_target_that_failed_once_is_unsettled_until_it_falls_or_answers() -> None:
@@ -87,12 +98,12 @@ def test_the_table_reports_no_loss_once_the_lease_is_released_or_the_instance_en
     t.release_lease(0.5)
     t.record_probe("c", "sl-1", False, 1.0)
     t.record_probe("c", "sl-1", False, 2.0)
-    assert t.take_lost() == []
+    assert t.take_suspects() == []
     t = _table()
     t.set_remotes({"c": [remote(state="TERMINATING")]}, 0.5)
     t.record_probe("c", "sl-1", False, 1.0)
     t.record_probe("c", "sl-1", False, 2.0)
-    assert t.take_lost() == []
+    assert t.take_suspects() == []
 
 
 def test_the_router_hands_a_copy_that_stops_answering_to_on_remote_lost_once() -> None:

@@ -24,7 +24,7 @@ from spotleash.services.reap import gather, run_reap
 
 
 def check(instance_id: str) -> ReapTick:
-    return ReapTick(event_id="check-1", lease_id="lease-1", instance_id=instance_id, reason="probe_fall",
+    return ReapTick(event_id="check-1", lease_id="lease-1", instance_id=instance_id, reason="probe_failed",
                     detail="the router's probes failed: ConnectionRefused")
 
 
@@ -60,7 +60,7 @@ def test_a_named_box_outbid_moments_ago_is_replaced_in_that_tick(ctx: Context, s
     assert new.replaces == rec.instance_id and new.provider == "vast"
     assert ("failover", "stopped_at_provider") in actions(store, rec.instance_id)
     [audited] = checks(store, rec.instance_id)
-    assert audited["reason"] == "probe_fall" and audited["decided"] == "stopped_at_provider"
+    assert audited["reason"] == "probe_failed" and audited["decided"] == "stopped_at_provider"
     assert "ConnectionRefused" in str(audited["detail"])
 
 
@@ -85,7 +85,7 @@ def test_a_named_box_still_running_is_left_alone_and_the_check_audited(ctx: Cont
     assert report.plan.decisions == () and report.done == []
     assert record_of(store, rec.instance_id).state is State.READY
     [audited] = checks(store, rec.instance_id)
-    assert audited["reason"] == "probe_fall" and audited["decided"] is None
+    assert audited["reason"] == "probe_failed" and audited["decided"] is None
     assert "network blip" in str(audited["detail"]) and audited["dry_run"] is False
 
 
@@ -97,10 +97,10 @@ def test_the_scheduler_tick_audits_no_check(ctx: Context, store: MemoryStore, cl
 
 @pytest.mark.parametrize("fields", [
     {"instance_id": "i-1"},  # no reason
-    {"reason": "probe_fall"},  # a reason for nothing
-    {"instance_id": "i-1", "reason": "probe_fall", "force": True},  # an agent never forces past the guard
+    {"reason": "probe_failed"},  # a reason for nothing
+    {"instance_id": "i-1", "reason": "probe_failed", "force": True},  # an agent never forces past the guard
     {"instance_id": "i-1", "reason": "Probe Fall!"},
-    {"instance_id": "I_1/..", "reason": "probe_fall"},
+    {"instance_id": "I_1/..", "reason": "probe_failed"},
 ])
 def test_a_tick_naming_an_instance_is_validated(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
