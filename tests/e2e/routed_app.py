@@ -22,14 +22,19 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from local_emulator.procs import free_port
 from spotleash.polling import wait_until
+
+if TYPE_CHECKING:
+    from tests.e2e.flows import Flows
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbs"
@@ -144,6 +149,20 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+@contextmanager
+def running(app: RoutedApp, flows: Flows) -> Iterator[RoutedApp]:
+    """``app`` started; afterwards its agent stopped and every live instance of its lease released and gone."""
+    try:
+        app.start()
+        yield app
+    finally:
+        app.stop()
+        for r in flows.records_of(app.lease_id):
+            if r.live:
+                flows.release(app.lease_id)
+                flows.wait_gone(r, timeout_s=60)
 
 
 @dataclass

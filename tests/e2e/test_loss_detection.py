@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.packaged import packages_on
-from tests.e2e.routed_app import RoutedApp
+from tests.e2e.routed_app import RoutedApp, running
 from tests.e2e.state_app import set_launcher_env, vast_control, wait_ready
 
 from local_emulator.scheduler import reaper_paused
@@ -42,16 +42,9 @@ def flows(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 @pytest.fixture
 def app(flows: Flows, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RoutedApp]:
-    app = RoutedApp(lease_id=f"detect-{uuid.uuid4().hex[:8]}", work=tmp_path_factory.mktemp("routed-app"), gpu=True)
-    try:
-        app.start()
+    with running(RoutedApp(lease_id=f"detect-{uuid.uuid4().hex[:8]}", work=tmp_path_factory.mktemp("routed-app"),
+                           gpu=True), flows) as app:
         yield app
-    finally:
-        app.stop()
-        for r in flows.records_of(app.lease_id):
-            if r.live:
-                flows.release(app.lease_id)
-                flows.wait_gone(r, timeout_s=60)
 
 
 def _at(value: Any) -> datetime:

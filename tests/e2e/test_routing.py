@@ -38,7 +38,7 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
-from tests.e2e.routed_app import COMPONENTS, SERVED_BY, RoutedApp, Traffic
+from tests.e2e.routed_app import COMPONENTS, SERVED_BY, RoutedApp, Traffic, running
 
 from local_emulator import procs
 from spotleash.model import ENDED, InstanceRecord, State
@@ -101,16 +101,9 @@ class Lease:
 
 @pytest.fixture(scope="module")
 def lease(flows: Flows, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lease]:
-    app = RoutedApp(lease_id=f"route-{uuid.uuid4().hex[:8]}", work=tmp_path_factory.mktemp("routed-app"))
-    try:
-        app.start()
+    with running(RoutedApp(lease_id=f"route-{uuid.uuid4().hex[:8]}", work=tmp_path_factory.mktemp("routed-app")),
+                 flows) as app:
         yield Lease(app, flows)
-    finally:
-        app.stop()
-        for r in flows.records_of(app.lease_id):
-            if r.live:
-                flows.release(app.lease_id)
-                flows.wait_gone(r, timeout_s=60)
 
 
 def similar_via_router(app: RoutedApp) -> httpx.Response:
