@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -99,6 +100,15 @@ def timings(rec: InstanceRecord, published_at: float) -> dict[str, float]:
             "demand_to_ready_s": round(ready_at.timestamp() - published_at, 2)}
 
 
+def agent_compiled_before_start(instance_id: str) -> bool:
+    """The instance agent's own modules have .pyc files in its venv: the bootstrap imported it once after the
+    offline install (``--no-compile``), whatever ``PYTHONDONTWRITEBYTECODE`` says (it is set on these machines)."""
+    agents = [p for p in procs.find_marked(MARKER, instance_id) if "spotleash.instance_agent" in p.cmdline()]
+    assert agents, f"no instance agent process of {instance_id}"
+    venv = Path(agents[0].cmdline()[0]).parent.parent
+    return any(venv.glob("lib/python3.*/site-packages/spotleash/instance_agent/__pycache__/agent.*.pyc"))
+
+
 @pytest.mark.parametrize("provider", ["gce", "vast"])
 def test_an_instance_pulls_the_package_and_runs_its_components(
         provider: str, flows: Flows, published: dict[str, Any], record_property: Any) -> None:
@@ -118,6 +128,7 @@ def test_an_instance_pulls_the_package_and_runs_its_components(
         assert row["components"]["thumbnailer"]["state"] == "healthy"
         assert row["components"]["vectors"]["endpoint"] == rec.component_states["vectors"].endpoint
         assert procs.find_marked(MARKER, rec.instance_id), "the components run as marked processes"
+        assert agent_compiled_before_start(rec.instance_id), "the bootstrap compiled the agent's modules"
         flows.release(lease, rec.instance_id)
         flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
         wait_until(lambda: not procs.find_marked(MARKER, rec.instance_id), timeout_s=20, interval_s=0.25,

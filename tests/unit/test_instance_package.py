@@ -166,6 +166,21 @@ def test_a_bootstrap_python_without_a_recent_pip_gives_the_venv_its_own(version:
     assert said in plan.path and "ensurepip" in plan.path and "22.3+" in plan.path
 
 
+@pytest.mark.parametrize(("requirements", "warm"), [
+    (["spotleash[instance]==0.1.0", "numpy>=1.26"], True),  # what `spotleash publish` writes
+    (["Spotleash >= 0.1"], True),
+    (["a", "b>=2"], False),  # no agent in the package: nothing to import ahead of time
+    (["spotleash-extras==1"], False),
+])
+def test_the_agent_s_imports_are_compiled_while_the_bootstrap_still_beats(requirements: list[str], warm: bool) -> None:
+    plan = Installer(python="/usr/bin/python3", pip_version=lambda _p: "23.0.1").plan(
+        Path("/w/pkg"), {"requirements": requirements})
+    want = ["/w/pkg/venv/bin/python", "-c", "import spotleash.instance_agent.__main__"] if warm else None
+    assert plan.warm == want
+    assert bootstrap.warm_command("/v/bin/python", {"requirements": requirements}) == (
+        None if want is None else ["/v/bin/python", *want[1:]])
+
+
 # ------------------------------------------------------------------ download
 
 

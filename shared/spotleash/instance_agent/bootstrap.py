@@ -44,6 +44,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -430,11 +431,26 @@ def install_command(python: str, root: Path, manifest: Mapping[str, Any], *, pip
     return [*pip, "install", "--no-index", "--no-compile", "--find-links", str(root / "wheels"), *reqs]
 
 
+AGENT_MODULE = "spotleash.instance_agent.__main__"
+
+
+def warm_command(python: str, manifest: Mapping[str, Any]) -> list[str] | None:
+    """Import the instance agent once in the new venv, so its modules are compiled before it starts; None when
+    the package does not carry spotleash. Why: the install skips byte-compiling (``--no-compile``), and the
+    agent is exec'd right after the bootstrap's last beat — compiling its imports there (seconds on a busy
+    box, at every start where ``PYTHONDONTWRITEBYTECODE`` is set, as in many images) is a gap without beats
+    that a short heartbeat timeout counts as a lost instance. Here the bootstrap still beats."""
+    names = {m.group(1).lower() for r in manifest.get("requirements", [])
+             if (m := re.match(r"\s*([A-Za-z0-9._-]+)", str(r)))}
+    return [python, "-c", f"import {AGENT_MODULE}"] if "spotleash" in names else None
+
+
 @dataclass(frozen=True)
 class InstallPlan:
     path: str  # which way, and why (the install log and the bootstrap's log say it)
     make_venv: list[str]
     install: list[str]
+    warm: list[str] | None = None  # see ``warm_command``
 
 
 class Installer:
@@ -449,14 +465,14 @@ class Installer:
         self._lock = threading.Lock()
         self._cancelled = False
 
-    def _run(self, argv: list[str], step: str, log_path: Path) -> None:
+    def _run(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = ()) -> None:
         with self._lock:
             if self._cancelled:
                 raise PackageFailure("package_install_failed", f"{step}: cancelled")
             with log_path.open("ab") as out:
                 self._proc = subprocess.Popen(  # noqa: S603 - our own fixed argv
                     argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
-                    env={k: v for k, v in os.environ.items() if k not in SECRET_ENV},
+                    env={k: v for k, v in os.environ.items() if k not in SECRET_ENV and k not in drop_env},
                 )
         proc = self._proc
         try:
@@ -492,12 +508,13 @@ class Installer:
             return InstallPlan(
                 f"the pip {version} of {self.python} installs into a venv made without pip (--python)",
                 venv_command(self.python, venv, with_pip=False),
-                install_command(venv_python, root, manifest, pip_of=self.python))
+                install_command(venv_python, root, manifest, pip_of=self.python), warm_command(venv_python, manifest))
         needs = ".".join(map(str, PIP_PYTHON_OPTION))
         return InstallPlan(
             f"{self.python} has {f'pip {version}' if version else 'no pip'} (--python needs pip {needs}+): "
             "the venv gets a pip of its own (ensurepip), which installs",
-            venv_command(self.python, venv, with_pip=True), install_command(venv_python, root, manifest))
+            venv_command(self.python, venv, with_pip=True), install_command(venv_python, root, manifest),
+            warm_command(venv_python, manifest))
 
     def prepare(self, archive: Path, sha256: str, work_dir: Path) -> tuple[Path, dict[str, Any]]:
         """(root, manifest): the archive verified, extracted into a fresh ``root``, installed in ``root/venv``."""
@@ -512,6 +529,8 @@ class Installer:
         _log("installing the package", path=plan.path)
         self._run(plan.make_venv, "python -m venv", log_path)
         self._run(plan.install, "pip install (offline)", log_path)
+        if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
+            self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",))
         return root, manifest
 
 
