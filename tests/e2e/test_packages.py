@@ -103,9 +103,9 @@ def timings(rec: InstanceRecord, published_at: float) -> dict[str, float]:
 def agent_compiled_before_start(instance_id: str) -> bool:
     """The instance agent's own modules have .pyc files in its venv: the bootstrap imported it once after the
     offline install (``--no-compile``), whatever ``PYTHONDONTWRITEBYTECODE`` says (it is set on these machines)."""
-    agents = [p for p in procs.find_marked(MARKER, instance_id) if "spotleash.instance_agent" in p.cmdline()]
-    assert agents, f"no instance agent process of {instance_id}"
-    venv = Path(agents[0].cmdline()[0]).parent.parent
+    components = procs.find_marked(MARKER, instance_id)
+    assert components, f"no component process of {instance_id}"
+    venv = Path(components[0].environ()["VIRTUAL_ENV"])  # the package's venv: the agent's and its components'
     return any(venv.glob("lib/python3.*/site-packages/spotleash/instance_agent/__pycache__/agent.*.pyc"))
 
 
