@@ -41,12 +41,12 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e.flows import Flows
-from tests.e2e.state_app import notes_app
+from tests.e2e.state_app import notes_app, wait_ready
 
 from local_emulator import stack
 from local_emulator import storage as gcs
 from local_emulator.procs import free_port
-from spotleash.model import ENDED, InstanceRecord, SnapshotState, State
+from spotleash.model import InstanceRecord, SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.providers import build_provider
 from spotleash.topology import load_topology
@@ -55,7 +55,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 IDLE_AFTER_S = 20
-READY_TIMEOUT_S = 240.0
 HIBERNATION_ENV = {
     "SPOTLEASH_SNAPSHOT_INTERVAL_S": "0",  # the hibernation's snapshot is the only one
     "SPOTLEASH_IDLE_AFTER_S": str(IDLE_AFTER_S),
@@ -199,22 +198,6 @@ def cli_json(*args: str) -> dict[str, Any]:
     return got
 
 
-def wait_ready(flows: Flows, lease_id: str, not_: set[str]) -> InstanceRecord:
-    def check() -> InstanceRecord | None:
-        for r in flows.records_of(lease_id):
-            if r.instance_id in not_:
-                continue
-            if r.state in ENDED:
-                raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
-            if r.state == State.READY:
-                return r
-        return None
-
-    got: InstanceRecord = wait_until(check, timeout_s=READY_TIMEOUT_S, interval_s=0.5,
-                                     what=f"a new READY instance for {lease_id}")
-    return got
-
-
 def storage_back(published: dict[str, Any]) -> None:
     """Cloud Storage up again; the emulator lost its objects: the bucket made again, the app published again."""
     proc = stack.restart(published["state_dir"], gcs.NAME)
@@ -244,7 +227,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
 
     try:
         # 1. The agent's demand → box 1 READY; the router sends notes there; a file lands in its workspace.
-        first = wait_ready(flows, lease, set())
+        first = wait_ready(flows, lease)
         assert first.provider == "vast" and first.package_sha256 == published["sha256"]
         box = vast_box(first)
         assert box is not None
@@ -312,7 +295,7 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         for _ in range(3):
             assert agent.state()["served_by"] == "local"
         mark("requests served locally")
-        second = wait_ready(flows, lease, {first.instance_id})
+        second = wait_ready(flows, lease, besides=frozenset({first.instance_id}))
         mark("box 2 READY")
         wakes = [ln for ln in agent.lines() if "waking the lease" in str(ln.get("message", ""))]
         assert len(wakes) == 1 and wakes[0]["snapshot_id"] == hib.snapshot_id, wakes

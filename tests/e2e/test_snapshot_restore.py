@@ -26,11 +26,11 @@ from typing import Any
 import httpx
 import pytest
 from tests.e2e.flows import Flows
-from tests.e2e.state_app import notes_app
+from tests.e2e.state_app import notes_app, wait_ready
 
 from local_emulator import stack
 from spotleash.events import Component, DemandEvent
-from spotleash.model import ENDED, InstanceRecord, SnapshotState, State
+from spotleash.model import InstanceRecord, SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
 
@@ -38,7 +38,6 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 STATE_PATH = "/var/lib/notes-state"
-READY_TIMEOUT_S = 240.0
 
 def _set_env(state_dir: Path, values: dict[str, str]) -> None:
     path = stack.env_file(state_dir)
@@ -79,22 +78,6 @@ def notes_demand(lease_id: str) -> DemandEvent:
                        components=[Component(name="notes", ram_gb=1.0)])
 
 
-def wait_ready(flows: Flows, lease_id: str, not_: set[str]) -> InstanceRecord:
-    def check() -> InstanceRecord | None:
-        for r in flows.records_of(lease_id):
-            if r.instance_id in not_:
-                continue
-            if r.state in ENDED:
-                raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
-            if r.state == State.READY:
-                return r
-        return None
-
-    got: InstanceRecord = wait_until(check, timeout_s=READY_TIMEOUT_S, interval_s=0.5,
-                                     what=f"a new READY instance for {lease_id}")
-    return got
-
-
 def vm_root(flows: Flows, instance_id: str) -> Path:
     """The fake VM's disk (``SPOTLEASH_VM_ROOT``), from the Compute fake's control API."""
     r = httpx.get(f"{flows.compute_url}/_control/instances", timeout=10)
@@ -118,7 +101,7 @@ def test_a_file_saved_on_one_vm_is_restored_on_the_next_before_its_component_sta
     lease = "lease-snap-e2e"
     with flows.lease_kept(lease):
         flows.publish(notes_demand(lease))
-        first = wait_ready(flows, lease, set())
+        first = wait_ready(flows, lease)
         assert first.provider == "gce" and first.package_sha256 == published["sha256"]
         assert sha_at_start(first) is None  # a first instance: nothing to restore
         state = vm_root(flows, first.instance_id) / STATE_PATH.lstrip("/")
@@ -140,7 +123,7 @@ def test_a_file_saved_on_one_vm_is_restored_on_the_next_before_its_component_sta
         assert not state.exists(), "a deleted VM's disk goes with it"
 
         flows.publish(notes_demand(lease))
-        second = wait_ready(flows, lease, {first.instance_id})
+        second = wait_ready(flows, lease, besides=frozenset({first.instance_id}))
         assert sha_at_start(second) == want  # the component found the file at its very start
         restored = vm_root(flows, second.instance_id) / STATE_PATH.lstrip("/") / "notes.bin"
         assert hashlib.sha256(restored.read_bytes()).hexdigest() == want
