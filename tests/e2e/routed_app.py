@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from tests.support.json_log import first_logged, log_lines
 
 from local_emulator.procs import free_port
 from spotleash.polling import wait_until
@@ -108,16 +109,11 @@ class RoutedApp:
     # ------------------------------------------------------------------ the agent's log
     def lines(self) -> list[dict[str, Any]]:
         assert self.agent_log is not None
-        out = []
-        for raw in self.agent_log.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError:
-                out.append({"message": raw})
-        return out
+        return log_lines(self.agent_log)
 
     def logged(self, fragment: str) -> dict[str, Any] | None:
-        return next((ln for ln in self.lines() if fragment in str(ln.get("message", ""))), None)
+        assert self.agent_log is not None
+        return first_logged(self.agent_log, fragment)
 
     def route_changes(self, component: str) -> list[dict[str, Any]]:
         return [ln for ln in self.lines() if ln.get("message") == "route changed" and ln.get("component") == component]

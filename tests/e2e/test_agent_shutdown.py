@@ -9,7 +9,6 @@ clean up. (That the control plane then deletes the instances is shown by the con
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.json_log import first_logged, log_lines
 
 from spotleash.events import DemandEvent, LeaseEvent, ReleaseEvent, parse_event
 from spotleash.polling import wait_until
@@ -39,16 +39,10 @@ class AgentProc:
         self.log_path = log_path
 
     def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for raw in self.log_path.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError:
-                out.append({"message": raw})
-        return out
+        return log_lines(self.log_path)
 
     def logged(self, fragment: str) -> dict[str, Any] | None:
-        return next((ln for ln in self.lines() if fragment in str(ln.get("message", ""))), None)
+        return first_logged(self.log_path, fragment)
 
     def signal_and_time_exit(self, sig: int, timeout_s: float) -> tuple[int, float]:
         t0 = time.monotonic()

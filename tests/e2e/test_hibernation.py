@@ -42,6 +42,7 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.state_app import notes_app, wait_ready
+from tests.support.json_log import first_logged, log_lines
 
 from local_emulator import stack
 from local_emulator import storage as gcs
@@ -149,16 +150,10 @@ class Agent:
         assert started is not None and started.get("wake_on_request") is True, started
 
     def lines(self) -> list[dict[str, Any]]:
-        out = []
-        for raw in self.log.read_text(errors="replace").splitlines():
-            try:
-                out.append(json.loads(raw))
-            except json.JSONDecodeError:
-                out.append({"message": raw})
-        return out
+        return log_lines(self.log)
 
     def logged(self, fragment: str) -> dict[str, Any] | None:
-        return next((ln for ln in self.lines() if fragment in str(ln.get("message", ""))), None)
+        return first_logged(self.log, fragment)
 
     def state(self) -> dict[str, Any]:
         r = httpx.get(f"http://127.0.0.1:{self.route_port}/state", timeout=30)
