@@ -98,6 +98,9 @@ class InstanceRecord(BaseModel):
     stopped_at: AwareDatetime | None = None  # first seen stopped at the provider (VAST: the GPU stops billing)
     ended_at: AwareDatetime | None = None
     reason: str | None = None  # why it ended (or failed)
+    # The state its termination ends in, set by whoever started it: a launch failure's FAILED survives a
+    # delete finished by someone else (the reaper's retry after an unconfirmed delete)
+    ends_as: Literal["TERMINATED", "FAILED"] | None = None
     token_hash: str | None = None  # sha256 of the heartbeat token; the token itself is never stored
     host_key: str | None = None  # pinned SSH host key (VAST), learned at first contact
     ssh_host: str | None = None

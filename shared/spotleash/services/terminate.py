@@ -51,7 +51,7 @@ def terminate(
             return None
         if r.state == State.TERMINATING:
             return r.model_copy(update={"updated_at": now})
-        return transition(r, State.TERMINATING, now, reason=reason)
+        return transition(r, State.TERMINATING, now, reason=reason, ends_as=str(end))
 
     if only_if is None:
         rec = ctx.store.update(instance_id, start)
@@ -73,7 +73,7 @@ def terminate(
                             provider_id=provider_id, detail=f"{reason}; provider still lists it")
             raise Transient(f"{instance_id}: {rec.provider} has not confirmed the deletion of {provider_id}")
     done_at = ctx.now()
-    final = ctx.store.update(instance_id, lambda r: transition(r, end, done_at)
+    final = ctx.store.update(instance_id, lambda r: transition(r, State(r.ends_as) if r.ends_as else end, done_at)
                              if r.state == State.TERMINATING else None)
     cost = final.cost_so_far(done_at) if final else 0.0
     ctx.store.audit(action, rec.reason or reason, done_at, instance_id=instance_id, lease_id=rec.lease_id,

@@ -100,3 +100,21 @@ def test_without_a_provider_id_and_nothing_at_the_provider_it_just_ends(ctx: Con
     assert gce.calls_of("delete") == [] and actions(store, "sl-never-made")[-1] == ("delete",
                                                                                    "provisioning_timeout")
 
+
+
+def test_a_failure_s_end_state_survives_a_delete_finished_by_someone_else(make_ctx: MakeCtx, store: MemoryStore,
+                                                                         gce: FakeProvider, clock: FakeClock) -> None:
+    """The heartbeat deletes an instance whose package failed (ends FAILED); the provider is slow to confirm,
+    so the reaper's retry (which asks for the default end) finishes it: still FAILED, the first reason kept."""
+    ctx = make_ctx(confirm_delete_s=0.02)
+    rec = launched(ctx)
+    gce.never_delete = True
+    with pytest.raises(Transient):
+        terminate(ctx, rec.instance_id, "package_unverified: sha256 differs", action="launch_cleanup",
+                  end=State.FAILED)
+    assert record_of(store, rec.instance_id).ends_as == "FAILED"
+    gce.never_delete = False
+    gce.delete_lag = 0
+    clock.advance(60)
+    done = terminate(ctx, rec.instance_id, "retry_delete", action="reap")
+    assert done is not None and done.state is State.FAILED and done.reason == "package_unverified: sha256 differs"
