@@ -34,7 +34,7 @@ from local_emulator import procs
 
 BIN = Path(__file__).resolve().parent / "bin"
 ROOT_VAR = "SPOTLEASH_VM_ROOT"
-MARKER_VAR = "SPOTLEASH_COMPONENT_OF"  # spotleash.instance_agent.supervisor.MARKER_ENV
+MARKER_VAR = "SPOTLEASH_COMPONENT_OF"  # spotleash.instance_agent.environment.MARKER_ENV
 INSTANCE_VAR = "SPOTLEASH_FAKE_INSTANCE"  # in every process of one fake VM or box: "<provider>:<id>"
 
 

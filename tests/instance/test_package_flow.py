@@ -26,7 +26,7 @@ import httpx
 import psutil
 import pytest
 
-from spotleash.instance_agent.supervisor import MARKER_ENV
+from spotleash.instance_agent.environment import MARKER_ENV
 from spotleash.package_format import AppSpec, ComponentSpec, build_package, package_object
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,8 @@ import psutil
 import pytest
 
 from spotleash.events import ComponentReport
-from spotleash.instance_agent.supervisor import MARKER_ENV, STATE_PATHS_ENV, Launch, Supervisor, component_env
+from spotleash.instance_agent.environment import MARKER_ENV, STATE_PATHS_ENV, component_env
+from spotleash.supervisor import Launch, Supervisor
 
 COMPONENT = Path(__file__).with_name("components.py")
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from spotleash.instance_agent import health
-from spotleash.instance_agent.health import FAIL_AFTER, check_deadline, exited, probed, restart_delay, started
+from spotleash.supervisor import health
+from spotleash.supervisor.health import FAIL_AFTER, check_deadline, exited, probed, restart_delay, started
 
 
 def test_starting_until_first_healthy_probe_and_keeps_last_error() -> None:

@@ -27,11 +27,12 @@ from typing import TYPE_CHECKING
 from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.instance_agent import bootstrap, package
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure
+from spotleash.instance_agent.environment import component_env
 from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
-from spotleash.instance_agent.supervisor import Supervisor, component_env
 from spotleash.log import get_logger
+from spotleash.supervisor import Supervisor
 
 if TYPE_CHECKING:
     from spotleash.instance_agent.config import AgentConfig

@@ -1,13 +1,19 @@
-"""Run the app's components on the instance: start, log, probe, restart with backoff, stop.
+"""Run an app's components: start, log, probe, restart with backoff, stop — on an instance and on the laptop.
+
+The one supervisor of both sides: the instance agent runs the remote copies with it
+(``instance_agent.workload``), the laptop agent the local copies (``agent.local_copies``).
 
 Each component is one process in its own process group (so stopping it stops everything it
-started), with ``cwd`` the app directory, the venv's ``bin`` first on ``PATH``, its declared
-environment and ``PORT``. Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
-lines are kept in memory to explain a crash. The rules of its state are in ``health``; this module
-only observes and acts.
+started), with the ``cwd`` and base environment its caller gives, its declared environment and ``PORT``.
+Its output goes to a rotating file ``<log_dir>/<name>.log``; the last lines are kept in memory to explain
+a crash. The rules of its state are in ``health``; this module only observes and acts.
 
-The declared port is used when it is free; when it is taken (two fake VMs on one machine), a free
-port is chosen and the endpoint says so.
+The declared port is used when it is free; when it is taken, an instance (two fake VMs on one machine)
+chooses a free one and its endpoint says so (``port_fallback``); a local copy must listen where its
+``local_url`` says, so for it a taken port is a failed start, retried with backoff.
+
+One component can be stopped and started again while the others run (``stop_component`` /
+``start_component``): what the hand-off of a local copy to a remote one needs.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -29,11 +35,12 @@ from typing import IO
 import httpx
 
 from spotleash.events import ComponentReport
-from spotleash.instance_agent import health
-from spotleash.instance_agent.health import Health
 from spotleash.log import get_logger
+from spotleash.supervisor import health
+from spotleash.supervisor.footprint import tree_rss
+from spotleash.supervisor.health import Health
 
-log = get_logger("spotleash.instance_agent.supervisor")
+log = get_logger("spotleash.supervisor")
 
 TICK_S = 0.25
 PROBE_EVERY_STARTING_S = 0.5
@@ -43,10 +50,7 @@ STOP_GRACE_S = 2.0  # the Compute fake SIGKILLs a VM's group 3 s after its SIGTE
 LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 TAIL_LINES = 20
-MARKER_ENV = "SPOTLEASH_COMPONENT_OF"  # every component process carries the instance id in it
-STATE_PATHS_ENV = "SPOTLEASH_STATE_PATHS"  # where a component keeps what must outlive its instance
-# Never handed to the app: the agent's config (may hold a signed URL) and its heartbeat token.
-SECRET_ENV = ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")
+AT_ONCE_S = 2.0  # a process that exits this soon after its start "exits at once": its command is wrong
 
 
 @dataclass(frozen=True)
@@ -88,7 +92,8 @@ def _output_logger(path: Path) -> logging.Logger:
 
 
 class ComponentRunner:
-    """One component: its process, its output, its health. Driven by ``tick`` from one thread."""
+    """One component: its process, its output, its health. Driven by ``tick`` from one thread; ``halt`` and
+    ``resume`` may come from another (the process is only replaced under ``_proc_lock``)."""
 
     def __init__(
         self,
@@ -101,9 +106,11 @@ class ComponentRunner:
         http: httpx.Client,
         clock: Callable[[], float] = time.monotonic,
         backoff_base_s: float = health.BACKOFF_BASE_S,
+        port_fallback: bool = True,
     ) -> None:
         self.launch = launch
         self._backoff_base_s = backoff_base_s
+        self._port_fallback = port_fallback
         self._cwd = cwd
         self._base_env = dict(env)
         self._endpoint = endpoint
@@ -114,20 +121,33 @@ class ComponentRunner:
         self._tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: threading.Thread | None = None
+        self._spawned_at = 0.0
         self.port = launch.port
         self.health: Health | None = None
         self.restarts = 0
         self._restart_at: float | None = None
         self._next_probe = 0.0
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards ``health``
+        self._proc_lock = threading.Lock()  # guards the process and ``active``: tick vs halt / resume
+        self.active = False  # supervised now (started and not halted)
 
     # ------------------------------------------------------------------ process
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def _cannot_start(self, why: str) -> None:
+        self._proc = None
+        self._tail.append(why)
+        self._out.info("%s", why)
+        log.error("component cannot start", component=self.launch.name, reason=why)
+
     def _spawn(self) -> None:
+        self._spawned_at = self._clock()
         if not port_free(self.port):
+            if not self._port_fallback:
+                self._cannot_start(f"port {self.port} is in use by another process")
+                return
             taken, self.port = self.port, free_port()
             log.warning("component port in use; using another", component=self.launch.name, port=taken,
                         chosen=self.port)
@@ -135,14 +155,12 @@ class ComponentRunner:
         self._tail.clear()  # a crash is explained by its own run's output
         self._out.info("--- starting %s (port %d, restart %d)", list(self.launch.argv), self.port, self.restarts)
         try:
-            self._proc = subprocess.Popen(  # noqa: S603 - the argv the package declares
+            self._proc = subprocess.Popen(  # noqa: S603 - the argv the app declares
                 list(self.launch.argv), cwd=self._cwd, env=env, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, process_group=0,
             )
         except OSError as e:  # not found, not executable: a crash at start, as far as anyone can tell
-            self._proc = None
-            self._tail.append(f"cannot start {self.launch.argv[0]!r}: {e}")
-            self._out.info("cannot start: %s", e)
+            self._cannot_start(f"command {self.launch.argv[0]!r} cannot run: {e.strerror or e}")
             return
         assert self._proc.stdout is not None
         self._reader = threading.Thread(target=self._pump, args=(self._proc.stdout,),
@@ -164,33 +182,46 @@ class ComponentRunner:
     # ------------------------------------------------------------------ the loop step
     def start(self) -> None:
         now = self._clock()
-        with self._lock:
-            self.health = health.started(self.launch.timeout_s, now)
-            self._next_probe = now
-        self._spawn()
+        with self._proc_lock:
+            with self._lock:
+                self.health = health.started(self.launch.timeout_s, now)
+                self._next_probe = now
+            self.restarts = 0
+            self._restart_at = None
+            self.active = True
+            self._spawn()
 
     def tick(self) -> bool:
         """Observe and act once; True if the reported state changed."""
+        if not self.active:
+            return False
         assert self.health is not None
         before = self.report()
         now = self._clock()
         h = self.health
-        proc = self._proc
-        if self._restart_at is None and (proc is None or proc.poll() is not None):
-            if self._reader is not None:
-                self._reader.join(timeout=1.0)  # the last lines explain the exit
-            code = proc.returncode if proc is not None else 127
-            h = health.exited(h, code, self.output_tail())
-            self.restarts += 1
-            delay = health.restart_delay(self.restarts, base_s=self._backoff_base_s)
-            self._restart_at = now + delay
-            log.warning("component exited; restarting", component=self.launch.name, returncode=code,
-                        restarts=self.restarts, pause_s=delay, reason=h.error)
-        elif self._restart_at is not None and now >= self._restart_at:
-            self._restart_at = None
-            self._spawn()
-            self._next_probe = now + PROBE_EVERY_STARTING_S
-        elif self._restart_at is None and now >= self._next_probe:
+        with self._proc_lock:
+            if not self.active:  # halted meanwhile: its exit is no crash
+                return False
+            proc = self._proc
+            exited = self._restart_at is None and (proc is None or proc.poll() is not None)
+            if exited:
+                if self._reader is not None:
+                    self._reader.join(timeout=1.0)  # the last lines explain the exit
+                code = proc.returncode if proc is not None else 127
+                h = health.exited(h, code, self.output_tail())
+                self.restarts += 1
+                delay = health.restart_delay(self.restarts, base_s=self._backoff_base_s)
+                self._restart_at = now + delay
+                at_once = now - self._spawned_at < AT_ONCE_S
+                (log.error if at_once else log.warning)(
+                    "component exited at once; restarting" if at_once else "component exited; restarting",
+                    component=self.launch.name, command=list(self.launch.argv), returncode=code,
+                    restarts=self.restarts, pause_s=delay, reason=h.error)
+            elif self._restart_at is not None and now >= self._restart_at:
+                self._restart_at = None
+                self._spawn()
+                self._next_probe = now + PROBE_EVERY_STARTING_S
+        if not exited and self._restart_at is None and now >= self._next_probe:
             error = health.probe(self._http, self.url, PROBE_TIMEOUT_S)
             now = self._clock()
             h = health.probed(h, error, now)
@@ -200,6 +231,8 @@ class ComponentRunner:
                                       else PROBE_EVERY_STARTING_S)
         h = health.check_deadline(h, now)
         with self._lock:
+            if not self.active:
+                return False
             self.health = h
         after = self.report()
         if after != before:
@@ -256,28 +289,39 @@ class ComponentRunner:
             return False
         return True
 
+    def rss(self) -> int:
+        """Bytes resident in the component's process tree now (0 when it runs no process)."""
+        proc = self._proc
+        return tree_rss(proc.pid) if proc is not None and proc.poll() is None else 0
+
+    def halt(self) -> int:
+        """Stop supervising (no restart, no probe) and SIGTERM the group; its RSS just before the signal.
+        The caller waits for the group (``finish_stop``)."""
+        with self._proc_lock:
+            self.active = False
+            self._restart_at = None
+            freed = self.rss()
+            self.signal(signal.SIGTERM)
+        return freed
+
+    def finish_stop(self, deadline: float, grace_s: float) -> None:
+        """After ``halt``: wait for the leader until ``deadline``, then SIGKILL whatever is left in the group."""
+        if not self.reap(deadline - time.monotonic()):
+            log.warning("component did not stop in time; killing it", component=self.launch.name, grace_s=grace_s)
+        self.signal(signal.SIGKILL)  # whatever else is left in its group
+        self.reap(1.0)
+        if not self.group_gone(1.0):
+            log.warning("component processes outlived SIGKILL", component=self.launch.name)
+        if self._reader is not None:
+            self._reader.join(timeout=1.0)
+
     def close(self) -> None:
         for h in self._out.handlers:
             h.close()
 
 
-def component_env(base: Mapping[str, str], venv: Path, instance_id: str,
-                  state_paths: Sequence[Path] = ()) -> dict[str, str]:
-    """The environment every component starts from: the agent's, minus its secrets, venv first on PATH, and
-    ``SPOTLEASH_STATE_PATHS``: the directories whose content survives the instance (snapshotted, restored on
-    the lease's next one), ``os.pathsep``-joined, empty when none is kept."""
-    env = {k: v for k, v in base.items() if k not in SECRET_ENV}
-    env[STATE_PATHS_ENV] = os.pathsep.join(str(p) for p in state_paths)
-    env.pop("PYTHONHOME", None)
-    env["VIRTUAL_ENV"] = str(venv)
-    env["PATH"] = os.pathsep.join([str(venv / "bin"), base.get("PATH", os.defpath)])
-    env["PYTHONUNBUFFERED"] = "1"
-    env[MARKER_ENV] = instance_id or "unknown"
-    return env
-
-
 class Supervisor:
-    """All components of one instance, driven by one thread; ``reports()`` is safe from any thread."""
+    """All components of one side, driven by one thread; ``reports()`` is safe from any thread."""
 
     def __init__(
         self,
@@ -290,11 +334,13 @@ class Supervisor:
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
         backoff_base_s: float = health.BACKOFF_BASE_S,
+        port_fallback: bool = True,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self._http = httpx.Client(trust_env=False)
         self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, endpoint=endpoint,
-                                        http=self._http, clock=clock, backoff_base_s=backoff_base_s)
+                                        http=self._http, clock=clock, backoff_base_s=backoff_base_s,
+                                        port_fallback=port_fallback)
                         for launch in launches]
         self._on_change = on_change
         self._stop = threading.Event()
@@ -302,6 +348,12 @@ class Supervisor:
 
     def reports(self) -> dict[str, ComponentReport]:
         return {r.launch.name: r.report() for r in self.runners}
+
+    def runner(self, name: str) -> ComponentRunner:
+        for r in self.runners:
+            if r.launch.name == name:
+                return r
+        raise KeyError(name)
 
     def start(self) -> None:
         for r in self.runners:
@@ -321,22 +373,36 @@ class Supervisor:
                 self._on_change()
             self._stop.wait(TICK_S)
 
+    # ------------------------------------------------------------------ one component
+    def stop_component(self, name: str, grace_s: float = STOP_GRACE_S) -> int:
+        """Stop one component (the others keep running): SIGTERM its group, SIGKILL after ``grace_s``. Returns
+        the RSS of its process tree just before the stop (bytes; 0 when it ran no process)."""
+        r = self.runner(name)
+        freed = r.halt()
+        r.finish_stop(time.monotonic() + grace_s, grace_s)
+        log.info("component stopped", component=name, rss_bytes=freed)
+        self._on_change()
+        return freed
+
+    def start_component(self, name: str) -> None:
+        """Start (again) one component stopped by ``stop_component``; supervised from then on."""
+        r = self.runner(name)
+        if r.active:
+            return
+        r.start()
+        self._on_change()
+
+    # ------------------------------------------------------------------ all
     def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         """Stop the loop, then every component: SIGTERM each group, wait, SIGKILL what is left."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=PROBE_TIMEOUT_S + 1.0)
         for r in self.runners:
-            r.signal(signal.SIGTERM)
+            r.halt()
         deadline = time.monotonic() + grace_s
         for r in self.runners:
-            if not r.reap(deadline - time.monotonic()):
-                log.warning("component did not stop in time; killing it", component=r.launch.name,
-                            grace_s=grace_s)
-            r.signal(signal.SIGKILL)  # whatever else is left in its group
-            r.reap(1.0)
-            if not r.group_gone(1.0):
-                log.warning("component processes outlived SIGKILL", component=r.launch.name)
+            r.finish_stop(deadline, grace_s)
             r.close()
         self._http.close()
         log.info("components stopped", components=[r.launch.name for r in self.runners])

@@ -1,0 +1,22 @@
+"""What a component's processes hold: the resident memory (RSS) of a process and all its descendants."""
+
+from __future__ import annotations
+
+import psutil
+
+
+def tree_rss(pid: int) -> int:
+    """Bytes resident in ``pid`` and its descendants now; 0 when it is gone. Pages shared between the
+    processes are counted in each (RSS), so this is an upper bound of what stopping them frees."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.Error:
+        return 0
+    total = 0
+    for p in procs:
+        try:
+            total += int(p.memory_info().rss)
+        except psutil.Error:
+            continue  # ended between the listing and the reading: it holds nothing any more
+    return total
