@@ -55,7 +55,9 @@ def demo_config(app_dir: Path, out_dir: Path, shift: int = LOCAL_PORT_SHIFT) -> 
     """Write ``out_dir/spotleash.toml``: the app's file with ``dir`` absolute and ``local_url`` ports + ``shift``."""
     text = (app_dir / "spotleash.toml").read_text()
     text, dirs = _APP_DIR.subn(f"dir = {json.dumps(str(app_dir))}", text)
-    text, urls = _LOCAL_URL.subn(lambda m: f"{m[1]}http://127.0.0.1:{int(m[2]) + shift}{m[3]}", text)
+    # local_copy = "user": the demo runs its local copies itself (``LocalCopies`` below), not the agent
+    text, urls = _LOCAL_URL.subn(lambda m: f'{m[1]}http://127.0.0.1:{int(m[2]) + shift}{m[3]}\nlocal_copy = "user"',
+                                 text)
     path = out_dir / "spotleash.toml"
     path.write_text(text)
     app = load_app(out_dir, None)

@@ -224,6 +224,9 @@ class ComponentSpec(BaseModel):
     gpu: bool = Field(False, description="needs a GPU (a demand naming it goes to VAST)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of the process")
     local_url: str | None = Field(None, description="URL of the copy running on the user's machine")
+    local_copy: Literal["agent", "user"] = Field(
+        "agent", description="who runs the copy at local_url: the agent (`spotleash agent` starts it from command "
+                             "and env, with PORT the local_url's port) or the user (the agent only routes to it)")
     route_port: int | None = Field(
         None, ge=1024, le=65535,
         description="stable loopback port of the router for this component: the app talks to it and the "

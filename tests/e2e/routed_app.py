@@ -49,7 +49,8 @@ def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu
     text = (EXAMPLE / "spotleash.toml").read_text()
     text = text.replace('dir = "."', f"dir = {json.dumps(str(EXAMPLE))}")
     for name, (_, port, route) in COMPONENTS.items():
-        for old, new in ((f"http://127.0.0.1:{port}", f"http://127.0.0.1:{local_ports[name]}"),
+        # local_copy = "user": the test runs the local copies itself (``RoutedApp.start``), not the agent
+        for old, new in ((f'"http://127.0.0.1:{port}"', f'"http://127.0.0.1:{local_ports[name]}"\nlocal_copy = "user"'),
                          (f"route_port = {route}", f"route_port = {route_ports[name]}")):
             assert text.count(old) == 1, f"{old} not once in the example's spotleash.toml"
             text = text.replace(old, new)

@@ -70,7 +70,7 @@ def agent_toml(app: Path, local_port: int, route_port: int) -> str:
     text = (app / "spotleash.toml").read_text().replace('dir = "."', f"dir = {json.dumps(str(app))}")
     assert str(app) in text
     text = text.replace('health_path = "/healthz"\nram_gb = 1\n',
-                        f'health_path = "/healthz"\nram_gb = 1\nlocal_url = "http://127.0.0.1:{local_port}"\n'
+                        f'health_path = "/healthz"\nram_gb = 1\nlocal_url = "http://127.0.0.1:{local_port}"\nlocal_copy = "user"\n'
                         f"route_port = {route_port}\n")
     assert f"route_port = {route_port}" in text
     return "wake_on_request = true\n" + text  # top-level keys come before the first table

@@ -3,12 +3,14 @@
 ``agent_main(settings, lease_id, trace, trace_speed)`` is what ``spotleash agent`` and
 ``python -m spotleash.agent`` run. Parts: :mod:`.trigger` (pure decisions), :mod:`.ram` (sources),
 :mod:`.publisher` (Pub/Sub), :mod:`.lock` (one agent per lease), :mod:`.runner` (the loop),
-:mod:`.shutdown` (the release that always happens).
+:mod:`.shutdown` (the release that always happens), :mod:`.local_copies` (the components run on this machine,
+stopped after the router at exit).
 """
 
 from __future__ import annotations
 
 import getpass
+import logging
 import os
 import re
 import socket
@@ -49,6 +51,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     will clean up); 2: bad configuration or the lease is held by another live agent.
     """
     from spotleash import log as slog
+    from spotleash.agent.local_copies import LocalCopies, start_local_copies
     from spotleash.agent.lock import LeaseLock, LockHeld
     from spotleash.agent.publisher import Publisher
     from spotleash.agent.ram import PsutilRam, RamSource, TraceRam
@@ -56,6 +59,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.agent.runner import run_agent
 
     slog.configure(settings.log_level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health probe of each local copy is noise
     log = slog.get_logger("spotleash.agent")
     lease = lease_id or default_lease_id()
     try:
@@ -67,11 +71,16 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         log.error(str(e), lease_id=lease)
         return ExitCode.USAGE
     router: AgentRouter | None = None
+    local: LocalCopies | None = None
     publisher = Publisher(settings)
     try:
-        router = start_router(settings, lease, app_of_settings(), publisher=publisher)
+        app = app_of_settings()
+        local = start_local_copies(settings, lease, app)  # before the router: it routes to them
+        router = start_router(settings, lease, app.spec if app is not None else None, publisher=publisher)
     except ConfigError as e:
         log.error(str(e), lease_id=lease)
+        if local is not None:
+            local.close()
         lock.release()
         return ExitCode.USAGE
     try:
@@ -84,4 +93,6 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     finally:
         if router is not None:
             router.stop()  # the shutdown stopped it already; a crash before the loop did not
+        if local is not None:
+            local.close()  # after the router: no request is sent to them any more
         lock.release()

@@ -36,6 +36,7 @@ from spotleash.router.channel import credential_hash, new_credential
 from spotleash.router.service import WatchFactory
 
 if TYPE_CHECKING:
+    from spotleash.appspec import LoadedApp
     from spotleash.config import Settings
     from spotleash.package_format import AppSpec
 
@@ -55,13 +56,17 @@ def component_routes(app: AppSpec, names: list[str]) -> tuple[ComponentRoute, ..
     return tuple(routes)
 
 
-def app_of_settings() -> AppSpec | None:
-    """The ``[app]`` of the settings file (``SPOTLEASH_CONFIG_FILE`` or ``spotleash.toml`` upward), if any."""
+def app_of_settings() -> LoadedApp | None:
+    """The ``[app]`` of the settings file (``SPOTLEASH_CONFIG_FILE`` or ``spotleash.toml`` upward), if any, with
+    the file and the app tree it names (not checked here: only local copies the agent runs need it)."""
     path = appspec.find_config_file(os.environ.get(CONFIG_FILE_VAR))
     if path is None or not path.is_file():
         return None
     raw = appspec.read_toml(path)
-    return appspec.parse_app(raw["app"], path) if "app" in raw else None
+    if "app" not in raw:
+        return None
+    spec = appspec.parse_app(raw["app"], path)
+    return appspec.LoadedApp(spec=spec, config_file=path.resolve(), root=(path.parent / spec.dir).resolve())
 
 
 @dataclass

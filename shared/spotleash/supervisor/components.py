@@ -212,11 +212,15 @@ class ComponentRunner:
                 self.restarts += 1
                 delay = health.restart_delay(self.restarts, base_s=self._backoff_base_s)
                 self._restart_at = now + delay
-                at_once = now - self._spawned_at < AT_ONCE_S
-                (log.error if at_once else log.warning)(
-                    "component exited at once; restarting" if at_once else "component exited; restarting",
-                    component=self.launch.name, command=list(self.launch.argv), returncode=code,
-                    restarts=self.restarts, pause_s=delay, reason=h.error)
+                if proc is None:  # "cannot start" said why, at error level
+                    log.info("component to be started again", component=self.launch.name, restarts=self.restarts,
+                             pause_s=delay)
+                else:
+                    at_once = now - self._spawned_at < AT_ONCE_S
+                    (log.error if at_once else log.warning)(
+                        "component exited at once; restarting" if at_once else "component exited; restarting",
+                        component=self.launch.name, command=list(self.launch.argv), returncode=code,
+                        restarts=self.restarts, pause_s=delay, reason=h.error)
             elif self._restart_at is not None and now >= self._restart_at:
                 self._restart_at = None
                 self._spawn()
