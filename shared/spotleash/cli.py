@@ -354,6 +354,20 @@ def vast_smoke(
     raise typer.Exit(smoke_command(real=real, json_out=json_out, output=output, yes=yes))
 
 
+@app.command()
+def logs(
+    component: str = typer.Argument(..., help="the component (a name of spotleash.toml's [app])"),
+    remote: bool = typer.Option(False, "--remote", help="the remote copy's log (through the running agent)"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing what is written (Ctrl-C stops)"),
+    lease_id: str | None = typer.Option(None, help="the agent's lease (default: this machine's)"),
+    tail: int = typer.Option(16 * 1024, min=0, help="bytes of the end of the log shown first"),
+) -> None:
+    """A component's output: its local copy's (run by the agent), or with --remote its remote copy's."""
+    from spotleash.logs_cli import logs_command
+
+    raise typer.Exit(logs_command(settings(), component, remote=remote, follow=follow, lease_id=lease_id, tail=tail))
+
+
 from spotleash.publish_cli import publish_command  # noqa: E402 - the command lives beside publish
 
 app.command("publish")(publish_command)

@@ -8,7 +8,9 @@ components listen on loopback only). For every request it
 2. checks the lease credential in ``X-Spotleash-Credential`` against the hash it was given, in constant
    time — missing or wrong: 401, and the request goes no further;
 3. picks the component named in ``X-Spotleash-Component`` (unknown: 404), strips both headers and
-   forwards the request to ``127.0.0.1:<component port>``, streaming both ways;
+   forwards the request to ``127.0.0.1:<component port>``, streaming both ways — or, for a request carrying
+   ``X-Spotleash-Log: <component>``, answers that component's log itself (``spotleash logs --remote``: the
+   same credential, checked first; ``?offset=`` / ``?tail=`` in bytes, ``spotleash.supervisor.logfile``);
 4. when the component cannot be reached or fails before its response starts, answers 502 with
    ``X-Spotleash-Front-Failure`` naming why, so the router knows no response started and may retry
    the request on its local copy (a component killed under a live agent loses no idempotent request).
@@ -43,11 +45,15 @@ from spotleash.router.channel import (
     COMPONENT_HEADER,
     CREDENTIAL_HEADER,
     FRONT_FAILURE_HEADER,
+    LOG_END_HEADER,
+    LOG_HEADER,
+    LOG_ROTATED_HEADER,
     TlsIdentity,
     credential_matches,
     make_identity,
 )
 from spotleash.router.forward import cut, request_headers, stream_response
+from spotleash.supervisor import logfile
 
 log = get_logger("spotleash.instance_agent.front")
 
@@ -67,6 +73,7 @@ class FrontConfig:
     common_name: str = "spotleash"
     # component → its health path: requests for it are the router's probes and leave the box idle
     quiet_paths: Mapping[str, str] = field(default_factory=dict)
+    log_paths: Mapping[str, Path] = field(default_factory=dict)  # component → its log file (the supervisor's)
 
     def __repr__(self) -> str:
         return f"FrontConfig(components={dict(self.components)}, listen={self.listen_host}:{self.listen_port})"
@@ -150,6 +157,8 @@ class Front:
             self.stats.refused[reason] += 1
             log.warning("request refused", reason=reason, peer=request.remote)
             return _json(401, {"error": f"{reason}: every request needs the lease's {CREDENTIAL_HEADER}"})
+        if LOG_HEADER in request.headers:
+            return await self._log(request, request.headers[LOG_HEADER])
         name = request.headers.get(COMPONENT_HEADER, "")
         port = self.config.components.get(name)
         if port is None:
@@ -183,6 +192,29 @@ class Front:
             upstream.release()
         self.stats.forwarded[name] += 1
         return resp
+
+
+    async def _log(self, request: web.BaseRequest, name: str) -> web.Response:
+        """A piece of ``name``'s log (the request was authenticated): its last ``tail`` bytes, or from ``offset``."""
+        path = self.config.log_paths.get(name)
+        if path is None:
+            return _json(404, {"error": f"no component {name!r} on this instance",
+                               "components": sorted(self.config.log_paths)})
+        try:
+            offset = int(request.query["offset"]) if "offset" in request.query else None
+            tail = int(request.query.get("tail", logfile.DEFAULT_TAIL_BYTES))
+        except ValueError:
+            return _json(400, {"error": "offset and tail are byte counts (integers)"})
+        try:
+            piece = await asyncio.to_thread(logfile.read_window, path, offset, tail)
+        except FileNotFoundError:
+            return _json(404, {"error": f"component {name} has written no log yet on this instance"})
+        except OSError as e:
+            return _json(500, {"error": f"cannot read the log of {name}: {type(e).__name__}: {e}"[:300]})
+        log.info("log read", component=name, start=piece.window.start, end=piece.window.end, peer=request.remote)
+        return web.Response(body=piece.data, content_type="text/plain", charset="utf-8",
+                            headers={LOG_END_HEADER: str(piece.window.end),
+                                     LOG_ROTATED_HEADER: "1" if piece.window.rotated else "0"})
 
 
 def _json(status: int, body: object, headers: Mapping[str, str] | None = None) -> web.Response:

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.instance_agent import bootstrap, package
@@ -32,13 +32,14 @@ from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.log import get_logger
-from spotleash.supervisor import Supervisor
+from spotleash.supervisor import ComponentRunner, Supervisor
 
 if TYPE_CHECKING:
     from spotleash.instance_agent.config import AgentConfig
 
 log = get_logger("spotleash.instance_agent.workload")
 
+T = TypeVar("T")
 Endpoint = Callable[[int], str]  # a component's local port → host:port reachable by the user's machine
 
 
@@ -54,44 +55,38 @@ def endpoint_for(advertise_host: str, env: Mapping[str, str], external_ip: str |
     return endpoint
 
 
-class LivePorts(Mapping[str, int]):
-    """Component → the port its process listens on now (the supervisor may choose another than declared)."""
+class LiveComponents(Mapping[str, T]):
+    """Component → one fact of its runner now (``of``): the supervisor starts after the front, and may choose
+    another port than declared."""
 
-    def __init__(self, workload: Workload) -> None:
+    def __init__(self, workload: Workload, of: Callable[[ComponentRunner], T]) -> None:
         self._w = workload
+        self._of = of
 
-    def _ports(self) -> dict[str, int]:
+    def _facts(self) -> dict[str, T]:
         sup = self._w.supervisor
-        return {r.launch.name: r.port for r in sup.runners} if sup is not None else {}
+        return {r.launch.name: self._of(r) for r in sup.runners} if sup is not None else {}
 
-    def __getitem__(self, name: str) -> int:
-        return self._ports()[name]
+    def __getitem__(self, name: str) -> T:
+        return self._facts()[name]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._ports())
+        return iter(self._facts())
 
     def __len__(self) -> int:
-        return len(self._ports())
+        return len(self._facts())
 
 
-class LiveHealthPaths(Mapping[str, str]):
-    """Component → its health path (the front leaves the router's probes of it out of the idle clock)."""
+def _port(r: ComponentRunner) -> int:
+    return r.port
 
-    def __init__(self, workload: Workload) -> None:
-        self._w = workload
 
-    def _paths(self) -> dict[str, str]:
-        sup = self._w.supervisor
-        return {r.launch.name: r.launch.health_path for r in sup.runners} if sup is not None else {}
+def _health_path(r: ComponentRunner) -> str:
+    return r.launch.health_path
 
-    def __getitem__(self, name: str) -> str:
-        return self._paths()[name]
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._paths())
-
-    def __len__(self) -> int:
-        return len(self._paths())
+def _log_path(r: ComponentRunner) -> Path:
+    return r.log_path
 
 
 class Workload:
@@ -155,9 +150,9 @@ class Workload:
 
     def _start_front(self, cfg: FrontConfig) -> None:
         front = FrontThread(FrontConfig(
-            components=LivePorts(self), credential_sha256=cfg.credential_sha256, listen_host=cfg.listen_host,
-            listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash",
-            quiet_paths=LiveHealthPaths(self)))
+            components=LiveComponents(self, _port), credential_sha256=cfg.credential_sha256,
+            listen_host=cfg.listen_host, listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash",
+            quiet_paths=LiveComponents(self, _health_path), log_paths=LiveComponents(self, _log_path)))
         # A taken port is another fake instance on this machine (its endpoint is loopback: the fakes' VMs
         # advertise 127.0.0.1); a real instance has its port to itself, and a taken one is a failure.
         advertised = self._endpoint(cfg.listen_port).rsplit(":", 1)[0]

@@ -28,6 +28,13 @@ COMPONENT_HEADER = "X-Spotleash-Component"
 # Set by the front on its own 502 when the component failed before its response started: nothing was
 # answered, so the router treats it like a refused connection (and may retry the request locally).
 FRONT_FAILURE_HEADER = "X-Spotleash-Front-Failure"
+# A request carrying it (and the credential) asks the front for the named component's log, not the component:
+# query ``offset`` (bytes, a follower's last end) or ``tail`` (bytes); the answer's ``LOG_END_HEADER`` is where
+# the next read starts, ``LOG_ROTATED_HEADER`` says the file was rotated since that offset.
+LOG_HEADER = "X-Spotleash-Log"
+LOG_END_HEADER = "X-Spotleash-Log-End"
+LOG_ROTATED_HEADER = "X-Spotleash-Log-Rotated"
+INSTANCE_HEADER = "X-Spotleash-Instance"  # the router's answer for a remote log names the instance it came from
 _CREDENTIAL_BYTES = 32
 
 

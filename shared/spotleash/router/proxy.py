@@ -41,7 +41,15 @@ from aiohttp import web
 from yarl import URL
 
 from spotleash.log import get_logger
-from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER, FRONT_FAILURE_HEADER
+from spotleash.router.channel import (
+    COMPONENT_HEADER,
+    CREDENTIAL_HEADER,
+    FRONT_FAILURE_HEADER,
+    INSTANCE_HEADER,
+    LOG_END_HEADER,
+    LOG_HEADER,
+    LOG_ROTATED_HEADER,
+)
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
@@ -85,7 +93,7 @@ class RouterConfig:
     components: tuple[ComponentRoute, ...]
     credential: str  # the lease's credential, sent to instance fronts only (pinned TLS)
     listen_host: str = "127.0.0.1"
-    admin_port: int | None = None  # /metrics and /routes; None: not served, 0: any free port
+    admin_port: int | None = None  # /metrics, /routes, /logs/<component>; None: not served, 0: any free port
     limits: Limits = field(default_factory=Limits)
     policy: Policy = field(default_factory=Policy)
     # Told the component of every request as it arrives (the agent's wake-on-request; it must be quick and
@@ -189,6 +197,7 @@ class Router:
             app = web.Application()
             app.router.add_get("/metrics", self._metrics_view)
             app.router.add_get("/routes", self._routes_view)
+            app.router.add_get("/logs/{component}", self._logs_view)
             admin = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
             await admin.setup()
             try:
@@ -539,6 +548,41 @@ class Router:
     async def _routes_view(self, _request: web.Request) -> web.Response:
         return web.Response(text=json.dumps({"routes": self.routes(), "totals": self.metrics.totals()}),
                             content_type="application/json")
+
+
+    def log_source(self, name: str) -> RemoteState | None:
+        """The remote copy whose log ``spotleash logs --remote`` reads: the one serving now, else any the control
+        plane reported an address and certificate for (a failing copy's log is the one most wanted)."""
+        d = self.table.current(name)
+        if d.target == TargetKind.REMOTE and d.remote is not None:
+            return d.remote
+        return next((r for r in sorted(self.table.remotes(name), key=lambda r: r.instance_id)
+                     if r.endpoint and r.fingerprint), None)
+
+    async def _logs_view(self, request: web.Request) -> web.Response:
+        """``/logs/<component>?offset=|tail=``: a piece of the remote copy's log, fetched from its instance's front
+        over the pinned channel with the lease credential (which never leaves this process)."""
+        name = request.match_info["component"]
+        comp = self.components.get(name)
+        if comp is None:
+            return _error(404, f"the agent routes no component {name!r} (it routes: {', '.join(sorted(self.components))}"
+                               "), so it holds no channel to a remote copy of it: give it a route_port")
+        remote = self.log_source(name)
+        if remote is None:
+            return _error(404, f"no remote copy of {name}: no instance of this lease reports one")
+        up = self._remote(comp, remote)
+        query = {k: v for k, v in request.query.items() if k in ("offset", "tail")}
+        try:
+            async with up.session.get(URL(f"{up.base_url}/"), params=query,
+                                      headers={**up.extra_headers, LOG_HEADER: name}) as resp:
+                body = await resp.read()
+                headers = {k: resp.headers[k] for k in (LOG_END_HEADER, LOG_ROTATED_HEADER) if k in resp.headers}
+                status, content_type = resp.status, resp.content_type
+        except _ATTEMPT_ERRORS as e:
+            return _error(502, f"the instance {remote.instance_id} did not answer for the log of {name}: "
+                               f"{type(e).__name__}: {e}"[:300])
+        return web.Response(status=status, body=body, content_type=content_type,
+                            headers={**headers, INSTANCE_HEADER: remote.instance_id})
 
 
 def _error(status: int, reason: str) -> web.Response:
