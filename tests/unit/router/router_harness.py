@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -176,13 +177,14 @@ class World:
 
 @asynccontextmanager
 async def world(limits: Limits = FAST, local: bool = True, policy: Policy | None = None,
-                on_remote_lost: Callable[[str, str], None] | None = None) -> AsyncIterator[World]:
+                on_remote_lost: Callable[[str, str], None] | None = None,
+                front_logs: Mapping[str, Path] | None = None) -> AsyncIterator[World]:
     local_up, remote_up = Upstream("local"), Upstream("remote")
     await local_up.start()
     await remote_up.start()
     credential = new_credential()
     front = Front(FrontConfig(components={COMPONENT: remote_up.port}, credential_sha256=credential_hash(credential),
-                              listen_host="127.0.0.1", listen_port=0))
+                              listen_host="127.0.0.1", listen_port=0, log_paths=front_logs or {}))
     await front.start()
     router = Router(RouterConfig(
         components=(ComponentRoute(COMPONENT, 0, local_up.url if local else None, "/healthz"),),
