@@ -37,7 +37,7 @@ import httpx
 from spotleash.events import ComponentReport
 from spotleash.log import get_logger
 from spotleash.supervisor import health
-from spotleash.supervisor.footprint import tree_rss
+from spotleash.supervisor.footprint import only_zombies, tree_rss
 from spotleash.supervisor.health import Health
 
 log = get_logger("spotleash.supervisor")
@@ -277,6 +277,8 @@ class ComponentRunner:
             try:
                 os.killpg(proc.pid, 0)
             except (ProcessLookupError, PermissionError):
+                return True
+            if only_zombies(proc.pid):  # dead, waiting for an init that does not reap (some containers)
                 return True
             if time.monotonic() >= deadline:
                 return False

@@ -1,6 +1,9 @@
-"""What a component's processes hold: the resident memory (RSS) of a process and all its descendants."""
+"""What a component's processes hold: the resident memory (RSS) of a process and all its descendants; whether
+anything but zombies is left of a process group."""
 
 from __future__ import annotations
+
+import os
 
 import psutil
 
@@ -20,3 +23,14 @@ def tree_rss(pid: int) -> int:
         except psutil.Error:
             continue  # ended between the listing and the reading: it holds nothing any more
     return total
+
+
+def only_zombies(pgid: int) -> bool:
+    """True when every process left in group ``pgid`` is a zombie (it holds no memory and runs nothing)."""
+    for p in psutil.process_iter():
+        try:
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                return False
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return True
