@@ -25,9 +25,8 @@ import psutil
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
-from spotleash.supervisor.marked import (
-    find_marked as find_marked,  # re-exported: tests and the fakes use it here
-)
+from spotleash.supervisor.marked import end_marked
+from spotleash.supervisor.marked import find_marked as find_marked  # re-exported: tests and the fakes use it here
 
 log = get_logger("spotleash.local.procs")
 
@@ -230,27 +229,11 @@ def kill_marked(var: str, value: str, *, term_grace: float = 5.0, rounds: int = 
     starting a build step, say), and its child carries the marker too. Used for the instant between a
     process starting and its record reaching disk, and for whatever left a fake instance's process group.
     """
-    procs = find_marked(var, value)
-    if not procs:
-        return []
-    seen = {p.pid: p for p in procs}
-    for p in procs:
-        with contextlib.suppress(psutil.Error):
-            p.terminate()
-    psutil.wait_procs(procs, timeout=term_grace)
-    for _ in range(rounds):
-        still = find_marked(var, value)
-        if not still:
-            return list(seen.values())
-        seen.update({p.pid: p for p in still})
-        for p in still:
-            with contextlib.suppress(psutil.Error):
-                p.kill()
-        psutil.wait_procs(still, timeout=10)
+    ended = end_marked(var, value, grace_s=term_grace, rounds=rounds)
     left = find_marked(var, value)
     if left:
         raise StackError(f"could not stop pids {[p.pid for p in left]}: they survive SIGKILL")
-    return list(seen.values())
+    return ended
 
 
 def _pgid(p: psutil.Process) -> int | None:

@@ -7,6 +7,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+import aiohttp
 import httpx
 import pytest
 from tests.unit.router.router_harness import COMPONENT, World, run, world
@@ -68,8 +69,6 @@ def test_the_front_serves_a_log_only_with_the_credential(tmp_path: Path) -> None
         async with world(front_logs={COMPONENT: log_file}) as w:
             assert w.front.address is not None
             url = f"https://127.0.0.1:{w.front.address[1]}/"
-            import aiohttp
-
             pin = aiohttp.Fingerprint(bytes.fromhex(w.front.fingerprint))
             for headers, status in (({LOG_HEADER: COMPONENT}, 401),
                                     ({LOG_HEADER: COMPONENT, CREDENTIAL_HEADER: w.credential + "x"}, 401),
