@@ -25,8 +25,8 @@ import psutil
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
-from spotleash.supervisor.marked import end_marked
-from spotleash.supervisor.marked import find_marked as find_marked  # re-exported: tests and the fakes use it here
+# find_marked is re-exported (the fakes and the tests use it from here)
+from spotleash.supervisor.marked import end_marked, find_marked
 
 log = get_logger("spotleash.local.procs")
 
