@@ -25,8 +25,10 @@ import psutil
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
-# find_marked is re-exported (the fakes and the tests use it from here)
-from spotleash.supervisor.marked import end_marked, find_marked
+from spotleash.supervisor.marked import (  # find_marked: the fakes and tests use it from here
+    end_marked,
+    find_marked,
+)
 
 log = get_logger("spotleash.local.procs")
 
