@@ -70,7 +70,7 @@ def test_a_missing_app_tree_and_unknown_components_are_clear_errors(tmp_path: Pa
         with pytest.raises(LocalCopyError, match=r"runs no local copy of 'api' \(it runs: web\)"):
             copies.stop("api")
         with pytest.raises(LocalCopyError, match=r"runs no local copy of 'api'"):
-            copies.start_component("api")
+            copies.start("api")
     finally:
         copies.close()
 

@@ -14,8 +14,8 @@ the lease lock means no other live agent of this lease and state dir does) and e
 own. Ended, not adopted: their output went to a pipe of the dead agent (their next write fails), their exit
 cannot be waited for, and the configuration may have changed since.
 
-For the hand-off: ``stop(component)`` returns the bytes its process tree held just before the stop (the router
-drains it first), ``start(component)`` waits until it answers its health path again.
+For the hand-off: ``LocalCopies.stop(component)`` returns the bytes its process tree held just before the stop
+(the router drains it first), ``LocalCopies.start(component)`` waits until it answers its health path again.
 """
 
 from __future__ import annotations
@@ -132,8 +132,8 @@ def _component_of(p: psutil.Process) -> str | None:
 
 
 class LocalCopies:
-    """The agent's local copies: ``start()`` once (after ending a previous agent's leftovers), ``close()`` at exit;
-    ``stop(name)`` / ``start_component(name)`` for the hand-off in between. Safe from any thread."""
+    """The agent's local copies: ``start_all()`` once (after ending a previous agent's leftovers), ``close()`` at
+    exit; ``stop(name)`` / ``start(name)`` for the hand-off in between. Safe from any thread."""
 
     def __init__(self, plan: LocalPlan, *, app_root: Path, lease_id: str, state_dir: Path,
                  env: Mapping[str, str] | None = None, secrets: frozenset[str] = frozenset(),
@@ -154,7 +154,7 @@ class LocalCopies:
     def names(self) -> list[str]:
         return [launch.name for launch in self.plan.launches]
 
-    def start(self) -> None:
+    def start_all(self) -> None:
         """End what a killed agent left behind, then start every copy (a copy that cannot start is logged with
         its name and retried with backoff; the others run)."""
         self.leftovers = end_leftovers(self.marker)
@@ -184,7 +184,7 @@ class LocalCopies:
         self._check(name)
         return self.supervisor.stop_component(name)
 
-    def start_component(self, name: str, timeout_s: float | None = None) -> ComponentReport:
+    def start(self, name: str, timeout_s: float | None = None) -> ComponentReport:
         """Start one stopped local copy and wait until it answers its health path (its ``start_timeout_s`` by
         default); LocalCopyError naming why when it does not."""
         self._check(name)
@@ -217,5 +217,5 @@ def start_local_copies(settings: Settings, lease_id: str, app: LoadedApp | None)
 
     copies = LocalCopies(local_plan(app.spec, list(settings.components)), app_root=app.root, lease_id=lease_id,
                          state_dir=settings.state_dir, secrets=secret_env_vars())
-    copies.start()
+    copies.start_all()
     return copies
