@@ -24,7 +24,6 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from spotleash.events import utcnow
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -35,6 +34,7 @@ from spotleash.providers.base import (
     ProviderStatus,
     ownership_labels,
 )
+from spotleash.wire.events import utcnow
 
 
 @dataclass

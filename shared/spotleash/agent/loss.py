@@ -20,9 +20,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from spotleash.agent.publisher import EventPublisher
-from spotleash.events import ReapTick
+from spotleash.adapters.pubsub import EventPublisher
 from spotleash.log import get_logger
+from spotleash.wire.events import ReapTick
 
 log = get_logger("spotleash.agent.loss")
 REASON = "probe_failed"

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from spotleash.agent.publisher import EventPublisher, PublishFuture
+from spotleash.adapters.pubsub import EventPublisher, PublishFuture
 from spotleash.agent.ram import RamSource
 from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState
-from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 from spotleash.log import get_logger
+from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
 if TYPE_CHECKING:
     from spotleash.agent.routing import AgentRouter

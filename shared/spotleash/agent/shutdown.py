@@ -31,10 +31,10 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
-from spotleash.agent.publisher import EventPublisher
+from spotleash.adapters.pubsub import EventPublisher
 from spotleash.errors import SpotleashError
-from spotleash.events import ReleaseEvent
 from spotleash.log import get_logger
+from spotleash.wire.events import ReleaseEvent
 
 log = get_logger("spotleash.agent.shutdown")
 

@@ -6,7 +6,7 @@ health, where traffic goes when a route source is given), spend today and this m
 ledger (the figures ``spotleash cost`` and the budget guard use) with one entry per day, the budget and
 its last alert, hibernated leases (the documents of ``hibernations``, shown as ``spotleash status`` shows
 them), the deletions with their reasons and the rejected events. A failover's replacement carries its
-phase timings (``spotleash.failover.phases``), as ``status --json`` does.
+phase timings (``spotleash.decide.failover.phases``), as ``status --json`` does.
 
 Times go out as ISO 8601 (UTC) and ages as seconds at ``now``; the page moves the clocks on between two
 reads by itself.
@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from spotleash.failover import phases
-from spotleash.ledger import PriceLookup, month_to_date
+from spotleash.dashboard.status import hibernated_json
+from spotleash.decide.failover import phases
+from spotleash.decide.ledger import PriceLookup, month_to_date
 from spotleash.model import Hibernation, InstanceRecord, Lease
-from spotleash.status_view import hibernated_json
 
 SCHEMA_VERSION = 2  # 2: ``hibernated`` is the list of hibernated leases (it was a not-available note)
 MAX_ROWS = 50  # deletions and rejected events shown, newest first
@@ -73,7 +73,7 @@ def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, p
            routes: RoutesSource | None = None) -> Inputs:
     """Read what the view needs: live records, this month's billed records, their leases, budget, hibernated
     leases, audit, rejects."""
-    from spotleash.ledger import month_start
+    from spotleash.decide.ledger import month_start
 
     live = store.live_instances()
     lease_ids = sorted({r.lease_id for r in live})

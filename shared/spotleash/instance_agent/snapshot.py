@@ -46,9 +46,9 @@ import httpx
 import zstandard
 from pydantic import TypeAdapter, ValidationError
 
-from spotleash.events import Heartbeat, utcnow
 from spotleash.log import get_logger
-from spotleash.snapshot_wire import (
+from spotleash.wire.events import Heartbeat, utcnow
+from spotleash.wire.snapshot import (
     MANIFEST_OBJECT,
     MAX_MANIFEST_BYTES,
     MAX_PARTS,

@@ -20,9 +20,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from spotleash.events import utcnow
-from spotleash.instance_agent.config import CONFIG_ENV, AgentConfig
 from spotleash.log import configure, get_logger
+from spotleash.wire.agent_config import CONFIG_ENV, AgentConfig
+from spotleash.wire.events import utcnow
 
 log = get_logger("spotleash.instance_agent.watchdog")
 

@@ -125,6 +125,6 @@ class PriceBook:
         return older or builtin_quote(machine, region)
 
     def lookup(self, machine: str, region: str) -> tuple[float, str] | None:
-        """``spotleash.ledger.PriceLookup``: what a GCE record launched without a price costs."""
+        """``spotleash.decide.ledger.PriceLookup``: what a GCE record launched without a price costs."""
         q = self.quote(machine, region)
         return q.usd_per_hour, q.source

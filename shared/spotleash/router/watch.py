@@ -26,7 +26,7 @@ log = get_logger("spotleash.router.watch")
 
 RecordsCallback = Callable[[list[dict[str, Any]]], None]
 LeaseCallback = Callable[[dict[str, Any] | None], None]
-HIBERNATIONS = "hibernations"  # the control plane's collection (spotleash.store), doc id = lease id
+HIBERNATIONS = "hibernations"  # the control plane's collection (spotleash.adapters.firestore), doc id = lease id
 
 
 class RecordWatch:

@@ -5,7 +5,7 @@ launched for is healthy (an instance without a package: at its first beat), and 
 state and endpoint. A package that cannot run, or a component not healthy by its deadline, fails
 the instance: it is deleted and its record ends FAILED with the reason. A beat carrying a preemption
 notice launches the replacement and leaves the record live for the preemption grace, so the snapshot
-the instance takes on the notice is still answered and verified (``spotleash.preemption``).
+the instance takes on the notice is still answered and verified (``spotleash.decide.preemption``).
 
 The certificate fingerprint of the instance's TLS front is pinned at the first beat that carries one,
 like the VAST SSH host key: only an authenticated beat can set it, and a later beat naming another
@@ -17,16 +17,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from spotleash import failover, hibernation, preemption
+from spotleash.decide import failover, preemption
+from spotleash.decide import hibernate as hibernation
 from spotleash.errors import SpotleashError, Transient
-from spotleash.events import Heartbeat
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, State, readiness, transition
 from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import terminate
-from spotleash.snapshot_wire import SnapshotRequest
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SnapshotRequest
 
 log = get_logger("spotleash.heartbeat")
 
@@ -36,8 +37,8 @@ class BeatReply:
     status: int  # HTTP status
     action: str  # "continue" | "stop" | ""
     detail: str = ""
-    snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.snapshot_wire)
-    # "take a snapshot now": a SnapshotRequest, sent as the reply's SNAPSHOT_REQUEST_FIELD (spotleash.snapshot_wire)
+    snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.wire.snapshot)
+    # "take a snapshot now": a SnapshotRequest, sent as the reply's SNAPSHOT_REQUEST_FIELD (spotleash.wire.snapshot)
     snapshot_request: SnapshotRequest | None = None
 
 
@@ -201,7 +202,7 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
 
 def _failover(ctx: Context, rec: InstanceRecord) -> bool:
     """The provider is taking this instance back: record it, ask for a replacement if still wanted. The record
-    lives on for the preemption grace (``spotleash.preemption``) so the snapshot the instance takes on its
+    lives on for the preemption grace (``spotleash.decide.preemption``) so the snapshot the instance takes on its
     notice can still be uploaded and verified. True when it was ended at once: no grace configured and the
     failover demand published (unpublished, it is left live: the reaper ends it and asks again)."""
     ctx.store.audit("preempted", "preemption notice", ctx.now(), instance_id=rec.instance_id,

@@ -1,7 +1,7 @@
 """The control plane's side of snapshots: issue URLs, verify and record, retention, restore choice,
 and the hibernation guard.
 
-It answers the ``snapshot`` ask a heartbeat carries (``answer``; ``spotleash.snapshot_wire`` has
+It answers the ``snapshot`` ask a heartbeat carries (``answer``; ``spotleash.wire.snapshot`` has
 the protocol and why signed URLs). It signs URLs and reads manifests (small); the bulk bytes move
 between the instance and Cloud Storage only.
 
@@ -23,12 +23,13 @@ from datetime import datetime, timedelta
 
 from pydantic import ValidationError
 
+from spotleash.adapters.storage import Storage, StorageError, StorageTransient
+from spotleash.decide.preemption import restore_hold
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
-from spotleash.preemption import restore_hold
 from spotleash.services.context import Context
-from spotleash.snapshot_wire import (
+from spotleash.wire.snapshot import (
     MANIFEST_OBJECT,
     MAX_MANIFEST_BYTES,
     AbandonedAsk,
@@ -50,7 +51,6 @@ from spotleash.snapshot_wire import (
     object_names,
     object_prefix,
 )
-from spotleash.storage import Storage, StorageError, StorageTransient
 
 log = get_logger("spotleash.snapshots")
 
