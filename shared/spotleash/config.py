@@ -28,7 +28,7 @@ from pydantic_settings import (
 
 from spotleash.errors import ConfigError
 from spotleash.packaging import appspec
-from spotleash.wire.events import ID_PATTERN
+from spotleash.wire.ids import ID_PATTERN
 
 ENV_PREFIX = "SPOTLEASH_"
 CONFIG_FILE_VAR = "SPOTLEASH_CONFIG_FILE"

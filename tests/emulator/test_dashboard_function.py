@@ -10,9 +10,9 @@ import httpx
 import pytest
 
 from spotleash.adapters.firestore import FirestoreStore
+from spotleash.clock import utcnow
 from spotleash.config import load_settings
 from spotleash.model import InstanceRecord, State
-from spotleash.wire.events import utcnow
 
 pytestmark = pytest.mark.emulator
 

@@ -52,7 +52,7 @@ def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context
     httpx.delete(f"http://{firestore_host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
                  timeout=10).raise_for_status()
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
-    monkeypatch.setattr(terminate_module, "POLL_S", 0.001)
+    monkeypatch.setattr(terminate_module, "CONFIRM_POLL_S", 0.001)
     clock = FakeClock()
     gce = FakeProvider("gce", clock)
     ctx = Context(settings=Settings(**SETTINGS), store=FirestoreStore(firestore.Client(project=TEST_PROJECT), DEP),

@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+from spotleash.clock import utcnow
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,
@@ -34,7 +35,6 @@ from spotleash.providers.base import (
     ProviderStatus,
     ownership_labels,
 )
-from spotleash.wire.events import utcnow
 
 
 @dataclass

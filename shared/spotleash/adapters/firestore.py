@@ -23,6 +23,7 @@ from google.cloud import firestore
 from google.cloud.firestore_v1.base_query import FieldFilter
 from google.cloud.firestore_v1.field_path import FieldPath
 
+from spotleash.adapters.google_errors import TRANSIENT_ERRORS
 from spotleash.config import Settings
 from spotleash.errors import Transient
 from spotleash.model import (
@@ -40,8 +41,6 @@ from spotleash.pricing.sheet import CachedPrice
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
 CONTENTION_ROUNDS = 3  # rounds of the client's own 10 attempts, for a transaction under contention (``_transact``)
 _OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
-_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.Aborted, gexc.InternalServerError,
-              gexc.TooManyRequests, gexc.RetryError)
 
 
 def _doc(record: InstanceRecord) -> dict[str, Any]:
@@ -129,7 +128,7 @@ class FirestoreStore:
     def _wrap(self, fn: Callable[[], Any]) -> Any:
         try:
             return fn()
-        except _TRANSIENT as e:
+        except TRANSIENT_ERRORS as e:
             raise Transient(f"firestore: {e}") from e
 
     def _transact(self, run: Callable[[Any], None], what: str) -> None:

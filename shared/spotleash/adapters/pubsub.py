@@ -18,7 +18,7 @@ from spotleash.wire.events import Event
 if TYPE_CHECKING:
     from spotleash.config import Settings
 
-log = get_logger("spotleash.adapters.pubsub")
+log = get_logger(__name__)
 
 
 class PublishFuture(Protocol):

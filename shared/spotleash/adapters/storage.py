@@ -34,12 +34,12 @@ from typing import IO, Any
 
 import google.auth.exceptions
 import google.auth.transport.requests
-import requests
 from google.api_core import exceptions as gexc
 from google.auth.credentials import AnonymousCredentials, Credentials, Signing
 from google.cloud import storage  # type: ignore[attr-defined]
 from google.cloud.storage.retry import DEFAULT_RETRY
 
+from spotleash.adapters.google_errors import TRANSIENT_ERRORS
 from spotleash.errors import BadInput, SpotleashError, Transient
 
 EMULATOR_VAR = "STORAGE_EMULATOR_HOST"
@@ -86,18 +86,6 @@ class SignedRequest:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-_TRANSIENT_TYPES: tuple[type[BaseException], ...] = (
-    gexc.ServerError,
-    gexc.TooManyRequests,
-    gexc.RetryError,
-    requests.ConnectionError,
-    requests.Timeout,
-    google.auth.exceptions.TransportError,
-    ConnectionError,
-    TimeoutError,
-)
-
-
 @contextmanager
 def _translated(what: str) -> Iterator[None]:
     """Turn the client's exceptions into spotleash's, naming the operation."""
@@ -112,7 +100,7 @@ def _translated(what: str) -> Iterator[None]:
     except gexc.RetryError as e:
         cause = e.cause if e.cause is not None else e
         raise StorageTransient(f"{what}: Cloud Storage still failing after retries: {_short(cause)}") from e
-    except _TRANSIENT_TYPES as e:
+    except TRANSIENT_ERRORS as e:
         raise StorageTransient(f"{what}: Cloud Storage unavailable: {_short(e)}") from e
     except (gexc.Forbidden, gexc.Unauthorized) as e:
         raise StorageBadInput(f"{what}: permission denied ({e.message}); check the credentials and bucket IAM") from e
@@ -140,20 +128,6 @@ class _CountingReader:
         if data:
             self._on_read(len(data))
         return data
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._f, name)
-
-
-class _CountingWriter:
-    def __init__(self, f: IO[bytes], on_write: Progress) -> None:
-        self._f = f
-        self._on_write = on_write
-
-    def write(self, data: bytes) -> int:
-        n = self._f.write(data)
-        self._on_write(len(data))
-        return n
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._f, name)
@@ -214,18 +188,6 @@ class Storage:
             data = blob.download_as_bytes(if_generation_match=blob.generation, retry=self.retry,
                                           timeout=REQUEST_TIMEOUT_S)
         return data, int(blob.generation or 0)
-
-    def download_file(self, name: str, dest: Path, on_progress: Progress | None = None) -> int:
-        """Download an object to ``dest`` (written whole or not at all); returns its size."""
-        tmp = dest.with_name(f".{dest.name}.part")
-        try:
-            with _translated(f"download {self.uri(name)}"), tmp.open("wb") as f:
-                out: Any = _CountingWriter(f, on_progress) if on_progress else f
-                self.bucket.blob(name).download_to_file(out, retry=self.retry, timeout=REQUEST_TIMEOUT_S)
-            tmp.replace(dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return dest.stat().st_size
 
     # ------------------------------------------------------------------ writes (always conditional)
     def upload_file(self, name: str, path: Path, *, if_generation_match: int,

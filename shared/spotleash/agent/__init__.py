@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spotleash.errors import ConfigError, ExitCode
-from spotleash.wire.events import ID_PATTERN
+from spotleash.wire.ids import ID_PATTERN
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -56,7 +56,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.agent.runner import run_agent
 
     slog.configure(settings.log_level)
-    log = slog.get_logger("spotleash.agent")
+    log = slog.get_logger(__name__)
     lease = lease_id or default_lease_id()
     try:
         if not re.fullmatch(ID_PATTERN.strip("^$"), lease):

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from spotleash.config import Settings
     from spotleash.wire.package import AppSpec
 
-log = get_logger("spotleash.agent.routing")
+log = get_logger(__name__)
 
 
 

@@ -40,8 +40,8 @@ def hms(dt: datetime | None) -> str:
     return dt.astimezone(UTC).strftime("%H:%M:%S") if dt else "-"
 
 
-def age(dt: datetime | None, now: datetime) -> str:
-    if dt is None:
-        return "-"
-    s = int((now - dt).total_seconds())
-    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+def short_duration(seconds: float) -> str:
+    """``3d04h``, ``2h05m`` or ``4m07s``: an age as a table cell."""
+    s = int(seconds)
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h" if s >= 86400 else \
+        f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

@@ -21,9 +21,10 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
-from spotleash.cli._common import age, console, err_console, hms, out, settings
+from spotleash.cli._common import console, err_console, hms, out, settings, short_duration
 from spotleash.cli.publish import publish_command
 from spotleash.cli.snapshot import snapshot_app
+from spotleash.clock import age_s
 from spotleash.config import Settings, load_settings, secret_env_vars
 from spotleash.errors import ConfigError, ExitCode, SpotleashError
 from spotleash.wire import stack_env
@@ -159,7 +160,7 @@ def status(
         table.add_column("provider says")
     for r in records:
         cells = [r.instance_id, r.lease_id, r.provider, status_view.shown_state(r), status_view.compact(r),
-                 age(r.created_at, now), hms(r.last_heartbeat), hms(r.deadline), f"{r.cost_so_far(now):.4f}",
+                 short_duration(age_s(r.created_at, now)), hms(r.last_heartbeat), hms(r.deadline), f"{r.cost_so_far(now):.4f}",
                  r.reason or status_view.postponed(r)]
         table.add_row(*cells, *([checked.says[r.instance_id].cell()] if checked is not None else []))
     console.print(table if records else "no instances" + ("" if all_ else " running"))

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from spotleash.decide.ledger import Ledger, Line, build_ledger, month_start, region_of
+from spotleash.clock import month_start
+from spotleash.decide.ledger import Ledger, Line, build_ledger, region_of
 from spotleash.errors import BadInput, ExitCode
 
 if TYPE_CHECKING:

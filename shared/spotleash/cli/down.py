@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from spotleash.adapters.firestore import FirestoreStore
     from spotleash.config import Settings
 
-POLL_S = 1.0
+GONE_POLL_S = 1.0
 
 
 @dataclass
@@ -46,7 +46,7 @@ class DownResult:
 
 
 def wait_gone(lease_ids: list[str], look: Callable[[], list[Left]], *, timeout_s: float, progress: Progress,
-              before: Sequence[Left] = (), poll_s: float = POLL_S) -> DownResult:
+              before: Sequence[Left] = (), poll_s: float = GONE_POLL_S) -> DownResult:
     """Poll ``look`` until it finds nothing left of the leases or ``timeout_s`` passes. ``before``: what the
     leases had before their release (what ``gone`` counts, with whatever a look saw after)."""
     started = time.monotonic()

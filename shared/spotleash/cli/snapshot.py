@@ -27,13 +27,15 @@ from rich.markup import escape
 from rich.table import Table
 
 from spotleash.adapters.firestore import Store
+from spotleash.cli._common import short_duration
 from spotleash.decide.hibernate import new_request, started_since
 from spotleash.errors import BadInput, ExitCode
 from spotleash.model import InstanceRecord, RestorePin, SnapshotRecord, SnapshotState, State
+from spotleash.polling import WaitTimeout, wait_until
 
 snapshot_app = typer.Typer(no_args_is_help=True, help="Snapshots of a lease's state: list, take one now, "
                            "force one for the next restore.")
-POLL_S = 2.0
+OUTCOME_POLL_S = 2.0  # how often `snapshot create --wait` reads the outcome
 
 
 # ------------------------------------------------------------------ what the commands do (no I/O but the store)
@@ -141,7 +143,7 @@ def list_command(lease_id: str | None = LEASE, json_out: bool = JSON) -> None:
     for s in data["snapshots"]:
         note = "restore pinned" if s["snapshot_id"] == data["restore_pin"] else \
             "hibernated" if s["snapshot_id"] == data["hibernated"] else (s["reason"] or "")
-        t.add_row(s["snapshot_id"], s["state"], s["instance_id"], _age(s["age_s"]), f"{s['size_bytes'] / 1e6:.1f}",
+        t.add_row(s["snapshot_id"], s["state"], s["instance_id"], short_duration(s["age_s"]), f"{s['size_bytes'] / 1e6:.1f}",
                   f"{s['raw_bytes'] / 1e6:.1f}", str(s["files"]), note[:60])
     console.print(t)
 
@@ -181,12 +183,11 @@ def create_command(lease_id: str | None = LEASE,
 
 def wait_for(store: Store, rec: InstanceRecord, timeout_s: float, clock: Callable[[], float],
              sleep: Callable[[float], None]) -> SnapshotRecord | None:
-    deadline = clock() + timeout_s
-    while True:
-        found = outcome(store, rec)
-        if found is not None or clock() >= deadline:
-            return found
-        sleep(min(POLL_S, max(deadline - clock(), 0.0)))
+    try:
+        return wait_until(lambda: outcome(store, rec), timeout_s=timeout_s, interval_s=OUTCOME_POLL_S,
+                          what="the snapshot's outcome", clock=clock, sleep=sleep)
+    except WaitTimeout:
+        return None
 
 
 @snapshot_app.command("restore")
@@ -205,9 +206,3 @@ def restore_command(snapshot_id: str = typer.Argument(..., help="a VERIFIED snap
         return
     note = (f"; {', '.join(live)} keep their state: the pin applies to the next instance" if live else "")
     Console().print(f"the next instance of lease {lease} restores {snapshot_id}{note}")
-
-
-def _age(seconds: float) -> str:
-    s = int(seconds)
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h" if s >= 86400 else \
-        f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"

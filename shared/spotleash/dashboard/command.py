@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from spotleash.clock import utcnow
 from spotleash.dashboard.local import DashboardServer
 from spotleash.dashboard.view import DashboardStore, RoutesSource, build_view, gather
 from spotleash.decide.ledger import PriceLookup
-from spotleash.wire.events import utcnow
 
 if TYPE_CHECKING:
     from spotleash.config import Settings

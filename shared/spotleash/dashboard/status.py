@@ -18,7 +18,7 @@ PENDING = "pending"  # launched for it, no heartbeat has reported it yet
 _MARK = {"healthy": "ok", "starting": "..", "failing": "!!", PENDING: "--"}
 
 
-def components_of(rec: InstanceRecord) -> dict[str, dict[str, Any]]:
+def components_shown(rec: InstanceRecord) -> dict[str, dict[str, Any]]:
     names = list(dict.fromkeys([*rec.components, *rec.component_states]))
     out: dict[str, dict[str, Any]] = {}
     for name in names:
@@ -32,7 +32,7 @@ def as_json(rec: InstanceRecord, now: datetime) -> dict[str, Any]:
     """The record (less its token hash) with ``components`` as above, ``cost_so_far`` and, for a failover's
     replacement, ``failover_phases`` (``spotleash.decide.failover.phases``)."""
     out = rec.model_dump(mode="json", exclude={"token_hash", "component_states"})
-    out["components"] = components_of(rec)
+    out["components"] = components_shown(rec)
     out["cost_so_far"] = rec.cost_so_far(now)
     if rec.replaces:  # a failover's replacement: detection, provisioning, boot, restore, ready (None: not yet)
         out["failover_phases"] = phases(rec)
@@ -56,7 +56,7 @@ def postponed(rec: InstanceRecord) -> str:
 def compact(rec: InstanceRecord) -> str:
     """One cell: ``name ok 1.2.3.4:8080`` per component (a failing one with the start of its error)."""
     parts = []
-    for name, c in components_of(rec).items():
+    for name, c in components_shown(rec).items():
         text = f"{name} {_MARK.get(c['state'], c['state'])}"
         if c["state"] == "healthy" and c["endpoint"]:
             text += f" {c['endpoint']}"

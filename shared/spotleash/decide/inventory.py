@@ -19,7 +19,7 @@ from spotleash.providers.base import Inventory, Provider, ProviderInstance
 if TYPE_CHECKING:
     from spotleash.config import Settings
 
-log = get_logger("spotleash.decide.inventory")
+log = get_logger(__name__)
 
 
 def take_inventory(provider: Provider, name: str, deployment_id: str) -> Inventory:

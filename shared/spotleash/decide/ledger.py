@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
+from spotleash.clock import month_start
 from spotleash.model import InstanceRecord, State
 
 GCE_MINIMUM = timedelta(minutes=1)
@@ -32,11 +33,6 @@ STILL_RUNNING = "(live)"
 
 # (machine type, region) -> (USD per hour, where the figure comes from), or None if unknown
 PriceLookup = Callable[[str, str], tuple[float, str] | None]
-
-
-def month_start(now: datetime, tz: tzinfo = UTC) -> datetime:
-    local = now.astimezone(tz)
-    return local.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def region_of(zone: str | None) -> str | None:

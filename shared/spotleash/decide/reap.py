@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from spotleash.clock import age_s
 from spotleash.config import Settings
 from spotleash.decide.preemption import grace_over
 from spotleash.model import LIVE, InstanceRecord, Lease, State
@@ -67,10 +68,6 @@ class ReapPlan:
     notes: tuple[str, ...] = field(default_factory=tuple)
 
 
-def _age(now: datetime, since: datetime | None) -> float:
-    return (now - since).total_seconds() if since else float("inf")
-
-
 def _record_reason(
     r: InstanceRecord,
     lease: Lease | None,
@@ -81,8 +78,8 @@ def _record_reason(
     budget_exceeded: bool,
 ) -> tuple[str, str] | None:
     if r.state == State.TERMINATING:  # someone is deleting it already; step in only if they stalled
-        if _age(now, r.updated_at) > RETRY_DELETE_AFTER_S:
-            return "retry_delete", f"delete not confirmed after {_age(now, r.updated_at):.0f}s ({r.reason})"
+        if age_s(r.updated_at, now) > RETRY_DELETE_AFTER_S:
+            return "retry_delete", f"delete not confirmed after {age_s(r.updated_at, now):.0f}s ({r.reason})"
         return None
     if budget_exceeded:
         return "budget_exceeded", "the monthly budget is spent: every instance stops"
@@ -91,23 +88,23 @@ def _record_reason(
     if lease is not None and lease.expired(now):
         why = "released" if lease.released else f"expired at {lease.expires_at.isoformat()}"
         return "lease_expired", f"lease {r.lease_id} {why}"
-    if r.state in (State.REQUESTED, State.PROVISIONING) and _age(now, r.updated_at) > cfg.provisioning_timeout_s:
-        return "provisioning_timeout", f"{r.state} for {_age(now, r.updated_at):.0f}s"
+    if r.state in (State.REQUESTED, State.PROVISIONING) and age_s(r.updated_at, now) > cfg.provisioning_timeout_s:
+        return "provisioning_timeout", f"{r.state} for {age_s(r.updated_at, now):.0f}s"
     if r.state in (State.RUNNING, State.READY):
         last = r.last_heartbeat or r.running_at or r.updated_at
         if r.preempted_at is not None:  # replaced at its notice; alive only to save its state (spotleash.decide.preemption)
             gone = (listing_ok and seen is None) or (seen is not None and seen.status in (ProviderStatus.STOPPED,
                                                                                       ProviderStatus.TERMINATED))
-            if gone or grace_over(r, now, cfg.preemption_grace_s) or _age(now, last) > cfg.heartbeat_timeout_s:
+            if gone or grace_over(r, now, cfg.preemption_grace_s) or age_s(last, now) > cfg.heartbeat_timeout_s:
                 took = "the provider took it" if gone else f"its grace of {cfg.preemption_grace_s:.0f}s is over"
                 return "preempted", f"preempted at {r.preempted_at.isoformat()}; {took}"
             return None
         if seen is not None and seen.status in (ProviderStatus.STOPPED, ProviderStatus.TERMINATED):
             return "stopped_at_provider", f"provider status {seen.native_status or seen.status}"
         if listing_ok and seen is None:
-            return "vanished", f"the provider no longer lists it (last heartbeat {_age(now, last):.0f}s ago)"
-        if _age(now, last) > cfg.heartbeat_timeout_s:
-            return "heartbeat_lost", f"no heartbeat for {_age(now, last):.0f}s"
+            return "vanished", f"the provider no longer lists it (last heartbeat {age_s(last, now):.0f}s ago)"
+        if age_s(last, now) > cfg.heartbeat_timeout_s:
+            return "heartbeat_lost", f"no heartbeat for {age_s(last, now):.0f}s"
     return None
 
 
@@ -184,7 +181,7 @@ def decide_reaps(
             rec = by_id.get(p.instance_id or "")
             if rec is not None and rec.state in LIVE:
                 continue
-            age = _age(now, p.created_at)
+            age = age_s(p.created_at, now) if p.created_at else float("inf")
             if age < cfg.orphan_grace_s:
                 continue
             why = f"record is {rec.state}" if rec else "no record owns it"

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import httpx
 from rich.console import Console
@@ -195,8 +194,3 @@ def failure_notes(result: MovesResult) -> list[str]:
         notes.append(f"the router counted {result.router.get('total', 0)} requests, the load generator "
                      f"{result.load.total} (a request the router never saw failed before reaching it)")
     return notes
-
-
-def summary_rows(result: MovesResult) -> list[dict[str, Any]]:
-    return [{"act": x.act, "provider": x.record.provider, "launched_s": x.launched_s, "deleted_s": x.deleted_s,
-             "deleted_by": x.deleted_by, "cost": x.cost} for x in result.launches]

@@ -257,7 +257,7 @@ class RouteLog:
             entry = json.loads(raw)
         except ValueError:
             return
-        if not isinstance(entry, dict) or entry.get("logger") != "spotleash.router":
+        if not isinstance(entry, dict) or not str(entry.get("logger", "")).startswith("spotleash.router."):
             return
         if entry.get("message") == "router stopped" and isinstance(entry.get("totals"), dict):
             self.router_totals = {k: int(v) for k, v in entry["totals"].items()}

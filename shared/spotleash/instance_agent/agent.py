@@ -17,7 +17,6 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -36,7 +35,7 @@ from spotleash.wire.agent_config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from
 from spotleash.wire.events import Heartbeat, InstanceFailure
 from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
 
-log = get_logger("spotleash.instance_agent")
+log = get_logger(__name__)
 
 IDLE_POLL_S = 5.0
 STOP_STATUSES = frozenset({401, 404, 410})
@@ -370,7 +369,3 @@ def agent_for(provider: str, transport: AgentTransport, *, work_dir: Path | None
         md = MetadataClient()
         return InstanceAgent(provider, gce_source(md), metadata=md, work_dir=work_dir, package_root=package_root)
     return InstanceAgent(provider, env_source(), work_dir=work_dir, package_root=package_root)
-
-
-def deadline_passed(cfg: AgentConfig, now: datetime) -> bool:
-    return cfg.deadline is not None and now >= cfg.deadline

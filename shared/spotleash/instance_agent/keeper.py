@@ -35,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from spotleash.clock import utcnow
 from spotleash.instance_agent.snapshot import (
     PART_BYTES,
     Channel,
@@ -46,10 +47,10 @@ from spotleash.instance_agent.snapshot import (
     take_snapshot,
 )
 from spotleash.log import get_logger
-from spotleash.wire.events import InstanceFailure, utcnow
+from spotleash.wire.events import InstanceFailure
 from spotleash.wire.snapshot import SnapshotTrigger
 
-log = get_logger("spotleash.instance_agent.keeper")
+log = get_logger(__name__)
 
 VM_ROOT_ENV = "SPOTLEASH_VM_ROOT"  # local_emulator.vmshim.ROOT_VAR: a fake instance's own root directory
 PREEMPTION_BUDGET_S = 25.0  # GCE gives 30 s between the notice and hard off

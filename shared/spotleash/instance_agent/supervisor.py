@@ -33,7 +33,7 @@ from spotleash.instance_agent.health import Health
 from spotleash.log import get_logger
 from spotleash.wire.events import ComponentReport
 
-log = get_logger("spotleash.instance_agent.supervisor")
+log = get_logger(__name__)
 
 TICK_S = 0.25
 PROBE_EVERY_STARTING_S = 0.5

@@ -20,11 +20,11 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
+from spotleash.clock import utcnow
 from spotleash.log import configure, get_logger
 from spotleash.wire.agent_config import CONFIG_ENV, AgentConfig
-from spotleash.wire.events import utcnow
 
-log = get_logger("spotleash.instance_agent.watchdog")
+log = get_logger(__name__)
 
 DEFAULT_URL = "https://console.vast.ai"
 

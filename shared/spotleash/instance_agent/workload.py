@@ -36,7 +36,7 @@ from spotleash.wire.events import ComponentReport, InstanceFailure
 if TYPE_CHECKING:
     from spotleash.wire.agent_config import AgentConfig
 
-log = get_logger("spotleash.instance_agent.workload")
+log = get_logger(__name__)
 
 Endpoint = Callable[[int], str]  # a component's local port → host:port reachable by the user's machine
 

@@ -34,7 +34,7 @@ from spotleash.wire.package import (
     pointer_text,
 )
 
-log = get_logger("spotleash.packaging.publish")
+log = get_logger(__name__)
 
 POINTER_ATTEMPTS = 10
 

@@ -22,7 +22,7 @@ from typing import Any
 
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.router.watch")
+log = get_logger(__name__)
 
 RecordsCallback = Callable[[list[dict[str, Any]]], None]
 LeaseCallback = Callable[[dict[str, Any] | None], None]

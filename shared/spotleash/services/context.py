@@ -15,12 +15,12 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from spotleash.adapters.firestore import FirestoreStore, Store
+from spotleash.clock import utcnow
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
 from spotleash.pricing.book import PriceBook
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
-from spotleash.wire.events import utcnow
 
 if TYPE_CHECKING:
     from spotleash.adapters.pubsub import Publisher

@@ -25,7 +25,7 @@ from spotleash.services.context import Context
 from spotleash.topology import load_topology
 from spotleash.wire.events import Rejected, parse_event
 
-log = slog.get_logger("spotleash.entry")
+log = slog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 

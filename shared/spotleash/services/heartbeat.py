@@ -29,7 +29,7 @@ from spotleash.services.terminate import terminate
 from spotleash.wire.events import Heartbeat
 from spotleash.wire.snapshot import SnapshotRequest
 
-log = get_logger("spotleash.heartbeat")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from spotleash.services.context import Context
 from spotleash.services.snapshots import may_destroy_for_hibernation
 from spotleash.services.terminate import terminate
 
-log = get_logger("spotleash.hibernate")
+log = get_logger(__name__)
 
 
 def run_hibernations(ctx: Context, skip: Iterable[str | None] = ()) -> list[str]:

@@ -20,6 +20,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from spotleash.clock import month_start
 from spotleash.decide.failover import last_sign_of_life, should_replace
 from spotleash.decide.ledger import committed, month_to_date, region_of
 from spotleash.decide.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
@@ -33,7 +34,7 @@ from spotleash.services.context import Context, token_hash
 from spotleash.services.terminate import terminate
 from spotleash.wire.events import DemandEvent
 
-log = get_logger("spotleash.launch")
+log = get_logger(__name__)
 IN_FLIGHT_GRACE_S = 10.0  # beyond the create retry budget, before a redelivery takes over a launch
 
 
@@ -43,10 +44,6 @@ class LaunchOutcome:
     state: State
     created: bool  # False: a duplicate or redelivered event found the existing record
     reason: str | None = None
-
-
-def month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def gather_facts(ctx: Context, lease_id: str, now: datetime, *, replacing: str | None = None) -> LaunchFacts:

@@ -11,7 +11,7 @@ from spotleash.services.context import Context
 from spotleash.services.terminate import terminate
 from spotleash.wire.events import BudgetAlert, LeaseEvent, ReleaseEvent
 
-log = get_logger("spotleash.lifecycle")
+log = get_logger(__name__)
 
 
 def handle_release(ctx: Context, event: ReleaseEvent) -> list[str]:

@@ -29,7 +29,7 @@ from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
 from spotleash.wire.events import ReapTick
 
-log = get_logger("spotleash.reap")
+log = get_logger(__name__)
 PARALLEL_DELETES = 8
 
 

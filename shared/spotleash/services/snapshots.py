@@ -47,12 +47,11 @@ from spotleash.wire.snapshot import (
     UploadedAsk,
     UploadGrant,
     Verdict,
-    lease_prefix,
     object_names,
     object_prefix,
 )
 
-log = get_logger("spotleash.snapshots")
+log = get_logger(__name__)
 
 _SNAPSHOT_WRITERS = (State.PROVISIONING, State.RUNNING, State.READY)  # PROVISIONING: restore runs before READY
 
@@ -333,9 +332,3 @@ def apply_retention(ctx: Context, lease_id: str) -> list[str]:
                         lease_id=lease_id, snapshot_id=snap.snapshot_id, instance_id=snap.instance_id)
         gone.append(snap.snapshot_id)
     return gone
-
-
-def orphan_objects(storage: Storage, lease_id: str, snapshots: Sequence[SnapshotRecord]) -> list[str]:
-    """Objects under the lease's prefix that no live snapshot record names (for a sweep)."""
-    known = {n for s in snapshots if s.state is not SnapshotState.DELETED for n in s.objects}
-    return [n for n in storage.list_names(lease_prefix(lease_id)) if n not in known]

@@ -9,9 +9,7 @@ record and dead-letter bad input instead of crash-looping on it.
 from __future__ import annotations
 
 import json
-import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 from pydantic import (
@@ -24,24 +22,13 @@ from pydantic import (
     model_validator,
 )
 
+from spotleash.clock import utcnow
 from spotleash.providers import ProviderName
+from spotleash.wire.ids import Id, new_id
 from spotleash.wire.snapshot import SnapshotAsk
 
 SCHEMA_VERSION = 1
 MAX_EVENT_BYTES = 32 * 1024
-ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"  # also a valid GCE label value
-
-Id = Annotated[str, Field(pattern=ID_PATTERN)]
-
-
-def new_id() -> str:
-    return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
 class Event(BaseModel):
     # allow_inf_nan=False: JSON has no Infinity/NaN; pydantic would serialise them as null and the
     # event would no longer round-trip (and a NaN slips past every ge/le bound).

@@ -52,14 +52,13 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from spotleash.wire.ids import Id
+
 SNAPSHOT_PREFIX = "snapshots"
 MANIFEST_OBJECT = "manifest.json"
 MANIFEST_FORMAT = 1
 MAX_PARTS = 512
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-SNAPSHOT_ID_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,62}$"
-
-SnapshotId = Annotated[str, Field(pattern=SNAPSHOT_ID_PATTERN)]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Detail = Annotated[str, Field(max_length=500)]
 
@@ -99,7 +98,7 @@ class SnapshotManifest(_Wire):
     """``manifest.json``: what the instance packed. Its own sha256 travels in the heartbeat."""
 
     format: Literal[1] = 1
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     lease_id: str
     instance_id: str
     created_at: AwareDatetime
@@ -126,7 +125,7 @@ class UploadAsk(_Wire):
     taken; ``request_id``: the ``SnapshotRequest`` it answers (trigger ``requested`` only)."""
 
     op: Literal["upload"] = "upload"
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     parts: Annotated[int, Field(ge=1, le=MAX_PARTS)]
     trigger: SnapshotTrigger = "manual"
     request_id: RequestId | None = None
@@ -136,7 +135,7 @@ class UploadedAsk(_Wire):
     """'Every object and the manifest are uploaded: verify and record it.'"""
 
     op: Literal["uploaded"] = "uploaded"
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     manifest_sha256: Sha256
 
 
@@ -144,7 +143,7 @@ class AbandonedAsk(_Wire):
     """'I could not finish this snapshot' (upload failed, disk full...): the control plane alerts."""
 
     op: Literal["abandoned"] = "abandoned"
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     detail: Detail = ""
 
 
@@ -152,14 +151,14 @@ class RestoreAsk(_Wire):
     """'What should I restore?' ``failed``: snapshots this instance found corrupt, with why."""
 
     op: Literal["restore"] = "restore"
-    failed: Annotated[dict[SnapshotId, Detail], Field(max_length=16)] = {}
+    failed: Annotated[dict[Id, Detail], Field(max_length=16)] = {}
 
 
 class RestoredAsk(_Wire):
     """'Restored ``snapshot_id``' (None: there was nothing to restore), for the audit."""
 
     op: Literal["restored"] = "restored"
-    snapshot_id: SnapshotId | None = None
+    snapshot_id: Id | None = None
     seconds: Annotated[float, Field(ge=0)] = 0.0  # the whole restore, waits for a newer snapshot included
     raw_bytes: Annotated[int, Field(ge=0)] = 0
     waited_s: Annotated[float, Field(ge=0)] = 0.0  # of ``seconds``: told to wait (``RestoreWait``)
@@ -182,14 +181,14 @@ class Transfer(_Wire):
 
 class UploadGrant(_Wire):
     kind: Literal["upload_grant"] = "upload_grant"
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     objects: dict[str, Transfer]  # object name (relative to the prefix) -> the request that writes it
     expires_at: AwareDatetime
 
 
 class Verdict(_Wire):
     kind: Literal["verdict"] = "verdict"
-    snapshot_id: SnapshotId
+    snapshot_id: Id
     verified: bool
     detail: Detail = ""
 
@@ -198,7 +197,7 @@ class RestoreGrant(_Wire):
     """The snapshot to restore (None: none is verified for this lease), with read URLs."""
 
     kind: Literal["restore_grant"] = "restore_grant"
-    snapshot_id: SnapshotId | None = None
+    snapshot_id: Id | None = None
     manifest_sha256: Sha256 | None = None
     objects: dict[str, Transfer] = {}
     expires_at: AwareDatetime | None = None

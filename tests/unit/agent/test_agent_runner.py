@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from spotleash.agent import default_lease_id, label_safe
-from spotleash.agent.runner import Agent, components_of, run_agent
+from spotleash.agent.runner import Agent, configured_components, run_agent
 from spotleash.agent.shutdown import Shutdown
 from spotleash.config import Settings
 from spotleash.errors import Transient
@@ -239,5 +239,5 @@ def test_default_lease_id_is_label_safe() -> None:
 
 
 def test_components_default_to_4_gb_without_gpu() -> None:
-    cs = components_of(Settings(components=["a", "vision"], component_ram_gb={}))
+    cs = configured_components(Settings(components=["a", "vision"], component_ram_gb={}))
     assert [(c.name, c.ram_gb, c.gpu) for c in cs] == [("a", 4.0, False), ("vision", 4.0, False)]

@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from spotleash.clock import month_start
 from spotleash.decide.ledger import (
     NO_COMPONENT,
     STILL_RUNNING,
@@ -15,7 +16,6 @@ from spotleash.decide.ledger import (
     build_ledger,
     committed,
     intervals_of,
-    month_start,
     month_to_date,
     reason_code,
     region_of,

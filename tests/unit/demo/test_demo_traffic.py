@@ -98,12 +98,12 @@ def test_the_load_goes_through_the_router_and_nothing_fails(app: LoadedApp, copi
 def test_the_route_log_prints_each_change_and_keeps_the_router_totals(tmp_path: Path) -> None:
     log = tmp_path / "agent.log"
     lines = [
-        {"logger": "spotleash.agent", "message": "agent starting"},
-        {"logger": "spotleash.router", "message": "route changed", "component": "vectors", "from_target": "local",
+        {"logger": "spotleash.agent.runner", "message": "agent starting"},
+        {"logger": "spotleash.router.proxy", "message": "route changed", "component": "vectors", "from_target": "local",
          "to_target": "remote:i-1", "reason": "remote copy of vectors ready and its probe passing"},
-        {"logger": "spotleash.router", "message": "route changed", "component": "vectors",
+        {"logger": "spotleash.router.proxy", "message": "route changed", "component": "vectors",
          "from_target": "remote:i-1", "to_target": "local", "reason": "lease released"},
-        {"logger": "spotleash.router", "message": "router stopped",
+        {"logger": "spotleash.router.service", "message": "router stopped",
          "totals": {"total": 9, "remote": 4, "retried": 1, "failed": 0}},
     ]
     log.write_text("\n".join(json.dumps(x) for x in lines) + "\nnot json\n")

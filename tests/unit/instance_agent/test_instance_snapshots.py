@@ -13,8 +13,8 @@ from spotleash.instance_agent.agent import snapshot_request_of
 from spotleash.instance_agent.idle import GPU_QUERY, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import fingerprint, new_snapshot_id, resolve_state_paths
 from spotleash.instance_agent.snapshot import MAX_RESTORE_WAIT_S, SnapshotError, restore, take_snapshot
+from spotleash.wire.ids import ID_PATTERN
 from spotleash.wire.snapshot import (
-    SNAPSHOT_ID_PATTERN,
     SNAPSHOT_REQUEST_FIELD,
     Noted,
     Refused,
@@ -68,7 +68,7 @@ def test_snapshot_ids_are_valid_and_unique() -> None:
     import re
 
     ids = {new_snapshot_id() for _ in range(200)}
-    assert len(ids) == 200 and all(re.match(SNAPSHOT_ID_PATTERN, i) for i in ids)
+    assert len(ids) == 200 and all(re.match(ID_PATTERN, i) for i in ids)
 
 
 def test_the_fingerprint_changes_with_content_size_or_names_only(tmp_path: Path) -> None:

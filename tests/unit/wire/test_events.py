@@ -12,7 +12,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spotleash.wire.events import (
-    ID_PATTERN,
     MAX_EVENT_BYTES,
     BudgetAlert,
     Component,
@@ -23,9 +22,9 @@ from spotleash.wire.events import (
     ReapTick,
     Rejected,
     ReleaseEvent,
-    new_id,
     parse_event,
 )
+from spotleash.wire.ids import ID_PATTERN, new_id
 
 REASONS = {"bad_json", "bad_encoding", "not_an_object", "unknown_version", "wrong_kind", "invalid", "oversize"}
 EVENT_MODELS: list[type[Event]] = [DemandEvent, ReleaseEvent, LeaseEvent, ReapTick, Heartbeat]

@@ -32,6 +32,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from spotleash.adapters.google_errors import is_transient
 from spotleash.errors import CapacityExhausted, NotFound, ProviderPermanent, ProviderTransient
 from spotleash.log import get_logger
 from spotleash.providers.base import (
@@ -49,7 +50,7 @@ from spotleash.wire.agent_config import FRONT_TAG, metadata_values
 if TYPE_CHECKING:
     from spotleash.config import Settings
 
-log = get_logger("spotleash.providers.gce.provider")
+log = get_logger(__name__)
 T = TypeVar("T")
 
 # requestId must be a UUID on GCE: derive it from the instance id (and the zone, so that a retry in
@@ -99,10 +100,10 @@ def translate(e: Exception, what: str) -> Exception:
             return CapacityExhausted(f"{what}: {e.message}")
         if isinstance(e, gexc.NotFound) or code == 404:
             return NotFound(f"{what}: {e.message}")
-        if code == 429 or code >= 500 or isinstance(e, gexc.DeadlineExceeded):
+        if is_transient(e):
             return ProviderTransient(f"{what}: HTTP {code} {e.message}")
         return ProviderPermanent(f"{what}: HTTP {code} {e.message}")
-    if isinstance(e, requests.exceptions.RequestException | auth_exc.TransportError | TimeoutError | ConnectionError):
+    if is_transient(e):
         return ProviderTransient(f"{what}: {type(e).__name__}: {e}")
     return ProviderPermanent(f"{what}: {type(e).__name__}: {e}")
 

@@ -27,15 +27,15 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.prompt import Confirm
 from rich.table import Table
 
+from spotleash.clock import utcnow
 from spotleash.errors import CapacityExhausted, ConfigError, ExitCode, SpotleashError
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers.base import GpuRequirements, LaunchSpec
 from spotleash.providers.vast import Offer, VastProvider
 from spotleash.providers.vast.ssh import run
-from spotleash.wire.events import utcnow
 
-log = get_logger("spotleash.providers.vast.smoke")
+log = get_logger(__name__)
 
 PHASES = ("search offers", "create instance", "wait running", "wait SSH", "write file", "verify file",
           "destroy instance")
