@@ -1,4 +1,4 @@
-"""The ``spotleash publish`` command (registered by cli.py)."""
+"""The ``spotleash publish`` command (registered by ``cli/app.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
+from spotleash.cli._common import console, settings
 from spotleash.errors import ConfigError
 
 
@@ -33,7 +34,6 @@ def publish_command(
 ) -> None:
     """Package the app (code + wheels for the instance), upload it to Cloud Storage, move the channel pointer."""
     from spotleash.adapters.storage import Storage
-    from spotleash.cli._common import console, settings
     from spotleash.config import CONFIG_FILE_VAR
     from spotleash.packaging.appspec import load_app
     from spotleash.packaging.publish import ProgressFactory, _no_progress, publish

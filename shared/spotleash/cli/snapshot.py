@@ -27,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from spotleash.adapters.firestore import Store
-from spotleash.cli._common import short_duration
+from spotleash.cli._common import settings, short_duration
 from spotleash.decide.hibernate import new_request, started_since
 from spotleash.errors import BadInput, ExitCode
 from spotleash.model import InstanceRecord, RestorePin, SnapshotRecord, SnapshotState, State
@@ -111,7 +111,6 @@ def pin_restore(store: Store, lease_id: str, snapshot_id: str, deployment_id: st
 def _context(lease_id: str | None) -> tuple[Store, str, str]:
     from spotleash.adapters.firestore import FirestoreStore
     from spotleash.agent import default_lease_id
-    from spotleash.cli._common import settings
 
     s = settings()
     return FirestoreStore.from_settings(s), lease_id or default_lease_id(), s.deployment_id

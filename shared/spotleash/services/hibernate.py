@@ -15,11 +15,11 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 
 from spotleash.decide.hibernate import is_idle, new_request
+from spotleash.decide.snapshots import may_destroy_for_hibernation
 from spotleash.errors import SpotleashError, Transient
 from spotleash.log import get_logger
 from spotleash.model import Hibernation, InstanceRecord, SnapshotRecord
 from spotleash.services.context import Context
-from spotleash.services.snapshots import may_destroy_for_hibernation
 from spotleash.services.terminate import terminate
 
 log = get_logger(__name__)

@@ -8,14 +8,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spotleash.instance_agent.snapshot import SnapshotError, state_paths_for
-from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State, new_record, transition
-from spotleash.services.snapshots import (
+from spotleash.decide.snapshots import (
     check_manifest,
     choose_restore,
     may_destroy_for_hibernation,
     retention_plan,
 )
+from spotleash.instance_agent.snapshot import SnapshotError, state_paths_for
+from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State, new_record, transition
 from spotleash.wire.package import AppSpec
 from spotleash.wire.snapshot import ManifestObject, SnapshotManifest, object_names
 
