@@ -42,12 +42,12 @@ from tests.chaos.conftest import HB_TIMEOUT, REAP_BOUND, SEEDS, Chaos, ChaosStac
 
 from local_emulator import procs, stack, vmshim
 from local_emulator.storage.fault_proxy import FaultProxy
+from spotleash.adapters.storage import Storage
+from spotleash.cli.snapshot import request_snapshot
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.polling import wait_until
-from spotleash.snapshot_cli import request_snapshot
-from spotleash.snapshot_wire import lease_prefix
-from spotleash.storage import Storage
 from spotleash.topology import load_topology
+from spotleash.wire.snapshot import lease_prefix
 
 pytestmark = [pytest.mark.chaos]
 

@@ -17,8 +17,8 @@ import httpx
 import psutil
 import pytest
 
-from spotleash.events import ComponentReport
 from spotleash.instance_agent.supervisor import MARKER_ENV, STATE_PATHS_ENV, Launch, Supervisor, component_env
+from spotleash.wire.events import ComponentReport
 
 COMPONENT = Path(__file__).with_name("components.py")
 

@@ -49,7 +49,7 @@ from spotleash.router.channel import (
 )
 from spotleash.router.forward import cut, request_headers, stream_response
 
-log = get_logger("spotleash.instance_agent.front")
+log = get_logger(__name__)
 
 _ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 

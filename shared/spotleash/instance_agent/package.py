@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from spotleash.instance_agent.bootstrap import MANIFEST_NAME, PackageFailure
 from spotleash.instance_agent.supervisor import Launch
-from spotleash.package_format import Manifest
+from spotleash.wire.package import Manifest
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,12 @@ from typing import IO
 
 import httpx
 
-from spotleash.events import ComponentReport
 from spotleash.instance_agent import health
 from spotleash.instance_agent.health import Health
 from spotleash.log import get_logger
+from spotleash.wire.events import ComponentReport
 
-log = get_logger("spotleash.instance_agent.supervisor")
+log = get_logger(__name__)
 
 TICK_S = 0.25
 PROBE_EVERY_STARTING_S = 0.5

@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.instance_agent import bootstrap, package
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure
 from spotleash.instance_agent.front import FrontConfig, FrontThread
@@ -32,11 +31,12 @@ from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.instance_agent.supervisor import Supervisor, component_env
 from spotleash.log import get_logger
+from spotleash.wire.events import ComponentReport, InstanceFailure
 
 if TYPE_CHECKING:
-    from spotleash.instance_agent.config import AgentConfig
+    from spotleash.wire.agent_config import AgentConfig
 
-log = get_logger("spotleash.instance_agent.workload")
+log = get_logger(__name__)
 
 Endpoint = Callable[[int], str]  # a component's local port → host:port reachable by the user's machine
 
