@@ -32,7 +32,7 @@ from rich.console import Console
 
 from bench import report
 from bench.harness import as_json
-from spotleash.demo import DEMO_TIMINGS, REAP_TIME_SCALE
+from spotleash.demo.run import DEMO_TIMINGS, REAP_TIME_SCALE
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"

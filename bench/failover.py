@@ -49,10 +49,10 @@ import httpx
 from bench.harness import Harness, log
 from bench.stats import ratio, summary
 from local_emulator.scheduler import reaper_paused
-from spotleash import failover
-from spotleash.events import ReleaseEvent
+from spotleash.decide import failover
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
+from spotleash.wire.events import ReleaseEvent
 
 READY_TIMEOUT_S = 300.0
 SERVED_BY = "X-Served-By"
@@ -268,8 +268,8 @@ def remote_latency(app: Any, load: Load, rec: InstanceRecord, direct_url: str, n
 
 def _publish_and_switch_on(h: Harness, state_dir: Path, work: Path) -> str:
     from bench import packages
-    from spotleash.package_format import pointer_object
     from spotleash.topology import load_topology
+    from spotleash.wire.package import pointer_object
 
     state = work / "publish-state"
     state.mkdir(exist_ok=True)
@@ -327,7 +327,7 @@ def state_before_outbid(vast_url: str, rec: InstanceRecord, state_mb: int) -> di
                 f.write(os.urandom(2**20))
     digest = _file_sha256(path)
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "snapshot", "create", "--lease-id",
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "snapshot", "create", "--lease-id",
                           rec.lease_id, "--instance", rec.instance_id, "--wait", "240", "--json"],
                          capture_output=True, text=True, timeout=300, check=False)
     if out.returncode != 0:

@@ -14,15 +14,15 @@ from typing import Any
 import httpx
 from google.cloud import pubsub_v1
 
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings, load_settings
-from spotleash.events import Event
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
-from spotleash.store import FirestoreStore
 from spotleash.topology import load_topology
+from spotleash.wire.events import Event
 
 log = get_logger("bench")
 

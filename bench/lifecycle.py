@@ -15,12 +15,12 @@ from typing import Any
 
 from bench.harness import Harness, log
 from bench.stats import ratio, summary
-from spotleash.events import Component, DemandEvent, LeaseEvent, ReleaseEvent
 from spotleash.model import State, instance_id_for, new_record
 from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers.base import LaunchSpec, ProviderStatus
 from spotleash.services.launch import build_spec
 from spotleash.services.terminate import confirm_gone
+from spotleash.wire.events import Component, DemandEvent, LeaseEvent, ReleaseEvent
 
 SETTLED = {State.RUNNING, State.READY, State.FAILED, State.TERMINATED}
 BASELINE_DEPLOYMENT = "bench-baseline"  # the stack's reaper (deployment "default") never sees these VMs

@@ -29,12 +29,12 @@ from typing import Any
 
 from bench.harness import Harness, log
 from bench.stats import summary
-from spotleash.events import Component, DemandEvent, LeaseEvent, ReleaseEvent
+from spotleash.adapters.storage import Storage
 from spotleash.model import ENDED, InstanceRecord, State
-from spotleash.package_format import package_object, pointer_object
 from spotleash.polling import wait_until
-from spotleash.storage import Storage
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent, LeaseEvent, ReleaseEvent
+from spotleash.wire.package import package_object, pointer_object
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "thumbs"
@@ -83,7 +83,7 @@ def generate_app(root: Path, mb: int = GENERATED_MB, seed: int = 11) -> int:
 def _publish(app: Path, state: Path) -> dict[str, Any]:
     env = {**os.environ, "SPOTLEASH_STATE_DIR": str(state), "SPOTLEASH_PACKAGE_BUCKET": load_topology().package_bucket}
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=900, check=False)
     wall = time.monotonic() - t0
     if out.returncode != 0:

@@ -15,13 +15,13 @@ from typing import Any
 
 from bench.harness import Harness, log
 from bench.stats import ratio, summary
-from spotleash.events import ReapTick
+from spotleash.adapters.firestore import FirestoreStore
+from spotleash.decide.reap import ReapConfig, ReapPlan, decide_reaps
 from spotleash.model import InstanceRecord, Lease, State, new_record, transition
 from spotleash.providers.base import Inventory
-from spotleash.reaper import ReapConfig, ReapPlan, decide_reaps
 from spotleash.services.context import Context
 from spotleash.services.reap import configured_providers, inventory, run_reap
-from spotleash.store import FirestoreStore
+from spotleash.wire.events import ReapTick
 
 BATCH = 500
 PER_LEASE = 10

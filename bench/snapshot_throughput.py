@@ -37,16 +37,16 @@ import httpx
 from google.cloud import firestore
 
 from bench.stats import ratio, summary
+from spotleash.adapters.firestore import FirestoreStore, Store
+from spotleash.adapters.storage import Storage
 from spotleash.config import Settings
-from spotleash.events import Heartbeat
 from spotleash.instance_agent.snapshot import WORKERS, parse_reply, restore, take_snapshot
 from spotleash.log import get_logger
 from spotleash.model import Lease, State, new_record, transition
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
-from spotleash.snapshot_wire import SnapshotAsk, SnapshotReply
-from spotleash.storage import Storage
-from spotleash.store import FirestoreStore, Store
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SnapshotAsk, SnapshotReply
 
 log = get_logger("bench.snapshot")
 

@@ -10,7 +10,7 @@ from rich.console import Console
 
 from bench.harness import log
 from bench.stats import ratio, summary
-from spotleash.smoke import smoke_against_fake
+from spotleash.providers.vast.smoke import smoke_against_fake
 
 
 def vast_smoke(work_dir: Path, runs: int) -> dict[str, Any]:

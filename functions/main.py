@@ -13,7 +13,12 @@ from flask import Request, Response
 
 from spotleash.dashboard.command import cloud_state
 from spotleash.dashboard.web import respond
-from spotleash.events import (
+from spotleash.services.entry import context, handle_message, settings, warm_up
+from spotleash.services.heartbeat import handle_heartbeat
+from spotleash.services.launch import handle_demand
+from spotleash.services.lifecycle import handle_budget, handle_lease, handle_release
+from spotleash.services.reap import run_reap
+from spotleash.wire.events import (
     BudgetAlert,
     DemandEvent,
     Heartbeat,
@@ -23,12 +28,7 @@ from spotleash.events import (
     ReleaseEvent,
     parse_event,
 )
-from spotleash.services.entry import context, handle_message, settings, warm_up
-from spotleash.services.heartbeat import handle_heartbeat
-from spotleash.services.launch import handle_demand
-from spotleash.services.lifecycle import handle_budget, handle_lease, handle_release
-from spotleash.services.reap import run_reap
-from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD
+from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD
 
 settings()  # wrong configuration fails here, at start, with a message that says what to fix
 warm_up()
@@ -89,6 +89,6 @@ def on_dashboard(request: Request) -> Response:
 
 @cache
 def _dashboard_state() -> Callable[[], dict[str, Any]]:
-    from spotleash.store import FirestoreStore
+    from spotleash.adapters.firestore import FirestoreStore
 
     return cloud_state(settings(), FirestoreStore.from_settings(settings()))

@@ -2,7 +2,7 @@
 
 Same control API as every fake (``local_emulator.faults``): ``POST/GET/DELETE /_control/faults`` on the
 function's own port (loopback only, like the whole stack). A request's *operation* is
-``snapshot.<op>`` when it is a heartbeat carrying a snapshot ask (``spotleash.snapshot_wire``: upload,
+``snapshot.<op>`` when it is a heartbeat carrying a snapshot ask (``spotleash.wire.snapshot``: upload,
 uploaded, abandoned, restore, restored), else ``call``.
 
 What a rule does here:

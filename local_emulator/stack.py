@@ -44,8 +44,8 @@ from local_emulator.procs import (
     wait_ready,
 )
 from spotleash.log import get_logger
-from spotleash.stack_env import env_file, format_env, read_env_file
 from spotleash.topology import Topology, load_topology
+from spotleash.wire.stack_env import env_file, format_env, read_env_file
 
 log = get_logger("spotleash.local.stack")
 

@@ -13,7 +13,7 @@ resource "google_firestore_database" "main" {
   depends_on = [google_project_service.apis]
 }
 
-# Composite indexes, derived from the queries in shared/spotleash/store.py (Store):
+# Composite indexes, derived from the queries in shared/spotleash/adapters/firestore.py (Store):
 #
 #   _live / live_instances     instances: deployment_id ==, state in [LIVE]
 #   instances_of_lease         instances: lease_id ==, state in [LIVE]

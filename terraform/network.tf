@@ -8,7 +8,7 @@
 # 35.235.240.0/20 to come through IAP TCP forwarding) in var.router_source_ranges.
 
 locals {
-  front_tag = "spotleash-front" # network tag the launcher puts on every VM (spotleash.instance_agent.config.FRONT_TAG)
+  front_tag = "spotleash-front" # network tag the launcher puts on every VM (spotleash.wire.agent_config.FRONT_TAG)
 }
 
 resource "google_compute_firewall" "front" {

@@ -1,5 +1,5 @@
 # Snapshots: snapshots/<lease>/<snapshot_id>/part-*.tar.zst and manifest.json in the package bucket
-# (shared/spotleash/snapshot_wire.py). The instances never hold a credential for them: on_heartbeat
+# (shared/spotleash/wire/snapshot.py). The instances never hold a credential for them: on_heartbeat
 # answers their heartbeat's snapshot asks with V4 signed URLs, one object and one verb each, signed as
 # its own service account through IAM signBlob. A signed URL acts with the signer's permissions, so
 # what on_heartbeat may do here bounds what any URL may do:

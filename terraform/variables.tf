@@ -218,7 +218,7 @@ variable "network" {
 }
 
 variable "front_port" {
-  description = "TCP port of the instances' TLS front (spotleash.instance_agent.config.FRONT_PORT)."
+  description = "TCP port of the instances' TLS front (spotleash.wire.agent_config.FRONT_PORT)."
   type        = number
   default     = 8443
 

@@ -63,7 +63,7 @@ def wait_storage_ready(proc: ManagedProcess, timeout: float) -> None:
 
 
 def create_bucket(port: int, project: str, bucket: str) -> None:
-    """The package bucket, through the official client (spotleash.storage)."""
-    from spotleash.storage import Storage
+    """The package bucket, through the official client (spotleash.adapters.storage)."""
+    from spotleash.adapters.storage import Storage
 
     Storage(bucket, project=project, retry_s=10.0, emulator=url(port)).ensure_bucket()

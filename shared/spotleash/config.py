@@ -26,9 +26,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from spotleash import appspec
 from spotleash.errors import ConfigError
-from spotleash.events import ID_PATTERN
+from spotleash.packaging import appspec
+from spotleash.wire.ids import ID_PATTERN
 
 ENV_PREFIX = "SPOTLEASH_"
 CONFIG_FILE_VAR = "SPOTLEASH_CONFIG_FILE"

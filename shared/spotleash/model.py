@@ -12,8 +12,8 @@ from typing import Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from spotleash.errors import InvalidTransition
-from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.providers import ProviderName
+from spotleash.wire.events import ComponentReport, InstanceFailure
 
 
 class State(StrEnum):
@@ -59,7 +59,7 @@ SnapshotReason = Literal["on_demand", "hibernate", "deadline"]
 
 class RequestedSnapshot(BaseModel):
     """The control plane wants a snapshot of this instance (the record's ``snapshot_request``): its heartbeat
-    replies carry it (``spotleash.snapshot_wire.SnapshotRequest``) until a snapshot of it starts at or after
+    replies carry it (``spotleash.wire.snapshot.SnapshotRequest``) until a snapshot of it starts at or after
     ``requested_at``."""
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -235,7 +235,7 @@ class SnapshotRecord(BaseModel):
     files: int = 0
     reason: str | None = None  # why FAILED or CORRUPT
     verified_at: AwareDatetime | None = None
-    trigger: str | None = None  # why the instance took it (snapshot_wire.SnapshotTrigger); None: recorded before
+    trigger: str | None = None  # why the instance took it (wire.snapshot.SnapshotTrigger); None: recorded before
 
 
 class Lease(BaseModel):

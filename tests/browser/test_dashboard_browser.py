@@ -33,13 +33,14 @@ from tests.conftest import TEST_PROJECT
 from tests.emulator.emulator_fixtures import firestore_emulator
 from tests.support.memory_store import MemoryStore
 
+from spotleash.adapters.firestore import FirestoreStore
+from spotleash.clock import month_start, utcnow
 from spotleash.dashboard.command import state_source
 from spotleash.dashboard.local import DashboardServer
 from spotleash.dashboard.view import build_view, gather
-from spotleash.events import ComponentReport, utcnow
-from spotleash.ledger import month_start, month_to_date
+from spotleash.decide.ledger import month_to_date
 from spotleash.model import Hibernation, InstanceRecord, Lease, RequestedSnapshot, State, transition
-from spotleash.store import FirestoreStore
+from spotleash.wire.events import ComponentReport
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"

@@ -1,5 +1,5 @@
 """Chaos fixtures: a stack of our own (scenarios kill parts of it), an observer of every instance the
-fakes ever hold, the end-of-scenario verdict, and the summary in bench/results/chaos.json.
+fakes ever hold, the end-of-scenario verdict, and the summary in bench/results/tmp/chaos.json.
 
 The verdict of every scenario (``Chaos.verdict``), within its bound:
 - the fakes' control APIs hold no instance the scenario made, and neither do the providers'
@@ -30,6 +30,7 @@ from typing import Any
 
 import httpx
 import pytest
+from tests.chaos.report import LAST_RUN
 from tests.conftest import FAST_FAKE_ARGS, FAST_TIMINGS, REAP_PERIOD_S, TEST_PROJECT
 from tests.e2e.flows import Flows
 
@@ -39,7 +40,7 @@ from spotleash.providers import build_provider
 from spotleash.providers.base import LABEL_INSTANCE, LABEL_LEASE
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS_FILE = REPO / "bench" / "results" / "chaos.json"
+RESULTS_FILE = LAST_RUN  # untracked; `python -m tests.chaos.report --publish` makes it the quoted figures
 RUNS = max(1, int(os.environ.get("SPOTLEASH_CHAOS_RUNS", "1")))
 SEEDS = list(range(RUNS))
 LEASE_TTL = float(FAST_TIMINGS["SPOTLEASH_LEASE_TTL_S"])

@@ -1,6 +1,11 @@
-"""Render bench/results/chaos.json into the README's chaos section.
+"""Render the chaos figures into the README's chaos section.
 
-    uv run python -m tests.chaos.report          # rewrites the text between the chaos markers
+A chaos run (``make chaos``) writes its figures to ``bench/results/tmp/chaos.json`` (untracked: a CI run
+leaves the checkout clean). A person who wants them quoted publishes them:
+
+    uv run python -m tests.chaos.report --publish   # copies the last run's figures to bench/results/chaos.json
+                                                    # and rewrites the text between the chaos markers
+    uv run python -m tests.chaos.report             # only re-renders the published figures
 """
 
 from __future__ import annotations
@@ -12,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "bench" / "results" / "chaos.json"
+RESULTS = REPO / "bench" / "results" / "chaos.json"  # the published figures the README quotes
+LAST_RUN = REPO / "bench" / "results" / "tmp" / "chaos.json"  # what the last chaos run wrote (gitignored)
 README = REPO / "README.md"
 START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
 
@@ -109,7 +115,12 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    if "--publish" in argv:
+        if not LAST_RUN.is_file():
+            print(f"no chaos run to publish: {LAST_RUN} is missing (run `make chaos` first)", file=sys.stderr)
+            return 1
+        RESULTS.write_text(LAST_RUN.read_text())
     data = json.loads(RESULTS.read_text())
     text = README.read_text()
     if START not in text or END not in text:
@@ -122,4 +133,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

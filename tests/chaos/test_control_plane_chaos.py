@@ -16,10 +16,10 @@ import psutil
 import pytest
 from tests.chaos.conftest import HB_TIMEOUT, PENDING_BOUND, REAP_BOUND, SEEDS, Chaos, new_lease, observed
 
-from spotleash.events import LeaseEvent, ReleaseEvent
+from spotleash.decide.reap import RETRY_DELETE_AFTER_S
 from spotleash.model import ENDED, State
 from spotleash.polling import wait_until
-from spotleash.reaper import RETRY_DELETE_AFTER_S
+from spotleash.wire.events import LeaseEvent, ReleaseEvent
 
 pytestmark = [pytest.mark.chaos]
 

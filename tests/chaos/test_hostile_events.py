@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
 from tests.chaos.conftest import SEEDS, Chaos, new_lease, observed
 
-from spotleash.events import (
+from spotleash.polling import wait_until
+from spotleash.wire.events import (
     BudgetAlert,
     DemandEvent,
     LeaseEvent,
@@ -30,7 +31,6 @@ from spotleash.events import (
     ReleaseEvent,
     parse_event,
 )
-from spotleash.polling import wait_until
 
 pytestmark = [pytest.mark.chaos]
 

@@ -42,12 +42,12 @@ from tests.chaos.conftest import HB_TIMEOUT, REAP_BOUND, SEEDS, Chaos, ChaosStac
 
 from local_emulator import procs, stack, vmshim
 from local_emulator.storage.fault_proxy import FaultProxy
+from spotleash.adapters.storage import Storage
+from spotleash.cli.snapshot import request_snapshot
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.polling import wait_until
-from spotleash.snapshot_cli import request_snapshot
-from spotleash.snapshot_wire import lease_prefix
-from spotleash.storage import Storage
 from spotleash.topology import load_topology
+from spotleash.wire.snapshot import lease_prefix
 
 pytestmark = [pytest.mark.chaos]
 
@@ -213,6 +213,13 @@ def test_snapshots_survive_a_killed_function_a_killed_agent_and_storage_503s(
             files["d.bin"] = _write(ws2, "d.bin", 4 * MB)
             s4 = _verified(chaos, box2, _ask(chaos, box2))
             assert proxy.plan.left() == 0, proxy.plan.to_json()
+            # S4's VERIFIED is written before the same on_heartbeat request runs its retention, so S3's
+            # DELETED follows it by a few ms (seen 5-8 ms on a quiet machine; more on a loaded one): wait
+            # for retention's own audit entry rather than read S3 the instant S4 is verified.
+            deleted = wait_until(lambda: [e for e in chaos.audit(box1.instance_id) if e["action"] == "snapshot_deleted"
+                                          and e.get("snapshot_id") == s3.snapshot_id], timeout_s=30, interval_s=0.1,
+                                 what="retention's snapshot_deleted entry for S3")[0]
+            assert deleted["reason"] == "retention (uploading)", deleted
             s3_now = chaos.store.get_snapshot(s3.snapshot_id)
             assert s3_now is not None and s3_now.state is SnapshotState.DELETED, s3_now
             verified = {e.get("snapshot_id") for e in chaos.audit(box1.instance_id) if e["action"] == "snapshot_verified"}

@@ -16,13 +16,13 @@ from typing import Any
 import httpx
 from google.cloud import pubsub_v1
 
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings, load_settings
-from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.providers import build_provider
-from spotleash.store import FirestoreStore
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
 
 class Flows:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from local_emulator import stack
-from spotleash.events import Component, DemandEvent
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbs"
@@ -45,7 +45,7 @@ def packages_on(state_dir: Path, pub_state: Path) -> Iterator[dict[str, Any]]:
     (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(EXAMPLE), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.stdout)

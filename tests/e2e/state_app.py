@@ -28,10 +28,10 @@ import httpx
 from tests.e2e.flows import Flows
 
 from local_emulator import stack
-from spotleash.events import Component, DemandEvent
 from spotleash.model import ENDED, InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbs"
@@ -117,7 +117,7 @@ def published(state_dir: Path, tmp: Path, settings: dict[str, str]) -> Iterator[
     (tmp / "publish-state" / "wheels").symlink_to(cache, target_is_directory=True)
     app = state_app(tmp)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(tmp / "publish-state")}
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")
@@ -198,7 +198,7 @@ def notes_state(rec: InstanceRecord) -> dict[str, Any]:
 
 def request_snapshot(lease_id: str, instance_id: str, wait_s: float = 90.0) -> dict[str, Any]:
     """``spotleash snapshot create --wait`` (the CLI, as a user types it): the verified snapshot's JSON."""
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "snapshot", "create", "--lease-id", lease_id,
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "snapshot", "create", "--lease-id", lease_id,
                           "--instance", instance_id, "--wait", str(wait_s), "--json"],
                          capture_output=True, text=True, timeout=wait_s + 60, check=False)
     assert out.returncode == 0, (out.stdout[-2000:], out.stderr[-3000:])

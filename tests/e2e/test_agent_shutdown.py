@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from tests.support.json_log import first_logged, log_lines
 
-from spotleash.events import DemandEvent, LeaseEvent, ReleaseEvent, parse_event
 from spotleash.polling import wait_until
+from spotleash.wire.events import DemandEvent, LeaseEvent, ReleaseEvent, parse_event
 
 pytestmark = [pytest.mark.e2e]
 

@@ -17,19 +17,19 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 from tests.e2e.flows import Flows
 
-from spotleash.events import Heartbeat
 from spotleash.model import Hibernation
 from spotleash.providers.base import ownership_labels
 from spotleash.services.context import Context
-from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD
-from spotleash.stack_env import read_env_file
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD
+from spotleash.wire.stack_env import read_env_file
 
 pytestmark = [pytest.mark.e2e]
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     env = {**(env or os.environ), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "spotleash.cli_main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "spotleash.cli", *args], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
 

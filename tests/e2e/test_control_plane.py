@@ -195,11 +195,11 @@ def test_the_same_demand_delivered_three_times_makes_one_instance(flows: Flows) 
 def test_a_crash_between_create_and_record_leaves_nothing_behind(flows: Flows) -> None:
     """The state a launcher crash leaves — an intent still PROVISIONING, a labelled VM, no provider id
     recorded — is found by label and deleted by the reaper."""
-    from spotleash.events import Component, DemandEvent
     from spotleash.model import instance_id_for, new_record, transition
     from spotleash.providers import build_provider
     from spotleash.services.context import Context
     from spotleash.services.launch import build_spec
+    from spotleash.wire.events import Component, DemandEvent
 
     lid = lease()
     event = DemandEvent(lease_id=lid, trigger="threshold", ram_percent=90,

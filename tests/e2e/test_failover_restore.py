@@ -41,9 +41,9 @@ from tests.e2e.state_app import (
 )
 from tests.support import snapshot_objects
 
+from spotleash.adapters.storage import Storage
 from spotleash.model import SnapshotState, State
 from spotleash.polling import wait_until
-from spotleash.storage import Storage
 from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]

@@ -9,9 +9,9 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 
-from spotleash.events import Heartbeat
 from spotleash.model import State
 from spotleash.polling import wait_until
+from spotleash.wire.events import Heartbeat
 
 pytestmark = [pytest.mark.e2e]
 

@@ -87,7 +87,7 @@ def _set_env(state_dir: Path, values: dict[str, str]) -> None:
 def publish(app: Path, pub_state: Path) -> dict[str, Any]:
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": load_topology().package_bucket,
            "SPOTLEASH_STATE_DIR": str(pub_state)}
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     got: dict[str, Any] = json.loads(out.stdout)
@@ -186,7 +186,7 @@ def vast_box(rec: InstanceRecord) -> dict[str, Any] | None:
 
 
 def cli_json(*args: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", *args, "--json"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", *args, "--json"], capture_output=True,
                          text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     got: dict[str, Any] = json.loads(out.stdout)

@@ -45,13 +45,13 @@ from tests.instance.test_package_flow import tiny_wheel
 
 from local_emulator import stack
 from local_emulator import storage as gcs
-from spotleash.events import Component, DemandEvent
+from spotleash.adapters.storage import Storage
 from spotleash.model import ENDED, InstanceRecord, State
-from spotleash.package_format import AppSpec, ComponentSpec, build_package, package_object, pointer_object
 from spotleash.polling import wait_until
 from spotleash.providers.base import LABEL_LEASE
-from spotleash.storage import Storage
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent
+from spotleash.wire.package import AppSpec, ComponentSpec, build_package, package_object, pointer_object
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -203,7 +203,7 @@ def packages(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     (app / "spotleash.toml").write_text(APP_TOML)
     (app / "server.py").write_text(SERVER)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket_name, "SPOTLEASH_STATE_DIR": str(pub_state)}
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     full_sha = json.loads(out.stdout)["sha256"]
@@ -303,7 +303,7 @@ def vm_processes(vm_dirs: set[str], instance_id: str) -> list[psutil.Process]:
 
 
 def status_row(instance_id: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--json", "--all"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--json", "--all"],
                          env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True)
     [row] = [r for r in json.loads(out.stdout)["instances"] if r["instance_id"] == instance_id]
     return dict(row)

@@ -83,7 +83,7 @@ def real_answers(rec: InstanceRecord) -> None:
 
 
 def status_json(flows: Flows) -> list[dict[str, Any]]:
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--json", "--all"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--json", "--all"],
                          env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True)
     rows: list[dict[str, Any]] = json.loads(out.stdout)["instances"]
     return rows

@@ -132,7 +132,7 @@ def test_requests_go_local_then_to_the_instance_once_it_is_ready(lease: Lease) -
         assert routes[name]["target"] == "remote" and routes[name]["instance_id"] == rec.instance_id
         change = app.route_changes(name)[-1]
         assert change["to_target"] == f"remote:{rec.instance_id}" and "probe passing" in change["reason"]
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--json"],
                          env={**os.environ, "SPOTLEASH_ROUTER_ADMIN_PORT": str(app.admin_port)},
                          capture_output=True, text=True, timeout=60, check=True)
     shown = json.loads(out.stdout)["routes"]

@@ -29,10 +29,10 @@ from tests.e2e.flows import Flows
 from tests.e2e.state_app import notes_app, wait_ready
 
 from local_emulator import stack
-from spotleash.events import Component, DemandEvent
 from spotleash.model import InstanceRecord, SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
+from spotleash.wire.events import Component, DemandEvent
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -57,7 +57,7 @@ def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
     app = notes_app(tmp_path_factory.mktemp("app"), state_path=STATE_PATH, port=8131)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")

@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.cloud import firestore
 
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.model import State, new_record, transition
-from spotleash.store import FirestoreStore
 
 pytestmark = [pytest.mark.e2e]
 
@@ -50,7 +50,7 @@ def test_status_all_shows_more_than_one_page(local_stack: object) -> None:
     n = 503
     ids = seed(FirestoreStore(firestore.Client(project=os.environ["SPOTLEASH_PROJECT"]), deployment_id), deployment_id, n)
     env = {**os.environ, "SPOTLEASH_DEPLOYMENT_ID": deployment_id}
-    proc = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--all", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--all", "--json"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)["instances"]

@@ -19,16 +19,16 @@ from tests.emulator.emulator_fixtures import gcs_emulator
 from tests.support.builders import DEP, open_lease, put_record
 from tests.support.memory_store import MemoryStore
 
+from spotleash.adapters.storage import Storage
 from spotleash.config import Settings
-from spotleash.events import Heartbeat
 from spotleash.instance_agent.agent import InstanceAgent, env_source
-from spotleash.instance_agent.config import CONFIG_ENV, TOKEN_ENV, AgentConfig
 from spotleash.model import SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
-from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD, SnapshotRequest, UploadAsk
-from spotleash.storage import Storage
+from spotleash.wire.agent_config import CONFIG_ENV, TOKEN_ENV, AgentConfig
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD, SnapshotRequest, UploadAsk
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

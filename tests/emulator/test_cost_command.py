@@ -18,8 +18,8 @@ from tests.conftest import TEST_PROJECT
 from tests.emulator.emulator_fixtures import firestore_emulator
 
 from local_emulator.billing import BillingServer
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.model import InstanceRecord, State
-from spotleash.store import FirestoreStore
 
 pytestmark = [pytest.mark.emulator]
 
@@ -43,7 +43,7 @@ def rec(iid: str, dep: str, state: State, *, running: datetime, ended: datetime 
 
 
 def cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "spotleash.cli_main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "spotleash.cli", *args], capture_output=True, text=True,
                           env={**env, "COLUMNS": "200"}, timeout=120)
 
 

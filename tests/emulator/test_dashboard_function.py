@@ -9,10 +9,10 @@ from typing import Any
 import httpx
 import pytest
 
+from spotleash.adapters.firestore import FirestoreStore
+from spotleash.clock import utcnow
 from spotleash.config import load_settings
-from spotleash.events import utcnow
 from spotleash.model import InstanceRecord, State
-from spotleash.store import FirestoreStore
 
 pytestmark = pytest.mark.emulator
 

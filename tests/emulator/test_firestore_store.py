@@ -14,7 +14,7 @@ from tests.conftest import TEST_PROJECT
 from tests.emulator.emulator_fixtures import firestore_emulator
 from tests.support.store_contract import MakeStore, StoreContract
 
-from spotleash.store import FirestoreStore
+from spotleash.adapters.firestore import FirestoreStore
 
 pytestmark = [pytest.mark.emulator]
 

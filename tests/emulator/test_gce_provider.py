@@ -21,7 +21,7 @@ from local_emulator.compute import ComputeFake
 from spotleash.config import Settings
 from spotleash.errors import CapacityExhausted, ProviderPermanent, ProviderTransient
 from spotleash.providers.base import LaunchSpec, ProviderStatus
-from spotleash.providers.gce import GceProvider, map_status, request_id_for
+from spotleash.providers.gce.provider import GceProvider, map_status, request_id_for
 
 fake = compute_fixtures.fake
 clean = compute_fixtures.clean

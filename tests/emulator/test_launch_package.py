@@ -24,14 +24,14 @@ from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
 from local_emulator.procs import free_port
+from spotleash.adapters.storage import Storage
 from spotleash.config import ENV_PREFIX, Settings
 from spotleash.errors import ProviderTransient, Transient
-from spotleash.instance_agent.config import AgentConfig
 from spotleash.model import State, instance_id_for
-from spotleash.package_format import package_object, pointer_object, pointer_text
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
-from spotleash.storage import Storage
+from spotleash.wire.agent_config import AgentConfig
+from spotleash.wire.package import package_object, pointer_object, pointer_text
 
 pytestmark = [pytest.mark.emulator]
 

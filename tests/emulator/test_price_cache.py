@@ -14,10 +14,10 @@ from tests.conftest import TEST_PROJECT
 from tests.emulator.emulator_fixtures import firestore_emulator
 
 from local_emulator.billing import BillingServer, control_call
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings
-from spotleash.policy import SPOT_PRICE
+from spotleash.decide.policy import SPOT_PRICE
 from spotleash.pricing.book import PriceBook
-from spotleash.store import FirestoreStore
 
 pytestmark = pytest.mark.emulator
 NOW = datetime(2026, 11, 3, 12, 0, tzinfo=UTC)

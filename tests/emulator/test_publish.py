@@ -21,12 +21,12 @@ from tests.emulator.emulator_fixtures import gcs_emulator
 
 from local_emulator import stack
 from local_emulator.procs import free_port, port_open
-from spotleash.appspec import load_app
+from spotleash.adapters.storage import GenerationConflict, ObjectNotFound, Storage, StorageTransient
 from spotleash.errors import BadInput, Transient
-from spotleash.package_format import Manifest, package_object, parse_pointer, pointer_object, verify_archive
-from spotleash.publish import move_pointer, publish
-from spotleash.storage import GenerationConflict, ObjectNotFound, Storage, StorageTransient
+from spotleash.packaging.appspec import load_app
+from spotleash.packaging.publish import move_pointer, publish
 from spotleash.topology import load_topology
+from spotleash.wire.package import Manifest, package_object, parse_pointer, pointer_object, verify_archive
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def test_publish_uploads_once_and_the_pointer_names_a_verifiable_archive(gcs_url
     pointer, _ = store.read_bytes(pointer_object("main"))
     assert parse_pointer(pointer) == first.sha256
     got = tmp_path / "got.tar.gz"
-    store.download_file(package_object(first.sha256), got)
+    got.write_bytes(store.read_bytes(package_object(first.sha256))[0])
     manifest = Manifest.model_validate(verify_archive(got, first.sha256))
     wheels = " ".join(manifest.wheels).lower()
     assert "numpy-" in wheels and "pillow-" in wheels and "spotleash-" in wheels
@@ -83,7 +83,7 @@ def test_publish_uploads_once_and_the_pointer_names_a_verifiable_archive(gcs_url
     # the same tree again, through the real CLI: same sha256, 0 bytes uploaded
     env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_url, "SPOTLEASH_PACKAGE_BUCKET": BUCKET,
            "SPOTLEASH_STATE_DIR": str(state_dir), "SPOTLEASH_PROJECT": "p"}
-    done = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
+    done = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(EXAMPLE), "--json"],
                           env=env, capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     second = json.loads(done.stdout)
@@ -104,7 +104,7 @@ def test_two_concurrent_publishes_leave_the_pointer_on_one_complete_archive(gcs_
         sd.mkdir()
         (sd / "wheels").symlink_to((state_dir / "wheels").resolve(), target_is_directory=True)
         procs.append(subprocess.Popen(
-            [sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(app), "--channel", "race", "--json"],
+            [sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--channel", "race", "--json"],
             env={**env, "SPOTLEASH_STATE_DIR": str(sd)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:
@@ -119,7 +119,7 @@ def test_two_concurrent_publishes_leave_the_pointer_on_one_complete_archive(gcs_
     assert named in shas
     for sha in shas:  # both archives whole; the named one verifies end to end
         got = tmp_path / f"{sha}.tar.gz"
-        store.download_file(package_object(sha), got)
+        got.write_bytes(store.read_bytes(package_object(sha))[0])
         verify_archive(got, sha)
 
 
@@ -230,5 +230,5 @@ def test_concurrent_uploads_of_the_same_archive_both_succeed(gcs_url: str, state
     assert len(shas) == 1
     sha = shas.pop()
     got = tmp_path / "got.tar.gz"
-    Storage(BUCKET, emulator=gcs_url).download_file(package_object(sha), got)
+    got.write_bytes(Storage(BUCKET, emulator=gcs_url).read_bytes(package_object(sha))[0])
     verify_archive(got, sha)

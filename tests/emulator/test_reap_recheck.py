@@ -21,13 +21,13 @@ from tests.support.builders import DEP, launched, open_lease, record_of
 from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 
+from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings
+from spotleash.decide.reap import lease_retirable
 from spotleash.model import State
-from spotleash.reaper import lease_retirable
 from spotleash.services import reap as reap_module
 from spotleash.services import terminate as terminate_module
 from spotleash.services.context import Context
-from spotleash.store import FirestoreStore
 
 pytestmark = [pytest.mark.emulator]
 
@@ -52,7 +52,7 @@ def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context
     httpx.delete(f"http://{firestore_host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
                  timeout=10).raise_for_status()
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
-    monkeypatch.setattr(terminate_module, "POLL_S", 0.001)
+    monkeypatch.setattr(terminate_module, "CONFIRM_POLL_S", 0.001)
     clock = FakeClock()
     gce = FakeProvider("gce", clock)
     ctx = Context(settings=Settings(**SETTINGS), store=FirestoreStore(firestore.Client(project=TEST_PROJECT), DEP),
@@ -62,7 +62,7 @@ def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context
 
 def plan_of(ctx: Context) -> list[Any]:
     """The reap's read and decisions, as run_reap makes them, without carrying them out."""
-    from spotleash.reaper import ReapConfig, decide_reaps
+    from spotleash.decide.reap import ReapConfig, decide_reaps
 
     records, leases, inventories = reap_module.gather(ctx, ["gce"])
     plan = decide_reaps(records, leases, inventories, ctx.now(), ReapConfig.from_settings(ctx.settings))

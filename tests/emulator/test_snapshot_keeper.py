@@ -21,14 +21,14 @@ from tests.support.builders import DEP, open_lease, put_record
 from tests.support.memory_store import MemoryStore
 
 from spotleash.config import Settings
-from spotleash.events import Heartbeat
 from spotleash.instance_agent.keeper import SnapshotKeeper
 from spotleash.instance_agent.snapshot import parse_reply
 from spotleash.model import SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
-from spotleash.snapshot_wire import SnapshotAsk, SnapshotReply, UploadAsk
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SnapshotAsk, SnapshotReply, UploadAsk
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -50,7 +50,7 @@ def http() -> Iterator[httpx.Client]:
 
 @pytest.fixture()
 def ctx(gcs_url: str, monkeypatch: pytest.MonkeyPatch, http: httpx.Client) -> Context:
-    from spotleash.storage import Storage
+    from spotleash.adapters.storage import Storage
 
     monkeypatch.delenv("STORAGE_EMULATOR_HOST", raising=False)
     settings = Settings(deployment_id=DEP, heartbeat_signing_key="k" * 32, package_bucket=BUCKET)  # type: ignore[arg-type]

@@ -23,14 +23,15 @@ from tests.emulator.emulator_fixtures import gcs_emulator
 from tests.support.builders import DEP, open_lease, put_record
 from tests.support.memory_store import MemoryStore
 
+from spotleash.adapters.storage import Storage
 from spotleash.config import Settings
-from spotleash.events import Heartbeat
 from spotleash.instance_agent.snapshot import parse_reply, restore, take_snapshot
 from spotleash.model import SnapshotState, State
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import sweep_abandoned_uploads
-from spotleash.snapshot_wire import (
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import (
     MANIFEST_OBJECT,
     ManifestObject,
     SnapshotAsk,
@@ -41,7 +42,6 @@ from spotleash.snapshot_wire import (
     UploadGrant,
     object_prefix,
 )
-from spotleash.storage import Storage
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 

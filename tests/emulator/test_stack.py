@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from tests.support.tools import project_uv
 
 from local_emulator import stack
 from local_emulator.procs import MissingDependency, StackError, port_open
@@ -250,7 +251,6 @@ def test_missing_gcloud_gives_clear_error(tmp_path: Path, monkeypatch: pytest.Mo
 
 
 def test_missing_java_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import shutil
 
     gcloud = shutil.which("gcloud")
     if gcloud is None:
@@ -319,8 +319,7 @@ def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureReq
 def test_local_up_from_an_installed_wheel(tmp_path: Path) -> None:
     """Build the wheel, install it (with the locked dependencies) into a throwaway venv, and run
     `spotleash local up` / `down` from there, outside the source tree."""
-    uv = os.environ.get("UV") or shutil.which("uv")
-    assert uv, "uv is needed to build the wheel (run the tests with `uv run pytest`)"
+    uv = project_uv()
     repo = Path(stack.__file__).resolve().parent.parent
 
     def run(*argv: str | Path, cwd: Path = tmp_path, env: dict[str, str] | None = None,

@@ -15,7 +15,7 @@ from tests.emulator.vast_fixtures import API_KEY, REQ
 
 from local_emulator.vast import VastFake
 from spotleash.providers.vast import VastProvider
-from spotleash.smoke import PHASES, SmokeFailed, run_smoke, smoke_against_fake, smoke_command
+from spotleash.providers.vast.smoke import PHASES, SmokeFailed, run_smoke, smoke_against_fake, smoke_command
 
 pytestmark = pytest.mark.emulator
 vast_fake = fx.vast_fake

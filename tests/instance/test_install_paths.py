@@ -15,7 +15,7 @@ import pytest
 from tests.instance.test_package_flow import tiny_wheel
 
 from spotleash.instance_agent.bootstrap import Installer, pip_version_of
-from spotleash.package_format import AppSpec, ComponentSpec, build_package
+from spotleash.wire.package import AppSpec, ComponentSpec, build_package
 
 pytestmark = pytest.mark.slow
 

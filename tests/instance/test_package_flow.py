@@ -27,7 +27,7 @@ import psutil
 import pytest
 
 from spotleash.instance_agent.environment import MARKER_ENV
-from spotleash.package_format import AppSpec, ComponentSpec, build_package, package_object
+from spotleash.wire.package import AppSpec, ComponentSpec, build_package, package_object
 
 pytestmark = pytest.mark.slow
 BUCKET = "sl-packages"

@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from spotleash.events import ComponentReport
 from spotleash.instance_agent.environment import MARKER_ENV, STATE_PATHS_ENV, component_env
 from spotleash.supervisor import Launch, Supervisor
+from spotleash.wire.events import ComponentReport
 
 COMPONENT = Path(__file__).with_name("components.py")
 

@@ -8,12 +8,12 @@ from typing import Literal
 
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import Component, DemandEvent, Heartbeat, LeaseEvent
+from spotleash.adapters.firestore import Store
 from spotleash.model import InstanceRecord, Lease, State, new_record, transition
 from spotleash.providers import ProviderName
 from spotleash.services.context import Context
 from spotleash.services.lifecycle import handle_lease
-from spotleash.store import Store
+from spotleash.wire.events import Component, DemandEvent, Heartbeat, LeaseEvent
 
 DEP = "dep-t"  # the deployment of the service tests' Context
 MakeCtx = Callable[..., Context]  # settings overrides -> a Context on the same store, fakes and clock

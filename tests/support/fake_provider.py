@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-from spotleash.events import utcnow
+from spotleash.clock import utcnow
 from spotleash.providers.base import (
     LABEL_DEPLOYMENT,
     LABEL_INSTANCE,

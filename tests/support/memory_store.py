@@ -1,4 +1,4 @@
-"""``spotleash.store.Store`` in memory, for in-process tests of the services (and benches).
+"""``spotleash.adapters.firestore.Store`` in memory, for in-process tests of the services (and benches).
 
 Same semantics as ``FirestoreStore`` where the services depend on them, and the shared contract in
 ``tests/support/store_contract.py`` runs against both to keep it so:
@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from spotleash.adapters.firestore import RETENTION
 from spotleash.model import (
     LIVE,
     Hibernation,
@@ -40,10 +41,9 @@ from spotleash.model import (
     State,
 )
 from spotleash.pricing.sheet import CachedPrice
-from spotleash.store import RETENTION
 
 if TYPE_CHECKING:
-    from spotleash.store import Store
+    from spotleash.adapters.firestore import Store
 
 _HEARTBEATING = (State.RUNNING, State.READY)
 _PENDING = (State.REQUESTED, State.PROVISIONING, State.TERMINATING)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 
-from spotleash.snapshot_wire import MANIFEST_OBJECT, object_prefix, part_object
-from spotleash.storage import Storage
+from spotleash.adapters.storage import Storage
+from spotleash.wire.snapshot import MANIFEST_OBJECT, object_prefix, part_object
 
 
 def part_name(lease_id: str, snapshot_id: str, index: int = 0) -> str:

@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
+from spotleash.adapters.firestore import Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -31,7 +32,6 @@ from spotleash.model import (
     transition,
 )
 from spotleash.pricing.sheet import CachedPrice
-from spotleash.store import Store
 
 NOW = datetime(2025, 3, 10, 12, 0, 0, 123456, tzinfo=UTC)  # microseconds: both must keep them
 DEP = "dep-contract"

@@ -22,7 +22,7 @@ pytestmark = [
 def test_spot_vm_create_list_delete_on_real_gce() -> None:
     from spotleash.config import load_settings
     from spotleash.providers.base import LaunchSpec
-    from spotleash.providers.gce import GceProvider
+    from spotleash.providers.gce.provider import GceProvider
     from spotleash.services.terminate import confirm_gone
 
     settings = load_settings(compute_endpoint=None, deployment_id=f"systest-{uuid.uuid4().hex[:6]}")

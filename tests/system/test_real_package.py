@@ -50,9 +50,9 @@ def lease_id() -> Iterator[str]:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     from spotleash.config import load_settings
-    from spotleash.events import LeaseEvent, ReleaseEvent
     from spotleash.providers import build_provider
     from spotleash.topology import load_topology
+    from spotleash.wire.events import LeaseEvent, ReleaseEvent
 
     settings = load_settings(compute_endpoint=None)
     publisher = pubsub_v1.PublisherClient()
@@ -87,16 +87,16 @@ def lease_id() -> Iterator[str]:
 def test_publish_launch_ready_release_on_a_real_project(lease_id: str) -> None:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
+    from spotleash.adapters.firestore import FirestoreStore
     from spotleash.config import load_settings
-    from spotleash.events import Component, DemandEvent, ReleaseEvent
     from spotleash.model import ENDED, InstanceRecord, State
     from spotleash.polling import wait_until
     from spotleash.providers import build_provider
-    from spotleash.store import FirestoreStore
     from spotleash.topology import load_topology
+    from spotleash.wire.events import Component, DemandEvent, ReleaseEvent
 
     settings = load_settings(compute_endpoint=None)
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "publish", "--app", str(EXAMPLE), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(EXAMPLE), "--json"],
                          env=dict(os.environ), capture_output=True, text=True, timeout=1800, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     published = json.loads(out.stdout)
@@ -127,7 +127,7 @@ def test_publish_launch_ready_release_on_a_real_project(lease_id: str) -> None:
     print(f"\nREADY in {(entry['at'] - rec.created_at).total_seconds():.0f} s after the intent; "
           f"instance timings {entry.get('timings')}")
 
-    status = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status", "--json", "--all"],
+    status = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--json", "--all"],
                             env=dict(os.environ), capture_output=True, text=True, timeout=120, check=True)
     [row] = [r for r in json.loads(status.stdout)["instances"] if r["instance_id"] == rec.instance_id]
     assert row["components"]["vectors"]["state"] == "healthy"

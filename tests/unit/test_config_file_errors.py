@@ -22,8 +22,8 @@ SETPRIV = shutil.which("setpriv")
 AS_A_USER = [SETPRIV, "--bounding-set", "-dac_override,-dac_read_search"] if os.geteuid() == 0 and SETPRIV else []
 
 COMMANDS = {
-    "spotleash status": ["-m", "spotleash.cli_main", "status"],
-    "spotleash agent": ["-m", "spotleash.cli_main", "agent"],
+    "spotleash status": ["-m", "spotleash.cli", "status"],
+    "spotleash agent": ["-m", "spotleash.cli", "agent"],
     "python -m spotleash.agent": ["-m", "spotleash.agent", "--run-for", "0"],
 }
 

@@ -14,7 +14,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from spotleash.appspec import load_app
+from spotleash.packaging.appspec import load_app
 from spotleash.polling import wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thumbs"

@@ -19,8 +19,8 @@ from typing import Any
 from local_emulator import procs, vmshim
 from local_emulator.compute.metadata_server import directory_listing
 from local_emulator.compute.models.resources import Instance
-from spotleash.instance_agent.config import CONFIG_KEY, without_agent_env
 from spotleash.log import get_logger
+from spotleash.wire.agent_config import CONFIG_KEY, without_agent_env
 
 log = get_logger("local_emulator.compute.vm")
 

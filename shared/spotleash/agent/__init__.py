@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spotleash.errors import ConfigError, ExitCode
-from spotleash.events import ID_PATTERN
+from spotleash.wire.ids import ID_PATTERN
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -51,16 +51,16 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     will clean up); 2: bad configuration or the lease is held by another live agent.
     """
     from spotleash import log as slog
+    from spotleash.adapters.pubsub import Publisher
     from spotleash.agent.local_copies import LocalCopies, start_local_copies
     from spotleash.agent.lock import LeaseLock, LockHeld
-    from spotleash.agent.publisher import Publisher
     from spotleash.agent.ram import PsutilRam, RamSource, TraceRam
     from spotleash.agent.routing import AgentRouter, app_of_settings, start_router
     from spotleash.agent.runner import run_agent
 
     slog.configure(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health probe of each local copy is noise
-    log = slog.get_logger("spotleash.agent")
+    log = slog.get_logger(__name__)
     lease = lease_id or default_lease_id()
     try:
         if not re.fullmatch(ID_PATTERN.strip("^$"), lease):

@@ -27,7 +27,7 @@ import psutil
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.agent.lock")
+log = get_logger(__name__)
 
 
 class LockHeld(SpotleashError):

@@ -20,11 +20,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from spotleash.agent.publisher import EventPublisher
-from spotleash.events import ReapTick
+from spotleash.adapters.pubsub import EventPublisher
 from spotleash.log import get_logger
+from spotleash.wire.events import ReapTick
 
-log = get_logger("spotleash.agent.loss")
+log = get_logger(__name__)
 REASON = "probe_failed"
 DEFAULT_EVERY_S = 30.0
 PUBLISH_WAIT_S = 10.0

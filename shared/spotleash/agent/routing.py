@@ -23,14 +23,14 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spotleash import appspec
+from spotleash.adapters.pubsub import EventPublisher
 from spotleash.agent.loss import LossReporter
-from spotleash.agent.publisher import EventPublisher
 from spotleash.agent.shutdown import DRAIN_SHARE
 from spotleash.agent.wake import Waker
 from spotleash.config import CONFIG_FILE_VAR
 from spotleash.errors import ConfigError
 from spotleash.log import get_logger
+from spotleash.packaging import appspec
 from spotleash.router import ComponentRoute, Limits, RouterConfig, RouterService, firestore_watch
 from spotleash.router.channel import credential_hash, new_credential
 from spotleash.router.service import WatchFactory
@@ -38,9 +38,9 @@ from spotleash.router.service import WatchFactory
 if TYPE_CHECKING:
     from spotleash.appspec import LoadedApp
     from spotleash.config import Settings
-    from spotleash.package_format import AppSpec
+    from spotleash.wire.package import AppSpec
 
-log = get_logger("spotleash.agent.routing")
+log = get_logger(__name__)
 
 
 

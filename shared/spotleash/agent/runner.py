@@ -12,18 +12,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from spotleash.agent.publisher import EventPublisher, PublishFuture
+from spotleash.adapters.pubsub import EventPublisher, PublishFuture
 from spotleash.agent.ram import RamSource
 from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState
-from spotleash.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 from spotleash.log import get_logger
+from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
 if TYPE_CHECKING:
     from spotleash.agent.routing import AgentRouter
     from spotleash.agent.wake import Waker
     from spotleash.config import Settings
 
-log = get_logger("spotleash.agent")
+log = get_logger(__name__)
 
 DEFAULT_COMPONENT_RAM_GB = 4.0
 DEMAND_RETRY_S = 5.0
@@ -39,7 +39,7 @@ class StopSignal(Protocol):
     def set(self) -> None: ...
 
 
-def components_of(settings: Settings) -> list[Component]:
+def configured_components(settings: Settings) -> list[Component]:
     gpu = set(settings.gpu_components)
     return [
         Component(name=n, ram_gb=settings.component_ram_gb.get(n, DEFAULT_COMPONENT_RAM_GB), gpu=n in gpu)
@@ -91,7 +91,7 @@ class Agent:
         self.policy = policy or TriggerPolicy.from_settings(settings)
         self.state = TriggerState()
         self.stats = AgentStats()
-        self._components = components_of(settings)
+        self._components = configured_components(settings)
         self._pending_demand: _InFlight | None = None
         self._leases: list[_InFlight] = []
 

@@ -23,7 +23,6 @@ import atexit
 import json
 import os
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,12 +30,12 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any, Protocol
 
-from spotleash.agent.publisher import EventPublisher
+from spotleash.adapters.pubsub import EventPublisher
 from spotleash.errors import SpotleashError
-from spotleash.events import ReleaseEvent
 from spotleash.log import get_logger
+from spotleash.wire.events import ReleaseEvent
 
-log = get_logger("spotleash.agent.shutdown")
+log = get_logger(__name__)
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -208,11 +207,3 @@ class Shutdown:
             lease_id=self.lease_id, reason=reason, error=why, lease_ttl_s=self.lease_ttl_s, **fields,
         )
         return False
-
-
-def flush_std_streams() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass

@@ -25,7 +25,7 @@ from typing import Any
 
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.agent.wake")
+log = get_logger(__name__)
 ENDED_STATES = frozenset({"TERMINATED", "FAILED"})
 
 

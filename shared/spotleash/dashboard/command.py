@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from spotleash.clock import utcnow
 from spotleash.dashboard.local import DashboardServer
 from spotleash.dashboard.view import DashboardStore, RoutesSource, build_view, gather
-from spotleash.events import utcnow
-from spotleash.ledger import PriceLookup
+from spotleash.decide.ledger import PriceLookup
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -32,7 +32,7 @@ def cloud_state(settings: Settings, store: DashboardStore) -> Callable[[], dict[
 
 
 def dashboard_command(settings: Settings, port: int, *, print_url: Callable[[str], None] = print) -> int:
-    from spotleash.store import FirestoreStore
+    from spotleash.adapters.firestore import FirestoreStore
 
     server = DashboardServer(cloud_state(settings, FirestoreStore.from_settings(settings)), port=port)
     print_url(server.url)

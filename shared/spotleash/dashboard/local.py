@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 from spotleash.dashboard.web import Response, respond, text
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.dashboard")
+log = get_logger(__name__)
 LOOPBACK = "127.0.0.1"
 
 

@@ -6,7 +6,7 @@ health, where traffic goes when a route source is given), spend today and this m
 ledger (the figures ``spotleash cost`` and the budget guard use) with one entry per day, the budget and
 its last alert, hibernated leases (the documents of ``hibernations``, shown as ``spotleash status`` shows
 them), the deletions with their reasons and the rejected events. A failover's replacement carries its
-phase timings (``spotleash.failover.phases``), as ``status --json`` does.
+phase timings (``spotleash.decide.failover.phases``), as ``status --json`` does.
 
 Times go out as ISO 8601 (UTC) and ages as seconds at ``now``; the page moves the clocks on between two
 reads by itself.
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Protocol
 
-from spotleash.failover import phases
-from spotleash.ledger import PriceLookup, month_to_date
+from spotleash.clock import age_s
+from spotleash.dashboard.status import hibernated_json
+from spotleash.decide.failover import phases
+from spotleash.decide.ledger import PriceLookup, month_to_date
 from spotleash.model import Hibernation, InstanceRecord, Lease
-from spotleash.status_view import hibernated_json
 
 SCHEMA_VERSION = 2  # 2: ``hibernated`` is the list of hibernated leases (it was a not-available note)
 MAX_ROWS = 50  # deletions and rejected events shown, newest first
@@ -73,7 +74,7 @@ def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, p
            routes: RoutesSource | None = None) -> Inputs:
     """Read what the view needs: live records, this month's billed records, their leases, budget, hibernated
     leases, audit, rejects."""
-    from spotleash.ledger import month_start
+    from spotleash.clock import month_start
 
     live = store.live_instances()
     lease_ids = sorted({r.lease_id for r in live})
@@ -91,8 +92,8 @@ def _iso(dt: datetime | None) -> str | None:
     return dt.astimezone(UTC).isoformat() if dt is not None else None
 
 
-def _age(dt: datetime | None, now: datetime) -> float | None:
-    return round((now - dt).total_seconds(), 3) if dt is not None else None
+def _ms(seconds: float | None) -> float | None:
+    return round(seconds, 3) if seconds is not None else None
 
 
 def _plain(value: Any) -> Any:
@@ -135,8 +136,8 @@ def instance_row(rec: InstanceRecord, lease: Lease | None, first_of_lease: datet
     return {
         "instance_id": rec.instance_id, "lease_id": rec.lease_id, "provider": rec.provider, "state": str(rec.state),
         "machine": rec.machine, "zone": rec.zone, "provider_id": rec.provider_id,
-        "created_at": _iso(rec.created_at), "age_s": _age(rec.created_at, now),
-        "last_heartbeat": _iso(rec.last_heartbeat), "heartbeat_age_s": _age(rec.last_heartbeat, now),
+        "created_at": _iso(rec.created_at), "age_s": _ms(age_s(rec.created_at, now)),
+        "last_heartbeat": _iso(rec.last_heartbeat), "heartbeat_age_s": _ms(age_s(rec.last_heartbeat, now)),
         "deadline": _iso(rec.deadline), "deadline_in_s": round((rec.deadline - now).total_seconds(), 3),
         "price_per_hour": rec.price_per_hour, "preempted": rec.preempted,
         # "hibernate": idle, so a snapshot was asked for; once it is verified the box is destroyed
@@ -146,9 +147,9 @@ def instance_row(rec: InstanceRecord, lease: Lease | None, first_of_lease: datet
         "failover": None if not rec.replaces else {"replaces": rec.replaces, "phases": phases(rec)},
         "lease": {
             "known": lease is not None,
-            "age_s": _age(first_of_lease, now),  # since its first live instance was asked for
+            "age_s": _ms(age_s(first_of_lease, now)),  # since its first live instance was asked for
             "renewed_at": _iso(lease.renewed_at) if lease else None,
-            "renewed_age_s": _age(lease.renewed_at, now) if lease else None,
+            "renewed_age_s": _ms(age_s(lease.renewed_at, now)) if lease else None,
             "expires_at": _iso(lease.expires_at) if lease else None,
             "expires_in_s": round((lease.expires_at - now).total_seconds(), 3) if lease else None,
             "released": bool(lease and lease.released),

@@ -20,7 +20,7 @@ from typing import Any
 
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.dashboard")
+log = get_logger(__name__)
 
 STATIC_TYPES = {
     ".html": "text/html; charset=utf-8",

@@ -17,15 +17,12 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 
 import httpx
 from pydantic import ValidationError
 
-from spotleash.events import Heartbeat, InstanceFailure
-from spotleash.instance_agent.config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
 from spotleash.instance_agent.idle import CpuMeter, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import SnapshotKeeper, resolve_state_paths
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
@@ -34,9 +31,11 @@ from spotleash.instance_agent.snapshot import HeartbeatChannel, SnapshotError
 from spotleash.instance_agent.workload import DEFAULT_WORK_ROOT, Workload, workload_for
 from spotleash.log import get_logger
 from spotleash.providers import AgentTransport
-from spotleash.snapshot_wire import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
+from spotleash.wire.agent_config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
+from spotleash.wire.events import Heartbeat, InstanceFailure
+from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
 
-log = get_logger("spotleash.instance_agent")
+log = get_logger(__name__)
 
 IDLE_POLL_S = 5.0
 STOP_STATUSES = frozenset({401, 404, 410})
@@ -70,7 +69,7 @@ def interpret_beat_reply(status_code: int | None, body: str | None) -> BeatOutco
 
 
 def snapshot_request_of(status_code: int | None, body: str | None) -> SnapshotRequest | None:
-    """The ``SnapshotRequest`` a 2xx heartbeat reply carries (``snapshot_wire.SNAPSHOT_REQUEST_FIELD``), or None;
+    """The ``SnapshotRequest`` a 2xx heartbeat reply carries (``wire.snapshot.SNAPSHOT_REQUEST_FIELD``), or None;
     a malformed one is logged and ignored (the control plane repeats a request until it is served)."""
     if status_code is None or not 200 <= status_code < 300:
         return None
@@ -370,7 +369,3 @@ def agent_for(provider: str, transport: AgentTransport, *, work_dir: Path | None
         md = MetadataClient()
         return InstanceAgent(provider, gce_source(md), metadata=md, work_dir=work_dir, package_root=package_root)
     return InstanceAgent(provider, env_source(), work_dir=work_dir, package_root=package_root)
-
-
-def deadline_passed(cfg: AgentConfig, now: datetime) -> bool:
-    return cfg.deadline is not None and now >= cfg.deadline

@@ -539,7 +539,7 @@ class Installer:
 
 def heartbeat_body(cfg: Mapping[str, Any], components: Mapping[str, Mapping[str, Any]],
                    failure: Mapping[str, str] | None) -> bytes:
-    """A ``spotleash.events.Heartbeat`` as JSON (its shape is checked against the model by the tests)."""
+    """A ``spotleash.wire.events.Heartbeat`` as JSON (its shape is checked against the model by the tests)."""
     return json.dumps({
         "schema_version": 1, "kind": "heartbeat", "event_id": uuid.uuid4().hex,
         "created_at": _dt.datetime.now(_dt.UTC).isoformat(),

@@ -55,7 +55,7 @@ from spotleash.router.channel import (
 from spotleash.router.forward import cut, request_headers, stream_response
 from spotleash.supervisor import logfile
 
-log = get_logger("spotleash.instance_agent.front")
+log = get_logger(__name__)
 
 _ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 

@@ -32,7 +32,7 @@ import psutil
 
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.instance_agent.idle")
+log = get_logger(__name__)
 
 NVIDIA_SMI = "nvidia-smi"
 GPU_QUERY = [NVIDIA_SMI, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]

@@ -10,7 +10,7 @@ loop that takes **snapshots** (``snapshot.take_snapshot``) on its triggers, in t
   sizes, mtimes) is the one last saved: an idle box uploads nothing and stays idle.
 
 Triggers that arrive while a snapshot runs wait for it (a request is then served by a snapshot started
-after it arrived). The wire (``spotleash.snapshot_wire``) reports every outcome to the control plane.
+after it arrived). The wire (``spotleash.wire.snapshot``) reports every outcome to the control plane.
 
 A restore that cannot finish (the control plane or Cloud Storage unreachable for ``restore_budget_s``)
 fails the instance (``restore_failed``) rather than start its components on empty state: a snapshot of
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import httpx
 
-from spotleash.events import InstanceFailure, utcnow
+from spotleash.clock import utcnow
 from spotleash.instance_agent.snapshot import (
     PART_BYTES,
     Channel,
@@ -47,9 +47,10 @@ from spotleash.instance_agent.snapshot import (
     take_snapshot,
 )
 from spotleash.log import get_logger
-from spotleash.snapshot_wire import SnapshotTrigger
+from spotleash.wire.events import InstanceFailure
+from spotleash.wire.snapshot import SnapshotTrigger
 
-log = get_logger("spotleash.instance_agent.keeper")
+log = get_logger(__name__)
 
 VM_ROOT_ENV = "SPOTLEASH_VM_ROOT"  # local_emulator.vmshim.ROOT_VAR: a fake instance's own root directory
 PREEMPTION_BUDGET_S = 25.0  # GCE gives 30 s between the notice and hard off

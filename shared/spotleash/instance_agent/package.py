@@ -14,8 +14,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from spotleash.instance_agent.bootstrap import MANIFEST_NAME, PackageFailure
-from spotleash.package_format import Manifest
 from spotleash.supervisor import Launch
+from spotleash.wire.package import Manifest
 
 
 @dataclass(frozen=True)

@@ -46,9 +46,10 @@ import httpx
 import zstandard
 from pydantic import TypeAdapter, ValidationError
 
-from spotleash.events import Heartbeat, utcnow
+from spotleash.clock import utcnow
 from spotleash.log import get_logger
-from spotleash.snapshot_wire import (
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import (
     MANIFEST_OBJECT,
     MAX_MANIFEST_BYTES,
     MAX_PARTS,
@@ -72,7 +73,7 @@ from spotleash.snapshot_wire import (
     part_object,
 )
 
-log = get_logger("spotleash.instance_agent.snapshot")
+log = get_logger(__name__)
 
 DEFAULT_STATE_PATHS: dict[str, list[str]] = {"vast": ["/workspace"]}  # GCE: only what the app declares
 PART_BYTES = 256 * 1024 * 1024  # content per part: a part is one PUT, retried whole

@@ -20,11 +20,11 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 
-from spotleash.events import utcnow
-from spotleash.instance_agent.config import CONFIG_ENV, AgentConfig
+from spotleash.clock import utcnow
 from spotleash.log import configure, get_logger
+from spotleash.wire.agent_config import CONFIG_ENV, AgentConfig
 
-log = get_logger("spotleash.instance_agent.watchdog")
+log = get_logger(__name__)
 
 DEFAULT_URL = "https://console.vast.ai"
 

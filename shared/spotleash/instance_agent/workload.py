@@ -24,7 +24,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from spotleash.events import ComponentReport, InstanceFailure
 from spotleash.instance_agent import bootstrap, package
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure
 from spotleash.instance_agent.environment import component_env
@@ -32,12 +31,13 @@ from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.log import get_logger
-from spotleash.supervisor import ComponentRunner, Supervisor
+from spotleash.supervisor import Supervisor
+from spotleash.wire.events import ComponentReport, InstanceFailure
 
 if TYPE_CHECKING:
-    from spotleash.instance_agent.config import AgentConfig
+    from spotleash.wire.agent_config import AgentConfig
 
-log = get_logger("spotleash.instance_agent.workload")
+log = get_logger(__name__)
 
 T = TypeVar("T")
 Endpoint = Callable[[int], str]  # a component's local port → host:port reachable by the user's machine

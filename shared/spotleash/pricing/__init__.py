@@ -1,5 +1,5 @@
 """GCE Spot prices: the Cloud Billing Catalog (``catalog``, the adapter), read into dated sheets
-(``sheet``, pure) and cached with a labelled fallback (``book``). See ``spotleash.ledger`` for their use."""
+(``sheet``, pure) and cached with a labelled fallback (``book``). See ``spotleash.decide.ledger`` for their use."""
 
 from __future__ import annotations
 

@@ -24,7 +24,7 @@ from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.pricing.sheet import CachedPrice, PriceSheet, Quote, builtin_quote, quote
 
-log = get_logger("spotleash.pricing")
+log = get_logger(__name__)
 
 MAX_AGE = timedelta(hours=24)  # Spot prices change at most about once a month
 RETRY_AFTER = timedelta(minutes=10)
@@ -125,6 +125,6 @@ class PriceBook:
         return older or builtin_quote(machine, region)
 
     def lookup(self, machine: str, region: str) -> tuple[float, str] | None:
-        """``spotleash.ledger.PriceLookup``: what a GCE record launched without a price costs."""
+        """``spotleash.decide.ledger.PriceLookup``: what a GCE record launched without a price costs."""
         q = self.quote(machine, region)
         return q.usd_per_hour, q.source

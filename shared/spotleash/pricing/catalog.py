@@ -14,14 +14,13 @@ from typing import Any
 
 from google.api_core import exceptions as gexc
 
+from spotleash.adapters.google_errors import TRANSIENT_ERRORS
 from spotleash.errors import ProviderPermanent, ProviderTransient
 from spotleash.pricing.sheet import PriceSheet, SkuRow, rates_from_skus
 
 COMPUTE_SERVICE = "Compute Engine"
 PAGE_SIZE = 5000  # the API's largest page: Compute Engine has tens of thousands of SKUs
 TIMEOUT_S = 30.0
-_TRANSIENT = (gexc.ServiceUnavailable, gexc.DeadlineExceeded, gexc.InternalServerError, gexc.TooManyRequests,
-              gexc.Aborted, gexc.RetryError)
 
 
 def catalog_client(endpoint: str | None = None) -> Any:
@@ -70,7 +69,7 @@ def fetch_sheet(client: Any, now: datetime) -> PriceSheet:
         skus = client.list_skus(request={"parent": compute.name, "currency_code": "USD", "page_size": PAGE_SIZE},
                                 timeout=TIMEOUT_S)
         rows = [row for row in (sku_row(s) for s in skus) if row is not None]
-    except _TRANSIENT as e:
+    except TRANSIENT_ERRORS as e:
         raise ProviderTransient(f"Billing Catalog: {e}") from e
     except gexc.GoogleAPICallError as e:
         raise ProviderPermanent(f"Billing Catalog: {e}") from e

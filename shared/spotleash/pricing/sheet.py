@@ -3,7 +3,7 @@
 A GCE machine costs ``vCPUs × core rate + GiB × RAM rate`` of its family (E2, N2) in its region. The
 catalog's Spot SKUs are read by their exact descriptions (``Spot Preemptible E2 Instance Core running
 in Americas``), their ``Preemptible`` usage type and their service regions; everything else (on-demand,
-committed, custom, sole-tenant, GPU) is left alone. The built-in table in ``spotleash.policy`` is the
+committed, custom, sole-tenant, GPU) is left alone. The built-in table in ``spotleash.decide.policy`` is the
 labelled fallback: it holds us-central1's published prices, so elsewhere it is a guess and says so.
 """
 
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
-from spotleash.policy import DEFAULT_SPOT_PRICE, SPOT_PRICE
+from spotleash.decide.policy import DEFAULT_SPOT_PRICE, SPOT_PRICE
 
 FAMILIES = ("e2", "n2")
 BUILTIN_REGION = "us-central1"

@@ -54,7 +54,7 @@ class ProviderInfo:
 
 
 _REGISTERED = (
-    ProviderInfo("gce", "spotleash.providers.gce:GceProvider", gpu=False, agent_transport="metadata",
+    ProviderInfo("gce", "spotleash.providers.gce.provider:GceProvider", gpu=False, agent_transport="metadata",
                  google_identity=True),
     ProviderInfo("vast", "spotleash.providers.vast.provider:VastProvider", gpu=True, agent_transport="env",
                  google_identity=False, enabled=_vast_configured),

@@ -40,17 +40,17 @@ from spotleash.router.channel import (
 from spotleash.router.proxy import ComponentRoute, Limits, Router, RouterConfig
 from spotleash.router.service import RouterService, firestore_watch
 from spotleash.router.table import (
-    Decision,
     Policy,
     Probes,
     RemoteState,
+    Route,
     RouteTable,
     TargetKind,
     decide_target,
 )
 
 __all__ = [
-    "COMPONENT_HEADER", "CREDENTIAL_HEADER", "ComponentRoute", "Decision", "Limits", "Policy", "Probes",
+    "COMPONENT_HEADER", "CREDENTIAL_HEADER", "ComponentRoute", "Route", "Limits", "Policy", "Probes",
     "RemoteState", "RouteTable", "Router", "RouterConfig", "RouterService", "TargetKind", "TlsIdentity",
     "credential_hash", "decide_target", "firestore_watch", "make_identity", "new_credential",
 ]

@@ -53,9 +53,9 @@ from spotleash.router.channel import (
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
-from spotleash.router.table import Change, Decision, Policy, RemoteState, RouteTable, TargetKind
+from spotleash.router.table import Change, Policy, RemoteState, Route, RouteTable, TargetKind
 
-log = get_logger("spotleash.router")
+log = get_logger(__name__)
 
 _ATTEMPT_ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
 _PROBE_HEADROOM = 2  # connections beyond max_in_flight, so a busy target still gets its probes through
@@ -341,7 +341,7 @@ class Router:
                                      {CREDENTIAL_HEADER: self.config.credential, COMPONENT_HEADER: comp.name})
         return up
 
-    def _upstream_for(self, comp: ComponentRoute, d: Decision) -> Upstream | None:
+    def _upstream_for(self, comp: ComponentRoute, d: Route) -> Upstream | None:
         if d.target == TargetKind.REMOTE and d.remote is not None:
             return self._remote(comp, d.remote)
         if d.target == TargetKind.LOCAL:

@@ -20,7 +20,7 @@ from spotleash.log import get_logger
 from spotleash.router.proxy import Router, RouterConfig
 from spotleash.router.watch import LeaseCallback, RecordsCallback, RecordWatch
 
-log = get_logger("spotleash.router")
+log = get_logger(__name__)
 
 WatchFactory = Callable[[RecordsCallback, LeaseCallback], RecordWatch]
 _WATCH_CHECK_S = 5.0

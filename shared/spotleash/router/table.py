@@ -66,7 +66,7 @@ class Policy:
 
 
 @dataclass(frozen=True)
-class Decision:
+class Route:
     target: TargetKind
     reason: str
     remote: RemoteState | None = None  # set when target is REMOTE
@@ -131,8 +131,8 @@ def decide_target(
     *,
     policy: Policy | None = None,
     lease_released: bool = False,
-    current: Decision | None = None,
-) -> Decision:
+    current: Route | None = None,
+) -> Route:
     """Where ``component``'s new requests go now."""
     policy = policy or Policy()
     in_use = (
@@ -144,10 +144,10 @@ def decide_target(
     )
     why_not = remote_unusable(remote, probes, now, policy, lease_released, in_use)
     if why_not is None:
-        return Decision(TargetKind.REMOTE, f"remote copy of {component} ready and its probe passing", remote)
+        return Route(TargetKind.REMOTE, f"remote copy of {component} ready and its probe passing", remote)
     if local_ok:
-        return Decision(TargetKind.LOCAL, why_not)
-    return Decision(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
+        return Route(TargetKind.LOCAL, why_not)
+    return Route(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
 
 
 def suspect_without_notice(remote: RemoteState | None, before: Probes, after: Probes, policy: Policy,
@@ -180,8 +180,8 @@ class Suspect:
 @dataclass(frozen=True)
 class Change:
     component: str
-    old: Decision
-    new: Decision
+    old: Route
+    new: Route
 
 
 @dataclass
@@ -189,7 +189,7 @@ class _Component:
     has_local: bool
     remotes: dict[str, RemoteState] = field(default_factory=dict)  # by instance id
     local_probes: Probes = field(default_factory=Probes)
-    current: Decision = field(default_factory=lambda: Decision(TargetKind.LOCAL, "starting"))
+    current: Route = field(default_factory=lambda: Route(TargetKind.LOCAL, "starting"))
 
 
 class RouteTable:
@@ -200,7 +200,7 @@ class RouteTable:
         self.policy = policy or Policy()
         self.lease_released = False
         self._c = {
-            n: _Component(has_local, current=Decision(TargetKind.LOCAL if has_local else TargetKind.NONE,
+            n: _Component(has_local, current=Route(TargetKind.LOCAL if has_local else TargetKind.NONE,
                                                       "starting: no remote copy yet"))
             for n, has_local in components.items()
         }
@@ -211,7 +211,7 @@ class RouteTable:
     def components(self) -> list[str]:
         return list(self._c)
 
-    def current(self, component: str) -> Decision:
+    def current(self, component: str) -> Route:
         return self._c[component].current
 
     def remotes(self, component: str) -> list[RemoteState]:
@@ -281,14 +281,14 @@ class RouteTable:
 
     # ------------------------------------------------------------------ deciding
 
-    def _decide(self, name: str, c: _Component, now: float) -> Decision:
+    def _decide(self, name: str, c: _Component, now: float) -> Route:
         lok = local_ok(c.local_probes, c.has_local, self.policy)
         cur = c.current
         candidates: list[RemoteState] = []
         if cur.target == TargetKind.REMOTE and cur.remote is not None and cur.remote.instance_id in c.remotes:
             candidates.append(c.remotes[cur.remote.instance_id])  # stay where we are while it is usable
         candidates += [r for iid, r in sorted(c.remotes.items()) if r not in candidates]
-        first: Decision | None = None
+        first: Route | None = None
         for r in candidates:
             d = decide_target(name, lok, r, self.remote_probes(name, r.instance_id), now, policy=self.policy,
                               lease_released=self.lease_released, current=cur)

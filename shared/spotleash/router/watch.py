@@ -22,11 +22,11 @@ from typing import Any
 
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.router.watch")
+log = get_logger(__name__)
 
 RecordsCallback = Callable[[list[dict[str, Any]]], None]
 LeaseCallback = Callable[[dict[str, Any] | None], None]
-HIBERNATIONS = "hibernations"  # the control plane's collection (spotleash.store), doc id = lease id
+HIBERNATIONS = "hibernations"  # the control plane's collection (spotleash.adapters.firestore), doc id = lease id
 
 
 class RecordWatch:

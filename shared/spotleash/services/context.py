@@ -14,18 +14,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from spotleash.adapters.firestore import FirestoreStore, Store
+from spotleash.clock import utcnow
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
-from spotleash.events import utcnow
 from spotleash.pricing.book import PriceBook
 from spotleash.providers import build_provider
 from spotleash.providers.base import Provider
-from spotleash.store import FirestoreStore, Store
 
 if TYPE_CHECKING:
-    from spotleash.agent.publisher import Publisher
-    from spotleash.events import DemandEvent
-    from spotleash.storage import Storage
+    from spotleash.adapters.pubsub import Publisher
+    from spotleash.adapters.storage import Storage
+    from spotleash.wire.events import DemandEvent
 
 PUBLISH_TIMEOUT_S = 10.0
 
@@ -57,7 +57,7 @@ class Context:
     def bucket(self) -> Storage:
         """The package bucket (imported late: most services never touch Cloud Storage)."""
         if self.storage is None:
-            from spotleash.storage import Storage
+            from spotleash.adapters.storage import Storage
 
             self.storage = Storage(self.settings.package_bucket or "", project=self.settings.project)
         return self.storage
@@ -74,7 +74,7 @@ class Context:
             self.demand_bus(event)
             return
         if self._publisher is None:  # Pub/Sub's client only where a demand is published
-            from spotleash.agent.publisher import Publisher
+            from spotleash.adapters.pubsub import Publisher
 
             self._publisher = Publisher(self.settings)
         self._publisher.publish_and_wait(event, timeout_s=PUBLISH_TIMEOUT_S)

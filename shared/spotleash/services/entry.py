@@ -19,13 +19,13 @@ from pydantic import BaseModel
 from spotleash import log as slog
 from spotleash.config import Settings, load_settings
 from spotleash.errors import BadInput, ConfigError, LeaseUnknown
-from spotleash.events import Rejected, parse_event
 from spotleash.providers import build_provider, enabled_providers
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
 from spotleash.topology import load_topology
+from spotleash.wire.events import Rejected, parse_event
 
-log = slog.get_logger("spotleash.entry")
+log = slog.get_logger(__name__)
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -5,7 +5,7 @@ launched for is healthy (an instance without a package: at its first beat), and 
 state and endpoint. A package that cannot run, or a component not healthy by its deadline, fails
 the instance: it is deleted and its record ends FAILED with the reason. A beat carrying a preemption
 notice launches the replacement and leaves the record live for the preemption grace, so the snapshot
-the instance takes on the notice is still answered and verified (``spotleash.preemption``).
+the instance takes on the notice is still answered and verified (``spotleash.decide.preemption``).
 
 The certificate fingerprint of the instance's TLS front is pinned at the first beat that carries one,
 like the VAST SSH host key: only an authenticated beat can set it, and a later beat naming another
@@ -15,20 +15,23 @@ certificate is refused (409, audited) — the router keeps trusting the first on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
-from spotleash import failover, hibernation, preemption
+from spotleash.decide import failover, preemption
+from spotleash.decide import hibernate as hibernation
+from spotleash.decide.heartbeat import notices_preemption, record_beat
 from spotleash.errors import SpotleashError, Transient
-from spotleash.events import Heartbeat
 from spotleash.log import get_logger
-from spotleash.model import ENDED, InstanceRecord, State, readiness, transition
+from spotleash.model import ENDED, InstanceRecord, Readiness, State, readiness
 from spotleash.providers.base import HostKeyLearner
 from spotleash.services.context import Context, token_matches
 from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import terminate
-from spotleash.snapshot_wire import SnapshotRequest
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import SnapshotRequest
 
-log = get_logger("spotleash.heartbeat")
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,21 +39,42 @@ class BeatReply:
     status: int  # HTTP status
     action: str  # "continue" | "stop" | ""
     detail: str = ""
-    snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.snapshot_wire)
-    # "take a snapshot now": a SnapshotRequest, sent as the reply's SNAPSHOT_REQUEST_FIELD (spotleash.snapshot_wire)
+    snapshot: dict[str, Any] | None = None  # the answer to the beat's snapshot ask (spotleash.wire.snapshot)
+    # "take a snapshot now": a SnapshotRequest, sent as the reply's SNAPSHOT_REQUEST_FIELD (spotleash.wire.snapshot)
     snapshot_request: SnapshotRequest | None = None
 
 
 def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
+    """The guards (who beats, for what), the beat recorded in one transaction, then the reply."""
     rec = ctx.store.get(beat.instance_id)
     if rec is None:
         return BeatReply(404, "", "unknown instance")
+    now = ctx.now()
+    refused = _refused(ctx, rec, beat, token, now)
+    if refused is not None:
+        return refused
+    verdict = readiness(rec.components, rec.package_sha256 is not None, beat.components, beat.failure)
+    last_read, updated = _record(ctx, beat, verdict, now)
+    if updated is not None and updated.tls_fingerprint and not rec.tls_fingerprint:
+        log.info("TLS fingerprint pinned", instance_id=rec.instance_id, fingerprint=updated.tls_fingerprint)
+    snap = _answer_snapshot(ctx, updated, beat)
+    asked = _snapshot_request(ctx, rec, updated)
+    if updated is None:  # the record went meanwhile
+        return BeatReply(200, "continue")
+    if updated.state == State.READY and rec.state != State.READY:
+        _became_ready(ctx, rec, updated, beat, now)
+    noticed = last_read is not None and notices_preemption(last_read, beat)
+    return _reply(ctx, rec, updated, verdict, noticed=noticed, snap=snap, asked=asked)
+
+
+def _refused(ctx: Context, rec: InstanceRecord, beat: Heartbeat, token: str, now: datetime) -> BeatReply | None:
+    """The reply to a beat that must not be recorded (wrong token, ended instance, another certificate, a
+    grace or a lease that is over); None for a beat to record."""
     if not token_matches(token, rec.token_hash) or rec.lease_id != beat.lease_id:
         log.warning("heartbeat with a wrong token", instance_id=beat.instance_id, lease_id=beat.lease_id)
         return BeatReply(401, "", "wrong token")
     if rec.state in ENDED or rec.state == State.TERMINATING:
         return BeatReply(200, "stop", f"instance is {rec.state}")
-    now = ctx.now()
     if beat.tls_fingerprint and rec.tls_fingerprint and beat.tls_fingerprint != rec.tls_fingerprint:
         ctx.store.audit("tls_fingerprint_refused", "fingerprint differs from the pinned one", now,
                         instance_id=rec.instance_id, lease_id=rec.lease_id, pinned=rec.tls_fingerprint,
@@ -74,49 +98,44 @@ def handle_heartbeat(ctx: Context, beat: Heartbeat, token: str) -> BeatReply:
         except Transient as e:  # the reaper retries a stalled delete
             log.warning("delete not yet confirmed", instance_id=rec.instance_id, detail=str(e))
         return BeatReply(200, "stop", reason)
+    return None
 
-    verdict = readiness(rec.components, rec.package_sha256 is not None, beat.components, beat.failure)
-    # Several beats can carry the notice at once (the agent's and its snapshot asks'): the failover belongs to
-    # the one whose transaction recorded it, as the transaction last ran.
-    noticed_here = [False]
 
-    def beat_in(r: InstanceRecord) -> InstanceRecord | None:
-        noticed_here[0] = False
-        if r.state in ENDED or r.state == State.TERMINATING:
-            return None
-        ready = verdict.ready and r.state in (State.PROVISIONING, State.RUNNING)
-        dst = State.READY if ready else r.state
-        states = dict(beat.components) if beat.components else r.component_states
-        noticed = noticed_here[0] = beat.preempted and not r.preempted
-        moved = transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
-                           preempted_at=now if noticed else r.preempted_at,
-                           component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint,
-                           first_heartbeat_at=r.first_heartbeat_at or now, idle_s=beat.idle_s,
-                           ready_at=r.ready_at or (now if dst is State.READY else None))
-        return moved.model_copy(update={"snapshot_request": hibernation.after_beat(moved, beat.idle_s,
-                                                                                   ctx.settings, now)})
+def _record(ctx: Context, beat: Heartbeat, verdict: Readiness,
+            now: datetime) -> tuple[InstanceRecord | None, InstanceRecord | None]:
+    """Record the beat in one transaction: the record as the transaction last read it, and as it stands."""
+    reads: list[InstanceRecord] = []
 
-    updated = ctx.store.update(beat.instance_id, beat_in)
-    if updated is not None and updated.tls_fingerprint and not rec.tls_fingerprint:
-        log.info("TLS fingerprint pinned", instance_id=rec.instance_id, fingerprint=updated.tls_fingerprint)
-    snap = _answer_snapshot(ctx, updated, beat)
-    asked = _snapshot_request(ctx, rec, updated)
-    if updated is not None and updated.state == State.READY and rec.state != State.READY:
-        endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
-        ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
-                        instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints,
-                        instance_started_at=beat.started_at.isoformat() if beat.started_at else None,
-                        timings=dict(beat.timings))
-        _pin_host_key(ctx, updated)
-        _awake(ctx, updated)
-    if noticed_here[0] and updated is not None and _failover(ctx, rec):
+    def change(r: InstanceRecord) -> InstanceRecord | None:
+        reads.append(r)  # a retried transaction reads again: the last read is the one that was written on
+        return record_beat(r, beat, verdict, ctx.settings, now)
+
+    updated = ctx.store.update(beat.instance_id, change)
+    return (reads[-1] if reads else None), updated
+
+
+def _became_ready(ctx: Context, rec: InstanceRecord, updated: InstanceRecord, beat: Heartbeat,
+                  now: datetime) -> None:
+    endpoints = {n: c.endpoint for n, c in updated.component_states.items()}
+    ctx.store.audit("ready", "components healthy" if endpoints else "first heartbeat", now,
+                    instance_id=rec.instance_id, lease_id=rec.lease_id, endpoints=endpoints,
+                    instance_started_at=beat.started_at.isoformat() if beat.started_at else None,
+                    timings=dict(beat.timings))
+    _pin_host_key(ctx, updated)
+    _awake(ctx, updated)
+
+
+def _reply(ctx: Context, rec: InstanceRecord, updated: InstanceRecord, verdict: Readiness, *, noticed: bool,
+           snap: dict[str, Any] | None, asked: SnapshotRequest | None) -> BeatReply:
+    """What the recorded beat tells the instance: stop (preempted, or it cannot run), or continue."""
+    if noticed and _failover(ctx, rec):
         return BeatReply(200, "stop", "preempted; a replacement is asked for", snapshot=snap)
-    if updated is not None and updated.preempted:
+    if updated.preempted:
         # "stop": the agent stops beating and, once its preemption snapshot is done (its asks are still
         # answered while the grace lasts), stops its components — the router sends them nothing any more.
         return BeatReply(200, "stop", "preempted; a replacement is asked for, snapshot asks are answered "
                          f"for {ctx.settings.preemption_grace_s:.0f} s", snapshot=snap)
-    if verdict.failure is not None and updated is not None:
+    if verdict.failure is not None:
         reason, detail = verdict.failure
         _fail_unusable(ctx, updated, reason, detail)
         return BeatReply(200, "stop", reason, snapshot=snap)
@@ -201,7 +220,7 @@ def _pin_host_key(ctx: Context, rec: InstanceRecord) -> None:
 
 def _failover(ctx: Context, rec: InstanceRecord) -> bool:
     """The provider is taking this instance back: record it, ask for a replacement if still wanted. The record
-    lives on for the preemption grace (``spotleash.preemption``) so the snapshot the instance takes on its
+    lives on for the preemption grace (``spotleash.decide.preemption``) so the snapshot the instance takes on its
     notice can still be uploaded and verified. True when it was ended at once: no grace configured and the
     failover demand published (unpublished, it is left live: the reaper ends it and asks again)."""
     ctx.store.audit("preempted", "preemption notice", ctx.now(), instance_id=rec.instance_id,

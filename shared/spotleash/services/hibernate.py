@@ -1,7 +1,7 @@
 """Hibernation, carried out by the reaper: destroy an idle instance once its snapshot is verified.
 
 The heartbeat opens a ``hibernate`` request when an instance reports ``idle_s >= idle_after``
-(``spotleash.hibernation.after_beat``) and calls it off when it is busy again; the instance snapshots
+(``spotleash.decide.hibernate.after_beat``) and calls it off when it is busy again; the instance snapshots
 and uploads; each reap then asks ``may_destroy_for_hibernation`` about every instance with such a
 request. Verified → the lease is recorded HIBERNATED (``Hibernation``: the snapshot's id, size, age)
 and the box destroyed. Failed → the box keeps running, an alert is raised and the request renewed, so
@@ -14,15 +14,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
+from spotleash.decide.hibernate import is_idle, new_request
+from spotleash.decide.snapshots import may_destroy_for_hibernation
 from spotleash.errors import SpotleashError, Transient
-from spotleash.hibernation import is_idle, new_request
 from spotleash.log import get_logger
 from spotleash.model import Hibernation, InstanceRecord, SnapshotRecord
 from spotleash.services.context import Context
-from spotleash.services.snapshots import may_destroy_for_hibernation
 from spotleash.services.terminate import terminate
 
-log = get_logger("spotleash.hibernate")
+log = get_logger(__name__)
 
 
 def run_hibernations(ctx: Context, skip: Iterable[str | None] = ()) -> list[str]:

@@ -20,20 +20,21 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from spotleash.clock import month_start
+from spotleash.decide.failover import last_sign_of_life, should_replace
+from spotleash.decide.ledger import committed, month_to_date, region_of
+from spotleash.decide.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
 from spotleash.errors import BadInput, CapacityExhausted, LeaseUnknown, ProviderPermanent, Transient
-from spotleash.events import DemandEvent
-from spotleash.failover import last_sign_of_life, should_replace
-from spotleash.ledger import committed, month_to_date, region_of
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
-from spotleash.package_pin import MISSING, PackageMissing, PinnedPackage, pinned, read_url, resolve
-from spotleash.policy import LaunchFacts, LaunchPlan, Refusal, choose_provider, plan_launch
+from spotleash.packaging.package_pin import MISSING, PackageMissing, PinnedPackage, pinned, read_url, resolve
 from spotleash.providers import provider_info
 from spotleash.providers.base import GpuRequirements, LaunchSpec, ProviderInstance
 from spotleash.services.context import Context, token_hash
 from spotleash.services.terminate import terminate
+from spotleash.wire.events import DemandEvent
 
-log = get_logger("spotleash.launch")
+log = get_logger(__name__)
 IN_FLIGHT_GRACE_S = 10.0  # beyond the create retry budget, before a redelivery takes over a launch
 
 
@@ -43,10 +44,6 @@ class LaunchOutcome:
     state: State
     created: bool  # False: a duplicate or redelivered event found the existing record
     reason: str | None = None
-
-
-def month_start(now: datetime) -> datetime:
-    return now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 
 def gather_facts(ctx: Context, lease_id: str, now: datetime, *, replacing: str | None = None) -> LaunchFacts:
@@ -286,7 +283,7 @@ def handle_demand(ctx: Context, event: DemandEvent) -> LaunchOutcome:
 
 
 def request_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | None:
-    """``rec`` was lost (``spotleash.failover.LOSS_REASONS``: preempted, outbid or stopped, deleted behind
+    """``rec`` was lost (``spotleash.decide.failover.LOSS_REASONS``: preempted, outbid or stopped, deleted behind
     our back, silent): if its lease still wants capacity, publish a failover demand. Returns the
     replacement's id (derived from the demand's id, so known before the launch).
 
@@ -316,7 +313,7 @@ def request_replacement(ctx: Context, rec: InstanceRecord, why: str) -> str | No
 
 def failover_event(rec: InstanceRecord, now: datetime) -> DemandEvent:
     """The demand that replaces a preempted instance: deterministic id, so it launches at most once."""
-    from spotleash.events import Component
+    from spotleash.wire.events import Component
 
     names = rec.components or ["workload"]
     per = max(rec.ram_gb / len(names), 0.5)

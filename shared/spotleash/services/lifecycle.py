@@ -5,13 +5,13 @@ from __future__ import annotations
 from datetime import timedelta
 
 from spotleash.errors import Transient
-from spotleash.events import BudgetAlert, LeaseEvent, ReleaseEvent
 from spotleash.log import get_logger
 from spotleash.model import Lease
 from spotleash.services.context import Context
 from spotleash.services.terminate import terminate
+from spotleash.wire.events import BudgetAlert, LeaseEvent, ReleaseEvent
 
-log = get_logger("spotleash.lifecycle")
+log = get_logger(__name__)
 
 
 def handle_release(ctx: Context, event: ReleaseEvent) -> list[str]:

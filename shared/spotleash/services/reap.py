@@ -6,15 +6,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from spotleash.errors import SpotleashError, Transient
-from spotleash.events import ReapTick
-from spotleash.failover import LOSS_REASONS
-from spotleash.inventory import take_inventory
-from spotleash.log import get_logger
-from spotleash.model import InstanceRecord, Lease, State
-from spotleash.providers import enabled_providers
-from spotleash.providers.base import Inventory
-from spotleash.reaper import (
+from spotleash.decide.failover import LOSS_REASONS
+from spotleash.decide.inventory import take_inventory
+from spotleash.decide.reap import (
     Decision,
     LeaseRecheck,
     ReapConfig,
@@ -24,12 +18,18 @@ from spotleash.reaper import (
     lease_retirable,
     recheck_lease,
 )
+from spotleash.errors import SpotleashError, Transient
+from spotleash.log import get_logger
+from spotleash.model import InstanceRecord, Lease, State
+from spotleash.providers import enabled_providers
+from spotleash.providers.base import Inventory
 from spotleash.services.context import Context
 from spotleash.services.hibernate import run_hibernations
 from spotleash.services.launch import request_replacement
 from spotleash.services.terminate import delete_at_provider, terminate
+from spotleash.wire.events import ReapTick
 
-log = get_logger("spotleash.reap")
+log = get_logger(__name__)
 PARALLEL_DELETES = 8
 
 

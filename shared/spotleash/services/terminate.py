@@ -8,28 +8,34 @@ from collections.abc import Callable
 from spotleash.errors import Transient
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
+from spotleash.polling import WaitTimeout, wait_until
 from spotleash.providers.base import Provider
 from spotleash.services.context import Context
 
-log = get_logger("spotleash.terminate")
-POLL_S = 0.25
+log = get_logger(__name__)
+CONFIRM_POLL_S = 0.25  # how often a deletion's confirmation asks the provider again
 
 
-def confirm_gone(provider: Provider, provider_id: str, timeout_s: float) -> bool:
+def confirm_gone(provider: Provider, provider_id: str, timeout_s: float, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep) -> bool:
     """True once the provider's get() says the instance no longer exists. Bounded by ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if provider.get(provider_id) is None:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(POLL_S)
+    try:
+        return wait_until(lambda: provider.get(provider_id) is None, timeout_s=timeout_s, interval_s=CONFIRM_POLL_S,
+                          what=f"the deletion of {provider_id}", clock=clock, sleep=sleep)
+    except WaitTimeout:
+        return False
+
+
+def _confirm_gone(ctx: Context, provider: Provider, provider_id: str) -> bool:
+    """``confirm_gone`` on the context's clock and sleep (a test's fake clock advances instead of waiting)."""
+    return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s,
+                        clock=lambda: ctx.now().timestamp(), sleep=ctx.sleep)
 
 
 def delete_at_provider(ctx: Context, provider_name: str, provider_id: str) -> bool:
     provider = ctx.provider(provider_name)
     provider.delete(provider_id)
-    return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s)
+    return _confirm_gone(ctx, provider, provider_id)
 
 
 def terminate(
@@ -68,7 +74,7 @@ def terminate(
         provider_id = found.provider_id if found else None
     if provider_id is not None:
         provider.delete(provider_id)
-        if not confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s):
+        if not _confirm_gone(ctx, provider, provider_id):
             ctx.store.audit(action, "delete_unconfirmed", now, instance_id=instance_id, provider=rec.provider,
                             provider_id=provider_id, detail=f"{reason}; provider still lists it")
             raise Transient(f"{instance_id}: {rec.provider} has not confirmed the deletion of {provider_id}")

@@ -34,13 +34,13 @@ from typing import IO
 
 import httpx
 
-from spotleash.events import ComponentReport
 from spotleash.log import get_logger
 from spotleash.supervisor import health
 from spotleash.supervisor.footprint import only_zombies, tree_rss
 from spotleash.supervisor.health import Health
+from spotleash.wire.events import ComponentReport
 
-log = get_logger("spotleash.supervisor")
+log = get_logger(__name__)
 
 TICK_S = 0.25
 PROBE_EVERY_STARTING_S = 0.5

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from spotleash.events import ComponentState
+from spotleash.wire.events import ComponentState
 
 FAIL_AFTER = 3  # failed probes in a row that turn a healthy component failing
 ERROR_MAX = 300  # characters of an error kept (and sent in a heartbeat)

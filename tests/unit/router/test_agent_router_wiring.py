@@ -30,9 +30,9 @@ from spotleash.agent.routing import AgentRouter, component_routes, start_router
 from spotleash.agent.runner import run_agent
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
-from spotleash.events import DemandEvent, Event, ReleaseEvent
 from spotleash.instance_agent.front import FrontConfig, FrontThread
-from spotleash.package_format import AppSpec, ComponentSpec
+from spotleash.wire.events import DemandEvent, Event, ReleaseEvent
+from spotleash.wire.package import AppSpec, ComponentSpec
 
 
 def free_port() -> int:

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 
 from spotleash.instance_agent.bootstrap import MANIFEST_NAME
-from spotleash.instance_agent.config import AgentConfig
 from spotleash.instance_agent.workload import Workload, endpoint_for, front_config
-from spotleash.package_format import AppSpec, ComponentSpec, Manifest
 from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER, credential_hash, new_credential
+from spotleash.wire.agent_config import AgentConfig
+from spotleash.wire.package import AppSpec, ComponentSpec, Manifest
 
 SERVER = """\
 import http.server, json, os

@@ -16,8 +16,8 @@ from tests.unit.router.router_harness import COMPONENT, run, until, world
 
 from spotleash.agent.loss import REASON, LossReporter, check_due
 from spotleash.errors import Transient
-from spotleash.events import Event, ReapTick
 from spotleash.router.table import Policy, Probes, RemoteState, RouteTable, suspect_without_notice
+from spotleash.wire.events import Event, ReapTick
 
 FP = "ab" * 32
 POLICY = Policy(fall=2)

@@ -7,10 +7,10 @@ import itertools
 import pytest
 
 from spotleash.router.table import (
-    Decision,
     Policy,
     Probes,
     RemoteState,
+    Route,
     RouteTable,
     TargetKind,
     decide_target,
@@ -56,14 +56,14 @@ def test_remote_once_ready_and_its_own_probe_passes() -> None:
     (remote(fingerprint=None), False, "no endpoint or certificate fingerprint"),
 ])
 def test_back_to_local_with_the_reason(r: RemoteState, released: bool, why: str) -> None:
-    current = Decision(TargetKind.REMOTE, "was remote", remote())
+    current = Route(TargetKind.REMOTE, "was remote", remote())
     d = decide_target("thumbs", True, r, PASSING, 100.0, lease_released=released, current=current)
     assert d.target == TargetKind.LOCAL
     assert why in d.reason
 
 
 def test_in_use_remote_survives_one_failed_probe_and_leaves_after_fall() -> None:
-    current = Decision(TargetKind.REMOTE, "", remote())
+    current = Route(TargetKind.REMOTE, "", remote())
     one = PASSING.record(False, 101.0, "timeout")
     assert decide_target("c", True, remote(), one, 101.0, current=current).target == TargetKind.REMOTE
     two = one.record(False, 102.0, "timeout")
@@ -114,7 +114,7 @@ def test_exhaustive_against_an_independent_statement_of_the_rule() -> None:
             [True, False], [True, False], states, comps, [False, True], [False, True], probe_sets,
             [False, True], [True, False]):
         r = remote(state=st, comp=comp, preempted=pre, endpoint="h:1" if has_ep else None) if has_remote else None
-        current = Decision(TargetKind.REMOTE, "", r) if in_use and r else None
+        current = Route(TargetKind.REMOTE, "", r) if in_use and r else None
         d = decide_target("c", local, r, probes, 100.0, policy=policy, lease_released=released, current=current)
         fresh = probes.last_at is not None and 100.0 - probes.last_at <= 10
         probe_ok = fresh and (probes.fail_streak < 2 if (in_use and r) else

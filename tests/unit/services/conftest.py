@@ -38,8 +38,8 @@ def _isolated(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.upper().startswith(ENV_PREFIX):
             monkeypatch.delenv(key)
-    # terminate() polls the provider every POLL_S (real time, bounded by confirm_delete_s): poll at once.
-    monkeypatch.setattr(terminate_module, "POLL_S", 0.001)
+    # terminate() polls the provider every CONFIRM_POLL_S (real time, bounded by confirm_delete_s): poll at once.
+    monkeypatch.setattr(terminate_module, "CONFIRM_POLL_S", 0.001)
 
 
 @pytest.fixture

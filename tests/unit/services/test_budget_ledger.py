@@ -9,9 +9,9 @@ from tests.support.builders import MakeCtx, demand, open_lease, put_record, reco
 from tests.support.clock import FakeClock
 from tests.support.memory_store import MemoryStore
 
-from spotleash.ledger import month_to_date
+from spotleash.decide.ledger import month_to_date
+from spotleash.decide.policy import SPOT_PRICE, LaunchPlan, plan_launch
 from spotleash.model import State
-from spotleash.policy import SPOT_PRICE, LaunchPlan, plan_launch
 from spotleash.pricing.book import PriceBook
 from spotleash.pricing.sheet import FamilyRate, PriceSheet
 from spotleash.services.context import Context

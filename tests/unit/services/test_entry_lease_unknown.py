@@ -21,16 +21,16 @@ from functions_framework import create_app
 from tests.support.builders import demand, open_lease
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import DemandEvent
 from spotleash.model import State
 from spotleash.services import entry
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
+from spotleash.wire.events import DemandEvent
 
 LIMIT = entry.max_delivery_attempts("demand")
 
 FUNCTION_SOURCE = '''
-from spotleash.events import DemandEvent
+from spotleash.wire.events import DemandEvent
 from spotleash.model import State
 from spotleash.services.entry import handle_message
 from spotleash.services.launch import handle_demand

@@ -13,15 +13,15 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import Heartbeat, ReapTick
-from spotleash.failover import phases
+from spotleash.dashboard.status import as_json
+from spotleash.decide.failover import phases
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.providers.base import ProviderStatus
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import ReapReport, run_reap
-from spotleash.snapshot_wire import RestoreAsk, RestoredAsk
-from spotleash.status_view import as_json
+from spotleash.wire.events import Heartbeat, ReapTick
+from spotleash.wire.snapshot import RestoreAsk, RestoredAsk
 
 
 def reap(ctx: Context) -> ReapReport:
@@ -143,7 +143,7 @@ def test_the_replacement_records_its_phases(ctx: Context, store: MemoryStore, gc
 
 def test_a_replacement_restores_only_once_the_preempted_ones_snapshot_has_its_verdict(
         ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
-    """The adapter of ``spotleash.preemption.restore_hold``: the replacement's restore ask is told to wait
+    """The adapter of ``spotleash.decide.preemption.restore_hold``: the replacement's restore ask is told to wait
     while its preempted predecessor is saving (the lease keeps state: it has a snapshot), then answered."""
     old = beaten(ctx, launched(ctx))
     store.put_snapshot(SnapshotRecord(snapshot_id="s-old", lease_id=old.lease_id, instance_id=old.instance_id,

@@ -15,12 +15,12 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import DemandEvent, ReapTick
 from spotleash.model import Lease, State
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import run_reap
 from spotleash.topology import load_topology
+from spotleash.wire.events import DemandEvent, ReapTick
 
 NEEDS = {  # provider verb -> the topology roles whose permissions allow it (terraform/topology.tf)
     "create": {"launcher"},

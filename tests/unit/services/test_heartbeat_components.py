@@ -8,10 +8,10 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import ComponentReport, Heartbeat, InstanceFailure
 from spotleash.model import InstanceRecord, State
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
+from spotleash.wire.events import ComponentReport, Heartbeat, InstanceFailure
 
 SHA = "c" * 64
 

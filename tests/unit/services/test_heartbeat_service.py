@@ -11,12 +11,12 @@ from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
 from spotleash.errors import ProviderTransient, Transient
-from spotleash.events import Heartbeat
 from spotleash.model import Lease, State
 from spotleash.services import context as context_module
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
-from spotleash.snapshot_wire import AbandonedAsk
+from spotleash.wire.events import Heartbeat
+from spotleash.wire.snapshot import AbandonedAsk
 
 
 def token(ctx: Context, instance_id: str) -> str:
@@ -81,8 +81,8 @@ def test_the_first_beat_makes_it_ready_and_later_beats_keep_it_alive(ctx: Contex
 
 def test_a_beat_before_the_launch_recorded_running_still_makes_it_ready(ctx: Context, store: MemoryStore) -> None:
     put_record(ctx, "sl-early", state=State.PROVISIONING, token_hash=token_hash(token(ctx, "sl-early")))
-    from spotleash.events import LeaseEvent
     from spotleash.services.lifecycle import handle_lease
+    from spotleash.wire.events import LeaseEvent
 
     handle_lease(ctx, LeaseEvent(lease_id="lease-1", ttl_s=90, created_at=ctx.now()))
     hb = Heartbeat(lease_id="lease-1", instance_id="sl-early")

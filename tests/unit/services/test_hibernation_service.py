@@ -17,14 +17,14 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash import status_view
 from spotleash.config import load_settings
+from spotleash.dashboard import status as status_view
 from spotleash.errors import ConfigError
-from spotleash.events import Heartbeat, ReapTick
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
 from spotleash.services.reap import run_reap
+from spotleash.wire.events import Heartbeat, ReapTick
 
 IDLE_AFTER = 600.0
 

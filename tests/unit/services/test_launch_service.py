@@ -22,13 +22,13 @@ from spotleash.errors import (
     ProviderTransient,
     Transient,
 )
-from spotleash.events import ReleaseEvent
 from spotleash.model import Lease, State, instance_id_for, new_record, transition
 from spotleash.providers.base import GpuRequirements, ownership_labels
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.launch import IN_FLIGHT_GRACE_S, handle_demand, request_replacement
 from spotleash.services.lifecycle import handle_release
+from spotleash.wire.events import ReleaseEvent
 
 IID = instance_id_for("ev-1")
 

@@ -11,11 +11,11 @@ from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
 from spotleash.errors import Transient
-from spotleash.events import BudgetAlert, LeaseEvent, ReleaseEvent
 from spotleash.model import State
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
 from spotleash.services.lifecycle import handle_budget, handle_lease, handle_release
+from spotleash.wire.events import BudgetAlert, LeaseEvent, ReleaseEvent
 
 
 def release(lease_id: str = "lease-1", instance_id: str | None = None, reason: str = "agent stopped",

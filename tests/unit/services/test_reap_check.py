@@ -15,12 +15,12 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import ReapTick, parse_event
 from spotleash.model import InstanceRecord, State
 from spotleash.providers.base import ProviderStatus
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import handle_heartbeat
 from spotleash.services.reap import gather, run_reap
+from spotleash.wire.events import ReapTick, parse_event
 
 
 def check(instance_id: str) -> ReapTick:

@@ -15,13 +15,13 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.cli import reap_json
+from spotleash.cli.app import reap_json
+from spotleash.decide.reap import RELEASED_LEASE_HOLD, Decision
 from spotleash.errors import ProviderTransient, Transient
-from spotleash.events import ReapTick
 from spotleash.model import Lease, State, transition
-from spotleash.reaper import RELEASED_LEASE_HOLD, Decision
 from spotleash.services.context import Context
 from spotleash.services.reap import ReapReport, _execute, run_reap
+from spotleash.wire.events import ReapTick
 
 
 def reap(ctx: Context, *, dry_run: bool = False, force: bool = False) -> ReapReport:

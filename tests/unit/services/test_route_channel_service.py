@@ -12,13 +12,13 @@ from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
-from spotleash.events import ComponentReport, Heartbeat
-from spotleash.instance_agent.config import AgentConfig
 from spotleash.model import InstanceRecord, State
 from spotleash.router.channel import credential_hash, new_credential
 from spotleash.services.context import Context
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
 from spotleash.services.launch import failover_event, handle_demand
+from spotleash.wire.agent_config import AgentConfig
+from spotleash.wire.events import ComponentReport, Heartbeat
 
 FP1, FP2 = "1" * 64, "2" * 64
 

@@ -17,7 +17,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait
 from spotleash.errors import CapacityExhausted, NotFound, ProviderPermanent, ProviderTransient
 from spotleash.log import get_logger
 
-log = get_logger("spotleash.providers.vast")
+log = get_logger(__name__)
 
 
 class VastCreateFailed(ProviderPermanent):

@@ -12,9 +12,9 @@ from __future__ import annotations
 import shlex
 from datetime import UTC
 
-from spotleash.instance_agent.config import FRONT_PORT, env_values
 from spotleash.providers.base import LaunchSpec
-from spotleash.startup_script import bootstrap_source, embed_file
+from spotleash.providers.embed import bootstrap_source, embed_file
+from spotleash.wire.agent_config import FRONT_PORT, env_values
 
 
 def build_onstart(spec: LaunchSpec, *, bootstrap: str | None = None) -> str:

@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
     from spotleash.config import Settings
 
-log = get_logger("spotleash.providers.vast")
+log = get_logger(__name__)
 
 V1_PAGE = 25
 

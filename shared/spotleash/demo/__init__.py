@@ -1,0 +1,1 @@
+"""``spotleash demo``: the local stack, an example app, memory pressure and traffic, narrated."""

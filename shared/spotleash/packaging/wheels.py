@@ -1,0 +1,141 @@
+"""The wheels a package carries: spotleash's own, built from this source tree, and everything
+``spotleash[instance]`` plus the app's requirements resolve to on the instance's platform.
+
+Resolution is ``pip download --only-binary=:all:`` for linux x86_64 / CPython 3.11, so an instance
+installs offline exactly these files and never asks a public index for a name. The resolved set is
+cached under ``STATE_DIR/wheels/``, keyed by what determines it (spotleash's declared dependencies,
+the app's requirements, the platform): a re-publish of the same app resolves nothing again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from email.parser import Parser
+from pathlib import Path
+
+import spotleash
+from spotleash.errors import BadInput, Transient
+from spotleash.wire.package import PLATFORM, PYTHON_VERSION
+
+INSTANCE_EXTRA = "instance"
+PIP_TIMEOUT_S = 900
+
+
+class WheelError(BadInput):
+    """Requirements that cannot be resolved to wheels for the instance's platform, or no source to build."""
+
+
+class WheelTransient(Transient):
+    """The package index could not be reached."""
+
+
+def source_root() -> Path:
+    """The spotleash source tree this code runs from (its pyproject.toml), or ``WheelError``."""
+    root = Path(spotleash.__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file() or 'name = "spotleash"' not in pyproject.read_text():
+        raise WheelError(f"publish builds spotleash's wheel from its source tree, but {root} is not one "
+                         "(install spotleash from a clone of its repository)")
+    return root
+
+
+def _uv() -> str | None:
+    return os.environ.get("UV") or shutil.which("uv")
+
+
+def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, cwd=cwd, check=False)
+    except subprocess.TimeoutExpired as e:
+        raise WheelTransient(f"{what} took longer than {PIP_TIMEOUT_S}s") from e
+    if done.returncode != 0:
+        tail = "\n".join((done.stderr or done.stdout).strip().splitlines()[-12:])
+        if any(s in tail for s in ("Could not fetch URL", "NewConnectionError", "Temporary failure in name",
+                                   "Max retries exceeded", "ConnectTimeout", "Read timed out")):
+            raise WheelTransient(f"{what}: the package index is unreachable:\n{tail}")
+        raise WheelError(f"{what} failed:\n{tail}")
+    return done.stdout
+
+
+def build_spotleash_wheel(out_dir: Path) -> Path:
+    """Build spotleash's wheel (hatchling builds are reproducible: same source → same bytes)."""
+    root = source_root()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
+        uv = _uv()
+        if uv:
+            argv = [uv, "build", "--wheel", "--quiet", "--out-dir", tmp, str(root)]
+        else:
+            argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp, str(root)]
+        _run(argv, "building spotleash's wheel")
+        built = sorted(Path(tmp).glob("spotleash-*.whl"))
+        if len(built) != 1:
+            raise WheelError(f"building spotleash's wheel produced {[p.name for p in built]}")
+        dest = out_dir / built[0].name
+        os.replace(built[0], dest)
+    return dest
+
+
+def _requires_dist(wheel: Path) -> list[str]:
+    with zipfile.ZipFile(wheel) as z:
+        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
+        msg = Parser().parsestr(z.read(meta).decode())
+    return sorted(msg.get_all("Requires-Dist") or [])
+
+
+def platform_tags() -> list[str]:
+    """Every manylinux tag the instance accepts, newest first: pip does not expand ``manylinux_2_28`` to the
+    older glibc tags by itself (a wheel tagged only ``manylinux2014_x86_64`` would not be found)."""
+    arch = PLATFORM.rsplit("_", 2)[-2] + "_" + PLATFORM.rsplit("_", 1)[-1]  # x86_64
+    newest = int(PLATFORM.split("_")[2])
+    tags = [f"manylinux_2_{m}_{arch}" for m in range(newest, 4, -1)]
+    return [*tags, f"manylinux2014_{arch}", f"manylinux2010_{arch}", f"manylinux1_{arch}"]
+
+
+def _version(wheel: Path) -> str:
+    return wheel.name.split("-")[1]
+
+
+def instance_requirement(spotleash_wheel: Path) -> str:
+    return f"spotleash[{INSTANCE_EXTRA}]=={_version(spotleash_wheel)}"
+
+
+def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> list[Path]:
+    """Every wheel the instance installs: spotleash's own plus what it and ``requirements`` resolve to."""
+    key_src = json.dumps({"requires": _requires_dist(spotleash_wheel), "extra": INSTANCE_EXTRA,
+                          "version": _version(spotleash_wheel), "app": sorted(requirements),
+                          "platform": PLATFORM, "python": PYTHON_VERSION}, sort_keys=True)
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    files_dir = cache_dir / "files"
+    index = cache_dir / f"resolved-{key}.json"
+    if index.is_file():
+        names = json.loads(index.read_text())
+        cached = [files_dir / n for n in names]
+        if all(p.is_file() for p in cached):
+            return [spotleash_wheel, *cached]
+    files_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        argv = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+            "--only-binary=:all:", *(a for p in platform_tags() for a in ("--platform", p)),
+            "--python-version", PYTHON_VERSION,
+            "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
+            "--cache-dir", str(cache_dir / "pip-cache"), "-d", tmp,
+            f"{spotleash_wheel}[{INSTANCE_EXTRA}]", *requirements,
+        ]
+        _run(argv, f"resolving wheels for {PLATFORM} / CPython {PYTHON_VERSION} ({', '.join(requirements) or 'no app requirements'})")
+        got = sorted(p for p in Path(tmp).glob("*.whl") if not p.name.startswith("spotleash-"))
+        not_wheels = sorted(p.name for p in Path(tmp).iterdir() if p.suffix != ".whl")
+        if not_wheels:
+            raise WheelError(f"pip produced non-wheel files {not_wheels}: the instance installs wheels only")
+        for p in got:
+            os.replace(p, files_dir / p.name)
+    index.write_text(json.dumps([p.name for p in got]))
+    return [spotleash_wheel, *(files_dir / p.name for p in got)]

@@ -1,0 +1,1 @@
+"""Google Compute Engine Spot VMs: the provider and the startup script of its VMs."""
