@@ -47,7 +47,7 @@ def test_logs_of_the_remote_copy_through_the_agent_and_followed(published: dict[
                "SPOTLEASH_ROUTER_ADMIN_PORT": str(app.admin_port), "SPOTLEASH_STATE_DIR": str(app.work / "state")}
 
         def logs(*args: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run([sys.executable, "-m", "spotleash.cli_main", "logs", *args, "--lease-id",
+            return subprocess.run([sys.executable, "-m", "spotleash.cli", "logs", *args, "--lease-id",
                                    app.lease_id], env=env, capture_output=True, text=True, timeout=60)
 
         local = logs("thumbnailer")  # this test runs the local copies itself (local_copy = "user")
@@ -64,7 +64,7 @@ def test_logs_of_the_remote_copy_through_the_agent_and_followed(published: dict[
         assert "thumbnailer: listening on 127.0.0.1:" in shown.stdout  # the component's output
         assert f"on instance {rec.instance_id}" in shown.stderr
 
-        follower = subprocess.Popen([sys.executable, "-m", "spotleash.cli_main", "logs", "thumbnailer", "--remote",
+        follower = subprocess.Popen([sys.executable, "-m", "spotleash.cli", "logs", "thumbnailer", "--remote",
                                      "--follow", "--tail", "0"], env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True, start_new_session=True)
         out: list[str] = []

@@ -65,7 +65,7 @@ class Agents:
     def start(self, n: int) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.work / f"agent-{n}.log"
         with log.open("wb") as out:
-            p = subprocess.Popen([sys.executable, "-m", "spotleash.cli_main", "agent", "--lease-id", LEASE,
+            p = subprocess.Popen([sys.executable, "-m", "spotleash.cli", "agent", "--lease-id", LEASE,
                                   "--trace", str(self.trace)], cwd=self.work, env=self.env, stdout=out,
                                  stderr=subprocess.STDOUT, start_new_session=True)
         self.procs.append(p)
@@ -86,7 +86,7 @@ class Agents:
             return False
 
     def logs(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "spotleash.cli_main", "logs", *args, "--lease-id", LEASE],
+        return subprocess.run([sys.executable, "-m", "spotleash.cli", "logs", *args, "--lease-id", LEASE],
                               cwd=self.work, env=self.env, capture_output=True, text=True, timeout=60)
 
 

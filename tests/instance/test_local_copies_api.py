@@ -13,8 +13,8 @@ import pytest
 from tests.instance.test_supervisor import COMPONENT, free_port
 
 from spotleash.agent.local_copies import LocalCopies, LocalCopyError, local_plan
-from spotleash.package_format import AppSpec
 from spotleash.polling import wait_until
+from spotleash.wire.package import AppSpec
 
 
 def spec(ports: dict[str, int]) -> AppSpec:

@@ -17,7 +17,7 @@ from spotleash.agent.local_copies import (
     marker_of,
 )
 from spotleash.errors import ConfigError
-from spotleash.package_format import AppSpec
+from spotleash.wire.package import AppSpec
 
 
 def app(*components: dict[str, object]) -> AppSpec:

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from spotleash.appspec import LoadedApp
+from spotleash.cli.logs import Follow, LogsError, check_component, local_reader, show
 from spotleash.errors import ConfigError
-from spotleash.logs_cli import Follow, LogsError, check_component, local_reader, show
-from spotleash.package_format import AppSpec
+from spotleash.packaging.appspec import LoadedApp
 from spotleash.supervisor.logfile import Window, read_window, window
+from spotleash.wire.package import AppSpec
 
 
 @pytest.mark.parametrize(("size", "offset", "tail", "limit", "expected"), [

@@ -30,20 +30,20 @@ from urllib.parse import urlsplit
 import psutil
 
 from spotleash.errors import ConfigError, SpotleashError
-from spotleash.events import ComponentReport
 from spotleash.instance_agent.environment import MARKER_ENV, SECRET_ENV
 from spotleash.log import get_logger
-from spotleash.package_format import AppSpec
 from spotleash.polling import WaitTimeout, wait_until
 from spotleash.supervisor import Launch, Supervisor
 from spotleash.supervisor.health import BACKOFF_BASE_S
 from spotleash.supervisor.marked import end_marked, find_marked
+from spotleash.wire.events import ComponentReport
+from spotleash.wire.package import AppSpec
 
 if TYPE_CHECKING:
-    from spotleash.appspec import LoadedApp
     from spotleash.config import Settings
+    from spotleash.packaging.appspec import LoadedApp
 
-log = get_logger("spotleash.agent.local_copies")
+log = get_logger(__name__)
 
 LOCAL_MARKER_ENV = "SPOTLEASH_LOCAL_COPY_OF"  # <lease>@<state dir>: every process of a local copy carries it
 COMPONENT_ENV = "SPOTLEASH_LOCAL_COMPONENT"  # which component a marked process belongs to (for the log)

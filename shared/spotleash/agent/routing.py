@@ -36,8 +36,8 @@ from spotleash.router.channel import credential_hash, new_credential
 from spotleash.router.service import WatchFactory
 
 if TYPE_CHECKING:
-    from spotleash.appspec import LoadedApp
     from spotleash.config import Settings
+    from spotleash.packaging.appspec import LoadedApp
     from spotleash.wire.package import AppSpec
 
 log = get_logger(__name__)

@@ -23,8 +23,8 @@ from spotleash.router.channel import INSTANCE_HEADER, LOG_END_HEADER, LOG_ROTATE
 from spotleash.supervisor.logfile import DEFAULT_TAIL_BYTES, Piece, Window, read_window
 
 if TYPE_CHECKING:
-    from spotleash.appspec import LoadedApp
     from spotleash.config import Settings
+    from spotleash.packaging.appspec import LoadedApp
 
 FOLLOW_EVERY_S = 0.5
 

@@ -31,7 +31,7 @@ from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.log import get_logger
-from spotleash.supervisor import Supervisor
+from spotleash.supervisor import ComponentRunner, Supervisor
 from spotleash.wire.events import ComponentReport, InstanceFailure
 
 if TYPE_CHECKING:

@@ -13,12 +13,19 @@ import ssl
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from spotleash.instance_agent.bootstrap import MANIFEST_NAME
 from spotleash.instance_agent.workload import Workload, endpoint_for, front_config
-from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER, credential_hash, new_credential
+from spotleash.router.channel import (
+    COMPONENT_HEADER,
+    CREDENTIAL_HEADER,
+    LOG_HEADER,
+    credential_hash,
+    new_credential,
+)
 from spotleash.wire.agent_config import AgentConfig
 from spotleash.wire.package import AppSpec, ComponentSpec, Manifest
 
@@ -56,7 +63,8 @@ def installed_package(root: Path, port: int) -> Path:
     return root
 
 
-def get(address: tuple[str, int], fingerprint: str, headers: dict[str, str], path: str = "/x") -> tuple[int, dict]:
+def get(address: tuple[str, int], fingerprint: str, headers: dict[str, str], path: str = "/x",
+        raw: bool = False) -> tuple[int, Any]:
     ctx = ssl.create_default_context()
     ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # pinned by fingerprint below, as the router does
     conn = http.client.HTTPSConnection(*address, context=ctx, timeout=5)
@@ -66,7 +74,8 @@ def get(address: tuple[str, int], fingerprint: str, headers: dict[str, str], pat
         assert der is not None and hashlib.sha256(der).hexdigest() == fingerprint
         conn.request("GET", path, headers=headers)
         resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"{}")
+        body = resp.read()
+        return resp.status, body if raw else json.loads(body or b"{}")
     finally:
         conn.close()
 
@@ -109,6 +118,11 @@ def test_workload_starts_the_front_first_and_reports_it_as_every_endpoint(tmp_pa
         assert get(w.front_address, fingerprint, {COMPONENT_HEADER: "web"})[0] == 401
         assert get(w.front_address, fingerprint, {**ok, CREDENTIAL_HEADER: new_credential()})[0] == 401
         assert get(w.front_address, fingerprint, {**ok, COMPONENT_HEADER: "other"})[0] == 404
+        # spotleash logs --remote: the component's log file, through the same credential check
+        status, text = get(w.front_address, fingerprint, {CREDENTIAL_HEADER: credential, LOG_HEADER: "web"}, "/",
+                           raw=True)
+        assert status == 200 and f"--- starting ['{sys.executable}', 'server.py'] (port {port}" in text.decode()
+        assert get(w.front_address, fingerprint, {LOG_HEADER: "web"}, "/", raw=True)[0] == 401
     finally:
         w.stop()
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", front_port), timeout=1):

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from tests.unit.router.router_harness import COMPONENT, World, run, world
 
-from spotleash.logs_cli import LogsError, remote_reader
+from spotleash.cli.logs import LogsError, remote_reader
 from spotleash.router.channel import (
     CREDENTIAL_HEADER,
     INSTANCE_HEADER,
