@@ -1,6 +1,6 @@
 # The two commands of the README, plus the checks. Each target does its own set-up, and calls uv
 # through scripts/uv (it finds uv, or installs the pinned one into .tools/): nothing on PATH needed.
-.PHONY: setup test demo lint bench chaos archive
+.PHONY: setup test demo lint docs bench chaos archive
 
 UV := $(CURDIR)/scripts/uv
 RUN := $(UV) run --frozen
@@ -18,6 +18,12 @@ lint: setup
 	$(RUN) ruff check .
 	$(RUN) mypy
 	$(RUN) deptry .
+	$(MAKE) --no-print-directory docs
+
+# The documentation site (mkdocs.yml), strict: a broken link or anchor, or a page left out of the
+# nav, fails. Built into site/ (ignored).
+docs: setup
+	$(RUN) mkdocs build --strict --quiet --site-dir site
 
 chaos: setup
 	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} $(RUN) pytest -q -p no:cacheprovider -m chaos tests/chaos
