@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -57,10 +58,16 @@ def _option_row(p: Any) -> str:
     return f"| {names} | {_cell(p.help or '')}{default} |"
 
 
-def cli_reference() -> str:
-    from spotleash.cli import app
+def cli_app() -> Any:
+    """The typer app behind the ``spotleash`` console script, found through its entry point (the name that
+    stays when the command modules move)."""
+    (script,) = entry_points(group="console_scripts", name="spotleash")
+    main = script.load()
+    return sys.modules[main.__module__].app
 
-    root = typer.main.get_command(app)
+
+def cli_reference() -> str:
+    root = typer.main.get_command(cli_app())
     out: list[str] = []
     for path, cmd in [("spotleash", root), *_commands(root, "spotleash")]:
         params = [p for p in cmd.params if p.name != "help"]
