@@ -77,3 +77,29 @@ def test_lint_builds_the_docs_site_strict() -> None:
     docs = makefile.split("\ndocs:", 1)[1].split("\n\n", 1)[0]
     assert "$(DOCS_BUILD)" in lint and "$(DOCS_BUILD)" in docs
     assert "site/" in (REPO / ".gitignore").read_text().splitlines()
+
+
+def _named_in_docs(pattern: str) -> set[tuple[str, str]]:
+    """(page, code span) for every inline code span of the README and the docs that matches ``pattern``."""
+    found = set()
+    for page in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]:
+        text = re.sub(r"```.*?```", "", page.read_text(), flags=re.S)
+        found |= {(page.name, span) for span in re.findall(r"`([^`\n]+)`", text) if re.fullmatch(pattern, span)}
+    return found
+
+
+def test_every_python_file_and_module_the_docs_name_exists() -> None:
+    """Modules move (the packages by role); a page that names an old place fails here, not in a reader's hands.
+    A path is read from the repository's top, ``shared/`` or ``shared/spotleash/``; a bare file name anywhere."""
+    bases = (REPO, REPO / "shared", REPO / "shared" / "spotleash")
+    missing = []
+    for page, path in _named_in_docs(r"[\w.-]+(/[\w.-]+)*\.py"):
+        known = (any((b / path).is_file() for b in bases) if "/" in path
+                 else any(p.is_file() for p in REPO.glob(f"[!.]*/**/{path}")))
+        if not known:
+            missing.append((page, path))
+    for page, dotted in _named_in_docs(r"spotleash(\.(?!toml$)\w+)+"):
+        module = REPO / "shared" / dotted.split(".")[0] / dotted.split(".")[1]
+        if not (module.with_suffix(".py").is_file() or module.is_dir()):
+            missing.append((page, dotted))
+    assert not missing, "pages name what is not there:\n" + "\n".join(f"{p}: {n}" for p, n in sorted(missing))
