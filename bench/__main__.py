@@ -1,11 +1,11 @@
-"""``uv run python -m bench [--quick] [--only launch,...,snapshot,failover] [--no-readme] [--out PATH]``
+"""``uv run python -m bench [--quick] [--only launch,...,snapshot,failover] [--no-docs] [--out PATH]``
 
 ``--render-only --merge RUN.json`` measures nothing: it takes the sections ``RUN.json`` measured (an
 ``--only`` run) into the results file, keeps every other section's data, and re-renders.
 
 Starts the local stack in a temporary directory (unless only stackless sections are chosen), runs every
-benchmark with its same-run baseline, writes ``bench/results/latest.json`` and the README's bench
-section, and stops the stack, whatever happens. The full run took ~18 min on a 2-core machine before
+benchmark with its same-run baseline, writes ``bench/results/latest.json`` and the table of
+``docs/benchmarks.md``, and stops the stack, whatever happens. The full run took ~18 min on a 2-core machine before
 the snapshot and failover sections were added (they take ~10 min more; ``--quick`` ~3 min for both).
 """
 
@@ -36,7 +36,7 @@ from spotleash.demo.run import DEMO_TIMINGS, REAP_TIME_SCALE
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "benchmarks.md"
 SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "reap", "router")
 STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
@@ -330,9 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="fewer runs, 20 s agent window, no 10,000-record reap, 2 s router rounds")
     ap.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--out", type=Path, default=RESULTS, help="results file (default bench/results/latest.json)")
-    ap.add_argument("--no-readme", action="store_true", help="do not rewrite the README's bench section")
+    ap.add_argument("--no-docs", action="store_true", help="do not rewrite the table of docs/benchmarks.md")
     ap.add_argument("--render-only", action="store_true",
-                    help="measure nothing: rebuild the table and README section from the results file's raw data")
+                    help="measure nothing: rebuild the table and docs/benchmarks.md from the results file's raw data")
     ap.add_argument("--merge", type=Path, default=None, metavar="RUN.json",
                     help="with --render-only: take the sections RUN.json measured into the results file first")
     ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
@@ -354,11 +354,11 @@ def main(argv: list[str] | None = None) -> int:
     for n in results["notes"]:
         console.print(f"- {n}")
     console.print(f"results written to {args.out}")
-    if not args.no_readme:
-        if report.update_readme(README, report.readme_section(results)):
-            console.print(f"README section updated ({README})")
+    if not args.no_docs:
+        if report.update_page(PAGE, report.docs_section(results)):
+            console.print(f"benchmarks table updated ({PAGE})")
         else:
-            console.print(f"[yellow]no {report.START} / {report.END} markers in {README}; README untouched")
+            console.print(f"[yellow]no {report.START} / {report.END} markers in {PAGE}; page untouched")
     return 1 if results["errors"] else 0
 
 

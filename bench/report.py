@@ -1,4 +1,4 @@
-"""Render the benchmark results: a Markdown table for the README and a plain summary for the console."""
+"""Render the benchmark results: a Markdown table for docs/benchmarks.md and a plain summary for the console."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def machine_line(results: dict[str, Any]) -> str:
             f"`uv run python -m bench` took {results.get('duration_s', 0):.0f} s.")
 
 
-def readme_section(results: dict[str, Any]) -> str:
+def docs_section(results: dict[str, Any]) -> str:
     parts = [machine_line(results), "", markdown_table(results.get("rows", []))]
     notes = results.get("notes") or []
     if notes:
@@ -79,13 +79,13 @@ def readme_section(results: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def update_readme(readme: Path, section: str) -> bool:
+def update_page(page: Path, section: str) -> bool:
     """Replace what lies between the bench markers; False (file untouched) when the markers are missing."""
-    text = readme.read_text()
+    text = page.read_text()
     pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
     if not pattern.search(text):
         return False
-    readme.write_text(pattern.sub(lambda _m: f"{START}\n{section}\n{END}", text, count=1))
+    page.write_text(pattern.sub(lambda _m: f"{START}\n{section}\n{END}", text, count=1))
     return True
 
 

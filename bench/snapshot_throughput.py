@@ -40,7 +40,10 @@ from bench.stats import ratio, summary
 from spotleash.adapters.firestore import FirestoreStore, Store
 from spotleash.adapters.storage import Storage
 from spotleash.config import Settings
-from spotleash.instance_agent.snapshot import WORKERS, parse_reply, restore, take_snapshot
+from spotleash.instance_agent.snapshot.channel import parse_reply
+from spotleash.instance_agent.snapshot.common import WORKERS
+from spotleash.instance_agent.snapshot.restore import restore
+from spotleash.instance_agent.snapshot.take import take_snapshot
 from spotleash.log import get_logger
 from spotleash.model import Lease, State, new_record, transition
 from spotleash.services.context import Context, token_hash

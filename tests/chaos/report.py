@@ -1,4 +1,4 @@
-"""Render the chaos figures into the README's chaos section.
+"""Render the chaos figures into the chaos table of docs/reliability.md.
 
 A chaos run (``make chaos``) writes its figures to ``bench/results/tmp/chaos.json`` (untracked: a CI run
 leaves the checkout clean). A person who wants them quoted publishes them:
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS = REPO / "bench" / "results" / "chaos.json"  # the published figures the README quotes
+RESULTS = REPO / "bench" / "results" / "chaos.json"  # the published figures docs/reliability.md quotes
 LAST_RUN = REPO / "bench" / "results" / "tmp" / "chaos.json"  # what the last chaos run wrote (gitignored)
-README = REPO / "README.md"
+PAGE = REPO / "docs" / "reliability.md"
 START, END = "<!-- chaos:start -->", "<!-- chaos:end -->"
 
 WHAT_CLEANS = {
@@ -122,13 +122,13 @@ def main(argv: list[str]) -> int:
             return 1
         RESULTS.write_text(LAST_RUN.read_text())
     data = json.loads(RESULTS.read_text())
-    text = README.read_text()
+    text = PAGE.read_text()
     if START not in text or END not in text:
-        print(f"{README} has no chaos markers", file=sys.stderr)
+        print(f"{PAGE} has no chaos markers", file=sys.stderr)
         return 1
     new = re.sub(re.escape(START) + r".*?" + re.escape(END), lambda _: f"{START}\n{render(data)}\n{END}", text,
                  flags=re.S)
-    README.write_text(new)
+    PAGE.write_text(new)
     return 0
 
 

@@ -22,7 +22,7 @@ from tests.support.memory_store import MemoryStore
 
 from spotleash.config import Settings
 from spotleash.instance_agent.keeper import SnapshotKeeper
-from spotleash.instance_agent.snapshot import parse_reply
+from spotleash.instance_agent.snapshot.channel import parse_reply
 from spotleash.model import SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.services.context import Context, token_hash

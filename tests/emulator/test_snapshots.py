@@ -25,7 +25,9 @@ from tests.support.memory_store import MemoryStore
 
 from spotleash.adapters.storage import Storage
 from spotleash.config import Settings
-from spotleash.instance_agent.snapshot import parse_reply, restore, take_snapshot
+from spotleash.instance_agent.snapshot.channel import parse_reply
+from spotleash.instance_agent.snapshot.restore import restore
+from spotleash.instance_agent.snapshot.take import take_snapshot
 from spotleash.model import SnapshotState, State
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import handle_heartbeat

@@ -46,25 +46,25 @@ def test_cells_carry_units_baseline_ratio_and_verdict() -> None:
     assert rss[2] == "120.0 MB" and rss[6] == "13×" and rss[8] == "✗ over"
 
 
-def test_readme_section_names_date_machine_and_commit(tmp_path: Path) -> None:
-    section = report.readme_section(fake_results())
+def test_docs_section_names_date_machine_and_commit(tmp_path: Path) -> None:
+    section = report.docs_section(fake_results())
     assert "2026-11-23 21:00 UTC" in section and "x86_64, 2 cores, 7.8 GB RAM, Python 3.11.7" in section
     assert "`0123456789`" in section and "quick run" in section and "- a note" in section
-    readme = tmp_path / "README.md"
-    readme.write_text(f"# title\n\nbefore\n{report.START}\n(not yet measured)\n{report.END}\nafter\n")
-    assert report.update_readme(readme, section)
-    text = readme.read_text()
+    page = tmp_path / "benchmarks.md"
+    page.write_text(f"# title\n\nbefore\n{report.START}\n(not yet measured)\n{report.END}\nafter\n")
+    assert report.update_page(page, section)
+    text = page.read_text()
     assert "(not yet measured)" not in text and text.startswith("# title\n\nbefore\n") and text.endswith("after\n")
     assert text.count(report.START) == 1 and report.markdown_table(fake_results()["rows"]) in text
-    assert report.update_readme(readme, "second")  # idempotent replacement between the same markers
-    assert f"{report.START}\nsecond\n{report.END}" in readme.read_text()
+    assert report.update_page(page, "second")  # idempotent replacement between the same markers
+    assert f"{report.START}\nsecond\n{report.END}" in page.read_text()
 
 
-def test_readme_without_markers_is_left_untouched(tmp_path: Path) -> None:
-    readme = tmp_path / "README.md"
-    readme.write_text("no markers here\n")
-    assert not report.update_readme(readme, "x")
-    assert readme.read_text() == "no markers here\n"
+def test_page_without_markers_is_left_untouched(tmp_path: Path) -> None:
+    page = tmp_path / "benchmarks.md"
+    page.write_text("no markers here\n")
+    assert not report.update_page(page, "x")
+    assert page.read_text() == "no markers here\n"
 
 
 def test_statistics() -> None:

@@ -278,7 +278,7 @@ def reap_json(report: ReapReport) -> dict[str, Any]:
 def reap(
     dry_run: bool = typer.Option(False, "--dry-run", help="decide and print, delete nothing"),
     force: bool = typer.Option(False, "--force", help="pass the mass-deletion guard"),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="JSON on stdout"),
 ) -> None:
     """Run a reap now and print its decisions."""
     from spotleash.services.context import Context

@@ -27,7 +27,8 @@ from spotleash.instance_agent.idle import CpuMeter, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import SnapshotKeeper, resolve_state_paths
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
-from spotleash.instance_agent.snapshot import HeartbeatChannel, SnapshotError
+from spotleash.instance_agent.snapshot.channel import HeartbeatChannel
+from spotleash.instance_agent.snapshot.common import SnapshotError
 from spotleash.instance_agent.workload import DEFAULT_WORK_ROOT, Workload, workload_for
 from spotleash.log import get_logger
 from spotleash.providers import AgentTransport

@@ -36,16 +36,11 @@ from pathlib import Path
 import httpx
 
 from spotleash.clock import utcnow
-from spotleash.instance_agent.snapshot import (
-    PART_BYTES,
-    Channel,
-    RestoreOutcome,
-    SnapshotError,
-    SnapshotOutcome,
-    restore,
-    state_paths_for,
-    take_snapshot,
-)
+from spotleash.instance_agent.snapshot.channel import Channel
+from spotleash.instance_agent.snapshot.common import SnapshotError, state_paths_for
+from spotleash.instance_agent.snapshot.packing import PART_BYTES
+from spotleash.instance_agent.snapshot.restore import RestoreOutcome, restore
+from spotleash.instance_agent.snapshot.take import SnapshotOutcome, take_snapshot
 from spotleash.log import get_logger
 from spotleash.wire.events import InstanceFailure
 from spotleash.wire.snapshot import SnapshotTrigger

@@ -169,85 +169,107 @@ def _fail(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> Launch
 
 
 def handle_demand(ctx: Context, event: DemandEvent) -> LaunchOutcome:
+    """One demand: decide and record the intent (or resume it), create the instance, record it RUNNING.
+    Each step returns the record to go on with, or the outcome when the launch ends there."""
     now = ctx.now()
-    replaces, lost_at = event.replaces, event.lost_at
-    s = ctx.settings
     instance_id = instance_id_for(event.event_id)
     existing = ctx.store.get(instance_id)
     if existing is not None and existing.state not in (State.REQUESTED, State.PROVISIONING):
         log.info("duplicate demand ignored", event_id=event.event_id, instance_id=instance_id,
                  state=str(existing.state))
         return LaunchOutcome(instance_id, existing.state, False, existing.reason)
-
-    if existing is None:
-        facts = gather_facts(ctx, event.lease_id, now, replacing=replaces)
-        decision: LaunchPlan | Refusal = plan_launch(event, facts, s, now)
-        package = pin_package(ctx) if isinstance(decision, LaunchPlan) else None
-        if isinstance(package, Refusal):
-            decision, package = package, None
-        provider_name = decision.provider if isinstance(decision, LaunchPlan) else choose_provider(event)
-        intent = new_record(
-            instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
-            event_id=event.event_id, provider=provider_name, now=now, max_runtime_s=s.max_runtime_s,
-            ram_gb=event.ram_gb, gpu=event.needs_gpu, components=[c.name for c in event.components],
-            replaces=replaces, lost_at=lost_at, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
-            machine=decision.machine if isinstance(decision, LaunchPlan) else None,
-            price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
-            route_credential_sha256=event.route_credential_sha256,
-            package_sha256=package.sha256 if package else None,
-        )
-        if isinstance(decision, Refusal):
-            refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
-            stored, created = ctx.store.create_intent(refused)
-            if created:
-                ctx.store.audit("launch_refused", decision.reason, now, instance_id=instance_id,
-                                lease_id=event.lease_id, event_id=event.event_id, detail=decision.detail)
-                log.warning("launch refused", event_id=event.event_id, lease_id=event.lease_id,
-                            reason=decision.reason, detail=decision.detail)
-            return LaunchOutcome(instance_id, stored.state, created, decision.reason)
-        # The intent is durable before any provider call: a crash after this point leaves a record.
-        rec, created = ctx.store.create_intent(intent)
-        if created:
-            ctx.store.audit("launch_intent", event.trigger, now, instance_id=instance_id, lease_id=event.lease_id,
-                            event_id=event.event_id, provider=provider_name, machine=intent.machine,
-                            package_sha256=intent.package_sha256)
-        elif rec.state not in (State.REQUESTED, State.PROVISIONING):
-            return LaunchOutcome(instance_id, rec.state, False, rec.reason)
-        else:  # a concurrent copy of this event created it a moment ago and is launching it
-            raise Transient(f"{instance_id}: a launch is in flight")
-    else:
-        # A redelivery resumes an interrupted launch (create() reconciles by label). While another
-        # delivery is still inside its launch window, step back instead of fighting over the record.
-        busy_for = ctx.settings.launch_retry_s + IN_FLIGHT_GRACE_S - (now - existing.updated_at).total_seconds()
-        if busy_for > 0:
-            raise Transient(f"{instance_id}: a launch is in flight; retry in {busy_for:.0f}s")
-        rec = existing
-
+    rec = _record_intent(ctx, event, instance_id, now) if existing is None else _resume(ctx, existing, now)
+    if isinstance(rec, LaunchOutcome):
+        return rec
     rec = ctx.store.update(instance_id, lambda r: transition(r, State.PROVISIONING, ctx.now(),
                                                                attempts=r.attempts + 1)
                            if r.state in (State.REQUESTED, State.PROVISIONING) else None) or rec
     if rec.state != State.PROVISIONING:
         return LaunchOutcome(instance_id, rec.state, False, rec.reason)
+    made = _create(ctx, rec)
+    if isinstance(made, LaunchOutcome):
+        return made
+    return _record_running(ctx, event, rec, made, now)
+
+
+def _record_intent(ctx: Context, event: DemandEvent, instance_id: str, now: datetime) -> InstanceRecord | LaunchOutcome:
+    """Decide the launch (or refuse it) and make the intent durable before any provider call: a crash
+    after this point leaves a record."""
+    s = ctx.settings
+    facts = gather_facts(ctx, event.lease_id, now, replacing=event.replaces)
+    decision: LaunchPlan | Refusal = plan_launch(event, facts, s, now)
+    package = pin_package(ctx) if isinstance(decision, LaunchPlan) else None
+    if isinstance(package, Refusal):
+        decision, package = package, None
+    provider_name = decision.provider if isinstance(decision, LaunchPlan) else choose_provider(event)
+    intent = new_record(
+        instance_id=instance_id, lease_id=event.lease_id, deployment_id=s.deployment_id,
+        event_id=event.event_id, provider=provider_name, now=now, max_runtime_s=s.max_runtime_s,
+        ram_gb=event.ram_gb, gpu=event.needs_gpu, components=[c.name for c in event.components],
+        replaces=event.replaces, lost_at=event.lost_at, token_hash=token_hash(ctx.heartbeat_token(instance_id)),
+        machine=decision.machine if isinstance(decision, LaunchPlan) else None,
+        price_per_hour=decision.price_cap if isinstance(decision, LaunchPlan) else 0.0,
+        route_credential_sha256=event.route_credential_sha256,
+        package_sha256=package.sha256 if package else None,
+    )
+    if isinstance(decision, Refusal):
+        refused = transition(intent, State.FAILED, now, reason=f"{decision.reason}: {decision.detail}")
+        stored, created = ctx.store.create_intent(refused)
+        if created:
+            ctx.store.audit("launch_refused", decision.reason, now, instance_id=instance_id,
+                            lease_id=event.lease_id, event_id=event.event_id, detail=decision.detail)
+            log.warning("launch refused", event_id=event.event_id, lease_id=event.lease_id,
+                        reason=decision.reason, detail=decision.detail)
+        return LaunchOutcome(instance_id, stored.state, created, decision.reason)
+    rec, created = ctx.store.create_intent(intent)
+    if created:
+        ctx.store.audit("launch_intent", event.trigger, now, instance_id=instance_id, lease_id=event.lease_id,
+                        event_id=event.event_id, provider=provider_name, machine=intent.machine,
+                        package_sha256=intent.package_sha256)
+        return rec
+    if rec.state not in (State.REQUESTED, State.PROVISIONING):
+        return LaunchOutcome(instance_id, rec.state, False, rec.reason)
+    # a concurrent copy of this event created it a moment ago and is launching it
+    raise Transient(f"{instance_id}: a launch is in flight")
+
+
+def _resume(ctx: Context, existing: InstanceRecord, now: datetime) -> InstanceRecord:
+    """A redelivery resumes an interrupted launch (create() reconciles by label). While another delivery
+    is still inside its launch window, step back instead of fighting over the record."""
+    busy_for = ctx.settings.launch_retry_s + IN_FLIGHT_GRACE_S - (now - existing.updated_at).total_seconds()
+    if busy_for > 0:
+        raise Transient(f"{existing.instance_id}: a launch is in flight; retry in {busy_for:.0f}s")
+    return existing
+
+
+def _create(ctx: Context, rec: InstanceRecord) -> ProviderInstance | LaunchOutcome:
+    """Create the instance at its provider; a refusal fails the launch, a release meanwhile abandons it."""
     try:
-        spec = build_spec(ctx, rec, rec.machine or s.machine_type, ctx.now())
+        spec = build_spec(ctx, rec, rec.machine or ctx.settings.machine_type, ctx.now())
     except PackageMissing as e:
         return _fail(ctx, rec, MISSING, str(e))
     try:
-        made = _create_with_retry(ctx, spec, rec.provider)
+        return _create_with_retry(ctx, spec, rec.provider)
     except CapacityExhausted as e:
         return _fail(ctx, rec, "no_capacity", str(e))
     except (ProviderPermanent, BadInput) as e:
         return _fail(ctx, rec, "provider_refused", str(e))
     except Transient:
-        if _still_wanted(ctx, instance_id):
+        if _still_wanted(ctx, rec.instance_id):
             raise  # past the retry budget: the event is redelivered and resumes here
         # Released while we were creating: whatever the create left must not outlive the record.
-        found = ctx.provider(rec.provider).find(instance_id)
+        found = ctx.provider(rec.provider).find(rec.instance_id)
         if found is not None:
             ctx.provider(rec.provider).delete(found.provider_id)
-        log.warning("launch abandoned: released during create", instance_id=instance_id)
-        return LaunchOutcome(instance_id, State.TERMINATED, False, "released during launch")
+        log.warning("launch abandoned: released during create", instance_id=rec.instance_id)
+        return LaunchOutcome(rec.instance_id, State.TERMINATED, False, "released during launch")
 
+
+def _record_running(ctx: Context, event: DemandEvent, rec: InstanceRecord, made: ProviderInstance,
+                    started: datetime) -> LaunchOutcome:
+    """Record the created instance RUNNING (where it is, from when its heartbeats count); one ended meanwhile
+    is deleted at once."""
+    instance_id = rec.instance_id
     at = ctx.now()
 
     def where(r: InstanceRecord) -> dict[str, object]:
@@ -275,8 +297,8 @@ def handle_demand(ctx: Context, event: DemandEvent) -> LaunchOutcome:
         return LaunchOutcome(instance_id, State.TERMINATED, True, "released during launch")
     ctx.store.audit("launched", event.trigger, at, instance_id=instance_id, lease_id=event.lease_id,
                     event_id=event.event_id, provider=rec.provider, provider_id=made.provider_id, zone=made.zone,
-                    price_per_hour=made.price_per_hour, seconds=(at - now).total_seconds(),
-                    deadline=(final.deadline if final else rec.deadline))
+                    price_per_hour=made.price_per_hour, seconds=(at - started).total_seconds(),
+                    deadline=final.deadline)
     log.info("instance running", instance_id=instance_id, lease_id=event.lease_id, event_id=event.event_id,
              provider=rec.provider, provider_id=made.provider_id, zone=made.zone)
     return LaunchOutcome(instance_id, State.RUNNING, True)

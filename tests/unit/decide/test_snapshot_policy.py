@@ -14,7 +14,7 @@ from spotleash.decide.snapshots import (
     may_destroy_for_hibernation,
     retention_plan,
 )
-from spotleash.instance_agent.snapshot import SnapshotError, state_paths_for
+from spotleash.instance_agent.snapshot.common import SnapshotError, state_paths_for
 from spotleash.model import InstanceRecord, SnapshotRecord, SnapshotState, State, new_record, transition
 from spotleash.wire.package import AppSpec
 from spotleash.wire.snapshot import ManifestObject, SnapshotManifest, object_names

@@ -12,7 +12,9 @@ import pytest
 from spotleash.instance_agent.agent import snapshot_request_of
 from spotleash.instance_agent.idle import GPU_QUERY, GpuProbe, IdleClock
 from spotleash.instance_agent.keeper import fingerprint, new_snapshot_id, resolve_state_paths
-from spotleash.instance_agent.snapshot import MAX_RESTORE_WAIT_S, SnapshotError, restore, take_snapshot
+from spotleash.instance_agent.snapshot.common import SnapshotError
+from spotleash.instance_agent.snapshot.restore import MAX_RESTORE_WAIT_S, restore
+from spotleash.instance_agent.snapshot.take import take_snapshot
 from spotleash.wire.ids import ID_PATTERN
 from spotleash.wire.snapshot import (
     SNAPSHOT_REQUEST_FIELD,

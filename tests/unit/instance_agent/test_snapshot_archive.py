@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from spotleash.instance_agent.snapshot import CorruptSnapshot, _extract, _swap_in, pack
+from spotleash.instance_agent.snapshot.common import CorruptSnapshot
+from spotleash.instance_agent.snapshot.packing import pack
+from spotleash.instance_agent.snapshot.restore import _extract, _swap_in
 
 
 def tree(root: Path) -> dict[str, str]:

@@ -8,7 +8,8 @@ import json
 import httpx
 import pytest
 
-from spotleash.instance_agent.snapshot import HeartbeatChannel, SnapshotError
+from spotleash.instance_agent.snapshot.channel import HeartbeatChannel
+from spotleash.instance_agent.snapshot.common import SnapshotError
 from spotleash.wire.events import Heartbeat
 from spotleash.wire.snapshot import Noted, SnapshotAsk, UploadAsk
 
