@@ -81,8 +81,10 @@ def parse_wrk(out: str) -> dict[str, Any]:
 def wrk(url: str, clients: int, duration_s: float) -> dict[str, Any]:
     threads = min(clients, os.cpu_count() or 1)
     cmd = [WRK, f"-t{threads}", f"-c{clients}", f"-d{duration_s:g}s", "--latency", "--timeout", "10s", url]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=True).stdout
-    return parse_wrk(out)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=duration_s + 60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {done.returncode}: {(done.stderr or done.stdout)[-300:]}")
+    return parse_wrk(done.stdout)
 
 
 # --------------------------------------------------------------------------- the three servers
