@@ -93,3 +93,38 @@ def test_a_lone_copy_too_slow_for_its_probes_gets_no_503_under_load() -> None:
             assert router.metrics.value("failed_total", component="thumbs") == 0
 
     run(main(), timeout_s=20.0)
+
+
+def test_with_a_hold_a_request_whose_only_copy_failed_it_waits_for_the_replacement() -> None:
+    """No local copy; the remote one's box goes away mid-traffic (its front refuses): an idempotent request that
+    failed on it waits (hold_s) for the route table to name another copy, and is served there."""
+    from spotleash.instance_agent.front import Front, FrontConfig
+    from spotleash.router.channel import credential_hash
+    from tests.unit.router.router_harness import COMPONENT, world
+
+    async def main() -> None:
+        async with world(limits=dataclasses.replace(FAST, hold_s=5.0, probe_interval_s=5.0), local=False) as w:
+            await w.go_remote()
+            assert await w.get_text("/who") == (200, "remote")
+            await w.front.stop()  # the box is gone; the probes (every 5 s here) have not noticed yet
+            waiting = asyncio.ensure_future(w.get_text("/who"))
+            await until(lambda: w.router.metrics.value("held_total", component=COMPONENT) == 1, "the request held")
+            assert not waiting.done()
+            replacement = Front(FrontConfig(components={COMPONENT: w.remote.port},
+                                            credential_sha256=credential_hash(w.credential),
+                                            listen_host="127.0.0.1", listen_port=0))
+            await replacement.start()
+            try:
+                assert replacement.address is not None
+                w.router.apply_records([
+                    w.record(state="TERMINATED"),
+                    {**w.record(instance_id="sl-2", fingerprint=replacement.fingerprint),
+                     "component_states": {COMPONENT: {"state": "healthy",
+                                                      "endpoint": f"127.0.0.1:{replacement.address[1]}"}}}])
+                assert await waiting == (200, "remote")
+                assert w.router.table.current(COMPONENT).key == "remote:sl-2"
+                assert w.router.metrics.value("failed_total", component=COMPONENT) == 0
+            finally:
+                await replacement.stop()
+
+    run(main())
