@@ -18,9 +18,10 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import aiohttp
-from tests.unit.router.router_harness import FAST, run, until
+from tests.unit.router.router_harness import COMPONENT, FAST, run, until, world
 
-from spotleash.router.channel import new_credential
+from spotleash.instance_agent.front import Front, FrontConfig
+from spotleash.router.channel import credential_hash, new_credential
 from spotleash.router.proxy import ComponentRoute, Router, RouterConfig
 from spotleash.router.table import Failure, Policy
 
@@ -98,10 +99,6 @@ def test_a_lone_copy_too_slow_for_its_probes_gets_no_503_under_load() -> None:
 def test_with_a_hold_a_request_whose_only_copy_failed_it_waits_for_the_replacement() -> None:
     """No local copy; the remote one's box goes away mid-traffic (its front refuses): an idempotent request that
     failed on it waits (hold_s) for the route table to name another copy, and is served there."""
-    from spotleash.instance_agent.front import Front, FrontConfig
-    from spotleash.router.channel import credential_hash
-    from tests.unit.router.router_harness import COMPONENT, world
-
     async def main() -> None:
         async with world(limits=dataclasses.replace(FAST, hold_s=5.0, probe_interval_s=5.0), local=False) as w:
             await w.go_remote()
