@@ -143,11 +143,13 @@ http {{
 """
 
 
-def routed_toml(app_port: int, route_port: int) -> str:
-    """The example's spotleash.toml, app tree absolute, the thumbnailer's local copy and route port ours."""
+def routed_toml(app_port: int, route_port: int, other_route_port: int) -> str:
+    """The example's spotleash.toml, app tree absolute, the thumbnailer's local copy and route port ours (and
+    the other component's route port, so that two agents can run side by side)."""
     text = (EXAMPLE / "spotleash.toml").read_text()
     for old, new in (('dir = "."', f'dir = "{EXAMPLE}"'), ("http://127.0.0.1:8101", f"http://127.0.0.1:{app_port}"),
-                     ("route_port = 8201", f"route_port = {route_port}")):
+                     ("route_port = 8201", f"route_port = {route_port}"),
+                     ("route_port = 8202", f"route_port = {other_route_port}")):
         if text.count(old) != 1:
             raise RuntimeError(f"{old!r} is not once in {EXAMPLE / 'spotleash.toml'}")
         text = text.replace(old, new)
@@ -170,7 +172,7 @@ def _agent(work: Path, name: str, app_port: int, source: Path | None) -> Iterato
     """``python -m spotleash.agent`` routing the app (spotleash imported from ``source`` when given)."""
     route_port, admin_port = free_port(), free_port()
     config = work / f"spotleash-{name}.toml"
-    config.write_text(routed_toml(app_port, route_port))
+    config.write_text(routed_toml(app_port, route_port, free_port()))
     trace = work / "low.csv"
     trace.write_text("t_seconds,percent\n0,10\n1,10\n")  # below the threshold: no demand, all local
     env = {**os.environ, "SPOTLEASH_CONFIG_FILE": str(config), "SPOTLEASH_STATE_DIR": str(work / f"state-{name}"),
@@ -181,10 +183,15 @@ def _agent(work: Path, name: str, app_port: int, source: Path | None) -> Iterato
     if source is not None:
         env["PYTHONPATH"] = os.pathsep.join(x for x in (str(source), env.get("PYTHONPATH", "")) if x)
     lease = f"bench-router-{name}-{os.getpid()}".replace("@", "-").replace(".", "-")
-    with _process([sys.executable, "-m", "spotleash.agent", "--lease-id", lease, "--trace", str(trace)],
-                  work / f"agent-{name}.log", env=env) as p:
+    log = work / f"agent-{name}.log"
+    with _process([sys.executable, "-m", "spotleash.agent", "--lease-id", lease, "--trace", str(trace)], log,
+                  env=env) as p:
         url = f"http://127.0.0.1:{route_port}"
-        _wait_for(url + "/healthz", f"the router of agent {name}")
+        try:
+            _wait_for(url + "/healthz", f"the router of agent {name}")
+        except RuntimeError as e:
+            tail = log.read_text(errors="replace")[-1500:] if log.exists() else ""
+            raise RuntimeError(f"{e} (exit {p.poll()}); its log ends: {tail}") from None
         yield {"url": url, "admin_port": admin_port, "pid": p.pid}
 
 
@@ -205,11 +212,15 @@ def servers(work: Path, baselines: dict[str, Path] | None = None) -> Iterator[di
         stack.enter_context(_process([NGINX, "-p", str(work), "-c", str(work / "nginx.conf")], work / "nginx.log"))
         _wait_for(f"http://127.0.0.1:{nginx_port}/healthz", "nginx")
         agents = {"spotleash": stack.enter_context(_agent(work, "spotleash", app_port, None))}
+        failed: dict[str, str] = {}
         for name, source in (baselines or {}).items():
-            agents[name] = stack.enter_context(_agent(work, name, app_port, source))
+            try:  # a baseline that does not start costs its rows, not the section's
+                agents[name] = stack.enter_context(_agent(work, name, app_port, source))
+            except RuntimeError as e:
+                failed[name] = str(e)
         yield {"urls": {"direct": f"http://127.0.0.1:{app_port}", "nginx": f"http://127.0.0.1:{nginx_port}",
                         **{k: a["url"] for k, a in agents.items()}},
-               "admin_ports": {k: a["admin_port"] for k, a in agents.items()}}
+               "admin_ports": {k: a["admin_port"] for k, a in agents.items()}, "failed": failed}
 
 
 # --------------------------------------------------------------------------- the section
@@ -243,7 +254,8 @@ def router_load_section(work: Path, duration_s: float, rounds: int,
                         {way: wrk(urls[way] + path, clients, duration_s) for way in order})
         after = {k: router_metrics(port) for k, port in s["admin_ports"].items()}
     return {"runs": runs, "duration_s": duration_s, "rounds": rounds, "paths": PATHS, "clients": list(CLIENTS),
-            "ways": ways, "baselines": {k: str(v) for k, v in (baselines or {}).items()},
+            "ways": ways, "baselines": {k: str(v) for k, v in (baselines or {}).items() if k in ways},
+            "baseline_errors": s["failed"],
             "router": {k: {m: after[k][m] - before[k][m] for m in after[k]} for k in after}}
 
 
@@ -323,7 +335,8 @@ def router_load_notes(res: dict[str, Any]) -> list[str]:
             "sent in panic during the measured rounds. wrk, the app, nginx, the agent and the local stack share "
             "the machine's cores."] + (
         [f"router (wrk) baselines: {', '.join(f'{k} = spotleash imported from {v}' for k, v in baselines.items())}, "
-         "its own agent on the same app in the same rounds."] if baselines else [])
+         "its own agent on the same app in the same rounds."] if baselines else []) + [
+        f"router (wrk) baseline {k} did not start: {v[:300]}" for k, v in res.get("baseline_errors", {}).items()]
 
 
 if __name__ == "__main__":
