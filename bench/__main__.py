@@ -155,16 +155,7 @@ def _run_stack_sections(results: dict[str, Any], chosen: list[str], p: dict[str,
 
 def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any], work: Path,
                   console: Console) -> None:
-    from bench import (
-        agent_cost,
-        failover,
-        lifecycle,
-        packages,
-        reap_scale,
-        router_load,
-        snapshot_throughput,
-        vast_smoke,
-    )
+    from bench import agent_cost, failover, lifecycle, packages, reap_scale, snapshot_throughput, vast_smoke
     from bench.harness import Harness
 
     h = Harness(work)
@@ -207,6 +198,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
                                   p.get("failover_state_mb", 0))
 
     def router_load_() -> None:
+        from bench import router_load
+
         raw["router_load"] = router_load.router_load_section(work / "router-load", p["router_load_s"],
                                                              p["router_load_rounds"], p.get("router_baselines"))
 
