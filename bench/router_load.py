@@ -301,8 +301,8 @@ def router_load_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
             failed = w["non_2xx"] + w["socket_errors"]
             metric = (f"wrk GET {paths[path_key]}, {clients} client{'s' if clients != '1' else ''}, {label[way]}: "
                       f"{w['rps']:,.0f} req/s" + ("" if way == "direct" else
-                                                  f" ({w['rps_ratio']:.2f}× direct), +{w['added_p50_ms']:.2f} ms "
-                                                  f"at p50, +{w['added_p99_ms']:.2f} ms at p99")
+                                                  f" ({w['rps_ratio']:.2f}× direct), {w['added_p50_ms']:+.2f} ms "
+                                                  f"at p50, {w['added_p99_ms']:+.2f} ms at p99")
                       + (f"; {failed} failed" if failed else ""))
             row: dict[str, Any] = {
                 "key": f"router_wrk_{path_key}_{clients}_{way}", "metric": metric, "unit": "ms", "n": w["n"],
