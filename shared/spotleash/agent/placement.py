@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from spotleash.agent.memory.reading import MemoryReading
-from spotleash.package_format import Offload
+from spotleash.wire.package import Offload
 
 
 @dataclass(frozen=True)

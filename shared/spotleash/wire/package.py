@@ -226,7 +226,8 @@ class ComponentSpec(BaseModel):
     command: list[str] = Field(min_length=1, description="argv, run with cwd=<package>/app, venv bin on PATH")
     port: int = Field(ge=1024, le=65535, description="TCP port the component listens on (also given as PORT)")
     health_path: str = Field("/healthz", pattern=r"^/", description="HTTP path answering 200 when healthy")
-    ram_gb: float = Field(4.0, gt=0, le=1024, description="RAM the component needs")
+    ram_gb: float = Field(4.0, gt=0, le=1024, description="RAM the component needs: sizes its instance; placement "
+                          "weighs it by this until its local copy's footprint is measured")
     gpu: bool = Field(False, description="needs a GPU (a demand naming it goes to VAST)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of the process")
     local_url: str | None = Field(None, description="URL of the copy running on the user's machine")
