@@ -1,6 +1,6 @@
 """The agent's loop: read memory, feed the trigger, place, renew the lease, publish what they say.
 
-A demand names exactly the components placement chose (``agent.placement``): the fewest whose
+A demand names exactly the components placement chose (``decide.placement``): the fewest whose
 footprint — measured from their local copies when ``footprints`` gives it, else their declared
 ``ram_gb`` — restores the headroom the reading misses.
 
@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Protocol
 
 from spotleash.adapters.pubsub import EventPublisher, PublishFuture
 from spotleash.agent.memory.reading import MemoryReading, MemorySource
-from spotleash.agent.placement import Candidate, Placement, place
 from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState, under_pressure
+from spotleash.decide.placement import Candidate, Placement, place
 from spotleash.log import get_logger
 from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 

@@ -211,7 +211,7 @@ def extract_archive(path: Path, dest: Path) -> None:
 _NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 
-# Whether the agent may move a component off the user's machine (spotleash.agent.placement):
+# Whether the agent may move a component off the user's machine (spotleash.decide.placement):
 # default: when memory runs short; keep: a remote copy may serve it but the local copy keeps running
 # (it frees nothing, so memory relief never picks it); never: it stays on the user's machine.
 Offload = Literal["default", "keep", "never"]

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotleash.agent.memory.reading import MemoryReading
-from spotleash.agent.placement import Candidate, need_bytes, place
+from spotleash.decide.placement import Candidate, need_bytes, place
 
 GB = 2**30
 

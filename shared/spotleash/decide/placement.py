@@ -2,8 +2,8 @@
 
 ``place(...)`` takes one memory reading, the threshold (headroom target = ``1 - threshold`` of the
 limit), what the trend predicts, and each component's footprint with its flags, and returns the
-components to move. The agent acts on it (a demand naming exactly those); the local-copy supervisor
-stops them once their remote copies serve.
+components to move. The agent acts on it (``agent/runner.py``: a demand naming exactly those); the
+local-copy supervisor stops them once their remote copies serve.
 
 The rules:
 
@@ -30,9 +30,19 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
-from spotleash.agent.memory.reading import MemoryReading
 from spotleash.wire.package import Offload
+
+
+class Reading(Protocol):
+    """What placement needs of a memory reading (``agent.memory.reading.MemoryReading`` has it)."""
+
+    @property
+    def limit_bytes(self) -> int: ...
+
+    @property
+    def available_bytes(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -75,11 +85,11 @@ class Placement:
         return any(c.gpu for c in self.move)
 
 
-def headroom_target(reading: MemoryReading, threshold: float) -> int:
+def headroom_target(reading: Reading, threshold: float) -> int:
     return math.ceil(reading.limit_bytes * (1.0 - threshold))
 
 
-def need_bytes(reading: MemoryReading, threshold: float, *, predicted_used: float | None = None,
+def need_bytes(reading: Reading, threshold: float, *, predicted_used: float | None = None,
                pressured: bool = False) -> int:
     """Bytes of headroom to restore. ``predicted_used``: the trend's used fraction at the horizon."""
     available = reading.available_bytes
@@ -94,7 +104,7 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.0f} MB"
 
 
-def place(reading: MemoryReading, threshold: float, candidates: Sequence[Candidate], *,
+def place(reading: Reading, threshold: float, candidates: Sequence[Candidate], *,
           predicted_used: float | None = None, pressured: bool = False) -> Placement:
     need = need_bytes(reading, threshold, predicted_used=predicted_used, pressured=pressured)
     stays = tuple(sorted(c.name for c in candidates if c.offload == "never"))

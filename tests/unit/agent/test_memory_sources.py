@@ -16,7 +16,7 @@ from spotleash.agent.memory.linux import HostMemory, PsiPressure, parse_meminfo,
 from spotleash.agent.memory.macos import MacosMemory, parse_pressure_level, parse_vm_stat, used_bytes
 from spotleash.agent.memory.reading import MemoryReading, MemorySourceError
 
-TREES = Path(__file__).resolve().parents[1] / "support" / "memory_trees"
+TREES = Path(__file__).resolve().parents[2] / "support" / "memory_trees"
 V1 = TREES / "cgroup_v1"
 V1_DIR = V1 / "sys/fs/cgroup/memory/spotleash-contract"
 
