@@ -31,6 +31,7 @@ chaos: setup
 	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} $(RUN) pytest -q -p no:cacheprovider -m chaos tests/chaos
 
 bench: setup
+	@bash scripts/ensure_bench_tools.sh || [ $$? = 3 ]  # wrk and nginx for the router rows (3: cannot install here)
 	$(RUN) python -m bench
 
 archive: setup

@@ -37,7 +37,8 @@ from spotleash.demo.run import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 PAGE = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "reap", "router")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "router_load", "reap",
+            "router")
 STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
@@ -66,12 +67,12 @@ def plan(quick: bool) -> dict[str, Any]:
                 "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
                 "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
                 "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200,
-                "failover_state_mb": 100}
+                "failover_state_mb": 100, "router_load_s": 2.0, "router_load_rounds": 2}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
             "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
             "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000,
-            "failover_state_mb": 1024}
+            "failover_state_mb": 1024, "router_load_s": 5.0, "router_load_rounds": 3}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -80,6 +81,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
     p = plan(args.quick)
+    p["router_baselines"] = dict(_baseline(b) for b in args.router_baseline)
     started = time.monotonic()
     results: dict[str, Any] = {
         "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": machine(), "quick": args.quick,
@@ -95,6 +97,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     results["duration_s"] = time.monotonic() - started
     results["loadavg_end"] = list(os.getloadavg())
     return results
+
+
+def _baseline(spec: str) -> tuple[str, Path]:
+    name, sep, path = spec.partition("=")
+    if not sep or not name or not (Path(path) / "spotleash" / "__init__.py").is_file():
+        raise SystemExit(f"--router-baseline {spec!r}: give NAME=DIR, DIR holding the spotleash package "
+                         "(e.g. main=/tmp/main/shared after `git archive main shared | tar -x -C /tmp/main`)")
+    return name, Path(path)
 
 
 def _timed(results: dict[str, Any], console: Console, name: str, what: str, fn: Callable[[], Any]) -> None:
@@ -187,6 +197,12 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         failover.failover_section(h, work, work, p["failovers"], p["latency_n"], raw["failover"],
                                   p.get("failover_state_mb", 0))
 
+    def router_load_() -> None:
+        from bench import router_load
+
+        raw["router_load"] = router_load.router_load_section(work / "router-load", p["router_load_s"],
+                                                             p["router_load_rounds"], p.get("router_baselines"))
+
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
 
@@ -202,6 +218,8 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
                 snapshot)
         section("failover", f"failover under load through the router, GCE preemption + VAST outbid "
                             f"x{p['failovers']}", failover_)
+        section("router_load", f"wrk against the app, nginx and the agent's router, {p['router_load_rounds']}x"
+                               f"{p['router_load_s']:g} s per row", router_load_)
         section("reap", f"reap at {p['reap_sizes']} tracked", reap)
     finally:
         h.close()
@@ -215,6 +233,7 @@ def build_rows(results: dict[str, Any]) -> None:
         lifecycle,
         packages,
         reap_scale,
+        router_load,
         router_overhead,
         snapshot_throughput,
         vast_smoke,
@@ -236,6 +255,8 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += vast_smoke.smoke_rows(raw["vast_smoke"])
     if "package" in raw:
         rows += packages.package_rows(raw["package"])
+    if "router_load" in raw:
+        rows += router_load.router_load_rows(raw["router_load"])
     if "router" in raw:
         rows += router_overhead.router_rows(raw["router"])
     if "snapshot" in raw:
@@ -270,6 +291,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         from bench.packages import package_notes
 
         out += package_notes(raw["package"])
+    if "router_load" in raw:
+        from bench.router_load import router_load_notes
+
+        out += router_load_notes(raw["router_load"])
     if "router" in raw:
         from bench.router_overhead import router_notes
 
@@ -335,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="measure nothing: rebuild the table and docs/benchmarks.md from the results file's raw data")
     ap.add_argument("--merge", type=Path, default=None, metavar="RUN.json",
                     help="with --render-only: take the sections RUN.json measured into the results file first")
+    ap.add_argument("--router-baseline", action="append", default=[], metavar="NAME=DIR",
+                    help="router_load: one more agent importing spotleash from DIR (a checkout's shared/), "
+                         "measured as way NAME in the same rounds (repeatable)")
     ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 200))

@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import time
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from google.cloud import pubsub_v1
 
 from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings, load_settings
+from spotleash.demo.run import trace_args
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.providers import build_provider
@@ -25,10 +25,6 @@ from spotleash.topology import load_topology
 from spotleash.wire.events import Event
 
 log = get_logger("bench")
-
-
-def demo_trace() -> Path:
-    return Path(str(resources.files("spotleash.agent").joinpath("traces/climb.csv")))
 
 
 class Harness:
@@ -106,8 +102,7 @@ class Harness:
         log_path = self.work_dir / f"agent-{lease_id}.log"
         with log_path.open("ab") as out:
             p = subprocess.Popen(
-                [sys.executable, "-m", "spotleash.agent", "--lease-id", lease_id, "--trace", str(demo_trace()),
-                 "--trace-speed", str(speed)],
+                [sys.executable, "-m", "spotleash.agent", "--lease-id", lease_id, *trace_args(str(speed))],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.agents.append(p)

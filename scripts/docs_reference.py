@@ -1,4 +1,5 @@
-"""Rewrites the generated parts of the docs: the settings table and the command reference.
+"""Rewrites the generated parts of the docs: the settings table, the ``[[app.components]]`` keys and the
+command reference.
 
     scripts/uv run --frozen python scripts/docs_reference.py           # rewrite them (after changing
                                                                         # spotleash.config.Settings or a command)
@@ -31,6 +32,16 @@ def config_table() -> str:
         if name == "state_dir":
             default = "~/.spotleash"
         rows.append(f"| `SPOTLEASH_{name.upper()}` | `{default}` | {_cell(f.description or '')} |")
+    return "\n".join(rows)
+
+
+def component_table() -> str:
+    from spotleash.wire.package import ComponentSpec
+
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for name, f in ComponentSpec.model_fields.items():
+        default = "required" if f.is_required() else f"`{f.default_factory() if f.default_factory else f.default!r}`"  # type: ignore[call-arg]
+        rows.append(f"| `{name}` | {default} | {_cell(f.description or '')} |")
     return "\n".join(rows)
 
 
@@ -84,6 +95,7 @@ def cli_reference() -> str:
 # page -> marker name -> what goes between its markers
 PARTS: dict[str, dict[str, Callable[[], str]]] = {
     "configuration.md": {"config": config_table},
+    "app-package.md": {"components": component_table},
     "cli.md": {"cli": cli_reference},
 }
 

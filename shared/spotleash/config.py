@@ -26,9 +26,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from spotleash.agent.memory import SOURCES, MemorySourceName
 from spotleash.errors import ConfigError
 from spotleash.packaging import appspec
 from spotleash.wire.ids import ID_PATTERN
+from spotleash.wire.package import Offload
 
 ENV_PREFIX = "SPOTLEASH_"
 CONFIG_FILE_VAR = "SPOTLEASH_CONFIG_FILE"
@@ -51,8 +53,17 @@ class Settings(BaseSettings):
     )
 
     # --- the local agent
-    ram_threshold: float = Field(0.85, gt=0, le=1, description="fraction of RAM that triggers demand")
+    ram_threshold: float = Field(0.85, gt=0, le=1, description="share of the memory limit (the agent's cgroup, else "
+                                 "the machine) in use, reclaimable cache not counted, that triggers demand: "
+                                 "the headroom target is 1 minus this")
     ram_release_below: float = Field(0.70, gt=0, le=1, description="release once usage stays below this")
+    memory_source: MemorySourceName = Field(
+        "auto", description="where the agent reads memory: auto (its own cgroup when that has a limit, else the "
+                            "host; PSI where present; macOS's pressure level on a Mac), or one of "
+                            + ", ".join(SOURCES))
+    memory_psi_pressure: float = Field(30.0, gt=0, le=100, description="PSI 'some avg10' (% of the last 10 s some "
+                                       "task waited for memory) at or above which memory is under pressure: "
+                                       "demand at once, whatever the headroom")
     release_hold_s: float = Field(300.0, ge=0, description="how long usage must stay low before release")
     sample_interval_s: float = Field(1.0, gt=0, description="how often the agent samples RAM")
     predict_window_s: float = Field(60.0, gt=0, description="trend window of the predictive trigger")
@@ -71,6 +82,10 @@ class Settings(BaseSettings):
     gpu_components: list[str] = Field(
         default_factory=list, description="components that need a GPU (a demand naming one goes to VAST)"
     )
+    component_offload: dict[str, Offload] = Field(
+        default_factory=dict, description='per component: "default" (may move when memory runs short), "keep" '
+                                          '(a remote copy may serve it, the local copy keeps running) or "never" '
+                                          "(stays); unlisted: default (JSON object; from [app] offload)")
     package_bucket: str | None = Field(None, description="Cloud Storage bucket of app packages (the local stack sets it)")
     package_fetch_retry_s: float = Field(
         300.0, gt=0, le=86400,
@@ -170,6 +185,10 @@ class Settings(BaseSettings):
                 f"SPOTLEASH_RAM_RELEASE_BELOW ({self.ram_release_below}) must be lower than "
                 f"SPOTLEASH_RAM_THRESHOLD ({self.ram_threshold}), or instances would flap"
             )
+        unknown = sorted(set(self.component_offload) - set(self.components))
+        if unknown:
+            raise ValueError(f"SPOTLEASH_COMPONENT_OFFLOAD names {unknown}, which are not among the components "
+                             f"{self.components}: fix the names or drop them")
         if self.lease_renew_s * 2 > self.lease_ttl_s:
             raise ValueError(
                 f"SPOTLEASH_LEASE_TTL_S ({self.lease_ttl_s}) must be at least twice SPOTLEASH_LEASE_RENEW_S "

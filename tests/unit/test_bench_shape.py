@@ -152,3 +152,55 @@ def test_router_section_needs_no_stack_and_has_quick_sizes() -> None:
     assert "router" in SECTIONS and STACKLESS == ("router",)
     quick, full = plan(True), plan(False)
     assert quick["router_n"] < full["router_n"] and quick["router_s"] < full["router_s"]
+
+
+WRK_OUT = """Running 1s test @ http://127.0.0.1:18999/nope
+  1 threads and 1 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     1.12ms    1.39ms   8.69ms   84.56%
+    Req/Sec     1.20k   545.63     2.30k    80.00%
+  Latency Distribution
+     50%  355.00us
+     75%    1.65ms
+     90%    3.12ms
+     99%    6.34ms
+  1192 requests in 1.00s, 605.49KB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 7
+Requests/sec:   1187.73
+Transfer/sec:    603.32KB
+"""
+
+
+def test_wrk_output_is_read_in_ms_with_its_failures() -> None:
+    from bench.router_load import parse_wrk
+
+    got = parse_wrk(WRK_OUT)
+    assert got == {"p50_ms": pytest.approx(0.355), "p99_ms": pytest.approx(6.34), "rps": 1187.73,
+                   "requests": 1192, "non_2xx": 7, "socket_errors": 3}
+    with pytest.raises(ValueError, match="wrk output without"):
+        parse_wrk("nothing")
+
+
+def test_router_load_rows_compare_each_way_with_direct_in_the_same_round() -> None:
+    from bench.router_load import router_load_notes, router_load_rows
+
+    def run(p50: float, p99: float, rps: float, non_2xx: int = 0) -> dict[str, float]:
+        return {"p50_ms": p50, "p99_ms": p99, "rps": rps, "requests": int(rps), "non_2xx": non_2xx,
+                "socket_errors": 0}
+
+    rounds = [{"direct": run(0.20, 0.50, 4000), "nginx": run(0.25, 0.60, 3900), "spotleash": run(0.40, 1.00, 3400)},
+              {"direct": run(0.30, 0.70, 3000), "nginx": run(0.36, 0.80, 2950), "spotleash": run(0.50, 1.30, 2500)},
+              {"direct": run(0.22, 0.55, 3800), "nginx": run(0.27, 0.62, 3700), "spotleash": run(0.90, 3.00, 1000, 5)}]
+    res = {"runs": {"healthz/16": rounds}, "paths": {"healthz": "/healthz"}, "rounds": 3, "duration_s": 5.0,
+           "router": {"spotleash": {"failed_total": 0.0, "panic_total": 0.0}}}
+    rows = {r["key"]: r for r in router_load_rows(res)}
+    assert list(rows) == ["router_wrk_healthz_16_direct", "router_wrk_healthz_16_nginx", "router_wrk_healthz_16_spotleash"]
+    ours = rows["router_wrk_healthz_16_spotleash"]
+    assert ours["median"] == pytest.approx(0.50) and ours["baseline"] == pytest.approx(0.22)
+    assert "+0.20 ms at p50" in ours["metric"]  # median of 0.20, 0.20, 0.68: taken within each round
+    assert "(0.83× direct)" in ours["metric"] and "5 failed" in ours["metric"]
+    assert ours["within_target"] is False and "≤ +0.3 ms p50" in ours["target"]
+    assert rows["router_wrk_healthz_16_direct"]["within_target"] is None
+    assert "0 requests it could not serve" in router_load_notes(res)[0]
+    assert router_load_rows({}) == []

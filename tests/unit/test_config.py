@@ -236,3 +236,44 @@ def test_settings_class_directly_reads_env(monkeypatch: pytest.MonkeyPatch) -> N
     """Code that builds Settings() itself (tests, tools) sees the same environment."""
     monkeypatch.setenv("SPOTLEASH_MACHINE_TYPE", "e2-highmem-2")
     assert Settings().machine_type == "e2-highmem-2"
+
+
+APP_WITH_OFFLOAD = """
+[app]
+name = "thumbs"
+[[app.components]]
+name = "web"
+command = ["python", "web.py"]
+port = 8101
+offload = "never"
+[[app.components]]
+name = "model"
+command = ["python", "model.py"]
+port = 8102
+ram_gb = 6
+[[app.components]]
+name = "cache"
+command = ["python", "cache.py"]
+port = 8103
+offload = "keep"
+"""
+
+
+def test_offload_comes_from_the_app_spec(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(tmp_path, APP_WITH_OFFLOAD, monkeypatch)
+    s = load_settings()
+    assert s.component_offload == {"web": "never", "cache": "keep"} and s.memory_source == "auto"
+
+
+def test_a_bad_offload_names_the_component_and_the_values(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_toml(tmp_path, APP_WITH_OFFLOAD.replace('offload = "never"', 'offload = "sometimes"'), monkeypatch)
+    with pytest.raises(ConfigError) as e:
+        load_settings()
+    msg = str(e.value)
+    assert 'app.components[0] ("web").offload' in msg and "'default', 'keep' or 'never'" in msg and "sometimes" in msg
+
+
+def test_an_unknown_memory_source_lists_the_known_ones(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SPOTLEASH_MEMORY_SOURCE", "swap")
+    with pytest.raises(ConfigError, match="SPOTLEASH_MEMORY_SOURCE.*auto, host, psi, cgroup-v1, cgroup-v2, macos"):
+        load_settings()

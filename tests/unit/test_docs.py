@@ -103,3 +103,10 @@ def test_every_python_file_and_module_the_docs_name_exists() -> None:
         if not (module.with_suffix(".py").is_file() or module.is_dir()):
             missing.append((page, dotted))
     assert not missing, "pages name what is not there:\n" + "\n".join(f"{p}: {n}" for p, n in sorted(missing))
+
+
+def test_every_component_key_is_in_the_app_page() -> None:
+    from spotleash.wire.package import ComponentSpec
+
+    page = (REPO / "docs" / "app-package.md").read_text()
+    assert [n for n in ComponentSpec.model_fields if f"| `{n}` |" not in page] == []

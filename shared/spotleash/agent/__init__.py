@@ -1,8 +1,10 @@
-"""The local agent: watches RAM, asks for capacity, renews its lease, and releases on any exit.
+"""The local agent: watches memory, moves components off the machine, renews its lease, releases on any exit.
 
 ``agent_main(settings, lease_id, trace, trace_speed)`` is what ``spotleash agent`` and
-``python -m spotleash.agent`` run. Parts: :mod:`.trigger` (pure decisions), :mod:`.ram` (sources),
-:mod:`.publisher` (Pub/Sub), :mod:`.lock` (one agent per lease), :mod:`.runner` (the loop),
+``python -m spotleash.agent`` run. Parts: :mod:`.memory` (where memory is read: the cgroup, the host,
+PSI, macOS), :mod:`.trigger` and ``decide.placement`` (pure decisions: when, and which components),
+:mod:`.footprint` (a local copy's measured size), :mod:`.ram` (a recorded trace instead of the machine),
+``adapters.pubsub`` (Pub/Sub), :mod:`.lock` (one agent per lease), :mod:`.runner` (the loop),
 :mod:`.shutdown` (the release that always happens), :mod:`.local_copies` (the components run on this machine,
 stopped after the router at exit).
 """
@@ -44,7 +46,7 @@ def default_lease_id() -> str:
 
 
 def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, trace_speed: float = 1.0,
-               *, run_for_s: float | None = None) -> int:
+               *, run_for_s: float | None = None, trace_limit_gb: float | None = None) -> int:
     """Run the agent in this process (installs signal handlers); the exit code.
 
     0: stopped and the release was confirmed; 1: the release was not confirmed (lease expiry
@@ -54,7 +56,8 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.adapters.pubsub import Publisher
     from spotleash.agent.local_copies import LocalCopies, start_local_copies
     from spotleash.agent.lock import LeaseLock, LockHeld
-    from spotleash.agent.ram import PsutilRam, RamSource, TraceRam
+    from spotleash.agent.memory import SOURCE_NAMES, MemorySource, MemorySourceError, build_source
+    from spotleash.agent.ram import TRACE_LIMIT_GB, TraceRam
     from spotleash.agent.routing import AgentRouter, app_of_settings, start_router
     from spotleash.agent.runner import run_agent
 
@@ -65,7 +68,15 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     try:
         if not re.fullmatch(ID_PATTERN.strip("^$"), lease):
             raise ConfigError(f"lease id {lease!r} must match {ID_PATTERN} (lowercase letters, digits, - and _)")
-        ram: RamSource = TraceRam.from_csv(trace, speed=trace_speed) if trace else PsutilRam()
+        memory: MemorySource
+        if trace:
+            memory = TraceRam.from_csv(trace, speed=trace_speed, limit_gb=trace_limit_gb or TRACE_LIMIT_GB)
+        else:
+            try:
+                memory = build_source(settings.memory_source)
+            except MemorySourceError as e:
+                raise ConfigError(f"SPOTLEASH_MEMORY_SOURCE={settings.memory_source}: {e}; choose another of "
+                                  f"{', '.join(SOURCE_NAMES)} or replay a trace (--trace)") from e
         lock = LeaseLock(settings.state_dir, lease).acquire()
     except (ConfigError, LockHeld) as e:
         log.error(str(e), lease_id=lease)
@@ -85,9 +96,9 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         return ExitCode.USAGE
     try:
         log.info("agent starting", lease_id=lease, pid=os.getpid(), project=settings.project,
-                 ram_source=f"trace {trace} x{trace_speed}" if trace else "psutil",
+                 memory_source=f"trace {trace} x{trace_speed}" if trace else memory.read().source,
                  pubsub_emulator=os.environ.get("PUBSUB_EMULATOR_HOST"))
-        return run_agent(settings, lease_id=lease, ram_source=ram, publisher=publisher,
+        return run_agent(settings, lease_id=lease, memory=memory, publisher=publisher,
                          holder=f"{socket.gethostname()} pid {os.getpid()}", run_for_s=run_for_s,
                          router=router)
     finally:

@@ -1,4 +1,4 @@
-"""``python -m spotleash.agent [--lease-id ID] [--trace FILE] [--trace-speed X] [--run-for S]``."""
+"""``python -m spotleash.agent [--lease-id ID] [--trace FILE] [--trace-speed X] [--trace-limit-gb G] [--run-for S]``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--lease-id", default=None, help="lease id (default: <user>-<host>)")
     p.add_argument("--trace", type=Path, default=None, help="replay a RAM trace (CSV t_seconds,percent)")
     p.add_argument("--trace-speed", type=float, default=1.0, help="trace playback speed")
+    p.add_argument("--trace-limit-gb", type=float, default=None,
+                   help="the memory a trace's percentages are of (default 16): placement weighs components against it")
     p.add_argument("--run-for", type=float, default=None, help="stop (and release) after this many seconds")
     args = p.parse_args(argv)
 
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"spotleash agent: {e}", file=sys.stderr)
         return ExitCode.USAGE
-    return agent_main(settings, args.lease_id, args.trace, args.trace_speed, run_for_s=args.run_for)
+    return agent_main(settings, args.lease_id, args.trace, args.trace_speed, run_for_s=args.run_for,
+                      trace_limit_gb=args.trace_limit_gb)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,11 @@
-"""Where the agent reads memory usage from: the machine itself (psutil) or a recorded trace.
+"""A recorded RAM trace the agent can replay instead of reading the machine (the demo, the tests).
 
-A trace is a CSV file with a header ``t_seconds,percent`` and one sample a line, times rising.
-It is replayed against a clock at a chosen speed (2.0 = twice as fast), linearly interpolated
-between samples and holding the last value once it ends.
+The machine's own memory is read by :mod:`spotleash.agent.memory` (the cgroup, MemAvailable, PSI,
+macOS's pressure level). A trace is a CSV file with a header ``t_seconds,percent`` and one sample a
+line, times rising. It is replayed against a clock at a chosen speed (2.0 = twice as fast), linearly
+interpolated between samples and holding the last value once it ends. A percentage has no bytes:
+the replay gives it a nominal limit (``limit_bytes``, ``--trace-limit-gb``) so placement can weigh
+components against the headroom it misses.
 """
 
 from __future__ import annotations
@@ -12,24 +15,18 @@ import csv
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
 
+from spotleash.agent.memory.reading import MemoryReading
 from spotleash.errors import ConfigError
 
-
-class RamSource(Protocol):
-    def used_fraction(self) -> float:
-        """Memory in use now, as a fraction of the total (0..1)."""
-        ...
+TRACE_LIMIT_GB = 16.0  # a trace's nominal machine: a common laptop
 
 
-class PsutilRam:
-    """This machine's memory, as ``psutil.virtual_memory().percent`` reports it."""
-
-    def used_fraction(self) -> float:
-        import psutil
-
-        return float(psutil.virtual_memory().percent) / 100.0
+def fraction_reading(used: float, limit_bytes: int, source: str) -> MemoryReading:
+    """A reading with ``used`` (0..1) of ``limit_bytes`` in use and no pressure figures."""
+    used_bytes = round(limit_bytes * min(max(used, 0.0), 1.0))
+    return MemoryReading(limit_bytes=limit_bytes, available_bytes=limit_bytes - used_bytes, used_bytes=used_bytes,
+                         source=source)
 
 
 def load_trace(path: Path) -> list[tuple[float, float]]:
@@ -68,6 +65,8 @@ class TraceRam:
         *,
         speed: float = 1.0,
         clock: Callable[[], float] = time.monotonic,
+        limit_gb: float = TRACE_LIMIT_GB,
+        name: str = "trace",
     ) -> None:
         if speed <= 0:
             raise ConfigError(f"trace speed must be positive, got {speed}")
@@ -77,11 +76,16 @@ class TraceRam:
         self._pct = [float(p[1]) for p in points]
         self._speed = speed
         self._clock = clock
+        if not 0 < limit_gb <= 1024 * 1024:
+            raise ConfigError(f"a trace's memory limit must be a positive number of GB, got {limit_gb}")
+        self.limit_bytes = round(limit_gb * 2**30)
+        self.name = name
         self._start: float | None = None
 
     @classmethod
-    def from_csv(cls, path: Path, *, speed: float = 1.0, clock: Callable[[], float] = time.monotonic) -> TraceRam:
-        return cls(load_trace(path), speed=speed, clock=clock)
+    def from_csv(cls, path: Path, *, speed: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 limit_gb: float = TRACE_LIMIT_GB) -> TraceRam:
+        return cls(load_trace(path), speed=speed, clock=clock, limit_gb=limit_gb, name=f"trace {path}")
 
     def start(self) -> None:
         self._start = self._clock()
@@ -107,3 +111,6 @@ class TraceRam:
 
     def used_fraction(self) -> float:
         return self.percent_at(self.trace_time()) / 100.0
+
+    def read(self) -> MemoryReading:
+        return fraction_reading(self.used_fraction(), self.limit_bytes, self.name)

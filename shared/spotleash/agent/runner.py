@@ -1,4 +1,8 @@
-"""The agent's loop: sample RAM, feed the trigger, renew the lease, publish what the trigger says.
+"""The agent's loop: read memory, feed the trigger, place, renew the lease, publish what they say.
+
+A demand names exactly the components placement chose (``decide.placement``): the fewest whose
+footprint — measured from their local copies when ``footprints`` gives it, else their declared
+``ram_gb`` — restores the headroom the reading misses.
 
 Nothing here blocks for long: lease and demand publishes are asynchronous (their futures are
 checked on later ticks, a failed demand is published again with the same event id), and all
@@ -7,14 +11,16 @@ waiting is ``stop.wait(timeout)``, so a signal ends the loop within one tick.
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from spotleash.adapters.pubsub import EventPublisher, PublishFuture
-from spotleash.agent.ram import RamSource
-from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState
+from spotleash.agent.memory.reading import MemoryReading, MemorySource
+from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState, under_pressure
+from spotleash.decide.placement import Candidate, Placement, place
 from spotleash.log import get_logger
 from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
@@ -27,6 +33,9 @@ log = get_logger(__name__)
 
 DEFAULT_COMPONENT_RAM_GB = 4.0
 DEMAND_RETRY_S = 5.0
+GB = 2**30
+
+Footprints = Callable[[], Mapping[str, int]]  # component -> bytes its running local copy holds (agent.footprint)
 
 
 class StopSignal(Protocol):
@@ -45,6 +54,24 @@ def configured_components(settings: Settings) -> list[Component]:
         Component(name=n, ram_gb=settings.component_ram_gb.get(n, DEFAULT_COMPONENT_RAM_GB), gpu=n in gpu)
         for n in settings.components
     ]
+
+
+def candidates_of(settings: Settings, components: list[Component], measured: Mapping[str, int]) -> list[Candidate]:
+    """Placement's view of each component: its measured footprint where its local copy runs, else declared."""
+    return [Candidate(name=c.name, footprint_bytes=measured.get(c.name, round(c.ram_gb * GB)), gpu=c.gpu,
+                      measured=c.name in measured, offload=settings.component_offload.get(c.name, "default"))
+            for c in components]
+
+
+def demand_components(placement: Placement, declared: list[Component]) -> list[Component]:
+    """The components a demand names: placement's choice, each sized for the larger of declared and measured
+    (an instance must hold what the copy really uses, and what the user said it may grow to)."""
+    by_name = {c.name: c for c in declared}
+    out = []
+    for cand in placement.move:
+        ram_gb = max(by_name[cand.name].ram_gb, math.ceil(cand.footprint_bytes / GB * 100) / 100)
+        out.append(Component(name=cand.name, ram_gb=min(ram_gb, 1024.0), gpu=cand.gpu))
+    return out
 
 
 @dataclass
@@ -69,7 +96,7 @@ class Agent:
         settings: Settings,
         *,
         lease_id: str,
-        ram_source: RamSource,
+        memory: MemorySource,
         publisher: EventPublisher,
         stop: StopSignal,
         clock: Callable[[], float] = time.monotonic,
@@ -77,13 +104,16 @@ class Agent:
         policy: TriggerPolicy | None = None,
         route_credential_sha256: str | None = None,
         waker: Waker | None = None,
+        footprints: Footprints | None = None,
     ) -> None:
         self.route_credential_sha256 = route_credential_sha256  # the router's, when one runs
         self.waker = waker  # SPOTLEASH_WAKE_ON_REQUEST: the router's requests wake a hibernated lease
         self._last_ram_percent = 0.0
         self.settings = settings
         self.lease_id = lease_id
-        self.ram = ram_source
+        self.memory = memory
+        self.footprints = footprints  # the local copies' measured footprints, when the agent runs them
+        self.last_placement: Placement | None = None
         self.publisher = publisher
         self.stop = stop
         self.clock = clock
@@ -145,18 +175,14 @@ class Agent:
 
     # ---------------------------------------------------------------- one sample
     def tick(self, t: float) -> None:
-        used = self.ram.used_fraction()
-        self._last_ram_percent = min(max(used * 100, 0.0), 100.0)
+        reading = self.memory.read()
+        used = reading.used_fraction
+        self._last_ram_percent = used * 100
         self.stats.samples += 1
-        self.state, action = self.policy.step(self.state, (t, used))
+        pressured = under_pressure(reading, self.settings.memory_psi_pressure)
+        self.state, action = self.policy.step(self.state, (t, used), pressured=pressured)
         if isinstance(action, Demand):
-            ev = DemandEvent(lease_id=self.lease_id, trigger=action.trigger, ram_percent=action.ram_percent,
-                             components=self._components, route_credential_sha256=self.route_credential_sha256)
-            self.stats.demands.append(ev)
-            log.info("demand: asking for capacity", lease_id=self.lease_id, event_id=ev.event_id,
-                     trigger=action.trigger, ram_percent=action.ram_percent,
-                     components=[c.name for c in ev.components], ram_gb=ev.ram_gb, gpu=ev.needs_gpu)
-            self._pending_demand = self._send(ev)
+            self._demand(action, reading, pressured)
         elif isinstance(action, Release):
             rel = ReleaseEvent(lease_id=self.lease_id, reason=f"memory below {self.policy.release_below:.0%} "
                                f"for {self.policy.release_hold_s:.0f}s")
@@ -164,6 +190,30 @@ class Agent:
             log.info("release: memory is back to normal", lease_id=self.lease_id, event_id=rel.event_id,
                      ram_percent=action.ram_percent)
             self._send(rel)
+
+    def _demand(self, action: Demand, reading: MemoryReading, pressured: bool) -> None:
+        measured = dict(self.footprints()) if self.footprints is not None else {}
+        placement = place(reading, self.policy.threshold, candidates_of(self.settings, self._components, measured),
+                          predicted_used=action.predicted_used, pressured=pressured)
+        self.last_placement = placement
+        mb = 2**20
+        facts = {"trigger": action.trigger, "ram_percent": action.ram_percent, "source": reading.source,
+                 "limit_mb": round(reading.limit_bytes / mb), "available_mb": round(reading.available_bytes / mb),
+                 "psi_some_avg10": reading.psi_some_avg10, "pressure_level": reading.level,
+                 "need_mb": round(placement.need_bytes / mb), "freed_mb": round(placement.freed_bytes / mb),
+                 "short_mb": round(placement.short_bytes / mb), "stays": list(placement.stays),
+                 "kept": list(placement.kept), "reason": placement.reason}
+        if not placement.move:
+            log.warning("memory is short but no component can move; no demand", lease_id=self.lease_id, **facts)
+            return
+        ev = DemandEvent(lease_id=self.lease_id, trigger=action.trigger, ram_percent=action.ram_percent,
+                         components=demand_components(placement, self._components),
+                         route_credential_sha256=self.route_credential_sha256)
+        self.stats.demands.append(ev)
+        log.info("demand: moving components off this machine", lease_id=self.lease_id, event_id=ev.event_id,
+                 components=placement.names, measured=[c.name for c in placement.move if c.measured],
+                 ram_gb=ev.ram_gb, gpu=ev.needs_gpu, **facts)
+        self._pending_demand = self._send(ev)
 
     def wake(self, now: float) -> None:
         """Publish a wake demand when a request arrived for a hibernated component (``agent.wake``)."""
@@ -216,7 +266,7 @@ def run_agent(
     settings: Settings,
     *,
     lease_id: str,
-    ram_source: RamSource,
+    memory: MemorySource,
     publisher: EventPublisher,
     clock: Callable[[], float] = time.monotonic,
     stop: StopSignal | None = None,
@@ -242,7 +292,7 @@ def run_agent(
         sd.install()
     reason: str | None = None
     try:
-        Agent(settings, lease_id=lease_id, ram_source=ram_source, publisher=publisher, stop=stop_event,
+        Agent(settings, lease_id=lease_id, memory=memory, publisher=publisher, stop=stop_event,
               clock=clock, holder=holder,
               route_credential_sha256=router.credential_sha256 if router is not None else None,
               waker=router.waker if router is not None else None).run(run_for_s)

@@ -1,11 +1,17 @@
 """When to ask for capacity and when to give it back: a pure function over RAM samples.
 
-``policy.step(state, sample)`` takes the previous state and one sample ``(t_seconds,
-used_fraction)`` and returns the new state and at most one action. No clock, no I/O: the runner
-feeds real samples, the tests feed traces.
+``policy.step(state, sample, pressured=...)`` takes the previous state, one sample ``(t_seconds,
+used_fraction)`` and whether the kernel reports memory pressure now, and returns the new state and at
+most one action. No clock, no I/O: the runner feeds real readings, the tests feed traces.
+
+``used_fraction`` is the share of the memory limit that is *not headroom* (``MemoryReading``:
+reclaimable cache counts as free), so the threshold is a headroom target: 0.85 keeps 15 % free.
+``under_pressure(reading, psi)`` says whether tasks already wait for memory (PSI ``some avg10`` at or
+above ``psi``; the macOS level warn or critical; swapping) — a stall no byte count shows.
 
 The rules, in order:
 
+* **Pressure** — the kernel reporting pressure demands capacity at once (trigger ``pressure``).
 * **Threshold** — usage at or above ``threshold`` demands capacity at once.
 * **Prediction** — over the last ``window_s`` seconds a least-squares line is fitted to the
   samples; if it rises and reaches ``threshold`` within ``horizon_s`` seconds from now, demand
@@ -13,7 +19,8 @@ The rules, in order:
   ``min_samples`` samples spanning ``min_span_s``, so two noisy samples never predict anything.
 * **Hysteresis** — once demanding, nothing more is demanded; capacity is released only after
   usage has stayed *below* ``release_below`` (well under the threshold) for ``release_hold_s``
-  without interruption. One sample at or above ``release_below`` restarts the hold.
+  without interruption and without pressure. One sample at or above ``release_below``, or one under
+  pressure, restarts the hold.
 * **Cooldown** — no demand within ``cooldown_s`` of the previous one, even after a release.
 
 Together these mean a signal hovering around the threshold demands once and never releases
@@ -27,15 +34,27 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
+    from spotleash.agent.memory.reading import MemoryReading
     from spotleash.config import Settings
 
 Sample = tuple[float, float]  # (t_seconds, used_fraction in [0, 1])
 
 
+DemandTrigger = Literal["pressure", "threshold", "predictive"]
+
+
+def under_pressure(reading: MemoryReading, psi_some_avg10: float) -> bool:
+    """Tasks wait for memory now: PSI at or above ``psi_some_avg10`` %, macOS warn/critical, or swapping."""
+    if reading.psi_some_avg10 is not None and reading.psi_some_avg10 >= psi_some_avg10:
+        return True
+    return reading.level in ("warn", "critical") or reading.swapping is True
+
+
 @dataclass(frozen=True)
 class Demand:
-    trigger: Literal["threshold", "predictive"]
+    trigger: DemandTrigger
     ram_percent: float  # usage when the demand fired, 0..100
+    predicted_used: float | None = None  # the trend's used fraction at the horizon (None: no trustworthy rise)
 
 
 @dataclass(frozen=True)
@@ -101,9 +120,9 @@ class TriggerPolicy:
     def required_span_s(self) -> float:
         return self.window_s / 4 if self.min_span_s is None else self.min_span_s
 
-    def time_to_threshold(self, window: Sequence[Sample]) -> float | None:
-        """Seconds until the fitted trend reaches the threshold; None if it is not rising or the
-        window is too thin to trust."""
+    def trend(self, window: Sequence[Sample]) -> tuple[float, float] | None:
+        """(the fitted line's value now, its slope per second) when it rises; None when it does not rise
+        or the window is too thin to trust."""
         if len(window) < self.min_samples or window[-1][0] - window[0][0] < self.required_span_s:
             return None
         slope = slope_per_s(window)
@@ -112,18 +131,31 @@ class TriggerPolicy:
         n = len(window)
         mt = sum(t for t, _ in window) / n
         mu = sum(u for _, u in window) / n
-        now = window[-1][0]
-        level = mu + slope * (now - mt)  # the trend's value now: steadier than the last sample
+        return mu + slope * (window[-1][0] - mt), slope  # the trend's value now: steadier than the last sample
+
+    def time_to_threshold(self, window: Sequence[Sample]) -> float | None:
+        """Seconds until the fitted trend reaches the threshold; None if it is not rising or the
+        window is too thin to trust."""
+        trend = self.trend(window)
+        if trend is None:
+            return None
+        level, slope = trend
         return max(self.threshold - level, 0.0) / slope
 
-    def step(self, state: TriggerState, sample: Sample) -> tuple[TriggerState, TriggerAction | None]:
+    def predicted_used(self, window: Sequence[Sample]) -> float | None:
+        """The trend's used fraction ``horizon_s`` from now (at most 1); None when it does not rise."""
+        trend = self.trend(window)
+        return None if trend is None else min(trend[0] + trend[1] * self.horizon_s, 1.0)
+
+    def step(self, state: TriggerState, sample: Sample, *, pressured: bool = False
+             ) -> tuple[TriggerState, TriggerAction | None]:
         t, used = sample
         window = tuple(s for s in state.window if s[0] > t - self.window_s and s[0] < t) + (sample,)
         state = replace(state, window=window)
         pct = round(used * 100, 2)
 
         if state.demanding:
-            if used >= self.release_below:
+            if used >= self.release_below or pressured:
                 return replace(state, low_since=None), None
             low_since = t if state.low_since is None else state.low_since
             if t - low_since >= self.release_hold_s:
@@ -132,8 +164,10 @@ class TriggerPolicy:
 
         if state.last_demand_t is not None and t - state.last_demand_t < self.cooldown_s:
             return state, None
-        trigger: Literal["threshold", "predictive"] | None = None
-        if used >= self.threshold:
+        trigger: DemandTrigger | None = None
+        if pressured:
+            trigger = "pressure"
+        elif used >= self.threshold:
             trigger = "threshold"
         else:
             eta = self.time_to_threshold(window)
@@ -141,12 +175,14 @@ class TriggerPolicy:
                 trigger = "predictive"
         if trigger is None:
             return state, None
-        return replace(state, demanding=True, last_demand_t=t, low_since=None), Demand(trigger, pct)
+        return (replace(state, demanding=True, last_demand_t=t, low_since=None),
+                Demand(trigger, pct, self.predicted_used(window)))
 
 
-def step(policy: TriggerPolicy, state: TriggerState, sample: Sample) -> tuple[TriggerState, TriggerAction | None]:
+def step(policy: TriggerPolicy, state: TriggerState, sample: Sample, *, pressured: bool = False
+         ) -> tuple[TriggerState, TriggerAction | None]:
     """Function form of :meth:`TriggerPolicy.step`."""
-    return policy.step(state, sample)
+    return policy.step(state, sample, pressured=pressured)
 
 
 def replay(policy: TriggerPolicy, samples: Sequence[Sample]) -> list[tuple[float, TriggerAction]]:

@@ -113,11 +113,13 @@ def agent(
     lease_id: str | None = typer.Option(None, help="lease id (default: from host and user)"),
     trace: Path | None = typer.Option(None, help="replay a recorded RAM trace (CSV t_seconds,percent)"),
     trace_speed: float = typer.Option(1.0, help="trace playback speed"),
+    trace_limit_gb: float | None = typer.Option(
+        None, help="the memory a trace's percentages are of (default 16): placement weighs components against it"),
 ) -> None:
     """Watch RAM; rent compute when it runs short; release it on any exit."""
     from spotleash.agent import agent_main
 
-    raise typer.Exit(agent_main(settings(), lease_id, trace, trace_speed))
+    raise typer.Exit(agent_main(settings(), lease_id, trace, trace_speed, trace_limit_gb=trace_limit_gb))
 
 
 # ------------------------------------------------------------------ status / down / reap

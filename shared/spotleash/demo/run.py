@@ -76,6 +76,7 @@ DEMO_TIMINGS = {
 }
 REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
 TRACE_SPEED = "8"  # the RAM trace crosses the threshold ~5 s after the agent starts
+TRACE_LIMIT_GB = "64"
 # Wheels an instance installs offline come from PyPI once, then from this cache (shared with the tests).
 WHEEL_CACHE_VAR = "SPOTLEASH_TEST_WHEEL_CACHE"
 GPU_ENV = {"SPOTLEASH_GPU_COMPONENTS": json.dumps(["thumbnailer", "vectors"])}  # act 3: the demand goes to VAST
@@ -85,8 +86,15 @@ def demo_trace() -> Path:
     return Path(str(resources.files("spotleash.agent").joinpath("traces/climb.csv")))
 
 
+def trace_args(speed: str = TRACE_SPEED) -> list[str]:
+    """The agent's arguments to replay the demo trace. Its percentages are of a nominal 64 GB machine: past
+    the threshold it misses more headroom than the app's components weigh together, so placement moves
+    every one of them (the demo shows all of them served remotely)."""
+    return ["--trace", str(demo_trace()), "--trace-speed", speed, "--trace-limit-gb", TRACE_LIMIT_GB]
+
+
 def agent_argv() -> list[str]:
-    return [sys.executable, "-m", "spotleash.agent", "--trace", str(demo_trace()), "--trace-speed", TRACE_SPEED]
+    return [sys.executable, "-m", "spotleash.agent", *trace_args()]
 
 
 def wheel_cache() -> Path:

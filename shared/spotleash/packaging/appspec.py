@@ -17,10 +17,12 @@
     ram_gb = 2
     local_url = "http://127.0.0.1:8101"
     route_port = 8201                # the router: the app talks to this port, spotleash picks the copy
+    offload = "default"              # or "keep" (the local copy keeps running too) or "never" (stays here)
 
 The file is the one ``SPOTLEASH_CONFIG_FILE`` names, else the first ``spotleash.toml`` found from the
-working directory upward. The settings ``components``, ``component_ram_gb`` and ``gpu_components`` are
-derived from ``[app]`` unless the file sets them at top level; ``SPOTLEASH_*`` variables still win.
+working directory upward. The settings ``components``, ``component_ram_gb``, ``gpu_components`` and
+``component_offload`` are derived from ``[app]`` unless the file sets them at top level; ``SPOTLEASH_*``
+variables still win.
 """
 
 from __future__ import annotations
@@ -102,6 +104,7 @@ def settings_values(file_values: dict[str, Any], source: Path) -> dict[str, Any]
     values.setdefault("components", [c.name for c in app.components])
     values.setdefault("component_ram_gb", {c.name: c.ram_gb for c in app.components})
     values.setdefault("gpu_components", [c.name for c in app.components if c.gpu])
+    values.setdefault("component_offload", {c.name: c.offload for c in app.components if c.offload != "default"})
     return values
 
 

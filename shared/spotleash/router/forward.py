@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 
 from aiohttp import ClientResponse, web
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -13,6 +14,9 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "TE", "Trailer",
     "Transfer-Encoding", "Upgrade", "Expect",
 ))
+# A response with a length up to this goes out whole: headers and body in one write instead of two or three
+# (most API answers; a streamed one — no length, or longer — still passes chunk by chunk as it arrives).
+WHOLE_BODY_LIMIT = 64 * 1024
 
 
 def is_idempotent(method: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> bool:
@@ -20,9 +24,16 @@ def is_idempotent(method: str, headers: CIMultiDictProxy[str] | CIMultiDict[str]
     return method.upper() in IDEMPOTENT_METHODS or IDEMPOTENCY_KEY in headers
 
 
-def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: Iterable[str]) -> frozenset[str]:
-    named = {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
-    return HOP_BY_HOP | named | {h.lower() for h in extra}
+@lru_cache(maxsize=16)
+def _always_dropped(extra: tuple[str, ...]) -> frozenset[str]:
+    return HOP_BY_HOP | {h.lower() for h in extra}
+
+
+def _dropped(headers: CIMultiDictProxy[str] | CIMultiDict[str], extra: tuple[str, ...]) -> frozenset[str]:
+    always = _always_dropped(extra)
+    if "Connection" not in headers:
+        return always
+    return always | {t.strip().lower() for v in headers.getall("Connection", []) for t in v.split(",")}
 
 
 def request_headers(request: web.BaseRequest, strip: Iterable[str] = ()) -> CIMultiDict[str]:
@@ -41,19 +52,27 @@ def request_headers(request: web.BaseRequest, strip: Iterable[str] = ()) -> CIMu
 
 
 def response_headers(upstream: ClientResponse, strip: Iterable[str] = ()) -> CIMultiDict[str]:
-    drop = _dropped(upstream.headers, strip)
+    drop = _dropped(upstream.headers, tuple(strip))
     return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
 
 
 async def stream_response(request: web.BaseRequest, upstream: ClientResponse,
                           strip: Iterable[str] = ()) -> web.StreamResponse:
-    """Send the upstream's status, headers and body to the client chunk by chunk, as they arrive.
+    """Send the upstream's status, headers and body to the client chunk by chunk, as they arrive (a body
+    with a length up to ``WHOLE_BODY_LIMIT`` is read first and sent with the headers in one write).
 
     Raises what reading the upstream raises (aiohttp.ClientError, TimeoutError) or writing to the client
-    raises (ConnectionError) — after the response has started, so the caller can only cut it.
+    raises (ConnectionError) — after the upstream's response has started, so the caller can only cut it.
     """
-    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason,
-                              headers=response_headers(upstream, strip))
+    headers = response_headers(upstream, strip)
+    length = upstream.content_length
+    if length is not None and length <= WHOLE_BODY_LIMIT and request.method != "HEAD":
+        whole = web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
+                             body=await upstream.read())
+        await whole.prepare(request)
+        await whole.write_eof()
+        return whole
+    resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await resp.prepare(request)
     if request.method != "HEAD":
         async for chunk in upstream.content.iter_any():

@@ -17,9 +17,14 @@ The target comes from the ``RouteTable`` (pure decisions); this module only acts
   still waiting for a response is retried by the rule above. A target left because it stopped answering
   (``fall`` failed probes or forwards in a row: dead or frozen) is not drained: nothing in flight there
   will finish, so its connections close at once and those requests are retried now, not after ``drain_s``.
+- **Panic routing.** When every copy of a component failed its probes, requests still go to the least bad
+  one (``table.least_bad``: a copy that timed out is likely busy, not gone), counted in
+  ``spotleash_router_panic_total``; a slow copy must not become a failed service. The 503 with
+  ``Retry-After`` is for "no copy is there at all" (every one refused the connection, or none exists).
 - **Limits** per target: a connection pool and at most ``max_in_flight`` requests (more wait up to
   ``queue_timeout_s``), a connect timeout, a response-start timeout and an idle timeout between body
-  chunks. No target → 503 with ``Retry-After``.
+  chunks. No target → 503 with ``Retry-After`` (or, with ``hold_s``, a wait for one; a request whose
+  only target failed it waits the same way).
 - **Probes**: every ``probe_interval_s`` the router probes the local copy and each remote copy the
   control plane calls healthy, on the component's health path — through the same pinned, credentialed
   channel the traffic uses. A failed forward counts as a failed probe. A remote copy that fails a probe
@@ -53,7 +58,7 @@ from spotleash.router.channel import (
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
-from spotleash.router.table import Change, Policy, RemoteState, Route, RouteTable, TargetKind
+from spotleash.router.table import Change, Failure, Policy, RemoteState, Route, RouteTable, TargetKind
 
 log = get_logger(__name__)
 
@@ -109,12 +114,23 @@ class RouterConfig:
 
 
 class _Failed(Exception):
-    """An attempt that failed before the response started (``kind`` for metrics, ``detail`` for humans)."""
+    """An attempt that failed before the response started (``kind`` for metrics, ``detail`` for humans,
+    ``failure`` for the route table: how strongly it says the copy is gone)."""
 
-    def __init__(self, kind: str, detail: str) -> None:
+    def __init__(self, kind: str, detail: str, failure: Failure = Failure.BROKE) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.failure = failure
+
+
+def _failure_of(e: BaseException) -> Failure:
+    """A timeout says the copy is slow; no connection (refused, unreachable, TLS) that nothing is there."""
+    if isinstance(e, TimeoutError):
+        return Failure.SLOW
+    if isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerFingerprintMismatch | ConnectionRefusedError):
+        return Failure.REFUSED
+    return Failure.BROKE
 
 
 class Upstream:
@@ -178,13 +194,15 @@ class Router:
         self._wake = asyncio.Event()
         self._routes_changed = asyncio.Event()  # set (and replaced) at every route change: held requests look again
         for c in config.components:
-            self.metrics.current[c.name] = str(self.table.current(c.name).target)
+            self.metrics.current(c.name, str(self.table.current(c.name).target))
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         for comp in self.config.components:
-            server = web.Server(self._handler_for(comp), handler_cancellation=False)
+            # no access log: one formatted line per request was 6 % of the router's time under load (the
+            # agent's root logger is at INFO); requests are counted in the metrics instead
+            server = web.Server(self._handler_for(comp), handler_cancellation=False, access_log=None)
             runner = web.ServerRunner(server, shutdown_timeout=1.0)
             await runner.setup()
             site = web.TCPSite(runner, self.config.listen_host, comp.listen_port, reuse_address=True)
@@ -277,11 +295,16 @@ class Router:
             self._routes_changed.set()
             self._routes_changed = asyncio.Event()
         for ch in changes:
-            self.metrics.changes[ch.component] += 1
-            self.metrics.current[ch.component] = str(ch.new.target)
             moved = ch.new.remote or ch.old.remote
+            if ch.new.key == ch.old.key:  # same target, into or out of panic: nothing to drain
+                (log.warning if ch.new.panic else log.info)(
+                    "panic routing: every copy failing its probes" if ch.new.panic else "panic routing over",
+                    component=ch.component, target=ch.new.key, reason=ch.new.reason,
+                    instance_id=moved.instance_id if moved else None)
+                continue
+            self.metrics.changed(ch.component, str(ch.new.target))
             log.info("route changed", component=ch.component, from_target=ch.old.key, to_target=ch.new.key,
-                     reason=ch.new.reason, instance_id=moved.instance_id if moved else None)
+                     reason=ch.new.reason, instance_id=moved.instance_id if moved else None, panic=ch.new.panic)
             if ch.old.target == TargetKind.REMOTE and ch.old.remote is not None:
                 up = self._upstreams[ch.component].get(ch.old.key)
                 if up is not None:
@@ -361,12 +384,15 @@ class Router:
         name = comp.name
         if self.config.on_request is not None:
             self.config.on_request(name)
-        primary = self._upstream_for(comp, self.table.current(name))
+        route = self.table.current(name)
+        primary = self._upstream_for(comp, route)
         if primary is None and self.limits.hold_s > 0:
             primary = await self._held(comp, started)
         if primary is None:
             self.metrics.fail(name)
             return self._unavailable(f"no target can serve {name}: {self.table.current(name).reason}")
+        if route.panic:
+            self.metrics.panic(name)
         body: bytes | aiohttp.StreamReader | None = None
         replayable = True
         if request.body_exists:
@@ -388,6 +414,8 @@ class Router:
             self.metrics.fail(name)
             return _error(502, f"{why}; the request body was streamed and cannot be replayed")
         alternate = self._alternate(comp, primary)
+        if alternate is None and self.limits.hold_s > 0:
+            alternate = await self._held(comp, started, besides=primary)  # e.g. a lost box's replacement
         if alternate is None:
             self.metrics.fail(name)
             return self._unavailable(f"{why}; no other target can serve {name}")
@@ -410,7 +438,8 @@ class Router:
         if failure.kind == "busy":
             return
         iid = up.key.removeprefix("remote:") if up.kind == "remote" else None
-        self._apply(self.table.record_probe(up.component.name, iid, False, self.clock(), failure.detail))
+        self._apply(self.table.record_probe(up.component.name, iid, False, self.clock(), failure.detail,
+                                            failure.failure))
         self._report_suspects()
 
     async def _attempt(self, up: Upstream, request: web.BaseRequest, body: bytes | aiohttp.StreamReader | None,
@@ -434,11 +463,11 @@ class Router:
                     upstream = await up.session.request(request.method, URL(up.base_url + request.raw_path, encoded=True),
                                                         headers=headers, data=body, allow_redirects=False)
             except aiohttp.ServerFingerprintMismatch as e:
-                raise _Failed("tls", f"certificate fingerprint mismatch at {e.host}:{e.port}") from e
+                raise _Failed("tls", f"certificate fingerprint mismatch at {e.host}:{e.port}", Failure.REFUSED) from e
             except TimeoutError as e:
-                raise _Failed("timeout", f"no response within {self.limits.response_timeout_s:g} s") from e
+                raise _Failed("timeout", f"no response within {self.limits.response_timeout_s:g} s", Failure.SLOW) from e
             except _ATTEMPT_ERRORS as e:
-                raise _Failed("connect", f"{type(e).__name__}: {e}"[:300]) from e
+                raise _Failed("connect", f"{type(e).__name__}: {e}"[:300], _failure_of(e)) from e
             if up.kind == "remote" and FRONT_FAILURE_HEADER in upstream.headers:
                 with contextlib.suppress(*_ATTEMPT_ERRORS):
                     await upstream.read()
@@ -468,18 +497,21 @@ class Router:
             up.end()
             up.slots.release()
 
-    async def _held(self, comp: ComponentRoute, started: float) -> Upstream | None:
-        """No target can serve ``comp`` now: wait for a route change that gives it one (a waking lease's or a
-        replacement's instance READY, the local copy answering again), at most ``hold_s`` after ``started``."""
+    async def _held(self, comp: ComponentRoute, started: float, besides: Upstream | None = None) -> Upstream | None:
+        """No target can serve ``comp`` now (or only ``besides``, which just failed this request): wait for a
+        route change that gives it one (a waking lease's or a replacement's instance READY, the local copy
+        answering again), at most ``hold_s`` after ``started``."""
         self.metrics.hold(comp.name)
-        while (left := started + self.limits.hold_s - self.clock()) > 0:
+        while True:
             changed = self._routes_changed
+            up = self._upstream_for(comp, self.table.current(comp.name))
+            if up is not None and up is not besides:
+                return up
+            left = started + self.limits.hold_s - self.clock()
+            if left <= 0:
+                return None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(changed.wait(), left)
-            up = self._upstream_for(comp, self.table.current(comp.name))
-            if up is not None:
-                return up
-        return None
 
     def _unavailable(self, reason: str) -> web.Response:
         resp = _error(503, reason)
@@ -509,8 +541,8 @@ class Router:
         results = await asyncio.gather(*(self._probe(up) for _, _, up in jobs))
         now = self.clock()
         changes: list[Change] = []
-        for (name, iid, _), error in zip(jobs, results, strict=True):
-            changes += self.table.record_probe(name, iid, error is None, now, error)
+        for (name, iid, _), (error, failure) in zip(jobs, results, strict=True):
+            changes += self.table.record_probe(name, iid, error is None, now, error, failure)
         changes += self.table.reevaluate(now)
         self._apply(changes)
         self._report_suspects()
@@ -524,26 +556,26 @@ class Router:
             if self.config.on_remote_lost is not None:
                 asyncio.get_running_loop().run_in_executor(None, self.config.on_remote_lost, iid, x.error)
 
-    async def _probe(self, up: Upstream) -> str | None:
-        """None when the health path answers 2xx; otherwise what went wrong."""
+    async def _probe(self, up: Upstream) -> tuple[str | None, Failure]:
+        """(None, _) when the health path answers 2xx; otherwise what went wrong and how."""
         try:
             async with asyncio.timeout(self.limits.probe_timeout_s):
                 async with up.session.get(up.base_url + up.component.health_path,
                                           headers=up.extra_headers) as resp:
                     await resp.read()
-                    return None if 200 <= resp.status < 300 else f"health path answered {resp.status}"
+                    return (None if 200 <= resp.status < 300 else f"health path answered {resp.status}"), Failure.BROKE
         except aiohttp.ServerFingerprintMismatch:
-            return "certificate fingerprint mismatch"
+            return "certificate fingerprint mismatch", Failure.REFUSED
         except TimeoutError:
-            return f"no answer within {self.limits.probe_timeout_s:g} s"
+            return f"no answer within {self.limits.probe_timeout_s:g} s", Failure.SLOW
         except _ATTEMPT_ERRORS as e:
-            return f"{type(e).__name__}: {e}"[:200]
+            return f"{type(e).__name__}: {e}"[:200], _failure_of(e)
 
     # ------------------------------------------------------------------ admin
 
-    async def _metrics_view(self, _request: web.Request) -> web.Response:
-        return web.Response(text=self.metrics.render(), content_type="text/plain", charset="utf-8",
-                            headers={"X-Content-Type-Options": "nosniff"})
+    async def _metrics_view(self, request: web.Request) -> web.Response:
+        body, content_type = self.metrics.render(request.headers.get("Accept"))
+        return web.Response(body=body, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
 
     async def _routes_view(self, _request: web.Request) -> web.Response:
         return web.Response(text=json.dumps({"routes": self.routes(), "totals": self.metrics.totals()}),

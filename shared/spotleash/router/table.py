@@ -2,7 +2,11 @@
 
 ``decide_target`` answers for one component: the remote copy when its instance is READY, the component
 is healthy there, nothing says the instance is going away and the router's own probe of it passes;
-otherwise the local copy when it answers its own probe; otherwise nobody (the proxy answers 503).
+otherwise the local copy when it answers its own probe. When every copy failed its probes, ``least_bad``
+still picks one (panic routing, Envoy's panic threshold): a probe that timed out is weak evidence (the
+copy may be busy, and failing every request makes a slow service a dead one), an error answer stronger;
+a refused connection or a wrong certificate says no copy is there at all. Only then is the answer nobody
+(the proxy answers 503 with Retry-After, or holds the request for a copy to come).
 ``RouteTable`` keeps what the control plane and the probes said, and turns every change of that into
 at most one ``Change`` per component (the proxy logs it and drains the target it leaves), and notes each
 remote copy that fails probes without notice (``suspect_without_notice``: the agent asks the
@@ -38,6 +42,18 @@ class RemoteState:
     preempted: bool = False
 
 
+class Failure(StrEnum):
+    """How a probe or a forward failed, weakest evidence that the copy is gone first."""
+
+    SLOW = "slow"  # no answer in time: busy, or frozen — it may well be there
+    BROKE = "broke"  # it answered, but not 2xx, or dropped the connection: there, and unwell
+    REFUSED = "refused"  # refused, unreachable, or a wrong certificate: no (right) copy listens there
+
+
+# Panic routing's order: a copy that only timed out before one that answered badly; a refused one never.
+_DOUBT = {None: 0, Failure.SLOW: 1, Failure.BROKE: 2}
+
+
 @dataclass(frozen=True)
 class Probes:
     """The router's own recent probes of one target (active probes plus failed forwards)."""
@@ -46,11 +62,18 @@ class Probes:
     fail_streak: int = 0
     last_at: float | None = None
     last_error: str | None = None
+    last_failure: Failure | None = None  # how the last failure failed (None: the last probe passed)
 
-    def record(self, ok: bool, now: float, error: str | None = None) -> Probes:
+    def record(self, ok: bool, now: float, error: str | None = None, failure: Failure = Failure.BROKE) -> Probes:
         if ok:
-            return Probes(self.ok_streak + 1, 0, now, None)
-        return Probes(0, self.fail_streak + 1, now, error or "failed")
+            return Probes(self.ok_streak + 1, 0, now, None, None)
+        return Probes(0, self.fail_streak + 1, now, error or "failed", failure)
+
+    @property
+    def doubt(self) -> int | None:
+        """How strongly the probes say the copy is gone, for panic routing: lower is better; None: not
+        there at all (its last failure was a refusal), so never a panic target."""
+        return _DOUBT.get(self.last_failure)
 
 
 @dataclass(frozen=True)
@@ -70,6 +93,7 @@ class Route:
     target: TargetKind
     reason: str
     remote: RemoteState | None = None  # set when target is REMOTE
+    panic: bool = False  # every copy failed its probes: this one is the least bad (``least_bad``)
 
     @property
     def key(self) -> str:
@@ -150,6 +174,46 @@ def decide_target(
     return Route(TargetKind.NONE, f"local copy of {component} not answering; {why_not}")
 
 
+def probeable(remote: RemoteState) -> bool:
+    """A remote copy the router probes (and may route to in panic): READY, healthy on its instance, with
+    an endpoint and a certificate, no preemption notice."""
+    return (remote.instance_state == READY and remote.component_state == HEALTHY and bool(remote.endpoint)
+            and bool(remote.fingerprint) and not remote.preempted)
+
+
+def least_bad(component: str, local: Probes | None, remotes: Sequence[tuple[RemoteState, Probes]], *,
+              lease_released: bool = False, current: Route | None = None) -> Route | None:
+    """Every copy of ``component`` failed its probes: the one to send to anyway, or None when no copy is
+    there at all (Envoy's panic threshold, at 100 %). ``local``: the local copy's probes (None: no local
+    copy); ``remotes``: each remote copy with its probes.
+
+    Candidates: the local copy, and every remote copy the router probes (``probeable``) unless the lease
+    is released — a planned ending never takes traffic back. A copy whose last failure was a refusal or a
+    wrong certificate is not there and never chosen. The rest rank by their last failure (a timeout before
+    an error answer), then the current target (no flapping between two bad copies), then local first."""
+    options: list[tuple[tuple[int, bool, int, str], Route]] = []
+    here = current.key if current is not None else None
+
+    def add(probes: Probes, remote: RemoteState | None) -> None:
+        doubt = probes.doubt
+        if doubt is None:
+            return
+        d = Route(TargetKind.REMOTE if remote else TargetKind.LOCAL,
+                     f"panic: every copy of {component} is failing its probes; the least bad is the "
+                     f"{'remote copy on ' + remote.instance_id if remote else 'local copy'} "
+                     f"(last: {probes.last_error or 'not probed yet'})", remote, panic=True)
+        options.append(((doubt, d.key != here, 0 if remote is None else 1,
+                         remote.instance_id if remote else ""), d))
+
+    if local is not None:
+        add(local, None)
+    if not lease_released:
+        for r, p in remotes:
+            if probeable(r):
+                add(p, r)
+    return min(options, key=lambda o: o[0])[1] if options else None
+
+
 def suspect_without_notice(remote: RemoteState | None, before: Probes, after: Probes, policy: Policy,
                            lease_released: bool = False) -> bool:
     """Did this probe make a remote copy suspect (its ``suspect``-th failure in a row, the first by default)
@@ -225,13 +289,7 @@ class RouteTable:
 
     def probe_targets(self) -> list[tuple[str, RemoteState]]:
         """Remote copies worth probing: READY, healthy on their instance, with an endpoint, not ending."""
-        out = []
-        for name, c in self._c.items():
-            for r in c.remotes.values():
-                if (r.instance_state == READY and r.component_state == HEALTHY and r.endpoint
-                        and r.fingerprint and not r.preempted):
-                    out.append((name, r))
-        return out
+        return [(name, r) for name, c in self._c.items() for r in c.remotes.values() if probeable(r)]
 
     # ------------------------------------------------------------------ inputs
 
@@ -251,16 +309,18 @@ class RouteTable:
         return self.reevaluate(now)
 
     def record_probe(
-        self, component: str, instance_id: str | None, ok: bool, now: float, error: str | None = None
+        self, component: str, instance_id: str | None, ok: bool, now: float, error: str | None = None,
+        failure: Failure = Failure.BROKE,
     ) -> list[Change]:
-        """A probe result (``instance_id`` None: the local copy). Unknown remotes are ignored."""
+        """A probe result (``instance_id`` None: the local copy; ``failure``: how it failed, when it did).
+        Unknown remotes are ignored."""
         c = self._c[component]
         if instance_id is None:
-            c.local_probes = c.local_probes.record(ok, now, error)
+            c.local_probes = c.local_probes.record(ok, now, error, failure)
         elif instance_id in c.remotes:
             key = (component, instance_id)
             before = self._remote_probes.get(key, Probes())
-            after = self._remote_probes[key] = before.record(ok, now, error)
+            after = self._remote_probes[key] = before.record(ok, now, error, failure)
             if suspect_without_notice(c.remotes[instance_id], before, after, self.policy, self.lease_released):
                 self._suspects.append(Suspect(component, instance_id, after.last_error or "failed"))
         return self.reevaluate(now)
@@ -295,14 +355,21 @@ class RouteTable:
             if d.target == TargetKind.REMOTE:
                 return d
             first = first or d
-        return first or decide_target(name, lok, None, Probes(), now, policy=self.policy,
-                                      lease_released=self.lease_released, current=cur)
+        decided = first or decide_target(name, lok, None, Probes(), now, policy=self.policy,
+                                         lease_released=self.lease_released, current=cur)
+        if decided.target != TargetKind.NONE:
+            return decided
+        remotes = [(r, self.remote_probes(name, r.instance_id)) for _, r in sorted(c.remotes.items())]
+        panic = least_bad(name, c.local_probes if c.has_local else None, remotes,
+                          lease_released=self.lease_released, current=cur)
+        return panic or decided
 
     def reevaluate(self, now: float) -> list[Change]:
+        """Decide again; a change of target, or into or out of panic on the same one, is a ``Change``."""
         changes = []
         for name, c in self._c.items():
             new = self._decide(name, c, now)
-            if new.key != c.current.key:
+            if (new.key, new.panic) != (c.current.key, c.current.panic):
                 changes.append(Change(name, c.current, new))
             c.current = new  # same key: a fresher reason or record, not a change
         return changes

@@ -59,7 +59,9 @@ class DemandEvent(Event):
     KIND: ClassVar[str] = "demand"
     kind: Literal["demand"] = "demand"
     lease_id: Id
-    trigger: Literal["threshold", "predictive", "manual", "failover", "request"]
+    # pressure: the kernel reported memory pressure (PSI, the macOS level) — newer agents only; older
+    # messages (threshold, predictive, ...) parse as before.
+    trigger: Literal["threshold", "predictive", "pressure", "manual", "failover", "request"]
     ram_percent: Annotated[float, Field(ge=0, le=100)]
     components: Annotated[list[Component], Field(min_length=1, max_length=32)]
     provider: ProviderName | None = None  # None: the control plane chooses

@@ -211,6 +211,12 @@ def extract_archive(path: Path, dest: Path) -> None:
 _NAME = r"^[a-z][a-z0-9_-]{0,39}$"
 
 
+# Whether the agent may move a component off the user's machine (spotleash.decide.placement):
+# default: when memory runs short; keep: a remote copy may serve it but the local copy keeps running
+# (it frees nothing, so memory relief never picks it); never: it stays on the user's machine.
+Offload = Literal["default", "keep", "never"]
+
+
 class ComponentSpec(BaseModel):
     """One ``[[app.components]]`` entry: a process the instance starts and health-checks."""
 
@@ -220,7 +226,8 @@ class ComponentSpec(BaseModel):
     command: list[str] = Field(min_length=1, description="argv, run with cwd=<package>/app, venv bin on PATH")
     port: int = Field(ge=1024, le=65535, description="TCP port the component listens on (also given as PORT)")
     health_path: str = Field("/healthz", pattern=r"^/", description="HTTP path answering 200 when healthy")
-    ram_gb: float = Field(4.0, gt=0, le=1024, description="RAM the component needs")
+    ram_gb: float = Field(4.0, gt=0, le=1024, description="RAM the component needs: sizes its instance; placement "
+                          "weighs it by this until its local copy's footprint is measured")
     gpu: bool = Field(False, description="needs a GPU (a demand naming it goes to VAST)")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of the process")
     local_url: str | None = Field(None, description="URL of the copy running on the user's machine")
@@ -233,6 +240,10 @@ class ComponentSpec(BaseModel):
                     "router sends each request to the local copy or a remote one (unset: not routed)")
     state_paths: list[str] = Field(default_factory=list, description="paths (relative to app) kept across moves")
     start_timeout_s: float = Field(300.0, gt=0, description="healthy by this long after start, or the launch fails")
+    offload: Offload = Field(
+        "default", description='when memory runs short: "default" may move it (heaviest first), "keep" also '
+                               'serves it remotely but its local copy keeps running (frees nothing, so memory '
+                               'relief never picks it), "never" stays on this machine')
 
     @field_validator("command")
     @classmethod

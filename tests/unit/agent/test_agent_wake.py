@@ -24,6 +24,8 @@ from tests.unit.router.test_agent_router_wiring import (
     wait_for,
 )
 
+from spotleash.agent.memory.reading import MemoryReading
+from spotleash.agent.ram import fraction_reading
 from spotleash.agent.routing import start_router
 from spotleash.agent.runner import Agent, run_agent
 from spotleash.agent.wake import Hibernated, Sent, Waker, wake_due
@@ -37,8 +39,10 @@ H = Hibernated.from_doc(DOC)
 
 
 class LowRam:
-    def used_fraction(self) -> float:
-        return 0.30
+    name = "lowram"
+
+    def read(self) -> MemoryReading:
+        return fraction_reading(0.30, 16 * 2**30, "lowram")
 
 
 def test_the_rule() -> None:
@@ -99,7 +103,7 @@ def test_the_agent_loop_publishes_one_request_demand_for_the_hibernated_componen
     clock = FakeClock()
     waker = Waker(retry_s=settings.demand_cooldown_s)
     pub = FakePublisher()
-    agent = Agent(settings, lease_id="lease-w", ram_source=LowRam(), publisher=pub, stop=FakeStop(clock),
+    agent = Agent(settings, lease_id="lease-w", memory=LowRam(), publisher=pub, stop=FakeStop(clock),
                   clock=clock, waker=waker, route_credential_sha256="a" * 64)
     agent.tick(0.0)
     waker.hibernation_changed(DOC)
@@ -128,7 +132,7 @@ def test_a_request_through_the_router_is_served_locally_and_wakes_the_lease(tmp_
     publisher = Publisher(router)
     stop = threading.Event()
     agent = threading.Thread(target=lambda: run_agent(
-        settings, lease_id="lease-w", ram_source=LowRam(), publisher=publisher, stop=stop, install_signals=False,
+        settings, lease_id="lease-w", memory=LowRam(), publisher=publisher, stop=stop, install_signals=False,
         router=router), daemon=True)
     try:
         agent.start()

@@ -26,6 +26,8 @@ from typing import Any
 
 import pytest
 
+from spotleash.agent.memory.reading import MemoryReading
+from spotleash.agent.ram import fraction_reading
 from spotleash.agent.routing import AgentRouter, component_routes, start_router
 from spotleash.agent.runner import run_agent
 from spotleash.config import Settings
@@ -176,8 +178,10 @@ class Publisher:
 
 
 class HighRam:
-    def used_fraction(self) -> float:
-        return 0.95
+    name = "highram"
+
+    def read(self) -> MemoryReading:
+        return fraction_reading(0.95, 16 * 2**30, "highram")
 
 
 def wait_for(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
@@ -213,7 +217,7 @@ def test_agent_routes_remote_on_ready_and_its_shutdown_goes_local_before_the_rel
     stop = threading.Event()
     exit_code: list[int] = []
     agent = threading.Thread(target=lambda: exit_code.append(run_agent(
-        settings, lease_id="lease-r", ram_source=HighRam(), publisher=publisher, stop=stop,
+        settings, lease_id="lease-r", memory=HighRam(), publisher=publisher, stop=stop,
         install_signals=False, router=router)), daemon=True)
     front: FrontThread | None = None
     try:

@@ -78,23 +78,34 @@ def test_idempotency() -> None:
 
 def test_metrics_text_and_totals() -> None:
     m = Metrics()
-    m.current["thumbs"] = "remote"
+    m.current("thumbs", "local")
+    m.changed("thumbs", "remote")
     m.served("thumbs", "remote", 200, 0.0007)
     m.served("thumbs", "remote", 503, 0.02)
     m.served("thumbs", "local", 200, 0.003)
     m.error("thumbs", "remote", "connect")
     m.retry("thumbs", "remote", "local")
     m.fail("thumbs")
-    m.changes["thumbs"] += 1
-    text = m.render()
-    assert 'spotleash_router_requests_total{component="thumbs",target="remote",code="2xx"} 1' in text
-    assert 'spotleash_router_requests_total{component="thumbs",target="remote",code="5xx"} 1' in text
-    assert 'spotleash_router_errors_total{component="thumbs",target="remote",kind="connect"} 1' in text
-    assert 'spotleash_router_retries_total{component="thumbs",source="remote",target="local"} 1' in text
-    assert 'spotleash_router_target{component="thumbs",target="remote"} 1' in text
-    assert 'spotleash_router_response_start_seconds_bucket{component="thumbs",target="remote",le="0.001"} 1' in text
-    assert 'spotleash_router_response_start_seconds_bucket{component="thumbs",target="remote",le="+Inf"} 2' in text
-    assert 'spotleash_router_response_start_seconds_count{component="thumbs",target="local"} 1' in text
-    assert "# TYPE spotleash_router_response_start_seconds histogram" in text
+    m.panic("thumbs")
+    body, content_type = m.render()  # prometheus_client writes the labels in name order
+    text = body.decode()
+    assert content_type.startswith("text/plain")
+    for line in ('spotleash_router_requests_total{code="2xx",component="thumbs",target="remote"} 1.0',
+                 'spotleash_router_requests_total{code="5xx",component="thumbs",target="remote"} 1.0',
+                 'spotleash_router_errors_total{component="thumbs",kind="connect",target="remote"} 1.0',
+                 'spotleash_router_retries_total{component="thumbs",source="remote",target="local"} 1.0',
+                 'spotleash_router_failed_total{component="thumbs"} 1.0',
+                 'spotleash_router_panic_total{component="thumbs"} 1.0',
+                 'spotleash_router_target_changes_total{component="thumbs"} 1.0',
+                 'spotleash_router_target{component="thumbs",target="remote"} 1.0',
+                 'spotleash_router_target{component="thumbs",target="local"} 0.0',
+                 'spotleash_router_response_start_seconds_bucket{component="thumbs",le="0.001",target="remote"} 1.0',
+                 'spotleash_router_response_start_seconds_bucket{component="thumbs",le="+Inf",target="remote"} 2.0',
+                 'spotleash_router_response_start_seconds_count{component="thumbs",target="local"} 1.0',
+                 "# TYPE spotleash_router_response_start_seconds histogram"):
+        assert line + "\n" in text, line
+    assert m.value("retries_total", component="thumbs", source="remote", target="local") == 1
+    assert m.value("held_total", component="thumbs") == 0
     assert m.totals() == {"total": 4, "remote": 2, "retried": 1, "failed": 1}
     assert m.served_by("thumbs") == {"remote": 2, "local": 1}
+    assert Metrics().totals() == {"total": 0, "remote": 0, "retried": 0, "failed": 0}  # a registry each

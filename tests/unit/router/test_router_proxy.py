@@ -157,7 +157,7 @@ def test_drain_is_bounded_then_stragglers_are_retried_locally() -> None:
             w.local.release.set()
             w.router.apply_records([w.record(preempted=True)])
             assert await held == (200, "local after hold")
-            assert w.router.metrics.retries[(COMPONENT, "remote", "local")] == 1
+            assert w.router.metrics.value("retries_total", component=COMPONENT, source="remote", target="local") == 1
 
     run(main())
 
@@ -176,7 +176,7 @@ def test_a_target_that_stops_answering_is_not_drained_its_requests_are_retried_a
             assert await held == (200, "local after hold")
             assert w.router.table.current(COMPONENT).target == "local"
             assert "remote:sl-1" not in w.router._upstreams[COMPONENT]
-            assert w.router.metrics.retries[(COMPONENT, "remote", "local")] == 1
+            assert w.router.metrics.value("retries_total", component=COMPONENT, source="remote", target="local") == 1
 
     run(main(), timeout_s=10.0)
 
@@ -247,24 +247,34 @@ def test_with_a_hold_a_request_no_target_can_serve_waits_for_one() -> None:
             async with w.client.get(w.base + "/who") as r:  # nothing comes within the hold
                 assert r.status == 503 and r.headers["Retry-After"] == "3"
             waiting = asyncio.ensure_future(w.get_text("/who"))
-            await until(lambda: w.router.metrics.held[COMPONENT] == 2, "the second request held")
+            await until(lambda: w.router.metrics.value("held_total", component=COMPONENT) == 2,
+                        "the second request held")
             assert not waiting.done()
             w.router.apply_records([w.record()])  # the instance READY: the router probes it, then routes to it
             assert await waiting == (200, "remote")
-            assert 'spotleash_router_held_total{component="thumbs"} 2' in w.router.metrics.render()
+            assert b'spotleash_router_held_total{component="thumbs"} 2.0' in w.router.metrics.render()[0]
 
     run(main())
 
 
-def test_local_copy_failing_probes_with_no_remote_is_503() -> None:
+def test_a_lone_local_copy_failing_its_probes_still_serves_in_panic_and_503_only_once_it_is_gone() -> None:
+    """Its health path answering 500 marks it down, but it is the only copy: requests still go to it (panic,
+    counted); once nothing listens on its port (refused), no copy is there: 503 with Retry-After."""
     async def main() -> None:
         async with world() as w:
             w.local.healthy = False
-            await until(lambda: w.router.table.current(COMPONENT).target == "none", "no target")
-            status, _ = await w.get_text("/who")
-            assert status == 503
+            await until(lambda: w.router.table.current(COMPONENT).panic, "panic routing")
+            assert w.router.table.current(COMPONENT).target == "local"
+            assert await w.get_text("/who") == (200, "local")
+            assert w.router.metrics.value("panic_total", component=COMPONENT) == 1
             w.local.healthy = True
-            await until(lambda: w.router.table.current(COMPONENT).target == "local", "local again")
+            await until(lambda: not w.router.table.current(COMPONENT).panic, "out of panic")
+            assert w.router.table.current(COMPONENT).target == "local"
+            await w.local.stop()  # the process is gone: connections refused
+            await until(lambda: w.router.table.current(COMPONENT).target == "none", "no copy there")
+            async with w.client.get(w.base + "/who") as r:
+                assert r.status == 503 and r.headers["Retry-After"] == "3"
+            assert w.router.metrics.value("panic_total", component=COMPONENT) == 1
 
     run(main())
 
@@ -307,8 +317,12 @@ def test_metrics_and_routes_are_served_on_the_admin_port() -> None:
             admin = "http://{}:{}".format(*w.router.admin_address)
             async with w.client.get(admin + "/metrics") as r:
                 text = await r.text()
-            assert f'spotleash_router_requests_total{{component="{COMPONENT}",target="remote",code="2xx"}} 1' in text
-            assert f'spotleash_router_target{{component="{COMPONENT}",target="remote"}} 1' in text
+            assert f'spotleash_router_requests_total{{code="2xx",component="{COMPONENT}",target="remote"}} 1.0\n' in text
+            assert f'spotleash_router_target{{component="{COMPONENT}",target="remote"}} 1.0\n' in text
+            assert r.headers["Content-Type"].startswith("text/plain")
+            async with w.client.get(admin + "/metrics", headers={"Accept": "application/openmetrics-text"}) as r:
+                assert r.headers["Content-Type"].startswith("application/openmetrics-text")
+                assert (await r.text()).endswith("# EOF\n")
             async with w.client.get(admin + "/routes") as r:
                 body = await r.json()
             assert body["routes"][COMPONENT]["target"] == "remote"

@@ -7,6 +7,7 @@ import itertools
 import pytest
 
 from spotleash.router.table import (
+    Failure,
     Policy,
     Probes,
     RemoteState,
@@ -14,6 +15,7 @@ from spotleash.router.table import (
     RouteTable,
     TargetKind,
     decide_target,
+    least_bad,
 )
 
 FP = "ab" * 32
@@ -218,8 +220,8 @@ def test_table_new_endpoint_or_certificate_needs_a_fresh_probe() -> None:
 def test_table_ignores_probes_of_unknown_instances_and_tracks_local() -> None:
     t = table()
     assert t.record_probe("thumbs", "sl-404", True, 1.0) == []
-    assert t.record_probe("thumbs", None, False, 1.0, "refused") == []
-    (change,) = t.record_probe("thumbs", None, False, 2.0, "refused")
+    assert t.record_probe("thumbs", None, False, 1.0, "refused", Failure.REFUSED) == []
+    (change,) = t.record_probe("thumbs", None, False, 2.0, "refused", Failure.REFUSED)
     assert change.new.target == TargetKind.NONE
     (back,) = t.record_probe("thumbs", None, True, 3.0)
     assert back.new.target == TargetKind.LOCAL
@@ -239,3 +241,84 @@ def test_table_components_are_independent() -> None:
     changes = t.record_probe("a", "sl-1", True, 1.0)
     assert [c.component for c in changes] == ["a"]
     assert t.current("b").target == TargetKind.LOCAL
+
+
+# ---------------------------------------------------------------------- panic routing: never fail a lone slow copy
+
+
+def failed(failure: Failure, times: int = 2, at: float = 100.0) -> Probes:
+    p = Probes()
+    for i in range(times):
+        p = p.record(False, at - times + 1 + i, f"{failure} failure", failure)
+    return p
+
+
+def test_least_bad_ranks_a_timeout_before_an_error_answer_and_never_picks_a_refusal() -> None:
+    slow, broke, refused = failed(Failure.SLOW), failed(Failure.BROKE), failed(Failure.REFUSED)
+    d = least_bad("c", slow, [(remote(), broke)])
+    assert d is not None and d.panic and d.target == TargetKind.LOCAL
+    assert "least bad is the local copy (last: slow failure)" in d.reason
+    d = least_bad("c", broke, [(remote(), slow)])
+    assert d is not None and d.target == TargetKind.REMOTE and d.remote == remote()
+    d = least_bad("c", refused, [(remote(), broke)])
+    assert d is not None and d.target == TargetKind.REMOTE
+    assert least_bad("c", refused, [(remote(), refused)]) is None  # no copy is there at all
+    assert least_bad("c", None, []) is None
+    assert least_bad("c", None, [(remote(), Probes())]) is not None  # READY, not probed yet: not known bad
+
+
+@pytest.mark.parametrize("r", [remote(state="TERMINATING"), remote(state="RUNNING"), remote(preempted=True),
+                               remote(comp="starting"), remote(endpoint=None), remote(fingerprint=None)])
+def test_least_bad_never_takes_a_remote_copy_that_is_ending_or_unreachable(r: RemoteState) -> None:
+    assert least_bad("c", None, [(r, failed(Failure.SLOW))]) is None
+
+
+def test_least_bad_takes_no_remote_copy_once_the_lease_is_released() -> None:
+    assert least_bad("c", None, [(remote(), failed(Failure.SLOW))], lease_released=True) is None
+    d = least_bad("c", failed(Failure.BROKE), [(remote(), failed(Failure.SLOW))], lease_released=True)
+    assert d is not None and d.target == TargetKind.LOCAL
+
+
+def test_least_bad_stays_on_the_current_copy_among_equals() -> None:
+    both = [(remote("sl-1"), failed(Failure.SLOW)), (remote("sl-2"), failed(Failure.SLOW))]
+    first = least_bad("c", failed(Failure.SLOW), both)
+    assert first is not None and first.target == TargetKind.LOCAL  # local first among equals
+    current = Route(TargetKind.REMOTE, "", remote("sl-2"), panic=True)
+    d = least_bad("c", failed(Failure.SLOW), both, current=current)
+    assert d is not None and d.key == "remote:sl-2"
+
+
+def test_table_a_lone_local_copy_that_times_out_keeps_the_traffic_and_comes_back_out_of_panic() -> None:
+    t = table()
+    assert t.record_probe("thumbs", None, False, 1.0, "no answer within 2 s", Failure.SLOW) == []
+    (into,) = t.record_probe("thumbs", None, False, 2.0, "no answer within 2 s", Failure.SLOW)
+    assert into.old.key == into.new.key == "local"  # same target: nothing to drain
+    assert into.new.panic and not into.old.panic
+    assert "panic: every copy of thumbs is failing its probes" in into.new.reason
+    assert t.record_probe("thumbs", None, False, 3.0, "no answer within 2 s", Failure.SLOW) == []  # no flapping
+    (out,) = t.record_probe("thumbs", None, True, 4.0)
+    assert out.new.target == TargetKind.LOCAL and not out.new.panic
+
+
+def test_table_panic_ends_when_the_copy_refuses_and_the_503_is_for_no_copy_at_all() -> None:
+    t = table()
+    t.record_probe("thumbs", None, False, 1.0, "slow", Failure.SLOW)
+    t.record_probe("thumbs", None, False, 2.0, "slow", Failure.SLOW)
+    assert t.current("thumbs").panic
+    (gone,) = t.record_probe("thumbs", None, False, 3.0, "ClientConnectorError: refused", Failure.REFUSED)
+    assert gone.new.target == TargetKind.NONE and not gone.new.panic
+
+
+def test_table_panic_goes_to_a_slow_remote_when_the_local_copy_is_gone_and_its_loss_is_still_suspected() -> None:
+    t = table()
+    t.set_remotes({"thumbs": [remote()]}, 1.0)
+    t.record_probe("thumbs", "sl-1", True, 1.0)
+    assert t.current("thumbs").target == TargetKind.REMOTE
+    t.record_probe("thumbs", None, False, 1.5, "refused", Failure.REFUSED)
+    t.record_probe("thumbs", None, False, 1.6, "refused", Failure.REFUSED)
+    t.record_probe("thumbs", "sl-1", False, 2.0, "no answer within 2 s", Failure.SLOW)
+    assert [x.instance_id for x in t.take_suspects()] == ["sl-1"]  # the first failure still asks for a check
+    (into,) = t.record_probe("thumbs", "sl-1", False, 3.0, "no answer within 2 s", Failure.SLOW)
+    assert into.new.key == "remote:sl-1" and into.new.panic
+    t.set_remotes({"thumbs": [remote(state="TERMINATING")]}, 4.0)  # the check found it gone: no copy
+    assert t.current("thumbs").target == TargetKind.NONE

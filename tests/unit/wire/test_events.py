@@ -427,3 +427,12 @@ def test_any_number_in_a_numeric_field_is_refused_or_round_trips(target: tuple[E
     event, name = target
     text = json.dumps({**body(event), name: value})  # json.dumps writes NaN / Infinity, json.loads reads them
     check(parse_event(text, type(event)), type(event))
+
+
+def test_a_pressure_demand_parses_and_an_older_agents_demand_still_does() -> None:
+    old = (b'{"schema_version":1,"kind":"demand","event_id":"e1","created_at":"2026-11-01T00:00:00Z",'
+           b'"lease_id":"l1","trigger":"threshold","ram_percent":91.0,"components":[{"name":"vision","ram_gb":4}]}')
+    ev = parse_event(old, DemandEvent)
+    assert isinstance(ev, DemandEvent) and [c.name for c in ev.components] == ["vision"]
+    new = parse_event(old.replace(b'"threshold"', b'"pressure"'), DemandEvent)
+    assert isinstance(new, DemandEvent) and new.trigger == "pressure"
