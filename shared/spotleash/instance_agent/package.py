@@ -50,4 +50,4 @@ def launches(manifest: Manifest, wanted: list[str]) -> list[Launch]:
                                                   f"(it has {', '.join(sorted(known))})")
     chosen = [known[n] for n in wanted] if wanted else list(manifest.app.components)
     return [Launch(name=c.name, argv=tuple(c.command), port=c.port, health_path=c.health_path,
-                   timeout_s=c.start_timeout_s, env=dict(c.env)) for c in chosen]
+                   timeout_s=c.start_timeout_s, env=dict(c.env), gpu=c.gpu) for c in chosen]

@@ -2,7 +2,9 @@
 
 Each component is one process in its own process group (so stopping it stops everything it
 started), with ``cwd`` the app directory, the venv's ``bin`` first on ``PATH``, its declared
-environment and ``PORT``. Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
+environment and ``PORT``; a component that does not declare ``gpu`` runs with ``CUDA_VISIBLE_DEVICES`` empty
+(it sees no GPU, so it cannot take the memory of the ones that do; a GPU component sees the box's GPUs as
+the box sets them). Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
 lines are kept in memory to explain a crash. The rules of its state are in ``health``; this module
 only observes and acts.
 
@@ -44,6 +46,7 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 TAIL_LINES = 20
 MARKER_ENV = "SPOTLEASH_COMPONENT_OF"  # every component process carries the instance id in it
+CUDA_DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
 STATE_PATHS_ENV = "SPOTLEASH_STATE_PATHS"  # where a component keeps what must outlive its instance
 # Never handed to the app: the agent's config (may hold a signed URL) and its heartbeat token.
 SECRET_ENV = ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")
@@ -59,6 +62,14 @@ class Launch:
     health_path: str
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
+    gpu: bool = False  # declared ``gpu``: sees the box's GPUs (the others run with CUDA_VISIBLE_DEVICES="")
+
+    def process_env(self, base: Mapping[str, str], port: int) -> dict[str, str]:
+        """The component's environment: ``base`` (``component_env``), its own ``env``, PORT, its GPUs."""
+        env = {**base, **self.env, "PORT": str(port)}
+        if not self.gpu:
+            env[CUDA_DEVICES_ENV] = ""
+        return env
 
 
 def port_free(port: int) -> bool:
@@ -131,7 +142,7 @@ class ComponentRunner:
             taken, self.port = self.port, free_port()
             log.warning("component port in use; using another", component=self.launch.name, port=taken,
                         chosen=self.port)
-        env = {**self._base_env, **self.launch.env, "PORT": str(self.port)}
+        env = self.launch.process_env(self._base_env, self.port)
         self._tail.clear()  # a crash is explained by its own run's output
         self._out.info("--- starting %s (port %d, restart %d)", list(self.launch.argv), self.port, self.restarts)
         try:
