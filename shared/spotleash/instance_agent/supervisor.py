@@ -2,9 +2,9 @@
 
 Each component is one process in its own process group (so stopping it stops everything it
 started), with ``cwd`` the app directory, the venv's ``bin`` first on ``PATH``, its declared
-environment and ``PORT``; a component that does not declare ``gpu`` runs with ``CUDA_VISIBLE_DEVICES`` empty
-(it sees no GPU, so it cannot take the memory of the ones that do; a GPU component sees the box's GPUs as
-the box sets them). Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
+environment and ``PORT``; when the package declares which components need a GPU (``gpu = true``), the
+others run with ``CUDA_VISIBLE_DEVICES`` empty (they see no GPU, so they cannot take the memory of the ones
+that do; ``package.launches`` decides). Its output goes to a rotating file ``<log_dir>/<name>.log``; the last
 lines are kept in memory to explain a crash. The rules of its state are in ``health``; this module
 only observes and acts.
 
@@ -62,12 +62,12 @@ class Launch:
     health_path: str
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
-    gpu: bool = False  # declared ``gpu``: sees the box's GPUs (the others run with CUDA_VISIBLE_DEVICES="")
+    sees_gpus: bool = True  # False: runs with CUDA_VISIBLE_DEVICES="" (``package.launches`` says when)
 
     def process_env(self, base: Mapping[str, str], port: int) -> dict[str, str]:
         """The component's environment: ``base`` (``component_env``), its own ``env``, PORT, its GPUs."""
         env = {**base, **self.env, "PORT": str(port)}
-        if not self.gpu:
+        if not self.sees_gpus:
             env[CUDA_DEVICES_ENV] = ""
         return env
 
