@@ -15,7 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
-from spotleash.demo_model import example_model_dir
+from spotleash.demo.model import example_model_dir
 from spotleash.polling import wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thumbs"
