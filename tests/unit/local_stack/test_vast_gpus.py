@@ -11,8 +11,8 @@ import pytest
 
 from local_emulator.vast import gpus
 from local_emulator.vast.errors import VastApiError
-from spotleash.events import GpuReport
 from spotleash.instance_agent.idle import GPU_QUERY, parse_gpu_query
+from spotleash.wire.events import GpuReport
 
 OFFER = {"gpu_name": "RTX 4090", "num_gpus": 2, "gpu_ram": 24564, "machine_id": 10123}
 
