@@ -31,7 +31,7 @@ import psutil
 
 from local_emulator import procs, vmshim
 from local_emulator.faults import FaultPlan
-from local_emulator.vast import errors
+from local_emulator.vast import errors, gpus
 from local_emulator.vast.errors import VastApiError
 from local_emulator.vast.offers import Offer, build_catalog
 from local_emulator.vast.portmap import PortRelay, requested_ports
@@ -398,8 +398,11 @@ class VastModel:
                         inst.status_msg = f"boot failed: {e}"
 
     def _box_env(self, inst: Instance, relays: list[PortRelay] | None = None) -> dict[str, str]:
+        gpu_state = self._gpu_state(inst)
         env = {
-            "PATH": vmshim.path_value(),  # python3: the fakes' own (see local_emulator.vmshim)
+            # python3: the fakes' own (see local_emulator.vmshim); nvidia-smi: the box's GPUs (vast.gpus)
+            "PATH": os.pathsep.join([str(gpus.BIN), vmshim.path_value()]),
+            **gpus.box_env(inst.folder, gpu_state),
             "HOME": str(inst.folder),
             "LANG": "C.UTF-8",
             "CONTAINER_ID": str(inst.id),
@@ -416,6 +419,25 @@ class VastModel:
             if var in os.environ and var not in env:
                 env[var] = os.environ[var]
         return env
+
+    @staticmethod
+    def _gpu_state(inst: Instance) -> dict[str, Any]:
+        """The box's GPUs (``vast.gpus``): written at its first boot, kept across a stop and start."""
+        path = inst.folder / gpus.STATE_FILE
+        if path.is_file():
+            state: dict[str, Any] = json.loads(path.read_text())
+            return state
+        state = gpus.initial_state(inst.offer.fields, inst.id)
+        inst.folder.mkdir(parents=True, exist_ok=True)
+        gpus.write_state(inst.folder, state)
+        return state
+
+    def set_gpu_load(self, iid: int, body: Any) -> dict[str, Any]:
+        """``POST /_control/gpu/{id}``: what the box's nvidia-smi reports from now on (``vast.gpus.set_load``)."""
+        with self.lock:
+            inst = self.get(iid)
+            self._gpu_state(inst)
+            return gpus.set_load(inst.folder, body)
 
     def _boot(self, inst: Instance) -> None:
         relays = [PortRelay(self.host, port) for port in inst.ports]

@@ -13,7 +13,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict
 
 from spotleash.errors import InvalidTransition
 from spotleash.providers import ProviderName
-from spotleash.wire.events import ComponentReport, InstanceFailure
+from spotleash.wire.events import ComponentReport, GpuReport, InstanceFailure
 
 
 class State(StrEnum):
@@ -120,6 +120,7 @@ class InstanceRecord(BaseModel):
     first_heartbeat_at: AwareDatetime | None = None
     ready_at: AwareDatetime | None = None
     idle_s: float = 0.0  # as the last heartbeat reported it (no request served, CPU under its threshold)
+    gpus: list[GpuReport] = []  # as the last heartbeat reported them (name, memory, utilisation)
     snapshot_request: RequestedSnapshot | None = None
     # A replacement (``replaces`` set): its predecessor's last sign of life, and the restore it reported;
     # with created_at, running_at, first_heartbeat_at and ready_at they give the failover's phases.

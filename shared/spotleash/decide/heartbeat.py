@@ -24,7 +24,7 @@ def record_beat(r: InstanceRecord, beat: Heartbeat, verdict: Readiness, settings
     moved = transition(r, dst, now, last_heartbeat=now, preempted=r.preempted or beat.preempted,
                        preempted_at=now if notices_preemption(r, beat) else r.preempted_at,
                        component_states=states, tls_fingerprint=r.tls_fingerprint or beat.tls_fingerprint,
-                       first_heartbeat_at=r.first_heartbeat_at or now, idle_s=beat.idle_s,
+                       first_heartbeat_at=r.first_heartbeat_at or now, idle_s=beat.idle_s, gpus=list(beat.gpus),
                        ready_at=r.ready_at or (now if dst is State.READY else None))
     return moved.model_copy(update={"snapshot_request": hibernate.after_beat(moved, beat.idle_s, settings, now)})
 

@@ -4,7 +4,7 @@ What a heartbeat's reply means is the pure functions ``interpret_beat_reply`` an
 everything else is plumbing. Snapshots and the restore at boot run on the ``SnapshotKeeper``'s thread
 (``instance_agent.keeper``): an instance with a package restores before its components start, one
 without restores at once; a reply's ``snapshot_request`` and the preemption notice queue a snapshot
-there. Each beat carries ``idle_s`` (``instance_agent.idle`` has the rule).
+there. Each beat carries ``idle_s`` (``instance_agent.idle`` has the rule) and the GPUs' readings.
 Failures to reach the control plane are logged and retried at the next interval — the agent never
 crashes on them. It exits 0 when told to stop (answer ``{"action":"stop"}``, 401/404/410) or on SIGTERM.
 """
@@ -33,7 +33,7 @@ from spotleash.instance_agent.workload import DEFAULT_WORK_ROOT, Workload, workl
 from spotleash.log import get_logger
 from spotleash.providers import AgentTransport
 from spotleash.wire.agent_config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
-from spotleash.wire.events import Heartbeat, InstanceFailure
+from spotleash.wire.events import GpuReport, Heartbeat, InstanceFailure
 from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
 
 log = get_logger(__name__)
@@ -159,6 +159,7 @@ class InstanceAgent:
         self.idle_s = 0.0
         self._cpu = 0.0
         self._gpu = GpuProbe()
+        self._gpus: list[GpuReport] = []  # the GPUs' readings at the last beat (instance_agent.idle)
         self._cpu_meter: CpuMeter | None = None
 
     # ------------------------------------------------------------------ one heartbeat
@@ -182,17 +183,20 @@ class InstanceAgent:
             started_at=self.workload.started_at if self.workload else None,
             timings=dict(self.workload.timings) if self.workload else {},
             snapshot=snapshot,
+            gpus=self._gpus,
         )
 
     def _sample_idle(self, cfg: AgentConfig) -> None:
-        """CPU since the last beat, GPUs now and the front's last request → ``idle_s`` (instance_agent.idle)."""
+        """CPU since the last beat, GPUs now and the front's last request → ``idle_s`` (instance_agent.idle);
+        the GPUs' readings also go into the beat."""
         now = time.monotonic()
         if self._cpu_meter is None:
             self._cpu_meter = CpuMeter()
         self._cpu = self._cpu_meter.sample()
         if self.idle is None:
             self.idle = IdleClock(now, cpu_threshold=cfg.idle_cpu_percent, gpu_threshold=cfg.idle_gpu_percent)
-        self.idle_s = self.idle.observe(now, cpu_percent=self._cpu, gpu_percents=self._gpu.sample(),
+        self._gpus = self._gpu.sample()
+        self.idle_s = self.idle.observe(now, cpu_percent=self._cpu, gpus=self._gpus,
                                         last_request_at=self.workload.last_request_at if self.workload else None)
 
     def heartbeat(self) -> BeatOutcome:
@@ -209,7 +213,7 @@ class InstanceAgent:
         try:
             r = self._http.post(
                 cfg.heartbeat_url,
-                content=beat.model_dump_json(),
+                content=beat.wire_json(),
                 headers={"Authorization": f"Bearer {self._token}", "Content-Type": "application/json"},
             )
             status, body = r.status_code, r.text

@@ -12,11 +12,15 @@ busy moment (since the agent started, when there was none):
   cgroup when it has one (``CpuMeter``): a VAST box is a container, whose ``/proc/stat`` counts the whole
   host and its other tenants;
 - any GPU's utilisation (``nvidia-smi``, when the box has one) was at or above
-  ``AgentConfig.idle_gpu_percent`` (default 10 %) at the heartbeat.
+  ``AgentConfig.idle_gpu_percent`` (default 10 %) at the heartbeat;
+- any GPU's used memory moved by ``GPU_MEMORY_STEP_MIB`` or more since the previous heartbeat: weights
+  being loaded or a batch allocating show there before (or instead of) in the utilisation. Memory that
+  stays put does not keep the box awake: a model resident in VRAM that nobody asks is exactly what
+  hibernation is for.
 
 The samples are taken once per heartbeat, so a burst shorter than the interval counts through the CPU
 average and the front's clock, not through the GPU's instantaneous reading. A box without a front is
-judged on CPU and GPU alone.
+judged on CPU and GPU alone. The heartbeat carries the GPU readings themselves (``Heartbeat.gpus``).
 """
 
 from __future__ import annotations
@@ -31,12 +35,44 @@ from pathlib import Path
 import psutil
 
 from spotleash.log import get_logger
+from spotleash.wire.events import GpuReport
 
 log = get_logger(__name__)
 
 NVIDIA_SMI = "nvidia-smi"
-GPU_QUERY = [NVIDIA_SMI, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"]
+GPU_FIELDS = "name,memory.total,memory.used,utilization.gpu"
+GPU_QUERY = [NVIDIA_SMI, f"--query-gpu={GPU_FIELDS}", "--format=csv,noheader,nounits"]
 GPU_TIMEOUT_S = 5.0
+GPU_MEMORY_STEP_MIB = 256
+NOT_AVAILABLE = ("[N/A]", "[Not Supported]", "N/A")
+
+
+def _number(text: str, what: str) -> float | None:
+    value = text.strip()
+    if value in NOT_AVAILABLE:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{what} is not a number: {value!r}") from None
+
+
+def parse_gpu_query(text: str) -> list[GpuReport]:
+    """``GPU_QUERY``'s output, one GPU a line (``name, MiB total, MiB used, % utilisation``), in
+    ``nvidia-smi``'s order; "[N/A]" figures are None. ValueError on a line of another shape."""
+    gpus = []
+    for n, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        name, *rest = (part.strip() for part in line.rsplit(",", 3))
+        if len(rest) != 3 or not name:
+            raise ValueError(f"line {n + 1} is not '{GPU_FIELDS}': {line.strip()[:120]!r}")
+        total, used, util = (_number(v, f"line {n + 1}'s {f}") for v, f in zip(rest, GPU_FIELDS.split(",")[1:],
+                                                                                  strict=True))
+        gpus.append(GpuReport(name=name[:128], memory_total_mib=None if total is None else int(total),
+                              memory_used_mib=None if used is None else int(used),
+                              utilization_percent=None if util is None else min(max(util, 0.0), 100.0)))
+    return gpus
 
 
 class IdleClock:
@@ -46,11 +82,21 @@ class IdleClock:
         self._busy_at = started_at
         self.cpu_threshold = cpu_threshold
         self.gpu_threshold = gpu_threshold
+        self._gpu_memory: list[int | None] = []  # each GPU's used MiB at the previous observation
 
-    def observe(self, now: float, *, cpu_percent: float, gpu_percents: Sequence[float] = (),
+    def _gpus_busy(self, gpus: Sequence[GpuReport]) -> bool:
+        used = [g.memory_used_mib for g in gpus]
+        moved = any(now is not None and before is not None and abs(now - before) >= GPU_MEMORY_STEP_MIB
+                    for now, before in zip(used, self._gpu_memory, strict=False))
+        self._gpu_memory = used
+        working = any(g.utilization_percent is not None and g.utilization_percent >= self.gpu_threshold
+                      for g in gpus)
+        return moved or working
+
+    def observe(self, now: float, *, cpu_percent: float, gpus: Sequence[GpuReport] = (),
                 last_request_at: float | None = None) -> float:
         cpu_busy = self.cpu_threshold > 0 and cpu_percent >= self.cpu_threshold
-        if cpu_busy or any(g >= self.gpu_threshold for g in gpu_percents):
+        if self._gpus_busy(gpus) or cpu_busy:
             self._busy_at = now
         if last_request_at is not None and last_request_at > self._busy_at:
             self._busy_at = min(last_request_at, now)
@@ -65,24 +111,24 @@ def _run(argv: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 class GpuProbe:
-    """Each GPU's utilisation in percent from ``nvidia-smi``; empty when the box has none (or it fails)."""
+    """Each GPU's name, memory and utilisation from ``nvidia-smi``; empty when the box has none (or it fails)."""
 
     def __init__(self, run: Runner = _run, which: Callable[[str], str | None] = shutil.which) -> None:
         self._run = run
         self.present = which(NVIDIA_SMI) is not None
         self._warned = False
 
-    def sample(self) -> list[float]:
+    def sample(self) -> list[GpuReport]:
         if not self.present:
             return []
         try:
             out = self._run(GPU_QUERY)
             if out.returncode != 0:
                 raise ValueError(f"exit {out.returncode}: {out.stderr.strip()[:200]}")
-            return [float(line) for line in out.stdout.split() if line.strip()]
+            return parse_gpu_query(out.stdout)
         except (OSError, subprocess.TimeoutExpired, ValueError) as e:
             if not self._warned:  # once: a broken driver would otherwise log at every beat
-                log.warning("nvidia-smi gave no utilisation; GPUs count as idle", reason=str(e)[:200])
+                log.warning("nvidia-smi gave no readings; GPUs count as idle", reason=str(e)[:200])
                 self._warned = True
             return []
 

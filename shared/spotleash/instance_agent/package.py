@@ -49,5 +49,9 @@ def launches(manifest: Manifest, wanted: list[str]) -> list[Launch]:
         raise PackageFailure("component_unknown", f"the package has no component {', '.join(missing)} "
                                                   f"(it has {', '.join(sorted(known))})")
     chosen = [known[n] for n in wanted] if wanted else list(manifest.app.components)
+    # A package that marks its GPU components (``gpu = true``) hides the GPUs from the others; one that marks
+    # none leaves every component the box's GPUs (it may route them to a GPU box by SPOTLEASH_GPU_COMPONENTS).
+    marks_gpus = any(c.gpu for c in manifest.app.components)
     return [Launch(name=c.name, argv=tuple(c.command), port=c.port, health_path=c.health_path,
-                   timeout_s=c.start_timeout_s, env=dict(c.env)) for c in chosen]
+                   timeout_s=c.start_timeout_s, env=dict(c.env), sees_gpus=c.gpu or not marks_gpus)
+            for c in chosen]

@@ -4,7 +4,9 @@ The one supervisor of both sides: the instance agent runs the remote copies with
 (``instance_agent.workload``), the laptop agent the local copies (``agent.local_copies``).
 
 Each component is one process in its own process group (so stopping it stops everything it
-started), with the ``cwd`` and base environment its caller gives, its declared environment and ``PORT``.
+started), with the ``cwd`` and base environment its caller gives, its declared environment and ``PORT``;
+when the package declares which components need a GPU (``gpu = true``), the others run with
+``CUDA_VISIBLE_DEVICES`` empty (they cannot take the memory of the ones that do; ``package.launches`` decides).
 Its output goes to a rotating file ``<log_dir>/<name>.log``; the last lines are kept in memory to explain
 a crash. The rules of its state are in ``health``; this module only observes and acts.
 
@@ -51,6 +53,7 @@ LOG_MAX_BYTES = 10 * 1024 * 1024
 LOG_BACKUPS = 3
 TAIL_LINES = 20
 AT_ONCE_S = 2.0  # a process that exits this soon after its start "exits at once": its command is wrong
+CUDA_DEVICES_ENV = "CUDA_VISIBLE_DEVICES"
 
 
 @dataclass(frozen=True)
@@ -63,6 +66,14 @@ class Launch:
     health_path: str
     timeout_s: float
     env: Mapping[str, str] = field(default_factory=dict)
+    sees_gpus: bool = True  # False: runs with CUDA_VISIBLE_DEVICES="" (``package.launches`` says when)
+
+    def process_env(self, base: Mapping[str, str], port: int) -> dict[str, str]:
+        """The component's environment: ``base``, its own ``env``, PORT, its GPUs."""
+        env = {**base, **self.env, "PORT": str(port)}
+        if not self.sees_gpus:
+            env[CUDA_DEVICES_ENV] = ""
+        return env
 
 
 def port_free(port: int) -> bool:
@@ -151,7 +162,7 @@ class ComponentRunner:
             taken, self.port = self.port, free_port()
             log.warning("component port in use; using another", component=self.launch.name, port=taken,
                         chosen=self.port)
-        env = {**self._base_env, **self.launch.env, "PORT": str(self.port)}
+        env = self.launch.process_env(self._base_env, self.port)
         self._tail.clear()  # a crash is explained by its own run's output
         self._out.info("--- starting %s (port %d, restart %d)", list(self.launch.argv), self.port, self.restarts)
         try:

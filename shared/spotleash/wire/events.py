@@ -149,6 +149,17 @@ class ComponentReport(BaseModel):
     gave_up: bool = False  # not healthy by its deadline: the instance cannot do the job it was rented for
 
 
+class GpuReport(BaseModel):
+    """One GPU of an instance as ``nvidia-smi`` reports it at a heartbeat (MiB and percent; None: "[N/A]")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    memory_total_mib: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    memory_used_mib: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    utilization_percent: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
 class InstanceFailure(BaseModel):
     """The instance cannot run its package at all (missing, unverified, failed to install)."""
 
@@ -179,6 +190,13 @@ class Heartbeat(Event):
     # to_healthy_s: components started → all healthy). The READY audit entry keeps them (``bench/``).
     started_at: AwareDatetime | None = None
     timings: Annotated[dict[PhaseName, Annotated[float, Field(ge=0, le=86400)]], Field(max_length=16)] = {}
+    # The instance's GPUs (empty on a box without nvidia-smi). Added after the first release: a beat without
+    # GPUs goes out without the key (``wire_json``), byte for byte what a control plane of before expects.
+    gpus: Annotated[list[GpuReport], Field(max_length=16)] = []
+
+    def wire_json(self) -> str:
+        """The body an instance posts: ``gpus`` left out when there are none (see the field)."""
+        return self.model_dump_json(exclude=None if self.gpus else {"gpus"})
 
 
 class BudgetAlert(BaseModel):

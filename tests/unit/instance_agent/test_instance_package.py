@@ -380,3 +380,23 @@ def test_extract_checks_each_member_again_as_it_writes(tmp_path: Path) -> None:
     bootstrap.extract_archive(archive, ok, manifest["files"])
     assert (ok / "app" / "web.py").read_text() == "print('hi')\n" and (ok / "manifest.json").exists()
     assert (ok / "app" / "web.py").stat().st_mode & 0o777 == 0o644
+
+
+def test_only_gpu_components_see_the_box_s_gpus(tmp_path: Path) -> None:
+    _, manifest = build_package(tmp_path / "p.tar.gz", _app(), {}, [], [])
+    web, job = launches(manifest, [])
+    assert (web.sees_gpus, job.sees_gpus) == (False, True)
+    box = {"PATH": "/usr/bin", "CUDA_VISIBLE_DEVICES": "0,1"}
+    assert job.process_env(box, 18102) == {**box, "PORT": "18102"}  # the box's GPUs, as the box sets them
+    hidden = web.process_env(box, 18101)
+    assert hidden["CUDA_VISIBLE_DEVICES"] == "" and hidden["PORT"] == "18101" and hidden["MODE"] == "x"
+    assert web.process_env({"PATH": "/usr/bin"}, 1)["CUDA_VISIBLE_DEVICES"] == ""  # hidden on any box
+    assert "CUDA_VISIBLE_DEVICES" not in job.process_env({"PATH": "/usr/bin"}, 1)  # unset stays unset: all GPUs
+
+
+def test_a_package_that_marks_no_gpu_component_hides_no_gpu(tmp_path: Path) -> None:
+    app = AppSpec(name="demo", components=[ComponentSpec(name="web", command=["python", "web.py"], port=18101),
+                                           ComponentSpec(name="job", command=["python", "job.py"], port=18102)])
+    _, manifest = build_package(tmp_path / "p.tar.gz", app, {}, [], [])
+    box = {"CUDA_VISIBLE_DEVICES": "0"}
+    assert [x.process_env(box, 1)["CUDA_VISIBLE_DEVICES"] for x in launches(manifest, [])] == ["0", "0"]

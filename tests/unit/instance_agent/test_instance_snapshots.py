@@ -4,17 +4,19 @@ heartbeat reply asks for, how long the box has been idle (the rule in ``instance
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from spotleash.instance_agent.agent import snapshot_request_of
-from spotleash.instance_agent.idle import GPU_QUERY, GpuProbe, IdleClock
+from spotleash.instance_agent.idle import GPU_MEMORY_STEP_MIB, GPU_QUERY, GpuProbe, IdleClock, parse_gpu_query
 from spotleash.instance_agent.keeper import fingerprint, new_snapshot_id, resolve_state_paths
 from spotleash.instance_agent.snapshot.common import SnapshotError
 from spotleash.instance_agent.snapshot.restore import MAX_RESTORE_WAIT_S, restore
 from spotleash.instance_agent.snapshot.take import take_snapshot
+from spotleash.wire.events import GpuReport
 from spotleash.wire.ids import ID_PATTERN
 from spotleash.wire.snapshot import (
     SNAPSHOT_REQUEST_FIELD,
@@ -85,12 +87,17 @@ def test_the_fingerprint_changes_with_content_size_or_names_only(tmp_path: Path)
     assert fingerprint([tmp_path / "missing"]) == fingerprint([])
 
 
+def gpu(util: float | None, used: int | None = 0) -> GpuReport:
+    return GpuReport(name="NVIDIA GeForce RTX 4090", memory_total_mib=24564, memory_used_mib=used,
+                     utilization_percent=util)
+
+
 def test_idle_counts_from_the_last_busy_moment() -> None:
     clock = IdleClock(100.0, cpu_threshold=10.0, gpu_threshold=10.0)
     assert clock.observe(130.0, cpu_percent=3.0) == 30.0  # never busy: since the agent started
     assert clock.observe(160.0, cpu_percent=55.0) == 0.0  # CPU busy
-    assert clock.observe(190.0, cpu_percent=2.0, gpu_percents=[4.0, 9.9]) == 30.0
-    assert clock.observe(200.0, cpu_percent=2.0, gpu_percents=[0.0, 80.0]) == 0.0  # one GPU busy
+    assert clock.observe(190.0, cpu_percent=2.0, gpus=[gpu(4.0), gpu(9.9)]) == 30.0
+    assert clock.observe(200.0, cpu_percent=2.0, gpus=[gpu(0.0), gpu(80.0)]) == 0.0  # one GPU busy
     assert clock.observe(260.0, cpu_percent=2.0, last_request_at=250.0) == 10.0  # a request through the front
     assert clock.observe(300.0, cpu_percent=2.0, last_request_at=250.0) == 50.0  # the same request again: old
     assert clock.observe(310.0, cpu_percent=10.0) == 0.0  # the threshold itself is busy
@@ -99,21 +106,57 @@ def test_idle_counts_from_the_last_busy_moment() -> None:
     assert off.observe(140.0, cpu_percent=100.0, last_request_at=135.0) == 5.0  # requests still do
 
 
-def test_gpu_utilisation_from_nvidia_smi_or_none() -> None:
+def test_gpu_memory_that_moves_is_busy_and_memory_that_stays_is_not() -> None:
+    clock = IdleClock(0.0, cpu_threshold=10.0, gpu_threshold=10.0)
+    assert clock.observe(30.0, cpu_percent=0.0, gpus=[gpu(0.0, 0), gpu(0.0, 0)]) == 30.0  # first reading
+    assert clock.observe(60.0, cpu_percent=0.0, gpus=[gpu(0.0, 0), gpu(2.0, 9000)]) == 0.0  # weights loading
+    assert clock.observe(90.0, cpu_percent=0.0, gpus=[gpu(0.0, 0), gpu(0.0, 9000)]) == 30.0  # resident, unused
+    assert clock.observe(120.0, cpu_percent=0.0, gpus=[gpu(0.0, 0), gpu(0.0, 9000 + GPU_MEMORY_STEP_MIB - 1)]) == 60.0
+    assert clock.observe(150.0, cpu_percent=0.0, gpus=[gpu(0.0, 0), gpu(0.0, 100)]) == 0.0  # freed: work ended
+    assert clock.observe(180.0, cpu_percent=0.0, gpus=[gpu(None, None), gpu(None, None)]) == 30.0  # [N/A]: no sign
+    assert clock.observe(210.0, cpu_percent=0.0, gpus=[gpu(0.0, 20000), gpu(0.0, 100)]) == 60.0  # after N/A: a new base
+    assert clock.observe(240.0, cpu_percent=0.0, gpus=[gpu(0.0, 20000)]) == 90.0  # a GPU gone from the list
+
+
+def test_gpu_readings_from_nvidia_smi_or_none() -> None:
     calls: list[list[str]] = []
 
     def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
         calls.append(argv)
-        return subprocess.CompletedProcess(argv, 0, stdout="12\n87\n", stderr="")
+        return subprocess.CompletedProcess(argv, 0, stdout="NVIDIA GeForce RTX 4090, 24564, 1201, 12\n"
+                                                            "NVIDIA GeForce RTX 4090, 24564, 0, 87\n", stderr="")
 
-    assert GpuProbe(run, which=lambda _n: "/usr/bin/nvidia-smi").sample() == [12.0, 87.0]
+    assert GpuProbe(run, which=lambda _n: "/usr/bin/nvidia-smi").sample() == [gpu(12.0, 1201), gpu(87.0, 0)]
     assert calls == [GPU_QUERY]
+    assert GPU_QUERY == ["nvidia-smi", "--query-gpu=name,memory.total,memory.used,utilization.gpu",
+                         "--format=csv,noheader,nounits"]
     assert GpuProbe(run, which=lambda _n: None).sample() == []
 
     def broken(argv: list[str]) -> subprocess.CompletedProcess[str]:
         return subprocess.CompletedProcess(argv, 9, stdout="", stderr="NVIDIA-SMI has failed")
 
     assert GpuProbe(broken, which=lambda _n: "/usr/bin/nvidia-smi").sample() == []
+
+    def garbled(argv: list[str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(argv, 0, stdout="12\n87\n", stderr="")
+
+    assert GpuProbe(garbled, which=lambda _n: "/usr/bin/nvidia-smi").sample() == []
+
+
+def test_the_gpu_query_parser_reads_what_nvidia_smi_writes() -> None:
+    assert parse_gpu_query("") == []
+    assert parse_gpu_query("NVIDIA A100-SXM4-80GB, 81920, 40960, 100\n\n") == [
+        GpuReport(name="NVIDIA A100-SXM4-80GB", memory_total_mib=81920, memory_used_mib=40960,
+                  utilization_percent=100.0)]
+    # MIG and some virtual GPUs answer [N/A] for utilisation; a name may hold a comma
+    assert parse_gpu_query("Odd, Inc. GPU, 16384, [N/A], [Not Supported]") == [
+        GpuReport(name="Odd, Inc. GPU", memory_total_mib=16384)]
+    for bad, says in (("NVIDIA GeForce RTX 4090, 24564 MiB, 0 MiB, 0 %", "line 1's memory.total is not a number"),
+                      ("NVIDIA GeForce RTX 4090, 24564, 0", "is not 'name,memory.total,memory.used,utilization.gpu'"),
+                      (", 1, 2, 3", "is not 'name,"),
+                      ("GPU, -5, 0, 0", "greater than or equal to 0")):
+        with pytest.raises(ValueError, match=re.escape(says)):
+            parse_gpu_query(bad)
 
 
 class ScriptedChannel:

@@ -15,7 +15,7 @@ from spotleash.model import Lease, State
 from spotleash.services import context as context_module
 from spotleash.services.context import Context, token_hash
 from spotleash.services.heartbeat import BeatReply, handle_heartbeat
-from spotleash.wire.events import Heartbeat
+from spotleash.wire.events import GpuReport, Heartbeat
 from spotleash.wire.snapshot import AbandonedAsk
 
 
@@ -270,3 +270,16 @@ def test_a_preemption_whose_failover_demand_cannot_be_published_is_left_for_the_
     # Still live and unreplaced: once the provider has taken it, the reaper decides it lost and asks again.
     assert old.live and old.preempted and old.replaced_by is None and len(gce.instances) == 1
     assert "failover" not in [a for a, _ in actions(store, rec.instance_id)]
+
+
+def test_the_record_keeps_the_gpus_of_the_last_beat(ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    rec = launched(ctx)
+    rtx = GpuReport(name="NVIDIA GeForce RTX 4090", memory_total_mib=24564, memory_used_mib=9000,
+                    utilization_percent=71.0)
+    clock.advance(5)
+    busy = beat(rec).model_copy(update={"gpus": [rtx]})
+    assert handle_heartbeat(ctx, busy, token(ctx, rec.instance_id)).action == "continue"
+    assert record_of(store, rec.instance_id).gpus == [rtx]
+    clock.advance(5)
+    assert handle_heartbeat(ctx, beat(rec), token(ctx, rec.instance_id)).action == "continue"
+    assert record_of(store, rec.instance_id).gpus == []  # the last beat says: none now

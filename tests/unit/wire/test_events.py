@@ -17,6 +17,7 @@ from spotleash.wire.events import (
     Component,
     DemandEvent,
     Event,
+    GpuReport,
     Heartbeat,
     LeaseEvent,
     ReapTick,
@@ -436,3 +437,23 @@ def test_a_pressure_demand_parses_and_an_older_agents_demand_still_does() -> Non
     assert isinstance(ev, DemandEvent) and [c.name for c in ev.components] == ["vision"]
     new = parse_event(old.replace(b'"threshold"', b'"pressure"'), DemandEvent)
     assert isinstance(new, DemandEvent) and new.trigger == "pressure"
+
+
+def test_a_beat_carries_its_gpus_and_a_beat_without_gpus_is_what_it_was_before() -> None:
+    plain = Heartbeat(lease_id="lease-1", instance_id="sl-1", idle_s=3.0)
+    assert "gpus" not in json.loads(plain.wire_json())  # a control plane of before forbids unknown keys
+    assert parse_event(plain.wire_json(), Heartbeat) == plain  # and one of now reads it as no GPUs
+    rtx = GpuReport(name="NVIDIA GeForce RTX 4090", memory_total_mib=24564, memory_used_mib=9000,
+                    utilization_percent=71.0)
+    with_gpu = plain.model_copy(update={"gpus": [rtx, GpuReport(name="NVIDIA GeForce RTX 4090")]})
+    assert json.loads(with_gpu.wire_json())["gpus"][0] == {"name": "NVIDIA GeForce RTX 4090",
+                                                            "memory_total_mib": 24564, "memory_used_mib": 9000,
+                                                            "utilization_percent": 71.0}
+    assert parse_event(with_gpu.wire_json(), Heartbeat) == with_gpu
+    for bad in ({"name": ""}, {"name": "g", "utilization_percent": 101}, {"name": "g", "memory_used_mib": -1},
+                {"name": "g", "cores": 5}):
+        raw = json.loads(plain.wire_json()) | {"gpus": [bad]}
+        out = parse_event(json.dumps(raw), Heartbeat)
+        assert isinstance(out, Rejected) and out.reason == "invalid" and "gpus.0" in out.detail
+    too_many = json.loads(plain.wire_json()) | {"gpus": [{"name": "g"}] * 17}
+    assert isinstance(parse_event(json.dumps(too_many), Heartbeat), Rejected)

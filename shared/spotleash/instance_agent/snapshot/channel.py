@@ -67,7 +67,7 @@ class HeartbeatChannel:
             pause = min(pause * 2, 8.0)
 
     def _ask_once(self, ask: SnapshotAsk) -> SnapshotReply:
-        body = self._beat(ask).model_dump_json()
+        body = self._beat(ask).wire_json()
         try:
             r = self._http.post(self._url, content=body, headers={
                 "Authorization": f"Bearer {self._token}", "Content-Type": "application/json"})
