@@ -1,7 +1,7 @@
 """``spotleash publish``: package the app, upload it content-addressed, move the channel's pointer.
 
 1. read ``spotleash.toml`` (``[app]``), collect the app tree (ignore rules, secret refusal);
-2. build spotleash's wheel and resolve every wheel the instance needs (cached);
+2. spotleash's own wheel (``own_wheel``: built from a source tree, rebuilt from an installed copy) and resolve every wheel the instance needs (cached);
 3. write the deterministic archive: same files → same bytes → same sha256;
 4. upload it to ``gs://<bucket>/packages/<sha256>.tar.gz`` with ``if_generation_match=0`` — skipped
    when it is already there (a re-publish of the same tree uploads 0 bytes);
@@ -26,6 +26,7 @@ from spotleash.errors import BadInput
 from spotleash.log import get_logger
 from spotleash.packaging import app_tree, wheels
 from spotleash.packaging.appspec import LoadedApp
+from spotleash.packaging.own_wheel import own_wheel
 from spotleash.wire.package import (
     build_package,
     package_object,
@@ -79,7 +80,7 @@ def build(app: LoadedApp, work_dir: Path, wheel_cache: Path, timings: dict[str, 
     timings["collect"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
-    own = wheels.build_spotleash_wheel(wheel_cache / "spotleash")
+    own = own_wheel(wheel_cache / "spotleash")
     wheel_files = wheels.resolve(own, list(app.spec.requirements), wheel_cache)
     timings["wheels"] = round(time.monotonic() - t, 3)
 

@@ -1,5 +1,5 @@
-"""The wheels a package carries: spotleash's own, built from this source tree, and everything
-``spotleash[instance]`` plus the app's requirements resolve to on the instance's platform.
+"""The wheels a package carries: spotleash's own (``own_wheel``) and everything ``spotleash[instance]``
+plus the app's requirements resolve to on the instance's platform.
 
 Resolution is ``pip download --only-binary=:all:`` for linux x86_64 / CPython 3.11, so an instance
 installs offline exactly these files and never asks a public index for a name. The resolved set is
@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -20,7 +19,6 @@ import zipfile
 from email.parser import Parser
 from pathlib import Path
 
-import spotleash
 from spotleash.errors import BadInput, Transient
 from spotleash.wire.package import PLATFORM, PYTHON_VERSION
 
@@ -29,28 +27,15 @@ PIP_TIMEOUT_S = 900
 
 
 class WheelError(BadInput):
-    """Requirements that cannot be resolved to wheels for the instance's platform, or no source to build."""
+    """Requirements that cannot be resolved to wheels for the instance's platform, or spotleash's own wheel
+    cannot be built."""
 
 
 class WheelTransient(Transient):
     """The package index could not be reached."""
 
 
-def source_root() -> Path:
-    """The spotleash source tree this code runs from (its pyproject.toml), or ``WheelError``."""
-    root = Path(spotleash.__file__).resolve().parents[2]
-    pyproject = root / "pyproject.toml"
-    if not pyproject.is_file() or 'name = "spotleash"' not in pyproject.read_text():
-        raise WheelError(f"publish builds spotleash's wheel from its source tree, but {root} is not one "
-                         "(install spotleash from a clone of its repository)")
-    return root
-
-
-def _uv() -> str | None:
-    return os.environ.get("UV") or shutil.which("uv")
-
-
-def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
+def run_tool(argv: list[str], what: str, cwd: Path | None = None) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=PIP_TIMEOUT_S, cwd=cwd, check=False)
     except subprocess.TimeoutExpired as e:
@@ -62,25 +47,6 @@ def _run(argv: list[str], what: str, cwd: Path | None = None) -> str:
             raise WheelTransient(f"{what}: the package index is unreachable:\n{tail}")
         raise WheelError(f"{what} failed:\n{tail}")
     return done.stdout
-
-
-def build_spotleash_wheel(out_dir: Path) -> Path:
-    """Build spotleash's wheel (hatchling builds are reproducible: same source → same bytes)."""
-    root = source_root()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_dir) as tmp:
-        uv = _uv()
-        if uv:
-            argv = [uv, "build", "--wheel", "--quiet", "--out-dir", tmp, str(root)]
-        else:
-            argv = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", tmp, str(root)]
-        _run(argv, "building spotleash's wheel")
-        built = sorted(Path(tmp).glob("spotleash-*.whl"))
-        if len(built) != 1:
-            raise WheelError(f"building spotleash's wheel produced {[p.name for p in built]}")
-        dest = out_dir / built[0].name
-        os.replace(built[0], dest)
-    return dest
 
 
 def _requires_dist(wheel: Path) -> list[str]:
@@ -130,7 +96,7 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> 
             "--cache-dir", str(cache_dir / "pip-cache"), "-d", tmp,
             f"{spotleash_wheel}[{INSTANCE_EXTRA}]", *requirements,
         ]
-        _run(argv, f"resolving wheels for {PLATFORM} / CPython {PYTHON_VERSION} ({', '.join(requirements) or 'no app requirements'})")
+        run_tool(argv, f"resolving wheels for {PLATFORM} / CPython {PYTHON_VERSION} ({', '.join(requirements) or 'no app requirements'})")
         got = sorted(p for p in Path(tmp).glob("*.whl") if not p.name.startswith("spotleash-"))
         not_wheels = sorted(p.name for p in Path(tmp).iterdir() if p.suffix != ".whl")
         if not_wheels:
