@@ -22,6 +22,7 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from spotleash.cli._common import console, err_console, hms, out, settings, short_duration
+from spotleash.cli.init import init_command
 from spotleash.cli.publish import publish_command
 from spotleash.cli.snapshot import snapshot_app
 from spotleash.clock import age_s
@@ -339,6 +340,7 @@ def logs(
 
 
 app.command("publish")(publish_command)
+app.command("init")(init_command)
 app.add_typer(snapshot_app, name="snapshot")
 
 
