@@ -41,7 +41,7 @@ IN_FLIGHT_GRACE_S = 10.0  # beyond the create retry budget, before a redelivery 
 @dataclass(frozen=True)
 class LaunchOutcome:
     instance_id: str
-    state: State
+    state: State | None  # None: a dry run, nothing recorded
     created: bool  # False: a duplicate or redelivered event found the existing record
     reason: str | None = None
 
@@ -168,9 +168,28 @@ def _fail(ctx: Context, rec: InstanceRecord, reason: str, detail: str) -> Launch
     return LaunchOutcome(rec.instance_id, State.FAILED, True, reason)
 
 
+def dry_run(ctx: Context, event: DemandEvent) -> LaunchOutcome:
+    """What a demand would do, audited as ``demand_dry_run`` under the instance id it would get: the whole
+    event path proven (Pub/Sub, the push, the function, Firestore reads and a write) without renting anything."""
+    now = ctx.now()
+    try:
+        decision = plan_launch(event, gather_facts(ctx, event.lease_id, now), ctx.settings, now)
+        would = f"launch_{decision.provider}" if isinstance(decision, LaunchPlan) else decision.reason
+    except LeaseUnknown:
+        would = "wait_for_lease"  # a real demand would wait for the lease's first renewal
+    instance_id = instance_id_for(event.event_id)
+    ctx.store.audit("demand_dry_run", would, now, instance_id=instance_id, lease_id=event.lease_id,
+                    event_id=event.event_id)
+    log.info("dry-run demand", event_id=event.event_id, lease_id=event.lease_id, would=would)
+    return LaunchOutcome(instance_id, None, False, would)
+
+
 def handle_demand(ctx: Context, event: DemandEvent) -> LaunchOutcome:
     """One demand: decide and record the intent (or resume it), create the instance, record it RUNNING.
-    Each step returns the record to go on with, or the outcome when the launch ends there."""
+    Each step returns the record to go on with, or the outcome when the launch ends there. A dry run
+    only decides and audits (``dry_run``)."""
+    if event.dry_run:
+        return dry_run(ctx, event)
     now = ctx.now()
     instance_id = instance_id_for(event.event_id)
     existing = ctx.store.get(instance_id)

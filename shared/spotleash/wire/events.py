@@ -72,6 +72,9 @@ class DemandEvent(Event):
     # allowed to create instances): the lost instance it replaces and that one's last sign of life.
     replaces: Id | None = None
     lost_at: AwareDatetime | None = None
+    # A dry run (``spotleash check``): on_demand decides as for a real demand and audits ``demand_dry_run``
+    # with what it would do; it records no instance and calls no provider.
+    dry_run: bool = False
 
     @model_validator(mode="after")
     def _replaces_only_on_failover(self) -> DemandEvent:

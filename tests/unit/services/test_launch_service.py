@@ -350,3 +350,19 @@ def test_a_first_heartbeat_that_beats_the_launcher_keeps_the_provider_facts(ctx:
     rec = record_of(store, IID)
     assert rec.state is State.READY
     assert (rec.provider_id, rec.zone, rec.price_per_hour) == (made.provider_id, made.zone, made.price_per_hour)
+
+
+# ------------------------------------------------------------------ dry run (spotleash check)
+@pytest.mark.parametrize(("setup", "would"), [
+    ("open", "launch_gce"), ("none", "wait_for_lease"), ("budget", "budget_exceeded")])
+def test_a_dry_run_demand_audits_what_it_would_do_and_records_and_launches_nothing(
+        setup: str, would: str, ctx: Context, store: MemoryStore, gce: FakeProvider, vast: FakeSshProvider) -> None:
+    if setup != "none":
+        open_lease(ctx)
+    if setup == "budget":
+        REFUSALS["budget_exceeded"](ctx)
+    event = demand().model_copy(update={"dry_run": True})
+    out = handle_demand(ctx, event)
+    assert (out.instance_id, out.state, out.created, out.reason) == (IID, None, False, would)
+    assert actions(store, IID) == [("demand_dry_run", would)]
+    assert store.get(IID) is None and gce.calls == [] and vast.calls == []
