@@ -43,6 +43,7 @@ from local_emulator.procs import (
     stop_all,
     wait_ready,
 )
+from spotleash import extras
 from spotleash.log import get_logger
 from spotleash.topology import Topology, load_topology
 from spotleash.wire.stack_env import env_file, format_env, read_env_file
@@ -234,6 +235,7 @@ class _Recorder:
 # ---------------------------------------------------------------------------- checks
 def _check_prerequisites(topo: Topology, fakes: Sequence[str], functions: bool) -> list[str] | None:
     """Everything that must exist before anything starts; returns the command that serves a function."""
+    extras.require("local", "the local stack")  # before the fakes: their packages import its packages
     unknown = [f for f in fakes if f not in _FAKE_MODULES]
     if unknown:
         raise StackError(f"unknown fake(s) {unknown}; choose from {list(ALL_FAKES)}")
