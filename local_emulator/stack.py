@@ -43,8 +43,8 @@ from local_emulator.procs import (
     stop_all,
     wait_ready,
 )
-from spotleash import extras
 from spotleash.log import get_logger
+from spotleash.packaging import extras
 from spotleash.topology import Topology, load_topology
 from spotleash.wire.stack_env import env_file, format_env, read_env_file
 

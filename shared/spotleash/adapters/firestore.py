@@ -393,6 +393,13 @@ class FirestoreStore:
         self.reads += 1
         return snap.to_dict() if snap.exists else None
 
+    def read_budget_once(self, timeout_s: float) -> dict[str, Any] | None:
+        """``get_budget`` in one attempt bounded by ``timeout_s`` (``spotleash check``: an unreachable Firestore is
+        an answer, not something to retry); the client's own error when it fails."""
+        snap = self.client.collection("budget").document(self.deployment_id).get(retry=None, timeout=timeout_s)
+        self.reads += 1
+        return snap.to_dict() if snap.exists else None
+
     # ---------------------------------------------------------------- the price cache (spotleash.pricing.book)
     def _price_doc(self, machine: str, region: str) -> Any:
         return self.client.collection("prices").document(f"{machine}@{region}".replace("/", "_"))

@@ -160,6 +160,10 @@ class Storage:
         return f"gs://{self.bucket_name}/{name}"
 
     # ------------------------------------------------------------------ reads
+    def bucket_exists(self) -> bool:
+        with _translated(f"look up {self.uri('')}"):
+            return bool(self.bucket.exists(retry=None, timeout=REQUEST_TIMEOUT_S))
+
     def stat(self, name: str) -> ObjectInfo | None:
         """Size and generation of an object, or None when it does not exist."""
         with _translated(f"stat {self.uri(name)}"):

@@ -22,9 +22,11 @@ from rich.markup import escape
 from rich.table import Column, Table
 
 from spotleash.cli._common import console, err_console, hms, out, settings, short_duration
+from spotleash.cli.check import check_command
 from spotleash.cli.init import init_command
 from spotleash.cli.publish import publish_command
 from spotleash.cli.snapshot import snapshot_app
+from spotleash.cli.user_errors import explain
 from spotleash.clock import age_s
 from spotleash.config import Settings, load_settings, secret_env_vars
 from spotleash.errors import ConfigError, ExitCode, SpotleashError
@@ -341,15 +343,16 @@ def logs(
 
 app.command("publish")(publish_command)
 app.command("init")(init_command)
+app.command("check")(check_command)
 app.add_typer(snapshot_app, name="snapshot")
 
 
-def _fail(prefix: str, e: BaseException, code: ExitCode, hint: str = "") -> None:
+def _fail(prefix: str, e: BaseException, code: ExitCode, hint: str = "", text: str | None = None) -> None:
     if _debug:
         raise e
     # soft_wrap: one sentence stays one line whatever the width; escape: a path or a JSON example in
     # the message is text, not rich markup
-    err_console.print(f"[red]{prefix}:[/] {escape(str(e))}{hint}", soft_wrap=True)
+    err_console.print(f"[red]{prefix}:[/] {escape(str(e) if text is None else text)}{hint}", soft_wrap=True)
     sys.exit(code)
 
 
@@ -364,4 +367,8 @@ def main() -> None:
     except (SpotleashError, OSError) as e:
         _fail("error", e, ExitCode.FAILED)
     except Exception as e:  # noqa: BLE001 - the last line of defence: one sentence, not a traceback
-        _fail(f"unexpected error ({type(e).__name__})", e, ExitCode.FAILED, " — run with --debug for details")
+        known = explain(e)  # a library's error the user can fix (credentials, a stack gone, an extra missing)
+        if known is not None:
+            _fail("error", e, ExitCode.FAILED, text=known)
+        _fail(f"unexpected error ({type(e).__name__})", e, ExitCode.FAILED,
+              " — a bug in spotleash: please report it with the output of --debug")

@@ -12,8 +12,8 @@ import google.api_core.exceptions as gexc
 import google.auth.exceptions as gauth
 import pytest
 
-from spotleash import extras
-from spotleash.user_errors import explain
+from spotleash.cli.user_errors import explain
+from spotleash.packaging import extras
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -76,7 +76,7 @@ def test_a_bug_is_not_explained_away() -> None:
 def test_status_without_credentials_or_stack_names_both_fixes(tmp_path: Path) -> None:
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "NO_GCE_CHECK": "true",
            "SPOTLEASH_STATE_DIR": str(tmp_path / "state"), "PYTHONPATH": str(ROOT / "shared")}
-    done = subprocess.run([sys.executable, "-m", "spotleash.cli_main", "status"], cwd=tmp_path, env=env,
+    done = subprocess.run([sys.executable, "-m", "spotleash.cli", "status"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 1, done.stderr
     assert "unexpected" not in done.stderr

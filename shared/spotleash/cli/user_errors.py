@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-from spotleash import extras
+from spotleash.packaging import extras
 
 ADC_OR_STACK = ("run `gcloud auth application-default login` for Google Cloud, or `spotleash local up` for the "
                 "local stack")
