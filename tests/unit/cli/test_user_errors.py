@@ -15,7 +15,7 @@ import pytest
 from spotleash.cli.user_errors import explain
 from spotleash.packaging import extras
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _without(monkeypatch: pytest.MonkeyPatch, *gone: str) -> None:

@@ -14,7 +14,7 @@ from tests.support.tools import project_uv
 from spotleash.packaging.own_wheel import own_wheel, rebuild_installed, source_root
 from spotleash.packaging.wheels import WheelError
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _run(*argv: str | Path) -> None:
