@@ -21,6 +21,7 @@ import typer
 from rich.markup import escape
 from rich.table import Column, Table
 
+import spotleash
 from spotleash.cli._common import console, err_console, hms, out, settings, short_duration
 from spotleash.cli.check import check_command
 from spotleash.cli.init import init_command
@@ -39,17 +40,37 @@ if TYPE_CHECKING:
     from spotleash.model import InstanceRecord
     from spotleash.services.reap import ReapReport
 
-app = typer.Typer(add_completion=True, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
-local_app = typer.Typer(no_args_is_help=True, help="The local stack: Google's emulators, our fakes, the functions.")
-vast_app = typer.Typer(no_args_is_help=True, help="VAST.ai GPU commands.")
+# The help a terminal shows: plain text (no reStructuredText, the module docstring above is for readers of the
+# code), one paragraph a line so click wraps it at the terminal's width.
+APP_HELP = """Rent cheap cloud compute when RAM runs short, and never leave an instance running by mistake.
+
+Start here: spotleash init (write a spotleash.toml for your app), spotleash check (is every part of the deployment there?), spotleash publish (package the app), spotleash agent (watch RAM, rent, release). Without Google Cloud: spotleash local up starts a local stack of emulators and fakes.
+
+--json prints JSON on stdout on every command that has a result; human text and progress then go to stderr. Shell completion: spotleash --install-completion.
+
+Exit codes: 0 ok, 1 the operation failed, 2 wrong usage or configuration, 3 instances left running, 130 interrupted. Errors print as one sentence with the fix; --debug shows the traceback."""
+
+app = typer.Typer(add_completion=True, no_args_is_help=True, help=APP_HELP, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
+local_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None,
+                        help="The local stack: Google's emulators, our fakes, the functions.")
+vast_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="VAST.ai GPU commands.")
 app.add_typer(local_app, name="local")
 app.add_typer(vast_app, name="vast")
 _debug = False
 DOWN_TIMEOUT_S = 300.0  # a GCE delete takes a minute or two; VAST's destroy seconds
 
 
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(f"spotleash {spotleash.__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks")) -> None:
+def main_options(debug: bool = typer.Option(False, "--debug", help="show tracebacks"),
+                 _version: bool = typer.Option(False, "--version", is_eager=True, callback=_print_version,
+                                               help="print the version and exit")) -> None:
     global _debug
     _debug = debug
 

@@ -33,7 +33,7 @@ from spotleash.errors import BadInput, ExitCode
 from spotleash.model import InstanceRecord, RestorePin, SnapshotRecord, SnapshotState, State
 from spotleash.polling import WaitTimeout, wait_until
 
-snapshot_app = typer.Typer(no_args_is_help=True, help="Snapshots of a lease's state: list, take one now, "
+snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Snapshots of a lease's state: list, take one now, "
                            "force one for the next restore.")
 OUTCOME_POLL_S = 2.0  # how often `snapshot create --wait` reads the outcome
 
