@@ -16,7 +16,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from tests.support.tools import project_uv
 
 from local_emulator import stack
 from local_emulator.procs import MissingDependency, StackError, port_open
@@ -302,7 +301,6 @@ def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureReq
     missing = set(stack.ALL_FAKES) - set(available_fakes())
     if missing:
         pytest.skip(f"the session fixture needs every fake; missing: {sorted(missing)}")
-    import os
 
     from tests.conftest import FAST_TIMINGS
 
@@ -313,45 +311,3 @@ def test_local_stack_fixture_sets_env_for_the_session(request: pytest.FixtureReq
     assert os.environ["SPOTLEASH_FN_ON_REAP_URL"] == info.url_of("on_reap")
     assert httpx.get(info.compute_url + "/_control/health", timeout=5).status_code == 200
     assert httpx.get(info.vast_url + "/_control/health", timeout=5).status_code == 200
-
-
-@pytest.mark.slow
-def test_local_up_from_an_installed_wheel(tmp_path: Path) -> None:
-    """Build the wheel, install it (with the locked dependencies) into a throwaway venv, and run
-    `spotleash local up` / `down` from there, outside the source tree."""
-    uv = project_uv()
-    repo = Path(stack.__file__).resolve().parent.parent
-
-    def run(*argv: str | Path, cwd: Path = tmp_path, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
-        assert done.returncode == 0, f"{argv} failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
-        return done
-
-    run(uv, "build", "--wheel", "-q", "-o", tmp_path / "dist", cwd=repo)
-    (wheel,) = (tmp_path / "dist").glob("spotleash-*.whl")
-    run(uv, "export", "--frozen", "--no-dev", "--extra", "local", "--no-emit-project", "--no-hashes", "-q",
-        "-o", tmp_path / "req.txt", cwd=repo)
-    venv = tmp_path / "venv"
-    run(uv, "venv", "-q", "--python", sys.executable, venv)
-    # what a user runs for the local stack: the wheel with its `local` extra (versions pinned by uv.lock)
-    run(uv, "pip", "install", "-q", "--python", venv / "bin" / "python", "-r", tmp_path / "req.txt",
-        f"spotleash[local] @ {wheel.as_uri()}")
-
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME") and not k.startswith("SPOTLEASH_")}
-    env["SPOTLEASH_STATE_DIR"] = str(tmp_path / "state")
-    where = run(venv / "bin" / "python", "-c",
-                "from local_emulator import stack; print(stack.functions_source())", env=env).stdout.strip()
-    assert Path(where).is_file() and Path(where).is_relative_to(venv), where  # the wheel's copy, not the checkout's
-    assert Path(where).read_text() == (repo / "functions" / "main.py").read_text()
-    try:
-        run(venv / "bin" / "spotleash", "local", "up", "--json", env=env)
-        served = json.loads(run(venv / "bin" / "spotleash", "local", "status", "--json", env=env).stdout)
-        assert {r["name"] for r in served} >= set(topo.functions) and all(r["alive"] for r in served)
-        fn = next(r for r in served if r["name"] in topo.functions)
-        assert fn["pid"] and str(venv) in " ".join(psutil.Process(fn["pid"]).cmdline())
-    finally:
-        run(venv / "bin" / "spotleash", "local", "down", env=env)
-    assert_nothing_left(tmp_path / "state", [])
