@@ -175,8 +175,9 @@ def bucket(s: Settings, local: bool) -> Line:
     try:
         store = Storage(s.package_bucket, project=s.project, retry_s=ONE_CALL_S)
         if not store.bucket_exists():
-            return Line("package bucket", False, f"gs://{s.package_bucket} does not exist",
-                        RESTART_STACK if local else f"create it with Terraform, or fix SPOTLEASH_PACKAGE_BUCKET: {TERRAFORM}")
+            fix = (f"fix SPOTLEASH_PACKAGE_BUCKET: the local stack's bucket is {load_topology().package_bucket}"
+                   if local else f"create it with Terraform, or fix SPOTLEASH_PACKAGE_BUCKET: {TERRAFORM}")
+            return Line("package bucket", False, f"gs://{s.package_bucket} does not exist", fix)
         pointer = store.stat(pointer_object(s.package_channel))
         published = parse_pointer(store.read_bytes(pointer.name)[0])[:12] if pointer else None
     except SpotleashError as e:

@@ -107,7 +107,7 @@ def _delete_subscription(state: Path) -> Callable[[], None]:
     ("kill firestore", "Firestore", RESTART),
     ("delete a subscription", "topics and subscriptions", RESTART),
     ("kill the storage emulator", "package bucket", RESTART),
-    ("a bucket that does not exist", "package bucket", "create it with Terraform, or fix SPOTLEASH_PACKAGE_BUCKET"),
+    ("a bucket that does not exist", "package bucket", "fix SPOTLEASH_PACKAGE_BUCKET: the local stack's bucket is"),
     ("no bucket", "package bucket", "set SPOTLEASH_PACKAGE_BUCKET"),
     ("a wrong VAST key", "VAST.ai API key", "set SPOTLEASH_VAST_API_KEY to a valid key"),
     ("kill the VAST fake", "VAST.ai API key", RESTART),
