@@ -16,6 +16,10 @@ from spotleash.packaging import app_init
 from spotleash.packaging.appspec import CONFIG_NAME
 
 
+def on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
 def _ask(draft: app_init.Draft) -> app_init.Draft:
     name = app_init.slug(typer.prompt("app name", default=draft.name))
     components = list(draft.components)
@@ -53,7 +57,7 @@ def init_command(
     if (root / CONFIG_NAME).exists():
         raise ConfigError(f"{root / CONFIG_NAME} already exists: edit it, or move it away to write a new one")
     draft = app_init.detect(root, app_init.listening_ports(root, process))
-    if not yes and not json_out and sys.stdin.isatty():
+    if not yes and not json_out and on_terminal():
         draft = _ask(draft)
     path = app_init.write(root, app_init.render(app_init.with_ports(draft)))
     if json_out:

@@ -116,3 +116,18 @@ def test_the_port_a_running_script_of_the_app_listens_on_is_used(tmp_path: Path)
         proc.wait(10)
     (c,) = load_app(root, None).spec.components
     assert c.port == port and c.local_url == f"http://127.0.0.1:{port}"
+
+
+def test_on_a_terminal_it_asks_with_the_detected_values_as_defaults(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    root = _app(tmp_path)
+    (root / "worker.py").write_text('if __name__ == "__main__":\n    pass\n')
+    monkeypatch.setattr("spotleash.cli.init.on_terminal", lambda: True)
+    # app name; serve: keep, name (default), port, health path, RAM; worker: leave out
+    answers = "thumbs\ny\n\n9000\n/health\n2.5\nn\n"
+    done = CliRunner().invoke(app, ["init", str(root)], input=answers)
+    assert done.exit_code == 0, done.output
+    spec = load_app(root, None).spec
+    assert spec.name == "thumbs"
+    (c,) = spec.components
+    assert (c.name, c.port, c.health_path, c.ram_gb) == ("serve", 9000, "/health", 2.5)
