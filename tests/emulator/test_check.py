@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from local_emulator import stack
+from local_emulator import storage as gcs
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
 from spotleash.wire.events import BudgetAlert
@@ -102,6 +103,13 @@ def _delete_subscription(state: Path) -> Callable[[], None]:
     return restore
 
 
+def _restart(state: Path, name: str) -> None:
+    proc = stack.restart(state, name)
+    if name == gcs.NAME:  # the storage emulator starts empty: the stack's bucket, as `up` makes it
+        assert proc.port is not None
+        gcs.create_bucket(proc.port, stack.read_env(state)["GOOGLE_CLOUD_PROJECT"], load_topology().package_bucket)
+
+
 @pytest.mark.parametrize(("fault", "part", "fix"), [
     ("kill on_demand", "functions (a dry-run demand)", RESTART),
     ("kill firestore", "Firestore", RESTART),
@@ -119,9 +127,9 @@ def test_each_broken_part_fails_its_line_with_its_fix(state_dir: Path, fault: st
     env: dict[str, str] = {}
     restore: Callable[[], object] = lambda: None  # noqa: E731
     if fault.startswith("kill "):
-        name = {"kill the storage emulator": "storage", "kill the VAST fake": "vast"}.get(fault, fault.split()[-1])
+        name = {"kill the storage emulator": gcs.NAME, "kill the VAST fake": "vast"}.get(fault, fault.split()[-1])
         assert stack.kill_part(state_dir, name)
-        restore = lambda: stack.restart(state_dir, name)  # noqa: E731
+        restore = lambda: _restart(state_dir, name)  # noqa: E731
     elif fault == "delete a subscription":
         restore = _delete_subscription(state_dir)
     elif fault == "a bucket that does not exist":
