@@ -73,8 +73,10 @@ def user_env(u: dict[str, Path]) -> dict[str, str]:
     return {"PATH": path, "HOME": str(u["home"]), "NO_GCE_CHECK": "true", "LANG": "C.UTF-8"}
 
 
-def spotleash(u: dict[str, Path], *args: str, ok: bool = True, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return run(u["venv"] / "bin" / "spotleash", *args, cwd=u["app"], env=user_env(u), ok=ok, timeout=timeout)
+def spotleash(u: dict[str, Path], *args: str, ok: bool = True, timeout: float = 600,
+              columns: int | None = None) -> subprocess.CompletedProcess[str]:
+    env = user_env(u) | ({"COLUMNS": str(columns)} if columns else {})  # a terminal's width, for a table
+    return run(u["venv"] / "bin" / "spotleash", *args, cwd=u["app"], env=env, ok=ok, timeout=timeout)
 
 
 def test_with_the_cli_extra_only_every_error_names_its_fix(user: dict[str, Path]) -> None:
@@ -135,7 +137,7 @@ def test_the_whole_user_path_from_the_installed_wheel(user: dict[str, Path]) -> 
         ready = wait_until(lambda: [r for r in _instances(user) if r["state"] == "READY"], timeout_s=300,
                            interval_s=2, what="an instance READY (see agent.log and the stack's logs)")
         assert ready[0]["package_sha256"] == published["sha256"]  # the VM runs what was published
-        table = spotleash(user, "status").stdout
+        table = spotleash(user, "status", columns=250).stdout
         assert ready[0]["instance_id"] in table and "READY" in table
 
         os.killpg(agent.pid, signal.SIGKILL)  # the agent dies without releasing: `down` is the user's way out
