@@ -11,6 +11,7 @@ tests/unit/test_docs.py fails when a page differs from what this script writes.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Callable, Iterator
@@ -74,7 +75,8 @@ def cli_app() -> Any:
     stays when the command modules move)."""
     (script,) = entry_points(group="console_scripts", name="spotleash")
     main = script.load()
-    return sys.modules[main.__module__].app
+    entry = sys.modules[main.__module__]  # the entry may only guard the import of the app's module
+    return importlib.import_module(getattr(entry, "APP_MODULE", main.__module__)).app
 
 
 def cli_reference() -> str:

@@ -3,15 +3,18 @@ is one sentence naming it — before anything imports typer — instead of a tra
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 from spotleash.errors import ExitCode
 from spotleash.packaging import extras
 
+APP_MODULE = "spotleash.cli.app"  # the typer app and its main (scripts/docs_reference.py reads this name)
+
 
 def main() -> None:
     try:
-        from spotleash.cli.app import main as run
+        run = importlib.import_module(APP_MODULE).main
     except ModuleNotFoundError as e:
         extra = extras.extra_for_module(e.name or "") if e.name else None
         if extra is None:
