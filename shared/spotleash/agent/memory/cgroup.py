@@ -17,6 +17,7 @@ mounted (and which part of it, inside a container's cgroup namespace). All paths
 from __future__ import annotations
 
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -94,7 +95,9 @@ def _int_file(path: Path) -> int:
         raise MemorySourceError(f"{path}: expected a number, got {text[:40]!r}") from None
 
 
-class _Cgroup:
+class _Cgroup(ABC):
+    """What v1 and v2 share; each says where its limit and usage are."""
+
     version = 0
     name = ""
 
@@ -107,13 +110,13 @@ class _Cgroup:
                                     f"(read {root / 'proc/self/cgroup'} and {root / 'proc/self/mountinfo'})")
         self.host = HostMemory(root)
 
+    @abstractmethod
     def limit(self) -> int | None:
         """The cgroup's effective limit in bytes; None when it has none."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _usage(self) -> tuple[int, int]:
         """(usage, reclaimable inactive file cache) in bytes."""
-        raise NotImplementedError
 
     def _psi(self) -> Psi | None:
         """The cgroup's own pressure stall figures, where the kernel keeps them (v2)."""
