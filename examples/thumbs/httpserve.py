@@ -27,6 +27,7 @@ import waitress
 Handler = Callable[[dict[str, list[str]], bytes], tuple[int, str, "bytes | Iterator[bytes]"]]
 MAX_BODY = 32 * 1024 * 1024
 SERVED_BY = os.environ.get("SPOTLEASH_COMPONENT_OF") or "local"
+HEALTH_PATH = "/healthz"  # probed every second: not logged
 THREADS = 8  # requests served at once; more wait in waitress's queue, none is refused
 BACKLOG = 1024
 REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 413: "Content Too Large", 500: "Internal Server Error"}
@@ -52,6 +53,9 @@ def app_for(routes: dict[tuple[str, str], Handler]) -> Callable[..., Iterable[by
                 status, ctype, body = fn(parse_qs(environ.get("QUERY_STRING", "")), environ["wsgi.input"].read(length))
             except ValueError as e:  # bad input from the client
                 status, ctype, body = json_reply(400, {"error": str(e)})
+        if path != HEALTH_PATH:  # an access line per request, as a user's server keeps; not the router's probes
+            query = environ.get("QUERY_STRING", "")
+            print(f"{method} {path}{'?' + query if query else ''} {status}", flush=True)
         headers = [("Content-Type", ctype), ("X-Served-By", SERVED_BY)]
         if isinstance(body, bytes):
             start_response(f"{status} {REASONS.get(status, 'Unknown')}", [*headers, ("Content-Length", str(len(body)))])

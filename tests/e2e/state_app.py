@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -85,9 +86,10 @@ def notes_app(tmp: Path, *, state_path: str | None, port: int) -> Path:
     shutil.copytree(EXAMPLE, app)
     toml = (app / "spotleash.toml").read_text()
     if state_path is not None:
-        toml = toml.replace('requirements = ["Pillow>=10", "numpy>=1.26"]',
-                            f'requirements = ["Pillow>=10", "numpy>=1.26"]\nstate_paths = ["{state_path}"]')
-        assert state_path in toml
+        # after the [app] table's requirements line, whatever the example requires
+        toml = re.sub(r"(?m)^(requirements = \[.*\])$", lambda m: f'{m.group(1)}\nstate_paths = ["{state_path}"]',
+                      toml, count=1)
+        assert f'state_paths = ["{state_path}"]' in toml
     (app / "spotleash.toml").write_text(toml + NOTES_TOML.format(port=port))
     (app / "notes.py").write_text(NOTES_PY)
     return app

@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,8 +62,11 @@ def user(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
     home = tmp / "home"
     home.mkdir()
     app = tmp / "app"  # the example app as a user has it: code and requirements, no spotleash.toml yet
-    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("spotleash.toml", "README.md", "__pycache__"))
-    (app / "requirements.txt").write_text("Pillow>=10\nnumpy>=1.26\n")
+    # without the MiniLM embedder: it needs its model as an artifact, which the example does not declare yet
+    shutil.copytree(EXAMPLE, app, ignore=shutil.ignore_patterns("spotleash.toml", "README.md", "__pycache__",
+                                                                "embedder.py", "minilm.py"))
+    example_requirements = tomllib.loads((EXAMPLE / "spotleash.toml").read_text())["app"]["requirements"]
+    (app / "requirements.txt").write_text("".join(f"{r}\n" for r in example_requirements))
     yield {"tmp": tmp, "venv": venv, "home": home, "app": app, "wheel": wheel, "uv": Path(uv)}
 
 
