@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -62,19 +63,31 @@ def test_every_line_passes_on_a_healthy_stack(state_dir: Path) -> None:
     assert "(would: wait_for_lease)" in lines["functions (a dry-run demand)"]["detail"]  # no agent runs here
 
 
+@contextmanager
+def _pubsub_of(env: dict[str, str]) -> Iterator[None]:
+    """The Pub/Sub clients made inside talk to this test's stack; the session's own value is put back after
+    (the session-wide stack's tests read it from os.environ)."""
+    saved = os.environ.get("PUBSUB_EMULATOR_HOST")
+    os.environ["PUBSUB_EMULATOR_HOST"] = env["PUBSUB_EMULATOR_HOST"]
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("PUBSUB_EMULATOR_HOST", None)
+        else:
+            os.environ["PUBSUB_EMULATOR_HOST"] = saved
+
+
 def _publish_budget(state: Path, cost: float) -> None:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     env = stack.read_env(state)
-    os.environ["PUBSUB_EMULATOR_HOST"] = env["PUBSUB_EMULATOR_HOST"]
-    try:
+    with _pubsub_of(env):
         pub = pubsub_v1.PublisherClient()
         alert = BudgetAlert(budgetDisplayName="spotleash", costAmount=cost, budgetAmount=50.0,
                             alertThresholdExceeded=cost / 50.0, currencyCode="USD")
         pub.publish(pub.topic_path(env["GOOGLE_CLOUD_PROJECT"], "spotleash-budget"),
                     alert.model_dump_json().encode()).result(timeout=10)
-    finally:
-        del os.environ["PUBSUB_EMULATOR_HOST"]
 
 
 def _wait_budget(state: Path, exceeded: bool) -> None:
@@ -89,13 +102,13 @@ def _delete_subscription(state: Path) -> Callable[[], None]:
     from google.cloud import pubsub_v1  # type: ignore[attr-defined]
 
     env = stack.read_env(state)
-    os.environ["PUBSUB_EMULATOR_HOST"] = env["PUBSUB_EMULATOR_HOST"]
-    sub = pubsub_v1.SubscriberClient()
-    try:
-        sub.delete_subscription(subscription=sub.subscription_path(env["GOOGLE_CLOUD_PROJECT"], "spotleash-lease-push"))
-    finally:
-        sub.close()
-        del os.environ["PUBSUB_EMULATOR_HOST"]
+    with _pubsub_of(env):
+        sub = pubsub_v1.SubscriberClient()
+        try:
+            sub.delete_subscription(subscription=sub.subscription_path(env["GOOGLE_CLOUD_PROJECT"],
+                                                                       "spotleash-lease-push"))
+        finally:
+            sub.close()
 
     def restore() -> None:
         fn_ports = {p.name: p.port for p in stack.status(state).parts if p.name in load_topology().functions and p.port}

@@ -570,6 +570,12 @@ class Router:
             return f"no answer within {self.limits.probe_timeout_s:g} s", Failure.SLOW
         except _ATTEMPT_ERRORS as e:
             return f"{type(e).__name__}: {e}"[:200], _failure_of(e)
+        except RuntimeError:
+            # a drain closed this target's connections while its probe was on the way: the copy is gone from the
+            # route, and the probe loop must live on (an uncaught error here ended every later probe)
+            if not up.session.closed:
+                raise
+            return "the target's connections were closed (drained)", Failure.REFUSED
 
     # ------------------------------------------------------------------ admin
 
