@@ -86,4 +86,4 @@ def test_logs_of_the_remote_copy_through_the_agent_and_followed(published: dict[
             follower.wait(timeout=20)
         assert follower.returncode == 130, err
         (line,) = [ln for ln in out if mark in ln]
-        assert f"GET /healthz?mark={mark}" in line
+        assert f"GET /thumbnail?size=8&mark={mark} 200" in line
