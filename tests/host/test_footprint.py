@@ -6,7 +6,7 @@ import subprocess
 import sys
 import textwrap
 
-from spotleash.agent.footprint import footprint
+from spotleash.supervisor.footprint import footprint
 
 MB = 2**20
 

@@ -37,7 +37,7 @@ HOLD = 300 * MB
 CHILD = textwrap.dedent("""
     import dataclasses, json, os, sys
     import psutil
-    from spotleash.agent.footprint import footprint
+    from spotleash.supervisor.footprint import footprint
     from spotleash.agent.memory import build_source
     buf = bytearray(int(sys.argv[1]))
     for i in range(0, len(buf), 4096):  # touch every page: resident, charged to the cgroup

@@ -3,7 +3,7 @@
 ``agent_main(settings, lease_id, trace, trace_speed)`` is what ``spotleash agent`` and
 ``python -m spotleash.agent`` run. Parts: :mod:`.memory` (where memory is read: the cgroup, the host,
 PSI, macOS), :mod:`.trigger` and ``decide.placement`` (pure decisions: when, and which components),
-:mod:`.footprint` (a local copy's measured size), :mod:`.ram` (a recorded trace instead of the machine),
+``supervisor.footprint`` (a local copy's measured size), :mod:`.ram` (a recorded trace instead of the machine),
 ``adapters.pubsub`` (Pub/Sub), :mod:`.lock` (one agent per lease), :mod:`.runner` (the loop),
 :mod:`.shutdown` (the release that always happens), :mod:`.local_copies` (the components run on this machine,
 stopped after the router at exit).

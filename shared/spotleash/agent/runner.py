@@ -35,7 +35,7 @@ DEFAULT_COMPONENT_RAM_GB = 4.0
 DEMAND_RETRY_S = 5.0
 GB = 2**30
 
-Footprints = Callable[[], Mapping[str, int]]  # component -> bytes its running local copy holds (agent.footprint)
+Footprints = Callable[[], Mapping[str, int]]  # component -> bytes its running local copy holds (supervisor.footprint)
 
 
 class StopSignal(Protocol):
