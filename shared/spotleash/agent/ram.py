@@ -3,7 +3,8 @@
 The machine's own memory is read by :mod:`spotleash.agent.memory` (the cgroup, MemAvailable, PSI,
 macOS's pressure level). A trace is a CSV file with a header ``t_seconds,percent`` and one sample a
 line, times rising. It is replayed against a clock at a chosen speed (2.0 = twice as fast), linearly
-interpolated between samples and holding the last value once it ends. A percentage has no bytes:
+interpolated between samples and holding the last value once it ends. A time written twice is a step:
+the value jumps there with no ramp for a sample to land on (a model loading at once). A percentage has no bytes:
 the replay gives it a nominal limit (``limit_bytes``, ``--trace-limit-gb``) so placement can weigh
 components against the headroom it misses.
 """
@@ -48,8 +49,9 @@ def load_trace(path: Path) -> list[tuple[float, float]]:
             raise ConfigError(f"RAM trace {path} line {lineno}: expected 't_seconds,percent', got {row}") from e
         if not 0 <= pct <= 100:
             raise ConfigError(f"RAM trace {path} line {lineno}: percent {pct} is not within 0..100")
-        if points and t <= points[-1][0]:
-            raise ConfigError(f"RAM trace {path} line {lineno}: time {t} does not increase")
+        if points and (t < points[-1][0] or (len(points) > 1 and t == points[-1][0] == points[-2][0])):
+            raise ConfigError(f"RAM trace {path} line {lineno}: time {t} goes back or appears a third time "
+                              "(times rise; one repeat is a step)")
         points.append((t, pct))
     if not points:
         raise ConfigError(f"RAM trace {path} has no samples")
@@ -105,7 +107,7 @@ class TraceRam:
             return self._pct[0]
         if t >= self._t[-1]:
             return self._pct[-1]
-        i = bisect.bisect_right(self._t, t)
+        i = bisect.bisect_right(self._t, t)  # _t[i-1] <= t < _t[i]: at a step, the value after it
         t0, t1, p0, p1 = self._t[i - 1], self._t[i], self._pct[i - 1], self._pct[i]
         return p0 + (p1 - p0) * (t - t0) / (t1 - t0)
 

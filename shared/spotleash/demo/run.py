@@ -88,7 +88,7 @@ def demo_trace() -> Path:
 
 def trace_args(speed: str = TRACE_SPEED) -> list[str]:
     """The agent's arguments to replay the demo trace (``traces/jump.csv``: 60 % until a model load takes the
-    machine to 97 % at once, 5 s after the agent starts at the demo's speed). Its percentages are of a nominal
+    machine to 97 % at once — a step, so no sample lands between — 5 s after the agent starts at the demo's speed). Its percentages are of a nominal
     64 GB machine, so the jump misses 7.7 GB of headroom — more than the app's components weigh together —
     and placement moves every one of them (the demo shows all of them served remotely). A gradual climb
     crosses the threshold by a hair and rightly moves only the heaviest component."""

@@ -19,10 +19,12 @@ from spotleash.agent.trigger import (
     slope_per_s,
 )
 from spotleash.config import Settings
+from spotleash.errors import ConfigError
 
 POLICY = TriggerPolicy(threshold=0.85, release_below=0.70, release_hold_s=30, window_s=60, horizon_s=120,
                        cooldown_s=60)
 CLIMB = Path(__file__).resolve().parents[3] / "shared" / "spotleash" / "agent" / "traces" / "climb.csv"
+DEMO_JUMP = CLIMB.with_name("jump.csv")
 
 
 def trace(values: list[float], dt: float = 1.0, t0: float = 0.0) -> list[tuple[float, float]]:
@@ -196,3 +198,23 @@ def test_demo_trace_crosses_the_threshold_within_20_demo_seconds_at_speed_2() ->
     out = replay(POLICY, [(i * 0.25, tr.percent_at(i * 0.5) / 100) for i in range(400)])
     (t, d), = demands(out)
     assert t <= 20 and releases(out) == []
+
+
+def test_a_repeated_time_is_a_step_with_no_ramp_to_sample() -> None:
+    tr = TraceRam([(0.0, 60.0), (40.0, 60.0), (40.0, 97.0), (41.0, 97.0)], clock=lambda: 0.0)
+    assert tr.percent_at(39.9999) == 60.0
+    assert tr.percent_at(40.0) == 97.0
+    assert tr.percent_at(40.5) == 97.0
+
+
+def test_the_demo_jump_trace_never_reads_between_its_levels() -> None:
+    tr = TraceRam(load_trace(DEMO_JUMP), clock=lambda: 0.0)
+    assert {tr.percent_at(i / 1000) for i in range(60_000)} == {60.0, 97.0}
+
+
+def test_a_time_going_back_or_written_three_times_is_refused(tmp_path: Path) -> None:
+    for rows in ("0,1\n2,1\n1,5\n", "0,1\n1,1\n1,5\n1,7\n"):
+        f = tmp_path / "t.csv"
+        f.write_text("t_seconds,percent\n" + rows)
+        with pytest.raises(ConfigError, match="one repeat is a step"):
+            load_trace(f)
