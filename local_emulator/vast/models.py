@@ -208,6 +208,16 @@ class VastModel:
                 raise errors.no_such_ask(offer_id)
             o.available = False
 
+    def restock(self) -> int:
+        """The market moves on: every offer no live instance holds is for rent again (a vanished offer, an
+        outbid box's GPUs once its higher bidder left). Returns how many came back."""
+        with self.lock:
+            held = {inst.offer.id for inst in self.instances.values()}
+            back = [o for o in self.offers if not o.available and o.id not in held]
+            for o in back:
+                o.available = True
+            return len(back)
+
     # ------------------------------------------------------------------ instances
     def create(self, offer_id: int, body: dict[str, Any]) -> int:
         if body.get("client_id") not in (None, "me"):

@@ -16,7 +16,8 @@ Any other path is a loud 404. Control (no auth, loopback only):
        ``destroy``, ``search``, ``list_v1``...), method and path; status 429 answers VAST's rate limit;
        effects ``offer_gone`` and ``bid_leaves_instance`` act on ``create``,
   POST /_control/outbid/{id} (the box is paused: SIGSTOP, disk kept), POST /_control/vanish/{offer}, POST /_control/ssh_keys {"ssh_key"},
-  POST /_control/config {"boot_delay_s"},
+  POST /_control/config {"boot_delay_s"}, POST /_control/restock (every offer no live instance holds is for rent
+       again: the few offers a GPU demand accepts would otherwise run out over a long fault-injection run),
   POST /_control/gpu/{id} {"utilization_percent", "memory_used_mib"} (a number or one per GPU): what the box's
        nvidia-smi reports from now on (local_emulator.vast.gpus).
 """
@@ -298,6 +299,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "POST" and len(parts) == 2 and parts[0] == "vanish" and parts[1].isdigit():
             m.vanish(int(parts[1]))
             return 200, {"ok": True}
+        if method == "POST" and parts == ["restock"]:
+            return 200, {"restocked": m.restock()}
         if method == "POST" and parts == ["ssh_keys"]:
             return 200, m.add_ssh_key(str((body or {}).get("ssh_key", "")))
         if method == "POST" and parts == ["config"]:

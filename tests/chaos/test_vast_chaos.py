@@ -25,6 +25,9 @@ def _vast_of(chaos: Chaos, lid: str) -> list[dict[str, object]]:
 @pytest.fixture
 def vast_chaos(chaos: Chaos) -> Chaos:
     chaos.vast("POST", "config", boot_delay_s=0.5)
+    # Offers vanish and outbid boxes keep their GPUs: only 5 of the fake's offers meet a default GPU demand,
+    # so three runs of this module used them up (2026-12-06: every launch after the 8th FAILED, no offer).
+    chaos.vast("POST", "restock")
     return chaos
 
 

@@ -197,6 +197,11 @@ def test_control_faults_outbid_vanish(vast_fake: VastFake, control: httpx.Client
     s = sdk(vast_fake).show_instance(iid)
     assert s["cur_state"] == "stopped" and "outbid" in s["status_msg"]
     assert control.get("/inspect").json()["instances"][0]["id"] == iid
+    # restock: the vanished offer is for rent again; the outbid box's offer stays held while the box lives
+    assert control.post("/restock").json() == {"restocked": 1}
+    again = httpx.put(f"{vast_fake.url}/api/v0/asks/{offer['id']}/", headers=h, json={"client_id": "me", "image": "i"})
+    assert again.status_code == 200, again.text
+    assert not vast_fake.model.offer(bid_offer["id"]).available
     control.post("/reset").raise_for_status()
     assert control.get("/inspect").json()["instances"] == []
 
