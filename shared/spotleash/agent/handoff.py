@@ -139,6 +139,7 @@ class HandOff:
         self._home_due = False
         self._release: str | None = None
         self._measured_at = 0.0
+        self._routed: list[str] = []  # the components the router routes (its last answer)
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         if router is not None:
@@ -242,6 +243,8 @@ class HandOff:
     def pass_once(self) -> None:
         """Look once and act: the way home when due, else stops and restarts (``handoff_steps``)."""
         self._targets()
+        if self.copies is None or self.router is None:
+            return  # nothing to stop or start, or no way to tell where the traffic goes: the state is all there is
         if self._home_due:
             self._home_due = False
             self._come_home()
@@ -264,6 +267,7 @@ class HandOff:
 
     def _targets(self) -> dict[str, Target]:
         routes = self.router.routes() if self.router is not None else {}
+        self._routed = list(routes)
         out: dict[str, Target] = {}
         with self._lock:
             for name, s in self._state.items():
@@ -279,6 +283,12 @@ class HandOff:
             s.where, s.since = where, self._wall()
             if self.copies is not None and name in self.copies.names:
                 s.pid = self.copies.pid(name)
+            if where == "both" and self._offload.get(name) == "keep":
+                s.reason = "offload = \"keep\": its local copy keeps running while its remote copy serves"
+            elif where == "remote" and s.local == "none":
+                s.reason = "its remote copy serves (the agent runs no local copy of it)"
+            elif where == "local" and s.local in ("running", "none") and s.target == "local":
+                s.reason = "its local copy serves" + ("" if s.local == "running" else " (run by you)")
 
     def _set(self, name: str, *, local: LocalState | None = None, reason: str | None = None) -> None:
         with self._lock:
@@ -364,15 +374,16 @@ class HandOff:
                     if self._state[other].local == "running":
                         self._call(self.router.set_local_mode, other, LocalMode.AUTO)
                 return
-        for name in self._state:
+        for name in self._routed:
             self._call(self.router.set_local_mode, name, LocalMode.HOME)
         drained = self._call(self.router.wait_drained, self.drain_s)
         with self._lock:
             for name, s in self._state.items():
                 s.target = "local" if s.local in ("running", "none") else s.target
-                s.reason = "came home: memory allows it; its local copy serves, the lease's instance is released"
-                s.home = ""
                 self._where(name, s)
+                s.home = ""
+                if name in away:
+                    s.reason = "came home: memory allows it; its local copy serves, the lease's instance is released"
         log.info("work came home; releasing the lease's instance", components=away, drained=bool(drained),
                  took_s=round(time.monotonic() - t0, 3))
         self._release = (f"came home: {', '.join(away)} serve locally again (memory below "
