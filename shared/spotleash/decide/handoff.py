@@ -89,12 +89,14 @@ def handoff_steps(views: Sequence[View], *, available: int, limit: int, threshol
         elif v.local == "stopped" and v.target == "none":
             if left - v.footprint_bytes >= keep:
                 left -= v.footprint_bytes
-                steps.append(Step("start", v.name, f"its remote copy is lost; {_mb(left + v.footprint_bytes)} "
+                steps.append(Step("start", v.name, f"no remote copy serves it (lost, or not ready); "
+                                                   f"{_mb(left + v.footprint_bytes)} "
                                                    f"available holds its {_mb(v.footprint_bytes)}"))
             else:
-                steps.append(Step("hold", v.name, f"its remote copy is lost and its {_mb(v.footprint_bytes)} do not "
+                steps.append(Step("hold", v.name, f"no remote copy serves it (lost, or not ready) and its "
+                                                  f"{_mb(v.footprint_bytes)} do not "
                                                   f"fit ({_mb(left)} available, {_mb(keep)} kept free): requests "
-                                                  f"wait for the replacement"))
+                                                  f"wait for a remote copy"))
     return steps
 
 

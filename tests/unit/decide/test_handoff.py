@@ -73,7 +73,7 @@ def test_a_lost_remote_restarts_the_local_copy_only_when_it_fits() -> None:
     assert steps(fits, available=int(2.5 * GB), limit=limit) == [("start", "a")]  # 2.5 - 1 = 1.5: exactly kept
     assert steps(fits, available=int(2.5 * GB) - 1, limit=limit) == [("hold", "a")]
     [hold] = handoff_steps([fits], available=GB, limit=limit, threshold=0.85)
-    assert "do not fit" in hold.reason and "replacement" in hold.reason
+    assert "do not fit" in hold.reason and "wait for a remote copy" in hold.reason
 
 
 def test_restarts_share_the_memory_in_order() -> None:
