@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
@@ -28,8 +29,10 @@ from tests.e2e.flows import Flows
 from tests.e2e.packaged import packages_on
 from tests.e2e.routed_app import COMPONENTS, RoutedApp, Traffic, running
 
+from spotleash.agent.local_copies import LOCAL_MARKER_ENV, marker_of
 from spotleash.model import ENDED, State
 from spotleash.polling import wait_until
+from spotleash.supervisor.marked import find_marked
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -48,8 +51,12 @@ def app(flows: Flows, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rout
     routed = RoutedApp(lease_id=f"handoff-{uuid.uuid4().hex[:8]}", work=tmp_path_factory.mktemp("handoff-app"),
                        agent_copies=True, trace=TRACE,
                        agent_env={"SPOTLEASH_RELEASE_HOLD_S": "5", "SPOTLEASH_ROUTER_HOLD_S": "20"})
-    with running(routed, flows) as a:
-        yield a
+    try:
+        with running(routed, flows) as a:
+            yield a
+    finally:  # a failed test's agent was SIGKILLed: end the local copies it ran (their marker names them)
+        for p in find_marked(LOCAL_MARKER_ENV, marker_of(routed.lease_id, routed.work / "state")):
+            p.kill()
 
 
 def components(app: RoutedApp) -> dict[str, dict[str, Any]]:
@@ -133,4 +140,8 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
         assert after[name]["starts"] == 1 and after[name]["stops"] == 1
     end = flows.wait_gone(rec, timeout_s=60)
     assert end.state in ENDED
+    assert app.agent is not None
+    app.agent.send_signal(signal.SIGTERM)
+    assert app.agent.wait(timeout=30) == 0
+    assert not find_marked(LOCAL_MARKER_ENV, marker_of(app.lease_id, app.work / "state")), "no local copy outlives it"
     print("came home:", home.get("took_s"), "s; released:", released.get("reason"), "served:", dict(traffic.served))

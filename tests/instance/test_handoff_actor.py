@@ -144,9 +144,10 @@ def test_hand_off_loss_and_the_way_home(world: World) -> None:
     assert world.get().text == "remote"
     shown = world.admin("/routes").json()
     assert shown["components"][NAME]["where"] == "remote" and shown["routes"][NAME]["local_mode"] == "stopped"
-    metrics = world.admin("/metrics").text
-    assert f'spotleash_component_freed_bytes{{component="{NAME}"}} {float(st["freed_bytes"])}' in metrics
-    assert f'spotleash_component_location{{component="{NAME}",where="remote"}} 1.0' in metrics
+    metrics = dict(line.rsplit(" ", 1) for line in world.admin("/metrics").text.splitlines()
+                   if line.startswith("spotleash_component_"))
+    assert float(metrics[f'spotleash_component_freed_bytes{{component="{NAME}"}}']) == st["freed_bytes"]
+    assert float(metrics[f'spotleash_component_location{{component="{NAME}",where="remote"}}']) == 1.0
 
     # 2. the remote copy dies while the local copy is stopped; memory allows the local copy: it restarts and serves
     world.memory(0.5)

@@ -223,8 +223,13 @@ class HandOff:
         return measured
 
     def snapshot(self) -> dict[str, dict[str, Any]]:
+        """The state of every component (the module's docstring lists the fields); ``pid`` is read now."""
+        runs = set(self.copies.names) if self.copies is not None else set()
         with self._lock:
-            return {name: asdict(s) for name, s in self._state.items()}
+            out = {name: asdict(s) for name, s in self._state.items()}
+        for name, st in out.items():
+            st["pid"] = self.copies.pid(name) if self.copies is not None and name in runs else None
+        return out
 
     # ------------------------------------------------------------------ the actor (its own thread)
 
@@ -281,8 +286,6 @@ class HandOff:
         where = where_of(s.local, s.target)
         if where != s.where:
             s.where, s.since = where, self._wall()
-            if self.copies is not None and name in self.copies.names:
-                s.pid = self.copies.pid(name)
             if where == "both" and self._offload.get(name) == "keep":
                 s.reason = "offload = \"keep\": its local copy keeps running while its remote copy serves"
             elif where == "remote" and s.local == "none":
@@ -325,7 +328,7 @@ class HandOff:
         mb = round(freed / MB, 1)
         with self._lock:
             s = self._state[name]
-            s.local, s.freed_bytes, s.stops, s.pid = "stopped", freed, s.stops + 1, None
+            s.local, s.freed_bytes, s.stops = "stopped", freed, s.stops + 1
             s.freed_total_bytes += freed
             if fp is not None:
                 s.footprint_bytes = fp.freeable_bytes
@@ -349,7 +352,7 @@ class HandOff:
             return False
         with self._lock:
             s = self._state[name]
-            s.local, s.starts, s.pid = "running", s.starts + 1, self.copies.pid(name)
+            s.local, s.starts = "running", s.starts + 1
             self._where(name, s)
         log.info("local copy healthy again", component=name, pid=self.copies.pid(name),
                  took_s=round(time.monotonic() - t0, 3), why=why)
