@@ -20,6 +20,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
 
 import httpx
@@ -78,6 +79,10 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def seconds(a: str, b: str) -> float:
+    return (datetime.fromisoformat(b) - datetime.fromisoformat(a)).total_seconds()
 
 
 def logged_all(app: RoutedApp, message: str) -> dict[str, dict[str, Any]]:
@@ -145,3 +150,8 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
     assert app.agent.wait(timeout=30) == 0
     assert not find_marked(LOCAL_MARKER_ENV, marker_of(app.lease_id, app.work / "state")), "no local copy outlives it"
     print("came home:", home.get("took_s"), "s; released:", released.get("reason"), "served:", dict(traffic.served))
+    for name in COMPONENTS:  # the targets: freed within 2 s of the remote serving; released within 5 s
+        went = next(c for c in app.route_changes(name) if str(c.get("to_target", "")).startswith("remote:"))
+        print(f"{name}: remote serving → local copy stopped {seconds(went['time'], stopped[name]['time']):.2f} s "
+              f"({stopped[name]['freed_mb']} MB freed); local copy healthy → release published "
+              f"{seconds(healthy[name]['time'], released['time']):.2f} s")
