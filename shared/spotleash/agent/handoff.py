@@ -142,9 +142,11 @@ class HandOff:
         self._routed: list[str] = []  # the components the router routes (its last answer)
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
-        if router is not None:
+        if router is not None and withheld:
+            routed = self._call(router.routes) or {}
             for name in withheld:
-                self._call(router.set_local_mode, name, LocalMode.STOPPED)
+                if name in routed:  # not started: no target, no probe, no retry there
+                    self._call(router.set_local_mode, name, LocalMode.STOPPED)
 
     # ------------------------------------------------------------------ the agent's side (its loop's thread)
 
