@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
@@ -100,7 +101,7 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
     pids = {n: before[n]["pid"] for n in COMPONENTS}
     assert all(isinstance(p, int) and psutil.pid_exists(p) for p in pids.values()), before
 
-    with Traffic(app) as traffic:
+    with Traffic(app) as traffic:  # (a Traffic is bounded to 3000 requests: one for each half)
         traffic.wait_requests(20)
         rec = wait_until(lambda: next((r for r in flows.records_of(app.lease_id) if r.state == State.READY), None),
                          timeout_s=HIGH_UNTIL_S, interval_s=0.5, what="a READY instance of the lease")
@@ -122,11 +123,20 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
         assert {n: status[n]["where"] for n in COMPONENTS} == {n: "remote" for n in COMPONENTS}, status
         assert all(status[n]["freed_bytes"] > 0 for n in COMPONENTS)
         traffic.wait_requests(20)
-        print("hand-off:", {n: (stopped[n]["freed_mb"], stopped[n]["took_s"]) for n in COMPONENTS},
-              "served:", dict(traffic.served))
+    assert traffic.failures == [], traffic.failures[:5]
+    assert traffic.served[rec.instance_id] and traffic.served["local"]
+    print("hand-off:", {n: (stopped[n]["freed_mb"], stopped[n]["took_s"]) for n in COMPONENTS},
+          "served:", dict(traffic.served))
 
-        # the trace comes down at HIGH_UNTIL_S: after the 5 s hold the work comes home
-        home = wait_until(lambda: app.logged("work came home"), timeout_s=HIGH_UNTIL_S + 120, interval_s=0.5,
+    # the trace comes down at HIGH_UNTIL_S: after the 5 s hold the work comes home
+    started = app.logged("agent starting")
+    assert started is not None
+    drop_at = datetime.fromisoformat(started["time"]).timestamp() + HIGH_UNTIL_S
+    time.sleep(max(drop_at - 15 - time.time(), 0))  # the load of the second half starts 15 s before the drop
+    with Traffic(app) as traffic:
+        traffic.wait_requests(20)
+        assert traffic.served[rec.instance_id], "the remote copy serves until the way home"
+        home = wait_until(lambda: app.logged("work came home"), timeout_s=120, interval_s=0.5,
                           what="the work to come home")
         app.wait_served_by("local")
         traffic.wait_requests(20)

@@ -584,7 +584,9 @@ class Router:
         results = await asyncio.gather(*(self._probe(up) for _, _, up in jobs))
         now = self.clock()
         changes: list[Change] = []
-        for (name, iid, _), (error, failure) in zip(jobs, results, strict=True):
+        for (name, iid, up), (error, failure) in zip(jobs, results, strict=True):
+            if error is not None and up.session.closed:
+                continue  # a drain closed this pool mid-probe (the target was left, not lost): no evidence either way
             changes += self.table.record_probe(name, iid, error is None, now, error, failure)
         changes += self.table.reevaluate(now)
         self._apply(changes)
