@@ -43,14 +43,17 @@ COMPONENTS = {"thumbnailer": ("thumbnailer.py", 8101, 8201), "vectors": ("vector
 SERVED_BY = "X-Served-By"
 
 
-def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu: bool = False) -> str:
+def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu: bool = False,
+                agent_copies: bool = False) -> str:
     """The example's spotleash.toml with its app tree absolute and the local / route ports replaced;
-    ``gpu``: every component asks for a GPU (the demand then goes to VAST)."""
+    ``gpu``: every component asks for a GPU (the demand then goes to VAST); ``agent_copies``: the agent runs
+    the local copies (and hands them off), not the test."""
     text = (EXAMPLE / "spotleash.toml").read_text()
     text = text.replace('dir = "."', f"dir = {json.dumps(str(EXAMPLE))}")
     for name, (_, port, route) in COMPONENTS.items():
         # local_copy = "user": the test runs the local copies itself (``RoutedApp.start``), not the agent
-        for old, new in ((f'"http://127.0.0.1:{port}"', f'"http://127.0.0.1:{local_ports[name]}"\nlocal_copy = "user"'),
+        user = "" if agent_copies else '\nlocal_copy = "user"'
+        for old, new in ((f'"http://127.0.0.1:{port}"', f'"http://127.0.0.1:{local_ports[name]}"{user}'),
                          (f"route_port = {route}", f"route_port = {route_ports[name]}")):
             assert text.count(old) == 1, f"{old} not once in the example's spotleash.toml"
             text = text.replace(old, new)
@@ -70,6 +73,9 @@ class RoutedApp:
     locals_: list[subprocess.Popen[bytes]] = field(default_factory=list)
     agent: subprocess.Popen[bytes] | None = None
     agent_log: Path | None = None
+    agent_copies: bool = False  # the agent runs the local copies (and hands them off); else this test does
+    trace: str = "t_seconds,percent\n0,95\n1,95\n"  # the RAM trace the agent replays
+    agent_env: dict[str, str] = field(default_factory=dict)  # more settings for the agent
 
     # ------------------------------------------------------------------ lifecycle
     def start(self, budget_s: float = 10.0) -> None:
@@ -77,18 +83,18 @@ class RoutedApp:
         self.route_ports = {n: free_port() for n in COMPONENTS}
         self.admin_port = free_port()
         config = self.work / "spotleash.toml"
-        config.write_text(routed_toml(self.local_ports, self.route_ports, gpu=self.gpu))
-        for name, (script, _, _) in COMPONENTS.items():
+        config.write_text(routed_toml(self.local_ports, self.route_ports, gpu=self.gpu, agent_copies=self.agent_copies))
+        for name, (script, _, _) in ({} if self.agent_copies else COMPONENTS).items():
             env = {**os.environ, "PORT": str(self.local_ports[name]), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
             env.pop("SPOTLEASH_COMPONENT_OF", None)
             with (self.work / f"local-{name}.log").open("wb") as out:
                 self.locals_.append(subprocess.Popen([sys.executable, script], cwd=EXAMPLE, env=env, stdout=out,
                                                      stderr=subprocess.STDOUT, start_new_session=True))
         trace = self.work / "high.csv"
-        trace.write_text("t_seconds,percent\n0,95\n1,95\n")
+        trace.write_text(self.trace)
         env = {**os.environ, "SPOTLEASH_CONFIG_FILE": str(config), "SPOTLEASH_STATE_DIR": str(self.work / "state"),
                "SPOTLEASH_ROUTER_ADMIN_PORT": str(self.admin_port), "SPOTLEASH_SHUTDOWN_BUDGET_S": str(budget_s),
-               "PYTHONUNBUFFERED": "1"}
+               "PYTHONUNBUFFERED": "1", **self.agent_env}
         for var in ("SPOTLEASH_COMPONENTS", "SPOTLEASH_COMPONENT_RAM_GB", "SPOTLEASH_GPU_COMPONENTS"):
             env.pop(var, None)  # derived from [app]
         self.agent_log = self.work / "agent.log"

@@ -1,7 +1,7 @@
 """A tiny component for the supervisor's tests: a stdlib HTTP server whose behaviour ``MODE`` picks.
 
 MODE=ok (answers 200), sick (503 forever), crash (prints and exits 3 at start), child (ok, and starts
-a ``sleep`` grandchild in its process group). Its answer reports the environment it was given.
+a ``sleep`` grandchild in its process group); ``CRASH_IF=<path>``: crash at start once that file exists. Its answer reports the environment it was given.
 """
 
 import http.server
@@ -14,6 +14,8 @@ MODE = os.environ.get("MODE", "ok")
 SHOWN = ("PORT", "MODE", "SPOTLEASH_HEARTBEAT_TOKEN", "SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_COMPONENT_OF", "VIRTUAL_ENV",
          "SPOTLEASH_STATE_PATHS")
 
+if os.environ.get("CRASH_IF") and os.path.exists(os.environ["CRASH_IF"]):  # a copy that starts fine until the file appears
+    MODE = "crash"
 if MODE == "crash":
     print("boom: the model file is missing", flush=True)
     sys.exit(3)

@@ -6,7 +6,8 @@ PSI, macOS), :mod:`.trigger` and ``decide.placement`` (pure decisions: when, and
 ``supervisor.footprint`` (a local copy's measured size), :mod:`.ram` (a recorded trace instead of the machine),
 ``adapters.pubsub`` (Pub/Sub), :mod:`.lock` (one agent per lease), :mod:`.runner` (the loop),
 :mod:`.shutdown` (the release that always happens), :mod:`.local_copies` (the components run on this machine,
-stopped after the router at exit).
+stopped after the router at exit), :mod:`.handoff` (stops a local copy once its remote copy serves, brings the
+work home when memory allows; its state is what ``status``, ``/metrics`` and the dashboard show).
 """
 
 from __future__ import annotations
@@ -54,12 +55,15 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     """
     from spotleash import log as slog
     from spotleash.adapters.pubsub import Publisher
+    from spotleash.agent.handoff import HandOff
     from spotleash.agent.local_copies import LocalCopies, start_local_copies
     from spotleash.agent.lock import LeaseLock, LockHeld
     from spotleash.agent.memory import SOURCE_NAMES, MemorySource, MemorySourceError, build_source
     from spotleash.agent.ram import TRACE_LIMIT_GB, TraceRam
     from spotleash.agent.routing import AgentRouter, app_of_settings, start_router
-    from spotleash.agent.runner import run_agent
+    from spotleash.agent.runner import configured_components, run_agent
+    from spotleash.agent.shutdown import DRAIN_SHARE
+    from spotleash.decide.handoff import HomeRule
 
     slog.configure(settings.log_level)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health probe of each local copy is noise
@@ -83,11 +87,20 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
         return ExitCode.USAGE
     router: AgentRouter | None = None
     local: LocalCopies | None = None
+    handoff: HandOff | None = None
     publisher = Publisher(settings)
     try:
         app = app_of_settings()
-        local = start_local_copies(settings, lease, app)  # before the router: it routes to them
+        local = start_local_copies(settings, lease, app, memory.read())  # before the router: it routes to them
         router = start_router(settings, lease, app.spec if app is not None else None, publisher=publisher)
+        handoff = HandOff(local, router, components=configured_components(settings),
+                          offload=settings.component_offload, threshold=settings.ram_threshold,
+                          home=HomeRule(settings.ram_release_below, settings.release_hold_s),
+                          drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5),
+                          withheld=local.withheld if local is not None else ())
+        if router is not None:
+            router.service.set_component_status(handoff.snapshot)
+        handoff.start()
     except ConfigError as e:
         log.error(str(e), lease_id=lease)
         if local is not None:
@@ -100,8 +113,11 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
                  pubsub_emulator=os.environ.get("PUBSUB_EMULATOR_HOST"))
         return run_agent(settings, lease_id=lease, memory=memory, publisher=publisher,
                          holder=f"{socket.gethostname()} pid {os.getpid()}", run_for_s=run_for_s,
-                         router=router)
+                         router=router, footprints=handoff.footprints if local is not None else None,
+                         handoff=handoff, withheld=local.withheld if local is not None else ())
     finally:
+        if handoff is not None:
+            handoff.close()  # run_agent closed it already; a crash before the loop did not
         if router is not None:
             router.stop()  # the shutdown stopped it already; a crash before the loop did not
         if local is not None:

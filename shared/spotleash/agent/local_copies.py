@@ -34,12 +34,14 @@ from spotleash.instance_agent.environment import MARKER_ENV, SECRET_ENV
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
 from spotleash.supervisor import Launch, Supervisor
+from spotleash.supervisor.footprint import Footprint, footprint
 from spotleash.supervisor.health import BACKOFF_BASE_S
 from spotleash.supervisor.marked import end_marked, find_marked
 from spotleash.wire.events import ComponentReport
 from spotleash.wire.package import AppSpec
 
 if TYPE_CHECKING:
+    from spotleash.agent.memory.reading import MemoryReading
     from spotleash.config import Settings
     from spotleash.packaging.appspec import LoadedApp
 
@@ -48,6 +50,7 @@ log = get_logger(__name__)
 LOCAL_MARKER_ENV = "SPOTLEASH_LOCAL_COPY_OF"  # <lease>@<state dir>: every process of a local copy carries it
 COMPONENT_ENV = "SPOTLEASH_LOCAL_COMPONENT"  # which component a marked process belongs to (for the log)
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
+DEFAULT_RAM_GB = 4.0  # a component without a declared ram_gb (agent.runner's default too)
 
 
 class LocalCopyError(SpotleashError):
@@ -149,14 +152,16 @@ class LocalCopies:
             list(plan.launches), cwd=app_root, log_dir=self.log_dir, port_fallback=False, on_change=on_change,
             env=local_env(os.environ if env is None else env, self.marker, secrets), backoff_base_s=backoff_base_s)
         self.leftovers: list[Leftover] = []
+        self.withheld: tuple[str, ...] = ()  # not started: memory was past the limit at start (start_local_copies)
 
     @property
     def names(self) -> list[str]:
         return [launch.name for launch in self.plan.launches]
 
-    def start_all(self) -> None:
-        """End what a killed agent left behind, then start every copy (a copy that cannot start is logged with
-        its name and retried with backoff; the others run)."""
+    def start_all(self, skip: Sequence[str] = ()) -> None:
+        """End what a killed agent left behind, then start every copy but those in ``skip`` (memory past the
+        limit at start: they wait for their remote copies) — a copy that cannot start is logged with its name
+        and retried with backoff; the others run."""
         self.leftovers = end_leftovers(self.marker)
         if self.leftovers:
             log.warning("ended local copies a previous agent left running", lease_id=self.lease_id,
@@ -168,8 +173,9 @@ class LocalCopies:
             log.info("local copies run by the user (local_copy = \"user\")", components=list(self.plan.by_user))
         if not self.plan.launches:
             return
-        self.supervisor.start()
-        log.info("local copies starting", lease_id=self.lease_id, components=self.names, logs=str(self.log_dir))
+        self.supervisor.start(skip=skip)
+        log.info("local copies starting", lease_id=self.lease_id, components=[n for n in self.names if n not in skip],
+                 withheld=list(skip), logs=str(self.log_dir))
 
     def reports(self) -> dict[str, ComponentReport]:
         return self.supervisor.reports()
@@ -177,6 +183,26 @@ class LocalCopies:
     def _check(self, name: str) -> None:
         if name not in self.names:
             raise LocalCopyError(f"the agent runs no local copy of {name!r} (it runs: {', '.join(self.names) or 'none'})")
+
+    def pid(self, name: str) -> int | None:
+        """The pid of ``name``'s running local copy (the leader of its process group); None when it runs none."""
+        self._check(name)
+        runner = self.supervisor.runner(name)
+        return runner.pid if runner.active else None
+
+    def footprint(self, name: str) -> Footprint | None:
+        """What ``name``'s local copy holds now (its process tree); None when it runs none."""
+        pid = self.pid(name)
+        return footprint(pid) if pid is not None else None
+
+    def footprints(self) -> dict[str, int]:
+        """Bytes each running local copy would free if stopped (``Footprint.freeable_bytes``): placement's input."""
+        out: dict[str, int] = {}
+        for name in self.names:
+            fp = self.footprint(name)
+            if fp is not None:
+                out[name] = fp.freeable_bytes
+        return out
 
     def stop(self, name: str) -> int:
         """Stop one local copy (its process group: SIGTERM, SIGKILL after a grace); the bytes its process tree
@@ -209,13 +235,27 @@ class LocalCopies:
         self.supervisor.stop()
 
 
-def start_local_copies(settings: Settings, lease_id: str, app: LoadedApp | None) -> LocalCopies | None:
-    """Start the local copies the app asks the agent to run (None when there is no ``[app]``)."""
+def start_local_copies(settings: Settings, lease_id: str, app: LoadedApp | None,
+                       reading: MemoryReading | None = None) -> LocalCopies | None:
+    """Start the local copies the app asks the agent to run (None when there is no ``[app]``). With a memory
+    ``reading``, only those that fit (``decide.handoff.fits_at_start``, by their declared ``ram_gb``): the others
+    are ``withheld`` and wait for their remote copies (memory already past the limit at start: move first)."""
     if app is None:
         return None
     from spotleash.config import secret_env_vars
+    from spotleash.decide.handoff import fits_at_start
 
     copies = LocalCopies(local_plan(app.spec, list(settings.components)), app_root=app.root, lease_id=lease_id,
                          state_dir=settings.state_dir, secrets=secret_env_vars())
-    copies.start_all()
+    if reading is not None:
+        names = copies.names
+        sizes = [round(settings.component_ram_gb.get(n, DEFAULT_RAM_GB) * 2**30) for n in names]
+        _, withheld = fits_at_start(names, sizes, available=reading.available_bytes, limit=reading.limit_bytes,
+                                    threshold=settings.ram_threshold)
+        copies.withheld = tuple(withheld)
+        if withheld:
+            log.warning("memory is past the limit at start: these local copies are not started and wait for their "
+                        "remote copies", components=withheld, available_mb=round(reading.available_bytes / 2**20),
+                        limit_mb=round(reading.limit_bytes / 2**20), threshold=settings.ram_threshold)
+    copies.start_all(skip=copies.withheld)
     return copies

@@ -20,7 +20,8 @@ A remote copy that stops answering without notice makes the agent publish a focu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spotleash.adapters.pubsub import EventPublisher
@@ -34,6 +35,7 @@ from spotleash.packaging import appspec
 from spotleash.router import ComponentRoute, Limits, RouterConfig, RouterService, firestore_watch
 from spotleash.router.channel import credential_hash, new_credential
 from spotleash.router.service import WatchFactory
+from spotleash.router.table import LocalMode
 
 if TYPE_CHECKING:
     from spotleash.config import Settings
@@ -76,9 +78,20 @@ class AgentRouter:
     service: RouterService
     credential_sha256: str
     waker: Waker | None = None  # SPOTLEASH_WAKE_ON_REQUEST: requests wake a hibernated lease
+    changed: threading.Event = field(default_factory=threading.Event)  # set at every route change (the hand-off)
 
     def routes(self) -> dict[str, dict[str, Any]]:
         return self.service.routes()
+
+    # --- the hand-off's hooks (agent.handoff)
+    def set_local_mode(self, component: str, mode: LocalMode) -> None:
+        self.service.set_local_mode(component, mode)
+
+    def wait_local_drained(self, component: str, timeout_s: float) -> bool:
+        return self.service.wait_local_drained(component, timeout_s)
+
+    def reopen_lease(self) -> None:
+        self.service.reopen_lease()
 
     # --- the shutdown's hooks (agent.shutdown.RouterHooks)
     def release_lease(self) -> None:
@@ -92,12 +105,14 @@ class AgentRouter:
 
 
 def router_config(settings: Settings, routes: tuple[ComponentRoute, ...], credential: str,
-                  waker: Waker | None = None, losses: LossReporter | None = None) -> RouterConfig:
+                  waker: Waker | None = None, losses: LossReporter | None = None,
+                  changed: threading.Event | None = None) -> RouterConfig:
     return RouterConfig(components=routes, credential=credential, admin_port=settings.router_admin_port,
                         limits=Limits(drain_s=max(settings.shutdown_budget_s * DRAIN_SHARE, 0.5),
                                       hold_s=settings.router_hold_s),
                         on_request=waker.requested if waker is not None else None,
-                        on_remote_lost=losses.lost if losses is not None else None)
+                        on_remote_lost=losses.lost if losses is not None else None,
+                        on_route_change=changed.set if changed is not None else None)
 
 
 def firestore_records(settings: Settings, lease_id: str, waker: Waker | None = None) -> WatchFactory:
@@ -139,7 +154,9 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
             log.error("cannot read this lease's instance records; the router routes to the local copies only",
                       lease_id=lease_id, error=f"{type(e).__name__}: {e}"[:300])
     losses = LossReporter(lease_id, publisher) if publisher is not None else None
-    service = RouterService(router_config(settings, routes, credential, waker, losses), watch_factory=watch_factory)
+    changed = threading.Event()
+    service = RouterService(router_config(settings, routes, credential, waker, losses, changed),
+                            watch_factory=watch_factory)
     try:
         addresses = service.start()
     except OSError as e:
@@ -150,4 +167,4 @@ def start_router(settings: Settings, lease_id: str, app: AppSpec | None, *,
              routes={n: "{}:{}".format(*a) for n, a in addresses.items()},
              admin=f"127.0.0.1:{settings.router_admin_port}" if settings.router_admin_port else None,
              wake_on_request=waker is not None)
-    return AgentRouter(service, credential_hash(credential), waker)
+    return AgentRouter(service, credential_hash(credential), waker, changed)

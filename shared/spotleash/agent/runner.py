@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Protocol
 
 from spotleash.adapters.pubsub import EventPublisher, PublishFuture
@@ -25,6 +25,7 @@ from spotleash.log import get_logger
 from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
 if TYPE_CHECKING:
+    from spotleash.agent.handoff import HandOff
     from spotleash.agent.routing import AgentRouter
     from spotleash.agent.wake import Waker
     from spotleash.config import Settings
@@ -105,7 +106,12 @@ class Agent:
         route_credential_sha256: str | None = None,
         waker: Waker | None = None,
         footprints: Footprints | None = None,
+        handoff: HandOff | None = None,
+        withheld: tuple[str, ...] = (),
     ) -> None:
+        self.handoff = handoff  # stops local copies whose remote copy serves; brings the work home (agent.handoff)
+        self.withheld = withheld  # local copies not started (memory past the limit at start): the first demand names them
+        self._deferred_release_logged = False
         self.route_credential_sha256 = route_credential_sha256  # the router's, when one runs
         self.waker = waker  # SPOTLEASH_WAKE_ON_REQUEST: the router's requests wake a hibernated lease
         self._last_ram_percent = 0.0
@@ -181,6 +187,24 @@ class Agent:
         self.stats.samples += 1
         pressured = under_pressure(reading, self.settings.memory_psi_pressure)
         self.state, action = self.policy.step(self.state, (t, used), pressured=pressured)
+        if self.withheld and action is None and not self.state.demanding:
+            # memory was past the limit at start: those components were not started here, so they must run remotely
+            self.state = replace(self.state, demanding=True, last_demand_t=t, low_since=None)
+            action = Demand("threshold", round(used * 100, 2))
+        if self.handoff is not None:
+            self.handoff.observe(t, reading, pressured)
+            reason = self.handoff.take_release()
+            if reason is not None:
+                self._release_home(reason, used)
+                return
+            if isinstance(action, Release) and self.handoff.away():
+                # a local copy is stopped: the lease's release waits until it answers again (the way home)
+                self.state = replace(self.state, demanding=True)
+                if not self._deferred_release_logged:
+                    log.info("memory is back, but a component runs only remotely: the way home decides the release",
+                             lease_id=self.lease_id, ram_percent=action.ram_percent)
+                    self._deferred_release_logged = True
+                return
         if isinstance(action, Demand):
             self._demand(action, reading, pressured)
         elif isinstance(action, Release):
@@ -190,6 +214,16 @@ class Agent:
             log.info("release: memory is back to normal", lease_id=self.lease_id, event_id=rel.event_id,
                      ram_percent=action.ram_percent)
             self._send(rel)
+
+    def _release_home(self, reason: str, used: float) -> None:
+        """The work came home (``agent.handoff``): release the lease; a later demand may fire again."""
+        rel = ReleaseEvent(lease_id=self.lease_id, reason=reason)
+        self.stats.releases.append(rel)
+        self.state = replace(self.state, demanding=False, low_since=None)
+        self._deferred_release_logged = False
+        log.info("release: the work came home", lease_id=self.lease_id, event_id=rel.event_id,
+                 ram_percent=round(used * 100, 2), reason=reason)
+        self._send(rel)
 
     def _demand(self, action: Demand, reading: MemoryReading, pressured: bool) -> None:
         measured = dict(self.footprints()) if self.footprints is not None else {}
@@ -203,17 +237,25 @@ class Agent:
                  "need_mb": round(placement.need_bytes / mb), "freed_mb": round(placement.freed_bytes / mb),
                  "short_mb": round(placement.short_bytes / mb), "stays": list(placement.stays),
                  "kept": list(placement.kept), "reason": placement.reason}
-        if not placement.move:
+        components = demand_components(placement, self._components)
+        if self.withheld:  # not started here at all: they must run remotely, whatever placement says
+            named = {c.name for c in components}
+            components += [c for c in self._components if c.name in self.withheld and c.name not in named]
+            facts["withheld"] = list(self.withheld)
+            self.withheld = ()
+        if not components:
             log.warning("memory is short but no component can move; no demand", lease_id=self.lease_id, **facts)
             return
         ev = DemandEvent(lease_id=self.lease_id, trigger=action.trigger, ram_percent=action.ram_percent,
-                         components=demand_components(placement, self._components),
+                         components=components,
                          route_credential_sha256=self.route_credential_sha256)
         self.stats.demands.append(ev)
         log.info("demand: moving components off this machine", lease_id=self.lease_id, event_id=ev.event_id,
-                 components=placement.names, measured=[c.name for c in placement.move if c.measured],
+                 components=[c.name for c in components], measured=[c.name for c in placement.move if c.measured],
                  ram_gb=ev.ram_gb, gpu=ev.needs_gpu, **facts)
         self._pending_demand = self._send(ev)
+        if self.handoff is not None:
+            self.handoff.demanded([c.name for c in components])
 
     def wake(self, now: float) -> None:
         """Publish a wake demand when a request arrived for a hibernated component (``agent.wake``)."""
@@ -231,6 +273,8 @@ class Agent:
                  event_id=ev.event_id, component=due.asked_by, snapshot_id=due.snapshot_id,
                  components=[c.name for c in components])
         self._pending_demand = self._send(ev)
+        if self.handoff is not None:
+            self.handoff.demanded([c.name for c in components])
 
     # ---------------------------------------------------------------- the loop
     def run(self, run_for_s: float | None = None) -> None:
@@ -274,6 +318,9 @@ def run_agent(
     run_for_s: float | None = None,
     install_signals: bool = True,
     router: AgentRouter | None = None,
+    footprints: Footprints | None = None,
+    handoff: HandOff | None = None,
+    withheld: tuple[str, ...] = (),
 ) -> int:
     """Run the agent until a signal (or ``run_for_s``); always release on the way out.
 
@@ -295,12 +342,15 @@ def run_agent(
         Agent(settings, lease_id=lease_id, memory=memory, publisher=publisher, stop=stop_event,
               clock=clock, holder=holder,
               route_credential_sha256=router.credential_sha256 if router is not None else None,
-              waker=router.waker if router is not None else None).run(run_for_s)
+              waker=router.waker if router is not None else None, footprints=footprints, handoff=handoff,
+              withheld=withheld).run(run_for_s)
     except Exception as e:
         reason = f"agent shutdown: crash ({type(e).__name__})"
         log.exception("agent crashed; releasing the lease", lease_id=lease_id, error=str(e))
         raise
     finally:
+        if handoff is not None:
+            handoff.close()  # before the release: no local copy is stopped or started while the agent leaves
         ok = sd.release(reason)
         if install_signals:
             sd.uninstall()

@@ -157,7 +157,7 @@ def status(
     """A table of the deployment's instances, and where the agent's router sends each component's requests."""
     from spotleash.adapters.firestore import FirestoreStore
     from spotleash.dashboard import status as status_view
-    from spotleash.router.status import read_routes
+    from spotleash.router.status import read_components, read_routes
 
     s = settings()
     store = FirestoreStore.from_settings(s)
@@ -165,6 +165,7 @@ def status(
     records = store.all_instances() if all_ else store.live_instances()
     records.sort(key=lambda r: r.created_at)
     routes = read_routes(s.router_admin_port) or {}
+    placed = read_components(s.router_admin_port) or {}
     sleeping = store.hibernations()
     checked = _refresh(s, store, records) if refresh else None
     if json_out:
@@ -172,7 +173,8 @@ def status(
         out: dict[str, Any] = {"instances": rows,
                                "hibernated": [status_view.hibernated_json(h, now) for h in sleeping],
                                "routes": {n: {"target": v.get("target"), "remote_share": v.get("remote_share", 0.0),
-                                              **v} for n, v in routes.items()}}
+                                              **v} for n, v in routes.items()},
+                               "components": placed}
         if checked is not None:
             for as_json, r in zip(rows, records, strict=True):
                 as_json["provider_says"] = checked.says[r.instance_id].as_json()
@@ -203,6 +205,11 @@ def status(
             rt.add_row(n, str(v.get("target")), str(v.get("instance_id") or "-"),
                        f"{float(v.get('remote_share', 0.0)):.0%}", str(v.get("requests", 0)), str(v.get("reason", "")))
         console.print(rt)
+    if placed:
+        ct = Table("component", "runs", "local copy", "local footprint", "memory freed", "why")
+        for n, v in placed.items():
+            ct.add_row(*status_view.component_cells(n, v))
+        console.print(ct)
 
 
 def _refresh(s: Settings, store: FirestoreStore, records: list[InstanceRecord]) -> Checked:

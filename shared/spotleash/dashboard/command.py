@@ -15,20 +15,27 @@ if TYPE_CHECKING:
 
 
 def state_source(store: DashboardStore, monthly_budget_usd: float, *, price: PriceLookup | None = None,
-                 routes: RoutesSource | None = None) -> Callable[[], dict[str, Any]]:
+                 routes: RoutesSource | None = None, placed: RoutesSource | None = None) -> Callable[[], dict[str, Any]]:
     """A callable giving the view as of now: one store read per call."""
     def state() -> dict[str, Any]:
-        return build_view(gather(store, utcnow(), monthly_budget_usd=monthly_budget_usd, price=price, routes=routes))
+        return build_view(gather(store, utcnow(), monthly_budget_usd=monthly_budget_usd, price=price, routes=routes,
+                                 placed=placed))
 
     return state
 
 
 def cloud_state(settings: Settings, store: DashboardStore) -> Callable[[], dict[str, Any]]:
-    """The view as the deployment sees it (Firestore, Spot prices from the Billing Catalog for unpriced records)."""
+    """The view as the deployment sees it (Firestore, Spot prices from the Billing Catalog for unpriced records),
+    and, on the machine whose agent routes the traffic, that agent's routes and local copies (its router's
+    admin port, ``SPOTLEASH_ROUTER_ADMIN_PORT``)."""
     from spotleash.pricing.book import PriceBook, PriceCache
+    from spotleash.router.status import read_components, read_routes
 
     book = PriceBook.from_settings(settings, utcnow, store if isinstance(store, PriceCache) else None)
-    return state_source(store, settings.monthly_budget_usd, price=book.lookup)
+    port = settings.router_admin_port
+    return state_source(store, settings.monthly_budget_usd, price=book.lookup,
+                        routes=(lambda: read_routes(port)) if port else None,
+                        placed=(lambda: read_components(port)) if port else None)
 
 
 def dashboard_command(settings: Settings, port: int, *, print_url: Callable[[str], None] = print) -> int:

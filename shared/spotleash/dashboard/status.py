@@ -8,6 +8,7 @@ id, age and size.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
@@ -87,3 +88,23 @@ def hibernated_rows(hibernations: list[Hibernation], now: datetime) -> list[tupl
         rows.append((h.lease_id, ", ".join(h.components) or "-", "HIBERNATED", h.snapshot_id, shown,
                      f"{h.size_bytes / 1e6:.1f} MB"))
     return rows
+
+
+def _mb(n: Any) -> str:
+    return f"{float(n) / 2**20:.0f} MB" if isinstance(n, int | float) and n else "-"
+
+
+def component_cells(name: str, state: Mapping[str, Any]) -> tuple[str, ...]:
+    """One row of ``status``'s components table from the agent's hand-off state (``agent.handoff``): where it runs,
+    its local copy, its local footprint, the memory the last stop freed (and in all, when more), and why."""
+    freed = _mb(state.get("freed_bytes"))
+    total = state.get("freed_total_bytes") or 0
+    if total and total != state.get("freed_bytes"):
+        freed += f" ({_mb(total)} in all)"
+    why = str(state.get("reason") or "")
+    if state.get("home"):
+        why += f"; way home: {state['home']}"
+    local = str(state.get("local") or "-")
+    if state.get("pid"):
+        local += f" (pid {state['pid']})"
+    return (name, str(state.get("where") or "-"), local, _mb(state.get("footprint_bytes")), freed, why)

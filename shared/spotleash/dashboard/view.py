@@ -32,7 +32,7 @@ AUDIT_READ = 1000  # audit entries read per refresh
 # The audit actions ``services.terminate`` writes when a deletion is confirmed (its ``action`` argument).
 DELETION_ACTIONS = frozenset({"delete", "reap", "release", "launch_cleanup", "heartbeat", "preempted", "hibernate"})
 
-RoutesSource = Callable[[], Mapping[str, Mapping[str, Any]]]
+RoutesSource = Callable[[], Mapping[str, Mapping[str, Any]] | None]  # None: no router answers now
 
 NO_ROUTES = ("the router runs inside `spotleash agent` on the laptop; this view has no route source, "
              "so where traffic goes is not available here")
@@ -67,11 +67,12 @@ class Inputs:
     rejected: list[dict[str, Any]]
     hibernated: list[Hibernation] = field(default_factory=list)
     routes: Mapping[str, Mapping[str, Any]] | None = None  # None: no route source
+    placed: Mapping[str, Mapping[str, Any]] | None = None  # the agent's hand-off state (agent.handoff); None: none
     price: PriceLookup | None = field(default=None, compare=False)
 
 
 def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, price: PriceLookup | None = None,
-           routes: RoutesSource | None = None) -> Inputs:
+           routes: RoutesSource | None = None, placed: RoutesSource | None = None) -> Inputs:
     """Read what the view needs: live records, this month's billed records, their leases, budget, hibernated
     leases, audit, rejects."""
     from spotleash.clock import month_start
@@ -84,6 +85,7 @@ def gather(store: DashboardStore, now: datetime, *, monthly_budget_usd: float, p
         monthly_budget_usd=monthly_budget_usd, hibernated=store.hibernations(),
         audit=store.audit_entries(limit=AUDIT_READ), rejected=store.rejected(limit=AUDIT_READ),
         routes=routes() if routes is not None else None, price=price,
+        placed=placed() if placed is not None else None,
     )
 
 
@@ -206,6 +208,22 @@ def rejected_rows(rejected: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]
             for e in found[:MAX_ROWS]]
 
 
+def _mb(n: Any) -> float | None:
+    return round(float(n) / 2**20, 1) if isinstance(n, int | float) else None
+
+
+def local_copies(placed: Mapping[str, Mapping[str, Any]] | None) -> dict[str, Any]:
+    """Per component, from the agent's hand-off state: where it runs now, its local copy, its local footprint and
+    the memory freed (MB), and why."""
+    if placed is None:
+        return {"available": False, "reason": NO_ROUTES, "components": []}
+    return {"available": True, "reason": None, "components": [
+        {"name": name, "where": st.get("where"), "local": st.get("local"), "pid": st.get("pid"),
+         "footprint_mb": _mb(st.get("footprint_bytes")), "freed_mb": _mb(st.get("freed_bytes")),
+         "freed_total_mb": _mb(st.get("freed_total_bytes")), "reason": st.get("reason"), "home": st.get("home") or None}
+        for name, st in sorted(placed.items())]}
+
+
 def build_view(inputs: Inputs) -> dict[str, Any]:
     """The dashboard's document. Pure: the same inputs give the same document."""
     now = inputs.now
@@ -230,6 +248,7 @@ def build_view(inputs: Inputs) -> dict[str, Any]:
         "spend": money,
         "budget": budget(inputs.monthly_budget_usd, money["month"], inputs.budget_alert),
         "routes": routes,
+        "local_copies": local_copies(inputs.placed),
         "hibernated": hibernated,
         "deletions": deletions(inputs.audit),
         "rejected": rejected_rows(inputs.rejected),

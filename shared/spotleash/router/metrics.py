@@ -11,12 +11,47 @@ the bulk of what a metric costs.
 from __future__ import annotations
 
 from collections import Counter as Tally
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+
+from spotleash.decide.handoff import WHERE
 
 BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 PREFIX = "spotleash_router"
+COMPONENT_PREFIX = "spotleash_component"  # the agent's hand-off state (``agent.handoff``), read at each scrape
+ComponentSource = Callable[[], Mapping[str, Mapping[str, Any]]]
+
+
+class ComponentCollector(Collector):
+    """Per component, from the agent's hand-off state: where it runs (1 for the one ``where``), its local copy's
+    footprint, the memory its last stop freed and the total freed since the agent started."""
+
+    def __init__(self, source: ComponentSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        location = GaugeMetricFamily(f"{COMPONENT_PREFIX}_location", "1 where the component runs now "
+                                     "(local, remote, both, starting, stopping, none).", labels=["component", "where"])
+        footprint = GaugeMetricFamily(f"{COMPONENT_PREFIX}_footprint_bytes", "The local copy's last measured "
+                                      "footprint (its process tree).", labels=["component"])
+        freed = GaugeMetricFamily(f"{COMPONENT_PREFIX}_freed_bytes", "Memory the last stop of the local copy "
+                                  "freed (its process tree's RSS just before).", labels=["component"])
+        freed_total = GaugeMetricFamily(f"{COMPONENT_PREFIX}_freed_since_start_bytes", "Memory freed by every stop "
+                                        "of the local copy since the agent started.", labels=["component"])
+        for name, st in sorted(self.source().items()):
+            for where in WHERE:
+                location.add_metric([name, where], 1.0 if st.get("where") == where else 0.0)
+            if st.get("footprint_bytes") is not None:
+                footprint.add_metric([name], float(st["footprint_bytes"]))
+            freed.add_metric([name], float(st.get("freed_bytes") or 0))
+            freed_total.add_metric([name], float(st.get("freed_total_bytes") or 0))
+        yield from (location, footprint, freed, freed_total)
+
 TARGET_KINDS = ("local", "remote", "none")
 
 
@@ -44,6 +79,10 @@ class Metrics:
                                   ("component", "target"), buckets=BUCKETS_S, registry=r)
         self._served: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
         self._by_target: Tally[tuple[str, str]] = Tally()  # (component, target) → responses started
+
+    def component_source(self, source: ComponentSource) -> None:
+        """Expose the agent's hand-off state (``spotleash_component_*``), read from ``source`` at each scrape."""
+        self.registry.register(ComponentCollector(source))
 
     def served(self, component: str, target: str, status: int, seconds: float) -> None:
         key = (component, target, status // 100)

@@ -58,7 +58,16 @@ from spotleash.router.channel import (
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
-from spotleash.router.table import Change, Failure, Policy, RemoteState, Route, RouteTable, TargetKind
+from spotleash.router.table import (
+    Change,
+    Failure,
+    LocalMode,
+    Policy,
+    RemoteState,
+    Route,
+    RouteTable,
+    TargetKind,
+)
 
 log = get_logger(__name__)
 
@@ -108,6 +117,9 @@ class RouterConfig:
     # (``table.suspect_without_notice``): the agent asks the control plane to check it. Runs in a worker
     # thread, never in the router's event loop, so it may block briefly (a publish).
     on_remote_lost: Callable[[str, str], object] | None = None
+    # Told after every route change (the agent's hand-off wakes on it; it runs in the router's event loop, so
+    # it must be quick and must not raise: setting a ``threading.Event`` is what it is for).
+    on_route_change: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         return f"RouterConfig(components={[c.name for c in self.components]}, admin_port={self.admin_port})"
@@ -193,6 +205,10 @@ class Router:
         self._probe_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._routes_changed = asyncio.Event()  # set (and replaced) at every route change: held requests look again
+        # The agent's hand-off state per component (``agent.handoff.HandOff.snapshot``), shown on /routes and
+        # /metrics; set by the agent once it runs, read at each scrape (one source of truth, never copied here).
+        self.component_status: Callable[[], Mapping[str, Mapping[str, Any]]] | None = None
+        self.metrics.component_source(lambda: self.component_status() if self.component_status is not None else {})
         for c in config.components:
             self.metrics.current(c.name, str(self.table.current(c.name).target))
 
@@ -260,6 +276,30 @@ class Router:
         self._apply(changes)
         return changes
 
+    def reopen_lease(self) -> list[Change]:
+        changes = self.table.reopen_lease(self.clock())
+        self._apply(changes)
+        return changes
+
+    def set_local_mode(self, component: str, mode: LocalMode) -> list[Change]:
+        """The hand-off's word on a local copy (``table.LocalMode``); new requests follow at once."""
+        changes = self.table.set_local_mode(component, mode, self.clock())
+        self._apply(changes)
+        if mode != LocalMode.STOPPED:
+            self._wake.set()  # probe the local copy now, not at the next tick
+        return changes
+
+    async def local_drained(self, component: str, timeout_s: float) -> bool:
+        """Wait until no request is in flight on ``component``'s local copy, at most ``timeout_s``."""
+        up = self._upstreams[component].get("local")
+        if up is None:
+            return True
+        try:
+            await asyncio.wait_for(up.idle.wait(), max(timeout_s, 0.0))
+        except TimeoutError:
+            return False
+        return True
+
     async def drained(self, timeout_s: float) -> bool:
         """Wait until no request is in flight on any remote target, at most ``timeout_s``."""
         remotes = [up for ups in self._upstreams.values() for up in ups.values() if up.kind == "remote"]
@@ -284,6 +324,7 @@ class Router:
                 "address": f"{host}:{port}",
                 "requests": total,
                 "remote_share": round(by.get("remote", 0) / total, 4) if total else 0.0,
+                "local_mode": str(self.table.local_mode(name)),
             }
         return out
 
@@ -294,6 +335,8 @@ class Router:
         if changes:
             self._routes_changed.set()
             self._routes_changed = asyncio.Event()
+            if self.config.on_route_change is not None:
+                self.config.on_route_change()
         for ch in changes:
             moved = ch.new.remote or ch.old.remote
             if ch.new.key == ch.old.key:  # same target, into or out of panic: nothing to drain
@@ -428,8 +471,8 @@ class Router:
             return _error(502, f"{why}; the retry on the {alternate.kind} copy failed too ({second.detail})")
 
     def _alternate(self, comp: ComponentRoute, failed: Upstream) -> Upstream | None:
-        if failed.kind == "remote":
-            return self._local(comp)
+        if failed.kind == "remote":  # a local copy the agent stopped is no alternate: hold for a replacement
+            return self._local(comp) if self.table.local_there(comp.name) else None
         d = self.table.current(comp.name)  # the failure may have changed it
         return self._remote(comp, d.remote) if d.target == TargetKind.REMOTE and d.remote else None
 
@@ -533,7 +576,7 @@ class Router:
     async def probe_once(self) -> None:
         jobs: list[tuple[str, str | None, Upstream]] = []
         for comp in self.config.components:
-            local = self._local(comp)
+            local = self._local(comp) if self.table.local_there(comp.name) else None
             if local is not None:
                 jobs.append((comp.name, None, local))
         for name, remote in self.table.probe_targets():
@@ -541,7 +584,9 @@ class Router:
         results = await asyncio.gather(*(self._probe(up) for _, _, up in jobs))
         now = self.clock()
         changes: list[Change] = []
-        for (name, iid, _), (error, failure) in zip(jobs, results, strict=True):
+        for (name, iid, up), (error, failure) in zip(jobs, results, strict=True):
+            if error is not None and up.session.closed:
+                continue  # a drain closed this pool mid-probe (the target was left, not lost): no evidence either way
             changes += self.table.record_probe(name, iid, error is None, now, error, failure)
         changes += self.table.reevaluate(now)
         self._apply(changes)
@@ -584,7 +629,9 @@ class Router:
         return web.Response(body=body, headers={"Content-Type": content_type, "X-Content-Type-Options": "nosniff"})
 
     async def _routes_view(self, _request: web.Request) -> web.Response:
-        return web.Response(text=json.dumps({"routes": self.routes(), "totals": self.metrics.totals()}),
+        components = dict(self.component_status()) if self.component_status is not None else {}
+        return web.Response(text=json.dumps({"routes": self.routes(), "totals": self.metrics.totals(),
+                                             "components": components}),
                             content_type="application/json")
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from spotleash.log import get_logger
 from spotleash.router.proxy import Router, RouterConfig
+from spotleash.router.table import LocalMode
 from spotleash.router.watch import LeaseCallback, RecordsCallback, RecordWatch
 
 log = get_logger(__name__)
@@ -98,6 +99,29 @@ class RouterService:
 
     def release_lease(self) -> None:
         self._call(lambda: self.router.release_lease())
+
+    def reopen_lease(self) -> None:
+        self._call(lambda: self.router.reopen_lease())
+
+    def set_local_mode(self, component: str, mode: LocalMode) -> None:
+        """Thread-safe: the hand-off's word on ``component``'s local copy (``table.LocalMode``)."""
+        self._call(lambda: self.router.set_local_mode(component, mode))
+
+    def set_component_status(self, source: Callable[[], Mapping[str, Mapping[str, Any]]]) -> None:
+        """What ``/routes`` (``components``) and ``/metrics`` (``spotleash_component_*``) show per component; it is
+        called in the router's event loop at each read, so it must be quick (a snapshot under a lock)."""
+        self._call(lambda: setattr(self.router, "component_status", source))
+
+    def wait_local_drained(self, component: str, timeout_s: float) -> bool:
+        """Wait until no request is in flight on ``component``'s local copy (at most ``timeout_s``)."""
+        loop = self._loop
+        if loop is None or self._router is None:
+            return True
+        future = asyncio.run_coroutine_threadsafe(self._router.local_drained(component, timeout_s), loop)
+        try:
+            return bool(future.result(timeout_s + 1.0))
+        except (TimeoutError, concurrent.futures.TimeoutError):
+            return False
 
     def wait_drained(self, timeout_s: float) -> bool:
         """Wait until no request is in flight on a remote target (at most ``timeout_s``); True if none is."""

@@ -7,7 +7,10 @@ still picks one (panic routing, Envoy's panic threshold): a probe that timed out
 copy may be busy, and failing every request makes a slow service a dead one), an error answer stronger;
 a refused connection or a wrong certificate says no copy is there at all. Only then is the answer nobody
 (the proxy answers 503 with Retry-After, or holds the request for a copy to come).
-``RouteTable`` keeps what the control plane and the probes said, and turns every change of that into
+The agent's hand-off sets each local copy's ``LocalMode``: ``STOPPED`` (its remote copy serves and the
+agent stopped it: not a target, not probed, no panic target) or ``HOME`` (coming home: the local copy takes
+new requests ahead of a usable remote copy, which then drains). ``RouteTable`` keeps what the control plane and
+the probes said, and turns every change of that into
 at most one ``Change`` per component (the proxy logs it and drains the target it leaves), and notes each
 remote copy that fails probes without notice (``suspect_without_notice``: the agent asks the
 control plane to check that instance at its provider now).
@@ -22,6 +25,14 @@ from enum import StrEnum
 READY = "READY"
 ENDING = frozenset({"TERMINATING", "TERMINATED", "FAILED"})
 HEALTHY = "healthy"
+
+
+class LocalMode(StrEnum):
+    """What the agent's hand-off says of a component's local copy (``agent.handoff``)."""
+
+    AUTO = "auto"  # the default: local whenever no remote copy is usable
+    STOPPED = "stopped"  # the agent stopped it (its remote copy serves): never a target, not probed
+    HOME = "home"  # coming home: the local copy answers and takes new requests even while a remote copy is usable
 
 
 class TargetKind(StrEnum):
@@ -254,6 +265,12 @@ class _Component:
     remotes: dict[str, RemoteState] = field(default_factory=dict)  # by instance id
     local_probes: Probes = field(default_factory=Probes)
     current: Route = field(default_factory=lambda: Route(TargetKind.LOCAL, "starting"))
+    local_mode: LocalMode = LocalMode.AUTO
+
+    @property
+    def local_there(self) -> bool:
+        """A local copy exists and the agent has not stopped it."""
+        return self.has_local and self.local_mode != LocalMode.STOPPED
 
 
 class RouteTable:
@@ -287,6 +304,13 @@ class RouteTable:
     def local_probes(self, component: str) -> Probes:
         return self._c[component].local_probes
 
+    def local_mode(self, component: str) -> LocalMode:
+        return self._c[component].local_mode
+
+    def local_there(self, component: str) -> bool:
+        """Has ``component`` a local copy the agent has not stopped (a target, worth a probe)?"""
+        return self._c[component].local_there
+
     def probe_targets(self) -> list[tuple[str, RemoteState]]:
         """Remote copies worth probing: READY, healthy on their instance, with an endpoint, not ending."""
         return [(name, r) for name, c in self._c.items() for r in c.remotes.values() if probeable(r)]
@@ -306,6 +330,20 @@ class RouteTable:
 
     def release_lease(self, now: float) -> list[Change]:
         self.lease_released = True
+        return self.reevaluate(now)
+
+    def reopen_lease(self, now: float) -> list[Change]:
+        """A new demand after a release mid-run: the lease's next remote copies may take traffic again."""
+        self.lease_released = False
+        return self.reevaluate(now)
+
+    def set_local_mode(self, component: str, mode: LocalMode, now: float) -> list[Change]:
+        """The hand-off's word on ``component``'s local copy (``LocalMode``). Leaving STOPPED forgets the old
+        copy's probes: the new one earns its own."""
+        c = self._c[component]
+        if c.local_mode == LocalMode.STOPPED and mode != LocalMode.STOPPED:
+            c.local_probes = Probes()
+        c.local_mode = mode
         return self.reevaluate(now)
 
     def record_probe(
@@ -331,7 +369,7 @@ class RouteTable:
         the interval between them (a freeze the router waits out is still shorter than two timeouts)."""
         targets = {(name, r.instance_id) for name, r in self.probe_targets()}
         streaks = [p.fail_streak for key, p in self._remote_probes.items() if key in targets]
-        streaks += [c.local_probes.fail_streak for c in self._c.values() if c.has_local]
+        streaks += [c.local_probes.fail_streak for c in self._c.values() if c.local_there]
         return any(0 < s < self.policy.fall for s in streaks)
 
     def take_suspects(self) -> list[Suspect]:
@@ -342,8 +380,10 @@ class RouteTable:
     # ------------------------------------------------------------------ deciding
 
     def _decide(self, name: str, c: _Component, now: float) -> Route:
-        lok = local_ok(c.local_probes, c.has_local, self.policy)
+        lok = local_ok(c.local_probes, c.local_there, self.policy)
         cur = c.current
+        if c.local_mode == LocalMode.HOME and lok:
+            return Route(TargetKind.LOCAL, f"{name} came home: its local copy answers again")
         candidates: list[RemoteState] = []
         if cur.target == TargetKind.REMOTE and cur.remote is not None and cur.remote.instance_id in c.remotes:
             candidates.append(c.remotes[cur.remote.instance_id])  # stay where we are while it is usable
@@ -360,7 +400,7 @@ class RouteTable:
         if decided.target != TargetKind.NONE:
             return decided
         remotes = [(r, self.remote_probes(name, r.instance_id)) for _, r in sorted(c.remotes.items())]
-        panic = least_bad(name, c.local_probes if c.has_local else None, remotes,
+        panic = least_bad(name, c.local_probes if c.local_there else None, remotes,
                           lease_released=self.lease_released, current=cur)
         return panic or decided
 

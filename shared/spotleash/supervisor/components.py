@@ -29,7 +29,7 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -372,9 +372,11 @@ class Supervisor:
                 return r
         raise KeyError(name)
 
-    def start(self) -> None:
+    def start(self, skip: Collection[str] = ()) -> None:
+        """Start every component but those in ``skip`` (``start_component`` starts them later), and the loop."""
         for r in self.runners:
-            r.start()
+            if r.launch.name not in skip:
+                r.start()
         self._thread = threading.Thread(target=self._loop, name="supervisor", daemon=True)
         self._thread.start()
         self._on_change()

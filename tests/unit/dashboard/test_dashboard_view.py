@@ -216,3 +216,26 @@ def test_json_endpoint_time_over_many_records() -> None:
     assert len(v["instances"]) == 1000 and len(v["deletions"]) == 50
     print(f"\ndashboard state over 2000 records + 1000 audit entries: {took * 1000:.0f} ms, {len(body)} bytes")
     assert took < 10.0
+
+
+def test_local_copies_from_the_agents_hand_off_state() -> None:
+    placed = {"vision": {"where": "remote", "local": "stopped", "pid": None, "footprint_bytes": 300 * 2**20,
+                         "freed_bytes": 310 * 2**20, "freed_total_bytes": 620 * 2**20,
+                         "reason": "its remote copy serves; the local copy was stopped, freeing 310 MB",
+                         "home": "310 MB would not fit"},
+              "api": {"where": "local", "local": "running", "pid": 42, "footprint_bytes": None, "freed_bytes": 0,
+                      "freed_total_bytes": 0, "reason": "its local copy serves", "home": ""}}
+    v = view_of(seeded(), placed=lambda: placed)
+    lc = v["local_copies"]
+    assert lc["available"] is True and [c["name"] for c in lc["components"]] == ["api", "vision"]
+    api, vision = lc["components"]
+    assert vision == {"name": "vision", "where": "remote", "local": "stopped", "pid": None, "footprint_mb": 300.0,
+                      "freed_mb": 310.0, "freed_total_mb": 620.0, "reason": placed["vision"]["reason"],
+                      "home": "310 MB would not fit"}
+    assert api["footprint_mb"] is None and api["home"] is None and api["pid"] == 42
+    json.dumps(v)
+
+
+def test_without_an_agent_local_copies_say_not_available() -> None:
+    assert view_of(seeded())["local_copies"] == {"available": False, "reason": NO_ROUTES, "components": []}
+    assert view_of(seeded(), placed=lambda: None)["local_copies"]["available"] is False  # no agent answers

@@ -46,3 +46,17 @@ def test_a_live_instance_in_its_preemption_grace_says_so() -> None:
     ended = transition(transition(record(preempted=True, preempted_at=NOW), State.TERMINATING, NOW),
                        State.TERMINATED, NOW, reason="preempted")
     assert shown_state(ended) == "TERMINATED"
+
+
+def test_component_cells_from_the_hand_off_state() -> None:
+    from spotleash.dashboard.status import component_cells
+
+    away = {"where": "remote", "local": "stopped", "pid": None, "footprint_bytes": 300 * 2**20,
+            "freed_bytes": 310 * 2**20, "freed_total_bytes": 620 * 2**20, "reason": "its remote copy serves",
+            "home": "it fits; holding 3/300 s before coming home"}
+    assert component_cells("vision", away) == (
+        "vision", "remote", "stopped", "300 MB", "310 MB (620 MB in all)",
+        "its remote copy serves; way home: it fits; holding 3/300 s before coming home")
+    here = {"where": "local", "local": "running", "pid": 42, "footprint_bytes": None, "freed_bytes": 0,
+            "freed_total_bytes": 0, "reason": "its local copy serves", "home": ""}
+    assert component_cells("api", here) == ("api", "local", "running (pid 42)", "-", "-", "its local copy serves")

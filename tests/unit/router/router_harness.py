@@ -131,7 +131,7 @@ class Upstream:
     async def start(self) -> None:
         self.runner = web.AppRunner(self.app(), access_log=None, shutdown_timeout=0.2)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", self.port)  # a restart takes its old port (0: any free one)
         await site.start()
         self.port = self.runner.addresses[0][1]
 

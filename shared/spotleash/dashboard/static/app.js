@@ -203,6 +203,20 @@
     fillRows("instances", v.instances.map((i) => instanceRow({ ...i, now_iso: v.now }, routesAvailable)),
       "No live instances.", 11);
     $("routes-note").textContent = routesAvailable ? "" : `Traffic: not available — ${v.routes.reason}.`;
+    const lc = v.local_copies || { available: false, components: [] };
+    $("local-note").textContent = lc.available ? "" : `Not available — ${lc.reason}.`;
+    fillRows("local-copies", lc.components.map((c) => {
+      const tr = el("tr", { "data-component": c.name, "data-where": c.where });
+      tr.appendChild(el("th", { scope: "row" }, c.name));
+      tr.appendChild(el("td", {}, c.where));
+      tr.appendChild(el("td", {}, c.local + (c.pid ? ` (pid ${c.pid})` : "")));
+      tr.appendChild(el("td", { class: "num" }, c.footprint_mb === null ? "–" : String(c.footprint_mb)));
+      const freed = c.freed_mb ? String(c.freed_mb) + (c.freed_total_mb && c.freed_total_mb !== c.freed_mb
+        ? ` (${c.freed_total_mb} in all)` : "") : "–";
+      tr.appendChild(el("td", { class: "num" }, freed));
+      tr.appendChild(el("td", { class: "reason" }, c.reason + (c.home ? `; way home: ${c.home}` : "")));
+      return tr;
+    }), lc.available ? "The agent runs no component." : "Not available here.", 6);
 
     $("spend-today").textContent = money(v.spend.today);
     $("spend-today").dataset.value = String(v.spend.today);
