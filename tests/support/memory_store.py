@@ -212,6 +212,15 @@ class MemoryStore:
         return [r for r in self._records(lambda r: r.lease_id == lease_id and (not live_only or r.state in LIVE))
                 if self._ours(r)]
 
+    @_scripted
+    def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]:
+        wanted = set(lease_ids)
+        found: dict[str, list[InstanceRecord]] = {lease_id: [] for lease_id in sorted(wanted)}
+        for r in self._records(lambda r: r.lease_id in wanted and r.state in LIVE):
+            if self._ours(r):
+                found[r.lease_id].append(r)
+        return found
+
     def all_instances(self, limit: int | None = None) -> list[InstanceRecord]:
         return self._records(self._ours)[:limit]
 

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.adapters.firestore import Store
+from spotleash.adapters.firestore import LEASES_PER_QUERY, Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -156,6 +156,24 @@ class StoreContract:
         assert len(store.all_instances(limit=2)) == 2
         assert ids(other.live_instances()) == ["sl-theirs"]
         assert store.get("sl-theirs") is not None  # a read by id is not filtered (ids are global)
+
+    def test_live_instances_of_many_leases_at_once(self, store: ContractStore, make_store: MakeStore) -> None:
+        """The reap's batched read: more leases than one query takes (``LEASES_PER_QUERY``), live records only,
+        this deployment's only, every lease asked for a key (one with nothing live maps to [])."""
+        lease_ids = [f"lease-{i:02d}" for i in range(2 * LEASES_PER_QUERY + 1)]
+        for i, lid in enumerate(lease_ids):
+            store.put(record(f"sl-{i:02d}-live", State.READY if i % 2 else State.TERMINATING, lease=lid))
+            store.put(record(f"sl-{i:02d}-done", State.TERMINATED, lease=lid))
+        store.put(record("sl-empty-done", State.FAILED, lease="lease-empty"))
+        store.put(record("sl-unasked", State.READY, lease="lease-unasked"))
+        make_store("dep-other").put(record("sl-theirs", State.READY, lease="lease-00", dep="dep-other"))
+        reads = store.reads
+        got = store.live_instances_of_leases([*lease_ids, "lease-empty", "lease-00"])
+        assert sorted(got) == sorted([*lease_ids, "lease-empty"])
+        assert {lid: ids(recs) for lid, recs in got.items()} == {
+            **{lid: [f"sl-{i:02d}-live"] for i, lid in enumerate(lease_ids)}, "lease-empty": []}
+        assert store.reads - reads == len(lease_ids) + 1  # the live records (and the other deployment's) only
+        assert store.live_instances_of_leases([]) == {}
 
     def test_instances_since_includes_its_boundary(self, store: ContractStore) -> None:
         store.put(record("sl-old", State.TERMINATED, created=-7200))

@@ -39,6 +39,9 @@ from spotleash.model import (
 from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
+# One query asks for the live instances of this many leases: ``lease_id in [...]`` and ``state in LIVE`` count
+# as their product in Firestore's limit of 30 disjunctions per query (disjunctive normal form).
+LEASES_PER_QUERY = 30 // len(LIVE)
 CONTENTION_ROUNDS = 3  # rounds of the client's own 10 attempts, for a transaction under contention (``_transact``)
 _OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
 
@@ -71,6 +74,7 @@ class Store(Protocol):
     ) -> InstanceRecord | None: ...
     def live_instances(self) -> list[InstanceRecord]: ...
     def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]: ...
+    def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]: ...
     def instances_since(self, since: datetime) -> list[InstanceRecord]: ...
     def billed_since(self, since: datetime) -> list[InstanceRecord]: ...
     # the reaper's candidate queries
@@ -232,6 +236,22 @@ class FirestoreStore:
         if live_only:
             q = q.where(filter=FieldFilter("state", "in", [str(s) for s in LIVE]))
         return [r for r in self._records(q) if r.deployment_id == self.deployment_id]
+
+    def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]:
+        """The live instances of each lease (every lease asked for is a key; one with none maps to []), in
+        queries of ``LEASES_PER_QUERY`` leases each: the reap asks about every expired lease at once, and one
+        query per lease cost it a round trip each (and, on the emulator, a scan of the collection each)."""
+        wanted = sorted(set(lease_ids))
+        found: dict[str, list[InstanceRecord]] = {lease_id: [] for lease_id in wanted}
+        live = [str(s) for s in LIVE]
+        for start in range(0, len(wanted), LEASES_PER_QUERY):
+            chunk = wanted[start:start + LEASES_PER_QUERY]
+            q = self._instances.where(filter=FieldFilter("lease_id", "in", chunk)).where(
+                filter=FieldFilter("state", "in", live))
+            for r in self._records(q):
+                if r.deployment_id == self.deployment_id:
+                    found[r.lease_id].append(r)
+        return found
 
     def all_instances(self, limit: int | None = None, *, page_size: int = 500) -> list[InstanceRecord]:
         """The deployment's records, ended ones too, in id order: every one unless ``limit`` caps them.

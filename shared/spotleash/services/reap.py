@@ -71,8 +71,10 @@ def gather(ctx: Context, providers: list[str], named: str | None = None,
                   store.pending_older_than(cut["pending"])):
         found.update((r.instance_id, r) for r in batch)
     leases = {}
-    for lease in store.expired_leases(now):
-        live = store.instances_of_lease(lease.lease_id)
+    expired = store.expired_leases(now)
+    live_of = store.live_instances_of_leases(lease.lease_id for lease in expired)  # a few queries, not one each
+    for lease in expired:
+        live = live_of.get(lease.lease_id, [])
         if live:
             leases[lease.lease_id] = lease
             found.update((r.instance_id, r) for r in live)
