@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -328,6 +328,13 @@ class MemoryStore:
                  "deployment_id": self.deployment_id, **fields}
         with self._lock:
             self._audit.append(entry)
+
+    @_scripted
+    def audit_many(self, now: datetime, entries: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        rows = [{"action": action, "reason": reason, "at": now, "expire_at": now + RETENTION,
+                 "deployment_id": self.deployment_id, **fields} for action, reason, fields in entries]
+        with self._lock:
+            self._audit.extend(rows)
 
     def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         with self._lock:

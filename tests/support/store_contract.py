@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.adapters.firestore import LEASES_PER_QUERY, Store
+from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -347,6 +347,19 @@ class StoreContract:
         assert [(e["action"], e["reason"]) for e in mine] == [("launch_intent", "threshold"),
                                                              ("reap", "heartbeat_lost")]
         assert mine[1]["detail"] == "late" and everything[1]["instances"] == ["sl-a"]
+
+    def test_audit_many_writes_every_entry_as_audit_would(self, store: ContractStore, make_store: MakeStore) -> None:
+        """The reap's decisions in batched writes (more than one batch holds): each entry as ``audit`` writes it."""
+        n = WRITES_PER_BATCH + 3
+        store.audit_many(at(5), [("reap_decision", "orphan" if i % 2 else "max_runtime",
+                                  {"instance_id": f"sl-{i:04d}", "dry_run": False}) for i in range(n)])
+        store.audit_many(at(6), [])
+        make_store("dep-other").audit_many(at(5), [("reap_decision", "orphan", {"instance_id": "sl-0001"})])
+        got = store.audit_entries(limit=2 * n)
+        assert len(got) == n and sorted(e["instance_id"] for e in got) == [f"sl-{i:04d}" for i in range(n)]
+        assert all(e["action"] == "reap_decision" and e["at"] == at(5) and e["expire_at"] > e["at"]
+                   and e["deployment_id"] == DEP and e["dry_run"] is False for e in got)
+        assert [(e["reason"]) for e in store.audit_entries("sl-0001")] == ["orphan"]
 
     def test_audit_entries_are_the_newest_up_to_the_limit_oldest_first(self, store: ContractStore) -> None:
         for i in (3, 11, 0, 7, 9, 1, 10, 5, 2, 8, 4, 6):  # written out of time order

@@ -198,10 +198,9 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         ctx.store.audit("reap_blocked", "mass_deletion_guard", now, event_id=tick.event_id,
                         count=len(plan.decisions), detail="; ".join(plan.notes))
         log.error("reap refused: too many deletions", count=len(plan.decisions), event_id=tick.event_id)
-    for d in plan.decisions:
-        ctx.store.audit("reap_decision", d.reason, now, instance_id=d.instance_id, provider=d.provider,
-                        provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail, dry_run=dry,
-                        blocked=plan.blocked)
+    ctx.store.audit_many(now, [("reap_decision", d.reason, {
+        "instance_id": d.instance_id, "provider": d.provider, "provider_id": d.provider_id, "lease_id": d.lease_id,
+        "detail": d.detail, "dry_run": dry, "blocked": plan.blocked}) for d in plan.decisions])
     if tick.instance_id is not None:  # before acting: the check's entry precedes what it caused
         _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
