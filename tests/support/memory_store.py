@@ -216,8 +216,8 @@ class MemoryStore:
     def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]:
         wanted = set(lease_ids)
         found: dict[str, list[InstanceRecord]] = {lease_id: [] for lease_id in sorted(wanted)}
-        for r in self._records(lambda r: r.lease_id in wanted and r.state in LIVE):
-            if self._ours(r):
+        for r in self._records(lambda r: r.lease_id in wanted):  # Firestore's query: every record of those leases
+            if self._ours(r) and r.state in LIVE:
                 found[r.lease_id].append(r)
         return found
 

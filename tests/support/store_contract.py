@@ -172,7 +172,8 @@ class StoreContract:
         assert sorted(got) == sorted([*lease_ids, "lease-empty"])
         assert {lid: ids(recs) for lid, recs in got.items()} == {
             **{lid: [f"sl-{i:02d}-live"] for i, lid in enumerate(lease_ids)}, "lease-empty": []}
-        assert store.reads - reads == len(lease_ids) + 1  # the live records (and the other deployment's) only
+        # the records of those leases (ended ones too, and the other deployment's), none of another lease
+        assert store.reads - reads == 2 * len(lease_ids) + 2
         assert store.live_instances_of_leases([]) == {}
 
     def test_instances_since_includes_its_boundary(self, store: ContractStore) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -39,9 +40,12 @@ from spotleash.model import (
 from spotleash.pricing.sheet import CachedPrice
 
 RETENTION = timedelta(days=30)  # TTL of audit, events and rejected docs (Terraform sets the TTL policy)
-# One query asks for the live instances of this many leases: ``lease_id in [...]`` and ``state in LIVE`` count
-# as their product in Firestore's limit of 30 disjunctions per query (disjunctive normal form).
-LEASES_PER_QUERY = 30 // len(LIVE)
+# One query asks about this many leases (``lease_id in [...]``, Firestore's limit of 30 disjunctions per query).
+# No ``state in LIVE`` beside it: that would count as a product (6 leases a query), and the emulator runs one
+# scan of the collection per disjunction (measured: 0.07 s each at 11,000 records), so the state is filtered
+# here; the ended records of those leases are read too (a released lease's few), nothing else.
+LEASES_PER_QUERY = 30
+PARALLEL_QUERIES = 4  # queries of one lookup in flight at once
 WRITES_PER_BATCH = 500  # Firestore's limit of writes in one batch
 CONTENTION_ROUNDS = 3  # rounds of the client's own 10 attempts, for a transaction under contention (``_transact``)
 _OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
@@ -241,18 +245,22 @@ class FirestoreStore:
 
     def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]:
         """The live instances of each lease (every lease asked for is a key; one with none maps to []), in
-        queries of ``LEASES_PER_QUERY`` leases each: the reap asks about every expired lease at once, and one
-        query per lease cost it a round trip each (and, on the emulator, a scan of the collection each)."""
+        queries of ``LEASES_PER_QUERY`` leases, sent side by side: the reap asks about every expired lease at
+        once, and one query per lease cost it a round trip each (on the emulator, five scans each)."""
         wanted = sorted(set(lease_ids))
+        chunks = [wanted[start:start + LEASES_PER_QUERY] for start in range(0, len(wanted), LEASES_PER_QUERY)]
+
+        def of(chunk: list[str]) -> list[Any]:
+            query = self._instances.where(filter=FieldFilter("lease_id", "in", chunk))
+            return self._wrap(lambda: list(query.stream()))  # type: ignore[no-any-return]
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(chunks), PARALLEL_QUERIES))) as pool:
+            docs = [d for batch in pool.map(of, chunks) for d in batch]
+        self.reads += len(docs)  # counted here, in one thread
         found: dict[str, list[InstanceRecord]] = {lease_id: [] for lease_id in wanted}
-        live = [str(s) for s in LIVE]
-        for start in range(0, len(wanted), LEASES_PER_QUERY):
-            chunk = wanted[start:start + LEASES_PER_QUERY]
-            q = self._instances.where(filter=FieldFilter("lease_id", "in", chunk)).where(
-                filter=FieldFilter("state", "in", live))
-            for r in self._records(q):
-                if r.deployment_id == self.deployment_id:
-                    found[r.lease_id].append(r)
+        for r in (InstanceRecord.model_validate(d.to_dict()) for d in docs):
+            if r.deployment_id == self.deployment_id and r.state in LIVE:
+                found[r.lease_id].append(r)
         return found
 
     def all_instances(self, limit: int | None = None, *, page_size: int = 500) -> list[InstanceRecord]:
