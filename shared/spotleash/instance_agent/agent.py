@@ -327,7 +327,8 @@ class InstanceAgent:
         """``heartbeat()`` in a thread of its own, waited for until a stop is asked (then None): a SIGTERM that
         lands while the control plane takes its time answering a beat ends the agent now, not after the reply
         (up to the client's 10 s). A deletion waits for the guest to stop (GCE, and the Compute fake, which
-        SIGKILLs a VM 3 s after its SIGTERM), so an agent that lingers makes every release slower."""
+        SIGKILLs a VM 3 s after its SIGTERM), so an agent that lingers makes every release slower. Not on a
+        preempted box: its beat tells the control plane of the notice (the replacement starts from it)."""
         outcome: list[BeatOutcome] = []
         failed: list[BaseException] = []
         finished = threading.Event()
@@ -342,7 +343,7 @@ class InstanceAgent:
 
         threading.Thread(target=beat, name="heartbeat", daemon=True).start()
         while not finished.wait(STOP_CHECK_S):
-            if self.stop_event.is_set():
+            if self.stop_event.is_set() and not self.preempted:  # a preempted box's beat carries the notice: wait
                 log.info("stop asked while a heartbeat waits for its reply; not waiting for it")
                 return None
         if failed:

@@ -113,3 +113,26 @@ def test_an_error_in_a_beat_still_reaches_the_loop() -> None:
     agent.heartbeat = broken  # type: ignore[method-assign]
     with pytest.raises(RuntimeError, match="a bug in the beat"):
         agent.run()
+
+
+def test_a_preempted_box_waits_for_the_beat_that_carries_its_notice() -> None:
+    asked, answer = threading.Event(), threading.Event()
+
+    def reply(req: httpx.Request) -> httpx.Response:
+        asked.set()
+        answer.wait(timeout=30)
+        return httpx.Response(200, json={"action": "continue"})
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+    agent.preempted = True  # the notice came (watch_preemption), then the SIGTERM
+
+    def stop_then_answer() -> None:
+        asked.wait(timeout=30)
+        agent.request_stop()
+        answer.set()
+
+    helper = threading.Thread(target=stop_then_answer)
+    helper.start()
+    assert agent.run() == 0
+    helper.join(timeout=10)
+    assert agent.beats_sent == 1  # the beat was answered before the agent stopped
