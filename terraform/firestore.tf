@@ -17,6 +17,7 @@ resource "google_firestore_database" "main" {
 #
 #   _live / live_instances     instances: deployment_id ==, state in [LIVE]
 #   instances_of_lease         instances: lease_id ==, state in [LIVE]
+#   live_instances_of_leases   instances: lease_id in [up to 30]  (the reap; automatic single-field index)
 #   past_deadline              instances: deployment_id ==, state in [LIVE], deadline <=
 #   heartbeat_older_than       instances: deployment_id ==, state in [RUNNING, READY], last_heartbeat <=
 #   pending_older_than         instances: deployment_id ==, state in [...], updated_at <=

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -212,6 +212,15 @@ class MemoryStore:
         return [r for r in self._records(lambda r: r.lease_id == lease_id and (not live_only or r.state in LIVE))
                 if self._ours(r)]
 
+    @_scripted
+    def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]:
+        wanted = set(lease_ids)
+        found: dict[str, list[InstanceRecord]] = {lease_id: [] for lease_id in sorted(wanted)}
+        for r in self._records(lambda r: r.lease_id in wanted):  # Firestore's query: every record of those leases
+            if self._ours(r) and r.state in LIVE:
+                found[r.lease_id].append(r)
+        return found
+
     def all_instances(self, limit: int | None = None) -> list[InstanceRecord]:
         return self._records(self._ours)[:limit]
 
@@ -319,6 +328,13 @@ class MemoryStore:
                  "deployment_id": self.deployment_id, **fields}
         with self._lock:
             self._audit.append(entry)
+
+    @_scripted
+    def audit_many(self, now: datetime, entries: Sequence[tuple[str, str, Mapping[str, Any]]]) -> None:
+        rows = [{"action": action, "reason": reason, "at": now, "expire_at": now + RETENTION,
+                 "deployment_id": self.deployment_id, **fields} for action, reason, fields in entries]
+        with self._lock:
+            self._audit.extend(rows)
 
     def audit_entries(self, instance_id: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
         with self._lock:

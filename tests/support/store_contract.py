@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.adapters.firestore import Store
+from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -156,6 +156,25 @@ class StoreContract:
         assert len(store.all_instances(limit=2)) == 2
         assert ids(other.live_instances()) == ["sl-theirs"]
         assert store.get("sl-theirs") is not None  # a read by id is not filtered (ids are global)
+
+    def test_live_instances_of_many_leases_at_once(self, store: ContractStore, make_store: MakeStore) -> None:
+        """The reap's batched read: more leases than one query takes (``LEASES_PER_QUERY``), live records only,
+        this deployment's only, every lease asked for a key (one with nothing live maps to [])."""
+        lease_ids = [f"lease-{i:02d}" for i in range(2 * LEASES_PER_QUERY + 1)]
+        for i, lid in enumerate(lease_ids):
+            store.put(record(f"sl-{i:02d}-live", State.READY if i % 2 else State.TERMINATING, lease=lid))
+            store.put(record(f"sl-{i:02d}-done", State.TERMINATED, lease=lid))
+        store.put(record("sl-empty-done", State.FAILED, lease="lease-empty"))
+        store.put(record("sl-unasked", State.READY, lease="lease-unasked"))
+        make_store("dep-other").put(record("sl-theirs", State.READY, lease="lease-00", dep="dep-other"))
+        reads = store.reads
+        got = store.live_instances_of_leases([*lease_ids, "lease-empty", "lease-00"])
+        assert sorted(got) == sorted([*lease_ids, "lease-empty"])
+        assert {lid: ids(recs) for lid, recs in got.items()} == {
+            **{lid: [f"sl-{i:02d}-live"] for i, lid in enumerate(lease_ids)}, "lease-empty": []}
+        # the records of those leases (ended ones too, and the other deployment's), none of another lease
+        assert store.reads - reads == 2 * len(lease_ids) + 2
+        assert store.live_instances_of_leases([]) == {}
 
     def test_instances_since_includes_its_boundary(self, store: ContractStore) -> None:
         store.put(record("sl-old", State.TERMINATED, created=-7200))
@@ -329,6 +348,19 @@ class StoreContract:
         assert [(e["action"], e["reason"]) for e in mine] == [("launch_intent", "threshold"),
                                                              ("reap", "heartbeat_lost")]
         assert mine[1]["detail"] == "late" and everything[1]["instances"] == ["sl-a"]
+
+    def test_audit_many_writes_every_entry_as_audit_would(self, store: ContractStore, make_store: MakeStore) -> None:
+        """The reap's decisions in batched writes (more than one batch holds): each entry as ``audit`` writes it."""
+        n = WRITES_PER_BATCH + 3
+        store.audit_many(at(5), [("reap_decision", "orphan" if i % 2 else "max_runtime",
+                                  {"instance_id": f"sl-{i:04d}", "dry_run": False}) for i in range(n)])
+        store.audit_many(at(6), [])
+        make_store("dep-other").audit_many(at(5), [("reap_decision", "orphan", {"instance_id": "sl-0001"})])
+        got = store.audit_entries(limit=2 * n)
+        assert len(got) == n and sorted(e["instance_id"] for e in got) == [f"sl-{i:04d}" for i in range(n)]
+        assert all(e["action"] == "reap_decision" and e["at"] == at(5) and e["expire_at"] > e["at"]
+                   and e["deployment_id"] == DEP and e["dry_run"] is False for e in got)
+        assert [(e["reason"]) for e in store.audit_entries("sl-0001")] == ["orphan"]
 
     def test_audit_entries_are_the_newest_up_to_the_limit_oldest_first(self, store: ContractStore) -> None:
         for i in (3, 11, 0, 7, 9, 1, 10, 5, 2, 8, 4, 6):  # written out of time order

@@ -31,6 +31,7 @@ from spotleash.wire.events import ReapTick
 
 log = get_logger(__name__)
 PARALLEL_DELETES = 8
+GATHER_PARALLEL = 6  # the reap's reads: three candidate queries and the providers' listings
 
 
 @dataclass
@@ -62,23 +63,29 @@ def configured_providers(ctx: Context) -> list[str]:
 def gather(ctx: Context, providers: list[str], named: str | None = None,
            ) -> tuple[list[InstanceRecord], dict[str, Lease], dict[str, Inventory]]:
     """Only records that may be due, plus those the inventories name and the one a tick ``named`` (an agent's
-    router lost it; its last beat may be recent, so no cut-off would read it): cost follows what is due."""
+    router lost it; its last beat may be recent, so no cut-off would read it): cost follows what is due.
+    The queries and the providers' listings are independent round trips: they are all in flight at once."""
     store, now = ctx.store, ctx.now()
     cfg = ReapConfig.from_settings(ctx.settings)
     cut = candidate_cutoffs(now, cfg)
-    found: dict[str, InstanceRecord] = {}
-    for batch in (store.past_deadline(now), store.heartbeat_older_than(cut["heartbeat"]),
-                  store.pending_older_than(cut["pending"])):
-        found.update((r.instance_id, r) for r in batch)
+    with ThreadPoolExecutor(max_workers=GATHER_PARALLEL) as pool:
+        listings = {name: pool.submit(inventory, ctx, name) for name in providers}
+        candidates = [pool.submit(store.past_deadline, now), pool.submit(store.heartbeat_older_than, cut["heartbeat"]),
+                      pool.submit(store.pending_older_than, cut["pending"])]
+        expired = store.expired_leases(now)
+        live_of = store.live_instances_of_leases(lease.lease_id for lease in expired)  # a few queries, not one each
+        found: dict[str, InstanceRecord] = {}
+        for batch in candidates:
+            found.update((r.instance_id, r) for r in batch.result())
+        inventories = {name: listing.result() for name, listing in listings.items()}
     leases = {}
-    for lease in store.expired_leases(now):
-        live = store.instances_of_lease(lease.lease_id)
+    for lease in expired:
+        live = live_of.get(lease.lease_id, [])
         if live:
             leases[lease.lease_id] = lease
             found.update((r.instance_id, r) for r in live)
         elif lease_retirable(lease, now):
             _retire_if_still_due(ctx, lease)
-    inventories = {name: inventory(ctx, name) for name in providers}
     listed = {p.instance_id for inv in inventories.values() for p in inv.instances if p.instance_id}
     found.update(store.get_many((listed | ({named} if named else set())) - found.keys()))
     return list(found.values()), leases, inventories
@@ -196,10 +203,9 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         ctx.store.audit("reap_blocked", "mass_deletion_guard", now, event_id=tick.event_id,
                         count=len(plan.decisions), detail="; ".join(plan.notes))
         log.error("reap refused: too many deletions", count=len(plan.decisions), event_id=tick.event_id)
-    for d in plan.decisions:
-        ctx.store.audit("reap_decision", d.reason, now, instance_id=d.instance_id, provider=d.provider,
-                        provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail, dry_run=dry,
-                        blocked=plan.blocked)
+    ctx.store.audit_many(now, [("reap_decision", d.reason, {
+        "instance_id": d.instance_id, "provider": d.provider, "provider_id": d.provider_id, "lease_id": d.lease_id,
+        "detail": d.detail, "dry_run": dry, "blocked": plan.blocked}) for d in plan.decisions])
     if tick.instance_id is not None:  # before acting: the check's entry precedes what it caused
         _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):

@@ -78,3 +78,61 @@ def test_agent_survives_connection_errors_and_5xx() -> None:
 
     agent = _agent(httpx.MockTransport(reply), CFG)
     assert agent.run() == 0 and calls["n"] == 3
+
+
+def test_a_stop_while_a_beat_waits_for_its_reply_ends_the_agent_without_the_reply() -> None:
+    """SIGTERM (``request_stop``) while the control plane has not answered a beat yet: the agent stops now
+    and leaves the beat behind (a box being deleted waits for its guest to stop)."""
+    asked, answer = threading.Event(), threading.Event()
+
+    def reply(req: httpx.Request) -> httpx.Response:
+        asked.set()
+        answer.wait(timeout=30)  # the reply comes only once the test is over
+        return httpx.Response(200, json={"action": "continue"})
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+    stopper = threading.Thread(target=lambda: asked.wait(timeout=30) and agent.request_stop())
+    stopper.start()
+    try:
+        assert agent.run() == 0
+        assert asked.is_set() and not answer.is_set() and agent.beats_sent == 0  # stopped before any reply
+    finally:
+        answer.set()
+        stopper.join(timeout=10)
+
+
+def test_an_error_in_a_beat_still_reaches_the_loop() -> None:
+    def reply(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"action": "continue"})
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+
+    def broken() -> BeatOutcome:
+        raise RuntimeError("a bug in the beat")
+
+    agent.heartbeat = broken  # type: ignore[method-assign]
+    with pytest.raises(RuntimeError, match="a bug in the beat"):
+        agent.run()
+
+
+def test_a_preempted_box_waits_for_the_beat_that_carries_its_notice() -> None:
+    asked, answer = threading.Event(), threading.Event()
+
+    def reply(req: httpx.Request) -> httpx.Response:
+        asked.set()
+        answer.wait(timeout=30)
+        return httpx.Response(200, json={"action": "continue"})
+
+    agent = _agent(httpx.MockTransport(reply), CFG)
+    agent.preempted = True  # the notice came (watch_preemption), then the SIGTERM
+
+    def stop_then_answer() -> None:
+        asked.wait(timeout=30)
+        agent.request_stop()
+        answer.set()
+
+    helper = threading.Thread(target=stop_then_answer)
+    helper.start()
+    assert agent.run() == 0
+    helper.join(timeout=10)
+    assert agent.beats_sent == 1  # the beat was answered before the agent stopped

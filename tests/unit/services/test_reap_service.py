@@ -374,3 +374,26 @@ def test_the_report_counts_the_documents_read(ctx: Context, store: MemoryStore, 
     before = store.reads
     report = reap(ctx)
     assert report.reads == store.reads - before > 0
+
+
+def test_expired_leases_are_read_together_and_reads_follow_what_is_due(
+        ctx: Context, store: MemoryStore, clock: FakeClock) -> None:
+    """Many released leases, each owning a live record: one batched read finds their records (no query per
+    lease), every one is decided ``lease_expired``, and healthy records of open leases cost no read."""
+    def reads_of_a_dry_run() -> int:
+        return reap(ctx, dry_run=True).reads
+
+    released = [f"lease-r{i:02d}" for i in range(13)]
+    for lid in released:
+        store.put_lease(Lease(lease_id=lid, deployment_id=DEP, expires_at=clock.now - timedelta(seconds=1),
+                              renewed_at=clock.now - timedelta(minutes=2), released=True))
+        put_record(ctx, f"sl-{lid}", lid, last_heartbeat=clock.now)
+    asked: list[str] = []
+    store.on("instances_of_lease", lambda: asked.append("instances_of_lease"))
+    report = reap(ctx, dry_run=True)
+    assert reasons(report) == [("lease_expired", f"sl-{lid}") for lid in released] and asked == []
+    alone = reads_of_a_dry_run()
+    open_lease(ctx, "lease-healthy", ttl_s=3600)
+    for i in range(40):
+        put_record(ctx, f"sl-healthy-{i:02d}", "lease-healthy", last_heartbeat=clock.now)
+    assert reads_of_a_dry_run() == alone
