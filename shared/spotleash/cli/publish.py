@@ -32,7 +32,8 @@ def publish_command(
                                        "(default: SPOTLEASH_PACKAGE_CHANNEL)"),
     json_out: bool = typer.Option(False, "--json", help="print the result as JSON"),
 ) -> None:
-    """Package the app (code + wheels for the instance), upload it to Cloud Storage, move the channel pointer."""
+    """Package the app as content-addressed blobs (app tree, wheels, uv), upload those the bucket lacks, write the
+    manifest, move the channel pointer."""
     from spotleash.adapters.storage import Storage
     from spotleash.config import CONFIG_FILE_VAR
     from spotleash.packaging.appspec import load_app
@@ -51,8 +52,9 @@ def publish_command(
     if json_out:
         print(json.dumps(result.as_json()))
         return
-    sent = f"{result.uploaded_bytes / 1e6:.1f} MB uploaded" if result.uploaded_bytes else "already in the bucket, 0 bytes uploaded"
-    console.print(f"[green]published[/] {app.spec.name}: {result.uri} ({result.size_bytes / 1e6:.1f} MB, "
+    sent = (f"{result.blobs_uploaded} blobs uploaded ({result.uploaded_bytes / 1e6:.2f} MB), "
+            f"{result.blobs_reused} already in the bucket")
+    console.print(f"[green]published[/] {app.spec.name}: {result.uri} ({result.size_bytes / 1e6:.1f} MB in blobs, "
                   f"{result.files} files, {result.wheels} wheels; {sent}) in {result.timings_s['total']:.1f}s")
     console.print(f"{result.pointer} → {result.sha256}" + (f" (was {result.previous})" if result.previous and
                                                            result.previous != result.sha256 else ""))
