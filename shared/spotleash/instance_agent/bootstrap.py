@@ -227,7 +227,7 @@ def download(
     opener: Opener = _urlopen,
     retry_budget_s: float = 300.0,
     timeout_s: float = 60.0,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     what: str = "package",
     stop: threading.Event | None = None,
@@ -261,7 +261,7 @@ def download(
                                                             f"part of the package failed): {detail}") from e
             _log("package download failed; retrying", severity="WARNING", what=what, attempt=attempt,
                  pause_s=pause, reason=detail)
-            sleep(pause)
+            (sleep or time.sleep)(pause)
             pause = min(pause * 2, 30.0)
             continue
         if got != expected_sha256:
