@@ -31,7 +31,17 @@ from spotleash.model import State, instance_id_for
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
 from spotleash.wire.agent_config import AgentConfig
-from spotleash.wire.package import package_object, pointer_object, pointer_text
+from spotleash.wire.package import (
+    AppSpec,
+    Blob,
+    ComponentSpec,
+    LayeredManifest,
+    blob_object,
+    manifest_object,
+    package_object,
+    pointer_object,
+    pointer_text,
+)
 
 pytestmark = [pytest.mark.emulator]
 
@@ -205,3 +215,29 @@ def test_the_signed_url_is_never_logged(ctx: Context, bucket: Storage, vast: Fak
     [spec] = vast.specs
     out = capsys.readouterr()
     assert spec.package_url not in out.out + out.err
+
+
+def test_a_vast_box_gets_one_url_per_blob_of_the_pinned_layered_manifest(
+        ctx: Context, vast: FakeSshProvider, bucket: Storage) -> None:
+    blobs = {hashlib.sha256(d).hexdigest(): d for d in (b"app tree", b"a wheel")}
+    for sha, data in blobs.items():
+        bucket.write_bytes(blob_object(sha), data, if_generation_match=bucket.generation(blob_object(sha)))
+    [app_sha, wheel_sha] = [hashlib.sha256(b"app tree").hexdigest(), hashlib.sha256(b"a wheel").hexdigest()]
+    manifest = LayeredManifest(
+        app=AppSpec(name="demo", components=[ComponentSpec(name="ml_models", command=["python", "m.py"], port=18111)]),
+        requirements=["w"], blobs=[Blob(sha256=app_sha, size=8, kind="app", name="app.tar.gz"),
+                                   Blob(sha256=wheel_sha, size=7, kind="wheel", name="w-1-py3-none-any.whl")])
+    name = manifest_object(manifest.sha256)
+    bucket.write_bytes(name, manifest.to_bytes(), if_generation_match=bucket.generation(name))
+    ptr = pointer_object("main")
+    bucket.write_bytes(ptr, pointer_text(manifest.sha256).encode(), if_generation_match=bucket.generation(ptr))
+    open_lease(ctx)
+    assert handle_demand(ctx, demand(gpu=True)).state is State.RUNNING
+    [spec] = vast.specs
+    assert spec.package_sha256 == manifest.sha256 and spec.package_uri == f"gs://{BUCKET}/{name}"
+    assert hashlib.sha256(httpx.get(spec.package_url, timeout=10).content).hexdigest() == manifest.sha256
+    assert set(spec.blob_urls) == set(blobs)
+    for sha, url in spec.blob_urls.items():  # each URL reads exactly its blob
+        assert hashlib.sha256(httpx.get(url, timeout=10).content).hexdigest() == sha
+    cfg = AgentConfig.for_launch(spec)
+    assert cfg.blob_urls == spec.blob_urls and "blob_urls" not in cfg.to_json(safe=True)

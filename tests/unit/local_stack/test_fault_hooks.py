@@ -119,3 +119,15 @@ def test_a_status_fault_answers_without_running_the_function() -> None:
     status, body = _call(hook, "POST", "/", b"{}")
     assert status.startswith("503") and b"fault" in body and calls == []
     assert operation_of(b"not json") == "call" and operation_of(b'{"snapshot": {"op": "restore"}}') == "snapshot.restore"
+
+
+def test_the_storage_proxy_cuts_a_download_half_way(proxy: FaultProxy) -> None:
+    import http.client
+
+    proxy.plan.add({"operation": "download", "effect": "cut", "count": 1})
+    conn = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
+    conn.request("GET", "/download/storage/v1/b/b/o/x?alt=media")
+    r = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    conn.close()
