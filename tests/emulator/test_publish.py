@@ -28,6 +28,7 @@ from local_emulator.storage.fault_proxy import FaultProxy
 from spotleash.adapters.storage import GenerationConflict, ObjectNotFound, Storage, StorageTransient
 from spotleash.errors import BadInput, Transient
 from spotleash.packaging.appspec import load_app
+from spotleash.packaging.package_gc import collect_garbage
 from spotleash.packaging.publish import build, move_pointer, publish
 from spotleash.topology import load_topology
 from spotleash.wire.package import (
@@ -295,3 +296,23 @@ def test_concurrent_uploads_of_the_same_blobs_both_succeed(gcs_url: str, state_d
     sha = shas.pop()
     store = Storage(BUCKET, emulator=gcs_url)
     assert all(store.stat(blob_object(b.sha256)) for b in read_manifest(store, sha).blobs)
+
+
+def test_gc_deletes_what_no_kept_manifest_names_and_nothing_a_pointer_needs(gcs_url: str, state_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    bucket = "spotleash-test-gc"
+    store = Storage(bucket, emulator=gcs_url)
+    store.ensure_bucket()
+    app_dir = small_app(tmp_path / "app", "v1")
+    v1 = publish(load_app(app_dir, None), store, "main", state_dir)
+    (app_dir / "web.py").write_text("print('v2')\n")
+    v2 = publish(load_app(app_dir, None), store, "main", state_dir)
+    [old_app] = [b for b in read_manifest(store, v1.sha256).blobs if b.kind == "app"]
+    dry = collect_garbage(store, keep_recent=0, grace_s=0, dry_run=True)
+    assert (dry.manifests_deleted, dry.blobs_deleted) == (1, 1) and store.stat(manifest_object(v1.sha256))
+    done = collect_garbage(store, keep_recent=0, grace_s=0)
+    assert (done.manifests_deleted, done.blobs_deleted, done.bytes_freed) == (1, 1, dry.bytes_freed)
+    assert store.stat(manifest_object(v1.sha256)) is None and store.stat(blob_object(old_app.sha256)) is None
+    for b in read_manifest(store, v2.sha256).blobs:  # the pointer's package is whole
+        assert store.stat(blob_object(b.sha256)) is not None
+    assert collect_garbage(store, keep_recent=0, grace_s=0).blobs_deleted == 0  # nothing left to collect
