@@ -171,7 +171,7 @@ def test_nothing_runnable_published_refuses_the_launch_with_package_missing(
     if case == "missing_archive":
         sha = publish_bytes(bucket, b"gone")
         bucket.delete(package_object(sha))
-        expect = f"gs://{BUCKET}/packages/{sha}.tar.gz does not exist"
+        expect = f"gs://{BUCKET}/packages/{sha}.json does not exist"  # neither a manifest nor an archive
     elif case == "garbage_pointer":
         bucket.write_bytes(pointer_object("main"), b"not a sha\n", if_generation_match=0)
         expect = "names no package"
