@@ -7,7 +7,8 @@ the signed URLs it issues then name the proxy too); everyone else keeps talking 
 The control API is the one of every fake (``local_emulator.faults``): ``POST/GET/DELETE /_control/faults``.
 A request's *operation* is ``upload`` (``/upload/...``), ``download`` (``/download/...``) or ``json``
 (the JSON API: metadata, listings, deletes); a rule's ``path`` is searched in the path *with* its query
-string, where an upload names its object (``name=snapshots%2F...``). A rule with ``effect: "cut"``
+string, where a signed upload names its object (``name=snapshots%2F...``), and for an upload also in the
+head of its body, where the official client's multipart and resumable uploads name theirs. A rule with ``effect: "cut"``
 forwards the request, then sends the real status and Content-Length but only half the body and closes
 the connection: Cloud Storage failing mid-download. A rule sleeps ``latency_s`` and then
 answers ``status`` in Cloud Storage's error shape — the request never reaches the emulator (a held upload
@@ -34,6 +35,7 @@ from local_emulator.procs import LOOPBACK
 
 CONTROL_PATH = "/_control/faults"
 CUT = "cut"  # effect: half the body, then the connection closes
+UPLOAD_HEAD = 4096  # bytes of an upload's body searched for a rule's path (its object metadata)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "host", "content-length"})
 
@@ -97,8 +99,11 @@ class _Handler(BaseHTTPRequestHandler):
             self._control(body)
             return
         op = operation_of(self.path)
-        rule = self.server.plan.take(op, method=self.command, path=self.path) \
-            or self.server.plan.take(op, method=self.command, path=self.path, effect=CUT)
+        # the official client names an uploaded object in the JSON metadata at the head of the body (multipart,
+        # resumable initiation), a signed request in the query: a rule's path is searched in both
+        where = self.path + (" " + body[:UPLOAD_HEAD].decode("latin-1") if op == "upload" else "")
+        rule = self.server.plan.take(op, method=self.command, path=where) \
+            or self.server.plan.take(op, method=self.command, path=where, effect=CUT)
         if rule is not None:
             time.sleep(rule.latency_s)
             if rule.status is not None:
