@@ -499,7 +499,7 @@ def test_cloud_storage_down_for_good_fails_the_launch_with_package_unavailable(
             seen = wait_ended(flows, lease)
         finally:
             _restart_storage(packages)
-    assert_failed_cleanly(flows, seen, "package_unavailable", f"{sha}.tar.gz unreachable after",
+    assert_failed_cleanly(flows, seen, "package_unavailable", f"{sha}.json unreachable after",
                           "Connection refused")
 
 

@@ -596,6 +596,7 @@ class Origin:
 
     package: Source
     blob: Callable[[str], Source] | None = None
+    archive: Source | None = None  # where a package published before layers is, when its manifest is not there
 
     @property
     def layered(self) -> bool:
@@ -616,7 +617,8 @@ def origin_for(package_uri: str, package_url: str, blob_urls: Mapping[str, str],
             return Source(url)
         return Origin(package, signed)
     bucket, _ = parse_gs_uri(package_uri)
-    return Origin(package, lambda sha: source_for(f"gs://{bucket}/blobs/{sha}", "", env=env, token=token))
+    return Origin(package, lambda sha: source_for(f"gs://{bucket}/blobs/{sha}", "", env=env, token=token),
+                  source_for(package_uri.removesuffix(".json") + ".tar.gz", "", env=env, token=token))
 
 
 def parse_layered(data: bytes) -> dict[str, Any]:
@@ -767,13 +769,21 @@ def obtain(origin: Origin, sha256: str, work_dir: Path, installer: Installer, *,
            opener: Opener = _urlopen, threads: int = FETCH_THREADS) -> tuple[Path, dict[str, Any], dict[str, float]]:
     """The pinned package fetched, verified and installed: (root, manifest, {"fetch_s", "install_s"})."""
     t0 = time.monotonic()
-    if not origin.layered:
+    manifest_path: Path | None = None
+    if origin.layered:
+        try:
+            manifest_path = fetch(origin.package, sha256, work_dir / "manifests", suffix=".json", opener=opener,
+                                  retry_budget_s=retry_budget_s, what="manifest")
+        except PackageFailure as e:
+            if e.reason != "package_missing" or origin.archive is None:
+                raise
+            _log("no manifest: a package published before layers, read as one archive", sha256=sha256)
+            origin = Origin(origin.archive)
+    if manifest_path is None:
         archive = fetch(origin.package, sha256, work_dir / "archives", opener=opener, retry_budget_s=retry_budget_s)
         t1 = time.monotonic()
         root, manifest = installer.prepare(archive, sha256, work_dir)
     else:
-        manifest_path = fetch(origin.package, sha256, work_dir / "manifests", suffix=".json", opener=opener,
-                              retry_budget_s=retry_budget_s, what="manifest")
         blobs = parse_layered(manifest_path.read_bytes())["blobs"]
         files = fetch_blobs(origin, blobs, work_dir / "blobs", threads=threads, opener=opener,
                             retry_budget_s=retry_budget_s)

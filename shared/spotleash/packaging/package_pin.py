@@ -53,12 +53,19 @@ class PinnedPackage:
 
 
 def pinned(storage: Storage, sha256: str) -> PinnedPackage:
-    """The package a record already pinned (a redelivery resumes with it): its manifest when there is one,
-    else the single archive of a package published before layers."""
+    """The package a record already pinned (a redelivery resumes with it), named by its manifest; no Cloud
+    Storage call, so a VM's launch never waits on Cloud Storage once the sha256 is pinned. A package published
+    before layers has no manifest: the instance's bootstrap then reads the single archive beside it."""
     name = manifest_object(sha256)
-    if storage.stat(name) is None and storage.stat(package_object(sha256)) is not None:
-        name = package_object(sha256)
     return PinnedPackage(sha256, storage.uri(name), name)
+
+
+def _pinned_as_found(storage: Storage, sha256: str) -> PinnedPackage:
+    """Its manifest when there is one, else the single archive of a package published before layers."""
+    got = pinned(storage, sha256)
+    if storage.stat(got.object_name) is None and storage.stat(package_object(sha256)) is not None:
+        return PinnedPackage(sha256, storage.uri(package_object(sha256)), package_object(sha256))
+    return got
 
 
 def resolve(storage: Storage, channel: str) -> PinnedPackage:
@@ -73,7 +80,7 @@ def resolve(storage: Storage, channel: str) -> PinnedPackage:
         sha = parse_pointer(data)
     except PackageError as e:
         raise PackageMissing(f"{storage.uri(pointer)} names no package ({e}); publish again") from e
-    got = pinned(storage, sha)
+    got = _pinned_as_found(storage, sha)
     if storage.stat(got.object_name) is None:
         raise PackageMissing(f"{storage.uri(pointer)} names {sha[:12]}…, but {got.uri} does not exist; "
                              "publish again (the manifest was deleted or never finished uploading)")
@@ -85,6 +92,7 @@ def read_urls(storage: Storage, pkg: PinnedPackage, *, now: datetime, until: dat
     manifest names (sha256 → URL). Secrets: never log them. The manifest is read here (a few kB) and its
     sha256 checked, so only blobs of the pinned package get a URL."""
     seconds = min(max((until - now).total_seconds(), 60.0), MAX_SIGNED_S)
+    pkg = _pinned_as_found(storage, pkg.sha256)  # a signed URL names one object: the one that is there
     url = storage.signed_request(pkg.object_name, "GET", expires_s=seconds).url
     if not pkg.layered:
         return url, {}

@@ -214,3 +214,18 @@ def test_uv_comes_out_of_its_wheel_and_installs_offline(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "broken.whl", "w") as z:
         z.writestr("uv-0.13.9.data/scripts/uv", "#!/bin/sh\nexit 3\n")
     assert bootstrap.uv_from_wheel(tmp_path / "broken.whl", tmp_path / "tools") is None  # pip installs then
+
+
+def test_a_package_published_before_layers_is_read_as_its_single_archive(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "web.py").write_text("print('old')\n")
+    from spotleash.wire.package import build_package
+
+    sha, _ = build_package(tmp_path / "old.tar.gz", APP, {"web.py": src / "web.py"}, [], [])
+    store = Store({url("manifest"): [404], url("archive"): [(tmp_path / "old.tar.gz").read_bytes()]})
+    o = Origin(Source(url("manifest")), lambda s: Source(url(s)), Source(url("archive")))
+    installer = RecordingInstaller()
+    root, raw, _ = obtain(o, sha, tmp_path / "work", installer, opener=store.open)
+    assert store.seen == [url("manifest"), url("archive")] and raw["format"] == 1
+    assert (root / "app" / "web.py").read_text() == "print('old')\n" and installer.calls == [(root, None)]
