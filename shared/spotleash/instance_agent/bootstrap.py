@@ -93,11 +93,17 @@ class PackageFailure(Exception):
         self.detail = detail
 
 
+_LOG_LOCK = threading.Lock()
+
+
 def _log(message: str, **fields: object) -> None:
     """One JSON line on stderr, as the agent's own logs (never a URL query or a token)."""
     entry = {"severity": fields.pop("severity", "INFO"), "logger": "spotleash.instance_agent.bootstrap",
              "message": message, **fields}
-    print(json.dumps(entry, default=str), file=sys.stderr, flush=True)
+    line = json.dumps(entry, default=str) + "\n"
+    with _LOG_LOCK:  # blobs are fetched on threads: one whole line each, never two interleaved
+        sys.stderr.write(line)
+        sys.stderr.flush()
 
 
 def is_sha256(text: str) -> bool:
@@ -195,15 +201,30 @@ class _Retry(Exception):
     pass
 
 
+def _content_length(r: Any) -> int | None:
+    headers = getattr(r, "headers", None)
+    raw = headers.get("Content-Length") if headers is not None else None
+    try:
+        return int(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
 def _download_once(source: Source, part: Path, opener: Opener, timeout_s: float) -> str:
     h = hashlib.sha256()
     try:
         headers = {"Authorization": f"Bearer {source.token()}"} if source.token else {}
         req = urllib.request.Request(source.url, headers=headers)
         with opener(req, timeout_s) as r, part.open("wb") as f:
+            got = 0
             while chunk := r.read(CHUNK):
                 h.update(chunk)
                 f.write(chunk)
+                got += len(chunk)
+            # urllib's read(n) ends quietly at a connection closed mid-body: the length says it was cut
+            expected = _content_length(r)
+            if expected is not None and got != expected:
+                raise _Retry(f"body cut short: {got} of {expected} bytes")
     except urllib.error.HTTPError as e:
         if e.code in RETRY_STATUSES:
             raise _Retry(f"HTTP {e.code}") from e

@@ -37,12 +37,16 @@ class _Reply(io.BytesIO):
 
 
 class _Cut:
-    """A body that ends early: Cloud Storage gone mid-download."""
+    """A body that ends early, as urllib shows it: half the declared length, then b"" (no error)."""
 
     status = 200
 
-    def read(self, n: int = -1) -> bytes:  # noqa: ARG002 - urlopen's shape
-        raise http.client.IncompleteRead(b"part", 100)
+    def __init__(self, declared: int) -> None:
+        self.headers = {"Content-Length": str(declared)}
+        self._body = io.BytesIO(b"x" * (declared // 2))
+
+    def read(self, n: int = -1) -> bytes:
+        return self._body.read(n)
 
     def __enter__(self) -> _Cut:
         return self
@@ -65,7 +69,9 @@ class Store:
             queue = self.replies.get(req.full_url, [404])
             r = queue.pop(0) if len(queue) > 1 else queue[0]
         if r == "cut":
-            return _Cut()
+            return _Cut(100)
+        if r == "incomplete":
+            raise http.client.IncompleteRead(b"part", 100)
         if isinstance(r, Exception):
             raise r
         if isinstance(r, int):
@@ -166,9 +172,10 @@ def test_storage_failing_mid_download_is_retried_per_blob(tmp_path: Path, monkey
     monkeypatch.setattr(bootstrap.time, "sleep", lambda _s: None)
     m, blobs = layered(tmp_path)
     flaky = hashlib.sha256(b"wheel one").hexdigest()
-    store = Store(replies(m, blobs, **{flaky: ["cut", ConnectionRefusedError("down"), 404, blobs[flaky]]}))
+    store = Store(replies(m, blobs, **{flaky: ["cut", "incomplete", ConnectionRefusedError("down"), 404,
+                                                          blobs[flaky]]}))
     root, _, _ = obtain(origin(), m.sha256, tmp_path / "work", RecordingInstaller(), opener=store.open)
-    assert store.seen.count(url(flaky)) == 4
+    assert store.seen.count(url(flaky)) == 5
     assert all(store.seen.count(url(s)) == 1 for s in blobs if s != flaky)
     assert (root / "wheels" / "one-1.0-py3-none-any.whl").read_bytes() == b"wheel one"
 
