@@ -7,7 +7,10 @@ the signed URLs it issues then name the proxy too); everyone else keeps talking 
 The control API is the one of every fake (``local_emulator.faults``): ``POST/GET/DELETE /_control/faults``.
 A request's *operation* is ``upload`` (``/upload/...``), ``download`` (``/download/...``) or ``json``
 (the JSON API: metadata, listings, deletes); a rule's ``path`` is searched in the path *with* its query
-string, where an upload names its object (``name=snapshots%2F...``). A rule sleeps ``latency_s`` and then
+string, where a signed upload names its object (``name=snapshots%2F...``), and for an upload also in the
+head of its body, where the official client's multipart and resumable uploads name theirs. A rule with ``effect: "cut"``
+forwards the request, then sends the real status and Content-Length but only half the body and closes
+the connection: Cloud Storage failing mid-download. A rule sleeps ``latency_s`` and then
 answers ``status`` in Cloud Storage's error shape — the request never reaches the emulator (a held upload
 whose client died meanwhile leaves no object, as an interrupted single-request upload leaves none). A
 rule with latency and no status delays the request, then forwards it.
@@ -31,6 +34,8 @@ from local_emulator.faults import FaultError, FaultPlan, FaultRule
 from local_emulator.procs import LOOPBACK
 
 CONTROL_PATH = "/_control/faults"
+CUT = "cut"  # effect: half the body, then the connection closes
+UPLOAD_HEAD = 4096  # bytes of an upload's body searched for a rule's path (its object metadata)
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade",
                         "proxy-authorization", "proxy-authenticate", "host", "content-length"})
 
@@ -93,7 +98,12 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] == CONTROL_PATH:
             self._control(body)
             return
-        rule = self.server.plan.take(operation_of(self.path), method=self.command, path=self.path)
+        op = operation_of(self.path)
+        # the official client names an uploaded object in the JSON metadata at the head of the body (multipart,
+        # resumable initiation), a signed request in the query: a rule's path is searched in both
+        where = self.path + (" " + body[:UPLOAD_HEAD].decode("latin-1") if op == "upload" else "")
+        rule = self.server.plan.take(op, method=self.command, path=where) \
+            or self.server.plan.take(op, method=self.command, path=where, effect=CUT)
         if rule is not None:
             time.sleep(rule.latency_s)
             if rule.status is not None:
@@ -105,8 +115,19 @@ class _Handler(BaseHTTPRequestHandler):
         except httpx.HTTPError as e:
             self._reply(502, json.dumps({"error": {"code": 502, "message": f"upstream: {e}"}}).encode())
             return
-        self._reply(r.status_code, r.content, [(k, v) for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP
-                                               and k.lower() != "content-encoding"])
+        headers_back = [(k, v) for k, v in r.headers.items() if k.lower() not in HOP_BY_HOP
+                        and k.lower() != "content-encoding"]
+        if rule is not None and rule.effect == CUT:
+            self.send_response(r.status_code)
+            for k, v in headers_back:
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(r.content)))
+            self.end_headers()
+            self.wfile.write(r.content[:len(r.content) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        self._reply(r.status_code, r.content, headers_back)
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
@@ -123,7 +144,7 @@ class FaultProxy:
     def __init__(self, upstream: str) -> None:
         self.upstream = upstream.rstrip("/")
         self._server = _Server((LOOPBACK, 0), _Handler)
-        self._server.plan = FaultPlan()
+        self._server.plan = FaultPlan(effects=(CUT,))
         # httpx decodes gzip bodies in .content, so the encoding header is dropped on the way back
         self._server.client = httpx.Client(base_url=self.upstream, timeout=120.0, trust_env=False)
         self._thread = threading.Thread(target=self._server.serve_forever, name="storage-fault-proxy", daemon=True)

@@ -14,6 +14,10 @@ process of the VM (its bootstrap, pip, a component) is left.
   at its ``start_timeout_s`` (4 s here);
 - Cloud Storage down during the VM's download: retried, READY once it is back; down for good →
   ``package_unavailable`` after ``SPOTLEASH_PACKAGE_FETCH_RETRY_S`` (20 s here);
+- a layered package (the CLI's): a blob deleted from the bucket after the pin → ``package_missing`` naming
+  it; a blob overwritten with other bytes → ``package_unverified``, nothing assembled or run; a VAST box
+  whose signed URLs name a fault proxy that cuts one blob's download half-way, twice → that blob alone
+  is fetched again and the box is READY;
 - a VM deleted while its bootstrap is installing (pip building a package that never finishes) leaves no
   process behind.
 
@@ -45,13 +49,27 @@ from tests.instance.test_package_flow import tiny_wheel
 
 from local_emulator import stack
 from local_emulator import storage as gcs
+from local_emulator.storage.fault_proxy import FaultProxy
 from spotleash.adapters.storage import Storage
 from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.packaging.appspec import load_app
+from spotleash.packaging.publish import publish
 from spotleash.polling import wait_until
 from spotleash.providers.base import LABEL_LEASE
 from spotleash.topology import load_topology
 from spotleash.wire.events import Component, DemandEvent
-from spotleash.wire.package import AppSpec, ComponentSpec, build_package, package_object, pointer_object
+from spotleash.wire.package import (
+    AppSpec,
+    Blob,
+    ComponentSpec,
+    LayeredManifest,
+    blob_object,
+    build_package,
+    manifest_object,
+    package_object,
+    parse_layered,
+    pointer_object,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -157,10 +175,23 @@ def _sdist(out_dir: Path, name: str = "slowpkg", version: str = "1.0") -> Path:
 class Packages:
     bucket: Storage
     state_dir: Path
-    full_sha: str  # published through the CLI: spotleash's wheels + the three components above
-    full_archive: Path
-    tiny: dict[str, str]  # name → sha256 of the hand-made packages (already in the bucket)
+    full_sha: str  # published through the CLI (layered): spotleash's wheels + the three components above
+    app_dir: Path
+    pub_state: Path
+    tiny: dict[str, str]  # name → sha256 of the hand-made single-archive packages (already in the bucket)
     tiny_bytes: dict[str, bytes]
+
+    def republish(self) -> None:
+        """The layered package again (blobs the bucket lacks, the manifest); the pointer is set by the test."""
+        got = publish(load_app(self.app_dir, None), self.bucket, "republish", self.pub_state)
+        assert got.sha256 == self.full_sha
+
+    def full_manifest(self) -> LayeredManifest:
+        return parse_layered(self.bucket.read_bytes(manifest_object(self.full_sha))[0], self.full_sha)
+
+    def a_wheel(self) -> Blob:
+        """A small wheel blob of the published package (the one the faults are done to)."""
+        return min((b for b in self.full_manifest().blobs if b.kind == "wheel"), key=lambda b: b.size)
 
     def point_at(self, sha: str) -> None:
         name = pointer_object("main")
@@ -218,7 +249,7 @@ def packages(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         "no_wheel": _tiny_package(tmp, "no_wheel", ["tinylib", "not-in-the-package==9"], []),
         "slow_build": _tiny_package(tmp, "slow_build", ["slowpkg"], [_sdist(wheels)]),
     }
-    pk = Packages(bucket, state_dir, full_sha, pub_state / "packages" / f"{full_sha}.tar.gz", {}, tiny_bytes)
+    pk = Packages(bucket, state_dir, full_sha, app, pub_state, {}, tiny_bytes)
     pk.tiny = {name: pk.put_archive(data) for name, data in tiny_bytes.items() if name != "other"}
     saved = {k: os.environ.get(k) for k in ("SPOTLEASH_PACKAGE_BUCKET", "SPOTLEASH_PACKAGE_FETCH_RETRY_S")}
     _set_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": bucket_name, "SPOTLEASH_PACKAGE_FETCH_RETRY_S": FETCH_RETRY_S})
@@ -421,7 +452,7 @@ def _restart_storage(packages: Packages) -> None:
     for name, data in packages.tiny_bytes.items():
         if name != "other":
             packages.put_archive(data)
-    packages.bucket.upload_file(package_object(packages.full_sha), packages.full_archive, if_generation_match=0)
+    packages.republish()
 
 
 def test_cloud_storage_down_during_the_download_is_retried_until_it_is_back(
@@ -444,7 +475,9 @@ def test_cloud_storage_down_during_the_download_is_retried_until_it_is_back(
         assert rec.component_states["steady"].state == "healthy"
         downloaded = [json.loads(ln) for ln in journal(dirs).splitlines()
                       if ln.startswith("{") and '"package downloaded"' in ln]
-        assert downloaded and downloaded[0]["attempts"] > 1, "the download succeeded on a later attempt"
+        assert downloaded and downloaded[0]["what"] == "manifest" and downloaded[0]["attempts"] > 1, \
+            "the manifest's download succeeded on a later attempt"
+        assert len(downloaded) == 1 + len({b.sha256 for b in packages.full_manifest().blobs}), "each blob once"
         flows.release(lease, rec.instance_id)
         flows.wait_gone(rec, timeout_s=60)
     wait_until(lambda: not vm_processes(dirs, rec.instance_id), timeout_s=15, interval_s=0.25,
@@ -466,5 +499,72 @@ def test_cloud_storage_down_for_good_fails_the_launch_with_package_unavailable(
             seen = wait_ended(flows, lease)
         finally:
             _restart_storage(packages)
-    assert_failed_cleanly(flows, seen, "package_unavailable", f"{sha}.tar.gz unreachable after",
+    assert_failed_cleanly(flows, seen, "package_unavailable", f"{sha}.json unreachable after",
                           "Connection refused")
+
+
+# --------------------------------------------------------------------------- layered packages: blob faults
+
+
+def test_a_blob_deleted_after_the_pin_fails_the_launch_with_package_missing(flows: Flows, packages: Packages) -> None:
+    packages.point_at(packages.full_sha)
+    wheel = packages.a_wheel()
+    lease = "lease-fault-blob-missing"
+    try:
+        with flows.lease_kept(lease):
+            hold_inserts(flows)
+            flows.publish(demand(lease, "steady"))
+            wait_pinned(flows, lease, packages.full_sha)
+            packages.bucket.delete(blob_object(wheel.sha256))
+            seen = wait_ended(flows, lease)
+    finally:
+        packages.republish()
+    assert_failed_cleanly(flows, seen, "package_missing", f"blobs%2F{wheel.sha256}")
+
+
+def test_a_blob_whose_bytes_do_not_match_its_name_is_refused_and_nothing_runs(
+        flows: Flows, packages: Packages) -> None:
+    packages.point_at(packages.full_sha)
+    wheel = packages.a_wheel()
+    name = blob_object(wheel.sha256)
+    lease = "lease-fault-blob-tampered"
+    try:
+        with flows.lease_kept(lease):
+            hold_inserts(flows)
+            flows.publish(demand(lease, "steady"))
+            wait_pinned(flows, lease, packages.full_sha)
+            packages.bucket.write_bytes(name, b"not the wheel", if_generation_match=packages.bucket.generation(name))
+            seen = wait_ended(flows, lease)
+    finally:
+        packages.bucket.delete(name)
+        packages.republish()
+    rec = assert_failed_cleanly(flows, seen, "package_unverified", wheel.sha256, wheel.name,
+                                hashlib.sha256(b"not the wheel").hexdigest())
+    work = [Path(d) / "root" / "opt" / "spotleash" / "work" for d in seen.vm_dirs]
+    assert not [p for w in work for p in w.glob("pkg-*")], "nothing assembled from an unverified blob"
+    assert not [p for w in work for p in (w / "blobs").glob(wheel.sha256)], "the bad bytes were not kept"
+    assert rec.component_states["steady"].state != "healthy"
+
+
+def test_a_vast_box_refetches_a_blob_cut_mid_download_and_is_ready(flows: Flows, packages: Packages) -> None:
+    """The launchers sign URLs for a fault proxy (their STORAGE_EMULATOR_HOST); it cuts one blob's body
+    half-way twice. The box retries that blob alone and answers."""
+    packages.point_at(packages.full_sha)
+    wheel = packages.a_wheel()
+    upstream = os.environ["STORAGE_EMULATOR_HOST"]
+    proxy = FaultProxy(upstream).start()
+    rule = proxy.plan.add({"operation": "download", "path": f"blobs%2F{wheel.sha256}", "effect": "cut", "count": 2})
+    lease = "lease-fault-blob-cut"
+    _set_env(packages.state_dir, {"STORAGE_EMULATOR_HOST": proxy.url})
+    try:
+        with flows.lease_kept(lease):
+            flows.publish(DemandEvent(lease_id=lease, trigger="manual", ram_percent=91.0,
+                                      components=[Component(name="steady", ram_gb=1.0, gpu=True)]))
+            rec = flows.wait_ready(lease, timeout_s=240)
+            assert rec.provider == "vast" and rec.component_states["steady"].state == "healthy"
+            assert rule.fired == 2, "the blob's download was cut twice, then fetched whole"
+            flows.release(lease, rec.instance_id)
+            flows.wait_gone(rec, timeout_s=60)
+    finally:
+        _set_env(packages.state_dir, {"STORAGE_EMULATOR_HOST": upstream})
+        proxy.stop()

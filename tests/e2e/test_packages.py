@@ -2,7 +2,8 @@
 
 ``spotleash publish`` of examples/thumbs → a demand naming its components → a Compute fake VM (its real
 startup script, bash, through local_emulator.vmshim) and a VAST fake box (its real onstart) each fetch
-the archive from the GCS emulator, verify it, install it offline into a venv, start both components
+the layered package's manifest and its blobs (in parallel; the VM with its token, the box with one signed
+URL per blob) from the GCS emulator, verify each, install offline with uv (a blob itself) into a venv, start both components
 and pass their health checks; the record is READY with endpoints; a request sent straight to each
 endpoint gets the component's real answer; release → the instance is gone and so are its component
 processes (found by their ``SPOTLEASH_COMPONENT_OF`` marker).
@@ -100,6 +101,12 @@ def timings(rec: InstanceRecord, published_at: float) -> dict[str, float]:
             "demand_to_ready_s": round(ready_at.timestamp() - published_at, 2)}
 
 
+def installed_with_uv(instance_id: str) -> bool:
+    """The package root's install log says uv (shipped as a blob) made the venv and installed."""
+    venv = Path(procs.find_marked(MARKER, instance_id)[0].environ()["VIRTUAL_ENV"])
+    return "spotleash: uv (" in (venv.parent / "install.log").read_text()
+
+
 def agent_compiled_before_start(instance_id: str) -> bool:
     """The instance agent's own modules have .pyc files in its venv: the bootstrap imported it once after the
     offline install (``--no-compile``), whatever ``PYTHONDONTWRITEBYTECODE`` says (it is set on these machines)."""
@@ -129,6 +136,7 @@ def test_an_instance_pulls_the_package_and_runs_its_components(
         assert row["components"]["vectors"]["endpoint"] == rec.component_states["vectors"].endpoint
         assert procs.find_marked(MARKER, rec.instance_id), "the components run as marked processes"
         assert agent_compiled_before_start(rec.instance_id), "the bootstrap compiled the agent's modules"
+        assert installed_with_uv(rec.instance_id), "uv, fetched as a blob, installed the package"
         flows.release(lease, rec.instance_id)
         flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
         wait_until(lambda: not procs.find_marked(MARKER, rec.instance_id), timeout_s=20, interval_s=0.25,

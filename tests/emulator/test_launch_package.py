@@ -31,7 +31,17 @@ from spotleash.model import State, instance_id_for
 from spotleash.services.context import Context
 from spotleash.services.launch import handle_demand
 from spotleash.wire.agent_config import AgentConfig
-from spotleash.wire.package import package_object, pointer_object, pointer_text
+from spotleash.wire.package import (
+    AppSpec,
+    Blob,
+    ComponentSpec,
+    LayeredManifest,
+    blob_object,
+    manifest_object,
+    package_object,
+    pointer_object,
+    pointer_text,
+)
 
 pytestmark = [pytest.mark.emulator]
 
@@ -117,7 +127,9 @@ def test_the_launch_pins_the_pointer_s_package_before_the_provider_is_called(
     assert out.state is State.RUNNING
     assert seen == [sha], "the sha256 must be durable in the intent before create"
     [spec] = gce.specs
-    assert (spec.package_sha256, spec.package_uri) == (sha, f"gs://{BUCKET}/packages/{sha}.tar.gz")
+    # a VM is told the manifest's name without a Cloud Storage call after the pin; its bootstrap reads the single
+    # archive beside it when there is no manifest (this package was published before layers)
+    assert (spec.package_sha256, spec.package_uri) == (sha, f"gs://{BUCKET}/packages/{sha}.json")
     assert spec.components == ("ml_models",) and spec.package_url == ""  # a GCE VM reads as itself
     cfg = AgentConfig.for_launch(spec)
     assert cfg.package_sha256 == sha and cfg.components == ["ml_models"] and cfg.package_url == ""
@@ -161,7 +173,7 @@ def test_nothing_runnable_published_refuses_the_launch_with_package_missing(
     if case == "missing_archive":
         sha = publish_bytes(bucket, b"gone")
         bucket.delete(package_object(sha))
-        expect = f"gs://{BUCKET}/packages/{sha}.tar.gz does not exist"
+        expect = f"gs://{BUCKET}/packages/{sha}.json does not exist"  # neither a manifest nor an archive
     elif case == "garbage_pointer":
         bucket.write_bytes(pointer_object("main"), b"not a sha\n", if_generation_match=0)
         expect = "names no package"
@@ -205,3 +217,29 @@ def test_the_signed_url_is_never_logged(ctx: Context, bucket: Storage, vast: Fak
     [spec] = vast.specs
     out = capsys.readouterr()
     assert spec.package_url not in out.out + out.err
+
+
+def test_a_vast_box_gets_one_url_per_blob_of_the_pinned_layered_manifest(
+        ctx: Context, vast: FakeSshProvider, bucket: Storage) -> None:
+    blobs = {hashlib.sha256(d).hexdigest(): d for d in (b"app tree", b"a wheel")}
+    for sha, data in blobs.items():
+        bucket.write_bytes(blob_object(sha), data, if_generation_match=bucket.generation(blob_object(sha)))
+    [app_sha, wheel_sha] = [hashlib.sha256(b"app tree").hexdigest(), hashlib.sha256(b"a wheel").hexdigest()]
+    manifest = LayeredManifest(
+        app=AppSpec(name="demo", components=[ComponentSpec(name="ml_models", command=["python", "m.py"], port=18111)]),
+        requirements=["w"], blobs=[Blob(sha256=app_sha, size=8, kind="app", name="app.tar.gz"),
+                                   Blob(sha256=wheel_sha, size=7, kind="wheel", name="w-1-py3-none-any.whl")])
+    name = manifest_object(manifest.sha256)
+    bucket.write_bytes(name, manifest.to_bytes(), if_generation_match=bucket.generation(name))
+    ptr = pointer_object("main")
+    bucket.write_bytes(ptr, pointer_text(manifest.sha256).encode(), if_generation_match=bucket.generation(ptr))
+    open_lease(ctx)
+    assert handle_demand(ctx, demand(gpu=True)).state is State.RUNNING
+    [spec] = vast.specs
+    assert spec.package_sha256 == manifest.sha256 and spec.package_uri == f"gs://{BUCKET}/{name}"
+    assert hashlib.sha256(httpx.get(spec.package_url, timeout=10).content).hexdigest() == manifest.sha256
+    assert set(spec.blob_urls) == set(blobs)
+    for sha, url in spec.blob_urls.items():  # each URL reads exactly its blob
+        assert hashlib.sha256(httpx.get(url, timeout=10).content).hexdigest() == sha
+    cfg = AgentConfig.for_launch(spec)
+    assert cfg.blob_urls == spec.blob_urls and "blob_urls" not in cfg.to_json(safe=True)

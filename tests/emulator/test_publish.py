@@ -6,11 +6,14 @@ Wheels come from PyPI once and are cached in ``~/.cache/spotleash/test-wheels`` 
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +24,21 @@ from tests.emulator.emulator_fixtures import gcs_emulator
 
 from local_emulator import stack
 from local_emulator.procs import free_port, port_open
+from local_emulator.storage.fault_proxy import FaultProxy
 from spotleash.adapters.storage import GenerationConflict, ObjectNotFound, Storage, StorageTransient
 from spotleash.errors import BadInput, Transient
 from spotleash.packaging.appspec import load_app
-from spotleash.packaging.publish import move_pointer, publish
+from spotleash.packaging.package_gc import collect_garbage
+from spotleash.packaging.publish import build, move_pointer, publish
 from spotleash.topology import load_topology
-from spotleash.wire.package import Manifest, package_object, parse_pointer, pointer_object, verify_archive
+from spotleash.wire.package import (
+    LayeredManifest,
+    blob_object,
+    manifest_object,
+    parse_layered,
+    parse_pointer,
+    pointer_object,
+)
 
 pytestmark = [pytest.mark.emulator, pytest.mark.slow]
 
@@ -61,26 +73,35 @@ def small_app(root: Path, marker: str) -> Path:
     return root
 
 
-def test_publish_uploads_once_and_the_pointer_names_a_verifiable_archive(gcs_url: str, state_dir: Path,
-                                                                         tmp_path: Path) -> None:
+def read_manifest(store: Storage, sha: str) -> LayeredManifest:
+    return parse_layered(store.read_bytes(manifest_object(sha))[0], sha)
+
+
+def test_publish_uploads_once_and_the_pointer_names_a_verifiable_manifest(gcs_url: str, state_dir: Path,
+                                                                          tmp_path: Path) -> None:
     store = Storage(BUCKET, project="p", emulator=gcs_url)
     first = publish(load_app(EXAMPLE, None), store, "main", state_dir)
-    assert first.uploaded_bytes == first.size_bytes > 0
-    assert first.uri == f"gs://{BUCKET}/{package_object(first.sha256)}"
+    assert first.uploaded_bytes > 0 and first.blobs_uploaded + first.blobs_reused > 3
+    assert first.uri == f"gs://{BUCKET}/{manifest_object(first.sha256)}"
     assert first.pointer == f"gs://{BUCKET}/latest-main.txt"
 
     pointer, _ = store.read_bytes(pointer_object("main"))
     assert parse_pointer(pointer) == first.sha256
-    got = tmp_path / "got.tar.gz"
-    got.write_bytes(store.read_bytes(package_object(first.sha256))[0])
-    manifest = Manifest.model_validate(verify_archive(got, first.sha256))
-    wheels = " ".join(manifest.wheels).lower()
-    assert "numpy-" in wheels and "pillow-" in wheels and "spotleash-" in wheels
-    assert all(w.endswith(".whl") for w in manifest.wheels)
-    assert {"app/thumbnailer.py", "app/vectors.py", "app/spotleash.toml"} <= set(manifest.files)
+    manifest = read_manifest(store, first.sha256)  # its bytes hash to the name the pointer gives
+    names = " ".join(b.name for b in manifest.blobs).lower()
+    assert "numpy-" in names and "pillow-" in names and "spotleash-" in names
+    assert [b.name for b in manifest.blobs if b.kind == "tool"][0].startswith("uv-")
+    for b in manifest.blobs:  # every blob whole under its content address
+        info = store.stat(blob_object(b.sha256))
+        assert info is not None and info.size == b.size
+    [app_blob] = [b for b in manifest.blobs if b.kind == "app"]
+    data = store.read_bytes(blob_object(app_blob.sha256))[0]
+    assert hashlib.sha256(data).hexdigest() == app_blob.sha256
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        assert {"thumbnailer.py", "vectors.py", "spotleash.toml"} <= set(tar.getnames())
     assert manifest.requirements[0].startswith("spotleash[instance]==")
 
-    # the same tree again, through the real CLI: same sha256, 0 bytes uploaded
+    # the same tree again, through the real CLI: same sha256, 0 bytes uploaded, every blob reused
     env = {**os.environ, "STORAGE_EMULATOR_HOST": gcs_url, "SPOTLEASH_PACKAGE_BUCKET": BUCKET,
            "SPOTLEASH_STATE_DIR": str(state_dir), "SPOTLEASH_PROJECT": "p"}
     done = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(EXAMPLE), "--json"],
@@ -88,8 +109,54 @@ def test_publish_uploads_once_and_the_pointer_names_a_verifiable_archive(gcs_url
     assert done.returncode == 0, done.stderr
     second = json.loads(done.stdout)
     assert second["sha256"] == first.sha256
-    assert second["uploaded_bytes"] == 0
-    assert {"sha256", "uri", "pointer", "uploaded_bytes"} <= set(second)
+    assert (second["uploaded_bytes"], second["blobs_uploaded"]) == (0, 0)
+    assert second["blobs_reused"] == len({b.sha256 for b in manifest.blobs})
+
+
+def test_a_one_line_change_uploads_the_app_blob_and_the_manifest_only(gcs_url: str, state_dir: Path,
+                                                                      tmp_path: Path) -> None:
+    app_dir = tmp_path / "thumbs"
+    shutil.copytree(EXAMPLE, app_dir, ignore=shutil.ignore_patterns("__pycache__"))
+    store = Storage(BUCKET, emulator=gcs_url)
+    before = publish(load_app(app_dir, None), store, "oneline", state_dir)
+    with (app_dir / "thumbnailer.py").open("a") as f:
+        f.write("# one more line\n")
+    after = publish(load_app(app_dir, None), store, "oneline", state_dir)
+    assert after.sha256 != before.sha256 and after.previous == before.sha256
+    old, new = read_manifest(store, before.sha256), read_manifest(store, after.sha256)
+    [new_app] = [b for b in new.blobs if b.kind == "app"]
+    assert {b for b in new.blobs if b.kind != "app"} == {b for b in old.blobs if b.kind != "app"}
+    assert after.blobs_uploaded == 1 and after.blobs_reused == len(new.blobs) - 1
+    assert after.uploaded_bytes == new_app.size + len(new.to_bytes()) < 1_000_000
+
+
+def test_an_interrupted_publish_is_finished_by_the_next_and_never_pointed_at(gcs_url: str, state_dir: Path,
+                                                                           tmp_path: Path) -> None:
+    bucket = "spotleash-test-interrupted"
+    Storage(bucket, emulator=gcs_url).ensure_bucket()
+    app = load_app(small_app(tmp_path / "app", "interrupted"), None)
+    proxy = FaultProxy(gcs_url).start()
+    try:
+        faulty = Storage(bucket, emulator=proxy.url, retry_s=2.0)
+        built = build(app, state_dir, {})
+        [held] = [b for b in built.manifest.blobs if b.kind == "app"]  # small: one request names the object
+        proxy.plan.add({"operation": "upload", "path": held.sha256, "status": 503, "count": 1000})
+        with pytest.raises(StorageTransient):
+            publish(app, faulty, "main", state_dir)
+        plain = Storage(bucket, emulator=gcs_url)
+        assert plain.stat(pointer_object("main")) is None, "no pointer to an incomplete package"
+        assert plain.stat(manifest_object(built.sha256)) is None, "no manifest before every blob is whole"
+        there = {b.sha256 for b in built.manifest.blobs if plain.stat(blob_object(b.sha256)) is not None}
+        assert held.sha256 not in there  # the blobs not yet started when it failed were cancelled: some went up
+
+        proxy.plan.reset()
+        done = publish(app, faulty, "main", state_dir)
+    finally:
+        proxy.stop()
+    left = [b for b in built.manifest.blobs if b.sha256 not in there]
+    assert (done.sha256, done.blobs_uploaded, done.blobs_reused) == (built.sha256, len(left), len(there))
+    assert done.uploaded_bytes == sum(b.size for b in left) + len(built.manifest.to_bytes())
+    assert parse_pointer(plain.read_bytes(pointer_object("main"))[0]) == built.sha256
 
 
 def test_two_concurrent_publishes_leave_the_pointer_on_one_complete_archive(gcs_url: str, state_dir: Path,
@@ -117,10 +184,9 @@ def test_two_concurrent_publishes_leave_the_pointer_on_one_complete_archive(gcs_
     store = Storage(BUCKET, emulator=gcs_url)
     named = parse_pointer(store.read_bytes(pointer_object("race"))[0])
     assert named in shas
-    for sha in shas:  # both archives whole; the named one verifies end to end
-        got = tmp_path / f"{sha}.tar.gz"
-        got.write_bytes(store.read_bytes(package_object(sha))[0])
-        verify_archive(got, sha)
+    for sha in shas:  # both manifests whole, every blob they name there
+        for b in read_manifest(store, sha).blobs:
+            assert store.stat(blob_object(b.sha256)) is not None
 
 
 class RivalBeforeWrite(Storage):
@@ -149,13 +215,13 @@ def test_a_stale_generation_is_refused_and_the_publisher_reads_again(gcs_url: st
         plain.write_bytes(pointer_object("gen"), f"{a.sha256}\n".encode(), if_generation_match=gen)
 
     racing = RivalBeforeWrite(b.sha256, bucket=BUCKET, emulator=gcs_url)
-    previous = move_pointer(racing, "gen", a.sha256, a.size_bytes)
+    previous = move_pointer(racing, "gen", a.sha256, len(read_manifest(plain, a.sha256).to_bytes()))
     assert racing.fired
     assert previous == b.sha256  # it re-read the rival's pointer, then moved it
     assert parse_pointer(plain.read_bytes(pointer_object("gen"))[0]) == a.sha256
 
 
-def test_the_pointer_never_names_an_archive_that_is_not_in_the_bucket(gcs_url: str) -> None:
+def test_the_pointer_never_names_a_manifest_that_is_not_in_the_bucket(gcs_url: str) -> None:
     store = Storage(BUCKET, emulator=gcs_url)
     with pytest.raises(BadInput, match="not whole"):
         move_pointer(store, "ghost", "b" * 64, 10)
@@ -169,7 +235,7 @@ def test_cloud_storage_unavailable_is_a_clear_transient_error(state_dir: Path) -
     with pytest.raises(StorageTransient) as e:
         publish(load_app(EXAMPLE, None), store, "main", state_dir)
     assert isinstance(e.value, Transient)
-    assert f"gs://{BUCKET}/packages/" in str(e.value) and "Cloud Storage" in str(e.value)
+    assert f"gs://{BUCKET}/blobs/" in str(e.value) and "Cloud Storage" in str(e.value)
 
 
 def test_a_missing_bucket_and_a_schemeless_emulator_host_are_bad_input(gcs_url: str, state_dir: Path) -> None:
@@ -202,12 +268,12 @@ def test_the_local_stack_runs_cloud_storage_on_loopback_with_the_bucket(tmp_path
     assert not psutil.pid_exists(part.pid) or psutil.Process(part.pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_concurrent_uploads_of_the_same_archive_both_succeed(gcs_url: str, state_dir: Path, tmp_path: Path) -> None:
-    """Two publishers of the same tree race on the content address: both finish with one archive.
+def test_concurrent_uploads_of_the_same_blobs_both_succeed(gcs_url: str, state_dir: Path, tmp_path: Path) -> None:
+    """Two publishers of the same tree race on the content addresses: both finish with one manifest.
 
     (fake-gcs-server honours ifGenerationMatch on simple and multipart uploads but not on resumable
-    ones, which archives over 8 MiB use, so here both may upload; real Cloud Storage refuses the
-    second, which ``upload`` counts as 0 bytes. Same content either way.)"""
+    ones, which blobs over 8 MiB use, so here both may upload; real Cloud Storage refuses the
+    second, which ``upload_blobs`` counts as 0 bytes. Same content either way.)"""
     app = load_app(small_app(tmp_path / "same", "same"), None)
     results: list[object] = []
 
@@ -229,6 +295,25 @@ def test_concurrent_uploads_of_the_same_archive_both_succeed(gcs_url: str, state
     shas = {r.sha256 for r in results}  # type: ignore[attr-defined]
     assert len(shas) == 1
     sha = shas.pop()
-    got = tmp_path / "got.tar.gz"
-    got.write_bytes(Storage(BUCKET, emulator=gcs_url).read_bytes(package_object(sha))[0])
-    verify_archive(got, sha)
+    store = Storage(BUCKET, emulator=gcs_url)
+    assert all(store.stat(blob_object(b.sha256)) for b in read_manifest(store, sha).blobs)
+
+
+def test_gc_deletes_what_no_kept_manifest_names_and_nothing_a_pointer_needs(gcs_url: str, state_dir: Path,
+                                                                            tmp_path: Path) -> None:
+    bucket = "spotleash-test-gc"
+    store = Storage(bucket, emulator=gcs_url)
+    store.ensure_bucket()
+    app_dir = small_app(tmp_path / "app", "v1")
+    v1 = publish(load_app(app_dir, None), store, "main", state_dir)
+    (app_dir / "web.py").write_text("print('v2')\n")
+    v2 = publish(load_app(app_dir, None), store, "main", state_dir)
+    [old_app] = [b for b in read_manifest(store, v1.sha256).blobs if b.kind == "app"]
+    dry = collect_garbage(store, keep_recent=0, grace_s=0, dry_run=True)
+    assert (dry.manifests_deleted, dry.blobs_deleted) == (1, 1) and store.stat(manifest_object(v1.sha256))
+    done = collect_garbage(store, keep_recent=0, grace_s=0)
+    assert (done.manifests_deleted, done.blobs_deleted, done.bytes_freed) == (1, 1, dry.bytes_freed)
+    assert store.stat(manifest_object(v1.sha256)) is None and store.stat(blob_object(old_app.sha256)) is None
+    for b in read_manifest(store, v2.sha256).blobs:  # the pointer's package is whole
+        assert store.stat(blob_object(b.sha256)) is not None
+    assert collect_garbage(store, keep_recent=0, grace_s=0).blobs_deleted == 0  # nothing left to collect

@@ -100,7 +100,7 @@ def test_publish_launch_ready_release_on_a_real_project(lease_id: str) -> None:
                          env=dict(os.environ), capture_output=True, text=True, timeout=1800, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     published = json.loads(out.stdout)
-    assert published["uri"] == f"gs://{settings.package_bucket}/packages/{published['sha256']}.tar.gz"
+    assert published["uri"] == f"gs://{settings.package_bucket}/packages/{published['sha256']}.json"
 
     store = FirestoreStore.from_settings(settings)
     publisher = pubsub_v1.PublisherClient()

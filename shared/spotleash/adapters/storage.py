@@ -28,7 +28,7 @@ import urllib.parse
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -75,6 +75,7 @@ class ObjectInfo:
     size: int
     generation: int
     md5: str | None = None  # base64, as Cloud Storage computes it (None: composite objects have none)
+    updated: datetime | None = None  # when this generation was written (listings carry it)
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,14 @@ class Storage:
         with _translated(f"list {self.uri(prefix)}"):
             return sorted(b.name for b in self.client.list_blobs(self.bucket, prefix=prefix, retry=self.retry,
                                                                  timeout=REQUEST_TIMEOUT_S))
+
+    def list_objects(self, prefix: str) -> list[ObjectInfo]:
+        """Every object under ``prefix`` with its size, generation and write time, sorted by name."""
+        with _translated(f"list {self.uri(prefix)}"):
+            found = [ObjectInfo(b.name, int(b.size or 0), int(b.generation or 0), b.md5_hash, b.updated)
+                     for b in self.client.list_blobs(self.bucket, prefix=prefix, retry=self.retry,
+                                                     timeout=REQUEST_TIMEOUT_S)]
+        return sorted(found, key=lambda o: o.name)
 
     def generation(self, name: str) -> int:
         """The object's live generation; 0 when it does not exist (what ``if_generation_match=0`` means)."""

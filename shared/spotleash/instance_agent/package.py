@@ -15,13 +15,13 @@ from pydantic import ValidationError
 
 from spotleash.instance_agent.bootstrap import MANIFEST_NAME, PackageFailure
 from spotleash.supervisor import Launch
-from spotleash.wire.package import Manifest
+from spotleash.wire.package import LAYERED_FORMAT, LayeredManifest, Manifest
 
 
 @dataclass(frozen=True)
 class Prepared:
     root: Path  # the fresh directory the archive was extracted into
-    manifest: Manifest
+    manifest: Manifest | LayeredManifest  # format 1 (one archive) or 2 (layered): the agent reads ``app``
 
     @property
     def app_dir(self) -> Path:
@@ -36,12 +36,13 @@ def prepared(root: Path, raw: dict[str, object] | None = None) -> Prepared:
     """An extracted, installed package root (``raw``: its manifest, when already read)."""
     try:
         data = raw if raw is not None else json.loads((root / MANIFEST_NAME).read_text())
-        return Prepared(root=root, manifest=Manifest.model_validate(data))
+        model = LayeredManifest if isinstance(data, dict) and data.get("format") == LAYERED_FORMAT else Manifest
+        return Prepared(root=root, manifest=model.model_validate(data))
     except (OSError, ValueError, ValidationError) as e:
         raise PackageFailure("package_unverified", f"{root / MANIFEST_NAME}: {e}"[:480]) from e
 
 
-def launches(manifest: Manifest, wanted: list[str]) -> list[Launch]:
+def launches(manifest: Manifest | LayeredManifest, wanted: list[str]) -> list[Launch]:
     """The components this instance was launched for (all of the package's when ``wanted`` is empty)."""
     known = {c.name: c for c in manifest.app.components}
     missing = [n for n in wanted if n not in known]

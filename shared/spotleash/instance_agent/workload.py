@@ -94,7 +94,7 @@ class Workload:
         self,
         *,
         sha256: str,
-        source: Callable[[], bootstrap.Source],
+        source: Callable[[], bootstrap.Source | bootstrap.Origin],
         components: list[str],
         instance_id: str,
         work_dir: Path,
@@ -207,11 +207,12 @@ class Workload:
             if self.package_root is not None:
                 prepared = package.prepared(self.package_root)
             else:
-                archive = bootstrap.fetch(self._source(), self.sha256, self.work_dir / "archives",
-                                          retry_budget_s=self.fetch_retry_s)
-                t = self._step("fetch", t)
-                root, raw = self.installer.prepare(archive, self.sha256, self.work_dir)
-                t = self._step("install", t)
+                got = self._source()
+                origin = got if isinstance(got, bootstrap.Origin) else bootstrap.Origin(got)
+                root, raw, steps = bootstrap.obtain(origin, self.sha256, self.work_dir, self.installer,
+                                                    retry_budget_s=self.fetch_retry_s)
+                self.timings.update(steps)
+                t = time.monotonic()
                 prepared = package.prepared(root, raw)
             launches = package.launches(prepared.manifest, self.wanted)
             if self._before_components is not None:
@@ -300,8 +301,8 @@ def workload_for(
     """The workload a config names: GCS through the metadata token (GCE), the emulator, or a signed URL."""
     environ = dict(os.environ if env is None else env)
 
-    def source() -> bootstrap.Source:
-        return bootstrap.source_for(cfg.package_uri, cfg.package_url, env=environ,
+    def source() -> bootstrap.Origin:
+        return bootstrap.origin_for(cfg.package_uri, cfg.package_url, cfg.blob_urls, env=environ,
                                     token=bootstrap.metadata_token(environ) if md is not None else None)
 
     return Workload(

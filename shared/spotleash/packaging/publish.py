@@ -1,22 +1,29 @@
-"""``spotleash publish``: package the app, upload it content-addressed, move the channel's pointer.
+"""``spotleash publish``: the app as a layered package (``spotleash.wire.package``, format 2).
 
-1. read ``spotleash.toml`` (``[app]``), collect the app tree (ignore rules, secret refusal);
-2. spotleash's own wheel (``own_wheel``: built from a source tree, rebuilt from an installed copy) and resolve every wheel the instance needs (cached);
-3. write the deterministic archive: same files → same bytes → same sha256;
-4. upload it to ``gs://<bucket>/packages/<sha256>.tar.gz`` with ``if_generation_match=0`` — skipped
-   when it is already there (a re-publish of the same tree uploads 0 bytes);
-5. check the uploaded object is whole (its size), then move ``latest-<channel>.txt`` with
-   ``if_generation_match`` = the generation read just before. A pointer is only ever written after
-   the archive it names is complete, so no reader can see a half-written or foreign archive; when two
-   publishers race, the loser reads the new generation and tries again, and the pointer ends naming
-   one complete archive.
+1. read ``spotleash.toml`` (``[app]``), collect the app tree (ignore rules, secret refusal) into one
+   deterministic app blob;
+2. spotleash's own wheel (``own_wheel``), every wheel the instance needs (``wheels.resolve``, cached) and
+   uv's wheel (the instance installs with it): one blob each;
+3. the manifest names each blob by sha256; its own sha256 is the package's;
+4. ask the bucket which blobs it already has (``stat`` per blob, in parallel), upload the others in
+   parallel with ``if_generation_match=0`` (never over an object), check each is whole;
+5. write ``packages/<sha256>.json`` (also ``if_generation_match=0``), then move ``latest-<channel>.txt``
+   with ``if_generation_match`` = the generation read just before.
+
+The order is the guarantee: a manifest is written only once every blob it names is whole in the
+bucket, and the pointer only ever names a manifest that is there. An interrupted publish leaves some
+blobs and no manifest; the next publish finds those blobs and uploads only the rest. Two racing
+publishers: the loser of the pointer reads the new generation and tries again.
+
+Garbage: ``spotleash publish --gc`` (``collect_garbage``) deletes blobs and manifests no kept manifest
+names (see ``spotleash.decide.package_gc``).
 """
 
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +31,15 @@ from pathlib import Path
 from spotleash.adapters.storage import GenerationConflict, ObjectNotFound, Storage
 from spotleash.errors import BadInput
 from spotleash.log import get_logger
-from spotleash.packaging import app_tree, wheels
+from spotleash.packaging import app_tree, layers, wheels
 from spotleash.packaging.appspec import LoadedApp
 from spotleash.packaging.own_wheel import own_wheel
 from spotleash.wire.package import (
-    build_package,
-    package_object,
+    LayeredManifest,
+    PackageError,
+    blob_object,
+    manifest_object,
+    missing_blobs,
     parse_pointer,
     pointer_object,
     pointer_text,
@@ -38,17 +48,20 @@ from spotleash.wire.package import (
 log = get_logger(__name__)
 
 POINTER_ATTEMPTS = 10
+UPLOAD_THREADS = 8  # blobs in flight at once (each a resumable upload of its own)
 
 
 @dataclass(frozen=True)
 class PublishResult:
-    sha256: str
-    uri: str
+    sha256: str  # the manifest's: what the pointer names and a launch pins
+    uri: str  # gs://<bucket>/packages/<sha256>.json
     pointer: str
     channel: str
     previous: str | None  # the sha256 the pointer named before (None: new channel)
     uploaded_bytes: int
-    size_bytes: int
+    blobs_uploaded: int
+    blobs_reused: int
+    size_bytes: int  # every blob the manifest names
     files: int
     wheels: int
     timings_s: dict[str, float]
@@ -59,13 +72,17 @@ class PublishResult:
 
 @dataclass(frozen=True)
 class Built:
-    path: Path
-    sha256: str
+    manifest: LayeredManifest
+    blobs: dict[str, layers.LocalBlob]  # sha256 → where its bytes are
     files: int
     wheels: int
 
+    @property
+    def sha256(self) -> str:
+        return self.manifest.sha256
 
-# progress(total_bytes) → a context manager yielding advance(n)
+
+# progress(total_bytes, label) → a context manager yielding advance(n); advance is called from upload threads
 ProgressFactory = Callable[[int, str], AbstractContextManager[Callable[[int], None]]]
 
 
@@ -73,62 +90,94 @@ def _no_progress(_total: int, _label: str) -> AbstractContextManager[Callable[[i
     return nullcontext(lambda _n: None)
 
 
-def build(app: LoadedApp, work_dir: Path, wheel_cache: Path, timings: dict[str, float]) -> Built:
-    """Steps 1–3: the archive in ``work_dir/<sha256>.tar.gz``."""
+def build(app: LoadedApp, state_dir: Path, timings: dict[str, float]) -> Built:
+    """Steps 1–3: every blob on this machine and the manifest naming them."""
     t = time.monotonic()
     tree = app_tree.collect(app.root, app.spec)
+    app_blob = layers.app_blob(tree, state_dir / "blobs")
     timings["collect"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
-    own = own_wheel(wheel_cache / "spotleash")
-    wheel_files = wheels.resolve(own, list(app.spec.requirements), wheel_cache)
+    cache = state_dir / "wheels"
+    own = own_wheel(cache / "spotleash")
+    wheel_files = wheels.resolve(own, list(app.spec.requirements), cache)
+    uv = wheels.uv_wheel(cache)
     timings["wheels"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
+    hashes = layers.HashCache(state_dir / "blobs" / layers.HASHES_FILE)
+    local = [app_blob, *(layers.file_blob(w, "wheel", hashes) for w in wheel_files),
+             layers.file_blob(uv, "tool", hashes)]
+    hashes.save()
     requirements = [wheels.instance_requirement(own), *app.spec.requirements]
-    work_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=work_dir, suffix=".tar.gz.tmp", delete=False) as tmp:
-        tmp_path = Path(tmp.name)
-    try:
-        sha, _ = build_package(tmp_path, app.spec, tree.files, wheel_files, requirements, tree.executable)
-        final = work_dir / f"{sha}.tar.gz"
-        tmp_path.replace(final)
-    finally:
-        tmp_path.unlink(missing_ok=True)
-    timings["archive"] = round(time.monotonic() - t, 3)
-    return Built(final, sha, len(tree.files), len(wheel_files))
+    manifest = layers.layered_manifest(app.spec, requirements, local)
+    timings["hash"] = round(time.monotonic() - t, 3)
+    return Built(manifest, {b.blob.sha256: b for b in local}, len(tree.files), len(wheel_files))
 
 
-def upload(store: Storage, built: Built, progress: ProgressFactory = _no_progress) -> int:
-    """Step 4: the archive, content-addressed; returns the bytes uploaded (0 when already there)."""
-    name = package_object(built.sha256)
-    size = built.path.stat().st_size
-    existing = store.stat(name)
-    if existing is not None:
-        if existing.size != size:
-            raise BadInput(f"{store.uri(name)} exists with {existing.size} bytes, not {size}: "
-                           "the bucket holds a foreign object under a content address; delete it")
-        return 0
+def present_blobs(store: Storage, manifest: LayeredManifest) -> dict[str, int | None]:
+    """sha256 → size in the bucket (None: absent) of every blob the manifest names, asked in parallel."""
+    shas = sorted({b.sha256 for b in manifest.blobs})
+    with ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="stat") as pool:
+        infos = list(pool.map(lambda s: store.stat(blob_object(s)), shas))
+    return {s: (i.size if i is not None else None) for s, i in zip(shas, infos, strict=True)}
+
+
+def _upload_one(store: Storage, local: layers.LocalBlob, advance: Callable[[int], None]) -> int:
+    name, size = blob_object(local.blob.sha256), local.blob.size
     uploaded = size
     try:
-        with progress(size, f"uploading {built.sha256[:12]}") as advance:
-            store.upload_file(name, built.path, if_generation_match=0, on_progress=advance)
+        store.upload_file(name, local.path, if_generation_match=0, on_progress=advance,
+                          content_type="application/octet-stream")
     except GenerationConflict:
         uploaded = 0  # another publisher stored the same content meanwhile; checked below
     got = store.stat(name)
     if got is None or got.size != size:
-        raise BadInput(f"{store.uri(name)} is not whole after upload ({got.size if got else 'missing'} "
-                       f"bytes, expected {size})")
+        raise BadInput(f"{store.uri(name)} is not whole after upload ({got.size if got else 'missing'} bytes, "
+                       f"expected {size})")
     return uploaded
 
 
+def upload_blobs(store: Storage, built: Built, progress: ProgressFactory = _no_progress) -> tuple[int, int, int]:
+    """Step 4: (bytes uploaded, blobs uploaded, blobs reused). Raises before any manifest is written when a
+    blob cannot be stored: what did go up stays, and the next publish reuses it."""
+    try:
+        todo = missing_blobs(built.manifest, present_blobs(store, built.manifest))
+    except PackageError as e:
+        raise BadInput(str(e)) from e
+    distinct = len({b.sha256 for b in built.manifest.blobs})
+    total = sum(b.size for b in todo)
+    sent = 0
+    if todo:
+        with progress(total, f"uploading {len(todo)} of {distinct} blobs") as advance, \
+                ThreadPoolExecutor(max_workers=UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+            sent = sum(pool.map(lambda b: _upload_one(store, built.blobs[b.sha256], advance), todo))
+    return sent, len(todo), distinct - len(todo)
+
+
+def write_manifest(store: Storage, manifest: LayeredManifest) -> int:
+    """Step 5a: ``packages/<sha256>.json``, written once; the bytes written (0 when already there)."""
+    name, data = manifest_object(manifest.sha256), manifest.to_bytes()
+    got = store.stat(name)
+    if got is not None and got.size == len(data):
+        return 0
+    if got is not None:
+        raise BadInput(f"{store.uri(name)} exists with {got.size} bytes, not {len(data)}: a foreign object under a "
+                       "content address; delete it")
+    try:
+        store.write_bytes(name, data, if_generation_match=0, content_type="application/json")
+    except GenerationConflict:
+        return 0  # the same manifest written by another publisher
+    return len(data)
+
+
 def move_pointer(store: Storage, channel: str, sha256: str, size: int) -> str | None:
-    """Step 5: point ``latest-<channel>.txt`` at ``sha256``; returns the sha256 it named before."""
+    """Step 5b: point ``latest-<channel>.txt`` at the manifest ``sha256``; returns the sha256 it named before."""
     name = pointer_object(channel)
     for _ in range(POINTER_ATTEMPTS):
-        got = store.stat(package_object(sha256))  # never point at an archive that is not whole
+        got = store.stat(manifest_object(sha256))  # never point at a manifest that is not whole
         if got is None or got.size != size:
-            raise BadInput(f"refusing to point {store.uri(name)} at {sha256}: the archive is not whole in the bucket")
+            raise BadInput(f"refusing to point {store.uri(name)} at {sha256}: its manifest is not whole in the bucket")
         try:
             data, generation = store.read_bytes(name)
             previous: str | None = parse_pointer(data)
@@ -150,32 +199,26 @@ def move_pointer(store: Storage, channel: str, sha256: str, size: int) -> str | 
 
 def publish(app: LoadedApp, store: Storage, channel: str, state_dir: Path,
             progress: ProgressFactory = _no_progress) -> PublishResult:
-    """The whole publish; the archive stays in ``STATE_DIR/packages/`` (a local cache of what was published)."""
+    """The whole publish; the app blobs stay in ``STATE_DIR/blobs/`` (a local cache of what was published)."""
     started = time.monotonic()
     timings: dict[str, float] = {}
     pointer_object(channel)  # a bad channel fails before any work
-    built = build(app, state_dir / "packages", state_dir / "wheels", timings)
+    built = build(app, state_dir, timings)
 
     t = time.monotonic()
-    uploaded = upload(store, built, progress)
+    sent, uploaded, reused = upload_blobs(store, built, progress)
+    sent += write_manifest(store, built.manifest)
     timings["upload"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
-    size = built.path.stat().st_size
-    previous = move_pointer(store, channel, built.sha256, size)
+    previous = move_pointer(store, channel, built.sha256, len(built.manifest.to_bytes()))
     timings["pointer"] = round(time.monotonic() - t, 3)
     timings["total"] = round(time.monotonic() - started, 3)
     result = PublishResult(
-        sha256=built.sha256,
-        uri=store.uri(package_object(built.sha256)),
-        pointer=store.uri(pointer_object(channel)),
-        channel=channel,
-        previous=previous,
-        uploaded_bytes=uploaded,
-        size_bytes=size,
-        files=built.files,
-        wheels=built.wheels,
-        timings_s=timings,
+        sha256=built.sha256, uri=store.uri(manifest_object(built.sha256)), pointer=store.uri(pointer_object(channel)),
+        channel=channel, previous=previous, uploaded_bytes=sent, blobs_uploaded=uploaded, blobs_reused=reused,
+        size_bytes=built.manifest.total_bytes, files=built.files, wheels=built.wheels, timings_s=timings,
     )
-    log.info("published", sha256=built.sha256, uploaded_bytes=uploaded, size_bytes=size, total_s=timings["total"])
+    log.info("published", sha256=built.sha256, uploaded_bytes=sent, blobs_uploaded=uploaded, blobs_reused=reused,
+             total_s=timings["total"])
     return result

@@ -105,3 +105,26 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> 
             os.replace(p, files_dir / p.name)
     index.write_text(json.dumps([p.name for p in got]))
     return [spotleash_wheel, *(files_dir / p.name for p in got)]
+
+
+UV_VERSION = "0.13.9"  # the uv an instance installs with (its PyPI wheel carries a static binary)
+
+
+def uv_wheel(cache_dir: Path) -> Path:
+    """uv's own wheel for the instance's platform, downloaded once into ``cache_dir/tools``."""
+    tools = cache_dir / "tools"
+    found = sorted(tools.glob(f"uv-{UV_VERSION}-*.whl"))
+    if found:
+        return found[0]
+    tools.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        run_tool([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                  "--only-binary=:all:", "--no-deps", *(a for p in platform_tags() for a in ("--platform", p)),
+                  "--python-version", PYTHON_VERSION, "--implementation", "cp",
+                  "--abi", "cp" + PYTHON_VERSION.replace(".", ""), "-d", tmp, f"uv=={UV_VERSION}"],
+                 f"downloading uv {UV_VERSION} for {PLATFORM}")
+        got = sorted(Path(tmp).glob("uv-*.whl"))
+        if not got:
+            raise WheelError(f"pip found no uv {UV_VERSION} wheel for {PLATFORM}")
+        os.replace(got[0], tools / got[0].name)
+    return tools / got[0].name

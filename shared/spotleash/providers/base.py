@@ -83,6 +83,7 @@ class LaunchSpec:
     package_sha256: str = ""
     package_uri: str = ""
     package_url: str = ""
+    blob_urls: dict[str, str] = field(default_factory=dict)  # layered package: blob sha256 → signed URL (secrets)
     components: tuple[str, ...] = ()
     package_fetch_retry_s: float = 300.0  # how long the instance retries its download (Cloud Storage failing)
     snapshot_interval_s: float = 0.0  # the instance's periodic snapshots (0: none; AgentConfig.snapshot_interval_s)

@@ -27,7 +27,7 @@ from spotleash.decide.policy import LaunchFacts, LaunchPlan, Refusal, choose_pro
 from spotleash.errors import BadInput, CapacityExhausted, LeaseUnknown, ProviderPermanent, Transient
 from spotleash.log import get_logger
 from spotleash.model import LIVE, InstanceRecord, State, instance_id_for, new_record, transition
-from spotleash.packaging.package_pin import MISSING, PackageMissing, PinnedPackage, pinned, read_url, resolve
+from spotleash.packaging.package_pin import MISSING, PackageMissing, PinnedPackage, pinned, read_urls, resolve
 from spotleash.providers import provider_info
 from spotleash.providers.base import GpuRequirements, LaunchSpec, ProviderInstance
 from spotleash.services.context import Context, token_hash
@@ -92,27 +92,30 @@ def pin_package(ctx: Context) -> PinnedPackage | Refusal | None:
         return Refusal(MISSING, str(e))
 
 
-def _package_fields(ctx: Context, rec: InstanceRecord, now: datetime) -> tuple[str, str, str]:
+def _package_fields(ctx: Context, rec: InstanceRecord, now: datetime) -> tuple[str, str, str, dict[str, str]]:
     """The pinned package's fields of the launch spec: its sha256 and URI, and for a provider whose boxes
-    have no Google identity a signed URL valid until the instance's deadline (a secret)."""
+    have no Google identity signed URLs valid until the instance's deadline (secrets): the manifest's and
+    one per blob."""
     storage = ctx.package_storage()
     if not rec.package_sha256:
-        return "", "", ""
+        return "", "", "", {}
     if storage is None:
         raise PackageMissing(f"{rec.instance_id} pinned package {rec.package_sha256[:12]}… but "
                              "SPOTLEASH_PACKAGE_BUCKET is no longer set")
     pkg = pinned(storage, rec.package_sha256)
-    url = "" if provider_info(rec.provider).google_identity else read_url(storage, pkg, now=now, until=rec.deadline)
-    return pkg.sha256, pkg.uri, url
+    if provider_info(rec.provider).google_identity:
+        return pkg.sha256, pkg.uri, "", {}
+    url, blob_urls = read_urls(storage, pkg, now=now, until=rec.deadline)
+    return pkg.sha256, pkg.uri, url, blob_urls
 
 
 def build_spec(ctx: Context, rec: InstanceRecord, plan_machine: str, now: datetime) -> LaunchSpec:
     s = ctx.settings
     remaining = int((rec.deadline - now).total_seconds())
     gpu = GpuRequirements.from_settings(s) if provider_info(rec.provider).gpu else None
-    sha, uri, url = _package_fields(ctx, rec, now)
+    sha, uri, url, blob_urls = _package_fields(ctx, rec, now)
     return LaunchSpec(
-        package_sha256=sha, package_uri=uri, package_url=url, components=tuple(rec.components),
+        package_sha256=sha, package_uri=uri, package_url=url, blob_urls=blob_urls, components=tuple(rec.components),
         package_fetch_retry_s=s.package_fetch_retry_s,
         instance_id=rec.instance_id, lease_id=rec.lease_id, deployment_id=rec.deployment_id,
         deadline=rec.deadline, max_run_s=max(remaining, 30), machine_type=plan_machine, zones=tuple(s.zones),

@@ -44,6 +44,7 @@ class AgentConfig(BaseModel):
     package_sha256: str = Field("", pattern=r"^([0-9a-f]{64})?$")
     package_uri: str = ""  # gs://<bucket>/packages/<sha256>.tar.gz
     package_url: str = ""  # a V4 signed URL of that object (VAST: no Google identity on the box); secret
+    blob_urls: dict[str, str] = {}  # layered package on VAST: blob sha256 → V4 signed URL; secrets
     package_fetch_retry_s: float = Field(300.0, gt=0, le=86400)  # download retries end after this (Cloud Storage down)
     components: list[str] = []  # the components this instance was launched for (empty: all of the package)
     advertise_host: str = ""  # host in the endpoints the user's machine reaches (unset: found on the box)
@@ -67,7 +68,7 @@ class AgentConfig(BaseModel):
             heartbeat_url=spec.heartbeat_url, heartbeat_interval_s=spec.heartbeat_interval_s,
             deadline=spec.deadline, route_credential_sha256=spec.route_credential_sha256,
             package_sha256=spec.package_sha256, package_uri=spec.package_uri,
-            package_url=spec.package_url, components=list(spec.components),
+            package_url=spec.package_url, blob_urls=dict(spec.blob_urls), components=list(spec.components),
             package_fetch_retry_s=spec.package_fetch_retry_s,
             snapshot_interval_s=spec.snapshot_interval_s, idle_cpu_percent=spec.idle_cpu_percent,
         )
@@ -78,8 +79,8 @@ class AgentConfig(BaseModel):
         return cls.model_validate_json(raw)
 
     def to_json(self, *, safe: bool = False) -> str:
-        """The JSON; ``safe``: without ``package_url`` (for logs)."""
-        return self.model_dump_json(exclude_none=True, exclude={"package_url"} if safe else None)
+        """The JSON; ``safe``: without ``package_url`` and ``blob_urls`` (for logs)."""
+        return self.model_dump_json(exclude_none=True, exclude={"package_url", "blob_urls"} if safe else None)
 
 
 def metadata_values(spec: LaunchSpec) -> dict[str, str]:

@@ -368,3 +368,106 @@ def build_package(
     members[MANIFEST_NAME] = manifest.to_bytes()
     sha = write_archive(out, members, frozenset(APP_PREFIX + e for e in executable))
     return sha, manifest
+
+
+# --------------------------------------------------------------------------- layered packages (format 2)
+#
+# A layered package is a manifest of content-addressed blobs. In Cloud Storage:
+#   blobs/<sha256>            one wheel, the app tree (a deterministic tar.gz), or uv's own wheel
+#   packages/<sha256>.json    the manifest (its sha256 is what the pointer names and the launch pins)
+# Publish writes every blob first, then the manifest, then moves the pointer: a reader that finds a
+# manifest finds every blob it names (until a GC collects blobs no kept manifest names).
+
+LAYERED_FORMAT: Literal[2] = 2
+BLOBS_PREFIX = "blobs/"
+BlobKind = Literal["app", "wheel", "tool"]  # tool: uv's wheel (the instance installs with it; not installed)
+
+
+def blob_object(sha256: str) -> str:
+    """``blobs/<sha256>``: where one blob lives in the bucket."""
+    if not SHA256_RE.match(sha256):
+        raise PackageError(f"not a sha256 (64 lowercase hex digits): {sha256!r}")
+    return f"{BLOBS_PREFIX}{sha256}"
+
+
+def manifest_object(sha256: str) -> str:
+    """``packages/<sha256>.json``: the content-addressed name of one layered manifest."""
+    package_object(sha256)  # validates
+    return f"{PACKAGES_PREFIX}{sha256}.json"
+
+
+class Blob(BaseModel):
+    """One blob a manifest names: its content address, its size, what it is and the file name it takes."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sha256: str = Field(pattern=SHA256_RE.pattern)
+    size: int = Field(ge=0)
+    kind: BlobKind
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")  # a wheel's file name; "app.tar.gz"
+
+
+class LayeredManifest(BaseModel):
+    """``packages/<sha256>.json``: what an instance needs, each part named by its sha256."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    format: Literal[2] = LAYERED_FORMAT
+    app: AppSpec
+    requirements: list[str]
+    blobs: list[Blob] = Field(min_length=1)
+    python: str = PYTHON_VERSION
+    platform: str = PLATFORM
+
+    @model_validator(mode="after")
+    def _one_app(self) -> LayeredManifest:
+        if sum(1 for b in self.blobs if b.kind == "app") != 1:
+            raise ValueError("a layered manifest names exactly one app blob")
+        names = [b.name for b in self.blobs]
+        if len(set(names)) != len(names):
+            raise ValueError("two blobs share a file name")
+        return self
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes (sorted keys, blobs sorted by name): same content → same sha256."""
+        data = self.model_dump(mode="json")
+        data["blobs"] = sorted(data["blobs"], key=lambda b: (b["kind"], b["name"]))
+        return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_bytes()).hexdigest()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(b.size for b in self.blobs)
+
+
+def parse_layered(data: bytes, expected_sha256: str | None = None) -> LayeredManifest:
+    """A manifest from its bytes, its sha256 checked first when given; ``PackageError`` otherwise."""
+    if expected_sha256 is not None and hashlib.sha256(data).hexdigest() != expected_sha256:
+        raise PackageError(f"manifest sha256 is {hashlib.sha256(data).hexdigest()}, expected {expected_sha256}")
+    try:
+        return LayeredManifest.model_validate_json(data)
+    except ValueError as e:
+        raise PackageError(f"not a layered package manifest: {str(e)[:300]}") from e
+
+
+def missing_blobs(manifest: LayeredManifest, present: Mapping[str, int | None]) -> list[Blob]:
+    """The blobs to upload: those the bucket lacks (``present``: sha256 → size there, None when absent).
+
+    A blob there with another size is a foreign object under a content address: ``PackageError``
+    (never overwritten, never named by a new manifest)."""
+    todo: list[Blob] = []
+    seen: set[str] = set()
+    for b in manifest.blobs:
+        if b.sha256 in seen:
+            continue
+        seen.add(b.sha256)
+        got = present.get(b.sha256)
+        if got is None:
+            todo.append(b)
+        elif got != b.size:
+            raise PackageError(f"{blob_object(b.sha256)} exists with {got} bytes, not {b.size}: the bucket holds a "
+                               "foreign object under a content address; delete it")
+    return todo

@@ -119,3 +119,23 @@ def test_a_status_fault_answers_without_running_the_function() -> None:
     status, body = _call(hook, "POST", "/", b"{}")
     assert status.startswith("503") and b"fault" in body and calls == []
     assert operation_of(b"not json") == "call" and operation_of(b'{"snapshot": {"op": "restore"}}') == "snapshot.restore"
+
+
+def test_the_storage_proxy_cuts_a_download_half_way(proxy: FaultProxy) -> None:
+    import http.client
+
+    proxy.plan.add({"operation": "download", "effect": "cut", "count": 1})
+    conn = http.client.HTTPConnection(proxy.url.removeprefix("http://"), timeout=10)
+    conn.request("GET", "/download/storage/v1/b/b/o/x?alt=media")
+    r = conn.getresponse()
+    with pytest.raises(http.client.IncompleteRead):
+        r.read()
+    conn.close()
+
+
+def test_the_storage_proxy_finds_an_upload_s_object_in_its_metadata(proxy: FaultProxy) -> None:
+    proxy.plan.add({"operation": "upload", "path": "blobs/abc", "status": 503, "count": 1})
+    with httpx.Client(base_url=proxy.url, trust_env=False) as c:
+        body = b'--b\r\ncontent-type: application/json\r\n\r\n{"name": "blobs/abc"}\r\n--b\r\n\r\nbytes\r\n--b--'
+        assert c.post("/upload/storage/v1/b/bk/o?uploadType=multipart", content=body).status_code == 503
+        assert c.post("/upload/storage/v1/b/bk/o?uploadType=multipart", content=body).status_code == 200
