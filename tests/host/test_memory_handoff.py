@@ -18,54 +18,45 @@ hog ends the local copy comes home and answers before the remote copy is release
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
-import psutil
 import pytest
 from tests.e2e.flows import Flows
-from tests.e2e.state_app import set_launcher_env
-from tests.host.memory_app import Hog, Load, Sampler, ballast_app
 from tests.support.cgroups import MB, MemoryCgroup, memory_cgroup, why_not_writable
-from tests.support.json_log import log_lines
+from tests.support.memory_app import (
+    Hog,
+    Load,
+    Sampler,
+    agent_env,
+    answers,
+    ballast_app,
+    grow_until_demand,
+    handoff_landed,
+    local_copy_pids,
+    published,
+    start_agent,
+    top_up,
+    tree_rss,
+)
 
 from local_emulator.procs import free_port
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
-from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
 LAPTOP = 2048 * MB
 BALLAST_MB = 600
-HOG_STEP_MB = 64
-HOG_CEILING = 0.92  # the hog never takes the cgroup past this share of its limit: the kernel would OOM-kill
 INSTANCE_PORT = 8147  # the fake VM's copy binds it on this machine
-COMPONENT_ENV = "SPOTLEASH_LOCAL_COMPONENT"
 READY_TIMEOUT_S = 240.0
-
-
-def handoff_landed() -> bool:
-    """Whether this tree's agent hands its local copies to the loop (the hand-off: stop once remote, start to come
-    home). ``SPOTLEASH_EXPECT_HANDOFF`` forces the answer; else: does ``run_agent`` or ``Agent`` take the local
-    copies (main's take none)."""
-    forced = os.environ.get("SPOTLEASH_EXPECT_HANDOFF")
-    if forced in ("0", "1"):
-        return forced == "1"
-    from spotleash.agent.runner import Agent, run_agent
-
-    params = [*inspect.signature(run_agent).parameters.values(), *inspect.signature(Agent).parameters.values()]
-    return any("LocalCopies" in str(p.annotation) for p in params)
+FIGURES = Path(__file__).resolve().parents[2] / "bench" / "results" / "tmp" / "memproof.json"  # the last run's
 
 
 @pytest.fixture
@@ -82,73 +73,8 @@ def app(local_stack: Any, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The ballast app published through the CLI, the launchers restarted with the package bucket."""
     ports = {"local_port": free_port(), "route_port": free_port()}
     config = ballast_app(tmp_path / "app", mb=BALLAST_MB, port=INSTANCE_PORT, **ports)
-    bucket = load_topology().package_bucket
-    cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
-    cache.mkdir(parents=True, exist_ok=True)
-    pub = tmp_path / "publish-state"
-    pub.mkdir()
-    (pub / "wheels").symlink_to(cache, target_is_directory=True)
-    env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub)}
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(config.parent), "--json"],
-                         env=env, capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    state_dir = local_stack.state_dir  # type: ignore[attr-defined]
-    saved = os.environ.get("SPOTLEASH_PACKAGE_BUCKET")
-    set_launcher_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": bucket})
-    os.environ["SPOTLEASH_PACKAGE_BUCKET"] = bucket
-    try:
-        yield {"config": config, **ports, "publish": json.loads(out.stdout)}
-    finally:
-        set_launcher_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": ""})
-        if saved is None:
-            os.environ.pop("SPOTLEASH_PACKAGE_BUCKET", None)
-        else:
-            os.environ["SPOTLEASH_PACKAGE_BUCKET"] = saved
-
-
-def agent_env(cg: MemoryCgroup, config: Path, work: Path) -> dict[str, str]:
-    env = {**os.environ, "SPOTLEASH_CONFIG_FILE": str(config), "SPOTLEASH_STATE_DIR": str(work / "state"),
-           "SPOTLEASH_MEMORY_SOURCE": f"cgroup-v{cg.version}", "SPOTLEASH_SAMPLE_INTERVAL_S": "0.25",
-           "SPOTLEASH_RELEASE_HOLD_S": "5", "SPOTLEASH_ROUTER_ADMIN_PORT": str(free_port()),
-           # the host's PSI (other tenants of this machine) must not fire the demand: the cgroup's figures must
-           "SPOTLEASH_MEMORY_PSI_PRESSURE": "100", "SPOTLEASH_SHUTDOWN_BUDGET_S": "10", "PYTHONUNBUFFERED": "1"}
-    for var in ("SPOTLEASH_COMPONENTS", "SPOTLEASH_COMPONENT_RAM_GB", "SPOTLEASH_GPU_COMPONENTS",
-                "SPOTLEASH_COMPONENT_OF"):
-        env.pop(var, None)
-    return env
-
-
-def local_copy_pids(cg: MemoryCgroup, component: str) -> list[int]:
-    """The pids in the cgroup that belong to ``component``'s local copy (the supervisor marks each)."""
-    out = []
-    for pid in cg.pids():
-        try:
-            if psutil.Process(pid).environ().get(COMPONENT_ENV) == component:
-                out.append(pid)
-        except psutil.Error:
-            continue
-    return out
-
-
-def tree_rss(pids: list[int]) -> int:
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
-def answers(url: str) -> bool:
-    try:
-        return httpx.get(url, timeout=2, trust_env=False).status_code == 200
-    except httpx.HTTPError:
-        return False
-
-
-def demand_line(log: Path) -> dict[str, Any] | None:
-    return next((ln for ln in log_lines(log) if str(ln.get("message", "")).startswith("demand:")), None)
+    with published(local_stack.state_dir, config, tmp_path) as result:
+        yield {"config": config, **ports, "publish": result}
 
 
 def ready_of(flows: Flows, lease_id: str) -> InstanceRecord | None:
@@ -170,10 +96,7 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
     route_url = f"http://127.0.0.1:{app['route_port']}/healthz"
     figures: dict[str, Any] = {"handoff_asserted": handoff, "cgroup": f"v{cg.version} {cg.dir}",
                                "limit_mb": cg.limit() // MB}
-    with log.open("wb") as out:
-        agent = subprocess.Popen(cg.argv_inside([sys.executable, "-m", "spotleash.agent", "--lease-id", lease_id]),
-                                 env=agent_env(cg, app["config"], tmp_path), stdout=out, stderr=subprocess.STDOUT,
-                                 start_new_session=True)
+    agent = start_agent(cg, lease_id, agent_env(cg, app["config"], tmp_path, free_port()), log)
     rec: InstanceRecord | None = None
     try:
         with Sampler(cg) as sampler:
@@ -189,14 +112,7 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
             with Load(route_url) as load:
                 # ---- the hog grows until the agent demands, from the cgroup's own figures
                 hog = Hog(cg)
-                t_hog = time.monotonic()
-                while demand_line(log) is None:
-                    assert time.monotonic() - t_hog < 120, "no demand within 120 s of the hog starting"
-                    if cg.working_set() + HOG_STEP_MB * MB < HOG_CEILING * LAPTOP:
-                        hog.grow(HOG_STEP_MB)
-                    time.sleep(0.5)
-                demand = demand_line(log)
-                assert demand is not None
+                demand = grow_until_demand(hog, cg, log)
                 t_demand = time.monotonic()
                 figures.update(hog_mb=hog.held_mb, demand=demand.get("message"), demand_source=demand.get("source"),
                                demand_ram_percent=demand.get("ram_percent"), demand_limit_mb=demand.get("limit_mb"))
@@ -204,8 +120,7 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
                 assert demand.get("limit_mb") == LAPTOP // MB, demand
                 assert demand.get("components") == ["ballast"], demand
                 # a model load on top: the laptop stays short even without the copy (no coming home before the hog ends)
-                while cg.working_set() + HOG_STEP_MB * MB < 0.90 * LAPTOP:
-                    hog.grow(HOG_STEP_MB)
+                top_up(hog, cg, 0.90)
 
                 # ---- the remote copy gets READY and serves
                 rec = wait_until(lambda: ready_of(flows, lease_id), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
@@ -284,3 +199,5 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
                 if r.live:
                     flows.wait_gone(r, timeout_s=60)
         print("\nmemproof figures: " + json.dumps(figures), flush=True)
+        FIGURES.parent.mkdir(parents=True, exist_ok=True)
+        FIGURES.write_text(json.dumps(figures, indent=1) + "\n")
