@@ -11,7 +11,7 @@ through the router's stable port one after another from a thread and counts who 
 
 from __future__ import annotations
 
-import inspect
+import importlib.util
 import json
 import os
 import subprocess
@@ -248,16 +248,12 @@ COMPONENT_ENV = "SPOTLEASH_LOCAL_COMPONENT"  # the supervisor marks each local c
 
 
 def handoff_landed() -> bool:
-    """Whether this tree's agent hands its local copies to its loop (stop once remote, start to come home).
-    ``SPOTLEASH_EXPECT_HANDOFF=1``/``0`` forces the answer; else: does ``run_agent`` or ``Agent`` take the
-    ``LocalCopies`` (main's take none)."""
+    """Whether this tree's agent hands its local copies off (stop once remote, start to come home): the hand-off
+    module of issue 22 (``spotleash.agent.handoff``) exists. ``SPOTLEASH_EXPECT_HANDOFF=1``/``0`` forces it."""
     forced = os.environ.get("SPOTLEASH_EXPECT_HANDOFF")
     if forced in ("0", "1"):
         return forced == "1"
-    from spotleash.agent.runner import Agent, run_agent
-
-    params = [*inspect.signature(run_agent).parameters.values(), *inspect.signature(Agent).parameters.values()]
-    return any("LocalCopies" in str(p.annotation) for p in params)
+    return importlib.util.find_spec("spotleash.agent.handoff") is not None
 
 
 def agent_env(cg: MemoryCgroup, config: Path, work: Path, admin_port: int, **extra: str) -> dict[str, str]:

@@ -5,9 +5,9 @@ Read, never guessed:
 
 * **peak**: the highest ``ram_percent`` among the agents' log lines (their readings as each decision logged
   them: the demand, the release, and any reading line the agent writes);
-* **freed**: per component, what the agent reports when it stops a local copy — a line with ``component`` and
-  ``freed_bytes`` (the hand-off's report), else the supervisor's ``component stopped`` line with the
-  ``rss_bytes`` its process tree held just before. An agent that stops no copy frees 0 MB: that is said;
+* **freed**: per component, what the agent reports when it stops a local copy — its log line with ``component``
+  and ``freed_bytes`` (the RSS of the copy's process tree just before the stop). An agent that stops no copy
+  frees 0 MB, and the line says so;
 * **OOM kills**: the kernel's own counter over the demo's run — the OOM-kill counter of the memory cgroup the
   demo runs in when that cgroup has a limit (v1 ``memory.oom_control``, v2 ``memory.events``), else the
   machine's ``/proc/vmstat`` ``oom_kill`` (every process of the machine: an honest upper bound).
@@ -24,18 +24,15 @@ from pathlib import Path
 from typing import Any
 
 MB = 2**20
-STOPPED = "component stopped"  # supervisor.components: a local copy stopped, with its tree's rss_bytes
 
 
 def freed_of(entry: dict[str, Any]) -> tuple[str, int] | None:
-    """(component, bytes) when ``entry`` reports a local copy's memory given back; else None."""
-    component = entry.get("component")
-    if not isinstance(component, str):
-        return None
-    for key in ("freed_bytes",) if entry.get("message") != STOPPED else ("freed_bytes", "rss_bytes"):
-        value = entry.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return component, value
+    """(component, bytes) when ``entry`` is the agent's report of a local copy stopped (``component`` and
+    ``freed_bytes``: the hand-off's "local copy stopped" line); else None. The supervisor's own "component
+    stopped" line (``rss_bytes``) is the same stop seen from below: not counted twice."""
+    component, value = entry.get("component"), entry.get("freed_bytes")
+    if isinstance(component, str) and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return component, value
     return None
 
 

@@ -16,10 +16,13 @@ def test_peak_is_the_highest_reading_and_freed_sums_each_components_stops() -> N
     tally.feed_lines([
         json.dumps({"message": "demand: moving components off this machine", "ram_percent": 91.4,
                     "freed_mb": 600, "components": ["ballast"]}),  # placement's plan frees nothing yet
-        json.dumps({"message": "component stopped", "component": "ballast", "rss_bytes": 612 * MB}),
-        json.dumps({"message": "local copy handed off", "component": "vectors", "freed_bytes": 300 * MB,
-                    "ram_percent": 62.0}),
-        json.dumps({"message": "component stopped", "component": "ballast", "rss_bytes": 600 * MB}),
+        json.dumps({"message": "component stopped", "component": "ballast", "rss_bytes": 612 * MB}),  # the same stop
+        json.dumps({"message": "local copy stopped: its remote copy serves", "component": "ballast",
+                    "freed_bytes": 612 * MB}),
+        json.dumps({"message": "local copy stopped: its remote copy serves", "component": "vectors",
+                    "freed_bytes": 300 * MB, "ram_percent": 62.0}),
+        json.dumps({"message": "local copy stopped: its remote copy serves", "component": "ballast",
+                    "freed_bytes": 600 * MB}),
         "not json at all",
         json.dumps(["a", "list"]),
     ])
@@ -29,10 +32,10 @@ def test_peak_is_the_highest_reading_and_freed_sums_each_components_stops() -> N
 
 
 def test_a_stop_report_needs_a_component_and_a_byte_count() -> None:
-    assert freed_of({"message": "component stopped", "component": "x", "rss_bytes": 5}) == ("x", 5)
-    assert freed_of({"message": "component stopped", "rss_bytes": 5}) is None
-    assert freed_of({"message": "route changed", "component": "x", "rss_bytes": 5}) is None  # rss only on a stop
-    assert freed_of({"message": "component stopped", "component": "x", "rss_bytes": True}) is None
+    assert freed_of({"message": "local copy stopped", "component": "x", "freed_bytes": 5}) == ("x", 5)
+    assert freed_of({"message": "local copy stopped", "freed_bytes": 5}) is None
+    assert freed_of({"message": "component stopped", "component": "x", "rss_bytes": 5}) is None  # the supervisor's
+    assert freed_of({"message": "local copy stopped", "component": "x", "freed_bytes": True}) is None
     assert freed_of({"message": "anything", "component": "x", "freed_bytes": -1}) is None
     assert freed_line("x", 612 * MB) == "freed: x stopped locally, 612 MB given back"
 
