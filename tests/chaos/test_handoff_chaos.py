@@ -118,7 +118,7 @@ def moved_off(chaos: Chaos, app: dict[str, Any], tmp: Path, lease_id: str) -> It
             with Load(route_url) as load:
                 hog = Hog(cg)
                 grow_until_demand(hog, cg, log)
-                top_up(hog, cg, 0.90)
+                top_up(hog, cg, 0.91, step_mb=32)
                 rec = chaos.wait_ready(lease_id, timeout_s=READY_TIMEOUT_S)
                 wait_until(lambda: load.last_served_by == rec.instance_id, timeout_s=60, interval_s=0.1,
                            what=f"the load served by {rec.instance_id}")
