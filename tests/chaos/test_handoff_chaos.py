@@ -115,7 +115,7 @@ def moved_off(chaos: Chaos, app: dict[str, Any], tmp: Path, lease_id: str) -> It
         try:
             wait_until(lambda: answers(local_url), timeout_s=60, interval_s=0.2, what="the agent's local copy")
             wait_until(lambda: answers(route_url), timeout_s=30, interval_s=0.2, what="the router")
-            with Load(route_url) as load:
+            with Load(route_url, timeout_s=HOLD_S + 30) as load:
                 hog = Hog(cg)
                 grow_until_demand(hog, cg, log)
                 top_up(hog, cg, 0.91, step_mb=32)

@@ -133,6 +133,7 @@ class Load:
     """GETs through the router's port for ``ballast``, one after another (bounded: 300 s)."""
 
     url: str
+    timeout_s: float = 60.0  # per request: above the router's hold when a test makes it wait for a replacement
     served: Counter[str] = field(default_factory=Counter)  # X-Served-By → count
     failures: list[str] = field(default_factory=list)
     last_served_by: str = ""
@@ -155,7 +156,7 @@ class Load:
 
     def _run(self) -> None:
         deadline = time.monotonic() + 600
-        with httpx.Client(timeout=60, trust_env=False) as client:
+        with httpx.Client(timeout=self.timeout_s, trust_env=False) as client:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     r = client.get(self.url)
