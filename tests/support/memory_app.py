@@ -50,6 +50,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         body = json.dumps({"component": "ballast", "held_mb": MB, "served_by": WHO}).encode()
         self.send_response(200 if self.path == "/healthz" else 404)
+        self.send_header("X-Served-By", WHO)  # which copy answered: the instance id, or "local"
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -160,10 +161,11 @@ class Load:
             while not self._stop.is_set() and time.monotonic() < deadline:
                 try:
                     r = client.get(self.url)
-                except httpx.HTTPError as e:
+                    ok = r.status_code == 200 and r.json().get("component") == "ballast"
+                except (httpx.HTTPError, ValueError) as e:  # ValueError: a body that is not JSON
                     self.failures.append(f"{type(e).__name__}: {e}")
                     continue
-                if r.status_code == 200 and r.json().get("component") == "ballast":
+                if ok:
                     self.last_served_by = r.headers.get(SERVED_BY, "?")
                     self.served[self.last_served_by] += 1
                 else:
