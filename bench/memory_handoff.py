@@ -113,6 +113,8 @@ def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
             grow_until_demand(hog, cg, log_path)
             t_demand = time.monotonic()
             top_up(hog, cg, 0.91, step_mb=32)
+            time.sleep(0.5)
+            before = cg.working_set()  # the laptop full, the copy running: what the hand-off must lower
 
             def ready() -> Any:
                 return next((r for r in h.store.instances_of_lease(lid, live_only=False) if r.state == State.READY),
@@ -120,7 +122,6 @@ def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
 
             rec = wait_until(ready, timeout_s=240, interval_s=0.1, what="READY")
             t_ready = time.monotonic()
-            before = cg.working_set()  # before the router shifts: the hand-off may stop the copy at once after
             wait_until(lambda: load.last_served_by == rec.instance_id, timeout_s=60, interval_s=0.01,
                        what="served remotely")
             t_remote = time.monotonic()

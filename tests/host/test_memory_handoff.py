@@ -121,12 +121,13 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
                 assert demand.get("components") == ["ballast"], demand
                 # a model load on top: the laptop stays short even without the copy (no coming home before the hog ends)
                 top_up(hog, cg, 0.91, step_mb=32)
+                time.sleep(0.5)
+                set_before = cg.working_set()  # the laptop full, the copy running: what the hand-off must lower
 
                 # ---- the remote copy gets READY and serves
                 rec = wait_until(lambda: ready_of(flows, lease_id), timeout_s=READY_TIMEOUT_S, interval_s=0.5,
                                  what=f"a READY instance of {lease_id}")
                 figures["demand_to_ready_s"] = round(time.monotonic() - t_demand, 1)
-                set_before = cg.working_set()  # before the router shifts: the hand-off may stop the copy at once after
                 ready_rec = rec
                 wait_until(lambda: load.last_served_by == ready_rec.instance_id, timeout_s=60, interval_s=0.1,
                            what=f"the load served by {ready_rec.instance_id}")
