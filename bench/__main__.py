@@ -37,8 +37,8 @@ from spotleash.demo.run import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 PAGE = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "router_load", "reap",
-            "router")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "router_load", "memory",
+            "reap", "router")
 STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
@@ -67,12 +67,14 @@ def plan(quick: bool) -> dict[str, Any]:
                 "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
                 "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
                 "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200,
-                "failover_state_mb": 100, "router_load_s": 2.0, "router_load_rounds": 2}
+                "failover_state_mb": 100, "router_load_s": 2.0, "router_load_rounds": 2, "memory_runs": 1,
+                "memory_rest_s": 20.0}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
             "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
             "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000,
-            "failover_state_mb": 1024, "router_load_s": 5.0, "router_load_rounds": 3}
+            "failover_state_mb": 1024, "router_load_s": 5.0, "router_load_rounds": 3, "memory_runs": 3,
+            "memory_rest_s": 60.0}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -203,6 +205,11 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         raw["router_load"] = router_load.router_load_section(work / "router-load", p["router_load_s"],
                                                              p["router_load_rounds"], p.get("router_baselines"))
 
+    def memory() -> None:
+        from bench import memory_handoff
+
+        raw["memory"] = memory_handoff.memory_section(h, work, p.get("memory_runs", 1), p.get("memory_rest_s", 20.0))
+
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
         raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
 
@@ -220,6 +227,7 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
                             f"x{p['failovers']}", failover_)
         section("router_load", f"wrk against the app, nginx and the agent's router, {p['router_load_rounds']}x"
                                f"{p['router_load_s']:g} s per row", router_load_)
+        section("memory", f"memory freed and the way home in a {2048} MB cgroup, x{p.get('memory_runs', 1)}", memory)
         section("reap", f"reap at {p['reap_sizes']} tracked", reap)
     finally:
         h.close()
@@ -231,6 +239,7 @@ def build_rows(results: dict[str, Any]) -> None:
         agent_cost,
         failover,
         lifecycle,
+        memory_handoff,
         packages,
         reap_scale,
         router_load,
@@ -263,6 +272,8 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += snapshot_throughput.snapshot_rows(raw["snapshot"])
     if "failover" in raw:
         rows += failover.failover_rows(raw["failover"], restore_median_s(raw, 1024))
+    if "memory" in raw:
+        rows += memory_handoff.memory_rows(raw["memory"])
     results["rows"] = rows
     results["notes"] = notes(results) + list(results.get("extra_notes", []))
 

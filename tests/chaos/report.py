@@ -56,6 +56,11 @@ WHAT_CLEANS = {
         "instance repeats an unanswered snapshot ask; heartbeat loss → reaper → failover, the replacement "
         "restores the last verified snapshot (503s retried); the unfinished upload is never verified and its "
         "leftover object goes with the next verified snapshot's retention or the reaper's sweep past the upload timeout; release",
+    "hand-off: remote lost while the local copy is stopped": "memory still short: the router holds requests, "
+        "heartbeat loss → reaper → failover replacement serves them, 0 failed GETs, 0 OOM kills; release",
+    "hand-off: local copy crash-looping while coming home": "the remote stays READY with the traffic until the "
+        "local copy answers, then is released; 0 failed GETs",
+    "hand-off: agent SIGKILL with local copies stopped": "no local-copy process left; lease expiry → reaper",
 }
 
 

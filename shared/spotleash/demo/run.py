@@ -14,7 +14,9 @@ Act 3: a VAST fake GPU box pulls the same package, gets READY with endpoints, an
 through the router, and is destroyed at the agent's SIGTERM; then the VAST smoke run.
 It ends with a summary table, fails loudly (exit 3) if any instance is left, and its last line is
 ``requests: <total> total, <remote> remote, <retried> retried, <failed> failed`` (total and failed as
-the load generator saw them, remote and retried from the router's counters).
+the load generator saw them, remote and retried from the router's counters), then
+``memory: <peak> % peak, <freed> MB freed, <n> OOM kills`` (``demo.memory``: the agents' readings and stop
+reports, the kernel's OOM-kill counter); a ``freed:`` line is printed when a local copy is stopped.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from rich.table import Table
 
 from spotleash.adapters.firestore import FirestoreStore, Store
 from spotleash.config import Settings, load_settings
+from spotleash.demo.memory import MemoryTally, OomCounter, memory_line, oom_counter
 from spotleash.demo.moves import (
     Launch,
     MovesResult,
@@ -200,6 +203,7 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
     from spotleash.providers.vast.smoke import smoke_command
 
     state_dir = Path(tempfile.mkdtemp(prefix="spotleash-demo-"))
+    ooms = oom_counter()  # before anything of the demo runs: the kills counted are the demo's run's
     console.rule("[bold]spotleash demo")
     started = time.monotonic()
     app_dir = example_app()
@@ -258,6 +262,17 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
             stack.down(state_dir)
         if moves is not None:
             console.print(requests_line(moves), highlight=False, markup=False)
+        if ooms is not None:
+            console.print(f"OOM kills counted in {ooms.what}", highlight=False, markup=False)
+        console.print(memory_summary(state_dir, ooms), highlight=False, markup=False)
+
+
+def memory_summary(log_dir: Path, ooms: OomCounter | None) -> str:
+    """The demo's last line, from every agent's log of the run and the kernel's OOM-kill counter."""
+    tally = MemoryTally()
+    for path in sorted(log_dir.glob("agent-*.log")):
+        tally.feed_file(path)
+    return memory_line(tally, ooms.kills() if ooms is not None else None)
 
 
 def _live_id(store: Store, lease_id: str) -> str:

@@ -32,6 +32,7 @@ import httpx
 from rich.console import Console
 
 import spotleash
+from spotleash.demo.memory import freed_line, freed_of
 from spotleash.errors import ConfigError
 from spotleash.packaging.appspec import LoadedApp, load_app
 from spotleash.polling import wait_until
@@ -259,7 +260,12 @@ class RouteLog:
             entry = json.loads(raw)
         except ValueError:
             return
-        if not isinstance(entry, dict) or not str(entry.get("logger", "")).startswith("spotleash.router."):
+        if not isinstance(entry, dict):
+            return
+        freed = freed_of(entry)
+        if freed is not None:  # a local copy stopped: the memory it gave back, as the agent reported it
+            self.console.print(f"  [dim]{time.monotonic() - self.t0:6.1f}s[/] [bold green]{freed_line(*freed)}[/]")
+        if not str(entry.get("logger", "")).startswith("spotleash.router."):
             return
         if entry.get("message") == "router stopped" and isinstance(entry.get("totals"), dict):
             self.router_totals = {k: int(v) for k, v in entry["totals"].items()}
