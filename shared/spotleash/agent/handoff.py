@@ -237,11 +237,14 @@ class HandOff:
 
     def _run(self) -> None:
         while not self._closed.is_set():
-            changed = self.router.changed if self.router is not None else self._closed
-            changed.wait(WAKE_S)
-            changed.clear()
-            if self._closed.is_set():
-                break
+            if self.router is None:
+                if self._closed.wait(WAKE_S):  # never cleared here: clearing it made close() wait out its join
+                    break
+            else:
+                self.router.changed.wait(WAKE_S)
+                self.router.changed.clear()
+                if self._closed.is_set():
+                    break
             try:
                 self.pass_once()
             except Exception as e:  # noqa: BLE001 - the actor must live on; the next pass tries again

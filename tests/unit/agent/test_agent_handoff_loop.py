@@ -91,3 +91,13 @@ def test_the_handoff_state_starts_as_the_agent_starts() -> None:
     assert "memory past the limit at start" in snap["ml_models"]["reason"]
     assert h.away() and h.away_bytes() == 4 * GB  # ml_models' declared default
     assert h.footprints() == {}
+
+
+def test_close_ends_the_actor_thread_without_a_router() -> None:
+    """CI, 2026-12-07: with no router the thread waited on the close event and cleared it, so close() sat out its
+    whole join (5 s, twice) and the agent's SIGTERM shutdown spent its budget before publishing the release."""
+    h = HandOff(None, None, components=configured_components(SETTINGS), offload={}, threshold=0.85,
+                home=HomeRule(0.7, 20.0), drain_s=1.0)
+    h.start()
+    h.close(timeout_s=30)
+    assert h._thread is not None and not h._thread.is_alive()
