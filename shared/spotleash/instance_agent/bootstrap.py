@@ -59,7 +59,7 @@ import urllib.parse
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -390,21 +390,13 @@ def extract_archive(path: Path, dest: Path, files: Mapping[str, str]) -> None:
     base = dest.resolve()
     try:
         with tarfile.open(path, mode="r:gz") as tar:
-            for m in tar:
-                check_member_name(m.name)
-                f = tar.extractfile(m) if m.isreg() else None
-                if f is None:
-                    raise PackageFailure("package_unverified", f"package member {m.name!r} is not a regular file")
+            for m, f, target in _safe_files(tar, base, "package"):
                 if m.name == MANIFEST_NAME:
                     expected = None
                 elif m.name in files:
                     expected = files[m.name]
                 else:
                     raise PackageFailure("package_unverified", f"package member {m.name!r} is not in the manifest")
-                target = (base / m.name).resolve()
-                if not target.is_relative_to(base) or target == base:
-                    raise PackageFailure("package_unverified", f"unsafe path in package: {m.name!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
                 h = hashlib.sha256()
                 with target.open("xb") as out:  # "x": never through a file or link already there
                     while chunk := f.read(CHUNK):
@@ -693,6 +685,21 @@ def fetch_blobs(origin: Origin, blobs: list[dict[str, Any]], cache_dir: Path, *,
     return got
 
 
+def _safe_files(tar: tarfile.TarFile, base: Path, what: str) -> Iterator[tuple[tarfile.TarInfo, IO[bytes], Path]]:
+    """Each member of ``tar`` as (member, its bytes, where it goes under ``base``, parent made): regular files with
+    safe relative paths only; anything else is ``package_unverified``."""
+    for m in tar:
+        check_member_name(m.name)
+        f = tar.extractfile(m) if m.isreg() else None
+        if f is None:
+            raise PackageFailure("package_unverified", f"{what} member {m.name!r} is not a regular file")
+        target = (base / m.name).resolve()
+        if not target.is_relative_to(base) or target == base:
+            raise PackageFailure("package_unverified", f"unsafe path in {what}: {m.name!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        yield m, f, target
+
+
 def extract_blob(path: Path, dest: Path) -> None:
     """Extract the (verified) app blob into the new directory ``dest``: regular files with safe relative
     paths only, never through anything already there."""
@@ -700,15 +707,7 @@ def extract_blob(path: Path, dest: Path) -> None:
     base = dest.resolve()
     try:
         with tarfile.open(path, mode="r:gz") as tar:
-            for m in tar:
-                check_member_name(m.name)
-                f = tar.extractfile(m) if m.isreg() else None
-                if f is None:
-                    raise PackageFailure("package_unverified", f"app blob member {m.name!r} is not a regular file")
-                target = (base / m.name).resolve()
-                if not target.is_relative_to(base) or target == base:
-                    raise PackageFailure("package_unverified", f"unsafe path in the app blob: {m.name!r}")
-                target.parent.mkdir(parents=True, exist_ok=True)
+            for m, f, target in _safe_files(tar, base, "the app blob"):
                 with target.open("xb") as out:
                     shutil.copyfileobj(f, out, CHUNK)
                 target.chmod(0o755 if m.mode & 0o111 else 0o644)
