@@ -7,9 +7,9 @@ import json
 import typer
 from rich.markup import escape
 
-from spotleash.check import Line, passed, run_checks
 from spotleash.cli._common import out as console_for
 from spotleash.cli._common import settings
+from spotleash.cli.check_probes import Line, passed, run_checks
 from spotleash.errors import ExitCode
 
 

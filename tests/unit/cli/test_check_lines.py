@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from spotleash import check
+from spotleash.cli import check_probes as check
 from spotleash.config import load_settings
 
 

@@ -1,4 +1,5 @@
-"""``spotleash check``: one line per part of the configured deployment, ✓ or ✗ with the fix.
+"""The probes of ``spotleash check`` (the command is ``cli/check.py``): one line per part of the
+configured deployment, ✓ or ✗ with the fix.
 
 Every line is a real call against the part it names, made the way spotleash itself makes it: the
 deployment's topics and subscriptions are read, a dry-run demand (``DemandEvent.dry_run``) goes through

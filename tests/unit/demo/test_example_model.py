@@ -18,8 +18,8 @@ import pytest
 from spotleash.demo.model import example_model_dir
 from spotleash.polling import wait_until
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "thumbs"
-REFERENCE = Path(__file__).resolve().parent / "data" / "minilm_reference.json"
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "thumbs"
+REFERENCE = Path(__file__).resolve().parents[1] / "data" / "minilm_reference.json"
 WHEEL_CACHE = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
 ARTIFACT_VAR = "SPOTLEASH_ARTIFACT_MINILM"
 
