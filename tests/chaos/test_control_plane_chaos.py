@@ -190,7 +190,10 @@ def test_firestore_restarted_mid_run(chaos: Chaos, seed: int) -> None:
     lids = [new_lease("fs") for _ in range(1 + seed % 2)]
     with observed(chaos) as obs:
         for lid in lids:
-            chaos.renew(lid)
+            # One renewal, long enough for both VMs to get READY one after the other (the default 6 s TTL
+            # ran out before a loaded machine's second VM sent its first heartbeat, which then rightly
+            # deleted it as its lease's). After the restart the lease is gone with every record anyway.
+            chaos.renew(lid, ttl_s=120)
             chaos.demand(lid)
         for lid in lids:
             chaos.wait_ready(lid)
