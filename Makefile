@@ -12,12 +12,8 @@ DOCS_BUILD := NO_MKDOCS_2_WARNING=1 $(RUN) mkdocs build --strict --quiet --site-
 setup:
 	@bash scripts/bootstrap.sh
 
-# The suite's stack tests mostly wait (on emulators, VMs booting, holds), so files run on
-# TEST_WORKERS pytest-xdist workers, each with its own local stack on its own ports; a file stays
-# on one worker (its module fixtures are set up once). TEST_WORKERS=0 runs in this one process.
-TEST_WORKERS ?= 3
 test: setup
-	$(RUN) pytest -q -p no:cacheprovider -m "not chaos" --durations=15 -n $(TEST_WORKERS) --dist loadfile
+	$(RUN) pytest -q -p no:cacheprovider -m "not chaos" --durations=15
 
 demo: setup
 	$(RUN) spotleash demo
