@@ -1,24 +1,21 @@
-"""Real memory for whole-flow tests: an app whose component really holds memory, the agent started inside a
-memory-limited cgroup, a hog that grows on command, a load through the router, the cgroup sampled.
+"""Real memory for whole-flow tests and benchmarks: an app whose component really holds memory, the agent
+started inside a memory-limited cgroup (``laptop.cgroups``), a hog that grows on command, the cgroup sampled.
 
 ``ballast`` allocates and touches ``BALLAST_MB`` MB at start (every page resident, charged to its cgroup), then
 answers ``GET /healthz`` with ``{"component": "ballast", "held_mb": N, "served_by": ...}``. The app has no
 requirements: publishing it is quick and an instance runs it on the interpreter alone. ``Hog`` is a process in
-the "laptop" cgroup that grows by N MB for each line ``N`` written to it (and exits at EOF). ``Load`` sends GETs
-through the router's stable port one after another from a thread and counts who answered and what failed.
-``handoff_landed()`` says whether the agent under test hands its local copies off (the hand-off of issue 22).
+the "laptop" cgroup that grows by N MB for each line ``N`` written to it (and exits at EOF). The load through the
+router is ``local_emulator.load.Load``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,10 +24,9 @@ from typing import Any
 
 import httpx
 import psutil
-from tests.support.cgroups import MB, MemoryCgroup
-from tests.support.json_log import log_lines
 
-SERVED_BY = "X-Served-By"
+from local_emulator.json_log import log_lines
+from local_emulator.laptop.cgroups import MB, MemoryCgroup
 
 BALLAST_PY = '''"""Holds BALLAST_MB MB, every page touched, and answers /healthz."""
 import json
@@ -130,50 +126,6 @@ class Hog:
 
 
 @dataclass
-class Load:
-    """GETs through the router's port for ``ballast``, one after another (bounded: 300 s)."""
-
-    url: str
-    timeout_s: float = 60.0  # per request: above the router's hold when a test makes it wait for a replacement
-    served: Counter[str] = field(default_factory=Counter)  # X-Served-By → count
-    failures: list[str] = field(default_factory=list)
-    last_served_by: str = ""
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Load:
-        self._thread = threading.Thread(target=self._run, name="load", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=90)
-
-    @property
-    def total(self) -> int:
-        return sum(self.served.values()) + len(self.failures)
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 600
-        with httpx.Client(timeout=self.timeout_s, trust_env=False) as client:
-            while not self._stop.is_set() and time.monotonic() < deadline:
-                try:
-                    r = client.get(self.url)
-                    ok = r.status_code == 200 and r.json().get("component") == "ballast"
-                except (httpx.HTTPError, ValueError) as e:  # ValueError: a body that is not JSON
-                    self.failures.append(f"{type(e).__name__}: {e}")
-                    continue
-                if ok:
-                    self.last_served_by = r.headers.get(SERVED_BY, "?")
-                    self.served[self.last_served_by] += 1
-                else:
-                    self.failures.append(f"{r.status_code} {r.text[:300]}")
-                time.sleep(0.02)
-
-
-@dataclass
 class Sampler:
     """The cgroup's usage, working set and OOM-kill counter every ``interval_s``, from a thread."""
 
@@ -217,8 +169,7 @@ def crash_file(config: Path) -> Path:
 def published(state_dir: Path, config: Path, tmp: Path) -> Iterator[dict[str, Any]]:
     """The app of ``config`` published through the CLI on the stack at ``state_dir``, its launchers restarted
     with the package bucket (as a redeploy would); undone at the end. Yields ``publish --json``'s result."""
-    from tests.e2e.state_app import set_launcher_env
-
+    from local_emulator.stack import set_launcher_env
     from spotleash.topology import load_topology
 
     bucket = load_topology().package_bucket
@@ -248,15 +199,6 @@ def published(state_dir: Path, config: Path, tmp: Path) -> Iterator[dict[str, An
 # ------------------------------------------------------------------ the agent in the laptop
 
 COMPONENT_ENV = "SPOTLEASH_LOCAL_COMPONENT"  # the supervisor marks each local copy's processes with it
-
-
-def handoff_landed() -> bool:
-    """Whether this tree's agent hands its local copies off (stop once remote, start to come home): the hand-off
-    module of issue 22 (``spotleash.agent.handoff``) exists. ``SPOTLEASH_EXPECT_HANDOFF=1``/``0`` forces it."""
-    forced = os.environ.get("SPOTLEASH_EXPECT_HANDOFF")
-    if forced in ("0", "1"):
-        return forced == "1"
-    return importlib.util.find_spec("spotleash.agent.handoff") is not None
 
 
 def agent_env(cg: MemoryCgroup, config: Path, work: Path, admin_port: int, **extra: str) -> dict[str, str]:
