@@ -62,7 +62,7 @@ def _env(cg: Any, config: Path, work: Path) -> dict[str, str]:
 
 
 def _at_rest(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int], seconds: float) -> dict[str, Any]:
-    from local_emulator.laptop.ballast import answers, local_copy_pids, start_agent
+    from local_emulator.laptop.ballast import answers, local_copy_pids, start_agent, tree_rss
 
     lid = f"bench-rest-{uuid.uuid4().hex[:6]}"
     agent = start_agent(cg, lid, _env(cg, config, work / "rest"), work / "rest-agent.log")
@@ -75,12 +75,19 @@ def _at_rest(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
         p.cpu_percent(interval=None)
         cpu: list[float] = []
         rss: list[float] = []
+        uss: list[float] = []  # the agent's own pages (its share of libraries not counted): what stopping it frees
+        threads: list[float] = []
         for _ in range(int(seconds)):
             time.sleep(1)
             cpu.append(p.cpu_percent(interval=None))
             rss.append(p.memory_info().rss / 1e6)
-        assert local_copy_pids(cg, "ballast"), "the agent supervised its local copy all along"
-        return {"seconds": seconds, "agent_cpu_percent": summary(cpu), "agent_rss_mb": summary(rss)}
+            uss.append(p.memory_full_info().uss / 1e6)
+            threads.append(float(p.num_threads()))
+        copy_pids = local_copy_pids(cg, "ballast")
+        assert copy_pids, "the agent supervised its local copy all along"
+        return {"seconds": seconds, "agent_cpu_percent": summary(cpu), "agent_rss_mb": summary(rss),
+                "agent_uss_mb": summary(uss), "agent_threads": summary(threads),
+                "local_copy_rss_mb": round(tree_rss(copy_pids) / 1e6, 1)}
     finally:
         agent.terminate()
         agent.wait(timeout=30)
