@@ -176,7 +176,7 @@ def published(state_dir: Path, config: Path, tmp: Path) -> Iterator[dict[str, An
     cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
     cache.mkdir(parents=True, exist_ok=True)
     pub = tmp / "publish-state"
-    pub.mkdir(exist_ok=True)
+    pub.mkdir(parents=True, exist_ok=True)  # the bench passes a directory not made yet
     if not (pub / "wheels").exists():
         (pub / "wheels").symlink_to(cache, target_is_directory=True)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub)}
