@@ -113,7 +113,11 @@ def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
     try:
         wait_until(lambda: answers(local_url), timeout_s=60, interval_s=0.2, what="the local copy")
         footprint = tree_rss(local_copy_pids(cg, "ballast"))
-        with Load({"ballast": f"http://127.0.0.1:{ports['route_port']}/healthz"}) as load:
+        route_url = f"http://127.0.0.1:{ports['route_port']}/healthz"
+        # the router listens a moment after the local copy answers: a load started before counted each refused
+        # connection as a failed request (1387 in the 2026-12-07 run)
+        wait_until(lambda: answers(route_url), timeout_s=30, interval_s=0.2, what="the router")
+        with Load({"ballast": route_url}) as load:
             hog = Hog(cg)
             grow_until_demand(hog, cg, log_path)
             t_demand = time.monotonic()

@@ -75,8 +75,7 @@ class Load:
                 failure = self._one(client, name)
                 if failure is not None:
                     self.failures.append(f"{name}: {failure}")
-                    continue
-                time.sleep(self.pause_s)
+                time.sleep(self.pause_s)  # after a failure too: a refused connection must not spin
 
     def _one(self, client: httpx.Client, name: str) -> str | None:
         """One GET; None when ``name`` answered (counted by who served it), else what failed."""
