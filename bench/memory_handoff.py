@@ -1,6 +1,6 @@
 """Memory given back, with real memory: the alarm → memory freed → the work home, in a 2 GB cgroup "laptop".
 
-Each run (the flow of ``tests/host/test_memory_handoff.py``, helpers in ``tests/support``): the agent runs in a
+Each run (the flow of ``tests/host/test_memory_handoff.py``, on ``local_emulator.laptop``): the agent runs in a
 memory-limited cgroup with its local copy of ``ballast`` (600 MB really held); a hog grows until the agent
 demands, then to ~90 % of the limit; the instance gets READY; the router serves the remote copy; the agent stops
 the local copy; the hog ends; the copy comes home; the remote is released. Timed from outside: the agent's log
@@ -33,9 +33,8 @@ INSTANCE_PORT = 8149
 
 
 def memory_section(h: Harness, work: Path, runs: int, rest_s: float) -> dict[str, Any]:
-    from tests.support.cgroups import MB, memory_cgroup, why_not_writable
-    from tests.support.memory_app import ballast_app, published
-
+    from local_emulator.laptop.ballast import ballast_app, published
+    from local_emulator.laptop.cgroups import MB, memory_cgroup, why_not_writable
     from local_emulator.procs import free_port
 
     why = why_not_writable()
@@ -55,8 +54,7 @@ def memory_section(h: Harness, work: Path, runs: int, rest_s: float) -> dict[str
 
 
 def _env(cg: Any, config: Path, work: Path) -> dict[str, str]:
-    from tests.support.memory_app import agent_env
-
+    from local_emulator.laptop.ballast import agent_env
     from local_emulator.procs import free_port
 
     work.mkdir(parents=True, exist_ok=True)
@@ -64,7 +62,7 @@ def _env(cg: Any, config: Path, work: Path) -> dict[str, str]:
 
 
 def _at_rest(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int], seconds: float) -> dict[str, Any]:
-    from tests.support.memory_app import answers, local_copy_pids, start_agent
+    from local_emulator.laptop.ballast import answers, local_copy_pids, start_agent, tree_rss
 
     lid = f"bench-rest-{uuid.uuid4().hex[:6]}"
     agent = start_agent(cg, lid, _env(cg, config, work / "rest"), work / "rest-agent.log")
@@ -77,21 +75,27 @@ def _at_rest(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
         p.cpu_percent(interval=None)
         cpu: list[float] = []
         rss: list[float] = []
+        uss: list[float] = []  # the agent's own pages (its share of libraries not counted): what stopping it frees
+        threads: list[float] = []
         for _ in range(int(seconds)):
             time.sleep(1)
             cpu.append(p.cpu_percent(interval=None))
             rss.append(p.memory_info().rss / 1e6)
-        assert local_copy_pids(cg, "ballast"), "the agent supervised its local copy all along"
-        return {"seconds": seconds, "agent_cpu_percent": summary(cpu), "agent_rss_mb": summary(rss)}
+            uss.append(p.memory_full_info().uss / 1e6)
+            threads.append(float(p.num_threads()))
+        copy_pids = local_copy_pids(cg, "ballast")
+        assert copy_pids, "the agent supervised its local copy all along"
+        return {"seconds": seconds, "agent_cpu_percent": summary(cpu), "agent_rss_mb": summary(rss),
+                "agent_uss_mb": summary(uss), "agent_threads": summary(threads),
+                "local_copy_rss_mb": round(tree_rss(copy_pids) / 1e6, 1)}
     finally:
         agent.terminate()
         agent.wait(timeout=30)
 
 
 def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int]) -> dict[str, Any]:
-    from tests.support.memory_app import (
+    from local_emulator.laptop.ballast import (
         Hog,
-        Load,
         answers,
         grow_until_demand,
         local_copy_pids,
@@ -99,6 +103,7 @@ def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
         top_up,
         tree_rss,
     )
+    from local_emulator.load import Load
 
     lid = f"bench-mem-{uuid.uuid4().hex[:6]}"
     log_path = work / "agent.log"
@@ -108,7 +113,11 @@ def _one_run(h: Harness, cg: Any, config: Path, work: Path, ports: dict[str, int
     try:
         wait_until(lambda: answers(local_url), timeout_s=60, interval_s=0.2, what="the local copy")
         footprint = tree_rss(local_copy_pids(cg, "ballast"))
-        with Load(f"http://127.0.0.1:{ports['route_port']}/healthz") as load:
+        route_url = f"http://127.0.0.1:{ports['route_port']}/healthz"
+        # the router listens a moment after the local copy answers: a load started before counted each refused
+        # connection as a failed request (1387 in the 2026-12-07 run)
+        wait_until(lambda: answers(route_url), timeout_s=30, interval_s=0.2, what="the router")
+        with Load({"ballast": route_url}) as load:
             hog = Hog(cg)
             grow_until_demand(hog, cg, log_path)
             t_demand = time.monotonic()

@@ -639,6 +639,18 @@ def _recorded(state_dir: Path, name: str) -> tuple[dict[str, Any], int]:
     raise StackError(f"no part {name!r} in the stack in {state_dir}; parts: {names}")
 
 
+LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")  # the functions that launch instances
+
+
+def set_launcher_env(state_dir: Path, values: Mapping[str, str | None]) -> None:
+    """The launchers restarted with ``values`` in their environment (None: the variable removed, its default)."""
+    path = env_file(state_dir)
+    lines = [ln for ln in path.read_text().splitlines() if ln.split("=", 1)[0] not in values]
+    path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items() if v is not None)]) + "\n")
+    for name in LAUNCHERS:  # one at a time: each restart rewrites stack.json
+        restart(state_dir, name)
+
+
 def kill_part(state_dir: Path, name: str, *, timeout: float = 10.0) -> bool:
     """Stop one recorded part's whole process group (SIGTERM, then SIGKILL). True if it was running."""
     state_dir = Path(state_dir).resolve()

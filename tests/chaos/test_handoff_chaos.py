@@ -36,23 +36,23 @@ import psutil
 import pytest
 from tests.chaos.conftest import REAP_BOUND, SEEDS, Chaos, ChaosStack, new_lease, observed
 from tests.e2e.packaged import MARKER
-from tests.support.cgroups import MB, MemoryCgroup, memory_cgroup, why_not_writable
-from tests.support.memory_app import (
+from tests.support.memory_app import handoff_landed
+
+from local_emulator import procs
+from local_emulator.laptop.ballast import (
     Hog,
-    Load,
     agent_env,
     answers,
     ballast_app,
     crash_file,
     grow_until_demand,
-    handoff_landed,
     local_copy_pids,
     published,
     start_agent,
     top_up,
 )
-
-from local_emulator import procs
+from local_emulator.laptop.cgroups import MB, MemoryCgroup, memory_cgroup, why_not_writable
+from local_emulator.load import Load
 from local_emulator.procs import free_port
 from spotleash.agent.local_copies import LOCAL_MARKER_ENV
 from spotleash.model import ENDED, InstanceRecord, State
@@ -115,7 +115,7 @@ def moved_off(chaos: Chaos, app: dict[str, Any], tmp: Path, lease_id: str) -> It
         try:
             wait_until(lambda: answers(local_url), timeout_s=60, interval_s=0.2, what="the agent's local copy")
             wait_until(lambda: answers(route_url), timeout_s=30, interval_s=0.2, what="the router")
-            with Load(route_url, timeout_s=HOLD_S + 30) as load:
+            with Load({"ballast": route_url}, timeout_s=HOLD_S + 30) as load:
                 hog = Hog(cg)
                 grow_until_demand(hog, cg, log)
                 top_up(hog, cg, 0.91, step_mb=32)

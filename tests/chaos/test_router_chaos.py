@@ -28,7 +28,7 @@ import psutil
 import pytest
 from tests.chaos.conftest import REAP_BOUND, SEEDS, Chaos, ChaosStack, new_lease, observed
 from tests.e2e.packaged import MARKER, packages_on
-from tests.e2e.routed_app import RoutedApp, Traffic
+from tests.e2e.routed_app import RoutedApp
 
 from local_emulator import procs
 from spotleash.model import ENDED, InstanceRecord, State
@@ -128,7 +128,7 @@ def test_requests_through_the_router_survive_the_remote_instance_going_away(
             rec = wait_until(lambda: next((r for r in chaos.records_of(lid) if r.state == State.READY), None),
                              timeout_s=READY_TIMEOUT_S, interval_s=0.5, what=f"a READY instance of {lid}")
             app.wait_served_by(rec.instance_id)
-            with Traffic(app) as traffic:
+            with app.load() as traffic:
                 traffic.wait_requests(20)
                 time.sleep(random.Random(seed).uniform(0, 1))
                 t_fault = time.monotonic()

@@ -8,8 +8,8 @@ ports 8101/8102, so the local copies take others (a real instance has its own ne
 replays a RAM trace that stays above its threshold: it demands at once, with its route credential's
 hash, and its router serves both route ports.
 
-``Traffic`` is a load generator: a thread sending GETs through the router's ports one after another
-(bounded in count and time) and counting who answered and what failed.
+``RoutedApp.load()`` is the load through the router's ports (``local_emulator.load.Load``: GETs one after
+another from a thread, bounded in count and time, counting who answered and what failed).
 """
 
 from __future__ import annotations
@@ -19,9 +19,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
-import time
-from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -29,8 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from tests.support.json_log import first_logged, log_lines
 
+from local_emulator.json_log import first_logged, log_lines
+from local_emulator.load import SERVED_BY, Load
 from local_emulator.procs import free_port
 from spotleash.polling import wait_until
 
@@ -40,7 +38,6 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbs"
 COMPONENTS = {"thumbnailer": ("thumbnailer.py", 8101, 8201), "vectors": ("vectors.py", 8102, 8202)}
-SERVED_BY = "X-Served-By"
 
 
 def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu: bool = False,
@@ -144,6 +141,11 @@ class RoutedApp:
             wait_until(lambda n=name: self.served_by(n) == who, timeout_s=timeout_s, interval_s=0.2,
                        what=f"{name} served by {who}")
 
+    def load(self, timeout_s: float = 60.0) -> Load:
+        """GETs of both components' health paths through the router, in turn (bounded: 3000 / 300 s)."""
+        return Load({name: self.url(name, "/healthz") for name in COMPONENTS}, timeout_s=timeout_s, max_s=300,
+                    max_requests=3000)
+
     def routes(self) -> dict[str, Any]:
         got: dict[str, Any] = httpx.get(f"http://127.0.0.1:{self.admin_port}/routes", timeout=10).json()
         return got
@@ -168,51 +170,3 @@ def running(app: RoutedApp, flows: Flows) -> Iterator[RoutedApp]:
             if r.live:
                 flows.release(app.lease_id)
                 flows.wait_gone(r, timeout_s=60)
-
-
-@dataclass
-class Traffic:
-    """GETs through the router, one after another from a thread, until stopped (bounded: 3000 / 300 s)."""
-
-    app: RoutedApp
-    served: Counter[str] = field(default_factory=Counter)  # X-Served-By → count
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def __enter__(self) -> Traffic:
-        self._thread = threading.Thread(target=self._run, name="traffic", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=90)
-
-    @property
-    def total(self) -> int:
-        return sum(self.served.values()) + len(self.failures)
-
-    def wait_requests(self, n: int, timeout_s: float = 30.0) -> None:
-        start = self.total
-        wait_until(lambda: self.total >= start + n, timeout_s=timeout_s, interval_s=0.1, what=f"{n} more requests")
-
-    def _run(self) -> None:
-        deadline = time.monotonic() + 300
-        names = list(COMPONENTS)
-        with httpx.Client(timeout=60) as client:
-            for i in range(3000):
-                if self._stop.is_set() or time.monotonic() > deadline:
-                    return
-                name = names[i % len(names)]
-                try:
-                    r = client.get(self.app.url(name, "/healthz"))
-                except httpx.HTTPError as e:
-                    self.failures.append(f"{name}: {type(e).__name__}: {e}")
-                    continue
-                if r.status_code == 200 and r.json().get("component") == name:
-                    self.served[r.headers[SERVED_BY]] += 1
-                else:
-                    self.failures.append(f"{name}: {r.status_code} {r.text[:300]}")
-                time.sleep(0.02)

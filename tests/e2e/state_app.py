@@ -28,7 +28,7 @@ from typing import Any
 import httpx
 from tests.e2e.flows import Flows
 
-from local_emulator import stack
+from local_emulator.stack import set_launcher_env
 from spotleash.model import ENDED, InstanceRecord, SnapshotRecord, SnapshotState, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
@@ -36,7 +36,6 @@ from spotleash.wire.events import Component, DemandEvent
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "thumbs"
-LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")
 STATE_PATH = "/workspace"
 READY_TIMEOUT_S = 240.0
 
@@ -98,15 +97,6 @@ def notes_app(tmp: Path, *, state_path: str | None, port: int) -> Path:
 def state_app(tmp: Path) -> Path:
     """The failover tests' app: ``notes`` with ``/workspace`` declared."""
     return notes_app(tmp, state_path=STATE_PATH, port=8132)
-
-
-def set_launcher_env(state_dir: Path, values: dict[str, str | None]) -> None:
-    """The launchers restarted with ``values`` in their environment (None: the variable removed, its default)."""
-    path = stack.env_file(state_dir)
-    lines = [ln for ln in path.read_text().splitlines() if ln.split("=", 1)[0] not in values]
-    path.write_text("\n".join([*lines, *(f"{k}={v}" for k, v in values.items() if v is not None)]) + "\n")
-    for name in LAUNCHERS:  # one at a time: each restart rewrites stack.json
-        stack.restart(state_dir, name)
 
 
 @contextmanager

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.json_log import first_logged, log_lines
 
+from local_emulator.json_log import first_logged, log_lines
 from spotleash.polling import wait_until
 from spotleash.wire.events import DemandEvent, LeaseEvent, ReleaseEvent, parse_event
 

@@ -29,7 +29,7 @@ import psutil
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.packaged import packages_on
-from tests.e2e.routed_app import COMPONENTS, RoutedApp, Traffic, running
+from tests.e2e.routed_app import COMPONENTS, RoutedApp, running
 
 from spotleash.agent.local_copies import LOCAL_MARKER_ENV, marker_of
 from spotleash.model import ENDED, State
@@ -101,7 +101,7 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
     pids = {n: before[n]["pid"] for n in COMPONENTS}
     assert all(isinstance(p, int) and psutil.pid_exists(p) for p in pids.values()), before
 
-    with Traffic(app) as traffic:  # (a Traffic is bounded to 3000 requests: one for each half)
+    with app.load() as traffic:  # (a load is bounded to 3000 requests: one for each half)
         traffic.wait_requests(20)
         rec = wait_until(lambda: next((r for r in flows.records_of(app.lease_id) if r.state == State.READY), None),
                          timeout_s=HIGH_UNTIL_S, interval_s=0.5, what="a READY instance of the lease")
@@ -133,7 +133,7 @@ def test_the_hand_off_frees_the_local_copies_and_the_work_comes_home(app: Routed
     assert started is not None
     drop_at = datetime.fromisoformat(started["time"]).timestamp() + HIGH_UNTIL_S
     time.sleep(max(drop_at - 15 - time.time(), 0))  # the load of the second half starts 15 s before the drop
-    with Traffic(app) as traffic:
+    with app.load() as traffic:
         traffic.wait_requests(20)
         assert traffic.served[rec.instance_id], "the remote copy serves until the way home"
         home = wait_until(lambda: app.logged("work came home"), timeout_s=120, interval_s=0.5,

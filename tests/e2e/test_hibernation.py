@@ -42,10 +42,10 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.state_app import notes_app, wait_ready
-from tests.support.json_log import first_logged, log_lines
 
 from local_emulator import stack
 from local_emulator import storage as gcs
+from local_emulator.json_log import first_logged, log_lines
 from local_emulator.procs import free_port
 from spotleash.model import InstanceRecord, SnapshotState, State
 from spotleash.polling import wait_until

@@ -38,7 +38,7 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
-from tests.e2e.routed_app import COMPONENTS, SERVED_BY, RoutedApp, Traffic, running
+from tests.e2e.routed_app import COMPONENTS, SERVED_BY, RoutedApp, running
 
 from local_emulator import procs
 from spotleash.model import ENDED, InstanceRecord, State
@@ -182,7 +182,7 @@ def test_the_instance_front_refuses_a_missing_or_wrong_credential(lease: Lease) 
 # ------------------------------------------------------------------ 4. preemption
 def test_preemption_sends_traffic_local_without_a_failure_then_to_the_replacement(lease: Lease) -> None:
     app, flows, old = lease.app, lease.flows, lease.rec
-    with Traffic(app) as traffic:
+    with app.load() as traffic:
         traffic.wait_requests(20)
         flows.compute("POST", f"instances/{old.zone}/{old.provider_id}/preempt")
         app.wait_served_by("local")
@@ -225,7 +225,7 @@ def test_sigkill_of_the_instance_loses_no_get_and_a_post_in_flight_gets_a_clear_
         post["r"] = httpx.post(app.url("vectors", "/similar"), json={"id": 3, "k": 2}, timeout=90)
 
     poster = threading.Thread(target=send_post, daemon=True)
-    with Traffic(app) as traffic:
+    with app.load() as traffic:
         traffic.wait_requests(20)
         _kill_instance(flows, rec, poster)
         poster.join(timeout=90)
@@ -251,7 +251,7 @@ def test_sigkill_of_the_instance_loses_no_get_and_a_post_in_flight_gets_a_clear_
 def test_reaper_deletion_sends_traffic_local_without_a_failure(lease: Lease) -> None:
     app, flows, rec = lease.app, lease.flows, lease.rec
     app.wait_served_by(rec.instance_id)
-    with Traffic(app) as traffic:
+    with app.load() as traffic:
         traffic.wait_requests(20)
         flows.store.update(rec.instance_id, lambda r: r.model_copy(update={"deadline": datetime.now(UTC)}))
         app.wait_served_by("local")

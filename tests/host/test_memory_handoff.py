@@ -4,7 +4,7 @@ A 2 GB cgroup (v1 ``memory.limit_in_bytes`` here, v2 ``memory.max`` elsewhere) h
 (``python -m spotleash.agent``, reading the cgroup: ``SPOTLEASH_MEMORY_SOURCE=cgroup-v1``/``-v2``) and the local
 copy it starts of ``ballast``, a component that really holds 600 MB. A hog in the same cgroup grows 64 MB at a
 time until the agent demands; a load runs through the router the whole time; the cgroup's usage and OOM-kill
-counter are sampled from outside (tests/support/cgroups.py, no spotleash code).
+counter are sampled from outside (local_emulator/laptop/cgroups.py, no spotleash code).
 
 Asserted on what main does today: the demand fires from the cgroup's own figures and names ``ballast``; its
 instance (a Compute fake VM running the published app) gets READY and serves the traffic; 0 failed requests;
@@ -29,23 +29,23 @@ from typing import Any
 
 import pytest
 from tests.e2e.flows import Flows
-from tests.support.cgroups import MB, MemoryCgroup, memory_cgroup, why_not_writable
-from tests.support.memory_app import (
+from tests.support.memory_app import handoff_landed
+
+from local_emulator.laptop.ballast import (
     Hog,
-    Load,
     Sampler,
     agent_env,
     answers,
     ballast_app,
     grow_until_demand,
-    handoff_landed,
     local_copy_pids,
     published,
     start_agent,
     top_up,
     tree_rss,
 )
-
+from local_emulator.laptop.cgroups import MB, MemoryCgroup, memory_cgroup, why_not_writable
+from local_emulator.load import Load
 from local_emulator.procs import free_port
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
@@ -109,7 +109,7 @@ def test_real_memory_moves_off_the_laptop_and_comes_home(laptop: MemoryCgroup, a
             figures["footprint_mb"] = round(footprint / MB, 1)
             assert footprint >= BALLAST_MB * MB, f"ballast holds {footprint / MB:.0f} MB"
 
-            with Load(route_url) as load:
+            with Load({"ballast": route_url}) as load:
                 # ---- the hog grows until the agent demands, from the cgroup's own figures
                 hog = Hog(cg)
                 demand = grow_until_demand(hog, cg, log)

@@ -18,8 +18,8 @@ import httpx
 import psutil
 import pytest
 from tests.instance.test_supervisor import COMPONENT, free_port, wait_until
-from tests.support.json_log import first_logged
 
+from local_emulator.json_log import first_logged
 from spotleash.agent.local_copies import LOCAL_MARKER_ENV, marker_of
 from spotleash.polling import wait_until as poll
 from spotleash.supervisor.marked import find_marked

@@ -39,7 +39,8 @@ wait (``SPOTLEASH_ROUTER_HOLD_S``) for the replacement, and the hand-off runs ag
 them (``LocalMode.HOME``) → requests in flight on the remote copies finish → ``take_release()`` answers the
 reason and the agent publishes the lease's release (the control plane deletes the instance). A copy that
 never gets healthy: it is stopped again, the remote copies stay, the reason is in its state; the hold starts
-over. The remote copies are never released before every local copy answers.
+over, and the next try waits out a backoff that doubles with each failure in a row (``HomeRule.failed``,
+bounded). The remote copies are never released before every local copy answers.
 """
 
 from __future__ import annotations
@@ -137,6 +138,7 @@ class HandOff:
                                                  reason=reason, since=now)
         self._home_state = HomeState()
         self._home_due = False
+        self._home_outcome: bool | None = None  # the last way home's outcome, for the rule at the next sample
         self._release: str | None = None
         self._measured_at = 0.0
         self._routed: list[str] = []  # the components the router routes (its last answer)
@@ -180,6 +182,13 @@ class HandOff:
         busy = self._home_due or self._release is not None or self._transitioning()
         if busy:
             return
+        outcome, self._home_outcome = self._home_outcome, None
+        if outcome is not None:  # the way home the actor just ran: a failure backs the next try off
+            self._home_state = (self.rule.came_home(self._home_state) if outcome
+                                else self.rule.failed(self._home_state, t))
+            if not outcome:
+                log.warning("the way home failed; the next try backs off", failures=self._home_state.failures,
+                            retry_in_s=self.rule.retry_after_s(self._home_state.failures))
         self._home_state, go = self.rule.step(self._home_state, t, available=reading.available_bytes,
                                               limit=reading.limit_bytes, away_bytes=away, pressured=pressured)
         why = self.rule.why_not(self._home_state, t, available=reading.available_bytes, limit=reading.limit_bytes,
@@ -381,6 +390,7 @@ class HandOff:
                 for other in away:  # the others stay remote: the hand-off stops those started again
                     if self._state[other].local == "running":
                         self._call(self.router.set_local_mode, other, LocalMode.AUTO)
+                self._home_outcome = False
                 return
         for name in self._routed:
             self._call(self.router.set_local_mode, name, LocalMode.HOME)
@@ -394,5 +404,6 @@ class HandOff:
                     s.reason = "came home: memory allows it; its local copy serves, the lease's instance is released"
         log.info("work came home; releasing the lease's instance", components=away, drained=bool(drained),
                  took_s=round(time.monotonic() - t0, 3))
+        self._home_outcome = True
         self._release = (f"came home: {', '.join(away)} serve locally again (memory below "
                          f"{self.rule.release_below:.0%} with them back for {self.rule.hold_s:.0f}s)")[:200]

@@ -19,6 +19,17 @@ API:
   the headroom kept below ``release_below`` (``limit * (1 - release_below)``, the margin) for ``hold_s`` without
   a break and without pressure. One sample short, or one under pressure, restarts the hold.
 
+* ``HomeRule.failed(state, t)`` / ``HomeRule.came_home(state)`` — a way home that failed (a local copy never got
+  healthy) is tried again no sooner than ``retry_after_s(n)`` after the n-th failure in a row (and after a full
+  hold, as always): ``hold_s`` (at least ``MIN_RETRY_S``) doubled each time, never more than ``retry_max_s``.
+  A way home that worked forgets the failures.
+
+Why a backoff: each failed try starts a copy that crash-loops or hangs until its start timeout, holding memory
+and a core meanwhile, and its log fills; a copy broken for good (a bad command, a missing model) would be
+tried every hold forever. Why bounded: the cause may be fixed at any time (the crash file removed, the model
+downloaded) and the work should still come home within the cap; why scaled by ``hold_s``: the hold is the
+user's word on how often memory may change hands.
+
 Why the away components come home together: the lease is released as a whole (its instance runs all of them),
 so bringing one back while another stays remote would take memory back and still pay for the instance.
 
@@ -117,19 +128,43 @@ def fits_at_start(names: Sequence[str], footprints: Sequence[int], *, available:
     return start, withheld
 
 
+MIN_RETRY_S = 5.0  # the first backoff after a failed way home, when the hold is shorter (or 0)
+RETRY_MAX_S = 3600.0  # the backoff never grows past an hour: a fixed copy still comes home
+
+
 @dataclass(frozen=True)
 class HomeState:
     fits_since: float | None = None  # start of the current unbroken run of samples where the way home fits
+    failures: int = 0  # ways home that failed in a row (a local copy never got healthy)
+    retry_at: float | None = None  # no new try before this time (the backoff after the last failure)
 
 
 @dataclass(frozen=True)
 class HomeRule:
     release_below: float = 0.70
     hold_s: float = 300.0
+    retry_max_s: float = RETRY_MAX_S
 
     def __post_init__(self) -> None:
-        if not 0 < self.release_below <= 1 or self.hold_s < 0:
+        if not 0 < self.release_below <= 1 or self.hold_s < 0 or self.retry_max_s < 0:
             raise ValueError(f"bad home rule: {self}")
+
+    def retry_after_s(self, failures: int) -> float:
+        """The backoff after the ``failures``-th failed way home in a row: ``max(hold_s, MIN_RETRY_S)`` doubled
+        each time, at most ``retry_max_s`` (0 before any failure)."""
+        if failures <= 0:
+            return 0.0
+        base = max(self.hold_s, MIN_RETRY_S)
+        return float(min(base * 2.0 ** min(failures - 1, 62), self.retry_max_s))
+
+    def failed(self, state: HomeState, t: float) -> HomeState:
+        """The way home that fired failed at ``t``: the hold starts over, and no try before the backoff ends."""
+        n = state.failures + 1
+        return HomeState(None, n, t + self.retry_after_s(n))
+
+    def came_home(self, state: HomeState) -> HomeState:
+        """The way home worked: the failures are forgotten."""
+        return HomeState(state.fits_since)
 
     def fits(self, available: int, limit: int, away_bytes: int) -> bool:
         """Would usage stay below ``release_below`` with the away components back?"""
@@ -141,9 +176,9 @@ class HomeRule:
         if away_bytes <= 0 or pressured or not self.fits(available, limit, away_bytes):
             return replace(state, fits_since=None), False
         since = t if state.fits_since is None else state.fits_since
-        if t - since >= self.hold_s:
-            return HomeState(None), True
-        return HomeState(since), False
+        if t - since >= self.hold_s and (state.retry_at is None or t >= state.retry_at):
+            return replace(state, fits_since=None, retry_at=None), True
+        return replace(state, fits_since=since), False
 
     def why_not(self, state: HomeState, t: float, *, available: int, limit: int, away_bytes: int,
                 pressured: bool = False) -> str:
@@ -157,4 +192,7 @@ class HomeRule:
             return (f"{_mb(away_bytes)} would not fit: {_mb(short)} short of keeping "
                     f"{1 - self.release_below:.0%} free")
         held = 0.0 if state.fits_since is None else t - state.fits_since
+        if state.retry_at is not None and t < state.retry_at:
+            return (f"it fits, but the last {state.failures} way(s) home failed: next try in "
+                    f"{state.retry_at - t:.0f} s (backoff {self.retry_after_s(state.failures):.0f} s)")
         return f"it fits; holding {held:.0f}/{self.hold_s:.0f} s before coming home"

@@ -1,11 +1,13 @@
 """The demo's act 1, "the work moves": the example app under load while its components move to a VM and back.
 
-Local copies up → the agent (with its router on the app's stable ports) replays a RAM trace → demand →
-a Compute fake VM pulls the package, its components pass their health checks, READY → the router
-shifts each component to the VM → the VM is preempted (the Compute fake's control API) → traffic back
-to the local copies → the replacement VM gets READY → traffic remote again → SIGTERM to the agent →
-all local, both VMs gone. The load generator stops issuing requests at the SIGTERM; the ones in flight
-finish (the router drains them before it stops).
+The agent starts the app's local copies and routes them on the app's stable ports, and replays a RAM trace
+→ demand → a Compute fake VM pulls the package, its components pass their health checks, READY → the router
+shifts each component to the VM → the agent's hand-off stops each local copy (a ``freed:`` line: the RSS its
+process tree gave back) → the VM is preempted (the Compute fake's control API) → the trace still says 97 %, so
+a stopped copy does not fit and is not restarted: requests wait in the router (``SPOTLEASH_ROUTER_HOLD_S``) →
+the replacement VM gets READY → the held requests and the new ones go to it → SIGTERM to the agent → both VMs
+gone. The load generator stops issuing requests at the SIGTERM; the ones in flight finish (the router drains
+them before it stops).
 """
 
 from __future__ import annotations
@@ -25,8 +27,17 @@ from rich.console import Console
 
 from spotleash.adapters.firestore import Store
 from spotleash.config import Settings
-from spotleash.demo.traffic import LoadCounts, LoadGenerator, RouteLog, router_totals, wait_routes
+from spotleash.demo.traffic import (
+    LoadCounts,
+    LoadGenerator,
+    RouteLog,
+    router_totals,
+    sample_image,
+    wait_local_copies,
+    wait_routes,
+)
 from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.packaging.appspec import LoadedApp
 from spotleash.polling import wait_until
 from spotleash.providers import build_provider
 
@@ -114,16 +125,23 @@ def preempt(compute_url: str, rec: InstanceRecord) -> None:
 
 
 def run_moves(console: Console, store: Store, settings: Settings, env: dict[str, str], log_dir: Path,
-              agent_argv: list[str], routes: dict[str, int], image: bytes, *, lease_id: str) -> MovesResult:
+              agent_argv: list[str], app: LoadedApp, *, lease_id: str) -> MovesResult:
     admin = settings.router_admin_port
+    routes = {c.name: c.route_port for c in app.spec.components if c.route_port is not None}
     t0 = time.monotonic()
     log_path = log_dir / f"agent-{lease_id}.log"
     agent = start_agent([*agent_argv, "--lease-id", lease_id], env, log_path)
     route_log = RouteLog(console, log_path, admin, t0)
-    load = LoadGenerator(routes, image)
     launches: list[Launch] = []
+    load: LoadGenerator | None = None
     try:
+        with console.status("the agent starts the components' local copies..."):
+            urls = wait_local_copies(app, f"{log_dir}/local/{lease_id}/<component>.log")
+        console.print("  the agent runs the local copies: " + ", ".join(f"[cyan]{n}[/] {u}" for n, u in urls.items()) +
+                      " (the VMs' copies bind the package's ports on this one machine)")
         wait_routes(admin, "local", timeout_s=30, what="the agent's router to route to the local copies")
+        # the client waits longer than the router holds a request no copy can serve (act 1's preemption)
+        load = LoadGenerator(routes, sample_image(urls["thumbnailer"]), timeout_s=settings.router_hold_s + 30)
         route_log.start()
         load.start()
         console.print(f"  agent {lease_id} (pid {agent.pid}) routes " + ", ".join(
@@ -141,8 +159,14 @@ def run_moves(console: Console, store: Store, settings: Settings, env: dict[str,
                       "(Compute fake control API: its metadata says instance/preempted TRUE)")
         t_pre, preempted_at = time.monotonic(), datetime.now(UTC)
         preempt(env["SPOTLEASH_COMPUTE_ENDPOINT"], first)
-        with console.status("the instance reports the notice → traffic back to the local copies..."):
-            wait_routes(admin, "local", timeout_s=30, what="every component routed back to the local copies")
+        with console.status("the instance reports the notice → its copies take no new request..."):
+            left = wait_routes(admin, ("local", "none"), timeout_s=30,
+                               what=f"no component routed to {first.provider_id} any more")
+        held = sorted(n for n, r in left.items() if r.get("target") == "none")
+        if held:
+            console.print(f"  [dim]{time.monotonic() - t0:6.1f}s[/] {', '.join(held)}: local copy stopped and the "
+                          f"RAM trace still past {settings.ram_threshold:.0%} (no room to restart it) → requests "
+                          f"wait in the router (up to {settings.router_hold_s:.0f}s) for the replacement")
         with console.status("the control plane launches a replacement; it pulls the package..."):
             second = wait_ready(store, lease_id, where=lambda r: r.replaces == first.instance_id)
         launches.append(Launch("1: replacement", second, time.monotonic() - t_pre))
@@ -173,7 +197,8 @@ def run_moves(console: Console, store: Store, settings: Settings, env: dict[str,
             raise RuntimeError(f"the agent's router logged no totals when it stopped (log: {log_path})")
         return MovesResult(launches, load.snapshot(), route_log.router_totals)
     finally:
-        load.stop()
+        if load is not None:
+            load.stop()
         route_log.stop()
         if agent.poll() is None:
             agent.kill()

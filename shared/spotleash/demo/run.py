@@ -1,22 +1,26 @@
 """``spotleash demo``: the whole system on the local stack, with demo timings — one command, about 3 minutes.
 
 Set-up: the local stack (with the Cloud Storage emulator and its package bucket), ``spotleash publish``
-of ``examples/thumbs`` (sha256, size, bytes uploaded), and the app's two components started on this
-machine as the router's local copies (on ports shifted off the ones a fake VM's copies bind here).
+of ``examples/thumbs`` (sha256, size, bytes uploaded), and a copy of its settings whose local copies listen
+on ports shifted off the ones a fake VM's copies bind here. Each agent runs the app's two local copies itself.
 
 Act 1, the work moves: a load generator sends a steady stream of requests to the router's stable
 ports while the agent replays a RAM trace → demand → a Compute fake VM pulls the package, its
 components pass their health checks, READY → traffic shifts to the VM (a line per target change, with
-the share served remotely) → the VM is preempted → traffic back to local → the replacement gets READY
-→ traffic remote again → SIGTERM to the agent → all local, both VMs gone.
-Act 2: a new agent is killed with SIGKILL → the reaper deletes its VM once the lease expires.
+the share served remotely) → the agent stops each local copy (a ``freed:`` line each) → the VM is
+preempted → the trace leaves no room to restart the copies, so requests wait in the router
+(``SPOTLEASH_ROUTER_HOLD_S``) → the replacement gets READY → traffic remote again → SIGTERM to the agent →
+both VMs gone.
+Act 2: a new agent is killed with SIGKILL → the reaper deletes its VM once the lease expires; the local
+copies it left running are ended by their marker, as that agent's next start would.
 Act 3: a VAST fake GPU box pulls the same package, gets READY with endpoints, answers a real request
 through the router, and is destroyed at the agent's SIGTERM; then the VAST smoke run.
 It ends with a summary table, fails loudly (exit 3) if any instance is left, and its last line is
 ``requests: <total> total, <remote> remote, <retried> retried, <failed> failed`` (total and failed as
 the load generator saw them, remote and retried from the router's counters), then
 ``memory: <peak> % peak, <freed> MB freed, <n> OOM kills`` (``demo.memory``: the agents' readings and stop
-reports, the kernel's OOM-kill counter); a ``freed:`` line is printed when a local copy is stopped.
+reports, the kernel's OOM-kill counter); a ``freed:`` line is printed when a local copy is stopped. The peak
+is the replayed trace's (a nominal 64 GB machine); the MB freed are real (the stopped copies' RSS).
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ from rich.console import Console
 from rich.table import Table
 
 from spotleash.adapters.firestore import FirestoreStore, Store
+from spotleash.agent.local_copies import LOCAL_MARKER_ENV, end_leftovers, marker_of
 from spotleash.config import Settings, load_settings
 from spotleash.demo.memory import MemoryTally, OomCounter, memory_line, oom_counter
 from spotleash.demo.moves import (
@@ -50,19 +55,12 @@ from spotleash.demo.moves import (
     start_agent,
     wait_ready,
 )
-from spotleash.demo.traffic import (
-    LocalCopies,
-    demo_config,
-    example_app,
-    png_size,
-    router_totals,
-    sample_image,
-    wait_routes,
-)
+from spotleash.demo.traffic import demo_config, example_app, png_size, router_totals, wait_routes
 from spotleash.errors import ExitCode
 from spotleash.model import State
 from spotleash.polling import wait_until
 from spotleash.providers import PROVIDER_NAMES, build_provider
+from spotleash.supervisor.marked import find_marked
 
 # Short timings so the whole demo takes about three minutes; production defaults are in config.py.
 # The stack's package bucket stays set: every instance pulls the package published at the start.
@@ -76,6 +74,9 @@ DEMO_TIMINGS = {
     "SPOTLEASH_DEMAND_COOLDOWN_S": "30",
     "SPOTLEASH_PROVISIONING_TIMEOUT_S": "150",
     "SPOTLEASH_CONFIRM_DELETE_S": "20",
+    # act 1: after the preemption the trace leaves no room to restart the stopped local copies, so requests
+    # wait for the replacement (READY ~10-40 s after the notice here) instead of a 503 at once
+    "SPOTLEASH_ROUTER_HOLD_S": "90",
 }
 REAP_TIME_SCALE = 12  # the scheduler fake's clock runs 12x: the reaper's minute cron fires every 5 s
 TRACE_SPEED = "8"  # the RAM trace crosses the threshold ~5 s after the agent starts
@@ -179,13 +180,27 @@ def real_answers(console: Console, settings: Settings, routes: dict[str, int], i
                   f"thumbnailer → a {size[0]}x{size[1]} {t.headers.get('content-type')}")
 
 
-def leftovers(settings: Settings, store: Store) -> list[str]:
-    """Everything of ours still alive: live records, and provider instances carrying our labels."""
+def leftovers(settings: Settings, store: Store, leases: list[str]) -> list[str]:
+    """Everything of ours still alive: live records, provider instances carrying our labels, and processes of
+    the agents' local copies (each carries its lease's marker)."""
     left = [f"record {r.instance_id} is {r.state}" for r in store.live_instances()]
     for name in PROVIDER_NAMES:
         for p in build_provider(name, settings).list_owned(settings.deployment_id):
             left.append(f"{name} instance {p.provider_id} ({p.status})")
+    for lease in leases:
+        for proc in find_marked(LOCAL_MARKER_ENV, marker_of(lease, settings.state_dir)):
+            left.append(f"local copy process {proc.pid} of {lease}")
     return left
+
+
+def end_killed_agents_copies(console: Console, settings: Settings, lease_id: str) -> None:
+    """A SIGKILLed agent's local copies outlive it; its next start ends them by their marker. The demo starts
+    no such agent, so it ends them the same way (the next act's copies need their ports)."""
+    ended = end_leftovers(marker_of(lease_id, settings.state_dir))
+    if ended:
+        console.print(f"  the killed agent's local copies ({len(ended)} processes: "
+                      f"{', '.join(sorted({e.component or '?' for e in ended}))}) ended by their marker, "
+                      "as its next start does")
 
 
 def _summary(console: Console, launches: list[Launch], smoke_rc: int) -> None:
@@ -212,8 +227,8 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         stack.up(state_dir, overrides=DEMO_TIMINGS, fake_args={"scheduler": ["--time-scale", str(REAP_TIME_SCALE)]})
     console.print(f"local stack up in {time.monotonic() - started:.1f}s (state in {state_dir})")
     saved = dict(os.environ)
-    local: LocalCopies | None = None
     moves: MovesResult | None = None
+    leases = ["demo-moves", "demo-sigkill", "demo-vast"]
     try:
         os.environ.update(stack.read_env(state_dir))
         os.environ.update(DEMO_TIMINGS)
@@ -222,40 +237,38 @@ def run_demo(console: Console, *, keep_stack: bool = False) -> int:
         store = FirestoreStore.from_settings(settings)
         publish_example(console, app_dir, state_dir, dict(os.environ))
         app = demo_config(app_dir, state_dir)
-        env = {**os.environ, "SPOTLEASH_CONFIG_FILE": str(app.config_file)}
-        local = LocalCopies(app, state_dir)
-        with console.status("starting the components' local copies..."):
-            urls = local.start()
-        console.print("  local copies: " + ", ".join(f"[cyan]{n}[/] {u}" for n, u in urls.items()) +
-                      f" (the VMs' copies bind the package's ports; settings: {app.config_file})")
+        # the agents start the local copies from the app's commands ("python ..."): this interpreter's first
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, "PATH": path, "SPOTLEASH_CONFIG_FILE": str(app.config_file)}
         routes = {c.name: c.route_port for c in app.spec.components if c.route_port is not None}
+        console.print(f"  settings for the agents: {app.config_file} (local copies run by the agent)")
 
         console.rule("[bold]Act 1 — the work moves")
-        moves = run_moves(console, store, settings, env, state_dir, agent_argv(), routes,
-                          sample_image(urls["thumbnailer"]), lease_id="demo-moves")
+        moves = run_moves(console, store, settings, env, state_dir, agent_argv(), app, lease_id=leases[0])
         launches = list(moves.launches)
-        launches.append(run_act(console, store, settings, env, state_dir, act="2: SIGKILL",
-                                title="the agent is killed, its lease expires", lease_id="demo-sigkill",
-                                sig=signal.SIGKILL, budget_s=settings.lease_ttl_s + 90))
+        try:
+            launches.append(run_act(console, store, settings, env, state_dir, act="2: SIGKILL",
+                                    title="the agent is killed, its lease expires", lease_id=leases[1],
+                                    sig=signal.SIGKILL, budget_s=settings.lease_ttl_s + 90))
+        finally:
+            end_killed_agents_copies(console, settings, leases[1])
         gpu_env = {**env, **GPU_ENV}
         launches.append(run_act(console, store, settings, gpu_env, state_dir, act="3: GPU package",
-                                title="a VAST GPU box runs the package", lease_id="demo-vast", sig=signal.SIGTERM,
+                                title="a VAST GPU box runs the package", lease_id=leases[2], sig=signal.SIGTERM,
                                 budget_s=45, when_ready=lambda: real_answers(
-                                    console, settings, routes, _live_id(store, "demo-vast"))))
+                                    console, settings, routes, _live_id(store, leases[2]))))
         console.rule("[bold]Act 3b — VAST GPU smoke run")
         smoke_rc = smoke_command(real=False, output=state_dir / "vast-smoke.json", yes=True)
         _summary(console, launches, smoke_rc)
         for note in failure_notes(moves):
             console.print(f"  [yellow]failed:[/] {note}")
-        left = leftovers(settings, store)
+        left = leftovers(settings, store, leases)
         if left:
             console.print("[bold red]INSTANCES LEFT RUNNING:[/]\n  " + "\n  ".join(left))
             return ExitCode.LEFT_RUNNING
         console.print(f"[bold green]0 instances left[/] — demo finished in {time.monotonic() - started:.0f}s")
         return ExitCode.OK if smoke_rc == ExitCode.OK else ExitCode.FAILED
     finally:
-        if local is not None:
-            local.stop()
         os.environ.clear()
         os.environ.update(saved)
         if not keep_stack:

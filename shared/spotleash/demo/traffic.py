@@ -3,8 +3,9 @@
 - ``demo_config``: a copy of ``examples/thumbs/spotleash.toml`` whose ``local_url``s name other ports.
   On this one machine a fake VM's components bind the ports the package declares (8101/8102), so the
   local copies listen on those plus ``LOCAL_PORT_SHIFT``; the router's ports (``route_port``) stay.
-- ``LocalCopies``: each component started here exactly as an instance starts it (argv from the file,
-  cwd the app directory, ``PORT`` and the component's environment).
+  The agent runs the local copies (``local_copy`` left at its default, ``"agent"``): its hand-off stops
+  them once their remote copies serve, and the memory they gave back is what the demo reports.
+- ``wait_local_copies``: until each agent-run local copy answers its health path.
 - ``LoadGenerator``: a steady stream through the router's stable ports — GET queries to both
   components, POSTs with an ``Idempotency-Key`` (retryable) and plain POSTs (not retryable). It counts
   what it saw fail; the router's own counters say where requests went and how many were retried.
@@ -15,11 +16,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -56,9 +54,7 @@ def demo_config(app_dir: Path, out_dir: Path, shift: int = LOCAL_PORT_SHIFT) -> 
     """Write ``out_dir/spotleash.toml``: the app's file with ``dir`` absolute and ``local_url`` ports + ``shift``."""
     text = (app_dir / "spotleash.toml").read_text()
     text, dirs = _APP_DIR.subn(f"dir = {json.dumps(str(app_dir))}", text)
-    # local_copy = "user": the demo runs its local copies itself (``LocalCopies`` below), not the agent
-    text, urls = _LOCAL_URL.subn(lambda m: f'{m[1]}http://127.0.0.1:{int(m[2]) + shift}{m[3]}\nlocal_copy = "user"',
-                                 text)
+    text, urls = _LOCAL_URL.subn(lambda m: f'{m[1]}http://127.0.0.1:{int(m[2]) + shift}{m[3]}', text)
     path = out_dir / "spotleash.toml"
     path.write_text(text)
     app = load_app(out_dir, None)
@@ -68,42 +64,14 @@ def demo_config(app_dir: Path, out_dir: Path, shift: int = LOCAL_PORT_SHIFT) -> 
     return app
 
 
-class LocalCopies:
-    """The components running on this machine, as the router's local targets."""
-
-    def __init__(self, app: LoadedApp, log_dir: Path) -> None:
-        self.app = app
-        self.log_dir = log_dir
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
-
-    def start(self, timeout_s: float = 60.0) -> dict[str, str]:
-        """Start every component and wait for its health path; component → local URL."""
-        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-        urls = {}
-        for c in self.app.spec.components:
-            if c.local_url is None or c.local_port is None:
-                continue
-            env = {**os.environ, "PATH": path, **c.env, "PORT": str(c.local_port)}
-            log = (self.log_dir / f"local-{c.name}.log").open("ab")
-            self.procs[c.name] = subprocess.Popen(c.command, cwd=self.app.root, env=env, stdout=log,
-                                                  stderr=subprocess.STDOUT, start_new_session=True)
-            urls[c.name] = c.local_url
-        for c in self.app.spec.components:
-            if c.name in urls:
-                wait_until(partial(_healthy, urls[c.name] + c.health_path), timeout_s=timeout_s, interval_s=0.2,
-                           what=f"the local copy of {c.name} to answer (log: {self.log_dir}/local-{c.name}.log)")
-        return urls
-
-    def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.terminate()
-        for p in self.procs.values():
-            try:
-                p.wait(5)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
+def wait_local_copies(app: LoadedApp, log_hint: str, timeout_s: float = 60.0) -> dict[str, str]:
+    """Until every component's local copy (the agent runs them) answers its health path; component → local URL."""
+    urls = {c.name: c.local_url for c in app.spec.components if c.local_url is not None}
+    for c in app.spec.components:
+        if c.name in urls:
+            wait_until(partial(_healthy, urls[c.name] + c.health_path), timeout_s=timeout_s, interval_s=0.2,
+                       what=f"the agent's local copy of {c.name} to answer (its log: {log_hint})")
+    return urls
 
 
 def _healthy(url: str) -> bool:
@@ -145,7 +113,9 @@ class LoadGenerator:
 
     MIX = (("GET thumbnail", 4), ("GET similar", 4), ("POST similar+key", 1), ("POST thumbnail", 1))
 
-    def __init__(self, routes: dict[str, int], image: bytes, *, workers: int = 3, pause_s: float = 0.1) -> None:
+    def __init__(self, routes: dict[str, int], image: bytes, *, workers: int = 3, pause_s: float = 0.1,
+                 timeout_s: float = 60.0) -> None:
+        self.timeout_s = timeout_s  # above the router's hold: a held request is answered, not given up on
         self.base = {name: f"http://127.0.0.1:{port}" for name, port in routes.items()}
         self.workers = workers
         self.pause_s = pause_s
@@ -166,7 +136,7 @@ class LoadGenerator:
         """No new request from now on; wait for those in flight (the router drains them)."""
         self._stop.set()
         for t in self._threads:
-            t.join(timeout=70)
+            t.join(timeout=self.timeout_s + 10)
 
     def snapshot(self) -> LoadCounts:
         with self._lock:
@@ -175,7 +145,7 @@ class LoadGenerator:
 
     def _run(self, worker: int) -> None:
         rng = random.Random(worker)
-        with httpx.Client(timeout=60, trust_env=False) as client:
+        with httpx.Client(timeout=self.timeout_s, trust_env=False) as client:
             n = 0
             while not self._stop.is_set():
                 kind = rng.choice(self._kinds)
@@ -283,15 +253,18 @@ class RouteLog:
                            f"{where}  ({entry.get('reason')}; {shown})")
 
 
-def wait_routes(admin_port: int | None, want: str, *, instance_id: str | None = None, timeout_s: float,
-                what: str) -> dict[str, Any]:
-    """Until every component's target is ``want`` (``local`` / ``remote``, on ``instance_id`` if named)."""
+def wait_routes(admin_port: int | None, want: str | tuple[str, ...], *, instance_id: str | None = None,
+                timeout_s: float, what: str) -> dict[str, Any]:
+    """Until every component's target is ``want`` (``local`` / ``remote`` / ``none``, or any of a tuple of them;
+    on ``instance_id`` if named)."""
+    wanted = (want,) if isinstance(want, str) else want
+
     def check() -> dict[str, Any] | None:
         routes = read_routes(admin_port, timeout_s=1.0)
         if not routes:
             return None
         for r in routes.values():
-            if r.get("target") != want or (instance_id is not None and r.get("instance_id") != instance_id):
+            if r.get("target") not in wanted or (instance_id is not None and r.get("instance_id") != instance_id):
                 return None
         return routes
 

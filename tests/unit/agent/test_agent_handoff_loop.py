@@ -1,14 +1,19 @@
 """The agent loop with a hand-off: the release waits for the way home, the way home's release is published once
-and lets a later demand fire, components not started at start are demanded at once (fake clock, no I/O)."""
+and lets a later demand fire, components not started at start are demanded at once, a failing way home backs off
+(fake clock, no I/O)."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
+from types import SimpleNamespace
 from typing import Any, cast
 
 from tests.unit.agent.test_agent_runner import GB, SETTINGS, FakeClock, FakePublisher, FakeStop, Ramp
 
 from spotleash.agent.handoff import HandOff
+from spotleash.agent.local_copies import LocalCopies, LocalCopyError
+from spotleash.agent.memory.reading import MemoryReading
 from spotleash.agent.runner import Agent, configured_components
 from spotleash.decide.handoff import HomeRule
 from spotleash.wire.events import DemandEvent, ReleaseEvent
@@ -101,3 +106,63 @@ def test_close_ends_the_actor_thread_without_a_router() -> None:
     h.start()
     h.close(timeout_s=30)
     assert h._thread is not None and not h._thread.is_alive()
+
+
+class NeverHealthy:
+    """Local copies whose every start fails (``LocalCopies.start`` raising, as for a copy that crash-loops)."""
+
+    names = ["vision"]
+
+    def __init__(self) -> None:
+        self.starts = 0
+
+    def start(self, name: str) -> None:
+        self.starts += 1
+        raise LocalCopyError(f"the local copy of {name} did not get healthy: exited at once")
+
+    def stop(self, name: str) -> int:
+        return 0
+
+    def pid(self, name: str) -> int | None:
+        return None
+
+    def footprints(self) -> dict[str, int]:
+        return {}
+
+
+class QuietRouter:
+    def __init__(self) -> None:
+        self.changed = threading.Event()
+
+    def routes(self) -> dict[str, dict[str, Any]]:
+        return {"vision": {"target": "remote"}}
+
+    def set_local_mode(self, component: str, mode: Any) -> None:
+        pass
+
+    def wait_local_drained(self, component: str, timeout_s: float) -> bool:
+        return True
+
+    def wait_drained(self, timeout_s: float) -> bool:
+        return True
+
+    def reopen_lease(self) -> None:
+        pass
+
+
+def test_a_failing_way_home_is_tried_again_further_and_further_apart() -> None:
+    """Memory fits all along, the local copy never gets healthy: the way home is tried after the hold (20 s), then
+    backs off 20, 40, 80 s (``HomeRule.failed``), its remote copy serving meanwhile; the state says why."""
+    copies = NeverHealthy()
+    h = HandOff(cast(LocalCopies, copies), QuietRouter(), components=configured_components(SETTINGS), offload={},
+                threshold=0.85, home=HomeRule(0.7, 20.0), drain_s=1.0, withheld=("vision",))
+    reading = SimpleNamespace(available_bytes=64 * GB, limit_bytes=64 * GB)
+    tried = []
+    for t in range(0, 200):
+        h.observe(float(t), cast(MemoryReading, reading), False)
+        if h._home_due:
+            tried.append(t)
+            h.pass_once()
+    assert tried == [20, 41, 82, 163] and copies.starts == 4
+    assert h.take_release() is None, "no release while the local copy never answered"
+    assert "last 4 way(s) home failed: next try in" in h.snapshot()["vision"]["home"]

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spotleash.decide.handoff import (
+    MIN_RETRY_S,
     WHERE,
     HomeRule,
     HomeState,
@@ -202,3 +203,80 @@ def test_bad_rule_is_refused() -> None:
         HomeRule(release_below=0.0)
     with pytest.raises(ValueError, match="bad home rule"):
         HomeRule(hold_s=-1)
+
+
+# ------------------------------------------------------------------ a failed way home backs off
+
+
+def test_the_backoff_doubles_from_the_hold_and_stops_at_its_cap() -> None:
+    rule = HomeRule(0.7, 30.0, retry_max_s=200.0)
+    assert [rule.retry_after_s(n) for n in range(0, 6)] == [0.0, 30.0, 60.0, 120.0, 200.0, 200.0]
+    assert rule.retry_after_s(10_000) == 200.0  # no overflow however long it fails
+
+
+def test_a_short_hold_still_backs_off_from_the_minimum() -> None:
+    assert [HomeRule(0.7, 0.0).retry_after_s(n) for n in (1, 2, 3)] == [MIN_RETRY_S, 2 * MIN_RETRY_S, 4 * MIN_RETRY_S]
+
+
+def tries(rule: HomeRule, until: int, fail: bool = True) -> list[int]:
+    """Memory fits every second from 0 to ``until``; each way home fires and (``fail``) fails at once: when it fired."""
+    state, fired = HomeState(), []
+    for t in range(until):
+        state, go = rule.step(state, float(t), available=5 * GB, limit=LIMIT, away_bytes=GB)
+        if go:
+            fired.append(t)
+            state = rule.failed(state, float(t)) if fail else rule.came_home(state)
+    return fired
+
+
+def test_failed_ways_home_are_tried_again_further_and_further_apart() -> None:
+    fired = tries(HomeRule(0.7, 10.0, retry_max_s=40.0), 300)
+    gaps = [b - a for a, b in itertools.pairwise(fired)]
+    # the first retry after a full hold (which starts at the next sample), then 2x the hold, then the cap
+    assert fired[0] == 10 and gaps[:4] == [11, 20, 40, 40]
+    assert set(gaps[3:]) == {40}
+
+
+def test_ways_home_that_work_keep_the_plain_hold() -> None:
+    assert tries(RULE, 100, fail=False) == [30, 61, 92]  # as before any failure: after_firing_the_hold_starts_over
+
+
+def test_a_way_home_that_works_forgets_the_failures() -> None:
+    rule = HomeRule(0.7, 10.0)
+    state = rule.failed(rule.failed(HomeState(), 0.0), 20.0)
+    assert state.failures == 2 and state.retry_at == 40.0
+    assert rule.came_home(state) == HomeState()
+
+
+def test_the_backoff_never_shortens_the_hold_and_a_break_still_restarts_it() -> None:
+    rule = HomeRule(0.7, 10.0)
+    state = rule.failed(HomeState(), 0.0)  # retry_at 10
+    go = False
+    for t in range(0, 25):  # one short sample at t = 5: the hold restarts at 6, fires at 16, not at 10
+        available = 3 * GB if t == 5 else 5 * GB
+        state, go = rule.step(state, float(t), available=available, limit=LIMIT, away_bytes=GB)
+        if go:
+            assert t == 16
+            break
+    assert go
+
+
+def test_why_not_names_the_backoff() -> None:
+    rule = HomeRule(0.7, 10.0)
+    state = rule.failed(rule.failed(HomeState(), 0.0), 10.0)  # retry_at 30
+    assert "last 2 way(s) home failed: next try in 15 s (backoff 20 s)" in rule.why_not(
+        state, 15.0, available=5 * GB, limit=LIMIT, away_bytes=GB)
+    assert "holding" in rule.why_not(state, 31.0, available=5 * GB, limit=LIMIT, away_bytes=GB)
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=12), st.floats(0, 600), st.floats(0, 7200))
+@settings(max_examples=200, deadline=None)
+def test_the_backoff_is_bounded_and_never_shrinks_while_failing(outcomes: list[bool], hold: float, cap: float) -> None:
+    rule = HomeRule(0.7, hold, retry_max_s=cap)
+    state, last = HomeState(), 0.0
+    for t, ok in enumerate(outcomes):
+        state = rule.came_home(state) if ok else rule.failed(state, float(t))
+        wait = rule.retry_after_s(state.failures)
+        assert 0 <= wait <= cap
+        assert ok or wait >= min(last, cap)
+        last = wait if not ok else 0.0

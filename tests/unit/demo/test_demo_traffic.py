@@ -1,6 +1,7 @@
-"""The demo's app side without the stack: its copy of the example's settings, the example's components
-started by ``LocalCopies``, the load generator through a real router (local copies only), and the
-route log it prints from the agent's log lines."""
+"""The demo's app side without the stack: its copy of the example's settings (local copies run by the agent),
+the example's components started as the agent starts them (``agent.local_copies``) and waited for as the demo
+waits, the load generator through a real router (local copies only), and the route log it prints from the
+agent's log lines."""
 
 from __future__ import annotations
 
@@ -15,20 +16,22 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
+from spotleash.agent.local_copies import LOCAL_MARKER_ENV, LocalCopies, local_plan, marker_of
 from spotleash.demo.moves import Launch, MovesResult, requests_line
 from spotleash.demo.traffic import (
     LoadCounts,
     LoadGenerator,
-    LocalCopies,
     RouteLog,
     demo_config,
     example_app,
     png_size,
     sample_image,
+    wait_local_copies,
 )
 from spotleash.errors import ConfigError
 from spotleash.packaging.appspec import LoadedApp
 from spotleash.router import ComponentRoute, RouterConfig, RouterService
+from spotleash.supervisor.marked import find_marked
 
 SHIFT = 10200  # clear of a demo (ports + 200) and of the example app's own test (+ 10000)
 
@@ -43,6 +46,7 @@ def test_the_demo_settings_move_only_the_local_copies(app: LoadedApp) -> None:
     for c in app.spec.components:
         assert c.local_port == c.port + SHIFT and c.local_url == f"http://127.0.0.1:{c.port + SHIFT}"
         assert c.route_port in (8201, 8202)  # the app's stable ports do not move
+        assert c.local_copy == "agent"  # the agent runs them, so its hand-off can stop them
 
 
 def test_settings_without_a_loopback_local_url_are_refused(tmp_path: Path) -> None:
@@ -65,12 +69,15 @@ def test_png_size_reads_the_header() -> None:
 
 @pytest.fixture()
 def copies(app: LoadedApp, tmp_path: Path) -> Iterator[dict[str, str]]:
-    local = LocalCopies(app, tmp_path)
+    names = [c.name for c in app.spec.components]
+    local = LocalCopies(local_plan(app.spec, names), app_root=app.root, lease_id="demo-test", state_dir=tmp_path)
+    assert local.names == names  # every component: the demo's settings leave none to the user
     try:
-        yield local.start(timeout_s=30)
+        local.start_all()
+        yield wait_local_copies(app, str(local.log_dir), timeout_s=30)
     finally:
-        local.stop()
-    assert all(p.poll() is not None for p in local.procs.values())
+        local.close()
+    assert find_marked(LOCAL_MARKER_ENV, marker_of("demo-test", tmp_path)) == []
 
 
 def test_the_load_goes_through_the_router_and_nothing_fails(app: LoadedApp, copies: dict[str, str]) -> None:
