@@ -83,7 +83,7 @@ class LocalCopies:
         for c in self.app.spec.components:
             if c.local_url is None or c.local_port is None:
                 continue
-            env = {**os.environ, "PATH": path, **c.env, "PORT": str(c.local_port)}
+            env = {**os.environ, "PATH": path, **self.app.artifact_env(), **c.env, "PORT": str(c.local_port)}
             log = (self.log_dir / f"local-{c.name}.log").open("ab")
             self.procs[c.name] = subprocess.Popen(c.command, cwd=self.app.root, env=env, stdout=log,
                                                   stderr=subprocess.STDOUT, start_new_session=True)
