@@ -22,9 +22,16 @@ On a new VM or VAST box nothing of spotleash is installed yet, so this one file 
 5. exec ``<venv>/bin/python -m spotleash.instance_agent --package-root <root>``, which starts,
    probes and reports the components.
 
+A layered package (format 2, ``packages/<sha256>.json``) is a manifest of blobs fetched in parallel into a
+cache: the app tree, each wheel, uv's wheel, and each file of an ``[[app.artifacts]]`` entry (laid out under
+``<root>/artifacts/<name>``; the agent names it to the components in ``SPOTLEASH_ARTIFACT_<NAME>``).
+``[app] image_provides`` requirements are not in the package: the venv sees the image's packages and each is
+checked there (``image_lacks_requirement`` when the image lacks it).
+
 While it works it beats (every component ``starting``), so the reaper does not take a box that is
 busy installing; when it fails it beats once more with the failure (``package_missing``,
-``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``)
+``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``,
+``image_lacks_requirement``)
 and the control plane deletes the instance with that reason.
 
 A config that pins no package (the control plane has no package bucket) means heartbeats only: the
@@ -458,9 +465,10 @@ def venv_command(python: str, venv: Path, *, with_pip: bool, system_site: bool =
 # --------------------------------------------------------------------------- image_provides
 #
 # ``[app] image_provides = ["torch>=2.4"]``: the image's python must already have these; the package does not
-# ship them and the venv sees the image's site-packages. Checked before the venv is made, against the
-# interpreter the venv is made from: its installed versions (importlib.metadata, in that interpreter), each
-# compared with the requirement by ``packaging`` when this python has it, else by ``version_satisfies``.
+# ship them and the venv sees the image's site-packages. Checked once the venv is made, before anything is
+# installed into it: the versions the venv's own python sees (importlib.metadata, in that interpreter), each
+# compared with the requirement by ``packaging`` when the bootstrap's python has it, else by
+# ``version_satisfies`` (standard library only). Such a package installs with pip, not uv (see ``plan``).
 
 IMAGE_LACKS = "image_lacks_requirement"
 _PROVIDED_PROBE = ("import json, sys, importlib.metadata as m\n"
@@ -566,7 +574,8 @@ def probe_installed(python: str, names: list[str], timeout_s: float = 60.0) -> d
 
 
 def check_image_provides(python: str, manifest: Mapping[str, Any]) -> None:
-    """``PackageFailure(image_lacks_requirement)`` naming each ``image_provides`` requirement ``python`` lacks."""
+    """``PackageFailure(image_lacks_requirement)`` naming each ``image_provides`` requirement ``python`` (the new
+    venv's, made with the image's site packages) lacks."""
     wanted = [str(r) for r in (manifest.get("app") or {}).get("image_provides") or []]
     if not wanted:
         return
@@ -666,6 +675,11 @@ class Installer:
         venv = root / "venv"
         venv_python = str(venv / "bin" / "python")
         site = bool((manifest.get("app") or {}).get("image_provides"))  # the venv sees the image's packages
+        if uv is not None and site:
+            # uv does not count a system site package as installed (astral-sh/uv#7358: "we don't really support
+            # --system-site-packages"): a wheel depending on torch would want torch from the package. pip does.
+            _log("the package relies on the image's packages (image_provides): pip installs, not uv")
+            uv = None
         if uv is not None:
             return InstallPlan(f"uv ({uv}) makes the venv and installs offline",
                                uv_venv_command(uv, self.python, venv, root, system_site=site),
@@ -687,12 +701,15 @@ class Installer:
     def install(self, root: Path, manifest: Mapping[str, Any], uv: Path | None = None) -> None:
         """venv + offline install of the extracted package in ``root`` (its wheels in ``root/wheels``)."""
         log_path = root / "install.log"
-        check_image_provides(self.python, manifest)  # before anything is made: a clear reason, not a pip error
         plan = self.plan(root, manifest, uv)
+        uv = uv if plan.path.startswith("uv") else None
         with log_path.open("a") as log:
             log.write(f"spotleash: {plan.path}\n")
         _log("installing the package", path=plan.path)
         self._run(plan.make_venv, "uv venv" if uv else "python -m venv", log_path)
+        # what the new venv sees of the image (a venv made from a venv sees its base's packages, not the venv's):
+        # asked of the venv's own python, before the install, so a lacking image is a clear reason, not a pip error
+        check_image_provides(str(root / "venv" / "bin" / "python"), manifest)
         self._run(plan.install, "uv pip install (offline)" if uv else "pip install (offline)", log_path)
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
             self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",))
@@ -803,7 +820,7 @@ def fetch_blobs(origin: Origin, blobs: list[dict[str, Any]], cache_dir: Path, *,
     assert origin.blob is not None
     blob_source = origin.blob
     stop = threading.Event()
-    wanted = {str(b["sha256"]): str(b["name"]) for b in blobs}
+    wanted = {str(b["sha256"]): str(b["name"]) + (f"/{b['path']}" if b.get("path") else "") for b in blobs}
     got: dict[str, Path] = {}
 
     def one(sha: str) -> Path:

@@ -467,7 +467,10 @@ class Blob(BaseModel):
         if (self.kind == "artifact") != (self.path is not None):
             raise ValueError("an artifact blob, and only one, names its path inside the artifact")
         if self.path is not None:
-            _check_member_name(self.path)
+            try:
+                _check_member_name(self.path)
+            except PackageError as e:
+                raise ValueError(str(e)) from None
         return self
 
 
