@@ -148,8 +148,15 @@ def test_an_instance_fetches_the_weights_and_the_embedder_answers_from_them(
         close, far = score(endpoint, PARAPHRASE), score(endpoint, UNRELATED)
         print(provider, "paraphrase", close, "unrelated", far)
         assert close > far + 0.3
-        flows.release(lease, rec.instance_id)
-        flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
+        release(flows, lease, rec)
+
+
+def release(flows: Flows, lease: str, rec: InstanceRecord) -> None:
+    """Release and wait until the instance's component processes are gone (the next one binds the same port)."""
+    flows.release(lease, rec.instance_id)
+    flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
+    wait_until(lambda: not procs.find_marked(MARKER, rec.instance_id), timeout_s=20, interval_s=0.25,
+               what=f"the component processes of {rec.instance_id} to end with it")
 
 
 def test_a_republish_with_unchanged_weights_uploads_nothing_for_them(published: dict[str, Any]) -> None:
@@ -177,9 +184,8 @@ def test_a_requirement_the_image_provides_is_not_shipped_and_one_it_lacks_fails_
         [proc, *_] = procs.find_marked(MARKER, rec.instance_id)
         venv = proc.environ()["VIRTUAL_ENV"]
         assert not body["from"].startswith(venv), f"numpy came from the package's venv: {body}"
-        assert "pip" in (Path(venv).parent / "install.log").read_text()
-        flows.release(lease, rec.instance_id)
-        flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)
+        assert "spotleash: uv (" not in (Path(venv).parent / "install.log").read_text(), "pip installs, not uv"
+        release(flows, lease, rec)
 
     lacking = publish(load_app(provided_app(tmp_path / "lacking", ["numpy>=1.20", "torch>=2.4"]), None), store,
                       "main", published["pub_state"])
