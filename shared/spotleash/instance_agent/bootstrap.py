@@ -585,9 +585,9 @@ def check_image_provides(python: str, manifest: Mapping[str, Any]) -> None:
         names.append(m.group(1) if m else r)
     unmet = unmet_provided(wanted, probe_installed(python, names))
     if unmet:
-        raise PackageFailure(IMAGE_LACKS, f"the image's python ({python}) lacks what [app] image_provides declares: "
-                                          + "; ".join(unmet) + " — use an image that has it, or ship it as a "
-                                          "requirement instead")
+        raise PackageFailure(IMAGE_LACKS, "the image lacks what [app] image_provides declares: " + "; ".join(unmet)
+                             + f" — use an image that has it, or ship it as a requirement instead (asked of {python}, "
+                             "which sees the image's packages)")
     _log("the image provides what the package declares", image_provides=wanted, python=python)
 
 
