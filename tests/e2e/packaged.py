@@ -37,15 +37,16 @@ def _set_bucket(state_dir: Path, bucket: str) -> None:
 
 
 @contextmanager
-def packages_on(state_dir: Path, pub_state: Path) -> Iterator[dict[str, Any]]:
-    """Publish examples/thumbs and switch packages on; yields ``publish --json``'s result plus ``publish_s``."""
+def packages_on(state_dir: Path, pub_state: Path, app: Path = EXAMPLE) -> Iterator[dict[str, Any]]:
+    """Publish ``app`` (examples/thumbs) and switch packages on; yields ``publish --json``'s result plus
+    ``publish_s``."""
     bucket = load_topology().package_bucket
     cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
     cache.mkdir(parents=True, exist_ok=True)
     (pub_state / "wheels").symlink_to(cache, target_is_directory=True)
     env = {**os.environ, "SPOTLEASH_PACKAGE_BUCKET": bucket, "SPOTLEASH_STATE_DIR": str(pub_state)}
     t0 = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(EXAMPLE), "--json"],
+    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "publish", "--app", str(app), "--json"],
                          env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     result: dict[str, Any] = json.loads(out.stdout)

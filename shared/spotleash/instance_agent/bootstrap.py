@@ -22,9 +22,16 @@ On a new VM or VAST box nothing of spotleash is installed yet, so this one file 
 5. exec ``<venv>/bin/python -m spotleash.instance_agent --package-root <root>``, which starts,
    probes and reports the components.
 
+A layered package (format 2, ``packages/<sha256>.json``) is a manifest of blobs fetched in parallel into a
+cache: the app tree, each wheel, uv's wheel, and each file of an ``[[app.artifacts]]`` entry (laid out under
+``<root>/artifacts/<name>``; the agent names it to the components in ``SPOTLEASH_ARTIFACT_<NAME>``).
+``[app] image_provides`` requirements are not in the package: the venv sees the image's packages and each is
+checked there (``image_lacks_requirement`` when the image lacks it).
+
 While it works it beats (every component ``starting``), so the reaper does not take a box that is
 busy installing; when it fails it beats once more with the failure (``package_missing``,
-``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``)
+``package_forbidden``, ``package_unavailable``, ``package_unverified``, ``package_install_failed``,
+``image_lacks_requirement``)
 and the control plane deletes the instance with that reason.
 
 A config that pins no package (the control plane has no package bucket) means heartbeats only: the
@@ -42,6 +49,7 @@ import argparse
 import datetime as _dt
 import hashlib
 import http.client
+import importlib
 import importlib.util
 import json
 import os
@@ -447,9 +455,140 @@ def has_python_option(pip_version: str | None) -> bool:
     return pip_version is not None and _release(pip_version) >= PIP_PYTHON_OPTION
 
 
-def venv_command(python: str, venv: Path, *, with_pip: bool) -> list[str]:
-    """``python -m venv``: without pip (0.05 s) when another pip installs into it, else with ensurepip (3–4 s)."""
-    return [python, "-m", "venv", *([] if with_pip else ["--without-pip"]), str(venv)]
+def venv_command(python: str, venv: Path, *, with_pip: bool, system_site: bool = False) -> list[str]:
+    """``python -m venv``: without pip (0.05 s) when another pip installs into it, else with ensurepip (3–4 s);
+    ``system_site``: the venv sees the image's packages (``[app] image_provides``)."""
+    return [python, "-m", "venv", *([] if with_pip else ["--without-pip"]),
+            *(["--system-site-packages"] if system_site else []), str(venv)]
+
+
+# --------------------------------------------------------------------------- image_provides
+#
+# ``[app] image_provides = ["torch>=2.4"]``: the image's python must already have these; the package does not
+# ship them and the venv sees the image's site-packages. Checked once the venv is made, before anything is
+# installed into it: the versions the venv's own python sees (importlib.metadata, in that interpreter), each
+# compared with the requirement by ``packaging`` when the bootstrap's python has it, else by
+# ``version_satisfies`` (standard library only). Such a package installs with pip, not uv (see ``plan``).
+
+IMAGE_LACKS = "image_lacks_requirement"
+_PROVIDED_PROBE = ("import json, sys, importlib.metadata as m\n"
+                   "def v(n):\n"
+                   "    try:\n"
+                   "        return m.version(n)\n"
+                   "    except m.PackageNotFoundError:\n"
+                   "        return None\n"
+                   "print(json.dumps({n: v(n) for n in json.loads(sys.argv[1])}))")
+_REQUIREMENT = re.compile(r"^\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)\s*(?:\[[^\]]*\])?\s*([^;]*?)\s*(?:;(.*))?$")
+_CLAUSE = re.compile(r"^\s*(===|~=|==|!=|<=|>=|<|>)\s*([A-Za-z0-9.*+!_-]+)\s*$")
+
+
+def _release_of(version: str) -> tuple[int, ...]:
+    """The release numbers of a version, epoch, pre/post/dev and local parts dropped: "2.4.1+cu121" → (2, 4, 1)."""
+    v = version.strip().lower().lstrip("v").split("!")[-1].split("+")[0]
+    m = re.match(r"\d+(?:\.\d+)*", v)
+    return tuple(int(x) for x in m.group(0).split(".")) if m else ()
+
+
+def _cmp(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = max(len(a), len(b))
+    a, b = a + (0,) * (n - len(a)), b + (0,) * (n - len(b))
+    return (a > b) - (a < b)
+
+
+def version_satisfies(version: str, specifier: str) -> bool:
+    """``version`` against a PEP 440 specifier (``>=2.4,<3``, ``==2.4.*``, ``~=2.4``) by release numbers only: the
+    fallback for an image whose python has no ``packaging`` (pre-releases count as their release)."""
+    have = _release_of(version)
+    for clause in filter(None, (c.strip() for c in specifier.split(","))):
+        m = _CLAUSE.match(clause)
+        if not m:
+            raise ValueError(f"cannot read the version clause {clause!r}")
+        op, want_text = m.groups()
+        if op == "===":
+            ok = version.strip() == want_text
+        elif want_text.endswith(".*"):
+            prefix = _release_of(want_text[:-2])
+            same = (have + (0,) * len(prefix))[:len(prefix)] == prefix
+            ok = same if op == "==" else not same if op == "!=" else False
+        else:
+            want = _release_of(want_text)
+            c = _cmp(have, want)
+            ok = {"==": c == 0, "!=": c != 0, "<=": c <= 0, ">=": c >= 0, "<": c < 0, ">": c > 0,
+                  "~=": c >= 0 and len(want) > 1 and have[:len(want) - 1] == want[:-1]}[op]
+        if not ok:
+            return False
+    return True
+
+
+def _parse_requirement(requirement: str) -> tuple[str, Callable[[str], bool], bool]:
+    """(distribution name, does a version satisfy it, does it apply here (its environment marker)): by
+    ``packaging`` when this python has it, else by hand (a marker is then taken to apply)."""
+    try:  # by name, not an import statement: the bootstrap imports the standard library only
+        requirements = importlib.import_module("packaging.requirements")
+    except ImportError:
+        m = _REQUIREMENT.match(requirement)
+        if not m:
+            raise ValueError(f"not a requirement: {requirement!r}") from None
+        name, spec = m.group(1), m.group(2)
+        return name, lambda v: version_satisfies(v, spec), True
+    try:
+        req = requirements.Requirement(requirement)
+    except requirements.InvalidRequirement as e:
+        raise ValueError(f"not a requirement: {requirement!r}: {e}") from e
+    applies = req.marker is None or bool(req.marker.evaluate())
+    return req.name, lambda v: req.specifier.contains(v, prereleases=True), applies
+
+
+def unmet_provided(requirements: list[str], installed: Mapping[str, str | None]) -> list[str]:
+    """Which of ``requirements`` (``image_provides``) the image's installed versions do not meet, each with why."""
+    out = []
+    for r in requirements:
+        try:
+            name, ok, applies = _parse_requirement(r)
+        except ValueError as e:
+            out.append(str(e))
+            continue
+        if not applies:
+            continue
+        have = installed.get(name)
+        if have is None:
+            out.append(f"{r} (the image has no {name})")
+        elif not ok(have):
+            out.append(f"{r} (the image has {name} {have})")
+    return out
+
+
+def probe_installed(python: str, names: list[str], timeout_s: float = 60.0) -> dict[str, str | None]:
+    """name → the version ``python`` has installed (None: not there), asked of that interpreter itself."""
+    try:
+        done = subprocess.run(  # noqa: S603 - our own fixed probe
+            [python, "-c", _PROVIDED_PROBE, json.dumps(names)], stdin=subprocess.DEVNULL, capture_output=True,
+            timeout=timeout_s, env={k: v for k, v in os.environ.items() if k not in SECRET_ENV}, check=False)
+        got = json.loads(done.stdout) if done.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired, ValueError) as e:
+        raise PackageFailure(IMAGE_LACKS, f"cannot ask {python} which packages it has: {e}") from e
+    if not isinstance(got, dict):
+        tail = done.stderr.decode(errors="replace").strip()[-300:]
+        raise PackageFailure(IMAGE_LACKS, f"cannot ask {python} which packages it has: {tail}")
+    return {str(k): (str(v) if v is not None else None) for k, v in got.items()}
+
+
+def check_image_provides(python: str, manifest: Mapping[str, Any]) -> None:
+    """``PackageFailure(image_lacks_requirement)`` naming each ``image_provides`` requirement ``python`` (the new
+    venv's, made with the image's site packages) lacks."""
+    wanted = [str(r) for r in (manifest.get("app") or {}).get("image_provides") or []]
+    if not wanted:
+        return
+    names = []
+    for r in wanted:
+        m = _REQUIREMENT.match(r)
+        names.append(m.group(1) if m else r)
+    unmet = unmet_provided(wanted, probe_installed(python, names))
+    if unmet:
+        raise PackageFailure(IMAGE_LACKS, "the image lacks what [app] image_provides declares: " + "; ".join(unmet)
+                             + f" — use an image that has it, or ship it as a requirement instead (asked of {python}, "
+                             "which sees the image's packages)")
+    _log("the image provides what the package declares", image_provides=wanted, python=python)
 
 
 def install_command(python: str, root: Path, manifest: Mapping[str, Any], *, pip_of: str | None = None) -> list[str]:
@@ -535,32 +674,42 @@ class Installer:
         (and it runs here), else from the pip ``self.python`` has."""
         venv = root / "venv"
         venv_python = str(venv / "bin" / "python")
+        site = bool((manifest.get("app") or {}).get("image_provides"))  # the venv sees the image's packages
+        if uv is not None and site:
+            # uv does not count a system site package as installed (astral-sh/uv#7358: "we don't really support
+            # --system-site-packages"): a wheel depending on torch would want torch from the package. pip does.
+            _log("the package relies on the image's packages (image_provides): pip installs, not uv")
+            uv = None
         if uv is not None:
             return InstallPlan(f"uv ({uv}) makes the venv and installs offline",
-                               uv_venv_command(uv, self.python, venv, root),
+                               uv_venv_command(uv, self.python, venv, root, system_site=site),
                                uv_install_command(uv, venv_python, root, manifest),
                                warm_command(venv_python, manifest))
         version = self._pip_version(self.python)
         if has_python_option(version):
             return InstallPlan(
                 f"the pip {version} of {self.python} installs into a venv made without pip (--python)",
-                venv_command(self.python, venv, with_pip=False),
+                venv_command(self.python, venv, with_pip=False, system_site=site),
                 install_command(venv_python, root, manifest, pip_of=self.python), warm_command(venv_python, manifest))
         needs = ".".join(map(str, PIP_PYTHON_OPTION))
         return InstallPlan(
             f"{self.python} has {f'pip {version}' if version else 'no pip'} (--python needs pip {needs}+): "
             "the venv gets a pip of its own (ensurepip), which installs",
-            venv_command(self.python, venv, with_pip=True), install_command(venv_python, root, manifest),
+            venv_command(self.python, venv, with_pip=True, system_site=site), install_command(venv_python, root, manifest),
             warm_command(venv_python, manifest))
 
     def install(self, root: Path, manifest: Mapping[str, Any], uv: Path | None = None) -> None:
         """venv + offline install of the extracted package in ``root`` (its wheels in ``root/wheels``)."""
         log_path = root / "install.log"
         plan = self.plan(root, manifest, uv)
+        uv = uv if plan.path.startswith("uv") else None
         with log_path.open("a") as log:
             log.write(f"spotleash: {plan.path}\n")
         _log("installing the package", path=plan.path)
         self._run(plan.make_venv, "uv venv" if uv else "python -m venv", log_path)
+        # what the new venv sees of the image (a venv made from a venv sees its base's packages, not the venv's):
+        # asked of the venv's own python, before the install, so a lacking image is a clear reason, not a pip error
+        check_image_provides(str(root / "venv" / "bin" / "python"), manifest)
         self._run(plan.install, "uv pip install (offline)" if uv else "pip install (offline)", log_path)
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
             self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",))
@@ -576,9 +725,10 @@ class Installer:
         return root, manifest
 
 
-def uv_venv_command(uv: Path, python: str, venv: Path, root: Path) -> list[str]:
+def uv_venv_command(uv: Path, python: str, venv: Path, root: Path, *, system_site: bool = False) -> list[str]:
     return [str(uv), "venv", "--no-config", "--offline", "--quiet", "--python", python,
-            "--python-preference", "only-system", "--cache-dir", str(root.parent / "uv-cache"), str(venv)]
+            "--python-preference", "only-system", *(["--system-site-packages"] if system_site else []),
+            "--cache-dir", str(root.parent / "uv-cache"), str(venv)]
 
 
 def uv_install_command(uv: Path, python: str, root: Path, manifest: Mapping[str, Any]) -> list[str]:
@@ -597,7 +747,8 @@ def uv_install_command(uv: Path, python: str, root: Path, manifest: Mapping[str,
 # before it is kept; the package root is then assembled from the verified blobs only.
 
 LAYERED_FORMAT = 2
-BLOB_KINDS = frozenset({"app", "wheel", "tool"})
+BLOB_KINDS = frozenset({"app", "wheel", "tool", "artifact"})
+ARTIFACTS_DIR = "artifacts"  # <root>/artifacts/<name>: each artifact laid out from its verified blobs
 _BLOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")
 FETCH_THREADS = 8
 
@@ -645,10 +796,18 @@ def parse_layered(data: bytes) -> dict[str, Any]:
     blobs = manifest.get("blobs")
     if not isinstance(blobs, list) or not blobs:
         raise PackageFailure("package_unverified", "the manifest names no blobs")
+    artifacts = manifest.get("artifacts", {})
+    if not isinstance(artifacts, dict) or any(k not in ("file", "dir") for k in artifacts.values()) \
+            or not all(isinstance(n, str) and _BLOB_NAME.match(n) for n in artifacts):
+        raise PackageFailure("package_unverified", f"the manifest's artifacts are malformed: {str(artifacts)[:200]}")
     for b in blobs:
         if not (isinstance(b, dict) and is_sha256(str(b.get("sha256"))) and b.get("kind") in BLOB_KINDS
-                and _BLOB_NAME.match(str(b.get("name"))) and isinstance(b.get("size"), int)):
+                and _BLOB_NAME.match(str(b.get("name"))) and isinstance(b.get("size"), int)
+                and (b.get("path") is None) == (b.get("kind") != "artifact")
+                and (b.get("kind") != "artifact" or b.get("name") in artifacts)):
             raise PackageFailure("package_unverified", f"the manifest names a malformed blob: {str(b)[:200]}")
+        if b["kind"] == "artifact":
+            check_member_name(str(b["path"]))
     if sum(1 for b in blobs if b["kind"] == "app") != 1:
         raise PackageFailure("package_unverified", "the manifest names no app blob, or more than one")
     return manifest
@@ -661,7 +820,7 @@ def fetch_blobs(origin: Origin, blobs: list[dict[str, Any]], cache_dir: Path, *,
     assert origin.blob is not None
     blob_source = origin.blob
     stop = threading.Event()
-    wanted = {str(b["sha256"]): str(b["name"]) for b in blobs}
+    wanted = {str(b["sha256"]): str(b["name"]) + (f"/{b['path']}" if b.get("path") else "") for b in blobs}
     got: dict[str, Path] = {}
 
     def one(sha: str) -> Path:
@@ -772,8 +931,36 @@ def prepare_layered(manifest_path: Path, sha256: str, work_dir: Path, blob_files
             _place(path, wheels / b["name"])
         elif b["kind"] == "tool" and b["name"].startswith("uv-"):
             uv = uv_from_wheel(_named(path, b["name"], work_dir), work_dir / "tools")
+    lay_out_artifacts(root, manifest, blob_files)
     installer.install(root, manifest, uv)
     return root, manifest
+
+
+def artifact_path(root: Path, manifest: Mapping[str, Any], name: str) -> Path:
+    """Where artifact ``name`` is on this instance (what ``SPOTLEASH_ARTIFACT_<NAME>`` says): its directory
+    ``<root>/artifacts/<name>``, or for a file artifact the file in it."""
+    base = root / ARTIFACTS_DIR / name
+    if manifest.get("artifacts", {}).get(name) == "file":
+        files = [b for b in manifest["blobs"] if b["kind"] == "artifact" and b["name"] == name]
+        return base / str(files[0]["path"])
+    return base
+
+
+def lay_out_artifacts(root: Path, manifest: Mapping[str, Any], blob_files: Mapping[str, Path]) -> None:
+    """Each artifact under ``<root>/artifacts/<name>/``: its files at their paths, hard links to the verified
+    blobs in the cache (no second copy of gigabytes of weights; a copy across file systems)."""
+    for name in manifest.get("artifacts", {}):
+        base = (root / ARTIFACTS_DIR / name)
+        base.mkdir(parents=True)
+        top = base.resolve()
+        for b in manifest["blobs"]:
+            if b["kind"] != "artifact" or b["name"] != name:
+                continue
+            target = (top / str(b["path"])).resolve()
+            if not target.is_relative_to(top) or target == top or target.exists():
+                raise PackageFailure("package_unverified", f"artifact {name}: unsafe or repeated path {b['path']!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            _place(blob_files[b["sha256"]], target)
 
 
 def _named(blob: Path, name: str, work_dir: Path) -> Path:

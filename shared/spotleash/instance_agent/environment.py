@@ -13,11 +13,13 @@ SECRET_ENV = ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")
 
 
 def component_env(base: Mapping[str, str], venv: Path, instance_id: str,
-                  state_paths: Sequence[Path] = ()) -> dict[str, str]:
-    """The agent's environment minus its secrets, venv first on PATH, the instance marker, and
+                  state_paths: Sequence[Path] = (), artifacts: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The agent's environment minus its secrets, venv first on PATH, the instance marker,
     ``SPOTLEASH_STATE_PATHS``: the directories whose content survives the instance (snapshotted, restored on
-    the lease's next one), ``os.pathsep``-joined, empty when none is kept."""
+    the lease's next one), ``os.pathsep``-joined, empty when none is kept, and ``artifacts``: each
+    ``SPOTLEASH_ARTIFACT_<NAME>`` → the fetched copy (``Prepared.artifact_env``)."""
     env = {k: v for k, v in base.items() if k not in SECRET_ENV}
+    env.update(artifacts or {})
     env[STATE_PATHS_ENV] = os.pathsep.join(str(p) for p in state_paths)
     env.pop("PYTHONHOME", None)
     env["VIRTUAL_ENV"] = str(venv)

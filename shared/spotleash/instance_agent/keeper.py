@@ -109,6 +109,7 @@ class SnapshotKeeper:
         self._clock = clock
         self._on_change = on_change
         self.roots: list[Path] = []
+        self.leave_out: list[Path] = []  # never packed though under a root: the artifacts, the blob cache (agent)
         self._cond = threading.Condition()
         self._queue: list[tuple[SnapshotTrigger, str | None]] = []
         self._seen_requests: collections.deque[str] = collections.deque(maxlen=REMEMBERED_REQUESTS)
@@ -220,7 +221,7 @@ class SnapshotKeeper:
             self.roots, snapshot_id=new_snapshot_id(), lease_id=self.lease_id, instance_id=self.instance_id,
             channel=self._channel, spool=self.spool, http=self._http, part_bytes=self.part_bytes,
             retry_budget_s=PREEMPTION_BUDGET_S if trigger == "preempted" else self.retry_budget_s,
-            trigger=trigger, request_id=request_id)
+            trigger=trigger, request_id=request_id, leave_out=self.leave_out)
         self.outcomes = [*self.outcomes[-15:], outcome]
         if outcome.verified:
             self._saved_fingerprint = before  # what changed while packing is saved by the next one

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from spotleash.instance_agent.bootstrap import MANIFEST_NAME, PackageFailure
+from spotleash.instance_agent.bootstrap import MANIFEST_NAME, PackageFailure, artifact_path
 from spotleash.supervisor import Launch
-from spotleash.wire.package import LAYERED_FORMAT, LayeredManifest, Manifest
+from spotleash.wire.package import LAYERED_FORMAT, LayeredManifest, Manifest, artifact_env_name
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,19 @@ class Prepared:
     @property
     def venv(self) -> Path:
         return self.root / "venv"
+
+    def artifact_env(self) -> dict[str, str]:
+        """``SPOTLEASH_ARTIFACT_<NAME>`` → the fetched copy of each artifact (laid out by the bootstrap)."""
+        if not isinstance(self.manifest, LayeredManifest) or not self.manifest.artifacts:
+            return {}
+        raw = self.manifest.model_dump(mode="json")
+        return {artifact_env_name(n): str(artifact_path(self.root, raw, n)) for n in self.manifest.artifacts}
+
+    @property
+    def artifact_dirs(self) -> list[Path]:
+        """Where the artifacts are: never packed into a snapshot (they are in the bucket already)."""
+        return [self.root / "artifacts"] if isinstance(self.manifest, LayeredManifest) and self.manifest.artifacts \
+            else []
 
 
 def prepared(root: Path, raw: dict[str, object] | None = None) -> Prepared:

@@ -224,7 +224,7 @@ class Workload:
                 return
             sup = Supervisor(
                 launches, cwd=prepared.app_dir, env=component_env(self._env, prepared.venv, self.instance_id,
-                                                                  self.state_paths),
+                                                                  self.state_paths, prepared.artifact_env()),
                 log_dir=self.work_dir / "logs", endpoint=self._component_endpoint, on_change=self._on_change,
             )
             with self._lock:

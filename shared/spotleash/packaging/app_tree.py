@@ -13,6 +13,7 @@ import json
 import os
 import re
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,9 +104,11 @@ class _Ignores:
         return bool(verdict)
 
 
-def collect(root: Path, spec: AppSpec) -> AppTree:
-    """Walk ``root``: what goes into the package. ``SecretRefused`` names every suspicious file."""
+def collect(root: Path, spec: AppSpec, leave_out: Sequence[Path] = ()) -> AppTree:
+    """Walk ``root``: what goes into the package. ``SecretRefused`` names every suspicious file. ``leave_out``:
+    files and directories (the artifacts' paths) that are published on their own, never inside the app blob."""
     root = root.resolve()
+    apart = {p.resolve() for p in leave_out}
     ignores = _Ignores(list(spec.exclude))
     allowed = {p.strip("/") for p in spec.include}
     files: dict[str, Path] = {}
@@ -121,7 +124,8 @@ def collect(root: Path, spec: AppSpec) -> AppTree:
         for name in sorted(dirnames):
             rel = f"{dir_rel}/{name}" if dir_rel else name
             sub = d / name
-            if name in SKIP_DIRS or (sub / "pyvenv.cfg").exists() or sub.is_symlink() or ignores.ignored(rel, True):
+            if name in SKIP_DIRS or (sub / "pyvenv.cfg").exists() or sub.is_symlink() or ignores.ignored(rel, True) \
+                    or sub in apart:
                 skipped.append(rel + "/")
             else:
                 keep_dirs.append(name)
@@ -129,7 +133,7 @@ def collect(root: Path, spec: AppSpec) -> AppTree:
         for name in sorted(filenames):
             rel = f"{dir_rel}/{name}" if dir_rel else name
             path = d / name
-            if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES) or ignores.ignored(rel, False):
+            if name in SKIP_NAMES or name.endswith(SKIP_SUFFIXES) or ignores.ignored(rel, False) or path in apart:
                 skipped.append(rel)
                 continue
             try:

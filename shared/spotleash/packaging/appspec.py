@@ -19,6 +19,10 @@
     route_port = 8201                # the router: the app talks to this port, spotleash picks the copy
     offload = "default"              # or "keep" (the local copy keeps running too) or "never" (stays here)
 
+    [[app.artifacts]]                # model weights: published as blobs, not inside the app blob
+    name = "minilm"                  # every component sees SPOTLEASH_ARTIFACT_MINILM = its local path
+    path = "~/models/all-MiniLM-L6-v2"   # a file or directory: absolute, ~/..., or relative to this file
+
 The file is the one ``SPOTLEASH_CONFIG_FILE`` names, else the first ``spotleash.toml`` found from the
 working directory upward. The settings ``components``, ``component_ram_gb``, ``gpu_components`` and
 ``component_offload`` are derived from ``[app]`` unless the file sets them at top level; ``SPOTLEASH_*``
@@ -28,14 +32,15 @@ variables still win.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
 from spotleash.errors import ConfigError
-from spotleash.wire.package import AppSpec
+from spotleash.wire.package import AppSpec, artifact_env_name
 
 CONFIG_NAME = "spotleash.toml"
 
@@ -108,11 +113,34 @@ def settings_values(file_values: dict[str, Any], source: Path) -> dict[str, Any]
     return values
 
 
+def artifact_paths(spec: AppSpec, config_file: Path) -> dict[str, Path]:
+    """Each ``[[app.artifacts]]`` name → its path on this machine (``~`` expanded, relative to the toml's
+    directory), checked to exist: ``ConfigError`` naming every one that does not, and what to do."""
+    out: dict[str, Path] = {}
+    wrong: list[str] = []
+    for a in spec.artifacts:
+        path = (config_file.parent / Path(a.path).expanduser()).resolve()
+        if path.is_file() or path.is_dir():
+            out[a.name] = path
+        else:
+            wrong.append(f'app.artifacts ("{a.name}").path: {path} '
+                         f'{"is neither a file nor a directory" if path.exists() else "does not exist"}')
+    if wrong:
+        raise ConfigError(f"invalid [[app.artifacts]] in {config_file} — fix these (put the files there, or point "
+                          "path at where they are):\n  " + "\n  ".join(wrong))
+    return out
+
+
 @dataclass(frozen=True)
 class LoadedApp:
     spec: AppSpec
     config_file: Path
     root: Path  # the app tree: config_file's directory / spec.dir
+    artifacts: Mapping[str, Path] = field(default_factory=dict)  # artifact name → its path here (checked)
+
+    def artifact_env(self) -> dict[str, str]:
+        """``SPOTLEASH_ARTIFACT_<NAME>`` → the user's own path: what a local copy sees (an instance: the fetched copy)."""
+        return {artifact_env_name(n): str(p) for n, p in self.artifacts.items()}
 
 
 def load_app(app_dir: Path | None, explicit: str | None) -> LoadedApp:
@@ -128,4 +156,4 @@ def load_app(app_dir: Path | None, explicit: str | None) -> LoadedApp:
     root = (path.parent / spec.dir).resolve()
     if not root.is_dir():
         raise ConfigError(f"app.dir in {path}: {root} is not a directory")
-    return LoadedApp(spec=spec, config_file=path.resolve(), root=root)
+    return LoadedApp(spec=spec, config_file=path.resolve(), root=root, artifacts=artifact_paths(spec, path.resolve()))

@@ -3,7 +3,11 @@
 - the app tree → one deterministic tar.gz (same files → same bytes → same sha256), kept under
   ``STATE_DIR/blobs/``: a one-line change makes a new app blob and nothing else;
 - each wheel and uv's wheel → a blob as it is (its sha256 remembered by path, size and mtime in
-  ``STATE_DIR/blobs/hashes.json``, so a republish does not re-read gigabytes of unchanged wheels).
+  ``STATE_DIR/blobs/hashes.json``, so a republish does not re-read gigabytes of unchanged wheels);
+- each file of an ``[[app.artifacts]]`` entry → a blob as it is (kind ``artifact``, named by the artifact,
+  with its path inside it), hashed once the same way: unchanged weights upload nothing. One blob per file,
+  not split in parts: Cloud Storage takes objects of up to 5 TB, and the files of a model directory are
+  fetched side by side (a single multi-GB file is one stream; see docs/app-package.md).
 """
 
 from __future__ import annotations
@@ -15,8 +19,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from spotleash.errors import ConfigError
 from spotleash.packaging.app_tree import AppTree
-from spotleash.wire.package import AppSpec, Blob, BlobKind, LayeredManifest, sha256_file, write_archive
+from spotleash.wire.package import (
+    AppSpec,
+    ArtifactKind,
+    Blob,
+    BlobKind,
+    LayeredManifest,
+    PackageError,
+    sha256_file,
+    write_archive,
+)
 
 APP_BLOB_NAME = "app.tar.gz"
 HASHES_FILE = "hashes.json"
@@ -77,5 +91,30 @@ def file_blob(path: Path, kind: BlobKind, hashes: HashCache) -> LocalBlob:
     return LocalBlob(Blob(sha256=hashes.sha256(path), size=path.stat().st_size, kind=kind, name=path.name), path)
 
 
-def layered_manifest(app: AppSpec, requirements: Sequence[str], blobs: Sequence[LocalBlob]) -> LayeredManifest:
-    return LayeredManifest(app=app, requirements=list(requirements), blobs=[b.blob for b in blobs])
+def artifact_blobs(name: str, path: Path, hashes: HashCache) -> tuple[ArtifactKind, list[LocalBlob]]:
+    """The files of one artifact as blobs: a file is one blob (its base name as its path), a directory one blob
+    per regular file under it (links followed for content, as the app tree does; ``.git`` and friends kept:
+    an artifact is taken whole)."""
+    def one(file: Path, rel: str) -> LocalBlob:
+        try:
+            blob = Blob(sha256=hashes.sha256(file), size=file.stat().st_size, kind="artifact", name=name, path=rel)
+        except (PackageError, ValueError) as e:
+            raise ConfigError(f"artifact {name!r}: {file} cannot be published under its path {rel!r}: {e}") from e
+        return LocalBlob(blob, file)
+
+    if path.is_file():
+        return "file", [one(path, path.name)]
+    out: list[LocalBlob] = []
+    for dirpath, dirnames, filenames in os.walk(path):
+        dirnames.sort()
+        for f in sorted(filenames):
+            file = Path(dirpath) / f
+            if file.is_file():  # a dangling link or a socket is not content
+                out.append(one(file, file.relative_to(path).as_posix()))
+    return "dir", out
+
+
+def layered_manifest(app: AppSpec, requirements: Sequence[str], blobs: Sequence[LocalBlob],
+                     artifacts: dict[str, ArtifactKind] | None = None) -> LayeredManifest:
+    return LayeredManifest(app=app, requirements=list(requirements), blobs=[b.blob for b in blobs],
+                           artifacts=artifacts or {})

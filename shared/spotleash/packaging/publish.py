@@ -31,10 +31,11 @@ from pathlib import Path
 from spotleash.adapters.storage import GenerationConflict, ObjectNotFound, Storage
 from spotleash.errors import BadInput
 from spotleash.log import get_logger
-from spotleash.packaging import app_tree, layers, wheels
+from spotleash.packaging import app_tree, appspec, layers, wheels
 from spotleash.packaging.appspec import LoadedApp
 from spotleash.packaging.own_wheel import own_wheel
 from spotleash.wire.package import (
+    ArtifactKind,
     LayeredManifest,
     PackageError,
     blob_object,
@@ -93,14 +94,15 @@ def _no_progress(_total: int, _label: str) -> AbstractContextManager[Callable[[i
 def build(app: LoadedApp, state_dir: Path, timings: dict[str, float]) -> Built:
     """Steps 1–3: every blob on this machine and the manifest naming them."""
     t = time.monotonic()
-    tree = app_tree.collect(app.root, app.spec)
+    artifact_paths = appspec.artifact_paths(app.spec, app.config_file)  # checked again: it must exist now
+    tree = app_tree.collect(app.root, app.spec, leave_out=list(artifact_paths.values()))
     app_blob = layers.app_blob(tree, state_dir / "blobs")
     timings["collect"] = round(time.monotonic() - t, 3)
 
     t = time.monotonic()
     cache = state_dir / "wheels"
     own = own_wheel(cache / "spotleash")
-    wheel_files = wheels.resolve(own, list(app.spec.requirements), cache)
+    wheel_files = wheels.resolve(own, list(app.spec.requirements), cache, image_provides=app.spec.image_provides)
     uv = wheels.uv_wheel(cache)
     timings["wheels"] = round(time.monotonic() - t, 3)
 
@@ -108,9 +110,15 @@ def build(app: LoadedApp, state_dir: Path, timings: dict[str, float]) -> Built:
     hashes = layers.HashCache(state_dir / "blobs" / layers.HASHES_FILE)
     local = [app_blob, *(layers.file_blob(w, "wheel", hashes) for w in wheel_files),
              layers.file_blob(uv, "tool", hashes)]
+    kinds: dict[str, ArtifactKind] = {}
+    for name, path in artifact_paths.items():
+        kinds[name], files = layers.artifact_blobs(name, path, hashes)
+        local += files
     hashes.save()
-    requirements = [wheels.instance_requirement(own), *app.spec.requirements]
-    manifest = layers.layered_manifest(app.spec, requirements, local)
+    # image_provides: checked against the image's python on the instance, never installed from the package
+    requirements = [wheels.instance_requirement(own),
+                    *wheels.without_provided(list(app.spec.requirements), app.spec.image_provides)]
+    manifest = layers.layered_manifest(app.spec, requirements, local, kinds)
     timings["hash"] = round(time.monotonic() - t, 3)
     return Built(manifest, {b.blob.sha256: b for b in local}, len(tree.files), len(wheel_files))
 

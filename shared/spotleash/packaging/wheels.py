@@ -20,7 +20,7 @@ from email.parser import Parser
 from pathlib import Path
 
 from spotleash.errors import BadInput, Transient
-from spotleash.wire.package import PLATFORM, PYTHON_VERSION
+from spotleash.wire.package import PLATFORM, PYTHON_VERSION, requirement_name
 
 INSTANCE_EXTRA = "instance"
 PIP_TIMEOUT_S = 900
@@ -73,8 +73,24 @@ def instance_requirement(spotleash_wheel: Path) -> str:
     return f"spotleash[{INSTANCE_EXTRA}]=={_version(spotleash_wheel)}"
 
 
-def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> list[Path]:
-    """Every wheel the instance installs: spotleash's own plus what it and ``requirements`` resolve to."""
+def without_provided(requirements: list[str], image_provides: list[str]) -> list[str]:
+    """``requirements`` minus those naming a distribution the image provides (``[app] image_provides``)."""
+    provided = {requirement_name(r) for r in image_provides}
+    return [r for r in requirements if requirement_name(r) not in provided]
+
+
+def wheel_name(wheel: Path) -> str:
+    """The normalised distribution name of a wheel file (``Torch_X-2.4.0-….whl`` → ``torch-x``)."""
+    return requirement_name(wheel.name.split("-")[0])
+
+
+def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path,
+            image_provides: list[str] | None = None) -> list[Path]:
+    """Every wheel the instance installs: spotleash's own plus what it and ``requirements`` resolve to, minus the
+    wheels of distributions the image provides (``image_provides``: neither asked for nor shipped; pip still
+    downloads one another requirement depends on, once, into the cache, and it is left out of the package)."""
+    provided = {requirement_name(r) for r in image_provides or []}
+    requirements = without_provided(requirements, image_provides or [])
     key_src = json.dumps({"requires": _requires_dist(spotleash_wheel), "extra": INSTANCE_EXTRA,
                           "version": _version(spotleash_wheel), "app": sorted(requirements),
                           "platform": PLATFORM, "python": PYTHON_VERSION}, sort_keys=True)
@@ -85,7 +101,7 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> 
         names = json.loads(index.read_text())
         cached = [files_dir / n for n in names]
         if all(p.is_file() for p in cached):
-            return [spotleash_wheel, *cached]
+            return [spotleash_wheel, *(p for p in cached if wheel_name(p) not in provided)]
     files_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
         argv = [
@@ -104,7 +120,7 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path) -> 
         for p in got:
             os.replace(p, files_dir / p.name)
     index.write_text(json.dumps([p.name for p in got]))
-    return [spotleash_wheel, *(files_dir / p.name for p in got)]
+    return [spotleash_wheel, *(files_dir / p.name for p in got if wheel_name(p) not in provided)]
 
 
 UV_VERSION = "0.13.9"  # the uv an instance installs with (its PyPI wheel carries a static binary)

@@ -283,6 +283,35 @@ class ComponentSpec(BaseModel):
         return parts.port or (443 if parts.scheme == "https" else 80)
 
 
+ARTIFACT_ENV_PREFIX = "SPOTLEASH_ARTIFACT_"
+_ARTIFACT_NAME = r"^[a-z][a-z0-9_]{0,39}$"  # upper-cased, it ends an environment variable's name
+
+
+def artifact_env_name(name: str) -> str:
+    """``SPOTLEASH_ARTIFACT_<NAME>``: the variable that names an artifact's local path in every component."""
+    return ARTIFACT_ENV_PREFIX + name.upper()
+
+
+class ArtifactSpec(BaseModel):
+    """One ``[[app.artifacts]]`` entry: a file or directory (model weights, typically) published as blobs
+    beside the package, not inside the app blob, and fetched on the instance beside the install."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=_ARTIFACT_NAME, description="artifact name: lower-case letters, digits and _; "
+                      "components see its local path in SPOTLEASH_ARTIFACT_<NAME>")
+    path: str = Field(min_length=1, description="a file or directory on this machine: absolute, ~/..., or "
+                      "relative to spotleash.toml; inside or outside the app tree")
+
+
+def requirement_name(requirement: str) -> str:
+    """The normalised distribution name of a PEP 508 requirement (``Torch_X>=2`` → ``torch-x``)."""
+    m = re.match(r"\s*([A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9])?)", requirement)
+    if not m:
+        raise ValueError(f"not a requirement: {requirement!r}")
+    return re.sub(r"[-_.]+", "-", m.group(1)).lower()
+
+
 class AppSpec(BaseModel):
     """The ``[app]`` table of ``spotleash.toml``."""
 
@@ -300,9 +329,32 @@ class AppSpec(BaseModel):
         default_factory=list, max_length=16,
         description="absolute directories an instance snapshots and restores (unset: /workspace on VAST, none on GCE)",
     )
+    artifacts: list[ArtifactSpec] = Field(
+        default_factory=list, description="files or directories (model weights) published as blobs and fetched "
+                                          "on the instance; each component sees SPOTLEASH_ARTIFACT_<NAME>")
+    image_provides: list[str] = Field(
+        default_factory=list, description="requirements the instance image already has (torch>=2.4): not shipped; "
+                                          "the venv sees the image's packages and the install checks each one")
+
+    @field_validator("image_provides")
+    @classmethod
+    def _provides(cls, v: list[str]) -> list[str]:
+        for r in v:
+            if not re.fullmatch(r"\s*[A-Za-z0-9][A-Za-z0-9._-]*\s*(\[[^\]]*\])?\s*([<>=!~][^;@]*)?(;.*)?", r):
+                raise ValueError(f"{r!r} is not a requirement such as \"torch>=2.4\" (no URLs)")
+        return v
 
     @model_validator(mode="after")
     def _unique(self) -> AppSpec:
+        seen_artifacts: set[str] = set()
+        for a in self.artifacts:
+            if a.name in seen_artifacts:
+                raise ValueError(f"two artifacts are named {a.name!r}: each needs its own name "
+                                 f"(its variable is {artifact_env_name(a.name)})")
+            seen_artifacts.add(a.name)
+        provided = [requirement_name(r) for r in self.image_provides]
+        if len(set(provided)) != len(provided):
+            raise ValueError(f"image_provides names a package twice: {self.image_provides}")
         for p in self.state_paths:
             if not p.startswith("/") or ".." in p.split("/"):
                 raise ValueError(f"state_paths: {p!r} must be an absolute path without '..'")
@@ -380,7 +432,9 @@ def build_package(
 
 LAYERED_FORMAT: Literal[2] = 2
 BLOBS_PREFIX = "blobs/"
-BlobKind = Literal["app", "wheel", "tool"]  # tool: uv's wheel (the instance installs with it; not installed)
+# tool: uv's wheel (the instance installs with it; not installed); artifact: one file of an [[app.artifacts]]
+BlobKind = Literal["app", "wheel", "tool", "artifact"]
+ArtifactKind = Literal["file", "dir"]
 
 
 def blob_object(sha256: str) -> str:
@@ -404,7 +458,20 @@ class Blob(BaseModel):
     sha256: str = Field(pattern=SHA256_RE.pattern)
     size: int = Field(ge=0)
     kind: BlobKind
-    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")  # a wheel's file name; "app.tar.gz"
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,200}$")  # a wheel's file name; "app.tar.gz"; the artifact's
+    # name (kind "artifact"): the file's path inside the artifact (POSIX, relative), its base name for a file artifact
+    path: str | None = None
+
+    @model_validator(mode="after")
+    def _artifact_path(self) -> Blob:
+        if (self.kind == "artifact") != (self.path is not None):
+            raise ValueError("an artifact blob, and only one, names its path inside the artifact")
+        if self.path is not None:
+            try:
+                _check_member_name(self.path)
+            except PackageError as e:
+                raise ValueError(str(e)) from None
+        return self
 
 
 class LayeredManifest(BaseModel):
@@ -416,6 +483,8 @@ class LayeredManifest(BaseModel):
     app: AppSpec
     requirements: list[str]
     blobs: list[Blob] = Field(min_length=1)
+    # every [[app.artifacts]] name → whether it is one file or a directory (its files are the "artifact" blobs)
+    artifacts: dict[str, ArtifactKind] = Field(default_factory=dict)
     python: str = PYTHON_VERSION
     platform: str = PLATFORM
 
@@ -423,15 +492,25 @@ class LayeredManifest(BaseModel):
     def _one_app(self) -> LayeredManifest:
         if sum(1 for b in self.blobs if b.kind == "app") != 1:
             raise ValueError("a layered manifest names exactly one app blob")
-        names = [b.name for b in self.blobs]
+        names = [(b.name, b.path) for b in self.blobs]
         if len(set(names)) != len(names):
             raise ValueError("two blobs share a file name")
+        for b in self.blobs:
+            if b.kind == "artifact" and b.name not in self.artifacts:
+                raise ValueError(f"blob of undeclared artifact {b.name!r}")
+        for name, kind in self.artifacts.items():
+            files = [b for b in self.blobs if b.kind == "artifact" and b.name == name]
+            if kind == "file" and (len(files) != 1 or "/" in (files[0].path or "/")):
+                raise ValueError(f"file artifact {name!r} must name exactly one blob, by its base name")
         return self
+
+    def artifact_blobs(self, name: str) -> list[Blob]:
+        return [b for b in self.blobs if b.kind == "artifact" and b.name == name]
 
     def to_bytes(self) -> bytes:
         """Canonical bytes (sorted keys, blobs sorted by name): same content → same sha256."""
         data = self.model_dump(mode="json")
-        data["blobs"] = sorted(data["blobs"], key=lambda b: (b["kind"], b["name"]))
+        data["blobs"] = sorted(data["blobs"], key=lambda b: (b["kind"], b["name"], b["path"] or ""))
         return (json.dumps(data, sort_keys=True, indent=1) + "\n").encode()
 
     @property

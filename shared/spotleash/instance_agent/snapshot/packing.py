@@ -8,7 +8,7 @@ import hashlib
 import os
 import stat
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -82,8 +82,9 @@ class Packed:
         return sum(p.info.size for p in self.parts)
 
 
-def _entries(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
-    """Every entry under ``root`` (itself first), depth first in name order, links not followed."""
+def _entries(root: Path, leave_out: frozenset[Path] = frozenset()) -> Iterator[tuple[Path, os.stat_result]]:
+    """Every entry under ``root`` (itself first), depth first in name order, links not followed; the directories
+    in ``leave_out`` (resolved) neither listed nor entered."""
     yield root, root.lstat()
     stack = [root]
     while stack:
@@ -99,6 +100,8 @@ def _entries(root: Path) -> Iterator[tuple[Path, os.stat_result]]:
                 st = p.lstat()
             except FileNotFoundError:
                 continue  # gone meanwhile
+            if stat.S_ISDIR(st.st_mode) and leave_out and p.resolve() in leave_out:
+                continue
             yield p, st
             if stat.S_ISDIR(st.st_mode):
                 subdirs.append(p)
@@ -133,8 +136,11 @@ class _PartWriter:
 
 
 def pack(roots: list[Path], spool: Path, *, part_bytes: int = PART_BYTES, level: int = ZSTD_LEVEL,
-         threads: int = -1) -> Packed:
-    """The state paths as zstd tar parts in ``spool``; members are ``r<i>/<path relative to root i>``."""
+         threads: int = -1, leave_out: Sequence[Path] = ()) -> Packed:
+    """The state paths as zstd tar parts in ``spool``; members are ``r<i>/<path relative to root i>``.
+    ``leave_out``: directories never packed though under a state path — the package's artifacts and the blob
+    cache (their bytes are in the bucket already, and the next instance fetches them from there)."""
+    apart = frozenset(p.resolve() for p in leave_out)
     spool.mkdir(parents=True, exist_ok=True)
     packed = Packed(roots=list(roots))
     writer = _PartWriter(spool, 0, level, threads)
@@ -142,7 +148,7 @@ def pack(roots: list[Path], spool: Path, *, part_bytes: int = PART_BYTES, level:
         if not root.is_dir():
             packed.skipped.append(f"{root}: not a directory")
             continue
-        for path, st in _entries(root):
+        for path, st in _entries(root, apart):
             rel = path.relative_to(root).as_posix()
             name = f"r{i}" if rel == "." else f"r{i}/{rel}"
             info = tarfile.TarInfo(name)

@@ -66,6 +66,7 @@ def take_snapshot(
     sleep: Callable[[float], None] = time.sleep,
     trigger: SnapshotTrigger = "manual",
     request_id: str | None = None,
+    leave_out: list[Path] | None = None,
 ) -> SnapshotOutcome:
     """Pack, upload and have the control plane verify one snapshot. Never raises for a failed step:
     the outcome says what happened (and the control plane was told, if it could be reached)."""
@@ -74,7 +75,7 @@ def take_snapshot(
     timings: dict[str, float] = {}
     t0 = time.monotonic()
     try:
-        packed = pack(roots, work, part_bytes=part_bytes, level=level)
+        packed = pack(roots, work, part_bytes=part_bytes, level=level, leave_out=leave_out or [])
         timings["pack_s"] = time.monotonic() - t0
         manifest = SnapshotManifest(
             snapshot_id=snapshot_id, lease_id=lease_id, instance_id=instance_id, created_at=utcnow(),
