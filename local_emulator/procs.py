@@ -28,6 +28,7 @@ from spotleash.polling import WaitTimeout, wait_until
 from spotleash.supervisor.marked import (  # find_marked: the fakes and tests use it from here
     end_marked,
     find_marked,
+    wait_gone,
 )
 
 log = get_logger("spotleash.local.procs")
@@ -200,7 +201,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
         if ms:
             mp._signal(ms, signal.SIGTERM)
     everyone = [p for _, ms in members.values() for p in ms]
-    _, still = psutil.wait_procs(everyone, timeout=term_grace)
+    still = wait_gone(everyone, term_grace)  # exited = gone, reaped or not (a VM's service is init's orphan)
     late = {mp.name: (mp, mp.members()) for mp in procs}  # children born during shutdown
     if still or any(ms for _, ms in late.values()):
         for mp, ms in late.values():
@@ -210,7 +211,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
                             pids=[p.pid for p in survivors], grace_s=term_grace)
                 mp._signal(survivors, signal.SIGKILL)
         everyone = [p for _, ms in late.values() for p in ms] + list(still)
-        _, still = psutil.wait_procs(everyone, timeout=timeout)
+        still = wait_gone(everyone, timeout)
         if still:
             raise StackError(f"could not stop pids {[p.pid for p in still]}: they survive SIGKILL")
     for mp in procs:

@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import signal
+import sys
 from pathlib import Path
 from types import FrameType
 
@@ -42,4 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is stopped and logged: skip the interpreter's teardown of ~600 modules (0.35-0.6 s measured on a
+    # 2-core machine), which a VM's deletion waits for, as GCE waits for the guest to stop.
+    os._exit(code)
