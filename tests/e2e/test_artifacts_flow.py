@@ -6,7 +6,7 @@ signed URL per blob, artifact blobs included) fetch and verify every blob, lay t
 embedder with ``SPOTLEASH_ARTIFACT_MINILM`` naming the fetched copy: its files are byte for byte the user's,
 and the component answers real embeddings (two paraphrases score closer than an unrelated pair).
 
-``[app] image_provides``: an app relying on a package the image's python has (numpy, in the fake's image)
+``[app] image_provides``: an app relying on a package the image's python has (whichever of numpy, six, pyparsing, PyYAML the fake image has)
 runs with the image's copy (not shipped, the venv sees it); one relying on a package the image lacks (torch)
 fails with ``image_lacks_requirement`` naming it, in the record, the audit and ``status``, nothing left running.
 """
@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -43,11 +45,16 @@ READY_TIMEOUT_S = 240.0
 PARAPHRASE = ("A man is playing a guitar.", "Someone plays an acoustic guitar.")
 UNRELATED = ("A man is playing a guitar.", "The stock market fell sharply today.")
 
-PROVIDED_SERVER = '''\
-import http.server, json, os
-import numpy  # from the image: the package ships no numpy
+# What the fake image's python has: the fakes' interpreter stands in for the image's python3, and a venv made
+# from it with --system-site-packages sees its *base* interpreter's packages. Which ones depends on the machine
+# (pyenv's Python here has numpy, Debian's /usr/bin/python3 in CI has six and pyparsing), so the test asks.
+IMAGE_CANDIDATES = (("numpy", "numpy"), ("six", "six"), ("pyparsing", "pyparsing"), ("PyYAML", "yaml"))
 
-BODY = json.dumps({"numpy": numpy.__version__, "from": numpy.__file__}).encode()
+PROVIDED_SERVER = '''\
+import http.server, importlib, json, os
+
+mod = importlib.import_module(os.environ["PROVIDED_MODULE"])  # from the image: the package does not ship it
+BODY = json.dumps({"from": mod.__file__}).encode()
 
 
 class H(http.server.BaseHTTPRequestHandler):
@@ -65,14 +72,25 @@ http.server.ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve
 '''
 
 
-def provided_app(root: Path, provides: list[str]) -> Path:
+def image_package() -> tuple[str, str]:
+    """(distribution, module) of a package the fake image's python has and a new venv does not install itself."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    for dist, module in IMAGE_CANDIDATES:
+        found = subprocess.run([base, "-c", f"import importlib.metadata as m; m.version({dist!r})"],
+                               capture_output=True, check=False, timeout=30)
+        if found.returncode == 0:
+            return dist, module
+    raise AssertionError(f"the fake image's python ({base}) has none of {[d for d, _ in IMAGE_CANDIDATES]}")
+
+
+def provided_app(root: Path, provides: list[str], module: str) -> Path:
     root.mkdir(parents=True)
     (root / "server.py").write_text(PROVIDED_SERVER)
     listed = ", ".join(f'"{p}"' for p in provides)
     (root / "spotleash.toml").write_text(
-        f'[app]\nname = "provided"\nrequirements = ["numpy>=1.20"]\nimage_provides = [{listed}]\n\n'
+        f'[app]\nname = "provided"\nrequirements = ["{provides[0]}"]\nimage_provides = [{listed}]\n\n'
         '[[app.components]]\nname = "onimage"\ncommand = ["python", "server.py"]\nport = 18371\n'
-        'start_timeout_s = 30\n')
+        f'env = {{ PROVIDED_MODULE = "{module}" }}\nstart_timeout_s = 30\n')
     return root
 
 
@@ -172,7 +190,8 @@ def _emulator() -> str:
 def test_a_requirement_the_image_provides_is_not_shipped_and_one_it_lacks_fails_clearly(
         flows: Flows, published: dict[str, Any], tmp_path: Path) -> None:
     store = Storage(load_topology().package_bucket, emulator=_emulator())
-    met = publish(load_app(provided_app(tmp_path / "met", ["numpy>=1.20"]), None), store, "main",
+    dist, module = image_package()
+    met = publish(load_app(provided_app(tmp_path / "met", [f"{dist}>=0.1"], module), None), store, "main",
                   published["pub_state"])
     lease = "lease-provided-met"
     with flows.lease_kept(lease):
@@ -183,11 +202,11 @@ def test_a_requirement_the_image_provides_is_not_shipped_and_one_it_lacks_fails_
         body = httpx.get(f"http://{endpoint}/", timeout=30).json()
         [proc, *_] = procs.find_marked(MARKER, rec.instance_id)
         venv = proc.environ()["VIRTUAL_ENV"]
-        assert not body["from"].startswith(venv), f"numpy came from the package's venv: {body}"
+        assert not body["from"].startswith(venv), f"{dist} came from the package's venv: {body}"
         assert "spotleash: uv (" not in (Path(venv).parent / "install.log").read_text(), "pip installs, not uv"
         release(flows, lease, rec)
 
-    lacking = publish(load_app(provided_app(tmp_path / "lacking", ["numpy>=1.20", "torch>=2.4"]), None), store,
+    lacking = publish(load_app(provided_app(tmp_path / "lacking", [f"{dist}>=0.1", "torch>=2.4"], module), None), store,
                       "main", published["pub_state"])
     lease = "lease-provided-lacking"
     with flows.lease_kept(lease):
@@ -195,4 +214,4 @@ def test_a_requirement_the_image_provides_is_not_shipped_and_one_it_lacks_fails_
         seen = wait_ended(flows, lease)
     assert seen.rec.package_sha256 == lacking.sha256
     rec = assert_failed_cleanly(flows, seen, "image_lacks_requirement", "torch>=2.4 (the image has no torch)")
-    assert "numpy" not in rec.reason.split("image_provides declares:")[1].split(" — ")[0]
+    assert dist not in rec.reason.split("image_provides declares:")[1].split(" — ")[0]
