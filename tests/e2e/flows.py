@@ -89,6 +89,20 @@ class Flows:
 
         return wait_until(check, timeout_s=timeout_s, interval_s=0.25, what=f"a READY instance of {lease_id}")
 
+    def wait_first_ready(self, lease_id: str, timeout_s: float) -> InstanceRecord:
+        """The lease's READY instance; fails at once when one of its instances ended (a launch that failed
+        is not waited out to the timeout)."""
+        def check() -> InstanceRecord | None:
+            recs = self.records_of(lease_id)
+            for r in recs:
+                if r.state in ENDED:
+                    raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
+            return next((r for r in recs if r.state == State.READY), None)
+
+        got: InstanceRecord = wait_until(check, timeout_s=timeout_s, interval_s=0.5,
+                                         what=f"a READY instance for {lease_id}")
+        return got
+
     def wait_gone(self, rec: InstanceRecord, timeout_s: float = 60) -> InstanceRecord:
         """The record ended and the provider confirms the instance no longer exists."""
         provider = build_provider(rec.provider, self.settings)

@@ -30,7 +30,7 @@ from tests.e2e.test_package_faults import assert_failed_cleanly, wait_ended
 from local_emulator import procs
 from spotleash.adapters.storage import Storage
 from spotleash.demo.model import example_model_dir, prepare_artifact
-from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.model import InstanceRecord, State
 from spotleash.packaging.appspec import load_app
 from spotleash.packaging.publish import publish
 from spotleash.polling import wait_until
@@ -120,19 +120,6 @@ def demand(lease_id: str, component: str, *, gpu: bool = False) -> DemandEvent:
                        components=[Component(name=component, ram_gb=1.0, gpu=gpu)])
 
 
-def wait_ready(flows: Flows, lease_id: str) -> InstanceRecord:
-    def check() -> InstanceRecord | None:
-        recs = flows.records_of(lease_id)
-        for r in recs:
-            if r.state in ENDED:
-                raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
-        return next((r for r in recs if r.state == State.READY), None)
-
-    got: InstanceRecord = wait_until(check, timeout_s=READY_TIMEOUT_S, interval_s=0.5,
-                                     what=f"a READY instance for {lease_id}")
-    return got
-
-
 def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -149,7 +136,7 @@ def test_an_instance_fetches_the_weights_and_the_embedder_answers_from_them(
     lease = f"lease-artifact-{provider}"
     with flows.lease_kept(lease):
         flows.publish(demand(lease, "embedder", gpu=provider == "vast"))
-        rec = wait_ready(flows, lease)
+        rec = flows.wait_first_ready(lease, READY_TIMEOUT_S)
         assert rec.provider == provider and rec.package_sha256 == published["sha256"]
         [proc, *_] = procs.find_marked(MARKER, rec.instance_id)
         fetched = Path(proc.environ()["SPOTLEASH_ARTIFACT_MINILM"])
@@ -196,7 +183,7 @@ def test_a_requirement_the_image_provides_is_not_shipped_and_one_it_lacks_fails_
     lease = "lease-provided-met"
     with flows.lease_kept(lease):
         flows.publish(demand(lease, "onimage"))
-        rec = wait_ready(flows, lease)
+        rec = flows.wait_first_ready(lease, READY_TIMEOUT_S)
         assert rec.package_sha256 == met.sha256
         endpoint = rec.component_states["onimage"].endpoint
         body = httpx.get(f"http://{endpoint}/", timeout=30).json()

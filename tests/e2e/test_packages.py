@@ -34,7 +34,7 @@ from tests.e2e.flows import Flows
 from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
 
 from local_emulator import procs
-from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.model import InstanceRecord, State
 from spotleash.polling import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -52,19 +52,6 @@ def published(local_stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
 @pytest.fixture(scope="module")
 def flows(published: dict[str, Any]) -> Flows:
     return Flows()
-
-
-def wait_ready(flows: Flows, lease_id: str) -> InstanceRecord:
-    def check() -> InstanceRecord | None:
-        recs = flows.records_of(lease_id)
-        for r in recs:
-            if r.state in ENDED:
-                raise AssertionError(f"{r.instance_id} ended {r.state}: {r.reason}")
-        return next((r for r in recs if r.state == State.READY), None)
-
-    got: InstanceRecord = wait_until(check, timeout_s=READY_TIMEOUT_S, interval_s=0.5,
-                                     what=f"a READY instance for {lease_id}")
-    return got
 
 
 def real_answers(rec: InstanceRecord) -> None:
@@ -123,7 +110,7 @@ def test_an_instance_pulls_the_package_and_runs_its_components(
     with flows.lease_kept(lease):
         t0 = time.time()
         flows.publish(thumbs_demand(lease, gpu=provider == "vast"))
-        rec = wait_ready(flows, lease)
+        rec = flows.wait_first_ready(lease, READY_TIMEOUT_S)
         assert rec.provider == provider and rec.package_sha256 == published["sha256"]
         assert set(rec.components) == {"thumbnailer", "vectors"}
         assert {n: c.state for n, c in rec.component_states.items()} == {"thumbnailer": "healthy",
