@@ -10,10 +10,12 @@ and the record carries the leader's ``create_time`` so a recycled pid is never k
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +40,25 @@ LOOPBACK = "127.0.0.1"
 
 class StackError(SpotleashError):
     """The local stack could not be started, reached or stopped; the message says what and why."""
+
+
+class StopSignal:
+    """A fake's main thread waits here for SIGTERM or SIGINT (install it before starting the servers).
+
+    The wait is sliced: a signal the kernel hands to another thread runs its Python handler only when the
+    main thread next runs bytecode, so an untimed ``Event.wait()`` can sleep through it. SIGUSR1 writes every
+    thread's stack to stderr, the part's log: ``stop_all`` sends it before it SIGKILLs a fake that ignored
+    SIGTERM, so the log says where it hung (CI saw two parts need SIGKILL once; nothing here reproduced it)."""
+
+    def __init__(self) -> None:
+        self._done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self._done.set())
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
+
+    def wait(self) -> None:
+        while not self._done.wait(0.5):
+            pass
 
 
 class MissingDependency(StackError):
@@ -209,6 +230,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
             if survivors:
                 log.warning("process did not stop on SIGTERM; killing", process=mp.name,
                             pids=[p.pid for p in survivors], grace_s=term_grace)
+                _dump_stacks(survivors)
                 mp._signal(survivors, signal.SIGKILL)
         everyone = [p for _, ms in late.values() for p in ms] + list(still)
         still = wait_gone(everyone, timeout)
@@ -223,6 +245,18 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
         if mp.port is not None and not wait_port_closed(mp.port, timeout=max(0.5, deadline - time.monotonic())):
             raise StackError(f"{mp.name} stopped but port {mp.port} is still open")
     return running
+
+
+def _dump_stacks(procs: Sequence[psutil.Process]) -> None:
+    """Ask our own fakes among ``procs`` to write their threads' stacks to their logs (``StopSignal``)."""
+    fakes = []
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            if any(arg.startswith("local_emulator.") for arg in p.cmdline()):
+                p.send_signal(signal.SIGUSR1)
+                fakes.append(p)
+    if fakes:
+        time.sleep(0.3)
 
 
 def kill_marked(var: str, value: str, *, term_grace: float = 5.0, rounds: int = 20) -> list[psutil.Process]:

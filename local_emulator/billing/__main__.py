@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 
 from local_emulator.billing.server import BillingServer
+from local_emulator.procs import StopSignal
 from spotleash import log as slog
 
 
@@ -17,12 +16,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     slog.configure("INFO")
     server = BillingServer(host=args.host, port=args.port)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    stop = StopSignal()
     server.start()
     print(f"billing catalog fake listening on {server.address}", flush=True)
-    done.wait()
+    stop.wait()
     server.stop()
     return 0
 

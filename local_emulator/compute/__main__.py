@@ -6,11 +6,9 @@ Ready when ``GET /_control/health`` answers 200. SIGTERM / SIGINT stop every VM 
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
-from types import FrameType
 
 from local_emulator.compute.server import ComputeFake
+from local_emulator.procs import StopSignal
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,20 +20,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--project", default=None, help="only accept this project (default: any)")
     p.add_argument("--wait-timeout", type=float, default=30.0, help="longest operations.wait blocks")
     args = p.parse_args(argv)
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopSignal()
     fake = ComputeFake(
         args.host, args.port, project=args.project, boot_delay_s=args.boot_delay,
         time_scale=args.time_scale, wait_timeout_s=args.wait_timeout,
     ).start()
     print(f"compute fake listening on {fake.url}", flush=True)
     try:
-        done.wait()
+        stop.wait()
     finally:
         fake.stop()
     return 0

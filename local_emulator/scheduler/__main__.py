@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
-import threading
 
+from local_emulator.procs import StopSignal
 from local_emulator.scheduler.server import SchedulerServer
 from spotleash import log as slog
 
@@ -25,12 +24,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     server = SchedulerServer(host=args.host, port=args.port, project=args.project, time_scale=args.time_scale)
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
+    stop = StopSignal()
     server.start()
     print(f"scheduler fake listening on {server.address}", flush=True)
-    done.wait()
+    stop.wait()
     server.stop()
     return 0
 

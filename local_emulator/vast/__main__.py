@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import threading
 from pathlib import Path
-from types import FrameType
 
+from local_emulator.procs import StopSignal
 from local_emulator.vast.server import VastFake
 from spotleash.log import configure
 
@@ -29,18 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.api_key:
         p.error("--api-key (or VAST_API_KEY) is required")
     configure("INFO")
-    done = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001
-        done.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = StopSignal()
     fake = VastFake(args.host, args.port, api_key=args.api_key, boot_delay_s=args.boot_delay,
                     data_dir=args.data_dir, seed=args.seed).start()
     print(f"vast fake listening on {fake.url}", flush=True)
     try:
-        done.wait()
+        stop.wait()
     finally:
         fake.stop()
     return 0

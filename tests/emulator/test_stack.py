@@ -186,7 +186,9 @@ def test_down_leaves_nothing_behind(running: stack.StackInfo, caplog: pytest.Log
         stopped = stack.down(running.state_dir)
         took = time.monotonic() - t0
     assert set(stopped) == set(running.ports)
-    assert not [r.message for r in caplog.records if "did not stop" in r.message]  # nothing needed SIGKILL
+    killed = [getattr(r, "fields", {}).get("process", "?") for r in caplog.records if "did not stop" in r.message]
+    stacks = {name: (stack.logs_dir(running.state_dir) / f"{name}.log").read_text()[-4000:] for name in killed}
+    assert not killed, stacks  # nothing needed SIGKILL (a killed fake's log ends with its threads' stacks)
     assert took < 5, f"down took {took:.1f}s"
     assert_nothing_left(running.state_dir, ports)
     assert stack.down(running.state_dir) == []  # idempotent

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -89,7 +90,9 @@ class RouterService:
             self._watch = None
         loop, thread, stop = self._loop, self._thread, self._stop
         if loop is not None and thread is not None and stop is not None and thread.is_alive():
-            loop.call_soon_threadsafe(stop.set)
+            # A start that failed ends its loop on its own; the thread may still be closing it here.
+            with contextlib.suppress(RuntimeError):  # "Event loop is closed": nothing left to stop
+                loop.call_soon_threadsafe(stop.set)
             thread.join(timeout_s)
 
     def apply_records(self, records: Iterable[Mapping[str, Any]]) -> None:
