@@ -106,6 +106,13 @@ class RoutedApp:
                        what=f"the local copy of {name}")
         wait_until(lambda: self.logged("router started"), timeout_s=30, interval_s=0.2, what="the agent's router")
 
+    def set_trace(self, text: str) -> None:
+        """Rewrite the RAM trace the agent replays: it reads it again at its next sample, on the same clock
+        (a row whose time has passed takes effect at once). Written whole, then renamed: never read half."""
+        trace, tmp = self.work / "high.csv", self.work / "high.csv.new"
+        tmp.write_text(text)
+        os.replace(tmp, trace)
+
     def stop(self) -> None:
         for p in [*self.locals_, *([self.agent] if self.agent else [])]:
             if p.poll() is None:

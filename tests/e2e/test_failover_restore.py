@@ -48,6 +48,7 @@ from spotleash.topology import load_topology
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
+NOTICE_S = 30  # test 2: GCE's (and the Compute fake's) preemption notice
 PERIODIC_S = 15  # test 2: long enough that no periodic snapshot comes between the second write and the notice
 
 
@@ -98,6 +99,7 @@ def test_the_snapshot_taken_on_a_preemption_notice_is_verified_and_restored_by_t
         flows: Flows, local_stack: Any) -> None:
     lease = "lease-preempt-restore"
     set_launcher_env(local_stack.state_dir, {"SPOTLEASH_SNAPSHOT_INTERVAL_S": str(PERIODIC_S)})
+    advanced = False
     try:
         with flows.lease_kept(lease):
             flows.publish(notes_demand(lease))
@@ -120,6 +122,10 @@ def test_the_snapshot_taken_on_a_preemption_notice_is_verified_and_restored_by_t
             assert notes_state(second)["sha256_at_start"] == newer
             restored = actions_of(flows, second.instance_id, "restored")
             assert [e["snapshot_id"] for e in restored] == [on_notice.snapshot_id]
+            # the replacement serves within the notice: the rest of it proves nothing more, so the Compute
+            # fake's clock (its deadlines' only) jumps to its end, and the VM is taken away now
+            flows.compute("POST", "clock", advance_s=NOTICE_S)
+            advanced = True
             old = flows.wait_gone(first, timeout_s=60)
             assert (old.reason, old.preempted, old.replaced_by) == ("preempted", True, second.instance_id)
             assert old.preempted_at is not None and on_notice.verified_at is not None
@@ -128,6 +134,8 @@ def test_the_snapshot_taken_on_a_preemption_notice_is_verified_and_restored_by_t
             flows.release(lease)
             flows.wait_gone(second, timeout_s=60)
     finally:
+        if advanced:  # the fake's clock back beside the wall's, for the tests after this one
+            flows.compute("POST", "clock", advance_s=-NOTICE_S)
         set_launcher_env(local_stack.state_dir, {"SPOTLEASH_SNAPSHOT_INTERVAL_S": "0"})  # the module's setting
 
 

@@ -7,6 +7,11 @@ interpolated between samples and holding the last value once it ends. A time wri
 the value jumps there with no ramp for a sample to land on (a model loading at once). A percentage has no bytes:
 the replay gives it a nominal limit (``limit_bytes``, ``--trace-limit-gb``) so placement can weigh
 components against the headroom it misses.
+
+A trace read from a file follows the file: rewritten or appended to while it plays, it is read again at the
+next sample, on the same clock (a row whose time has passed takes effect at once). So a test or a demo
+drives the level by hand — ``echo 40,30 >> trace.csv`` drops it now — instead of guessing in advance how
+long a phase must last. A rewrite that does not parse keeps the points before it (warned once).
 """
 
 from __future__ import annotations
@@ -19,6 +24,9 @@ from pathlib import Path
 
 from spotleash.agent.memory.reading import MemoryReading
 from spotleash.errors import ConfigError
+from spotleash.log import get_logger
+
+log = get_logger(__name__)
 
 TRACE_LIMIT_GB = 16.0  # a trace's nominal machine: a common laptop
 
@@ -74,8 +82,7 @@ class TraceRam:
             raise ConfigError(f"trace speed must be positive, got {speed}")
         if not points:
             raise ConfigError("a RAM trace needs at least one sample")
-        self._t = [float(p[0]) for p in points]
-        self._pct = [float(p[1]) for p in points]
+        self._set_points(points)
         self._speed = speed
         self._clock = clock
         if not 0 < limit_gb <= 1024 * 1024:
@@ -83,11 +90,33 @@ class TraceRam:
         self.limit_bytes = round(limit_gb * 2**30)
         self.name = name
         self._start: float | None = None
+        self._path: Path | None = None  # the file followed (from_csv); its version last read
+        self._version: tuple[int, int, int] | None = None
+
+    def _set_points(self, points: Sequence[tuple[float, float]]) -> None:
+        self._t = [float(p[0]) for p in points]
+        self._pct = [float(p[1]) for p in points]
 
     @classmethod
     def from_csv(cls, path: Path, *, speed: float = 1.0, clock: Callable[[], float] = time.monotonic,
                  limit_gb: float = TRACE_LIMIT_GB) -> TraceRam:
-        return cls(load_trace(path), speed=speed, clock=clock, limit_gb=limit_gb, name=f"trace {path}")
+        version = _version(path)
+        tr = cls(load_trace(path), speed=speed, clock=clock, limit_gb=limit_gb, name=f"trace {path}")
+        tr._path, tr._version = path, version
+        return tr
+
+    def follow(self) -> None:
+        """Read the file again if it changed since it was last read (its inode, mtime or size)."""
+        if self._path is None:
+            return
+        version = _version(self._path)
+        if version is None or version == self._version:
+            return  # gone for a moment (a rewrite by rename) or unchanged: the points as they were
+        self._version = version
+        try:
+            self._set_points(load_trace(self._path))
+        except ConfigError as e:  # half written, or a mistake: keep playing what was read last
+            log.warning(f"RAM trace changed but not read again: {e}", path=str(self._path))
 
     def start(self) -> None:
         self._start = self._clock()
@@ -115,4 +144,13 @@ class TraceRam:
         return self.percent_at(self.trace_time()) / 100.0
 
     def read(self) -> MemoryReading:
+        self.follow()
         return fraction_reading(self.used_fraction(), self.limit_bytes, self.name)
+
+
+def _version(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size

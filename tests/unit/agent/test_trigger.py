@@ -218,3 +218,35 @@ def test_a_time_going_back_or_written_three_times_is_refused(tmp_path: Path) -> 
         f.write_text("t_seconds,percent\n" + rows)
         with pytest.raises(ConfigError, match="one repeat is a step"):
             load_trace(f)
+
+
+# ------------------------------------------------------------------ a trace file followed while it plays
+def test_a_trace_file_changed_while_it_plays_is_read_again_on_the_same_clock(tmp_path: Path) -> None:
+    now = [0.0]
+    f = tmp_path / "t.csv"
+    f.write_text("t_seconds,percent\n0,50\n3,50\n3,95\n")
+    tr = TraceRam.from_csv(f, clock=lambda: now[0])
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.50)
+    now[0] = 100.0
+    assert tr.used_fraction() == 0.95  # the last value holds
+    with f.open("a") as out:
+        out.write("10,95\n10,30\n")  # a drop whose time has passed: at once
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.30)
+    f.write_text("t_seconds,percent\n0,50\n200,50\n200,80\n")  # rewritten: the same clock, the new points
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.50)
+    now[0] = 201.0
+    assert tr.used_fraction() == 0.80
+
+
+def test_a_trace_rewrite_that_does_not_parse_keeps_the_points_read_before(tmp_path: Path) -> None:
+    f = tmp_path / "t.csv"
+    f.write_text("t_seconds,percent\n0,95\n")
+    tr = TraceRam.from_csv(f, clock=lambda: 5.0)
+    f.write_text("t_seconds,percent\n0,9")  # half written: still parses, 9 %
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.09)
+    f.write_text("t_seconds,percent\n0,95\n1,")  # half a row: refused, the last good points stay
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.09)
+    f.unlink()  # gone for a moment (a rename under way): unchanged
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.09)
+    f.write_text("t_seconds,percent\n0,40\n1,40\n")
+    assert tr.read().used_bytes == round(tr.limit_bytes * 0.40)
