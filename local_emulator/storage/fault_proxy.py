@@ -216,8 +216,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", length)  # the raw (still encoded) bytes that follow
             self.end_headers()
             if self.command != "HEAD":
-                for piece in r.iter_raw(STREAM_SLICE):
-                    self.wfile.write(piece)
+                try:
+                    for piece in r.iter_raw(STREAM_SLICE):
+                        self.wfile.write(piece)
+                except (BrokenPipeError, ConnectionResetError):
+                    self.close_connection = True  # the client left mid-answer (a VM deleted while it downloads)
             return r.status_code, back
         finally:
             r.close()
