@@ -134,18 +134,19 @@ class _Handler(BaseHTTPRequestHandler):
     # ------------------------------------------------------------------ preconditions (the stack's front only)
     def _guarded(self, upload: Upload, body: bytes) -> None:
         """An upload, with the preconditions of a resumable session checked when the request that completes it
-        comes (``local_emulator.storage.preconditions``); single-request uploads the emulator checks itself, but
-        under the object's lock, so that a resumable completion cannot slip between its check and its write."""
+        comes (``local_emulator.storage.preconditions``). Every write of an object — a session's completion, a
+        single-request upload (whose preconditions the emulator checks itself) — takes the object's lock, so
+        that none lands between a completion's check and its write."""
         sessions = self.server.sessions
         assert sessions is not None
         if upload.kind == "initiate":
             status, headers = self._forward(body)
             upload_id = upload_id_of(next((v for k, v in headers if k.lower() == "location"), None))
-            if status == 200 and upload.preconditions and upload.name and upload_id:
+            if status == 200 and upload.name and upload_id:
                 sessions.opened(upload_id, Target(upload.bucket, upload.name), upload.preconditions)
             return
         if upload.kind == "single":
-            if upload.preconditions and upload.name:
+            if upload.name:
                 with sessions.lock(Target(upload.bucket, upload.name)):
                     self._forward(body)
             else:
@@ -158,11 +159,11 @@ class _Handler(BaseHTTPRequestHandler):
         target, pre = opened
         with sessions.lock(target):
             try:
-                live = self._live(target)
+                live = self._live(target) if pre else None
             except (httpx.HTTPError, ValueError) as e:
                 self._reply(503, json.dumps({"error": {"code": 503, "message": f"precondition check: {e}"}}).encode())
                 return
-            if pre.failed(live):
+            if pre and pre.failed(live):
                 sessions.closed(upload.upload_id or "")
                 with contextlib.suppress(httpx.HTTPError):  # the session ends here, as Cloud Storage ends it
                     self.server.client.delete(self.path)

@@ -141,9 +141,9 @@ def failure_body() -> bytes:
 
 
 class Sessions:
-    """Open resumable sessions that carry preconditions: upload id → the object and its preconditions; plus a
-    lock per object, held from the check to the emulator's answer so that two conditional writers of one object
-    cannot both pass the check."""
+    """Open resumable sessions: upload id → the object and its preconditions (maybe none); plus a lock per object,
+    held by every write of it from a completion's check to the emulator's answer, so that no writer of the object
+    lands in between (two conditional writers cannot both pass the check)."""
 
     def __init__(self) -> None:
         self._guard = threading.Lock()
