@@ -1,7 +1,7 @@
 """Failover under load through the router: a GCE preemption and a VAST outbid, phases split, on the stack.
 
 Section ``failover`` of ``python -m bench``. examples/thumbs is published and the launchers get the
-package bucket (as ``package`` does); a real ``python -m spotleash.agent`` (``tests/e2e/routed_app.py``:
+package bucket (as ``package`` does); a real ``python -m spotleash.agent`` (``local_emulator/routed_app.py``:
 the example's local copies, the agent's router on its own ports) demands, and a load generator sends
 GETs through the router one after another, alternating the two components, recording every answer
 (who served it: ``X-Served-By``) and every failure. Then, ``n`` times on GCE (the Compute fake's
@@ -338,7 +338,7 @@ def state_before_outbid(vast_url: str, rec: InstanceRecord, state_mb: int) -> di
 
 
 def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int, state_mb: int = 0) -> dict[str, Any]:
-    from tests.e2e.routed_app import COMPONENTS, RoutedApp
+    from local_emulator.routed_app import COMPONENTS, RoutedApp
 
     provider = "vast" if gpu else "gce"
     lease = f"lease-bench-fo-{provider}-{uuid.uuid4().hex[:6]}"

@@ -15,7 +15,7 @@ Baselines, same bytes, same run, same emulator, same 4 transfer threads: ``read 
 URL) and ``raw download`` (GET per file + sha256 + write). The figures are spotleash's own work
 (compression, hashing, HTTP on loopback), not a real network's; a real upload is bounded by the link.
 
-    uv run python -m bench.snapshot_throughput [MB ...]    # alone: spawns a Cloud Storage emulator
+    uv run python -m bench.snapshot_throughput [MB ...]    # alone: spawns Cloud Storage and Firestore emulators
 """
 
 from __future__ import annotations
@@ -302,26 +302,31 @@ def snapshot_notes(res: dict[str, Any]) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
+    """Alone: a Cloud Storage and a Firestore emulator of its own, the same control plane as on the stack."""
+    from local_emulator import emulators
     from local_emulator import storage as gcs
-    from local_emulator.procs import free_port
+    from local_emulator.procs import LOOPBACK, free_port
 
     sizes = [int(a) for a in argv] or [50]
     port = free_port()
     with tempfile.TemporaryDirectory() as logs:
         proc = gcs.spawn_storage(port, Path(logs))
+        fs = emulators.spawn_firestore_emulator(log_dir=Path(logs))
         try:
             gcs.wait_storage_ready(proc, 20.0)
+            emulators.wait_firestore_ready(fs)
             bucket = "bench-snapshots"
             gcs.create_bucket(port, "p", bucket)
-            from tests.support.memory_store import MemoryStore
-
+            os.environ["FIRESTORE_EMULATOR_HOST"] = f"{LOOPBACK}:{fs.port}"
             settings = Settings(deployment_id=DEPLOYMENT, heartbeat_signing_key="k" * 32,  # type: ignore[arg-type]
-                                package_bucket=bucket)
+                                project="p", package_bucket=bucket)
             storage = Storage(bucket, project="p", emulator=gcs.url(port))
-            ctx = Context(settings=settings, store=MemoryStore(DEPLOYMENT), storage=storage)
+            store: Store = FirestoreStore(firestore.Client(project="p"), DEPLOYMENT)
+            ctx = Context(settings=settings, store=store, storage=storage)
             print(json.dumps(snapshot_rows(snapshot_section(ctx, storage, Path(logs) / "scratch", sizes, 1)),
                              indent=1, default=str))
         finally:
+            fs.stop()
             proc.stop()
 
 

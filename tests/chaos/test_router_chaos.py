@@ -28,9 +28,9 @@ import psutil
 import pytest
 from tests.chaos.conftest import REAP_BOUND, SEEDS, Chaos, ChaosStack, new_lease, observed
 from tests.e2e.packaged import MARKER, packages_on
-from tests.e2e.routed_app import RoutedApp
 
 from local_emulator import procs
+from local_emulator.routed_app import RoutedApp
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 

@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 from google.cloud import pubsub_v1
 
+from local_emulator.routed_app import RoutedApp
 from spotleash.adapters.firestore import FirestoreStore
 from spotleash.config import Settings, load_settings
 from spotleash.model import ENDED, InstanceRecord, State
@@ -134,3 +135,17 @@ class Flows:
 
 def elapsed(t0: float) -> float:
     return time.monotonic() - t0
+
+
+@contextmanager
+def running(app: RoutedApp, flows: Flows) -> Iterator[RoutedApp]:
+    """``app`` started; afterwards its agent stopped and every live instance of its lease released and gone."""
+    try:
+        app.start()
+        yield app
+    finally:
+        app.stop()
+        for r in flows.records_of(app.lease_id):
+            if r.live:
+                flows.release(app.lease_id)
+                flows.wait_gone(r, timeout_s=60)

@@ -25,7 +25,7 @@ import httpx
 import pytest
 from tests.e2e.flows import Flows
 from tests.e2e.packaged import MARKER, REPO, packages_on
-from tests.e2e.test_package_faults import assert_failed_cleanly, wait_ended
+from tests.support.failed_launch import assert_failed_cleanly, wait_ended
 
 from local_emulator import procs
 from spotleash.adapters.storage import Storage

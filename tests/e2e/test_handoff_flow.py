@@ -27,10 +27,10 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tests.e2e.flows import Flows
+from tests.e2e.flows import Flows, running
 from tests.e2e.packaged import packages_on
-from tests.e2e.routed_app import COMPONENTS, RoutedApp, running
 
+from local_emulator.routed_app import COMPONENTS, RoutedApp
 from spotleash.agent.local_copies import LOCAL_MARKER_ENV, marker_of
 from spotleash.model import ENDED, State
 from spotleash.polling import wait_until

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from tests.e2e.flows import Flows
+from tests.e2e.flows import Flows, running
 from tests.e2e.packaged import packages_on
-from tests.e2e.routed_app import RoutedApp, running
 
+from local_emulator.routed_app import RoutedApp
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 

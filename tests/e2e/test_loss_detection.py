@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from tests.e2e.flows import Flows
+from tests.e2e.flows import Flows, running
 from tests.e2e.packaged import packages_on
-from tests.e2e.routed_app import RoutedApp, running
 from tests.e2e.state_app import set_launcher_env, vast_control, wait_ready
 
+from local_emulator.routed_app import RoutedApp
 from local_emulator.scheduler import reaper_paused
 from spotleash.model import InstanceRecord
 from spotleash.polling import wait_until

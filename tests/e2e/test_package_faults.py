@@ -42,16 +42,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from tests.e2e.flows import Flows
-from tests.instance.test_package_flow import tiny_wheel
+from tests.support.failed_launch import assert_failed_cleanly, vm_processes, wait_ended
+from tests.support.wheels import tiny_wheel
 
 from local_emulator import stack
 from local_emulator import storage as gcs
 from local_emulator.storage.fault_proxy import FaultProxy
 from spotleash.adapters.storage import Storage
-from spotleash.model import ENDED, InstanceRecord, State
+from spotleash.model import InstanceRecord, State
 from spotleash.packaging.appspec import load_app
 from spotleash.packaging.publish import publish
 from spotleash.polling import wait_until
@@ -74,11 +74,8 @@ from spotleash.wire.package import (
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LAUNCHERS = ("on_demand", "on_heartbeat", "on_reap")  # the functions that call handle_demand
-COMPONENT_MARKER = "SPOTLEASH_COMPONENT_OF"
-VM_ROOT_VAR = "SPOTLEASH_VM_ROOT"
 FETCH_RETRY_S = "20"
 INSERT_HOLD_S = 4.0  # latency fault on instances.insert: the window between the pinned intent and the VM
-FAIL_TIMEOUT_S = 180.0
 WHEEL_CACHE = Path(os.environ.get("SPOTLEASH_TEST_WHEEL_CACHE", Path.home() / ".cache" / "spotleash" / "test-wheels"))
 
 SERVER = '''\
@@ -294,66 +291,6 @@ def wait_pinned(flows: Flows, lease_id: str, sha: str) -> InstanceRecord:
     rec: InstanceRecord = wait_until(check, timeout_s=30, interval_s=0.05, what=f"the pinned intent of {lease_id}")
     assert rec.package_sha256 == sha and rec.state in (State.REQUESTED, State.PROVISIONING)
     assert flows.vm(rec.provider_id or "-") is None, "the VM must not exist yet (insert held)"
-    return rec
-
-
-@dataclass
-class Seen:
-    rec: InstanceRecord
-    vm_dirs: set[str]  # the fake VMs' work dirs seen while they ran
-
-
-def wait_ended(flows: Flows, lease_id: str, timeout_s: float = FAIL_TIMEOUT_S) -> Seen:
-    """Poll until the lease's instance record has ended; remember the VM's work dir while it exists."""
-    dirs: set[str] = set()
-
-    def check() -> InstanceRecord | None:
-        for vm in flows.vms():
-            if vm.get("labels", {}).get(LABEL_LEASE) == lease_id and vm.get("workdir"):
-                dirs.add(str(vm["workdir"]))
-        recs = flows.records_of(lease_id)
-        return next((r for r in recs if r.state in ENDED), None)
-
-    rec: InstanceRecord = wait_until(check, timeout_s=timeout_s, interval_s=0.2, what=f"{lease_id} to end")
-    return Seen(rec, dirs)
-
-
-def vm_processes(vm_dirs: set[str], instance_id: str) -> list[psutil.Process]:
-    """Live processes of those VMs (their root is in the environment) or marked as the instance's components."""
-    roots = {str(Path(d) / "root") for d in vm_dirs}
-    found = []
-    for p in psutil.process_iter():
-        try:
-            env = p.environ()
-            if p.status() != psutil.STATUS_ZOMBIE and (env.get(VM_ROOT_VAR) in roots
-                                                        or env.get(COMPONENT_MARKER) == instance_id):
-                found.append(p)
-        except psutil.Error:
-            continue
-    return found
-
-
-def status_row(instance_id: str) -> dict[str, Any]:
-    out = subprocess.run([sys.executable, "-m", "spotleash.cli", "status", "--json", "--all"],
-                         env=dict(os.environ), capture_output=True, text=True, timeout=60, check=True)
-    [row] = [r for r in json.loads(out.stdout)["instances"] if r["instance_id"] == instance_id]
-    return dict(row)
-
-
-def assert_failed_cleanly(flows: Flows, seen: Seen, code: str, *needles: str) -> InstanceRecord:
-    rec = flows.wait_gone(seen.rec, timeout_s=60)  # the provider confirms the VM is gone
-    assert rec.state is State.FAILED, (rec.state, rec.reason)
-    assert rec.reason is not None and rec.reason.startswith(f"{code}: "), rec.reason
-    for needle in needles:
-        assert needle in rec.reason, (needle, rec.reason)
-    audit = flows.audit(rec.instance_id)
-    assert any(e["action"] == "launch_failed" and e["reason"] == code for e in audit), audit
-    assert not any(e["action"] == "ready" for e in audit), "it never was READY"
-    row = status_row(rec.instance_id)
-    assert (row["state"], row["reason"]) == ("FAILED", rec.reason)
-    assert seen.vm_dirs, "the VM was seen running"
-    wait_until(lambda: not vm_processes(seen.vm_dirs, rec.instance_id), timeout_s=15, interval_s=0.25,
-               what=f"every process of {rec.instance_id}'s VM to be gone")
     return rec
 
 

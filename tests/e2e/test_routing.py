@@ -36,11 +36,12 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.e2e.flows import Flows
+from tests.e2e.flows import Flows, running
 from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
-from tests.e2e.routed_app import COMPONENTS, SERVED_BY, RoutedApp, running
 
 from local_emulator import procs
+from local_emulator.load import SERVED_BY
+from local_emulator.routed_app import COMPONENTS, RoutedApp
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.router.channel import COMPONENT_HEADER, CREDENTIAL_HEADER

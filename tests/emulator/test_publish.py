@@ -271,9 +271,9 @@ def test_the_local_stack_runs_cloud_storage_on_loopback_with_the_bucket(tmp_path
 def test_concurrent_uploads_of_the_same_blobs_both_succeed(gcs_url: str, state_dir: Path, tmp_path: Path) -> None:
     """Two publishers of the same tree race on the content addresses: both finish with one manifest.
 
-    (fake-gcs-server honours ifGenerationMatch on simple and multipart uploads but not on resumable
-    ones, which blobs over 8 MiB use, so here both may upload; real Cloud Storage refuses the
-    second, which ``upload_blobs`` counts as 0 bytes. Same content either way.)"""
+    (Cloud Storage, and the stack's front before fake-gcs-server, refuses the second writer of a blob with a
+    412 whatever the upload's kind — tests/emulator/test_storage_preconditions.py — which ``upload_blobs``
+    counts as 0 bytes. Same content either way.)"""
     app = load_app(small_app(tmp_path / "same", "same"), None)
     results: list[object] = []
 

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
-from tests.instance.test_supervisor import COMPONENT, free_port
+from tests.support.component_processes import COMPONENT, free_port
 
 from spotleash.agent.handoff import HandOff
 from spotleash.agent.local_copies import LocalCopies, local_plan

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.instance.test_package_flow import tiny_wheel
+from tests.support.wheels import tiny_wheel
 
 from spotleash.instance_agent.bootstrap import Installer, pip_version_of
 from spotleash.wire.package import AppSpec, ComponentSpec, build_package

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from tests.instance.test_supervisor import COMPONENT, free_port, wait_until
+from tests.support.component_processes import COMPONENT, free_port, wait_until
 
 from local_emulator.json_log import first_logged
 from spotleash.agent.local_copies import LOCAL_MARKER_ENV, marker_of

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from tests.instance.test_supervisor import COMPONENT, free_port
+from tests.support.component_processes import COMPONENT, free_port
 
 from spotleash.agent.local_copies import LocalCopies, LocalCopyError, local_plan
 from spotleash.polling import wait_until

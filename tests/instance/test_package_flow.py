@@ -6,7 +6,6 @@ never run. No local stack needed (the emulator's API is one GET; the heartbeat r
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import http.server
 import json
@@ -16,7 +15,6 @@ import sys
 import threading
 import time
 import urllib.parse
-import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from typing import Any
 import httpx
 import psutil
 import pytest
+from tests.support.wheels import tiny_wheel
 
 from spotleash.instance_agent.environment import MARKER_ENV
 from spotleash.wire.package import AppSpec, ComponentSpec, build_package, package_object
@@ -52,27 +51,6 @@ class H(http.server.BaseHTTPRequestHandler):
 print("serving", os.environ["PORT"], flush=True)
 http.server.ThreadingHTTPServer(("0.0.0.0", int(os.environ["PORT"])), H).serve_forever()
 '''
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def tiny_wheel(out_dir: Path, name: str = "tinylib", version: str = "1.0") -> Path:
-    """A real pure-Python wheel (what pip installs offline), made without a build backend."""
-    files = {
-        f"{name}/__init__.py": b'def greet():\n    return "hello from tinylib"\n',
-        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-        f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
-    }
-    record = f"{name}-{version}.dist-info/RECORD"
-    lines = [f"{p},sha256={_b64(d)},{len(d)}" for p, d in files.items()] + [f"{record},,"]
-    files[record] = ("\n".join(lines) + "\n").encode()
-    path = out_dir / f"{name}-{version}-py3-none-any.whl"
-    with zipfile.ZipFile(path, "w") as z:
-        for p, d in files.items():
-            z.writestr(p, d)
-    return path
 
 
 @dataclass

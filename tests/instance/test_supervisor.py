@@ -16,26 +16,11 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from tests.support.component_processes import COMPONENT, free_port, wait_until
 
 from spotleash.instance_agent.environment import MARKER_ENV, STATE_PATHS_ENV, component_env
 from spotleash.supervisor import Launch, Supervisor
 from spotleash.wire.events import ComponentReport
-
-COMPONENT = Path(__file__).with_name("components.py")
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from tests.instance.test_supervisor import COMPONENT, free_port, wait_until
+from tests.support.component_processes import COMPONENT, free_port, wait_until
 
 from spotleash.supervisor import Launch, Supervisor
 

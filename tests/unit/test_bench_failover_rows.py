@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from bench import failover, snapshot_throughput
 from bench.__main__ import build_rows, merge, restore_median_s
-from tests.e2e.routed_app import routed_toml
 
+from local_emulator.routed_app import routed_toml
 from spotleash.model import InstanceRecord, new_record
 
 T0 = datetime(2026, 11, 30, 1, 0, 0, tzinfo=UTC)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any, cast
 
-from tests.unit.agent.test_agent_runner import GB, SETTINGS, FakeClock, FakePublisher, FakeStop, Ramp
+from tests.support.agent_loop import GB, SETTINGS, FakeClock, FakePublisher, FakeStop, Ramp
 
 from spotleash.agent.handoff import HandOff
 from spotleash.agent.local_copies import LocalCopies, LocalCopyError

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.unit.agent.test_agent_runner import FakeClock, FakePublisher, FakeStop
-from tests.unit.router.test_agent_router_wiring import (
+from tests.support.agent_loop import FakeClock, FakePublisher, FakeStop
+from tests.support.agent_router import (
     FakeWatch,
     Publisher,
     app_with,

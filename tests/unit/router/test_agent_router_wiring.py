@@ -12,77 +12,35 @@ tests/emulator/test_router_watch.py).
 
 from __future__ import annotations
 
-import http.server
 import json
 import socket
 import threading
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
-from concurrent.futures import Future
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from tests.support.agent_router import (
+    SLOW_ANSWERED,
+    SLOW_STARTED,
+    FakeWatch,
+    Publisher,
+    app_with,
+    free_port,
+    get,
+    serve,
+    wait_for,
+)
 
 from spotleash.agent.memory.reading import MemoryReading
 from spotleash.agent.ram import fraction_reading
-from spotleash.agent.routing import AgentRouter, component_routes, start_router
+from spotleash.agent.routing import component_routes, start_router
 from spotleash.agent.runner import run_agent
 from spotleash.config import Settings
 from spotleash.errors import ConfigError
 from spotleash.instance_agent.front import FrontConfig, FrontThread
-from spotleash.wire.events import DemandEvent, Event, ReleaseEvent
+from spotleash.wire.events import DemandEvent, ReleaseEvent
 from spotleash.wire.package import AppSpec, ComponentSpec
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-SLOW_STARTED: dict[str, threading.Event] = {}  # per copy: a ``/slow`` request has reached it
-SLOW_ANSWERED: dict[str, threading.Event] = {}  # per copy: it has written its ``/slow`` answer
-
-
-def serve(name: str, slow_s: float = 2.0) -> tuple[http.server.ThreadingHTTPServer, int]:
-    """A component copy answering its own name; ``/slow`` answers after ``slow_s``."""
-    SLOW_STARTED[name], SLOW_ANSWERED[name] = threading.Event(), threading.Event()
-
-    class H(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path == "/slow":
-                SLOW_STARTED[name].set()
-                time.sleep(slow_s)
-            body = name.encode()
-            self.send_response(200)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-            if self.path == "/slow":
-                SLOW_ANSWERED[name].set()
-
-        def log_message(self, *_a: Any) -> None:
-            pass
-
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
-    srv.daemon_threads = True
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    return srv, int(srv.server_address[1])
-
-
-def app_with(local_port: int, route_port: int | None, **extra: Any) -> AppSpec:
-    return AppSpec(name="t", components=[ComponentSpec(
-        name="web", command=["x"], port=local_port + 1 if local_port < 65535 else 1024,
-        local_url=f"http://127.0.0.1:{local_port}", route_port=route_port, **extra)])
-
-
-def get(port: int, path: str = "/who", timeout: float = 10.0) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:  # noqa: S310 - loopback
-        return str(r.read().decode())
-
 
 # ---------------------------------------------------------------- the app's routes
 
@@ -124,74 +82,11 @@ def test_a_taken_route_port_is_a_configuration_error() -> None:
 # ---------------------------------------------------------------- the agent with its router
 
 
-@dataclass
-class FakeWatch:
-    """Stands in for the Firestore listener: hands the test the router's callbacks."""
-
-    on_records: Callable[[list[dict[str, Any]]], None]
-    on_lease: Callable[[dict[str, Any] | None], None]
-    started: bool = False
-
-    @staticmethod
-    def factory(made: list[FakeWatch]) -> Any:
-        def make(on_records: Any, on_lease: Any) -> FakeWatch:
-            made.append(FakeWatch(on_records, on_lease))
-            return made[-1]
-
-        return make
-
-    def start(self) -> None:
-        self.started = True
-
-    def stop(self) -> None:
-        self.started = False
-
-    def ensure(self) -> bool:
-        return False
-
-
-@dataclass
-class Publisher:
-    """Fake Pub/Sub; at the moment the release is published it notes where the router sends traffic."""
-
-    router: AgentRouter | None = None
-    sent: list[Event] = field(default_factory=list)
-    target_at_release: str | None = None
-    # Whether the remote copy had answered the request in flight when the release was published. Read on the
-    # server's side: the client thread that receives the answer may run later on a loaded machine.
-    remote_answered: threading.Event | None = None
-    answered_before_release: bool | None = None
-
-    def publish(self, event: Event) -> Future[str]:
-        self.sent.append(event)
-        f: Future[str] = Future()
-        f.set_result(f"m{len(self.sent)}")
-        return f
-
-    def publish_and_wait(self, event: Event, timeout_s: float) -> str:  # noqa: ARG002
-        if self.router is not None:
-            self.target_at_release = self.router.routes()["web"]["target"]
-        if self.remote_answered is not None:
-            self.answered_before_release = self.remote_answered.is_set()
-        self.sent.append(event)
-        return "released"
-
-
 class HighRam:
     name = "highram"
 
     def read(self) -> MemoryReading:
         return fraction_reading(0.95, 16 * 2**30, "highram")
-
-
-def wait_for(cond: Callable[[], Any], timeout_s: float = 10.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture

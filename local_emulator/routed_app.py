@@ -1,4 +1,5 @@
-"""A routed app on the local stack, for the router's end-to-end tests: a real agent, real local copies.
+"""A routed app on the local stack, for the router's end-to-end tests and the failover bench: a real agent,
+real local copies.
 
 ``RoutedApp.start`` runs the example app's two components locally (``python thumbnailer.py`` /
 ``python vectors.py``, the same files an instance runs) and a real ``python -m spotleash.agent`` with a
@@ -10,33 +11,31 @@ hash, and its router serves both route ports.
 
 ``RoutedApp.load()`` is the load through the router's ports (``local_emulator.load.Load``: GETs one after
 another from a thread, bounded in count and time, counting who answered and what failed).
+
+It runs the example app of the source tree (``spotleash.demo.traffic.example_app``, as ``spotleash demo``
+does): from a clone of the repository, not from an installed wheel.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import httpx
 
 from local_emulator.json_log import first_logged, log_lines
 from local_emulator.load import SERVED_BY, Load
 from local_emulator.procs import free_port
+from spotleash.demo.traffic import example_app
 from spotleash.polling import wait_until
 
-if TYPE_CHECKING:
-    from tests.e2e.flows import Flows
-
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "thumbs"
 COMPONENTS = {"thumbnailer": ("thumbnailer.py", 8101, 8201), "vectors": ("vectors.py", 8102, 8202)}
 
 
@@ -45,8 +44,9 @@ def routed_toml(local_ports: dict[str, int], route_ports: dict[str, int], *, gpu
     """The example's spotleash.toml with its app tree absolute and the local / route ports replaced;
     ``gpu``: every component asks for a GPU (the demand then goes to VAST); ``agent_copies``: the agent runs
     the local copies (and hands them off), not the test."""
-    text = (EXAMPLE / "spotleash.toml").read_text()
-    text = text.replace('dir = "."', f"dir = {json.dumps(str(EXAMPLE))}")
+    example = example_app()
+    text = (example / "spotleash.toml").read_text()
+    text = text.replace('dir = "."', f"dir = {json.dumps(str(example))}")
     for name, (_, port, route) in COMPONENTS.items():
         # local_copy = "user": the test runs the local copies itself (``RoutedApp.start``), not the agent
         user = "" if agent_copies else '\nlocal_copy = "user"'
@@ -85,7 +85,7 @@ class RoutedApp:
             env = {**os.environ, "PORT": str(self.local_ports[name]), "HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
             env.pop("SPOTLEASH_COMPONENT_OF", None)
             with (self.work / f"local-{name}.log").open("wb") as out:
-                self.locals_.append(subprocess.Popen([sys.executable, script], cwd=EXAMPLE, env=env, stdout=out,
+                self.locals_.append(subprocess.Popen([sys.executable, script], cwd=example_app(), env=env, stdout=out,
                                                      stderr=subprocess.STDOUT, start_new_session=True))
         trace = self.work / "high.csv"
         trace.write_text(self.trace)
@@ -102,7 +102,7 @@ class RoutedApp:
                  "--trace-limit-gb", "64"],
                 env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         for name, port in self.local_ports.items():
-            wait_until(lambda p=port: _answers(f"http://127.0.0.1:{p}/healthz"), timeout_s=60, interval_s=0.2,
+            wait_until(functools.partial(_answers, f"http://127.0.0.1:{port}/healthz"), timeout_s=60, interval_s=0.2,
                        what=f"the local copy of {name}")
         wait_until(lambda: self.logged("router started"), timeout_s=30, interval_s=0.2, what="the agent's router")
 
@@ -145,8 +145,11 @@ class RoutedApp:
 
     def wait_served_by(self, who: str, timeout_s: float = 30.0) -> None:
         for name in COMPONENTS:
-            wait_until(lambda n=name: self.served_by(n) == who, timeout_s=timeout_s, interval_s=0.2,
+            wait_until(functools.partial(self._served_by_is, name, who), timeout_s=timeout_s, interval_s=0.2,
                        what=f"{name} served by {who}")
+
+    def _served_by_is(self, component: str, who: str) -> bool:
+        return self.served_by(component) == who
 
     def load(self, timeout_s: float = 60.0) -> Load:
         """GETs of both components' health paths through the router, in turn (bounded: 3000 / 300 s)."""
@@ -163,17 +166,3 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
-
-
-@contextmanager
-def running(app: RoutedApp, flows: Flows) -> Iterator[RoutedApp]:
-    """``app`` started; afterwards its agent stopped and every live instance of its lease released and gone."""
-    try:
-        app.start()
-        yield app
-    finally:
-        app.stop()
-        for r in flows.records_of(app.lease_id):
-            if r.live:
-                flows.release(app.lease_id)
-                flows.wait_gone(r, timeout_s=60)
