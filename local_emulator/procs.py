@@ -15,7 +15,6 @@ import os
 import signal
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ import psutil
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
 from spotleash.polling import WaitTimeout, wait_until
+from spotleash.signal_event import SignalEvent
 from spotleash.supervisor.marked import (  # find_marked: the fakes and tests use it from here
     end_marked,
     find_marked,
@@ -45,13 +45,15 @@ class StackError(SpotleashError):
 class StopSignal:
     """A fake's main thread waits here for SIGTERM or SIGINT (install it before starting the servers).
 
-    The wait is sliced: a signal the kernel hands to another thread runs its Python handler only when the
-    main thread next runs bytecode, so an untimed ``Event.wait()`` can sleep through it. SIGUSR1 writes every
-    thread's stack to stderr, the part's log: ``stop_all`` sends it before it SIGKILLs a fake that ignored
-    SIGTERM, so the log says where it hung (CI saw two parts need SIGKILL once; nothing here reproduced it)."""
+    The handler sets a ``SignalEvent``, which takes no lock: with a ``threading.Event`` two signals in a row
+    deadlocked the handler on the event's own lock (CI: the compute fake ignored SIGTERM until SIGKILLed, its
+    thread dump showed handler → ``Event.set`` → handler → ``Event.set``). The wait is sliced: a signal the kernel
+    hands to another thread runs its Python handler only when the main thread next runs bytecode. SIGUSR1
+    writes every thread's stack to stderr, the part's log: ``stop_all`` sends it before it SIGKILLs a fake that
+    ignored SIGTERM, so the log says where it hung."""
 
     def __init__(self) -> None:
-        self._done = threading.Event()
+        self._done = SignalEvent()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: self._done.set())
         faulthandler.register(signal.SIGUSR1, all_threads=True)

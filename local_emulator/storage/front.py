@@ -13,13 +13,13 @@ import argparse
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 from local_emulator import storage as gcs
 from local_emulator.procs import free_port
 from local_emulator.storage.fault_proxy import FaultProxy
 from local_emulator.storage.preconditions import Sessions
+from spotleash.signal_event import SignalEvent
 
 READY_TIMEOUT_S = 30.0
 
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     inner = free_port()
     emulator = subprocess.Popen(gcs.emulator_argv(inner, external_url=gcs.url(args.port)))
-    stop = threading.Event()
+    stop = SignalEvent()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:

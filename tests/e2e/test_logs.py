@@ -66,7 +66,10 @@ def test_logs_of_the_remote_copy_through_the_agent_and_followed(published: dict[
 
         follower = subprocess.Popen([sys.executable, "-m", "spotleash.cli", "logs", "thumbnailer", "--remote",
                                      "--follow", "--tail", "0"], env=env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                    stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                    # Ctrl-C as a terminal delivers it: a suite started in the background (`cmd &`)
+                                    # hands its children SIGINT ignored, and the follower then never stopped
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         out: list[str] = []
         err: list[str] = []
         for stream, into in ((follower.stdout, out), (follower.stderr, err)):

@@ -5,6 +5,9 @@ imports under ``if TYPE_CHECKING:`` are exempt (annotations only, never run)."""
 from __future__ import annotations
 
 import ast
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[2] / "shared" / "spotleash"
@@ -51,8 +54,16 @@ def imports_of(name: str, path: Path, known: dict[str, Path]) -> set[str]:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Read in a fresh interpreter (this file run as a script): Python 3.11.2's ``ast.parse`` keeps its recursion
+    depth in state shared by threads, so a thread an earlier test left running made one parse here fail with
+    ``SystemError: AST constructor recursion depth mismatch`` (CI, once). A child has no such thread."""
+    out = subprocess.run([sys.executable, __file__], capture_output=True, text=True, timeout=120, check=True).stdout
+    return {name: set(targets) for name, targets in json.loads(out).items()}
+
+
+def _graph_here() -> dict[str, list[str]]:
     known = modules()
-    return {name: imports_of(name, path, known) for name, path in known.items()}
+    return {name: sorted(imports_of(name, path, known)) for name, path in known.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -109,3 +120,7 @@ def test_deferred_imports_count_and_type_checking_ones_do_not(tmp_path: Path) ->
                     "def f():\n    from spotleash.wire import events\n")
     known = {"spotleash.m": path, "spotleash.model": path, "spotleash.wire": path, "spotleash.wire.events": path}
     assert imports_of("spotleash.m", path, known) == {"spotleash.wire.events"}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_graph_here()))

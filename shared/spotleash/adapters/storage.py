@@ -212,7 +212,7 @@ class Storage:
             src: Any = _CountingReader(f, on_progress) if on_progress else f
             blob.upload_from_file(src, size=size, content_type=content_type, if_generation_match=if_generation_match,
                                   retry=self.retry, timeout=REQUEST_TIMEOUT_S)
-        return ObjectInfo(name, size, int(blob.generation or 0))
+        return ObjectInfo(name, size, int(blob.generation or 0), blob.md5_hash)  # from the upload's answer
 
     def write_bytes(self, name: str, data: bytes, *, if_generation_match: int,
                     content_type: str = "text/plain") -> int:

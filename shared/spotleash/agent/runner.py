@@ -22,6 +22,7 @@ from spotleash.agent.memory.reading import MemoryReading, MemorySource
 from spotleash.agent.trigger import Demand, Release, TriggerPolicy, TriggerState, under_pressure
 from spotleash.decide.placement import Candidate, Placement, place
 from spotleash.log import get_logger
+from spotleash.signal_event import SignalEvent
 from spotleash.wire.events import Component, DemandEvent, Event, LeaseEvent, ReleaseEvent
 
 if TYPE_CHECKING:
@@ -328,11 +329,10 @@ def run_agent(
     a second signal exits at once with 128 + signum. A ``router`` (already started) is stopped by the
     shutdown, around the release; its credential's hash goes into every demand.
     """
-    import threading
 
     from spotleash.agent.shutdown import Shutdown
 
-    stop_event = stop if stop is not None else threading.Event()
+    stop_event = stop if stop is not None else SignalEvent()  # set by the SIGTERM handler
     sd = Shutdown(lease_id=lease_id, publisher=publisher, budget_s=settings.shutdown_budget_s,
                   lease_ttl_s=settings.lease_ttl_s, stop=stop_event, clock=clock, router=router)
     if install_signals:

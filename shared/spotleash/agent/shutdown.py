@@ -33,6 +33,7 @@ from typing import Any, Protocol
 from spotleash.adapters.pubsub import EventPublisher
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
+from spotleash.signal_event import SignalEvent
 from spotleash.wire.events import ReleaseEvent
 
 log = get_logger(__name__)
@@ -75,7 +76,7 @@ class Shutdown:
         self.publisher = publisher
         self.budget_s = budget_s
         self.lease_ttl_s = lease_ttl_s
-        self.stop: _Settable = stop if stop is not None else threading.Event()
+        self.stop: _Settable = stop if stop is not None else SignalEvent()
         self._clock = clock
         self._hard_exit = hard_exit
         self._lock = threading.Lock()

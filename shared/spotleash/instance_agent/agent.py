@@ -32,6 +32,7 @@ from spotleash.instance_agent.snapshot.common import SnapshotError
 from spotleash.instance_agent.workload import DEFAULT_WORK_ROOT, Workload, workload_for
 from spotleash.log import get_logger
 from spotleash.providers import AgentTransport
+from spotleash.signal_event import SignalEvent
 from spotleash.wire.agent_config import CONFIG_KEY, TOKEN_KEY, AgentConfig, from_env
 from spotleash.wire.events import GpuReport, Heartbeat, InstanceFailure
 from spotleash.wire.snapshot import SNAPSHOT_REQUEST_FIELD, SnapshotAsk, SnapshotRequest
@@ -145,8 +146,8 @@ class InstanceAgent:
         self._load = load
         self._metadata = metadata
         self._http = http or httpx.Client(timeout=10.0, trust_env=False)
-        self.stop_event = stop or threading.Event()
-        self.wake = threading.Event()
+        self.stop_event = stop or SignalEvent()  # both set by the SIGTERM handler (request_stop)
+        self.wake = SignalEvent()
         self.preempted = False
         self.config: AgentConfig | None = None
         self._token = ""
@@ -263,10 +264,11 @@ class InstanceAgent:
             return self.build_beat(ask)
 
         http = httpx.Client(timeout=120.0, trust_env=False)
+        stop = threading.Event()
         return SnapshotKeeper(lease_id=cfg.lease_id, instance_id=cfg.instance_id,
-                              channel=HeartbeatChannel(http, cfg.heartbeat_url, token, beat),
+                              channel=HeartbeatChannel(http, cfg.heartbeat_url, token, beat, stop=stop),
                               spool=work / "snapshot-spool", interval_s=cfg.snapshot_interval_s, http=http,
-                              on_change=self.wake.set)
+                              on_change=self.wake.set, stop=stop)
 
     def _begin_keeper(self, cfg: AgentConfig, declared: Sequence[str]) -> InstanceFailure | None:
         assert self.keeper is not None

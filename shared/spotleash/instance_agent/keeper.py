@@ -97,6 +97,7 @@ class SnapshotKeeper:
         retry_budget_s: float = 120.0,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[], None] = lambda: None,
+        stop: threading.Event | None = None,
     ) -> None:
         self.lease_id, self.instance_id = lease_id, instance_id
         self._channel = channel
@@ -113,7 +114,7 @@ class SnapshotKeeper:
         self._cond = threading.Condition()
         self._queue: list[tuple[SnapshotTrigger, str | None]] = []
         self._seen_requests: collections.deque[str] = collections.deque(maxlen=REMEMBERED_REQUESTS)
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()  # shared with the channel, so stop() ends an ask's retries too
         self._thread: threading.Thread | None = None
         self._saved_fingerprint: str | None = None
         self.restored = threading.Event()  # set when the restore ended (done, nothing to do, or failed)

@@ -4,6 +4,8 @@ or killed after it acted) is sent again within a budget; a refusal is not."""
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import httpx
 import pytest
@@ -63,3 +65,19 @@ def test_a_caller_s_budget_bounds_the_channel_s_own() -> None:
     with pytest.raises(SnapshotError, match=r"asked for 0 s"):
         _channel([httpx.ConnectError("refused")], sent, budget_s=60.0).ask(ASK, budget_s=0.0)
     assert len(sent) == 1
+
+
+def test_a_stop_ends_the_retries_of_an_unanswered_ask() -> None:
+    # A keeper stopped mid-ask (the instance stopping during a restore) no longer keeps its thread asking for a
+    # minute: CI saw such a thread from one test still asking, and logging, during later tests.
+    sent: list[dict[str, object]] = []
+    stop = threading.Event()
+    channel = _channel([httpx.ConnectError("refused")], sent)
+    channel._stop = stop
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    t0 = time.monotonic()
+    with pytest.raises(SnapshotError, match="stopped while asking"):
+        channel.ask(ASK)
+    assert time.monotonic() - t0 < 30  # far below the 60 s budget: the stop ended it
+    assert len(sent) >= 1

@@ -4,6 +4,7 @@ retried while the control plane does not answer; its reply parsed and checked.""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -45,12 +46,14 @@ class HeartbeatChannel:
     or killed after it acted and before it replied) is sent again, in a fresh heartbeat, for up to
     ``retry_budget_s``. Every ask is safe to repeat: an upload ask for a snapshot already recorded gets
     that snapshot's URLs again, a repeated "uploaded" gets the verdict already given. Without this, a
-    control plane restart during the grant lost the whole packed snapshot."""
+    control plane restart during the grant lost the whole packed snapshot. ``stop`` (the keeper's) ends the
+    retries: a keeper stopped mid-ask otherwise kept its thread asking for the rest of the minute."""
 
     def __init__(self, http: httpx.Client, url: str, token: str, beat: Callable[[SnapshotAsk], Heartbeat], *,
-                 retry_budget_s: float = CHANNEL_RETRY_S, sleep: Callable[[float], None] = time.sleep) -> None:
+                 retry_budget_s: float = CHANNEL_RETRY_S, sleep: Callable[[float], None] = time.sleep,
+                 stop: threading.Event | None = None) -> None:
         self._http, self._url, self._token, self._beat = http, url, token, beat
-        self._retry_budget_s, self._sleep = retry_budget_s, sleep
+        self._retry_budget_s, self._sleep, self._stop = retry_budget_s, sleep, stop
 
     def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
         budget = self._retry_budget_s if budget_s is None else min(budget_s, self._retry_budget_s)
@@ -62,8 +65,13 @@ class HeartbeatChannel:
             except _NoAnswer as e:
                 if time.monotonic() + pause > give_up_at:
                     raise SnapshotError(f"{ask.op}: {e} (asked for {budget:.0f} s)") from e
+                if self._stop is not None and self._stop.is_set():
+                    raise SnapshotError(f"{ask.op}: {e} (stopped while asking)") from e
                 log.warning("snapshot ask not answered; asking again", op=ask.op, reason=str(e), pause_s=pause)
-            self._sleep(pause)
+            if self._stop is None:
+                self._sleep(pause)
+            elif self._stop.wait(pause):
+                raise SnapshotError(f"{ask.op}: stopped while asking")
             pause = min(pause * 2, 8.0)
 
     def _ask_once(self, ask: SnapshotAsk) -> SnapshotReply:
