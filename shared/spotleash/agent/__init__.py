@@ -13,7 +13,6 @@ work home when memory allows; its state is what ``status``, ``/metrics`` and the
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import re
 import socket
@@ -66,7 +65,6 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.decide.handoff import HomeRule
 
     slog.configure(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health probe of each local copy is noise
     log = slog.get_logger(__name__)
     lease = lease_id or default_lease_id()
     try:
