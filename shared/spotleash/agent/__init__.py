@@ -13,7 +13,6 @@ work home when memory allows; its state is what ``status``, ``/metrics`` and the
 from __future__ import annotations
 
 import getpass
-import logging
 import os
 import re
 import socket
@@ -54,6 +53,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     will clean up); 2: bad configuration or the lease is held by another live agent.
     """
     from spotleash import log as slog
+    from spotleash.adapters.grpc_waits import slower_idle_waits
     from spotleash.adapters.pubsub import Publisher
     from spotleash.agent.handoff import HandOff
     from spotleash.agent.local_copies import LocalCopies, start_local_copies
@@ -66,7 +66,7 @@ def agent_main(settings: Settings, lease_id: str | None, trace: Path | None, tra
     from spotleash.decide.handoff import HomeRule
 
     slog.configure(settings.log_level)
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per health probe of each local copy is noise
+    slower_idle_waits()  # the router's Firestore listeners: 1 idle wake-up a second each, not 10
     log = slog.get_logger(__name__)
     lease = lease_id or default_lease_id()
     try:

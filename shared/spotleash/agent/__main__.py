@@ -10,7 +10,26 @@ from pathlib import Path
 from spotleash.agent import agent_main
 
 
-def main(argv: list[str] | None = None) -> int:
+def exec_agent(lease_id: str | None, trace: Path | None, trace_speed: float, trace_limit_gb: float | None) -> None:
+    """Become ``python -m spotleash.agent`` (same pid, environment, streams); returns only where exec is unavailable.
+
+    ``spotleash agent`` parses its options with the CLI (typer, rich, click and every command's imports): ~13 MB
+    of resident memory the long-running agent never uses again. A fresh interpreter holds only the agent's own."""
+    if os.name != "posix":
+        return
+    argv = [sys.executable, "-m", "spotleash.agent", "--trace-speed", repr(trace_speed)]
+    if lease_id is not None:
+        argv += ["--lease-id", lease_id]
+    if trace is not None:
+        argv += ["--trace", str(trace)]
+    if trace_limit_gb is not None:
+        argv += ["--trace-limit-gb", repr(trace_limit_gb)]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, dict(os.environ))
+
+
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m spotleash.agent", description=__doc__)
     p.add_argument("--lease-id", default=None, help="lease id (default: <user>-<host>)")
     p.add_argument("--trace", type=Path, default=None, help="replay a RAM trace (CSV t_seconds,percent)")
@@ -18,7 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace-limit-gb", type=float, default=None,
                    help="the memory a trace's percentages are of (default 16): placement weighs components against it")
     p.add_argument("--run-for", type=float, default=None, help="stop (and release) after this many seconds")
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
 
     from spotleash.config import load_settings
     from spotleash.errors import ConfigError, ExitCode

@@ -141,9 +141,13 @@ def agent(
         None, help="the memory a trace's percentages are of (default 16): placement weighs components against it"),
 ) -> None:
     """Watch RAM; rent compute when it runs short; release it on any exit."""
+    from spotleash.agent.__main__ import exec_agent
+
+    s = settings()  # a configuration error stops here, the CLI's way; a running local stack's env is loaded
+    exec_agent(lease_id, trace, trace_speed, trace_limit_gb)  # POSIX: does not return
     from spotleash.agent import agent_main
 
-    raise typer.Exit(agent_main(settings(), lease_id, trace, trace_speed, trace_limit_gb=trace_limit_gb))
+    raise typer.Exit(agent_main(s, lease_id, trace, trace_speed, trace_limit_gb=trace_limit_gb))
 
 
 # ------------------------------------------------------------------ status / down / reap

@@ -2,7 +2,7 @@
 with it, the laptop agent the local copies. ``health``: the pure state rules and the probe; ``components``:
 the processes; ``footprint``: the memory a process tree holds; ``marked``: processes found by an env marker.
 
-Importable on an instance: it needs only the core dependencies (httpx, pydantic) and psutil (the
+Importable on an instance: it needs only the core dependencies (pydantic) and psutil (the
 ``instance`` extra).
 """
 

@@ -34,8 +34,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-import httpx
-
 from spotleash.log import get_logger
 from spotleash.supervisor import health
 from spotleash.supervisor.footprint import only_zombies, tree_rss
@@ -114,7 +112,6 @@ class ComponentRunner:
         env: Mapping[str, str],
         log_dir: Path,
         endpoint: Callable[[int], str],
-        http: httpx.Client,
         clock: Callable[[], float] = time.monotonic,
         backoff_base_s: float = health.BACKOFF_BASE_S,
         port_fallback: bool = True,
@@ -125,7 +122,6 @@ class ComponentRunner:
         self._cwd = cwd
         self._base_env = dict(env)
         self._endpoint = endpoint
-        self._http = http
         self._clock = clock
         self.log_path = log_dir / f"{launch.name}.log"
         self._out = _output_logger(self.log_path)
@@ -237,7 +233,7 @@ class ComponentRunner:
                 self._spawn()
                 self._next_probe = now + PROBE_EVERY_STARTING_S
         if not exited and self._restart_at is None and now >= self._next_probe:
-            error = health.probe(self._http, self.url, PROBE_TIMEOUT_S)
+            error = health.probe(self.url, PROBE_TIMEOUT_S)
             now = self._clock()
             h = health.probed(h, error, now)
             if h.state == "healthy" and self.restarts and error is None:
@@ -354,9 +350,8 @@ class Supervisor:
         port_fallback: bool = True,
     ) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.Client(trust_env=False)
         self.runners = [ComponentRunner(launch, cwd=cwd, env=env, log_dir=log_dir, endpoint=endpoint,
-                                        http=self._http, clock=clock, backoff_base_s=backoff_base_s,
+                                        clock=clock, backoff_base_s=backoff_base_s,
                                         port_fallback=port_fallback)
                         for launch in launches]
         self._on_change = on_change
@@ -423,5 +418,4 @@ class Supervisor:
         for r in self.runners:
             r.finish_stop(deadline, grace_s)
             r.close()
-        self._http.close()
         log.info("components stopped", components=[r.launch.name for r in self.runners])

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-import httpx
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
 import pytest
 
 from spotleash.supervisor import health
@@ -64,18 +69,48 @@ def test_restart_delay_is_bounded_exponential() -> None:
     assert restart_delay(5, base_s=0.1, cap_s=0.3) == pytest.approx(0.3)
 
 
-def test_probe_outcomes() -> None:
-    def reply(req: httpx.Request) -> httpx.Response:
-        if req.url.path == "/ok":
-            return httpx.Response(204)
-        if req.url.path == "/slow":
-            raise httpx.ReadTimeout("slow", request=req)
-        if req.url.path == "/down":
-            raise httpx.ConnectError("refused", request=req)
-        return httpx.Response(503, text="warming up")
+class _Answers(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        if self.path == "/slow":
+            time.sleep(1.0)  # past the probe's timeout
+        code, body = {"/ok": (204, b""), "/ok?ready=1": (200, b"yes")}.get(self.path, (503, b"warming up"))
+        self.send_response(code)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
 
-    c = httpx.Client(transport=httpx.MockTransport(reply))
-    assert health.probe(c, "http://h/ok", 1.0) is None
-    assert "timed out after 1 s" in (health.probe(c, "http://h/slow", 1.0) or "")
-    assert "ConnectError" in (health.probe(c, "http://h/down", 1.0) or "")
-    assert health.probe(c, "http://h/x", 1.0) == "health check answered HTTP 503 (http://h/x): warming up"
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # the slow answer's client has gone (the probe timed out): its broken pipe is expected
+
+
+@pytest.fixture
+def server() -> Iterator[str]:
+    srv = _Server(("127.0.0.1", 0), _Answers)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_probe_outcomes(server: str) -> None:
+    assert health.probe(f"{server}/ok", 1.0) is None
+    assert health.probe(f"{server}/ok?ready=1", 1.0) is None
+    assert "timed out after 0.2 s" in (health.probe(f"{server}/slow", 0.2) or "")
+    down = health.probe(f"http://127.0.0.1:{_closed_port()}/healthz", 1.0) or ""
+    assert down.startswith("health check failed: ConnectionRefusedError") and "/healthz" in down
+    assert health.probe(f"{server}/x", 1.0) == f"health check answered HTTP 503 ({server}/x): warming up"
