@@ -7,7 +7,7 @@ a second, takes the GIL and goes back to sleep: the router's two Firestore liste
 its lease document) cost the idle agent 20 wake-ups a second. A response, an error or a cancel still
 notifies the condition at once; only the idle re-check slows down.
 
-The agent's main thread never waits in gRPC (its loop waits on a ``threading.Event``; publishes are awaited
+The agent's main thread never waits in gRPC (its loop waits on a ``SignalEvent``, a pipe; publishes are awaited
 through their futures), so the longer period delays no signal. A later grpcio without the constant leaves
 everything as it was (``slower_idle_waits`` says so).
 """
