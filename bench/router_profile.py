@@ -69,6 +69,8 @@ def layers(stats: pstats.Stats) -> Counter[str]:
             key = "aiohttp client"
         elif "aiohttp" in file and base in _SERVER_LAYERS:
             key = "aiohttp server"
+        elif base == "lean.py":
+            key = "the router's lean client (router.lean)"
         elif "spotleash" in file or "prometheus" in file:
             key = "the router's own code and metrics"
         elif "asyncio" in file:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from aiohttp import ClientResponse, web
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from spotleash.router.lean import LeanResponse
+if TYPE_CHECKING:
+    from spotleash.router.lean import LeanResponse
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -67,7 +69,11 @@ async def stream_response(request: web.BaseRequest, upstream: ClientResponse | L
     Raises what reading the upstream raises (aiohttp.ClientError, TimeoutError) or writing to the client
     raises (ConnectionError) — after the upstream's response has started, so the caller can only cut it.
     """
-    headers = response_headers(upstream.headers, strip)
+    strip = tuple(strip)
+    if isinstance(upstream, ClientResponse) or strip:
+        headers = response_headers(upstream.headers, strip)
+    else:
+        headers = upstream.headers  # the lean client's are end to end already
     length = upstream.content_length
     if length is not None and length <= WHOLE_BODY_LIMIT and request.method != "HEAD":
         whole = web.Response(status=upstream.status, reason=upstream.reason, headers=headers,

@@ -30,6 +30,8 @@ import aiohttp
 from multidict import CIMultiDict
 from yarl import URL
 
+from spotleash.router.forward import HOP_BY_HOP
+
 _MAX_HEAD = 64 * 1024  # bytes of status line and headers
 _HIGH_WATER = 256 * 1024  # body bytes buffered (the client reading slowly) before reading from the upstream pauses
 _NO_BODY_STATUS = frozenset({204, 304})
@@ -159,7 +161,8 @@ def _expire(fut: asyncio.Future[None]) -> None:
 
 
 class LeanResponse:
-    """The upstream's status, reason and headers; the body through ``read()`` or ``iter_any()``, once.
+    """The upstream's status, reason and end-to-end headers (hop-by-hop ones and those ``Connection`` names
+    already taken out); the body through ``read()`` or ``iter_any()``, once.
     ``release()`` hands the connection back (body read to the end) or closes it (not)."""
 
     def __init__(self, pool: LeanPool, conn: _Conn, status: int, reason: str, headers: CIMultiDict[str],
@@ -411,38 +414,41 @@ class LeanPool:
         if version not in ("HTTP/1.1", "HTTP/1.0") or len(code) != 3 or not code.isdigit():
             raise BadResponse(f"not an HTTP/1.x status line: {status_line[:80]!r}")
         status = int(code)
-        headers: CIMultiDict[str] = CIMultiDict()
+        headers: CIMultiDict[str] = CIMultiDict()  # end to end: the hop-by-hop ones are this hop's business
         length: int | None = None
-        chunked = False
+        chunked = coded = False
         keep_alive = version == "HTTP/1.1"
+        named: set[str] = set()  # what Connection names: hop-by-hop too
         if rest:
             for line in rest.split("\r\n"):
                 name, colon, value = line.partition(":")
                 if not colon or not name or name != name.strip() or " " in name or "\t" in name:
                     raise BadResponse(f"bad header line {line[:80]!r}")
                 value = value.strip(" \t")
-                headers.add(name, value)
                 lower = name.lower()
-                if lower == "content-length":
-                    if not value.isdigit() or (length is not None and int(value) != length):
-                        raise BadResponse(f"bad Content-Length {value[:40]!r}")
-                    length = int(value)
+                if lower not in HOP_BY_HOP:
+                    headers.add(name, value)
+                    if lower == "content-length":
+                        if not value.isdigit() or (length is not None and int(value) != length):
+                            raise BadResponse(f"bad Content-Length {value[:40]!r}")
+                        length = int(value)
                 elif lower == "transfer-encoding":
+                    coded = True
                     chunked = value.lower().rsplit(",", 1)[-1].strip() == "chunked"
-                    if not chunked:
-                        keep_alive = False  # framed by the connection's end
                 elif lower == "connection":
                     tokens = {t.strip().lower() for t in value.split(",")}
                     if "close" in tokens:
                         keep_alive = False
                     elif "keep-alive" in tokens and version == "HTTP/1.0":
                         keep_alive = True
+                    named |= tokens
+        for token in named - {"close", "keep-alive", ""}:
+            headers.popall(token, None)
         if 100 <= status < 200 and status != 101:
             return None
-        if chunked:
-            length = None
-        elif headers.get("Transfer-Encoding"):
-            length = None  # a coding other than chunked last: the body runs until the close
+        if coded:
+            length = None  # chunked, or another coding last: the body runs until the close
+            keep_alive = keep_alive and chunked
         no_body = method == "HEAD" or status in _NO_BODY_STATUS or status < 200
         if status == 101:
             keep_alive = False

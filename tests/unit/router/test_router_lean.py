@@ -124,7 +124,8 @@ def test_chunked_response_is_decoded_and_the_connection_reused() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         while True:
             await read_head(reader)
-            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;ext=1\r\nabc\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nSet-Cookie: a=1\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive, X-Hop\r\n"
+                         b"X-Hop: 1\r\nKeep-Alive: timeout=5\r\nSet-Cookie: b=2\r\n\r\n3;ext=1\r\nabc\r\n")
             await writer.drain()
             await asyncio.sleep(0.01)
             writer.write(b"A\r\n0123456789\r\n0\r\nX-Trailer: t\r\n\r\n")
@@ -136,6 +137,7 @@ def test_chunked_response_is_decoded_and_the_connection_reused() -> None:
             for _ in range(2):
                 r = await p.request("GET", "/", [])
                 assert r.content_length is None
+                assert list(r.headers.items()) == [("Set-Cookie", "a=1"), ("Set-Cookie", "b=2")]  # end to end only
                 assert [c async for c in r.iter_any()] == [b"abc", b"0123456789"]
                 r.release()
             assert len(accepted) == 1
