@@ -2,6 +2,7 @@
 in front of the example's thumbnailer, sequential keep-alive GETs from a raw-socket client in another process.
 
     python -m bench.router_profile profile [N]       # cProfile of the router's thread, grouped by layer
+    python -m bench.router_profile rate [N]          # req/s of N sequential GETs through the router, then direct
     valgrind --tool=callgrind --instr-atstart=no python -m bench.router_profile instructions [N]
                                                       # user-space instructions per request (repeatable)
 
@@ -112,7 +113,10 @@ def main(argv: list[str]) -> None:
         print(f"router loop: {type(service._loop).__module__}; spotleash from "  # noqa: SLF001 - a probe of the loop
               f"{Path(sys.modules['spotleash'].__file__ or '').parent}")
         _client_process(port, 30)  # warm: imports, the pool's connection
-        if mode == "instructions":
+        if mode == "rate":  # no profiler: sequential requests through the router, then straight to the app
+            _client_process(port, n)
+            _client_process(app_port, n)
+        elif mode == "instructions":
             pid = str(os.getpid())
             subprocess.run(["callgrind_control", "-i", "on", pid], capture_output=True, check=False)
             _client_process(port, n)

@@ -319,7 +319,7 @@ class LeanPool:
         if self.closed:
             raise UpstreamClosed("the target's connections were closed")
         head = self._head(method, path, headers, body, length)
-        await self._slots.acquire()
+        await self._slots.acquire()  # (cancelled here: no slot taken, none to give back)
         try:
             conn = self._pooled()
             if conn is not None:
@@ -352,6 +352,7 @@ class LeanPool:
             conn = self._idle.pop()
             if conn.open and now - conn.idle_since < self.keepalive_s:
                 conn.reused = True
+                conn.got_bytes = False  # of this response: none yet
                 self._busy.add(conn)
                 return conn
             conn.close()

@@ -98,6 +98,27 @@ def test_a_stale_pooled_connection_is_retried_once_on_a_fresh_one_when_replayabl
     run(main())
 
 
+def test_a_pooled_connection_closed_under_a_replayable_request_is_retried_on_a_fresh_one() -> None:
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\n1")
+        await writer.drain()
+        await read_head(reader)  # the next request met the keep-alive's close: no byte of an answer
+        writer.transport.abort()
+
+    async def main() -> None:
+        async with scripted(script) as (url, accepted):
+            p = pool(url)
+            for _ in range(2):
+                r = await p.request("GET", "/", [])
+                assert await r.read() == b"1"
+                r.release()
+            assert len(accepted) == 2
+            await p.close()
+
+    run(main())
+
+
 def test_a_request_the_upstream_saw_is_never_resent_and_a_non_replayable_one_fails() -> None:
     async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await read_head(reader)
@@ -283,7 +304,7 @@ def test_router_local_path_streams_a_chunked_upload_and_download_and_answers_hea
                 assert r.status == 200 and r.headers.get("Content-Length") is None
                 assert (await r.read()).count(b"data:") >= 2
             async with w.client.head(w.base + "/who") as r:
-                assert r.status == 200 and await r.read() == b""
+                assert r.status == 200 and await r.read() == b"" and r.headers["Content-Length"] == "5"
             assert w.router.metrics.value("errors_total", component="thumbs", target="local", kind="connect") == 0
 
     run(main())
