@@ -64,7 +64,6 @@ class _Conn(asyncio.Protocol):
         self.eof = False
         self.error: BaseException | None = None
         self.got_bytes = False
-        self.reused = False
         self.idle_since = 0.0
         self.writer: asyncio.Task[None] | None = None  # sends a streamed request body
         self._waiter: asyncio.Future[None] | None = None
@@ -351,7 +350,6 @@ class LeanPool:
         while self._idle:
             conn = self._idle.pop()
             if conn.open and now - conn.idle_since < self.keepalive_s:
-                conn.reused = True
                 conn.got_bytes = False  # of this response: none yet
                 self._busy.add(conn)
                 return conn

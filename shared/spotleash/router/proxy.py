@@ -2,7 +2,8 @@
 
 The target comes from the ``RouteTable`` (pure decisions); this module only acts on it:
 
-- **Forwarding** streams both ways (aiohttp server + client): request bodies larger than
+- **Forwarding** streams both ways (aiohttp's server; to a copy over plain HTTP, the local one, the lean
+  keep-alive client of ``router.lean``, to a remote copy over pinned TLS aiohttp's client): request bodies larger than
   ``Limits.replay_limit_bytes`` or without a length, response bodies always, including chunked ones
   and server-sent events, pass through chunk by chunk and are never held whole.
 - **No request lost.** An attempt that fails before the response starts (refused, reset, TLS or
