@@ -47,7 +47,8 @@ class UpstreamClosed(aiohttp.ClientConnectionError):
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
-    """No connection to the target (refused, unreachable, connect timeout): nothing there."""
+    """No connection to the target (refused, unreachable): nothing there. (A connect timeout is
+    ``aiohttp.ConnectionTimeoutError``: a timeout, like a slow answer.)"""
 
 
 class BadResponse(aiohttp.ClientPayloadError):
@@ -361,8 +362,9 @@ class LeanPool:
         try:
             async with asyncio.timeout(self.connect_timeout_s):
                 _, conn = await loop.create_connection(lambda: _Conn(loop), self.host, self.port)
-        except TimeoutError:
-            raise ConnectFailed(f"no connection to {self.host_header} within {self.connect_timeout_s:g} s") from None
+        except TimeoutError:  # a full backlog (busy) as much as nothing there: a timeout, as aiohttp's client says
+            raise aiohttp.ConnectionTimeoutError(
+                f"no connection to {self.host_header} within {self.connect_timeout_s:g} s") from None
         except OSError as e:
             raise ConnectFailed(f"cannot connect to {self.host_header}: {e}") from e
         if self.closed:  # closed while connecting
