@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 from aiohttp import ClientResponse, web
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from spotleash.router.lean import LeanResponse
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS"})
 IDEMPOTENCY_KEY = "Idempotency-Key"
@@ -51,12 +55,13 @@ def request_headers(request: web.BaseRequest, strip: Iterable[str] = ()) -> CIMu
     return out
 
 
-def response_headers(upstream: ClientResponse, strip: Iterable[str] = ()) -> CIMultiDict[str]:
-    drop = _dropped(upstream.headers, tuple(strip))
-    return CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in drop)
+def response_headers(headers: CIMultiDictProxy[str] | CIMultiDict[str], strip: Iterable[str] = ()) -> CIMultiDict[str]:
+    """An upstream's response headers minus hop-by-hop ones, those ``Connection`` names and ``strip``."""
+    drop = _dropped(headers, tuple(strip))
+    return CIMultiDict((k, v) for k, v in headers.items() if k.lower() not in drop)
 
 
-async def stream_response(request: web.BaseRequest, upstream: ClientResponse,
+async def stream_response(request: web.BaseRequest, upstream: ClientResponse | LeanResponse,
                           strip: Iterable[str] = ()) -> web.StreamResponse:
     """Send the upstream's status, headers and body to the client chunk by chunk, as they arrive (a body
     with a length up to ``WHOLE_BODY_LIMIT`` is read first and sent with the headers in one write).
@@ -64,7 +69,11 @@ async def stream_response(request: web.BaseRequest, upstream: ClientResponse,
     Raises what reading the upstream raises (aiohttp.ClientError, TimeoutError) or writing to the client
     raises (ConnectionError) — after the upstream's response has started, so the caller can only cut it.
     """
-    headers = response_headers(upstream, strip)
+    strip = tuple(strip)
+    if isinstance(upstream, ClientResponse) or strip:
+        headers = response_headers(upstream.headers, strip)
+    else:
+        headers = upstream.headers  # the lean client's are end to end already
     length = upstream.content_length
     if length is not None and length <= WHOLE_BODY_LIMIT and request.method != "HEAD":
         whole = web.Response(status=upstream.status, reason=upstream.reason, headers=headers,
@@ -75,7 +84,8 @@ async def stream_response(request: web.BaseRequest, upstream: ClientResponse,
     resp = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     await resp.prepare(request)
     if request.method != "HEAD":
-        async for chunk in upstream.content.iter_any():
+        chunks = upstream.content.iter_any() if isinstance(upstream, ClientResponse) else upstream.iter_any()
+        async for chunk in chunks:
             await resp.write(chunk)
     await resp.write_eof()
     return resp

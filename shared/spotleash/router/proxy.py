@@ -2,7 +2,8 @@
 
 The target comes from the ``RouteTable`` (pure decisions); this module only acts on it:
 
-- **Forwarding** streams both ways (aiohttp server + client): request bodies larger than
+- **Forwarding** streams both ways (aiohttp's server; to a copy over plain HTTP, the local one, the lean
+  keep-alive client of ``router.lean``, to a remote copy over pinned TLS aiohttp's client): request bodies larger than
   ``Limits.replay_limit_bytes`` or without a length, response bodies always, including chunked ones
   and server-sent events, pass through chunk by chunk and are never held whole.
 - **No request lost.** An attempt that fails before the response starts (refused, reset, TLS or
@@ -42,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
-from aiohttp import web
+from aiohttp import ClientResponse, web
+from multidict import CIMultiDict
 from yarl import URL
 
 from spotleash.log import get_logger
@@ -56,6 +58,7 @@ from spotleash.router.channel import (
     LOG_ROTATED_HEADER,
 )
 from spotleash.router.forward import cut, is_idempotent, request_headers, stream_response
+from spotleash.router.lean import ConnectFailed, LeanPool, LeanResponse
 from spotleash.router.metrics import Metrics
 from spotleash.router.records import remote_states
 from spotleash.router.table import (
@@ -140,7 +143,8 @@ def _failure_of(e: BaseException) -> Failure:
     """A timeout says the copy is slow; no connection (refused, unreachable, TLS) that nothing is there."""
     if isinstance(e, TimeoutError):
         return Failure.SLOW
-    if isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerFingerprintMismatch | ConnectionRefusedError):
+    if isinstance(e, aiohttp.ClientConnectorError | aiohttp.ServerFingerprintMismatch | ConnectionRefusedError
+                  | ConnectFailed):
         return Failure.REFUSED
     return Failure.BROKE
 
@@ -156,17 +160,26 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         self.fingerprint = fingerprint
         self.extra_headers = dict(extra_headers or {})
-        ssl: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(bytes.fromhex(fingerprint)) if fingerprint else True
-        connector = aiohttp.TCPConnector(limit=limits.max_in_flight + _PROBE_HEADROOM, ssl=ssl,
-                                         keepalive_timeout=limits.keepalive_s)
-        self.session = aiohttp.ClientSession(
-            connector=connector,
-            timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s,
-                                          sock_read=limits.idle_timeout_s),
-            auto_decompress=False,
-            skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
-            cookie_jar=aiohttp.DummyCookieJar(),
-        )
+        # a copy reached over plain HTTP (the local one) gets the lean keep-alive client (``router.lean``: a
+        # fraction of aiohttp's cost per request); a remote one, pinned TLS, aiohttp's
+        self.lean: LeanPool | None = None
+        self.session: aiohttp.ClientSession | None = None
+        if fingerprint is None and self.base_url.startswith("http://"):
+            self.lean = LeanPool(self.base_url, limit=limits.max_in_flight + _PROBE_HEADROOM,
+                                 keepalive_s=limits.keepalive_s, connect_timeout_s=limits.connect_timeout_s,
+                                 idle_timeout_s=limits.idle_timeout_s)
+        else:
+            ssl: aiohttp.Fingerprint | bool = aiohttp.Fingerprint(bytes.fromhex(fingerprint)) if fingerprint else True
+            connector = aiohttp.TCPConnector(limit=limits.max_in_flight + _PROBE_HEADROOM, ssl=ssl,
+                                             keepalive_timeout=limits.keepalive_s)
+            self.session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=aiohttp.ClientTimeout(total=None, connect=limits.connect_timeout_s,
+                                              sock_read=limits.idle_timeout_s),
+                auto_decompress=False,
+                skip_auto_headers=("User-Agent", "Accept-Encoding", "Content-Type"),
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
         self.slots = asyncio.Semaphore(limits.max_in_flight)
         self.in_flight = 0
         self.idle = asyncio.Event()
@@ -183,8 +196,42 @@ class Upstream:
         if self.in_flight == 0:
             self.idle.set()
 
+    @property
+    def closed(self) -> bool:
+        return self.lean.closed if self.lean is not None else self.session is None or self.session.closed
+
+    async def send(self, method: str, raw_path: str, headers: CIMultiDict[str],
+                   body: bytes | aiohttp.StreamReader | None, *, length: int | None,
+                   replayable: bool) -> ClientResponse | LeanResponse:
+        """The request on its way; returns when the response head arrived (the body is read from the answer)."""
+        if self.lean is not None:
+            headers.popall("Content-Length", None)  # the lean client frames the body itself
+            return await self.lean.request(method, raw_path, headers.items(), body, length=length,
+                                           replayable=replayable)
+        assert self.session is not None
+        return await self.session.request(method, URL(self.base_url + raw_path, encoded=True), headers=headers,
+                                          data=body, allow_redirects=False)
+
+    async def health(self) -> int:
+        """The status the component's health path answers with (its body read and dropped)."""
+        path = self.component.health_path
+        if self.lean is not None:
+            resp = await self.lean.request("GET", path, self.extra_headers.items())
+            try:
+                await resp.read()
+            finally:
+                resp.release()
+            return resp.status
+        assert self.session is not None
+        async with self.session.get(self.base_url + path, headers=self.extra_headers) as r:
+            await r.read()
+            return r.status
+
     async def close(self) -> None:
-        await self.session.close()
+        if self.lean is not None:
+            await self.lean.close()
+        if self.session is not None:
+            await self.session.close()
 
 
 class Router:
@@ -438,6 +485,7 @@ class Router:
             self.metrics.panic(name)
         body: bytes | aiohttp.StreamReader | None = None
         replayable = True
+        idempotent = is_idempotent(request.method, request.headers)
         if request.body_exists:
             length = request.content_length
             if length is not None and length <= self.limits.replay_limit_bytes:
@@ -445,11 +493,11 @@ class Router:
             else:
                 body, replayable = request.content, False
         try:
-            return await self._attempt(primary, request, body, started)
+            return await self._attempt(primary, request, body, started, idempotent)
         except _Failed as first:
             self._note_failure(primary, first)
             why = f"{primary.kind} copy of {name} failed before responding ({first.detail})"
-        if not is_idempotent(request.method, request.headers):
+        if not idempotent:
             self.metrics.fail(name)
             return _error(502, f"{why}; {request.method} is not idempotent, so it was not retried "
                                f"(send an Idempotency-Key header to allow one retry)")
@@ -464,7 +512,7 @@ class Router:
             return self._unavailable(f"{why}; no other target can serve {name}")
         self.metrics.retry(name, primary.kind, alternate.kind)
         try:
-            return await self._attempt(alternate, request, body, started)
+            return await self._attempt(alternate, request, body, started, idempotent)
         except _Failed as second:
             self._note_failure(alternate, second)
             self.metrics.fail(name)
@@ -486,7 +534,7 @@ class Router:
         self._report_suspects()
 
     async def _attempt(self, up: Upstream, request: web.BaseRequest, body: bytes | aiohttp.StreamReader | None,
-                       started: float) -> web.StreamResponse:
+                       started: float, idempotent: bool) -> web.StreamResponse:
         if up.slots.locked():
             try:
                 await asyncio.wait_for(up.slots.acquire(), self.limits.queue_timeout_s)
@@ -497,14 +545,15 @@ class Router:
             await up.slots.acquire()
         up.begin()
         try:
-            if up.session.closed:
+            if up.closed:
                 raise _Failed("closed", "the target went away")
             headers = request_headers(request, strip=(CREDENTIAL_HEADER, COMPONENT_HEADER))
             headers.update(up.extra_headers)
             try:
                 async with asyncio.timeout(self.limits.response_timeout_s):
-                    upstream = await up.session.request(request.method, URL(up.base_url + request.raw_path, encoded=True),
-                                                        headers=headers, data=body, allow_redirects=False)
+                    upstream = await up.send(request.method, request.raw_path, headers, body,
+                                             length=request.content_length,
+                                             replayable=isinstance(body, bytes | None) and idempotent)
             except aiohttp.ServerFingerprintMismatch as e:
                 raise _Failed("tls", f"certificate fingerprint mismatch at {e.host}:{e.port}", Failure.REFUSED) from e
             except TimeoutError as e:
@@ -585,7 +634,7 @@ class Router:
         now = self.clock()
         changes: list[Change] = []
         for (name, iid, up), (error, failure) in zip(jobs, results, strict=True):
-            if error is not None and up.session.closed:
+            if error is not None and up.closed:
                 continue  # a drain closed this pool mid-probe (the target was left, not lost): no evidence either way
             changes += self.table.record_probe(name, iid, error is None, now, error, failure)
         changes += self.table.reevaluate(now)
@@ -605,10 +654,8 @@ class Router:
         """(None, _) when the health path answers 2xx; otherwise what went wrong and how."""
         try:
             async with asyncio.timeout(self.limits.probe_timeout_s):
-                async with up.session.get(up.base_url + up.component.health_path,
-                                          headers=up.extra_headers) as resp:
-                    await resp.read()
-                    return (None if 200 <= resp.status < 300 else f"health path answered {resp.status}"), Failure.BROKE
+                status = await up.health()
+                return (None if 200 <= status < 300 else f"health path answered {status}"), Failure.BROKE
         except aiohttp.ServerFingerprintMismatch:
             return "certificate fingerprint mismatch", Failure.REFUSED
         except TimeoutError:
@@ -618,7 +665,7 @@ class Router:
         except RuntimeError:
             # a drain closed this target's connections while its probe was on the way: the copy is gone from the
             # route, and the probe loop must live on (an uncaught error here ended every later probe)
-            if not up.session.closed:
+            if not up.closed:
                 raise
             return "the target's connections were closed (drained)", Failure.REFUSED
 
@@ -657,6 +704,7 @@ class Router:
             return _error(404, f"no remote copy of {name}: no instance of this lease reports one")
         up = self._remote(comp, remote)
         query = {k: v for k, v in request.query.items() if k in ("offset", "tail")}
+        assert up.session is not None  # a remote copy: pinned TLS, aiohttp's client
         try:
             async with up.session.get(URL(f"{up.base_url}/"), params=query,
                                       headers={**up.extra_headers, LOG_HEADER: name}) as resp:
