@@ -1,0 +1,129 @@
+"""The instance's blob fetch keeps one HTTP/1.1 connection per thread (``bootstrap.KeepAlive``), against a real
+loopback HTTP server: every blob still verified, errors still the ones urllib gives (a 404 is final, a body cut
+short is retried), a kept connection the server closed meanwhile is replaced without a failure."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import threading
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spotleash.instance_agent import bootstrap
+from spotleash.instance_agent.bootstrap import KeepAlive, Origin, PackageFailure, Source
+
+
+class Blobs(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Handler)
+        self.blobs: dict[str, bytes] = {}
+        self.connections = 0
+        self.requests = 0
+        self.cut_once: set[str] = set()  # paths whose next answer ends half-way and closes
+        self.close_after_each = False  # the server closes every connection after its answer (kept ones go stale)
+        self.lock = threading.Lock()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/{name}"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    server: Blobs
+    protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.lock:
+            self.server.connections += 1
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - http.server's signature
+        pass
+
+    def do_GET(self) -> None:
+        name = self.path.lstrip("/").split("?", 1)[0]
+        with self.server.lock:
+            self.server.requests += 1
+            cut = name in self.server.cut_once
+            self.server.cut_once.discard(name)
+        body = self.server.blobs.get(name)
+        if body is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2] if cut else body)
+        if cut or self.server.close_after_each:
+            self.close_connection = True
+
+
+@pytest.fixture
+def server() -> Iterator[Blobs]:
+    s = Blobs()
+    t = threading.Thread(target=s.serve_forever, daemon=True)
+    t.start()
+    yield s
+    s.shutdown()
+    s.server_close()
+
+
+def add_blobs(server: Blobs, n: int) -> list[dict[str, Any]]:
+    out = []
+    for i in range(n):
+        data = (f"blob {i} " * (50 + 300 * i)).encode()
+        sha = hashlib.sha256(data).hexdigest()
+        server.blobs[sha] = data
+        out.append({"sha256": sha, "name": f"w{i}.whl", "kind": "wheel", "size": len(data)})
+    return out
+
+
+def origin(server: Blobs) -> Origin:
+    return Origin(Source(server.url("manifest")), lambda sha: Source(server.url(sha)))
+
+
+def test_blobs_come_over_one_kept_connection_per_thread_and_each_is_verified(server: Blobs, tmp_path: Path) -> None:
+    blobs = add_blobs(server, 30)
+    got = bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=4)
+    assert {sha: p.read_bytes() for sha, p in got.items()} == {b["sha256"]: server.blobs[b["sha256"]] for b in blobs}
+    assert server.requests == 30
+    assert server.connections <= 4  # not one per blob
+
+
+def test_a_missing_blob_is_an_http_404_and_fails_at_once(server: Blobs, tmp_path: Path) -> None:
+    blobs = add_blobs(server, 3)
+    server.blobs.pop(blobs[1]["sha256"])
+    with pytest.raises(PackageFailure) as e:
+        bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=2)
+    assert e.value.reason == "package_missing"
+    opener = KeepAlive()
+    with pytest.raises(urllib.error.HTTPError) as http_error:
+        opener(urllib.request.Request(server.url("nothing")), 5.0)
+    assert http_error.value.code == 404
+    opener.close()
+
+
+def test_a_body_cut_short_is_retried_and_the_blob_kept_only_whole(server: Blobs, tmp_path: Path) -> None:
+    blobs = add_blobs(server, 4)
+    server.cut_once.add(blobs[2]["sha256"])
+    got = bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=2,
+                                sleep=lambda _s: None)
+    assert got[blobs[2]["sha256"]].read_bytes() == server.blobs[blobs[2]["sha256"]]
+    assert server.requests == 5  # the cut one twice
+
+
+def test_a_kept_connection_the_server_closed_is_replaced_without_a_failure(server: Blobs, tmp_path: Path) -> None:
+    blobs = add_blobs(server, 6)
+    server.close_after_each = True
+    got = bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=1)
+    assert len(got) == 6
+    assert server.requests == 6 and server.connections == 6
