@@ -127,3 +127,36 @@ def test_a_kept_connection_the_server_closed_is_replaced_without_a_failure(serve
     got = bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=1)
     assert len(got) == 6
     assert server.requests == 6 and server.connections == 6
+
+
+def test_each_verified_blob_is_handed_on_while_the_others_come_and_a_failing_hand_on_is_not_the_fetch_s(
+        server: Blobs, tmp_path: Path) -> None:
+    blobs = add_blobs(server, 5)
+    seen: list[tuple[str, bytes]] = []
+
+    def on_blob(blob: dict[str, Any], path: Path) -> None:
+        seen.append((blob["name"], path.read_bytes()))
+        if blob["name"] == "w3.whl":
+            raise OSError("disk full")
+
+    got = bootstrap.fetch_blobs(origin(server), blobs, tmp_path / "cache", threads=2, on_blob=on_blob)
+    assert len(got) == 5
+    assert sorted(seen) == sorted((b["name"], server.blobs[b["sha256"]]) for b in blobs)
+
+
+def test_uv_comes_out_of_its_wheel_as_soon_as_its_blob_is_verified(tmp_path: Path) -> None:
+    import zipfile
+
+    wheel = tmp_path / "cache" / "0123"
+    wheel.parent.mkdir()
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("uv-0.13.9.data/scripts/uv", "#!/bin/sh\nexit 0\n")
+    name = "uv-0.13.9-py3-none-manylinux_2_17_x86_64.whl"
+    work = tmp_path / "work"
+    bootstrap.early_tool({"kind": "wheel", "name": "uv-but-a-wheel.whl"}, wheel, work)
+    assert not (work / "tools").exists()  # only the tool blob named uv-…
+    bootstrap.early_tool({"kind": "tool", "name": name}, wheel, work)
+    extracted = work / "tools" / name / "uv"
+    assert extracted.is_file() and extracted.stat().st_mode & 0o111
+    # the assembly later finds it there: the same path, nothing extracted twice
+    assert bootstrap.uv_from_wheel(bootstrap._named(wheel, name, work), work / "tools") == extracted
