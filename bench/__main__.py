@@ -192,8 +192,10 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     def model() -> None:
         from bench import model_answer
 
-        raw["model"] = model_answer.model_section(h, work, work, p.get("model_publishes", 1),
-                                                  p.get("model_installs", 2), p.get("model_alarms", 1))
+        raw["model"] = {}
+        model_answer.model_section(h, work, work, int(os.environ.get("BENCH_MODEL_PUBLISHES", p["model_publishes"])),
+                                   int(os.environ.get("BENCH_MODEL_INSTALLS", p["model_installs"])),
+                                   int(os.environ.get("BENCH_MODEL_ALARMS", p["model_alarms"])), raw["model"])
 
     def snapshot() -> None:
         ctx, storage = snapshot_throughput.stack_context(h.settings)
