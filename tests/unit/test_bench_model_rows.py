@@ -14,12 +14,12 @@ from bench.__main__ import build_rows
 from bench.failover import FIELD_VAST
 from bench.stats import summary
 
-PHASES = {"detection_s": 1.0, "demand_to_intent_s": 0.2, "launch_s": 0.3, "boot_s": 1.5, "fetch_s": 0.4,
+PHASES = {"alarm_to_intent_s": 1.2, "launch_s": 0.3, "boot_s": 1.5, "fetch_s": 0.4,
           "install_s": 2.0, "load_s": 1.5, "restore_s": 0.0, "handoff_s": 0.5, "route_s": 0.5, "total_s": 8.4}
 
 
 def raw_model() -> dict[str, Any]:
-    runs = [{"instance_id": "sl-1", "phases": PHASES, "served_by": "sl-1", "paraphrase": 0.8, "unrelated": 0.1,
+    runs = [{"instance_id": "sl-1", "phases": PHASES, "demand_logged_s": 1.0, "served_by": "sl-1", "paraphrase": 0.8, "unrelated": 0.1,
              "inet_down_mbps": 1000.0}]
     alarm: dict[str, Any] = {"sha256": "a" * 64, "package_bytes": 200_000_000, "weights_bytes": 100_000_000,
                              "runs": runs, "phases": {k: summary([v]) for k, v in PHASES.items()}, "read_mb_s": 1000.0}
@@ -44,7 +44,7 @@ def test_the_projection_puts_the_field_waits_and_the_link_in_place_of_the_fakes(
     assert pj["download_s"] == pytest.approx((100_000_000 + 2**30) * 8 / 1e9)
     # the measured load plus the rest of the 1 GiB read at 1000 MB/s
     assert pj["load_s"] == pytest.approx(1.5 + (2**30 - 100_000_000) / 1e9)
-    assert pj["own_s"] == pytest.approx(1.0 + 0.2 + 0.3 + 0.5 + 0.5)
+    assert pj["own_s"] == pytest.approx(1.2 + 0.3 + 0.5 + 0.5)
     assert pj["total_s"] == pytest.approx(pj["provider_s"] + pj["download_s"] + 2.0 + pj["load_s"] + pj["own_s"])
     assert pj["own_met"] is True and pj["total_met"] is (pj["total_s"] <= 110.0)
 
@@ -67,7 +67,8 @@ def test_rows_put_each_figure_beside_its_baseline_and_quote_the_targets() -> Non
     assert uv["baseline"] == 5.5 and uv["baseline_name"] == "pip" and uv["within_target"] is False  # 1.7 s median
     assert "uv venv 0.10 s" in uv["metric"]
     phases = [k for k in rows if k.startswith("model_alarm_") and not k.startswith("model_alarm_projected")]
-    assert len(phases) == 1 + 9  # the total and each phase
+    assert len(phases) == 1 + 8  # the total and each phase
+    assert "demand published at 1.00 s" in rows["model_alarm_alarm_to_intent"]["metric"]
     assert rows["model_alarm_projected_own"]["within_target"] is True
 
 
