@@ -391,7 +391,11 @@ def project(res: dict[str, Any]) -> dict[str, Any]:
     load = ph["load_s"] + max(model_bytes - res["weights_bytes"], 0) / 1e6 / res["read_mb_s"]
     own = ph["alarm_to_intent_s"] + ph["launch_s"] + ph["handoff_s"] + ph["route_s"]
     total = None if download is None else provider + download + ph["install_s"] + load + own
+    # the link the target needs: what is left of 110 s for the download
+    left = TARGET_TOTAL_S - (provider + ph["install_s"] + load + own)
+    needed = over_link * 8 / 1e6 / left if left > 0 else None
     return {"provider_s": provider, "inet_down_mbps": inet_down, "over_link_bytes": over_link,
+            "inet_down_needed_mbps": needed,
             "download_s": download, "install_s": ph["install_s"], "load_s": load, "own_s": own, "total_s": total,
             "total_met": total is not None and total <= TARGET_TOTAL_S, "own_met": own <= TARGET_OWN_S}
 
@@ -511,7 +515,8 @@ def model_notes(res: dict[str, Any]) -> list[str]:
                    f"real MiniLM /similarity through the agent's router, served by the box (paraphrase vs unrelated "
                    f"scores: {scores}). Projection: the field report's VAST waits (create 1.59 s, running 72.77 s, "
                    f"SSH 12.36 s), the package less MiniLM plus 1 GiB of weights over the rented offer's inet_down "
-                   f"({pj['inet_down_mbps']} Mbit/s, the fake's offer: real offers range ~100–5000), the measured "
+                   f"({pj['inet_down_mbps']} Mbit/s, the fake's offer: real offers range ~100–5000; the 110 s target needs "
+                   f"at least {pj.get('inet_down_needed_mbps') or float('nan'):.0f} Mbit/s), the measured "
                    f"install, the measured MiniLM load plus the rest of 1 GiB read at {al['read_mb_s']:.0f} MB/s "
                    "(page cache warm), spotleash's own share measured here (alarm → intent, the launch "
                    "call to the VAST fake — near-instant there, so nearly all of it spotleash's work —, the hand-off "

@@ -47,6 +47,9 @@ def test_the_projection_puts_the_field_waits_and_the_link_in_place_of_the_fakes(
     assert pj["own_s"] == pytest.approx(1.2 + 0.3 + 0.5 + 0.5)
     assert pj["total_s"] == pytest.approx(pj["provider_s"] + pj["download_s"] + 2.0 + pj["load_s"] + pj["own_s"])
     assert pj["own_met"] is True and pj["total_met"] is (pj["total_s"] <= 110.0)
+    # at the link the target needs, the total is exactly 110 s
+    left = 110.0 - (pj["provider_s"] + 2.0 + pj["load_s"] + pj["own_s"])
+    assert pj["inet_down_needed_mbps"] == pytest.approx(pj["over_link_bytes"] * 8 / 1e6 / left)
 
 
 def test_without_the_offer_s_link_speed_there_is_no_projected_total() -> None:
