@@ -330,6 +330,12 @@ def bootstrap_threads() -> int:
     return FETCH_THREADS
 
 
+def keep_alive() -> bool:
+    from spotleash.instance_agent.bootstrap import FETCH_KEEP_ALIVE
+
+    return FETCH_KEEP_ALIVE
+
+
 def _row(key: str, metric: str, s: dict[str, Any], unit: str = "s", baseline: float | None = None,
          baseline_name: str | None = None) -> dict[str, Any]:
     return {"key": key, "metric": metric, "unit": unit, "n": s.get("n", 0), "median": s.get("median"),
@@ -361,7 +367,8 @@ def package_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
     fetch = res.get("fetch")
     if fetch:
         rows.append(_row("fetch_parallel", f"instance blob fetch, {fetch['blobs']} blobs "
-                         f"({fetch['bytes'] / 1e6:.1f} MB), {bootstrap_threads()} at a time, kept connections",
+                         f"({fetch['bytes'] / 1e6:.1f} MB), {bootstrap_threads()} at a time"
+                         + (", kept connections" if keep_alive() else ""),
                          fetch["parallel"], unit="MB/s",
                          baseline=fetch["raw_one_object"].get("median"), baseline_name="the same bytes as one object"))
         raw_mb_s = fetch["raw_one_object"].get("median")
@@ -412,8 +419,9 @@ def package_notes(res: dict[str, Any]) -> list[str]:
     if fetch:
         ratio = fetch["parallel"]["median"] / fetch["raw_one_object"]["median"]
         out.append("blob fetch: `bootstrap.fetch_blobs` in-process against the stack's Cloud Storage emulator on "
-                   f"loopback ({bootstrap_threads()} threads, one kept HTTP/1.1 connection each, the largest blobs "
-                   "first; each blob: its own request, sha256, write, rename), into an empty cache each run; the "
+                   f"loopback ({bootstrap_threads()} threads, the largest blobs first; each blob: its own request"
+                   f"{' on a kept connection' if keep_alive() else ' and connection'}, sha256, write, rename), into "
+                   "an empty cache each run; the "
                    "baseline downloads the same bytes as one object in one stream. Parallel / one object: "
                    f"{ratio:.2f}x (the issue's target: at least 0.8x)"
                    + ("; on loopback the per-request cost dominates (most wheels are small)." if ratio < 0.8 else "."))
