@@ -37,8 +37,8 @@ from spotleash.demo.run import DEMO_TIMINGS, REAP_TIME_SCALE
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "latest.json"
 PAGE = REPO / "docs" / "benchmarks.md"
-SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "snapshot", "failover", "router_load", "memory",
-            "reap", "router")
+SECTIONS = ("launch", "sigterm", "sigkill", "agent", "smoke", "package", "model", "snapshot", "failover", "router_load",
+            "memory", "reap", "router")
 STACKLESS = ("router",)  # in-process on loopback: no local stack needed
 
 # The demo's short control-plane timings (lease loss and reaping happen in seconds), quieter logs, and
@@ -68,13 +68,13 @@ def plan(quick: bool) -> dict[str, Any]:
                 "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
                 "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200,
                 "failover_state_mb": 100, "router_load_s": 2.0, "router_load_rounds": 2, "memory_runs": 1,
-                "memory_rest_s": 20.0}
+                "memory_rest_s": 20.0, "model_publishes": 1, "model_installs": 2, "model_alarms": 1}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
             "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
             "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
             "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000,
             "failover_state_mb": 1024, "router_load_s": 5.0, "router_load_rounds": 3, "memory_runs": 3,
-            "memory_rest_s": 60.0}
+            "memory_rest_s": 60.0, "model_publishes": 2, "model_installs": 3, "model_alarms": 3}
 
 
 def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
@@ -189,6 +189,14 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
     def package() -> None:
         raw["package"] = packages.package_section(h, work, work, p["publishes"], p["package_launches"])
 
+    def model() -> None:
+        from bench import model_answer
+
+        raw["model"] = {}
+        model_answer.model_section(h, work, work, int(os.environ.get("BENCH_MODEL_PUBLISHES", p["model_publishes"])),
+                                   int(os.environ.get("BENCH_MODEL_INSTALLS", p["model_installs"])),
+                                   int(os.environ.get("BENCH_MODEL_ALARMS", p["model_alarms"])), raw["model"])
+
     def snapshot() -> None:
         ctx, storage = snapshot_throughput.stack_context(h.settings)
         raw["snapshot"] = snapshot_throughput.snapshot_section(ctx, storage, work / "snapshot-scratch",
@@ -221,6 +229,9 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         section("smoke", f"VAST smoke run x{p['smoke']}", smoke)
         section("package", f"publish x{p['publishes']} (2 apps), demand → READY x{p['package_launches']} "
                            "(GCE, VAST)", package)
+        section("model", f"republish with 1 GiB of weights x{p.get('model_publishes', 1)}, install uv vs pip "
+                         f"x{p.get('model_installs', 2)}, memory alarm → first model answer x{p.get('model_alarms', 1)}",
+                model)
         section("snapshot", f"snapshot + restore of {p['snapshot_sizes_mb']} MB x{p['snapshot_repeats']}",
                 snapshot)
         section("failover", f"failover under load through the router, GCE preemption + VAST outbid "
@@ -264,6 +275,10 @@ def build_rows(results: dict[str, Any]) -> None:
         rows += vast_smoke.smoke_rows(raw["vast_smoke"])
     if "package" in raw:
         rows += packages.package_rows(raw["package"])
+    if "model" in raw:
+        from bench import model_answer
+
+        rows += model_answer.model_rows(raw["model"])
     if "router_load" in raw:
         rows += router_load.router_load_rows(raw["router_load"])
     if "router" in raw:
@@ -302,6 +317,10 @@ def notes(results: dict[str, Any]) -> list[str]:
         from bench.packages import package_notes
 
         out += package_notes(raw["package"])
+    if "model" in raw:
+        from bench.model_answer import model_notes
+
+        out += model_notes(raw["model"])
     if "router_load" in raw:
         from bench.router_load import router_load_notes
 
