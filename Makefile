@@ -13,7 +13,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	$(RUN) pytest -q -p no:cacheprovider -m "not chaos" --durations=15
+	@bash scripts/test_lanes.sh $(RUN)
 
 demo: setup
 	$(RUN) spotleash demo
