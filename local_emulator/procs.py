@@ -4,7 +4,8 @@ Every process the stack starts runs in its own session (``start_new_session=True
 process-group id equals its pid and the whole tree under it (the ``gcloud`` wrapper *and* its Java
 child, functions-framework and its workers) can be stopped with one ``killpg``. A record of what
 was started (:meth:`ManagedProcess.to_record`) is enough to stop it later from another process,
-and the record carries the leader's ``create_time`` so a recycled pid is never killed by mistake.
+and the record carries when the leader started (``started``: seconds after boot) so a recycled pid is never
+killed by mistake.
 """
 
 from __future__ import annotations
@@ -100,6 +101,19 @@ def _tail(path: Path, limit: int = 2000) -> str:
     return data[-limit:].decode("utf-8", errors="replace")
 
 
+def started(pid: int) -> float:
+    """When ``pid`` started, in seconds after boot, which a clock step does not move. psutil's ``create_time``
+    adds the boot time, and Linux derives that from the wall clock: this machine's clock stepped 18 s under a
+    running stack, every process of it then looked like a stranger (a recycled pid), and the stack stopped
+    none of them. NoSuchProcess when it is gone; elsewhere than Linux, the wall clock's figure."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
+        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks after boot
+    except (OSError, IndexError, ValueError):
+        return float(psutil.Process(pid).create_time())
+
+
 @dataclass
 class ManagedProcess:
     """A process (and its whole process group) started by the local stack."""
@@ -107,7 +121,7 @@ class ManagedProcess:
     name: str
     pid: int
     pgid: int
-    create_time: float
+    started: float  # seconds after boot (``started()``)
     port: int | None
     log_path: Path
     argv: list[str] = field(default_factory=list)
@@ -119,7 +133,7 @@ class ManagedProcess:
             "name": self.name,
             "pid": self.pid,
             "pgid": self.pgid,
-            "create_time": self.create_time,
+            "started": self.started,
             "port": self.port,
             "log_path": str(self.log_path),
             "argv": self.argv,
@@ -131,7 +145,7 @@ class ManagedProcess:
             name=str(rec["name"]),
             pid=int(rec["pid"]),
             pgid=int(rec["pgid"]),
-            create_time=float(rec["create_time"]),
+            started=float(rec.get("started", -1.0)),  # a record of an older stack has none: its pid is trusted
             port=None if rec.get("port") is None else int(rec["port"]),
             log_path=Path(rec.get("log_path", "")),
             argv=list(rec.get("argv", [])),
@@ -146,14 +160,17 @@ class ManagedProcess:
 
     # ---------------------------------------------------------------- state
     def _leader(self) -> psutil.Process | None:
-        """The leader process if it is still the one we started (same pid *and* create_time)."""
+        """The leader process if it is still the one we started (same pid *and* start)."""
         try:
             p = psutil.Process(self.pid)
-            if abs(p.create_time() - self.create_time) > 0.05 or p.status() == psutil.STATUS_ZOMBIE:
+            if not self._same_start(self.pid) or p.status() == psutil.STATUS_ZOMBIE:
                 return None
             return p
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             return None
+
+    def _same_start(self, pid: int) -> bool:
+        return self.started < 0 or abs(started(pid) - self.started) <= 0.05
 
     def members(self) -> list[psutil.Process]:
         """Every live process of our group (plus the leader's descendants, wherever they moved).
@@ -165,7 +182,7 @@ class ManagedProcess:
         if leader is None:
             try:
                 other = psutil.Process(self.pgid)
-                if other.status() != psutil.STATUS_ZOMBIE and abs(other.create_time() - self.create_time) > 0.05:
+                if other.status() != psutil.STATUS_ZOMBIE and not self._same_start(self.pgid):
                     return []  # the id now belongs to someone else
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 pass
@@ -179,7 +196,7 @@ class ManagedProcess:
                 if p.pid in found or os.getpgid(p.pid) != self.pgid:
                     continue
                 # members of our group were born after the leader
-                if p.create_time() + 0.05 >= self.create_time and p.status() != psutil.STATUS_ZOMBIE:
+                if started(p.pid) + 0.05 >= self.started and p.status() != psutil.STATUS_ZOMBIE:
                     found[p.pid] = p
             except (psutil.Error, ProcessLookupError, PermissionError):
                 continue
@@ -312,10 +329,10 @@ def spawn(
         except FileNotFoundError as e:
             raise MissingDependency(f"cannot start {name}: program {argv[0]!r} not found") from e
     try:
-        ctime = psutil.Process(popen.pid).create_time()
+        start = started(popen.pid)
     except psutil.NoSuchProcess:
-        ctime = time.time()
-    proc = ManagedProcess(name, popen.pid, popen.pid, ctime, port, log_path, list(argv), popen)
+        start = -1.0  # gone already: nothing of it to stop
+    proc = ManagedProcess(name, popen.pid, popen.pid, start, port, log_path, list(argv), popen)
     log.info("process started", process=name, pid=popen.pid, port=port, log=str(log_path))
     if on_start is not None:
         on_start(proc)

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from local_emulator import stack
-from local_emulator.procs import MissingDependency, StackError, port_open
+from local_emulator.procs import MissingDependency, StackError, port_open, started
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
 
@@ -282,11 +282,11 @@ def test_status_and_read_env_without_a_stack(tmp_path: Path) -> None:
 
 
 def test_down_refuses_to_kill_a_recycled_pid(tmp_path: Path) -> None:
-    """A record whose pid now belongs to another process (different create_time) is not killed."""
+    """A record whose pid now belongs to another process (it started at another time) is not killed."""
     victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
     try:
         rec = {"name": "impostor", "pid": victim.pid, "pgid": victim.pid,
-               "create_time": psutil.Process(victim.pid).create_time() - 1000, "port": None, "log_path": ""}
+               "started": started(victim.pid) - 1000, "port": None, "log_path": ""}
         path = stack.stack_file(tmp_path)
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"project": "p", "complete": True, "processes": [rec]}))

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import psutil
+import pytest
 
 from spotleash.supervisor.marked import wait_gone
 
@@ -35,3 +36,15 @@ def test_a_process_still_running_at_the_timeout_is_returned() -> None:
         sleeper.kill()
         sleeper.wait(timeout=10)
     assert wait_gone([psutil.Process()], 0) != []  # this very process: running
+
+
+def test_a_process_start_is_read_after_boot_so_a_clock_step_does_not_move_it() -> None:
+    # psutil's create_time = boot time (from the wall clock) + start: this machine's clock stepped 18 s under a
+    # running stack and every part looked like a recycled pid. started() is the start alone, in ticks after boot.
+    from local_emulator.procs import started
+
+    me = psutil.Process()
+    assert abs(started(me.pid) - (me.create_time() - psutil.boot_time())) <= 1.0  # boot time is whole seconds
+    assert started(me.pid) == started(me.pid)
+    with pytest.raises(psutil.NoSuchProcess):
+        started(2**22 + 7)  # above pid_max: no such process
