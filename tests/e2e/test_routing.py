@@ -288,7 +288,9 @@ def test_agent_sigterm_sends_new_requests_local_while_a_stream_in_flight_finishe
     headers: dict[str, str] = {}
 
     def stream() -> None:
-        with httpx.stream("GET", app.url("vectors", "/similar/stream?id=9&k=8&every_s=0.5"), timeout=30) as r:
+        # 8 events 0.25 s apart: 2 s of stream inside the agent's 5 s drain (0.5 s apart left 1 s of margin, and a
+        # run with two test lanes on 2 cores got 4 events before the drain deadline closed it)
+        with httpx.stream("GET", app.url("vectors", "/similar/stream?id=9&k=8&every_s=0.25"), timeout=30) as r:
             headers.update(r.headers)
             events.extend(json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: "))
 
