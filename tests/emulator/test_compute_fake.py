@@ -119,6 +119,8 @@ def test_insert_runs_a_real_process_with_a_metadata_server(clients: Any, control
     assert info["startup_script_check"] == {"present": True, "bash_n_ok": True, "stderr": ""}
     proc = psutil.Process(info["pid"])
     assert "spotleash.instance_agent" not in " ".join(proc.cmdline())  # the fake itself starts no agent
+    # a VM's process is a fork of the fake until it execs: its environment is the VM's only from then (CI, 2 lanes)
+    wait_until(lambda: "GCE_METADATA_HOST" in proc.environ(), timeout=10, what="the VM's exec")
     assert proc.environ()["GCE_METADATA_HOST"] == info["metadata_host"]
     md = f"http://{info['metadata_host']}/computeMetadata/v1"
     h = {"Metadata-Flavor": "Google"}
