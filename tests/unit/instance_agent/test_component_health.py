@@ -87,7 +87,7 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request: object, client_address: object) -> None:
-        pass  # the slow answer's client has gone (the probe timed out): its broken pipe is expected
+        """Silent: the slow answer's client has gone (the probe timed out), so its broken pipe is expected."""
 
 
 @pytest.fixture
