@@ -13,7 +13,7 @@ setup:
 	@bash scripts/bootstrap.sh
 
 test: setup
-	@bash scripts/test_lanes.sh $(RUN)
+	@bash scripts/test_lanes.sh suite $(RUN)
 
 demo: setup
 	$(RUN) spotleash demo
@@ -32,7 +32,7 @@ docs: setup
 	$(DOCS_BUILD)
 
 chaos: setup
-	SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} $(RUN) pytest -q -p no:cacheprovider -m chaos tests/chaos
+	@SPOTLEASH_CHAOS_RUNS=$${SPOTLEASH_CHAOS_RUNS:-3} bash scripts/test_lanes.sh chaos $(RUN)
 
 bench: setup
 	@bash scripts/ensure_bench_tools.sh || [ $$? = 3 ]  # wrk and nginx for the router rows (3: cannot install here)

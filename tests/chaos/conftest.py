@@ -40,7 +40,9 @@ from spotleash.providers import build_provider
 from spotleash.providers.base import LABEL_INSTANCE, LABEL_LEASE
 
 REPO = Path(__file__).resolve().parents[2]
-RESULTS_FILE = LAST_RUN  # untracked; `python -m tests.chaos.report --publish` makes it the quoted figures
+# untracked; `python -m tests.chaos.report --publish` makes it the quoted figures. A lane of `make chaos` writes its own
+# (scripts/test_lanes.sh), merged into LAST_RUN after both.
+RESULTS_FILE = Path(os.environ.get("SPOTLEASH_CHAOS_RESULTS_FILE") or LAST_RUN)
 RUNS = max(1, int(os.environ.get("SPOTLEASH_CHAOS_RUNS", "1")))
 SEEDS = list(range(RUNS))
 LEASE_TTL = float(FAST_TIMINGS["SPOTLEASH_LEASE_TTL_S"])

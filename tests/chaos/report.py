@@ -6,6 +6,9 @@ leaves the checkout clean). A person who wants them quoted publishes them:
     uv run python -m tests.chaos.report --publish   # copies the last run's figures to bench/results/chaos.json
                                                     # and rewrites the text between the chaos markers
     uv run python -m tests.chaos.report             # only re-renders the published figures
+
+``make chaos`` runs the scenarios in two pytest processes (``scripts/test_lanes.sh chaos``), each writing its
+own figures (``SPOTLEASH_CHAOS_RESULTS_FILE``); ``--merge A B`` makes them one run's figures in ``LAST_RUN``.
 """
 
 from __future__ import annotations
@@ -120,7 +123,32 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One run's figures from its lanes' (each lane ran different scenarios on a stack of its own)."""
+    if not parts:
+        raise ValueError("no lane's figures to merge")
+    scenarios: dict[str, Any] = {}
+    for part in parts:
+        twice = scenarios.keys() & part["scenarios"].keys()
+        if twice:
+            raise ValueError(f"scenario(s) {sorted(twice)} ran in two lanes")
+        scenarios.update(part["scenarios"])
+    first = parts[0]
+    return {**first, "date": min(p["date"] for p in parts), "command": "make chaos (lanes: scripts/test_lanes.sh chaos)",
+            "scenarios": dict(sorted(scenarios.items())),
+            "failed_tests": [n for p in parts for n in p.get("failed_tests", [])],
+            "totals": {k: sum(p["totals"][k] for p in parts) for k in ("runs", "orphans_left", "records_lost")}}
+
+
 def main(argv: list[str]) -> int:
+    if argv[:1] == ["--merge"]:
+        found = [Path(a) for a in argv[1:] if Path(a).is_file()]  # a lane that failed before any verdict wrote none
+        if not found:
+            print("no chaos lane wrote figures", file=sys.stderr)
+            return 1
+        LAST_RUN.parent.mkdir(parents=True, exist_ok=True)
+        LAST_RUN.write_text(json.dumps(merge([json.loads(f.read_text()) for f in found]), indent=2) + "\n")
+        return 0
     if "--publish" in argv:
         if not LAST_RUN.is_file():
             print(f"no chaos run to publish: {LAST_RUN} is missing (run `make chaos` first)", file=sys.stderr)
