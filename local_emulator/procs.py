@@ -33,6 +33,7 @@ from spotleash.supervisor.marked import (  # find_marked: the fakes and tests us
     find_marked,
     wait_gone,
 )
+from spotleash.supervisor.started import started
 
 log = get_logger("spotleash.local.procs")
 
@@ -99,19 +100,6 @@ def _tail(path: Path, limit: int = 2000) -> str:
     except OSError:
         return ""
     return data[-limit:].decode("utf-8", errors="replace")
-
-
-def started(pid: int) -> float:
-    """When ``pid`` started, in seconds after boot, which a clock step does not move. psutil's ``create_time``
-    adds the boot time, and Linux derives that from the wall clock: this machine's clock stepped 18 s under a
-    running stack, every process of it then looked like a stranger (a recycled pid), and the stack stopped
-    none of them. NoSuchProcess when it is gone; elsewhere than Linux, the wall clock's figure."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()  # after the command name, which may hold spaces
-        return int(fields[19]) / os.sysconf("SC_CLK_TCK")  # field 22: starttime, in clock ticks after boot
-    except (OSError, IndexError, ValueError):
-        return float(psutil.Process(pid).create_time())
 
 
 @dataclass

@@ -1,14 +1,15 @@
 """One agent per lease: ``state_dir/agent-<lease>.lock``, held with ``fcntl.flock``.
 
-The file holds the holder's pid and process create time (JSON). Taking the lock:
+The file holds the holder's pid and when it started (JSON; seconds after boot, ``supervisor.started``,
+which a step of the wall clock does not move). Taking the lock:
 
 * the flock is free → any holder named in the file is dead; if it names a pid that is gone, or a
-  pid now used by another process (its create time differs), the stale lock is recovered with a
+  pid now used by another process (it started at another time), the stale lock is recovered with a
   log line;
 * the flock is held by a live agent → :class:`LockHeld`, naming the pid.
 
 The kernel drops a flock when its holder dies (even on kill -9), so a crashed agent never blocks
-the next one; the pid + create time guard covers filesystems where flock is not honoured.
+the next one; the pid + start time guard covers filesystems where flock is not honoured.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import psutil
 
 from spotleash.errors import SpotleashError
 from spotleash.log import get_logger
+from spotleash.supervisor.started import started
 
 log = get_logger(__name__)
 
@@ -37,13 +39,13 @@ class LockHeld(SpotleashError):
 @dataclass(frozen=True)
 class Holder:
     pid: int
-    create_time: float
+    started: float  # seconds after boot (``supervisor.started``)
 
 
-def process_create_time(pid: int) -> float | None:
-    """The create time of ``pid``, or None if no such process exists."""
+def process_started(pid: int) -> float | None:
+    """When ``pid`` started, or None if no such process exists."""
     try:
-        return float(psutil.Process(pid).create_time())
+        return started(pid)
     except (psutil.NoSuchProcess, psutil.ZombieProcess):
         return None
     except psutil.AccessDenied:
@@ -51,13 +53,13 @@ def process_create_time(pid: int) -> float | None:
 
 
 def holder_alive(h: Holder) -> tuple[bool, str]:
-    """(alive, why): a holder is alive if its pid exists with the same create time."""
-    ct = process_create_time(h.pid)
+    """(alive, why): a holder is alive if its pid exists and started when it did."""
+    ct = process_started(h.pid)
     if ct is None:
         return False, f"pid {h.pid} is gone"
     if ct != ct:  # NaN: exists, cannot inspect; be safe
         return True, f"pid {h.pid} exists (not inspectable)"
-    if abs(ct - h.create_time) > 0.01:
+    if abs(ct - h.started) > 0.05:  # clock ticks: 10 ms
         return False, f"pid {h.pid} was reused by another process"
     return True, f"pid {h.pid} is running"
 
@@ -69,7 +71,7 @@ def _read_holder(fd: int) -> Holder | None:
         return None
     try:
         data = json.loads(raw)
-        return Holder(int(data["pid"]), float(data["create_time"]))
+        return Holder(int(data["pid"]), float(data["started"]))
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -115,8 +117,7 @@ class LeaseLock:
                 continue
             try:
                 self._check_previous(fd)
-                me = psutil.Process()
-                body = json.dumps({"pid": me.pid, "create_time": me.create_time(), "lease_id": self.lease_id})
+                body = json.dumps({"pid": os.getpid(), "started": started(os.getpid()), "lease_id": self.lease_id})
                 os.ftruncate(fd, 0)
                 os.lseek(fd, 0, os.SEEK_SET)
                 os.write(fd, body.encode())

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import psutil
 import pytest
 
 from spotleash.agent.lock import Holder, LeaseLock, LockHeld, holder_alive, lock_path
+from spotleash.supervisor.started import started
 
 
 def _dead_pid() -> int:
@@ -20,11 +23,11 @@ def _dead_pid() -> int:
     return pid
 
 
-def test_lock_records_pid_and_create_time_and_is_removed_on_release(tmp_path: Path) -> None:
+def test_lock_records_pid_and_start_time_and_is_removed_on_release(tmp_path: Path) -> None:
     with LeaseLock(tmp_path, "lease-a") as lock:
         data = json.loads(lock_path(tmp_path, "lease-a").read_text())
         assert data["pid"] == os.getpid()
-        assert data["create_time"] == pytest.approx(psutil.Process().create_time())
+        assert data["started"] == started(os.getpid())
         assert lock.held
     assert not lock_path(tmp_path, "lease-a").exists()
     assert not lock.held
@@ -43,7 +46,7 @@ def test_other_leases_do_not_conflict(tmp_path: Path) -> None:
 def test_stale_lock_of_a_dead_pid_is_recovered_with_a_log_line(tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     dead = _dead_pid()
-    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": dead, "create_time": 12345.0}))
+    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": dead, "started": 12345.0}))
     with caplog.at_level(logging.WARNING, logger="spotleash.agent.lock"), LeaseLock(tmp_path, "lease-a") as lock:
         assert lock.held
         assert json.loads(lock_path(tmp_path, "lease-a").read_text())["pid"] == os.getpid()
@@ -52,21 +55,29 @@ def test_stale_lock_of_a_dead_pid_is_recovered_with_a_log_line(tmp_path: Path,
 
 
 def test_stale_lock_of_a_reused_pid_is_recovered(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    # The file names a pid that exists (ours) but with another create time: the pid was recycled.
-    me = psutil.Process()
-    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time() - 500}))
-    assert holder_alive(Holder(me.pid, me.create_time() - 500)) == (False, f"pid {me.pid} was reused by another process")
+    # The file names a pid that exists (ours) but that started at another time: the pid was recycled.
+    me = os.getpid()
+    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": me, "started": started(me) - 500}))
+    assert holder_alive(Holder(me, started(me) - 500)) == (False, f"pid {me} was reused by another process")
     with caplog.at_level(logging.WARNING, logger="spotleash.agent.lock"), LeaseLock(tmp_path, "lease-a"):
         pass
     assert any("reused" in r.fields.get("reason", "") for r in caplog.records)  # type: ignore[attr-defined]
 
 
 def test_recorded_live_holder_is_refused_even_when_flock_is_free(tmp_path: Path) -> None:
-    # flock not honoured (e.g. a network filesystem): the pid + create time still guard.
-    me = psutil.Process()
-    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": me.pid, "create_time": me.create_time()}))
+    # flock not honoured (e.g. a network filesystem): the pid + start time still guard.
+    me = os.getpid()
+    lock_path(tmp_path, "lease-a").write_text(json.dumps({"pid": me, "started": started(me)}))
     with pytest.raises(LockHeld, match="live pid"):
         LeaseLock(tmp_path, "lease-a").acquire()
+
+
+def test_the_start_time_is_the_same_read_from_another_process() -> None:
+    # seconds after boot from /proc: what another process reads of us is what we recorded (a wall-clock figure
+    # would move by any clock step between the two reads)
+    code = "import sys; from spotleash.supervisor.started import started; print(repr(started(int(sys.argv[1]))))"
+    out = subprocess.run([sys.executable, "-c", code, str(os.getpid())], capture_output=True, text=True, check=True)
+    assert float(out.stdout) == started(os.getpid())
 
 
 def test_garbage_in_the_lock_file_is_ignored(tmp_path: Path) -> None:
