@@ -276,7 +276,10 @@ def test_an_idle_box_hibernates_only_after_a_verified_snapshot_and_a_request_wak
         gone = flows.wait_gone(first, timeout_s=60)
         mark("box 1 hibernated and gone")
         assert build_provider("vast", flows.settings).get(gone.provider_id or "") is None
-        assert vast_box(first) is None and not Path(box["folder"]).exists(), "the box and its disk are gone"
+        assert vast_box(first) is None
+        # The fake drops a destroyed box from its table, then stops its processes and removes its disk: a box
+        # gone from the API may still be on its way down (seen once under load, a two-lane run at load 6).
+        wait_until(lambda: not Path(box["folder"]).exists(), timeout_s=30, interval_s=0.2, what="the box's disk to go")
         costs = [next(i for i in cli_json("cost")["instances"] if i["instance_id"] == first.instance_id)
                  for _ in range(2)]
         assert costs[0]["cost"] == costs[1]["cost"] and costs[0]["state"] == "TERMINATED", "the bill stopped"

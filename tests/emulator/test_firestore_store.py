@@ -9,10 +9,9 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 
-import httpx
 import pytest
 from tests.conftest import TEST_PROJECT
-from tests.emulator.emulator_fixtures import firestore_emulator
+from tests.emulator.emulator_fixtures import empty_firestore, firestore_emulator
 from tests.support.store_contract import DEP, MakeStore, StoreContract, record
 
 from spotleash.adapters.firestore import FirestoreStore
@@ -26,18 +25,12 @@ def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield host
 
 
-def empty_database(host: str) -> None:
-    """Each test starts from an empty database (the emulator's own reset endpoint)."""
-    httpx.delete(f"http://{host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
-                 timeout=10).raise_for_status()
-
-
 class TestFirestoreStore(StoreContract):
     @pytest.fixture
     def make_store(self, firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> MakeStore:
         from google.cloud import firestore
 
-        empty_database(firestore_host)
+        empty_firestore(firestore_host)
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
         client = firestore.Client(project=TEST_PROJECT)
         return lambda deployment_id: FirestoreStore(client, deployment_id)
@@ -50,7 +43,7 @@ def test_two_processes_updating_one_document_lose_nothing(firestore_host: str,
     and the contention rounds carry them through."""
     from google.cloud import firestore
 
-    empty_database(firestore_host)
+    empty_firestore(firestore_host)
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
     stores = [FirestoreStore(firestore.Client(project=TEST_PROJECT), DEP) for _ in range(2)]
     stores[0].create_intent(record("sl-a"))

@@ -13,10 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from tests.conftest import TEST_PROJECT
-from tests.emulator.emulator_fixtures import firestore_emulator
+from tests.emulator.emulator_fixtures import empty_firestore, firestore_emulator
 from tests.support.builders import DEP, launched, open_lease, record_of
 from tests.support.clock import FakeClock
 from tests.support.fake_provider import FakeProvider, FakeSshProvider
@@ -49,8 +48,7 @@ def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context, FakeClock, FakeProvider]:
     from google.cloud import firestore
 
-    httpx.delete(f"http://{firestore_host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
-                 timeout=10).raise_for_status()
+    empty_firestore(firestore_host)
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
     monkeypatch.setattr(terminate_module, "CONFIRM_POLL_S", 0.001)
     clock = FakeClock()

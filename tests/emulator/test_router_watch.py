@@ -11,10 +11,9 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import httpx
 import pytest
 from tests.conftest import TEST_PROJECT
-from tests.emulator.emulator_fixtures import firestore_emulator
+from tests.emulator.emulator_fixtures import empty_firestore, firestore_emulator
 
 from spotleash.instance_agent.front import FrontConfig, FrontThread
 from spotleash.router.channel import credential_hash, new_credential
@@ -35,8 +34,7 @@ def firestore_host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def client(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> Any:
     from google.cloud import firestore
 
-    httpx.delete(f"http://{firestore_host}/emulator/v1/projects/{TEST_PROJECT}/databases/(default)/documents",
-                 timeout=10).raise_for_status()
+    empty_firestore(firestore_host)
     monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", firestore_host)
     return firestore.Client(project=TEST_PROJECT)
 
