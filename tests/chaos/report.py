@@ -134,7 +134,8 @@ def merge(parts: list[dict[str, Any]]) -> dict[str, Any]:
             raise ValueError(f"scenario(s) {sorted(twice)} ran in two lanes")
         scenarios.update(part["scenarios"])
     first = parts[0]
-    return {**first, "date": min(p["date"] for p in parts), "command": "make chaos (lanes: scripts/test_lanes.sh chaos)",
+    return {**first, "date": max(p["date"] for p in parts),  # written as a run ends, as one process writes it
+            "command": "make chaos (lanes: scripts/test_lanes.sh chaos)",
             "scenarios": dict(sorted(scenarios.items())),
             "failed_tests": [n for p in parts for n in p.get("failed_tests", [])],
             "totals": {k: sum(p["totals"][k] for p in parts) for k in ("runs", "orphans_left", "records_lost")}}

@@ -27,7 +27,7 @@ def test_the_lanes_figures_add_up_to_one_run() -> None:
     assert list(out["scenarios"]) == ["a scenario", "b scenario", "c scenario"]
     assert out["totals"] == {"runs": 6, "orphans_left": 1, "records_lost": 2}
     assert out["failed_tests"] == ["t::x"]
-    assert out["date"] == "2026-12-07T16:39:58+00:00"  # when the run began
+    assert out["date"] == "2026-12-07T16:40:00+00:00"  # when the run ended (its last lane)
     assert out["machine"] == {"cores": 2} and out["bounds_s"] == {"reap": 41.0}
 
 
