@@ -50,7 +50,7 @@ def own_wheel(dest: Path) -> Path:
     return build_from_source(root, dest) if root is not None else rebuild_installed(dest)
 
 
-KEPT_BUILDS = 4  # built wheels kept under dest/by-source/ (each ~0.5 MB): the latest sources and a few before
+KEPT_BUILDS = 16  # built wheels kept under dest/by-source/ (each ~0.5 MB): a shared cache serves several checkouts
 
 
 def wheel_sources(root: Path) -> list[Path]:
