@@ -169,12 +169,84 @@ def test_what_the_function_code_imports_is_what_the_archive_ships(archive_requir
     assert needed <= archive_requirements
 
 
-def test_the_instance_agent_needs_only_core_and_its_extra() -> None:
+INSTANCE_ENTRIES = ("__main__.py", "watchdog.py", "front.py")  # what an instance runs of spotleash
+
+
+def extra_only(extra: str) -> set[str]:
+    return {req_name(r) for r in pyproject()["project"]["optional-dependencies"][extra]}
+
+
+def test_the_instance_agent_needs_only_its_extra_not_the_core() -> None:
+    """A package installs spotleash without its core dependencies plus the ``instance`` extra's list
+    (``packaging/wheels.py``): every package any instance-agent module imports, at top level or inside a
+    function, must be in that extra itself — a new import of a core-only package (a Google client) fails here."""
     agent = PACKAGE / "instance_agent"
-    _, outside = reachable(agent / "__main__.py", agent / "watchdog.py", agent / "front.py")
+    _, outside = reachable(*(agent / f for f in INSTANCE_ENTRIES))
     needed = distributions(outside)
-    assert {"psutil", "aiohttp"} <= needed
-    assert needed <= declared("instance"), f"undeclared for the instance: {sorted(needed - declared('instance'))}"
+    assert {"psutil", "aiohttp", "pydantic", "httpx"} <= needed
+    missing = needed - extra_only("instance")
+    assert not missing, f"the instance agent imports {sorted(missing)}, which the `instance` extra does not name"
+
+
+def test_the_instance_extra_repeats_core_packages_with_the_core_bounds() -> None:
+    """The extra names pydantic & co. again (an instance gets no core): the same bounds, so the two never drift."""
+    project = pyproject()["project"]
+    core = {req_name(r): r for r in project["dependencies"]}
+    repeated = [r for r in project["optional-dependencies"]["instance"] if req_name(r) in core]
+    assert repeated and all(core[req_name(r)] == r for r in repeated), repeated
+
+
+_IMPORT_GUARD = """
+import importlib.metadata as md, re, sys
+allowed = set(sys.argv[1].split(","))
+owners = md.packages_distributions()
+norm = lambda n: re.sub(r"[-_.]+", "-", n).lower()
+class Guard:
+    def find_spec(self, name, path=None, target=None):
+        top = name.partition(".")[0]
+        dists = {norm(d) for d in owners.get(top, [])}
+        if top != "spotleash" and dists and not dists & allowed:
+            raise ModuleNotFoundError(f"{name} is from {sorted(dists)}: not in an instance's install", name=name)
+        return None
+sys.meta_path.insert(0, Guard())
+import spotleash.instance_agent.__main__, spotleash.instance_agent.watchdog, spotleash.instance_agent.front
+print("imported")
+"""
+
+
+def dependency_closure(requirements: list[str]) -> set[str]:
+    """The installed distributions ``requirements`` bring, following each one's own ``Requires-Dist``
+    (its extras' lines left out; other markers kept, which can only widen the set)."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    todo, seen = [req_name(r) for r in requirements], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            lines = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        todo += [req_name(ln) for ln in lines if "extra ==" not in ln.partition(";")[2]]
+    return seen
+
+
+def test_the_instance_agent_imports_with_only_what_a_package_installs() -> None:
+    """At run time, not only by reading the source: the agent's entry modules import in a python where every
+    module of a distribution outside the package's instance set (the ``instance`` extra read from spotleash's
+    own metadata by the code publish uses, and what those bring) refuses to load."""
+    import subprocess
+    from importlib.metadata import requires
+
+    from spotleash.packaging.wheels import INSTANCE_EXTRA, extra_requirements
+
+    allowed = dependency_closure(extra_requirements(requires("spotleash") or [], INSTANCE_EXTRA))
+    assert "pydantic-core" in allowed and "google-cloud-pubsub" not in allowed and "grpcio" not in allowed
+    done = subprocess.run([sys.executable, "-c", _IMPORT_GUARD, ",".join(sorted(allowed))],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0 and done.stdout.strip() == "imported", done.stderr[-2000:]
 
 
 def test_the_cli_needs_only_core_and_its_extras() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import typer
 from rich.markup import escape
 
 from spotleash.cli._common import out as console_for
 from spotleash.cli._common import settings
-from spotleash.cli.check_probes import Line, passed, run_checks
 from spotleash.errors import ExitCode
+
+if TYPE_CHECKING:
+    from spotleash.cli.check_probes import Line
 
 
 def check_command(
@@ -22,6 +25,10 @@ def check_command(
     Exit 1 when any line is ✗. Nothing is rented: the functions are checked with a dry-run demand that
     on_demand audits and never launches.
     """
+    # imported here: the probes load Firestore, Pub/Sub and the VAST client (~1 s), which every other command
+    # (`spotleash publish` first) would otherwise pay at start-up
+    from spotleash.cli.check_probes import passed, run_checks
+
     out = console_for(json_out)
 
     def show(line: Line) -> None:

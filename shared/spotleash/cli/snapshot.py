@@ -19,19 +19,21 @@ import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from spotleash.adapters.firestore import Store
 from spotleash.cli._common import settings, short_duration
 from spotleash.decide.hibernate import new_request, started_since
 from spotleash.errors import BadInput, ExitCode
 from spotleash.model import InstanceRecord, RestorePin, SnapshotRecord, SnapshotState, State
 from spotleash.polling import WaitTimeout, wait_until
+
+if TYPE_CHECKING:  # Firestore's client takes ~1 s to import: only `spotleash snapshot` itself loads it (_context)
+    from spotleash.adapters.firestore import Store
 
 snapshot_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Snapshots of a lease's state: list, take one now, "
                            "force one for the next restore.")

@@ -115,6 +115,6 @@ def artifact_blobs(name: str, path: Path, hashes: HashCache) -> tuple[ArtifactKi
 
 
 def layered_manifest(app: AppSpec, requirements: Sequence[str], blobs: Sequence[LocalBlob],
-                     artifacts: dict[str, ArtifactKind] | None = None) -> LayeredManifest:
+                     artifacts: dict[str, ArtifactKind] | None = None, no_deps: Sequence[str] = ()) -> LayeredManifest:
     return LayeredManifest(app=app, requirements=list(requirements), blobs=[b.blob for b in blobs],
-                           artifacts=artifacts or {})
+                           artifacts=artifacts or {}, no_deps=list(no_deps))

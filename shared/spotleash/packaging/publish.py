@@ -116,9 +116,9 @@ def build(app: LoadedApp, state_dir: Path, timings: dict[str, float]) -> Built:
         local += files
     hashes.save()
     # image_provides: checked against the image's python on the instance, never installed from the package
-    requirements = [wheels.instance_requirement(own),
-                    *wheels.without_provided(list(app.spec.requirements), app.spec.image_provides)]
-    manifest = layers.layered_manifest(app.spec, requirements, local, kinds)
+    requirements = wheels.without_provided([*wheels.instance_requirements(own), *app.spec.requirements],
+                                           app.spec.image_provides)
+    manifest = layers.layered_manifest(app.spec, requirements, local, kinds, no_deps=[wheels.own_requirement(own)])
     timings["hash"] = round(time.monotonic() - t, 3)
     return Built(manifest, {b.blob.sha256: b for b in local}, len(tree.files), len(wheel_files))
 

@@ -1,5 +1,11 @@
-"""The wheels a package carries: spotleash's own (``own_wheel``) and everything ``spotleash[instance]``
+"""The wheels a package carries: spotleash's own (``own_wheel``) and everything the ``instance`` extra
 plus the app's requirements resolve to on the instance's platform.
+
+spotleash's core dependencies are the control plane's (Google clients, grpc, flask, functions-framework):
+the instance agent imports none of them, and they were ~40 of the example's 72 wheels and half its install.
+So the instance installs spotleash's wheel without its dependencies (``manifest.no_deps``) plus the
+``instance`` extra's own requirements, read from the wheel's metadata (``instance_requirements``): the
+extra names every package the agent imports, core ones included (tests/unit/test_packaging.py checks it).
 
 Resolution is ``pip download --only-binary=:all:`` for linux x86_64 / CPython 3.11, so an instance
 installs offline exactly these files and never asks a public index for a name. The resolved set is
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -69,8 +76,39 @@ def _version(wheel: Path) -> str:
     return wheel.name.split("-")[1]
 
 
-def instance_requirement(spotleash_wheel: Path) -> str:
-    return f"spotleash[{INSTANCE_EXTRA}]=={_version(spotleash_wheel)}"
+def own_requirement(spotleash_wheel: Path) -> str:
+    """spotleash itself, pinned: installed without its dependencies (the core is the control plane's)."""
+    return f"spotleash=={_version(spotleash_wheel)}"
+
+
+_EXTRA_CLAUSE = re.compile(r"""^\s*(?:\((.*)\)\s+and\s+)?extra\s*==\s*['"]([^'"]+)['"]\s*$""")
+
+
+def extra_requirements(requires_dist: list[str], extra: str) -> list[str]:
+    """The ``Requires-Dist`` lines that ``extra`` adds, without the ``extra == …`` clause (the rest of a marker,
+    ``uvloop>=0.21; sys_platform != 'win32'``, stays for the instance's installer to evaluate). Markers as
+    hatchling writes them: ``extra == 'x'`` or ``(<marker>) and extra == 'x'``; a line naming ``extra`` in any
+    other shape is refused rather than guessed at."""
+    out = []
+    for line in requires_dist:
+        req, _, marker = line.partition(";")
+        if extra not in marker:
+            continue
+        m = _EXTRA_CLAUSE.match(marker)
+        if not m:
+            raise WheelError(f"spotleash's metadata names the {extra!r} extra in an unexpected marker: {line!r}")
+        if m.group(2) == extra:
+            out.append(f"{req.strip()}; {m.group(1)}" if m.group(1) else req.strip())
+    return sorted(set(out))
+
+
+def instance_requirements(spotleash_wheel: Path) -> list[str]:
+    """What the ``instance`` extra of this wheel requires: with spotleash installed ``--no-deps``, all the
+    instance agent gets."""
+    reqs = extra_requirements(_requires_dist(spotleash_wheel), INSTANCE_EXTRA)
+    if not reqs:
+        raise WheelError(f"{spotleash_wheel.name} declares no {INSTANCE_EXTRA!r} extra")
+    return reqs
 
 
 def without_provided(requirements: list[str], image_provides: list[str]) -> list[str]:
@@ -86,15 +124,17 @@ def wheel_name(wheel: Path) -> str:
 
 def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path,
             image_provides: list[str] | None = None) -> list[Path]:
-    """Every wheel the instance installs: spotleash's own plus what it and ``requirements`` resolve to, minus the
+    """Every wheel the instance installs: spotleash's own plus what its ``instance`` extra and ``requirements``
+    resolve to (not its core: ``instance_requirements``), minus the
     wheels of distributions the image provides (``image_provides``: neither asked for nor shipped; pip still
     downloads one another requirement depends on, once, into the cache, and it is left out of the package)."""
     provided = {requirement_name(r) for r in image_provides or []}
     requirements = without_provided(requirements, image_provides or [])
-    key_src = json.dumps({"requires": _requires_dist(spotleash_wheel), "extra": INSTANCE_EXTRA,
+    instance = without_provided(instance_requirements(spotleash_wheel), image_provides or [])
+    key_src = json.dumps({"requires": _requires_dist(spotleash_wheel), "extra": INSTANCE_EXTRA, "core": False,
                           "version": _version(spotleash_wheel), "app": sorted(requirements),
                           "platform": PLATFORM, "python": PYTHON_VERSION}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]  # "core": False — sets resolved with the core differ
     files_dir = cache_dir / "files"
     index = cache_dir / f"resolved-{key}.json"
     if index.is_file():
@@ -110,7 +150,7 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path,
             "--python-version", PYTHON_VERSION,
             "--implementation", "cp", "--abi", "cp" + PYTHON_VERSION.replace(".", ""),
             "--cache-dir", str(cache_dir / "pip-cache"), "-d", tmp,
-            f"{spotleash_wheel}[{INSTANCE_EXTRA}]", *requirements,
+            *instance, *requirements,
         ]
         run_tool(argv, f"resolving wheels for {PLATFORM} / CPython {PYTHON_VERSION} ({', '.join(requirements) or 'no app requirements'})")
         got = sorted(p for p in Path(tmp).glob("*.whl") if not p.name.startswith("spotleash-"))

@@ -51,7 +51,6 @@ MANIFEST_NAME = "manifest.json"
 APP_PREFIX = "app/"
 WHEELS_PREFIX = "wheels/"
 PACKAGES_PREFIX = "packages/"
-INSTANCE_REQUIREMENT = "spotleash[instance]"
 SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 CHANNEL_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _CHUNK = 1 << 20
@@ -482,6 +481,9 @@ class LayeredManifest(BaseModel):
     format: Literal[2] = LAYERED_FORMAT
     app: AppSpec
     requirements: list[str]
+    # installed after ``requirements``, without their dependencies: spotleash itself, whose core dependencies
+    # are the control plane's (``requirements`` carries its ``instance`` extra's list instead)
+    no_deps: list[str] = Field(default_factory=list)
     blobs: list[Blob] = Field(min_length=1)
     # every [[app.artifacts]] name → whether it is one file or a directory (its files are the "artifact" blobs)
     artifacts: dict[str, ArtifactKind] = Field(default_factory=dict)

@@ -167,7 +167,7 @@ def test_a_bootstrap_python_without_a_recent_pip_gives_the_venv_its_own(version:
 
 
 @pytest.mark.parametrize(("requirements", "warm"), [
-    (["spotleash[instance]==0.1.0", "numpy>=1.26"], True),  # what `spotleash publish` writes
+    (["spotleash[instance]==0.1.0", "numpy>=1.26"], True),  # what a format-1 `spotleash publish` wrote
     (["Spotleash >= 0.1"], True),
     (["a", "b>=2"], False),  # no agent in the package: nothing to import ahead of time
     (["spotleash-extras==1"], False),

@@ -218,6 +218,7 @@ def test_uv_comes_out_of_its_wheel_and_installs_offline(tmp_path: Path) -> None:
     plan = Installer().plan(tmp_path / "root", {"requirements": ["spotleash[instance]==1"]}, uv)
     assert plan.install[:2] == [str(uv), "pip"] and "--offline" in plan.install and "--no-index" in plan.install
     assert "--no-config" in plan.make_venv and plan.install[-1] == "spotleash[instance]==1"
+    assert plan.install_no_deps is None  # nothing to install without its dependencies
     with zipfile.ZipFile(tmp_path / "broken.whl", "w") as z:
         z.writestr("uv-0.13.9.data/scripts/uv", "#!/bin/sh\nexit 3\n")
     assert bootstrap.uv_from_wheel(tmp_path / "broken.whl", tmp_path / "tools") is None  # pip installs then
@@ -236,3 +237,16 @@ def test_a_package_published_before_layers_is_read_as_its_single_archive(tmp_pat
     root, raw, _ = obtain(o, sha, tmp_path / "work", installer, opener=store.open)
     assert store.seen == [url("manifest"), url("archive")] and raw["format"] == 1
     assert (root / "app" / "web.py").read_text() == "print('old')\n" and installer.calls == [(root, None)]
+
+
+@pytest.mark.parametrize("pip", ["24.0", None])  # uv; without uv: pip --python, or the venv's own pip
+def test_spotleash_installs_after_its_instance_list_and_without_its_core(tmp_path: Path, pip: str | None) -> None:
+    """``no_deps`` (spotleash itself) goes in a second install with ``--no-deps``, after ``requirements`` (its
+    ``instance`` extra's list and the app's): so neither installer pulls the control plane's dependencies."""
+    manifest = {"requirements": ["pydantic>=2.10", "numpy"], "no_deps": ["spotleash==1"]}
+    uv = tmp_path / "uv" if pip == "24.0" else None
+    plan = Installer(pip_version=lambda _p: pip).plan(tmp_path / "root", manifest, uv)
+    assert plan.install[-2:] == ["pydantic>=2.10", "numpy"] and "--no-deps" not in plan.install
+    assert plan.install_no_deps is not None and plan.install_no_deps[-1] == "spotleash==1"
+    assert "--no-deps" in plan.install_no_deps and "--no-index" in plan.install_no_deps
+    assert plan.install_no_deps[0] == plan.install[0] and plan.warm is not None  # same installer; the agent warmed

@@ -73,4 +73,46 @@ def test_an_installed_file_changed_after_install_is_refused_with_the_fix(
 
 def test_own_wheel_from_the_checkout_builds_it(tmp_path: Path) -> None:
     built = own_wheel(tmp_path)
-    assert built.parent == tmp_path and built.name.startswith("spotleash-") and built.suffix == ".whl"
+    assert built.is_relative_to(tmp_path) and built.name.startswith("spotleash-") and built.suffix == ".whl"
+
+
+def test_the_digest_covers_every_file_the_built_wheel_carries(tmp_path: Path) -> None:
+    """The cache key reads pyproject.toml's own wheel target: no file of the wheel comes from outside it."""
+    from spotleash.packaging.own_wheel import wheel_sources
+
+    sources = {p.relative_to(ROOT).as_posix() for p in wheel_sources(ROOT)}
+    with zipfile.ZipFile(own_wheel(tmp_path)) as z:
+        carried = [n for n in z.namelist() if ".dist-info/" not in n]
+    forced = {"local_emulator/functions_source/main.py": "functions/main.py"}
+    outside = [n for n in carried if forced.get(n, n) not in sources and f"shared/{n}" not in sources]
+    assert carried and outside == []
+
+
+def test_a_wheel_is_built_once_per_content_of_its_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from spotleash.packaging import own_wheel as ow
+
+    root = tmp_path / "src"
+    (root / "pkg" / "__pycache__").mkdir(parents=True)
+    (root / "pyproject.toml").write_text('[project]\nname = "spotleash"\nreadme = "README.md"\n'
+                                         '[tool.hatch.build.targets.wheel]\npackages = ["pkg"]\n')
+    (root / "README.md").write_text("hi\n")
+    (root / "pkg" / "a.py").write_text("A = 1\n")
+    builds: list[int] = []
+
+    def fake_build(_root: Path, dest: Path) -> Path:  # the real one is `uv build` (the test above)
+        builds.append(1)
+        out = dest / "spotleash-1.0-py3-none-any.whl"
+        out.write_bytes(b"wheel %d" % len(builds))
+        return out
+
+    monkeypatch.setattr(ow, "_build", fake_build)
+    dest = tmp_path / "cache"
+    dest.mkdir()
+    first = ow.build_from_source(root, dest)
+    (root / "pkg" / "__pycache__" / "a.cpython-311.pyc").write_bytes(b"compiled")  # importing writes these
+    assert ow.build_from_source(root, dest) == first and len(builds) == 1
+    (root / "README.md").write_text("hello\n")  # the readme is the wheel's metadata
+    second = ow.build_from_source(root, dest)
+    assert second != first and second.read_bytes() == b"wheel 2" and first.read_bytes() == b"wheel 1"
+    (root / "README.md").write_text("hi\n")
+    assert ow.build_from_source(root, dest) == first and len(builds) == 2  # back to what was built before
