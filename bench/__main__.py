@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    p = plan(args.quick)
+    p = {**plan(args.quick), **dict(args.set)}
     p["router_baselines"] = dict(_baseline(b) for b in args.router_baseline)
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -99,6 +99,17 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     results["duration_s"] = time.monotonic() - started
     results["loadavg_end"] = list(os.getloadavg())
     return results
+
+
+def _plan_value(spec: str) -> tuple[str, Any]:
+    """``KEY=JSON`` → (KEY, the value): a plan entry of either plan, so an unknown key is an error."""
+    key, sep, raw = spec.partition("=")
+    if not sep or key not in plan(False):
+        raise argparse.ArgumentTypeError(f"{spec!r}: give KEY=JSON with KEY one of {', '.join(sorted(plan(False)))}")
+    try:
+        return key, json.loads(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{spec!r}: the value is not JSON ({e})") from e
 
 
 def _baseline(spec: str) -> tuple[str, Path]:
@@ -394,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="router_load: one more agent importing spotleash from DIR (a checkout's shared/), "
                          "measured as way NAME in the same rounds (repeatable)")
     ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
+    ap.add_argument("--set", action="append", default=[], type=_plan_value, metavar="KEY=JSON",
+                    help="override one entry of the plan, e.g. --set sigterm=12 --set 'reap_sizes=[10000]' (repeatable)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 200))
     if args.merge is not None and not args.render_only:

@@ -122,7 +122,7 @@ def signal_to_deleted(h: Harness, n: int, sig: signal.Signals, timeout_s: float)
     for _ in range(n):
         lid = f"bench-{sig.name.lower()}-{_short()}"
         proc, rec = _agent_with_ready_vm(h, lid)
-        t0 = time.monotonic()
+        t0, w0 = time.monotonic(), time.time()
         if sig == signal.SIGKILL:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -138,9 +138,22 @@ def signal_to_deleted(h: Harness, n: int, sig: signal.Signals, timeout_s: float)
         samples.append(dt)
         rc = h.stop_agent(proc)
         runs.append({"lease_id": lid, "instance_id": rec.instance_id, "seconds": dt, "reason": final.reason,
-                     "agent_exit": rc})
+                     "agent_exit": rc, **_phases(h, rec.provider_id or rec.instance_id, w0)})
         log.info("bench signal → deleted", signal=sig.name, seconds=round(dt, 3), reason=final.reason)
     return {"summary": summary(samples), "runs": runs}
+
+
+def _phases(h: Harness, name: str, signalled_at: float) -> dict[str, float]:
+    """Where a signal → deleted sample went: when the Compute fake got the delete call (release published,
+    delivered, handled) and when it had ended the VM's processes (the guest's own way down, SIGKILLed after
+    the fake's grace if it lingers), both in seconds after the signal."""
+    at = h.call_times(name, signalled_at)
+    out = {}
+    if "instances.delete" in at:
+        out["delete_call_s"] = at["instances.delete"] - signalled_at
+    if "vm.deleted" in at:
+        out["vm_gone_s"] = at["vm.deleted"] - signalled_at
+    return out
 
 
 def direct_delete(h: Harness, n: int) -> dict[str, Any]:

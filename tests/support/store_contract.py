@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Store
+from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Audit, Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -113,6 +113,24 @@ class StoreContract:
         assert store.get("sl-a") == new
         unchanged = store.update("sl-a", lambda r: None)  # None: no write, the current record comes back
         assert unchanged == new and store.get("sl-a") == new
+
+    def test_update_writes_its_audit_entry_from_the_record_it_leaves(self, store: ContractStore) -> None:
+        """``audit=``: the entry goes in the update's own commit, made from the record as the update left it,
+        whether ``change`` wrote or not, and for a missing record too (terminate's "deleted" entry)."""
+        def entry(left: InstanceRecord | None) -> Audit:
+            return Audit("delete", "released", at(3), {"instance_id": "sl-a",
+                                                       "state": str(left.state) if left else None})
+
+        assert store.update("sl-a", lambda r: r, audit=entry) is None  # missing: the entry says so
+        store.create_intent(record("sl-a"))
+        moved = store.update("sl-a", lambda r: transition(r, State.PROVISIONING, at(1)), audit=entry)
+        assert moved is not None and store.get("sl-a") == moved
+        store.update("sl-a", lambda r: None, audit=entry)
+        got = store.audit_entries("sl-a")
+        assert sorted((e["action"], e["reason"], e["state"] or "-", e["at"]) for e in got) == [
+            ("delete", "released", "-", at(3)), ("delete", "released", "PROVISIONING", at(3)),
+            ("delete", "released", "PROVISIONING", at(3))]  # one instant: the order among them is the store's
+        assert all(e["deployment_id"] == DEP and e["expire_at"] > e["at"] for e in got)
 
     def test_concurrent_updates_lose_nothing(self, store: ContractStore) -> None:
         store.create_intent(record("sl-a"))

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -53,6 +53,18 @@ DOC_LOCKS = 64  # striped in-process locks: this process's writers of one docume
 _OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
 
 
+class Audit(NamedTuple):
+    """One audit entry, written by ``Store.update`` in the commit that writes the record (``audit=``)."""
+
+    action: str
+    reason: str
+    at: datetime
+    fields: Mapping[str, Any]
+
+
+AuditOf = Callable[[InstanceRecord | None], Audit]  # the entry, from the record as the update leaves it
+
+
 def _doc(record: InstanceRecord) -> dict[str, Any]:
     data = record.model_dump(mode="python")
     data["state"] = str(record.state)
@@ -74,7 +86,8 @@ class Store(Protocol):
     def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]: ...
     def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]: ...
     def update(
-        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None], *,
+        audit: AuditOf | None = None,
     ) -> InstanceRecord | None: ...
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
@@ -206,10 +219,13 @@ class FirestoreStore:
         self._wrap(lambda: self._instances.document(record.instance_id).set(_doc(record)))
 
     def update(
-        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None], *,
+        audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
-        """Read-modify-write in one transaction. ``change`` returns the new record or None (no write)."""
-        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False)
+        """Read-modify-write in one transaction. ``change`` returns the new record or None (no write).
+        ``audit``: an entry made from the record as the update leaves it (None: there is none), written in the
+        same commit whatever ``change`` returned: one round trip, where a separate ``audit`` cost another."""
+        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False, audit=audit)
 
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
@@ -221,10 +237,16 @@ class FirestoreStore:
 
     def _update(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None], *,
-        read_lease: bool,
+        read_lease: bool, audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
         ref = self._instances.document(instance_id)
         result: list[InstanceRecord | None] = [None]
+
+        def write_audit(txn: firestore.Transaction, left: InstanceRecord | None) -> None:
+            if audit is not None:
+                row = audit(left)
+                txn.set(self.client.collection("audit").document(),
+                        self._audit_entry(row.action, row.reason, row.at, row.fields))
 
         @firestore.transactional
         def run(txn: firestore.Transaction) -> None:
@@ -232,6 +254,7 @@ class FirestoreStore:
             self._count(1)
             if not snap.exists:
                 result[0] = None
+                write_audit(txn, None)
                 return
             current = InstanceRecord.model_validate(snap.to_dict())
             lease = None
@@ -243,6 +266,7 @@ class FirestoreStore:
             if new is not None and new != current:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current
+            write_audit(txn, result[0])
 
         self._transact(run, instance_id)
         return result[0]

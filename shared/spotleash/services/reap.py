@@ -125,10 +125,13 @@ def _reap_if_still_expired(ctx: Context, rec: InstanceRecord, d: Decision) -> bo
     return True
 
 
-def _execute(ctx: Context, d: Decision) -> bool:
+def _execute(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> bool:
     """Carry out one decision: True once done, False if a ``lease_expired`` decision's lease was renewed since
-    the reap read it (nothing deleted, the save audited)."""
-    rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
+    the reap read it (nothing deleted, the save audited). ``read``: the record the decision was taken on (the
+    reap's own read; the transaction that starts the deletion reads it again, so no read of its own here)."""
+    rec = None
+    if d.instance_id is not None and d.reason != "orphan":
+        rec = read if read is not None and read.instance_id == d.instance_id else ctx.store.get(d.instance_id)
     if rec is not None:
         if d.reason == "lease_expired":
             return _reap_if_still_expired(ctx, rec, d)
@@ -167,10 +170,10 @@ def sweep_abandoned_uploads(ctx: Context) -> list[str]:
     return swept
 
 
-def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
+def _attempt(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> tuple[bool, str | None]:
     """Execute one decision: (carried out, the error as text or None)."""
     try:
-        return _execute(ctx, d), None
+        return _execute(ctx, d, read), None
     except SpotleashError as e:
         log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
         return False, str(e)
@@ -210,8 +213,10 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
         # Deletions are independent and mostly wait on the provider: run a few at once.
+        read = {r.instance_id: r for r in records}
         with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
-            outcomes = list(pool.map(lambda d: (d, *_attempt(ctx, d)), plan.decisions))
+            outcomes = list(pool.map(lambda d: (d, *_attempt(ctx, d, read.get(d.instance_id or ""))),
+                                     plan.decisions))
         for d, acted, error in outcomes:
             if error is not None:  # one failure must not stop the others; the next tick retries
                 report.failed.append((d, error))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from spotleash.adapters.firestore import Audit
 from spotleash.errors import Transient
 from spotleash.log import get_logger
 from spotleash.model import ENDED, InstanceRecord, Lease, State, transition
@@ -79,12 +80,14 @@ def terminate(
                             provider_id=provider_id, detail=f"{reason}; provider still lists it")
             raise Transient(f"{instance_id}: {rec.provider} has not confirmed the deletion of {provider_id}")
     done_at = ctx.now()
+
+    def deleted(final: InstanceRecord | None) -> Audit:  # written in the commit that ends the record
+        return Audit(action, rec.reason or reason, done_at, {
+            "instance_id": instance_id, "lease_id": rec.lease_id, "provider": rec.provider, "provider_id": provider_id,
+            "cost_so_far": final.cost_so_far(done_at) if final else 0.0, "seconds": (done_at - now).total_seconds()})
+
     final = ctx.store.update(instance_id, lambda r: transition(r, State(r.ends_as) if r.ends_as else end, done_at)
-                             if r.state == State.TERMINATING else None)
-    cost = final.cost_so_far(done_at) if final else 0.0
-    ctx.store.audit(action, rec.reason or reason, done_at, instance_id=instance_id, lease_id=rec.lease_id,
-                    provider=rec.provider, provider_id=provider_id, cost_so_far=cost,
-                    seconds=(done_at - now).total_seconds())
+                             if r.state == State.TERMINATING else None, audit=deleted)
     log.info("instance deleted", instance_id=instance_id, lease_id=rec.lease_id, reason=rec.reason or reason,
-             provider=rec.provider, provider_id=provider_id, cost_so_far=cost)
+             provider=rec.provider, provider_id=provider_id, cost_so_far=final.cost_so_far(done_at) if final else 0.0)
     return final
