@@ -290,7 +290,10 @@ class FirestoreStore:
         queries of ``LEASES_PER_QUERY`` leases, sent side by side: the reap asks about every expired lease at
         once, and one query per lease cost it a round trip each (on the emulator, five scans each)."""
         wanted = sorted(set(lease_ids))
-        chunks = [wanted[start:start + LEASES_PER_QUERY] for start in range(0, len(wanted), LEASES_PER_QUERY)]
+        # Spread over every query in flight rather than filling the first: the emulator's cost is one scan per
+        # lease whatever the grouping, and scans in separate queries run side by side.
+        per = max(1, min(LEASES_PER_QUERY, -(-len(wanted) // PARALLEL_QUERIES)))
+        chunks = [wanted[start:start + per] for start in range(0, len(wanted), per)]
 
         def of(chunk: list[str]) -> list[Any]:
             query = self._instances.where(filter=FieldFilter("lease_id", "in", chunk))
