@@ -214,7 +214,9 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
     if not (dry or plan.blocked):
         # Deletions are independent and mostly wait on the provider: run a few at once.
         read = {r.instance_id: r for r in records}
-        with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
+        with ThreadPoolExecutor(max_workers=PARALLEL_DELETES + 1) as pool:
+            # the hibernation pass's query, read while the deletions run (it skips what they decided on anyway)
+            pending = pool.submit(ctx.store.hibernation_pending) if ctx.settings.idle_after_s > 0 else None
             outcomes = list(pool.map(lambda d: (d, *_attempt(ctx, d, read.get(d.instance_id or ""))),
                                      plan.decisions))
         for d, acted, error in outcomes:
@@ -224,9 +226,8 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
                 report.done.append(d)
             else:
                 report.saved.append(d)
-    if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
-        report.hibernated = run_hibernations(ctx, skip=decided)
+        report.hibernated = run_hibernations(ctx, skip=decided, pending=pending.result() if pending else None)
         report.swept = sweep_abandoned_uploads(ctx)
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),
