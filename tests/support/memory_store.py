@@ -207,6 +207,32 @@ class MemoryStore:
             self._audit_of(audit, left)
             return left
 
+    @_scripted
+    def update_many(
+        self, changes: Mapping[str, Callable[[InstanceRecord, Lease | None], InstanceRecord | None]], *,
+        read_leases: bool = False, audits: Mapping[str, AuditOf] | None = None,
+    ) -> dict[str, InstanceRecord | None]:
+        out: dict[str, InstanceRecord | None] = {}
+        with self._lock:  # all at once, as one transaction
+            for iid in sorted(changes):
+                self.reads += 1
+                doc = self._instances.get(iid)
+                current = InstanceRecord.model_validate(doc) if doc is not None else None
+                left = current
+                if current is not None:
+                    lease = None
+                    if read_leases:
+                        self.reads += 1
+                        lease_doc = self._leases.get(current.lease_id)
+                        lease = Lease.model_validate(lease_doc) if lease_doc is not None else None
+                    new = changes[iid](current, lease)
+                    if new is not None and new != current:
+                        self._instances[iid] = _stored(new)
+                    left = new if new is not None else current
+                out[iid] = left
+                self._audit_of((audits or {}).get(iid), left)
+        return out
+
     def _audit_of(self, audit: AuditOf | None, left: InstanceRecord | None) -> None:
         """``update``'s entry, in the same step as the record (the caller holds the lock)."""
         if audit is not None:

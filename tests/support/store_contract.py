@@ -132,6 +132,31 @@ class StoreContract:
             ("delete", "released", "PROVISIONING", at(3))]  # one instant: the order among them is the store's
         assert all(e["deployment_id"] == DEP and e["expire_at"] > e["at"] for e in got)
 
+    def test_update_many_changes_each_record_with_its_lease_and_audits_it(self, store: ContractStore) -> None:
+        """One transaction for many records (the reap's deletions): each change sees its record and, with
+        ``read_leases``, its lease as stored; a missing record maps to None; each audit entry goes with it."""
+        store.put_lease(Lease(lease_id="lease-1", deployment_id=DEP, expires_at=at(100), renewed_at=at(0)))
+        store.create_intent(record("sl-a"))
+        store.create_intent(record("sl-b", lease="lease-gone"))
+        seen: dict[str, Lease | None] = {}
+
+        def change(r: InstanceRecord, lease_: Lease | None) -> InstanceRecord | None:
+            seen[r.instance_id] = lease_
+            return transition(r, State.PROVISIONING, at(1)) if r.instance_id == "sl-a" else None
+
+        def entry(left: InstanceRecord | None) -> Audit:
+            return Audit("reap", "max_runtime", at(2), {"instance_id": left.instance_id if left else "sl-none",
+                                                        "state": str(left.state) if left else None})
+
+        got = store.update_many({"sl-a": change, "sl-b": change, "sl-none": change}, read_leases=True,
+                                audits={"sl-a": entry, "sl-none": entry})
+        assert got["sl-none"] is None and got["sl-b"] == store.get("sl-b") == record("sl-b", lease="lease-gone")
+        assert got["sl-a"] is not None and got["sl-a"].state is State.PROVISIONING and store.get("sl-a") == got["sl-a"]
+        assert seen["sl-a"] is not None and seen["sl-a"].lease_id == "lease-1" and seen["sl-b"] is None
+        assert sorted((e["instance_id"], e["state"] or "-") for e in store.audit_entries()) == [
+            ("sl-a", "PROVISIONING"), ("sl-none", "-")]
+        assert store.update_many({}) == {}
+
     def test_concurrent_updates_lose_nothing(self, store: ContractStore) -> None:
         store.create_intent(record("sl-a"))
         errors: list[BaseException] = []

@@ -78,7 +78,7 @@ def test_a_lease_renewed_between_the_read_and_the_deletion_is_spared(
     rec = launched(ctx)
     clock.advance(91)
     # The agent's renewal is handled after the reap read the expired lease, just before it deletes.
-    store.on("update_with_lease", lambda: open_lease(ctx))  # the transaction that starts it
+    store.on("update_many", lambda: open_lease(ctx))  # the transaction that starts it
     report = reap(ctx)
     assert reasons(report) == [("lease_expired", rec.instance_id)]
     assert report.saved == list(report.plan.decisions) and report.done == [] and report.failed == []
@@ -103,7 +103,7 @@ def test_a_released_lease_reopened_before_the_deletion_spares_its_instance(
     store.update_lease("lease-1", lambda cur: cur.model_copy(update={"released": True, "renewed_at": clock.now})
                        if cur else None)
     clock.advance(1)
-    store.on("update_with_lease", lambda: open_lease(ctx))  # a new term: a renewal sent after the release
+    store.on("update_many", lambda: open_lease(ctx))  # a new term: a renewal sent after the release
     report = reap(ctx)
     assert [d.instance_id for d in report.saved] == [rec.instance_id] and report.done == []
     assert record_of(store, rec.instance_id).state is State.RUNNING
@@ -115,7 +115,8 @@ def test_a_renewal_after_the_recheck_finds_the_deletion_under_way(
     handled then (before terminate's last write) extends the lease for the agent's next demand."""
     rec = launched(ctx)
     clock.advance(91)
-    store.on("update", lambda: open_lease(ctx))
+    # the deletions' second transaction (the one that ends the records, after the provider confirmed)
+    store.on("update_many", lambda: store.on("update_many", lambda: open_lease(ctx)))
     report = reap(ctx)
     assert report.done == list(report.plan.decisions) and report.saved == []
     assert_reaped(store, gce, rec.instance_id, "lease_expired")
