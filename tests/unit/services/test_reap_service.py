@@ -266,6 +266,55 @@ def test_one_failed_deletion_does_not_stop_the_others(make_ctx: MakeCtx, store: 
     assert [e["provider_id"] for e in store.audit_entries() if e["action"] == "reap"] == [fine.provider_id]
 
 
+def test_records_deleted_together_one_refused_by_its_provider_stays_terminating(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    a, b = launched(ctx, "lease-a"), launched(ctx, "lease-b")
+    clock.advance(3600)
+    open_lease(ctx, "lease-a")
+    open_lease(ctx, "lease-b")
+    gce.fail("delete", ProviderTransient("503"), target=b.provider_id)
+    report = reap(ctx)
+    assert [d.instance_id for d in report.done] == [a.instance_id]
+    assert [(d.instance_id, why) for d, why in report.failed] == [(b.instance_id, "503")]
+    assert_reaped(store, gce, a.instance_id, "max_runtime")
+    assert record_of(store, b.instance_id).state is State.TERMINATING and gce.by_instance_id(b.instance_id)
+    clock.advance(31)  # the next reap carries the stalled deletion on
+    open_lease(ctx, "lease-b")
+    assert reasons(reap(ctx)) == [("retry_delete", b.instance_id)]
+    assert record_of(store, b.instance_id).state is State.TERMINATED and gce.by_instance_id(b.instance_id) is None
+
+
+@pytest.mark.parametrize("failing", ["start", "end"])
+def test_a_failed_transaction_of_the_deletions_leaves_nothing_orphaned(
+        failing: str, ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    """The deletions' first transaction fails: nothing is deleted, every decision failed, the next reap does it.
+    Their last one fails (a crash after the providers confirmed): the records stay TERMINATING, never ended
+    before their deletion was confirmed, and the next reap's retry_delete ends them."""
+    recs = [launched(ctx, f"lease-{i}") for i in range(3)]
+    clock.advance(3600)
+    for i in range(3):
+        open_lease(ctx, f"lease-{i}")
+    if failing == "start":
+        store.fail("update_many", Transient("firestore: unavailable"))
+    else:
+        store.on("update_many", lambda: store.on("update_many", lambda: store.fail(
+            "update_many", Transient("firestore: unavailable"))))  # the second call: the one that ends them
+    report = reap(ctx)
+    assert report.done == [] and len(report.failed) == 3
+    left = {r.instance_id: record_of(store, r.instance_id).state for r in recs}
+    if failing == "start":
+        assert set(left.values()) == {State.RUNNING} and all(gce.by_instance_id(r.instance_id) for r in recs)
+    else:
+        assert set(left.values()) == {State.TERMINATING} and all(gce.by_instance_id(r.instance_id) is None
+                                                                for r in recs)
+        clock.advance(31)
+    for i in range(3):
+        open_lease(ctx, f"lease-{i}")
+    again = reap(ctx)
+    assert len(again.done) == 3 and again.failed == []
+    assert all(record_of(store, r.instance_id).state is State.TERMINATED for r in recs) and gce.instances == {}
+
+
 def test_an_orphan_whose_deletion_is_not_confirmed_is_a_failure(make_ctx: MakeCtx, store: MemoryStore,
                                                                 gce: FakeProvider) -> None:
     ctx = make_ctx(confirm_delete_s=0.02)
