@@ -177,6 +177,40 @@ class StoreContract:
         got = store.get("sl-a")
         assert got is not None and got.attempts == 12
 
+    def test_update_many_beside_single_updates_of_its_records_loses_nothing(self, store: ContractStore) -> None:
+        """The reap's transaction of many records while other writers update some of them one at a time
+        (heartbeats, a release): every change of either kind lands, none overwrites another."""
+        ids = [f"sl-{i}" for i in range(6)]
+        for iid in ids:
+            store.create_intent(record(iid))
+        errors: list[BaseException] = []
+
+        def bump(r: InstanceRecord, _lease: Lease | None = None) -> InstanceRecord:
+            return r.model_copy(update={"attempts": r.attempts + 1})
+
+        def many() -> None:
+            for _ in range(3):
+                try:
+                    store.update_many(dict.fromkeys(ids, bump))
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+        def single(iid: str) -> None:
+            for _ in range(3):
+                try:
+                    store.update(iid, bump)
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+        threads = [threading.Thread(target=many), *(threading.Thread(target=single, args=(i,)) for i in ids[:3])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [], [repr(e) for e in errors]
+        assert {iid: r.attempts for iid, r in store.get_many(ids).items()} == {
+            iid: 6 if iid in ids[:3] else 3 for iid in ids}
+
     def test_get_many_returns_only_what_exists(self, store: ContractStore) -> None:
         store.create_intent(record("sl-a"))
         store.create_intent(record("sl-b"))
