@@ -14,6 +14,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from google.cloud.firestore_v1.base_query import FieldFilter
+
 from bench.harness import Harness, log
 from bench.stats import ratio, summary
 from spotleash.adapters.firestore import FirestoreStore
@@ -79,6 +81,21 @@ def seed(store: FirestoreStore, recs: list[InstanceRecord], leases: list[Lease])
     return time.monotonic() - t0
 
 
+def unseed(store: FirestoreStore, dep: str) -> float:
+    """Delete a seeded deployment's records and leases (batched), so the next deployment is seeded into a
+    collection of the same size: the emulator scans the whole collection per query. Returns the seconds."""
+    t0 = time.monotonic()
+    client = store.client
+    refs = [d.reference for name in ("instances", "leases")
+            for d in client.collection(name).where(filter=FieldFilter("deployment_id", "==", dep)).stream()]
+    for start in range(0, len(refs), BATCH):
+        batch = client.batch()
+        for ref in refs[start:start + BATCH]:
+            batch.delete(ref)
+        batch.commit()
+    return time.monotonic() - t0
+
+
 def naive_reap(ctx: Context, providers: list[str]) -> tuple[ReapPlan, int, float]:
     """The baseline: read every live record and every expired lease, list the providers, decide.
 
@@ -123,8 +140,8 @@ def _executed(ctx: Context, providers: list[str]) -> tuple[float, Any, int]:
 
 def reap_at_scale(h: Harness, n: int, repeats: int, executions: int = 1) -> dict[str, Any]:
     """``repeats`` dry runs beside the naive baseline, then ``executions`` executed reaps: the first on the same
-    records, each further one on a fresh deployment seeded alike (the emulator then holds n more records each
-    time: its scans are slower for the later ones, never faster)."""
+    records, each further one on a fresh deployment seeded alike once the one before was removed (``unseed``):
+    the emulator holds as many records for each, as for the first."""
     now = datetime.now(UTC).replace(microsecond=0)
     ctx, dep, due, seed_s = _seeded(h, n, now)
     providers = configured_providers(ctx)
@@ -145,11 +162,14 @@ def reap_at_scale(h: Harness, n: int, repeats: int, executions: int = 1) -> dict
         same = same and _decided(plan_n) == _decided(rep.plan)
     exec_s, executed, left_due = _executed(ctx, providers)
     exec_samples, left_total = [exec_s], left_due
+    if executions > 1:
+        unseed(h.store, dep)
     for _ in range(executions - 1):
-        more, _dep, _due, _seed_s = _seeded(h, n, now)
+        more, more_dep, _due, _seed_s = _seeded(h, n, now)
         s, _rep, left = _executed(more, configured_providers(more))
         exec_samples.append(s)
         left_total += left
+        unseed(h.store, more_dep)
     out = {
         "tracked": n, "due": due, "deployment_id": dep, "seed_s": seed_s, "providers": providers,
         "naive_s": summary(naive_t), "naive_reads": summary(naive_reads),
