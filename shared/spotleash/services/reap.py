@@ -186,8 +186,9 @@ def _execute_all(ctx: Context, decisions: Sequence[Decision], read: Mapping[str,
             return str(e)
 
     with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
+        preparing = {iid: pool.submit(prepare, iid) for iid in together}  # first: the batch waits on them
         singles = [(i, pool.submit(_attempt, ctx, d)) for i, d in alone]
-        prepared = dict(zip(together, pool.map(prepare, together), strict=True))
+        prepared = {iid: f.result() for iid, f in preparing.items()}
         seen: dict[str, list[LeaseRecheck]] = {}
         wanted: dict[str, Wanted] = {}
         for iid, error in prepared.items():
