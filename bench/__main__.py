@@ -64,13 +64,13 @@ def machine() -> dict[str, Any]:
 def plan(quick: bool) -> dict[str, Any]:
     if quick:
         return {"launches": 10, "direct_creates": 5, "sigterm": 3, "direct_deletes": 3, "sigkill": 2,
-                "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "publishes": 2,
+                "agent_s": 20.0, "smoke": 1, "reap_sizes": [100, 1_000], "reap_repeats": 2, "reap_executions": 1, "publishes": 2,
                 "package_launches": 1, "router_n": 300, "router_s": 2.0, "router_rounds": 1,
                 "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 1, "failovers": 1, "latency_n": 200,
                 "failover_state_mb": 100, "router_load_s": 2.0, "router_load_rounds": 2, "memory_runs": 1,
                 "memory_rest_s": 20.0, "model_publishes": 1, "model_installs": 2, "model_alarms": 1}
     return {"launches": 30, "direct_creates": 15, "sigterm": 5, "direct_deletes": 5, "sigkill": 3,
-            "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "publishes": 3,
+            "agent_s": 60.0, "smoke": 3, "reap_sizes": [100, 1_000, 10_000], "reap_repeats": 3, "reap_executions": 3, "publishes": 3,
             "package_launches": 3, "router_n": 3000, "router_s": 10.0, "router_rounds": 2,
             "snapshot_sizes_mb": [100, 1024], "snapshot_repeats": 3, "failovers": 3, "latency_n": 1000,
             "failover_state_mb": 1024, "router_load_s": 5.0, "router_load_rounds": 3, "memory_runs": 3,
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     unknown = sorted(set(chosen) - set(SECTIONS))
     if unknown:
         raise SystemExit(f"unknown section(s) {unknown}; choose from {', '.join(SECTIONS)}")
-    p = plan(args.quick)
+    p = {**plan(args.quick), **dict(args.set)}
     p["router_baselines"] = dict(_baseline(b) for b in args.router_baseline)
     started = time.monotonic()
     results: dict[str, Any] = {
@@ -99,6 +99,17 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     results["duration_s"] = time.monotonic() - started
     results["loadavg_end"] = list(os.getloadavg())
     return results
+
+
+def _plan_value(spec: str) -> tuple[str, Any]:
+    """``KEY=JSON`` → (KEY, the value): a plan entry of either plan, so an unknown key is an error."""
+    key, sep, raw = spec.partition("=")
+    if not sep or key not in plan(False):
+        raise argparse.ArgumentTypeError(f"{spec!r}: give KEY=JSON with KEY one of {', '.join(sorted(plan(False)))}")
+    try:
+        return key, json.loads(raw)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"{spec!r}: the value is not JSON ({e})") from e
 
 
 def _baseline(spec: str) -> tuple[str, Path]:
@@ -219,7 +230,9 @@ def _run_sections(results: dict[str, Any], chosen: list[str], p: dict[str, Any],
         raw["memory"] = memory_handoff.memory_section(h, work, p.get("memory_runs", 1), p.get("memory_rest_s", 20.0))
 
     def reap() -> None:  # last: 11,100 seeded documents slow the emulator's queries for what follows
-        raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"]) for n in p["reap_sizes"]]
+        big = max(p["reap_sizes"])  # the largest size is executed on fresh copies, for a median
+        raw["reap"] = [reap_scale.reap_at_scale(h, n, p["reap_repeats"], p.get("reap_executions", 1) if n == big else 1)
+                       for n in p["reap_sizes"]]
 
     try:
         section("launch", f"demand → create, {p['launches']} launches + {p['direct_creates']} direct", launch)
@@ -394,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="router_load: one more agent importing spotleash from DIR (a checkout's shared/), "
                          "measured as way NAME in the same rounds (repeatable)")
     ap.add_argument("--note", action="append", default=[], help="a note to print under the table (repeatable)")
+    ap.add_argument("--set", action="append", default=[], type=_plan_value, metavar="KEY=JSON",
+                    help="override one entry of the plan, e.g. --set sigterm=12 --set 'reap_sizes=[10000]' (repeatable)")
     args = ap.parse_args(argv)
     console = Console(width=max(Console().width, 200))
     if args.merge is not None and not args.render_only:

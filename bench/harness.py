@@ -70,6 +70,17 @@ class Harness:
                 return float(c["at"])
         return None
 
+    def call_times(self, name: str, since: float) -> dict[str, float]:
+        """Wall-clock time of the first call of each operation on ``name`` since ``since``, from the Compute
+        fake's call log (``vm.deleted``: when the fake had ended the VM's processes and forgotten it)."""
+        r = self.http.get(f"{self.compute_url}/_control/calls", params={"since": f"{since:.6f}"})
+        r.raise_for_status()
+        first: dict[str, float] = {}
+        for c in r.json()["calls"]:
+            if c["name"] == name:
+                first.setdefault(str(c["operation"]), float(c["at"]))
+        return first
+
     def vm_names(self) -> set[str]:
         r = self.http.get(f"{self.compute_url}/_control/instances")
         r.raise_for_status()

@@ -108,12 +108,6 @@ def direct_create(h: Harness, n: int, warmup: int = 1) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ 2./3. signal → confirmed deleted
-def _agent_with_ready_vm(h: Harness, lid: str) -> tuple[Any, Any]:
-    proc, _log_path = h.start_agent(lid, speed=10.0)
-    rec = wait_until(lambda: h.ready(lid), timeout_s=120, interval_s=0.1, what=f"a READY instance of {lid}")
-    return proc, rec
-
-
 def signal_to_deleted(h: Harness, n: int, sig: signal.Signals, timeout_s: float) -> dict[str, Any]:
     """A real agent replays the demo trace until its VM is READY; then ``sig``; time until deleted."""
     samples: list[float] = []
@@ -121,8 +115,15 @@ def signal_to_deleted(h: Harness, n: int, sig: signal.Signals, timeout_s: float)
     _ = h.gce  # the Compute client is built before the clock runs (its first build took seconds in a timed run)
     for _ in range(n):
         lid = f"bench-{sig.name.lower()}-{_short()}"
-        proc, rec = _agent_with_ready_vm(h, lid)
-        t0 = time.monotonic()
+        proc, _log_path = h.start_agent(lid, speed=10.0)
+        try:
+            rec = wait_until(lambda lid=lid: h.ready(lid), timeout_s=120, interval_s=0.1,
+                             what=f"a READY instance of {lid}")
+        except WaitTimeout as e:  # no sample, but the others are kept (a loaded machine can boot a VM slowly)
+            runs.append({"lease_id": lid, "error": str(e)})
+            h.stop_agent(proc)
+            continue
+        t0, w0 = time.monotonic(), time.time()
         if sig == signal.SIGKILL:
             os.killpg(proc.pid, signal.SIGKILL)
         else:
@@ -138,9 +139,22 @@ def signal_to_deleted(h: Harness, n: int, sig: signal.Signals, timeout_s: float)
         samples.append(dt)
         rc = h.stop_agent(proc)
         runs.append({"lease_id": lid, "instance_id": rec.instance_id, "seconds": dt, "reason": final.reason,
-                     "agent_exit": rc})
+                     "agent_exit": rc, **_phases(h, rec.provider_id or rec.instance_id, w0)})
         log.info("bench signal → deleted", signal=sig.name, seconds=round(dt, 3), reason=final.reason)
     return {"summary": summary(samples), "runs": runs}
+
+
+def _phases(h: Harness, name: str, signalled_at: float) -> dict[str, float]:
+    """Where a signal → deleted sample went: when the Compute fake got the delete call (release published,
+    delivered, handled) and when it had ended the VM's processes (the guest's own way down, SIGKILLed after
+    the fake's grace if it lingers), both in seconds after the signal."""
+    at = h.call_times(name, signalled_at)
+    out = {}
+    if "instances.delete" in at:
+        out["delete_call_s"] = at["instances.delete"] - signalled_at
+    if "vm.deleted" in at:
+        out["vm_gone_s"] = at["vm.deleted"] - signalled_at
+    return out
 
 
 def direct_delete(h: Harness, n: int) -> dict[str, Any]:

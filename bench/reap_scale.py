@@ -8,10 +8,13 @@ same run: a naive reap that reads every live record (``FirestoreStore.live_insta
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+from google.cloud.firestore_v1.base_query import FieldFilter
 
 from bench.harness import Harness, log
 from bench.stats import ratio, summary
@@ -78,6 +81,21 @@ def seed(store: FirestoreStore, recs: list[InstanceRecord], leases: list[Lease])
     return time.monotonic() - t0
 
 
+def unseed(store: FirestoreStore, dep: str) -> float:
+    """Delete a seeded deployment's records and leases (batched), so the next deployment is seeded into a
+    collection of the same size: the emulator scans the whole collection per query. Returns the seconds."""
+    t0 = time.monotonic()
+    client = store.client
+    refs = [d.reference for name in ("instances", "leases")
+            for d in client.collection(name).where(filter=FieldFilter("deployment_id", "==", dep)).stream()]
+    for start in range(0, len(refs), BATCH):
+        batch = client.batch()
+        for ref in refs[start:start + BATCH]:
+            batch.delete(ref)
+        batch.commit()
+    return time.monotonic() - t0
+
+
 def naive_reap(ctx: Context, providers: list[str]) -> tuple[ReapPlan, int, float]:
     """The baseline: read every live record and every expired lease, list the providers, decide.
 
@@ -100,15 +118,32 @@ def _decided(plan: ReapPlan) -> set[tuple[str | None, str]]:
     return {(d.instance_id, d.reason) for d in plan.decisions}
 
 
-def reap_at_scale(h: Harness, n: int, repeats: int) -> dict[str, Any]:
+def _seeded(h: Harness, n: int, now: datetime) -> tuple[Context, str, int, float]:
+    """A deployment of its own with ``n`` records seeded: (its context, its id, how many are due, seed seconds)."""
     dep = f"bench-reap-{n}-{uuid.uuid4().hex[:6]}"
-    now = datetime.now(UTC).replace(microsecond=0)
     recs, leases = _records(dep, n, now)
     due = sum(1 for r in recs if r.deadline <= now or (r.last_heartbeat and r.last_heartbeat < now - timedelta(minutes=5)))
     seed_s = seed(h.store, recs, leases)
     settings = h.settings.model_copy(update={"deployment_id": dep, "reap_max_deletions": max(n, 100)})
-    store = FirestoreStore(h.store.client, dep)
-    ctx = Context(settings=settings, store=store, clock=lambda: now)
+    return Context(settings=settings, store=FirestoreStore(h.store.client, dep), clock=lambda: now), dep, due, seed_s
+
+
+def _executed(ctx: Context, providers: list[str]) -> tuple[float, Any, int]:
+    """One executed reap: (seconds, its report, due records it left not TERMINATED)."""
+    t0 = time.monotonic()
+    executed = run_reap(ctx, ReapTick(), providers)
+    exec_s = time.monotonic() - t0
+    left = [r for r in ctx.store.get_many(d.instance_id for d in executed.plan.decisions if d.instance_id).values()
+            if r.state != State.TERMINATED]
+    return exec_s, executed, len(left)
+
+
+def reap_at_scale(h: Harness, n: int, repeats: int, executions: int = 1) -> dict[str, Any]:
+    """``repeats`` dry runs beside the naive baseline, then ``executions`` executed reaps: the first on the same
+    records, each further one on a fresh deployment seeded alike once the one before was removed (``unseed``):
+    the emulator holds as many records for each, as for the first."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    ctx, dep, due, seed_s = _seeded(h, n, now)
     providers = configured_providers(ctx)
 
     naive_t: list[float] = []
@@ -125,18 +160,24 @@ def reap_at_scale(h: Harness, n: int, repeats: int) -> dict[str, Any]:
         smart_t.append(time.monotonic() - t0)
         smart_reads.append(rep.reads)
         same = same and _decided(plan_n) == _decided(rep.plan)
-    t0 = time.monotonic()
-    executed = run_reap(ctx, ReapTick(), providers)
-    exec_s = time.monotonic() - t0
-    left_due = [r for r in store.get_many(d.instance_id for d in executed.plan.decisions if d.instance_id).values()
-                if r.state != State.TERMINATED]
+    exec_s, executed, left_due = _executed(ctx, providers)
+    exec_samples, left_total = [exec_s], left_due
+    if executions > 1:
+        unseed(h.store, dep)
+    for _ in range(executions - 1):
+        more, more_dep, _due, _seed_s = _seeded(h, n, now)
+        s, _rep, left = _executed(more, configured_providers(more))
+        exec_samples.append(s)
+        left_total += left
+        unseed(h.store, more_dep)
     out = {
         "tracked": n, "due": due, "deployment_id": dep, "seed_s": seed_s, "providers": providers,
         "naive_s": summary(naive_t), "naive_reads": summary(naive_reads),
         "dry_run_s": summary(smart_t), "dry_run_reads": summary(smart_reads),
         "decisions": len(executed.plan.decisions), "same_decisions_as_naive": same,
         "executed_s": exec_s, "executed_reads": executed.reads, "executed_done": len(executed.done),
-        "executed_failed": len(executed.failed), "due_not_terminated_after": len(left_due),
+        "executed_failed": len(executed.failed), "due_not_terminated_after": left_total,
+        "executed_runs_s": summary(exec_samples), "loadavg": list(os.getloadavg()),
     }
     log.info("bench reap", tracked=n, due=due, dry_s=round(min(smart_t), 3), naive_s=round(min(naive_t), 3),
              reads=smart_reads[0], naive_reads=naive_reads[0], executed_s=round(exec_s, 3))
@@ -157,8 +198,9 @@ def reap_rows(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
                      "baseline_name": "naive: read all live", "baseline": nr["median"],
                      "ratio": ratio(sr["median"], nr["median"]), "target": None, "within_target": None})
         big = r["tracked"] >= 10_000
+        ex = r.get("executed_runs_s") or {"n": 1, "median": r["executed_s"], "max": r["executed_s"]}
         rows.append({"key": f"reap_{r['tracked']}_executed", "metric": f"{label}: executed, deletions confirmed",
-                     "unit": "s", "n": 1, "median": r["executed_s"], "p99": None, "max": r["executed_s"],
+                     "unit": "s", "n": ex["n"], "median": ex["median"], "p99": None, "max": ex["max"],
                      "baseline_name": None, "baseline": None, "ratio": None,
-                     "target": "< 5 s" if big else None, "within_target": (r["executed_s"] < 5) if big else None})
+                     "target": "< 5 s" if big else None, "within_target": (ex["median"] < 5) if big else None})
     return rows

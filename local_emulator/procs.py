@@ -216,6 +216,17 @@ class ManagedProcess:
                 p.send_signal(sig)
 
 
+def _commands(procs: Sequence[psutil.Process]) -> list[str]:
+    """What each process runs (its command line, cut short): which one lingered past its grace."""
+    out = []
+    for p in procs:
+        try:
+            out.append(" ".join(p.cmdline())[:200])
+        except psutil.Error:
+            out.append(f"pid {p.pid} (gone)")
+    return out
+
+
 def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_grace: float = 5.0) -> list[str]:
     """Stop several process groups at once: SIGTERM all, wait up to ``term_grace``, SIGKILL the rest,
     wait for their ports to close.
@@ -236,7 +247,7 @@ def stop_all(procs: Sequence[ManagedProcess], *, timeout: float = 10.0, term_gra
             survivors = list({p.pid: p for p in [*ms, *(p for p in still if p in members[mp.name][1])]}.values())
             if survivors:
                 log.warning("process did not stop on SIGTERM; killing", process=mp.name,
-                            pids=[p.pid for p in survivors], grace_s=term_grace)
+                            pids=[p.pid for p in survivors], grace_s=term_grace, commands=_commands(survivors))
                 _dump_stacks(survivors)
                 mp._signal(survivors, signal.SIGKILL)
         everyone = [p for _, ms in late.values() for p in ms] + list(still)

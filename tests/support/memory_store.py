@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from spotleash.adapters.firestore import RETENTION
+from spotleash.adapters.firestore import RETENTION, AuditOf
 from spotleash.model import (
     LIVE,
     Hibernation,
@@ -173,9 +173,10 @@ class MemoryStore:
 
     @_scripted
     def update(
-        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None], *,
+        audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
-        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False)
+        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False, audit=audit)
 
     @_scripted
     def update_with_lease(
@@ -185,12 +186,13 @@ class MemoryStore:
 
     def _update(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None], *,
-        read_lease: bool,
+        read_lease: bool, audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
         with self._lock:
             self.reads += 1
             doc = self._instances.get(instance_id)
             if doc is None:
+                self._audit_of(audit, None)
                 return None
             current = InstanceRecord.model_validate(doc)
             lease = None
@@ -201,7 +203,42 @@ class MemoryStore:
             new = change(current, lease)
             if new is not None and new != current:
                 self._instances[instance_id] = _stored(new)
-            return new if new is not None else current
+            left = new if new is not None else current
+            self._audit_of(audit, left)
+            return left
+
+    @_scripted
+    def update_many(
+        self, changes: Mapping[str, Callable[[InstanceRecord, Lease | None], InstanceRecord | None]], *,
+        read_leases: bool = False, audits: Mapping[str, AuditOf] | None = None,
+    ) -> dict[str, InstanceRecord | None]:
+        out: dict[str, InstanceRecord | None] = {}
+        with self._lock:  # all at once, as one transaction
+            for iid in sorted(changes):
+                self.reads += 1
+                doc = self._instances.get(iid)
+                current = InstanceRecord.model_validate(doc) if doc is not None else None
+                left = current
+                if current is not None:
+                    lease = None
+                    if read_leases:
+                        self.reads += 1
+                        lease_doc = self._leases.get(current.lease_id)
+                        lease = Lease.model_validate(lease_doc) if lease_doc is not None else None
+                    new = changes[iid](current, lease)
+                    if new is not None and new != current:
+                        self._instances[iid] = _stored(new)
+                    left = new if new is not None else current
+                out[iid] = left
+                self._audit_of((audits or {}).get(iid), left)
+        return out
+
+    def _audit_of(self, audit: AuditOf | None, left: InstanceRecord | None) -> None:
+        """``update``'s entry, in the same step as the record (the caller holds the lock)."""
+        if audit is not None:
+            row = audit(left)
+            self._audit.append({"action": row.action, "reason": row.reason, "at": row.at,
+                                "expire_at": row.at + RETENTION, "deployment_id": self.deployment_id, **row.fields})
 
     @_scripted
     def live_instances(self) -> list[InstanceRecord]:

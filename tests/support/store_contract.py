@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import pytest
 
-from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Store
+from spotleash.adapters.firestore import LEASES_PER_QUERY, WRITES_PER_BATCH, Audit, Store
 from spotleash.model import (
     Hibernation,
     InstanceRecord,
@@ -114,6 +114,49 @@ class StoreContract:
         unchanged = store.update("sl-a", lambda r: None)  # None: no write, the current record comes back
         assert unchanged == new and store.get("sl-a") == new
 
+    def test_update_writes_its_audit_entry_from_the_record_it_leaves(self, store: ContractStore) -> None:
+        """``audit=``: the entry goes in the update's own commit, made from the record as the update left it,
+        whether ``change`` wrote or not, and for a missing record too (terminate's "deleted" entry)."""
+        def entry(left: InstanceRecord | None) -> Audit:
+            return Audit("delete", "released", at(3), {"instance_id": "sl-a",
+                                                       "state": str(left.state) if left else None})
+
+        assert store.update("sl-a", lambda r: r, audit=entry) is None  # missing: the entry says so
+        store.create_intent(record("sl-a"))
+        moved = store.update("sl-a", lambda r: transition(r, State.PROVISIONING, at(1)), audit=entry)
+        assert moved is not None and store.get("sl-a") == moved
+        store.update("sl-a", lambda r: None, audit=entry)
+        got = store.audit_entries("sl-a")
+        assert sorted((e["action"], e["reason"], e["state"] or "-", e["at"]) for e in got) == [
+            ("delete", "released", "-", at(3)), ("delete", "released", "PROVISIONING", at(3)),
+            ("delete", "released", "PROVISIONING", at(3))]  # one instant: the order among them is the store's
+        assert all(e["deployment_id"] == DEP and e["expire_at"] > e["at"] for e in got)
+
+    def test_update_many_changes_each_record_with_its_lease_and_audits_it(self, store: ContractStore) -> None:
+        """One transaction for many records (the reap's deletions): each change sees its record and, with
+        ``read_leases``, its lease as stored; a missing record maps to None; each audit entry goes with it."""
+        store.put_lease(Lease(lease_id="lease-1", deployment_id=DEP, expires_at=at(100), renewed_at=at(0)))
+        store.create_intent(record("sl-a"))
+        store.create_intent(record("sl-b", lease="lease-gone"))
+        seen: dict[str, Lease | None] = {}
+
+        def change(r: InstanceRecord, lease_: Lease | None) -> InstanceRecord | None:
+            seen[r.instance_id] = lease_
+            return transition(r, State.PROVISIONING, at(1)) if r.instance_id == "sl-a" else None
+
+        def entry(left: InstanceRecord | None) -> Audit:
+            return Audit("reap", "max_runtime", at(2), {"instance_id": left.instance_id if left else "sl-none",
+                                                        "state": str(left.state) if left else None})
+
+        got = store.update_many({"sl-a": change, "sl-b": change, "sl-none": change}, read_leases=True,
+                                audits={"sl-a": entry, "sl-none": entry})
+        assert got["sl-none"] is None and got["sl-b"] == store.get("sl-b") == record("sl-b", lease="lease-gone")
+        assert got["sl-a"] is not None and got["sl-a"].state is State.PROVISIONING and store.get("sl-a") == got["sl-a"]
+        assert seen["sl-a"] is not None and seen["sl-a"].lease_id == "lease-1" and seen["sl-b"] is None
+        assert sorted((e["instance_id"], e["state"] or "-") for e in store.audit_entries()) == [
+            ("sl-a", "PROVISIONING"), ("sl-none", "-")]
+        assert store.update_many({}) == {}
+
     def test_concurrent_updates_lose_nothing(self, store: ContractStore) -> None:
         store.create_intent(record("sl-a"))
         errors: list[BaseException] = []
@@ -133,6 +176,40 @@ class StoreContract:
         assert errors == [], [repr(e) for e in errors]
         got = store.get("sl-a")
         assert got is not None and got.attempts == 12
+
+    def test_update_many_beside_single_updates_of_its_records_loses_nothing(self, store: ContractStore) -> None:
+        """The reap's transaction of many records while other writers update some of them one at a time
+        (heartbeats, a release): every change of either kind lands, none overwrites another."""
+        ids = [f"sl-{i}" for i in range(6)]
+        for iid in ids:
+            store.create_intent(record(iid))
+        errors: list[BaseException] = []
+
+        def bump(r: InstanceRecord, _lease: Lease | None = None) -> InstanceRecord:
+            return r.model_copy(update={"attempts": r.attempts + 1})
+
+        def many() -> None:
+            for _ in range(3):
+                try:
+                    store.update_many(dict.fromkeys(ids, bump))
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+        def single(iid: str) -> None:
+            for _ in range(3):
+                try:
+                    store.update(iid, bump)
+                except BaseException as e:  # noqa: BLE001 - collected and asserted below
+                    errors.append(e)
+
+        threads = [threading.Thread(target=many), *(threading.Thread(target=single, args=(i,)) for i in ids[:3])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=60)
+        assert errors == [], [repr(e) for e in errors]
+        assert {iid: r.attempts for iid, r in store.get_many(ids).items()} == {
+            iid: 6 if iid in ids[:3] else 3 for iid in ids}
 
     def test_get_many_returns_only_what_exists(self, store: ContractStore) -> None:
         store.create_intent(record("sl-a"))

@@ -32,10 +32,20 @@ from local_emulator.compute.models import vm
 from local_emulator.compute.models.resources import ZONES, Clock, Instance, Operation, fingerprint, rfc3339
 from local_emulator.compute.models.validation import validate_instance, validate_labels
 from local_emulator.faults import FaultPlan
+from spotleash.log import get_logger
 
+log = get_logger("local_emulator.compute")
 PREEMPT_NOTICE_S = 30.0
 KILL_GRACE_S = 3.0
 REQUEST_ID_TTL_S = 3600.0
+
+
+def _keep_journal(workdir: Path) -> None:
+    """The guest's service logs (vmshim's journal) outlive its disk, beside ``vm.log``: what the guest did on
+    its way down is the first thing to read when a deletion was slow."""
+    journal = workdir / "root" / "var" / "log" / "journal"
+    if journal.is_dir():
+        shutil.copytree(journal, workdir / "journal", dirs_exist_ok=True)
 
 
 class ComputeModel:
@@ -409,14 +419,20 @@ class ComputeModel:
         self._notify(inst)
 
         def work() -> None:
+            began = time.monotonic()
             self._end_processes(inst)
+            ended_s = time.monotonic() - began
             with self.lock:
                 now = self.clock.now()
                 inst.proc = None
                 inst.stopping = False
                 really_delete = delete or inst.delete_after_stop
                 if really_delete and inst.workdir is not None:  # the boot disk goes with the VM, before "DONE"
+                    _keep_journal(inst.workdir)
                     shutil.rmtree(inst.workdir / "root", ignore_errors=True)
+                # when the guest was gone and how long its processes took to end (a grace sat out shows here)
+                self.call_log.append((f"vm.{'deleted' if really_delete else 'stopped'}", inst.name, time.time()))
+                log.info("VM processes ended", vm=inst.name, seconds=round(ended_s, 3), delete=really_delete)
                 for op in inst.pending_ops:
                     op.finish(now)
                 inst.pending_ops.clear()

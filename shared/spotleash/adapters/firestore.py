@@ -12,13 +12,14 @@ Transactions stay short: the emulator locks pessimistically.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from google.api_core import exceptions as gexc
 from google.cloud import firestore
@@ -53,6 +54,18 @@ DOC_LOCKS = 64  # striped in-process locks: this process's writers of one docume
 _OfLease = TypeVar("_OfLease", Hibernation, RestorePin)
 
 
+class Audit(NamedTuple):
+    """One audit entry, written by ``Store.update`` in the commit that writes the record (``audit=``)."""
+
+    action: str
+    reason: str
+    at: datetime
+    fields: Mapping[str, Any]
+
+
+AuditOf = Callable[[InstanceRecord | None], Audit]  # the entry, from the record as the update leaves it
+
+
 def _doc(record: InstanceRecord) -> dict[str, Any]:
     data = record.model_dump(mode="python")
     data["state"] = str(record.state)
@@ -74,11 +87,16 @@ class Store(Protocol):
     def get_many(self, instance_ids: Iterable[str]) -> dict[str, InstanceRecord]: ...
     def create_intent(self, record: InstanceRecord) -> tuple[InstanceRecord, bool]: ...
     def update(
-        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None], *,
+        audit: AuditOf | None = None,
     ) -> InstanceRecord | None: ...
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
     ) -> InstanceRecord | None: ...
+    def update_many(
+        self, changes: Mapping[str, Callable[[InstanceRecord, Lease | None], InstanceRecord | None]], *,
+        read_leases: bool = False, audits: Mapping[str, AuditOf] | None = None,
+    ) -> dict[str, InstanceRecord | None]: ...
     def live_instances(self) -> list[InstanceRecord]: ...
     def instances_of_lease(self, lease_id: str, live_only: bool = True) -> list[InstanceRecord]: ...
     def live_instances_of_leases(self, lease_ids: Iterable[str]) -> dict[str, list[InstanceRecord]]: ...
@@ -149,7 +167,7 @@ class FirestoreStore:
         except TRANSIENT_ERRORS as e:
             raise Transient(f"firestore: {e}") from e
 
-    def _transact(self, run: Callable[[Any], None], what: str) -> None:
+    def _transact(self, run: Callable[[Any], None], what: str, docs: Iterable[str] = ()) -> None:
         """One transactional function, run under contention. The client retries an aborted transaction at once,
         without a pause, up to ``max_attempts``: several writers of one document (heartbeats, reaps, launches
         on a loaded machine) can use them all up together. So a few rounds, each after a jittered pause.
@@ -158,8 +176,12 @@ class FirestoreStore:
         would only fight over Firestore's locks, and the emulator resolves such a fight slowly: two readers of
         a document deadlock on commit until a ~2 s lock wait aborts one (measured), so 12 updates of one
         document by 4 threads took 21-82 s and, on a loaded machine, used up every round. Other processes'
-        writers still contend, and the rounds serve them."""
-        with self._doc_locks[hash(what) % DOC_LOCKS]:
+        writers still contend, and the rounds serve them. ``docs``: the documents a transaction of several writes
+        (``what`` otherwise); their stripes are taken in one order, so two such transactions never deadlock."""
+        stripes = sorted({hash(d) % DOC_LOCKS for d in (docs or [what])})
+        with contextlib.ExitStack() as held:
+            for stripe in stripes:
+                held.enter_context(self._doc_locks[stripe])
             self._transact_contended(run, what)
 
     def _transact_contended(self, run: Callable[[Any], None], what: str) -> None:
@@ -206,10 +228,13 @@ class FirestoreStore:
         self._wrap(lambda: self._instances.document(record.instance_id).set(_doc(record)))
 
     def update(
-        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None]
+        self, instance_id: str, change: Callable[[InstanceRecord], InstanceRecord | None], *,
+        audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
-        """Read-modify-write in one transaction. ``change`` returns the new record or None (no write)."""
-        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False)
+        """Read-modify-write in one transaction. ``change`` returns the new record or None (no write).
+        ``audit``: an entry made from the record as the update leaves it (None: there is none), written in the
+        same commit whatever ``change`` returned: one round trip, where a separate ``audit`` cost another."""
+        return self._update(instance_id, lambda rec, _lease: change(rec), read_lease=False, audit=audit)
 
     def update_with_lease(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None]
@@ -221,10 +246,16 @@ class FirestoreStore:
 
     def _update(
         self, instance_id: str, change: Callable[[InstanceRecord, Lease | None], InstanceRecord | None], *,
-        read_lease: bool,
+        read_lease: bool, audit: AuditOf | None = None,
     ) -> InstanceRecord | None:
         ref = self._instances.document(instance_id)
         result: list[InstanceRecord | None] = [None]
+
+        def write_audit(txn: firestore.Transaction, left: InstanceRecord | None) -> None:
+            if audit is not None:
+                row = audit(left)
+                txn.set(self.client.collection("audit").document(),
+                        self._audit_entry(row.action, row.reason, row.at, row.fields))
 
         @firestore.transactional
         def run(txn: firestore.Transaction) -> None:
@@ -232,6 +263,7 @@ class FirestoreStore:
             self._count(1)
             if not snap.exists:
                 result[0] = None
+                write_audit(txn, None)
                 return
             current = InstanceRecord.model_validate(snap.to_dict())
             lease = None
@@ -243,9 +275,60 @@ class FirestoreStore:
             if new is not None and new != current:
                 txn.set(ref, _doc(new))
             result[0] = new if new is not None else current
+            write_audit(txn, result[0])
 
         self._transact(run, instance_id)
         return result[0]
+
+    def update_many(
+        self, changes: Mapping[str, Callable[[InstanceRecord, Lease | None], InstanceRecord | None]], *,
+        read_leases: bool = False, audits: Mapping[str, AuditOf] | None = None,
+    ) -> dict[str, InstanceRecord | None]:
+        """``update_with_lease`` (``update`` without ``read_leases``: its change gets None) of many records in one
+        transaction per ``WRITES_PER_BATCH // 2`` of them: the records read in one round trip, their leases in
+        another, every write and audit entry (``audits``, by instance id, as ``update``'s) in one commit. Each
+        record as the update left it (None: there is none). All or nothing per transaction."""
+        ids = sorted(changes)
+        out: dict[str, InstanceRecord | None] = {}
+        per = WRITES_PER_BATCH // 2  # a record and its audit entry each
+        for start in range(0, len(ids), per):
+            out.update(self._update_group(ids[start:start + per], changes, read_leases, audits or {}))
+        return out
+
+    def _update_group(
+        self, ids: list[str], changes: Mapping[str, Callable[[InstanceRecord, Lease | None], InstanceRecord | None]],
+        read_leases: bool, audits: Mapping[str, AuditOf],
+    ) -> dict[str, InstanceRecord | None]:
+        result: dict[str, InstanceRecord | None] = {}
+        audit = self.client.collection("audit")
+
+        @firestore.transactional
+        def run(txn: firestore.Transaction) -> None:
+            result.clear()  # the transaction may run again
+            snaps = list(self.client.get_all([self._instances.document(i) for i in ids], transaction=txn))
+            self._count(len(snaps))
+            current = {s.id: InstanceRecord.model_validate(s.to_dict()) for s in snaps if s.exists}
+            leases: dict[str, Lease] = {}
+            lease_ids = sorted({r.lease_id for r in current.values()}) if read_leases else []
+            if lease_ids:
+                found = list(self.client.get_all([self._leases.document(i) for i in lease_ids], transaction=txn))
+                self._count(len(found))
+                leases = {s.id: Lease.model_validate(s.to_dict()) for s in found if s.exists}
+            for iid in ids:
+                now_ = current.get(iid)
+                left = now_
+                if now_ is not None:
+                    new = changes[iid](now_, leases.get(now_.lease_id))
+                    if new is not None and new != now_:
+                        txn.set(self._instances.document(iid), _doc(new))
+                    left = new if new is not None else now_
+                result[iid] = left
+                if iid in audits:
+                    row = audits[iid](left)
+                    txn.set(audit.document(), self._audit_entry(row.action, row.reason, row.at, row.fields))
+
+        self._transact(run, f"{len(ids)} instances", docs=ids)  # their writers in this process wait their turn
+        return dict(result)
 
     def _live(self) -> Any:
         return self._instances.where(filter=FieldFilter("deployment_id", "==", self.deployment_id)).where(
@@ -266,7 +349,10 @@ class FirestoreStore:
         queries of ``LEASES_PER_QUERY`` leases, sent side by side: the reap asks about every expired lease at
         once, and one query per lease cost it a round trip each (on the emulator, five scans each)."""
         wanted = sorted(set(lease_ids))
-        chunks = [wanted[start:start + LEASES_PER_QUERY] for start in range(0, len(wanted), LEASES_PER_QUERY)]
+        # Spread over every query in flight rather than filling the first: the emulator's cost is one scan per
+        # lease whatever the grouping, and scans in separate queries run side by side.
+        per = max(1, min(LEASES_PER_QUERY, -(-len(wanted) // PARALLEL_QUERIES)))
+        chunks = [wanted[start:start + per] for start in range(0, len(wanted), per)]
 
         def of(chunk: list[str]) -> list[Any]:
             query = self._instances.where(filter=FieldFilter("lease_id", "in", chunk))

@@ -315,16 +315,24 @@ class InstanceAgent:
                 self.wake.wait(timeout=interval)
                 self.wake.clear()
         finally:
+            took: dict[str, float] = {}  # each part's way down, in seconds (a deletion waits for all of them)
+            began = time.monotonic()
             if self.keeper is not None:
                 if self.preempted:  # the state of a preempted box: its last chance to be saved
                     self.keeper.settle_preemption()
                 self.keeper.stop()
+                took["keeper_s"] = round(time.monotonic() - began, 3)
             self.stop_event.set()
             if self.workload:
+                mark = time.monotonic()
                 self.workload.stop()
+                took["workload_s"] = round(time.monotonic() - mark, 3)
             if self.backend:
+                mark = time.monotonic()
                 self.backend.stop()
-            log.info("instance agent exiting", reason=reason, beats=self.beats_sent)
+                took["backend_s"] = round(time.monotonic() - mark, 3)
+            log.info("instance agent exiting", reason=reason, beats=self.beats_sent,
+                     stop_s=round(time.monotonic() - began, 3), **took)
         return 0
 
     def _beat_unless_stopped(self) -> BeatOutcome | None:

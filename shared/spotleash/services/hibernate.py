@@ -25,14 +25,15 @@ from spotleash.services.terminate import terminate
 log = get_logger(__name__)
 
 
-def run_hibernations(ctx: Context, skip: Iterable[str | None] = ()) -> list[str]:
-    """One pass over the instances asked to hibernate (``skip``: those the reap already decided on).
-    Returns the instance ids destroyed."""
+def run_hibernations(ctx: Context, skip: Iterable[str | None] = (),
+                     pending: Iterable[InstanceRecord] | None = None) -> list[str]:
+    """One pass over the instances asked to hibernate (``skip``: those the reap already decided on; ``pending``:
+    ``Store.hibernation_pending()`` if the caller read it already). Returns the instance ids destroyed."""
     if ctx.settings.idle_after_s <= 0:
         return []
     done: list[str] = []
     skipped = set(skip)
-    for rec in ctx.store.hibernation_pending():
+    for rec in ctx.store.hibernation_pending() if pending is None else pending:
         if rec.instance_id in skipped:
             continue
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -26,7 +27,7 @@ from spotleash.providers.base import Inventory
 from spotleash.services.context import Context
 from spotleash.services.hibernate import run_hibernations
 from spotleash.services.launch import request_replacement
-from spotleash.services.terminate import delete_at_provider, terminate
+from spotleash.services.terminate import Outcome, Wanted, delete_at_provider, terminate, terminate_many
 from spotleash.wire.events import ReapTick
 
 log = get_logger(__name__)
@@ -104,42 +105,54 @@ def _retire_if_still_due(ctx: Context, read: Lease) -> None:
     log.info("reap kept a lease: it was renewed after the reap read it", lease_id=read.lease_id, detail=detail)
 
 
-def _reap_if_still_expired(ctx: Context, rec: InstanceRecord, d: Decision) -> bool:
+def _lease_gate(ctx: Context, seen: list[LeaseRecheck]) -> Callable[[Lease | None], bool]:
     """A ``lease_expired`` decision, taken on a read: the lease is read again in the transaction that moves
     the instance to TERMINATING (``reaper.recheck_lease``). A renewal committed before it spares the
-    instance (audited ``reap_saved``); one committed after it finds the deletion under way."""
-    seen: list[LeaseRecheck] = []
-
+    instance (audited ``reap_saved``); one committed after it finds the deletion under way. ``seen``: what the
+    last run of the gate found (the transaction may run it more than once)."""
     def still_expired(lease: Lease | None) -> bool:
-        seen[:] = [recheck_lease(lease, ctx.now())]  # the transaction may run this more than once: keep the last
+        seen[:] = [recheck_lease(lease, ctx.now())]
         return seen[0].expired
+    return still_expired
 
-    after = terminate(ctx, rec.instance_id, d.reason, action="reap", only_if=still_expired)
-    if seen and not seen[0].expired and after is not None and after.live and after.state != State.TERMINATING:
-        ctx.store.audit("reap_saved", "lease_renewed", ctx.now(), instance_id=rec.instance_id,
-                        lease_id=rec.lease_id, provider=rec.provider, provider_id=rec.provider_id,
-                        detail=f"decided lease_expired ({d.detail}); at the deletion: {seen[0].detail}")
-        log.info("reap spared an instance: its lease was renewed after the reap read it",
-                 instance_id=rec.instance_id, lease_id=rec.lease_id, detail=seen[0].detail)
+
+def _spared(ctx: Context, rec: InstanceRecord, d: Decision, seen: list[LeaseRecheck],
+            after: InstanceRecord | None) -> bool:
+    """True (and audited ``reap_saved``) if the gate found the lease renewed and the record was left live."""
+    if not (seen and not seen[0].expired and after is not None and after.live and after.state != State.TERMINATING):
         return False
+    ctx.store.audit("reap_saved", "lease_renewed", ctx.now(), instance_id=rec.instance_id,
+                    lease_id=rec.lease_id, provider=rec.provider, provider_id=rec.provider_id,
+                    detail=f"decided lease_expired ({d.detail}); at the deletion: {seen[0].detail}")
+    log.info("reap spared an instance: its lease was renewed after the reap read it",
+             instance_id=rec.instance_id, lease_id=rec.lease_id, detail=seen[0].detail)
     return True
 
 
-def _execute(ctx: Context, d: Decision) -> bool:
-    """Carry out one decision: True once done, False if a ``lease_expired`` decision's lease was renewed since
-    the reap read it (nothing deleted, the save audited)."""
-    rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
+def _prepare(ctx: Context, rec: InstanceRecord, d: Decision) -> None:
+    """What a decision on a record does before its deletion: a stopped box's storage billed from now, a lost
+    one's replacement asked for."""
+    if d.reason == "stopped_at_provider":
+        seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
+        ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
+                         if r.stopped_at is None and r.live else None)
+    if d.reason in LOSS_REASONS and rec.state in (State.RUNNING, State.READY) and rec.replaced_by is None:
+        request_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
+
+
+def _execute(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> bool:
+    """Carry out one decision on its own: True once done, False if a ``lease_expired`` decision's lease was
+    renewed since the reap read it (nothing deleted, the save audited). ``read``: the record the decision was
+    taken on (else it is read here). The reap runs its decisions on records together (``_execute_all``)."""
+    rec = None
+    if d.instance_id is not None and d.reason != "orphan":
+        rec = read if read is not None and read.instance_id == d.instance_id else ctx.store.get(d.instance_id)
     if rec is not None:
-        if d.reason == "lease_expired":
-            return _reap_if_still_expired(ctx, rec, d)
-        if d.reason == "stopped_at_provider":
-            seen = ctx.now()  # the ledger bills a stopped VAST box's storage only, from here on
-            ctx.store.update(rec.instance_id, lambda r: r.model_copy(update={"stopped_at": seen})
-                             if r.stopped_at is None and r.live else None)
-        if d.reason in LOSS_REASONS and rec.state in (State.RUNNING, State.READY) and rec.replaced_by is None:
-            request_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
-        terminate(ctx, rec.instance_id, d.reason, action="reap")
-        return True
+        _prepare(ctx, rec, d)
+        seen: list[LeaseRecheck] = []
+        gate = _lease_gate(ctx, seen) if d.reason == "lease_expired" else None
+        after = terminate(ctx, rec.instance_id, d.reason, action="reap", only_if=gate)
+        return not _spared(ctx, rec, d, seen, after)
     if d.provider_id is None:
         raise Transient(f"orphan without a provider id: {d}")
     if not delete_at_provider(ctx, d.provider, d.provider_id):
@@ -147,6 +160,59 @@ def _execute(ctx: Context, d: Decision) -> bool:
     ctx.store.audit("reap", d.reason, ctx.now(), instance_id=d.instance_id, provider=d.provider,
                     provider_id=d.provider_id, lease_id=d.lease_id, detail=d.detail)
     return True
+
+
+def _execute_all(ctx: Context, decisions: Sequence[Decision], read: Mapping[str, InstanceRecord],
+                 ) -> list[tuple[Decision, bool, str | None]]:
+    """Every decision: (decision, carried out, the error as text or None). The records read by the reap are
+    deleted together (``terminate_many``: two transactions for all of them, the providers' deletions side by side);
+    orphans and records the reap did not read, one by one beside them. One failure does not stop the others."""
+    results: dict[int, tuple[bool, str | None]] = {}
+    together: dict[str, tuple[int, Decision]] = {}
+    alone: list[tuple[int, Decision]] = []
+    for i, d in enumerate(decisions):
+        iid = d.instance_id
+        if d.reason != "orphan" and iid is not None and iid in read and iid not in together:
+            together[iid] = (i, d)
+        else:
+            alone.append((i, d))
+
+    def prepare(iid: str) -> str | None:
+        try:
+            _prepare(ctx, read[iid], together[iid][1])
+            return None
+        except SpotleashError as e:
+            log.warning("reap action failed", instance_id=iid, reason=together[iid][1].reason, detail=str(e))
+            return str(e)
+
+    with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
+        preparing = {iid: pool.submit(prepare, iid) for iid in together}  # first: the batch waits on them
+        singles = [(i, pool.submit(_attempt, ctx, d)) for i, d in alone]
+        prepared = {iid: f.result() for iid, f in preparing.items()}
+        seen: dict[str, list[LeaseRecheck]] = {}
+        wanted: dict[str, Wanted] = {}
+        for iid, error in prepared.items():
+            i, d = together[iid]
+            if error is not None:
+                results[i] = (False, error)
+                continue
+            seen[iid] = []
+            wanted[iid] = Wanted(d.reason, _lease_gate(ctx, seen[iid]) if d.reason == "lease_expired" else None)
+        try:
+            outcomes = terminate_many(ctx, wanted, action="reap", parallel=PARALLEL_DELETES)
+        except SpotleashError as e:  # a transaction of the batch failed: none of it is done; the next reap retries
+            log.warning("reap deletions failed", count=len(wanted), detail=str(e))
+            outcomes = {iid: Outcome(None, error=str(e)) for iid in wanted}
+        for iid, o in outcomes.items():
+            i, d = together[iid]
+            if o.error is not None:
+                log.warning("reap action failed", instance_id=iid, reason=d.reason, detail=o.error)
+                results[i] = (False, o.error)
+            else:
+                results[i] = (not _spared(ctx, read[iid], d, seen[iid], o.started), None)
+        for i, single in singles:
+            results[i] = single.result()
+    return [(d, *results[i]) for i, d in enumerate(decisions)]
 
 
 def sweep_abandoned_uploads(ctx: Context) -> list[str]:
@@ -167,10 +233,10 @@ def sweep_abandoned_uploads(ctx: Context) -> list[str]:
     return swept
 
 
-def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
+def _attempt(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> tuple[bool, str | None]:
     """Execute one decision: (carried out, the error as text or None)."""
     try:
-        return _execute(ctx, d), None
+        return _execute(ctx, d, read), None
     except SpotleashError as e:
         log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
         return False, str(e)
@@ -210,8 +276,11 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
         _audit_check(ctx, tick, plan, now, dry)
     if not (dry or plan.blocked):
         # Deletions are independent and mostly wait on the provider: run a few at once.
-        with ThreadPoolExecutor(max_workers=PARALLEL_DELETES) as pool:
-            outcomes = list(pool.map(lambda d: (d, *_attempt(ctx, d)), plan.decisions))
+        read = {r.instance_id: r for r in records}
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            # the hibernation pass's query, read while the deletions run (it skips what they decided on anyway)
+            pending = pool.submit(ctx.store.hibernation_pending) if ctx.settings.idle_after_s > 0 else None
+            outcomes = _execute_all(ctx, plan.decisions, read)
         for d, acted, error in outcomes:
             if error is not None:  # one failure must not stop the others; the next tick retries
                 report.failed.append((d, error))
@@ -219,9 +288,8 @@ def run_reap(ctx: Context, tick: ReapTick, providers: list[str] | None = None) -
                 report.done.append(d)
             else:
                 report.saved.append(d)
-    if not (dry or plan.blocked):
         decided = {d.instance_id for d in plan.decisions}
-        report.hibernated = run_hibernations(ctx, skip=decided)
+        report.hibernated = run_hibernations(ctx, skip=decided, pending=pending.result() if pending else None)
         report.swept = sweep_abandoned_uploads(ctx)
     report.reads = ctx.store.reads - reads_before
     log.info("reap done", event_id=tick.event_id, decisions=len(plan.decisions), done=len(report.done),

@@ -78,7 +78,7 @@ def test_a_lease_renewed_between_the_read_and_the_deletion_is_spared(
     rec = launched(ctx)
     clock.advance(91)
     # The agent's renewal is handled after the reap read the expired lease, just before it deletes.
-    store.on("get", lambda: open_lease(ctx))
+    store.on("update_many", lambda: open_lease(ctx))  # the transaction that starts it
     report = reap(ctx)
     assert reasons(report) == [("lease_expired", rec.instance_id)]
     assert report.saved == list(report.plan.decisions) and report.done == [] and report.failed == []
@@ -103,7 +103,7 @@ def test_a_released_lease_reopened_before_the_deletion_spares_its_instance(
     store.update_lease("lease-1", lambda cur: cur.model_copy(update={"released": True, "renewed_at": clock.now})
                        if cur else None)
     clock.advance(1)
-    store.on("get", lambda: open_lease(ctx))  # a new term: a renewal sent after the release
+    store.on("update_many", lambda: open_lease(ctx))  # a new term: a renewal sent after the release
     report = reap(ctx)
     assert [d.instance_id for d in report.saved] == [rec.instance_id] and report.done == []
     assert record_of(store, rec.instance_id).state is State.RUNNING
@@ -115,7 +115,8 @@ def test_a_renewal_after_the_recheck_finds_the_deletion_under_way(
     handled then (before terminate's last write) extends the lease for the agent's next demand."""
     rec = launched(ctx)
     clock.advance(91)
-    store.on("update", lambda: open_lease(ctx))
+    # the deletions' second transaction (the one that ends the records, after the provider confirmed)
+    store.on("update_many", lambda: store.on("update_many", lambda: open_lease(ctx)))
     report = reap(ctx)
     assert report.done == list(report.plan.decisions) and report.saved == []
     assert_reaped(store, gce, rec.instance_id, "lease_expired")
@@ -263,6 +264,55 @@ def test_one_failed_deletion_does_not_stop_the_others(make_ctx: MakeCtx, store: 
     assert failed[refused.provider_id] == "503"
     assert sorted(gce.instances) == sorted([refused.provider_id])  # stuck's delete went through, unconfirmed
     assert [e["provider_id"] for e in store.audit_entries() if e["action"] == "reap"] == [fine.provider_id]
+
+
+def test_records_deleted_together_one_refused_by_its_provider_stays_terminating(
+        ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    a, b = launched(ctx, "lease-a"), launched(ctx, "lease-b")
+    clock.advance(3600)
+    open_lease(ctx, "lease-a")
+    open_lease(ctx, "lease-b")
+    gce.fail("delete", ProviderTransient("503"), target=b.provider_id)
+    report = reap(ctx)
+    assert [d.instance_id for d in report.done] == [a.instance_id]
+    assert [(d.instance_id, why) for d, why in report.failed] == [(b.instance_id, "503")]
+    assert_reaped(store, gce, a.instance_id, "max_runtime")
+    assert record_of(store, b.instance_id).state is State.TERMINATING and gce.by_instance_id(b.instance_id)
+    clock.advance(31)  # the next reap carries the stalled deletion on
+    open_lease(ctx, "lease-b")
+    assert reasons(reap(ctx)) == [("retry_delete", b.instance_id)]
+    assert record_of(store, b.instance_id).state is State.TERMINATED and gce.by_instance_id(b.instance_id) is None
+
+
+@pytest.mark.parametrize("failing", ["start", "end"])
+def test_a_failed_transaction_of_the_deletions_leaves_nothing_orphaned(
+        failing: str, ctx: Context, store: MemoryStore, gce: FakeProvider, clock: FakeClock) -> None:
+    """The deletions' first transaction fails: nothing is deleted, every decision failed, the next reap does it.
+    Their last one fails (a crash after the providers confirmed): the records stay TERMINATING, never ended
+    before their deletion was confirmed, and the next reap's retry_delete ends them."""
+    recs = [launched(ctx, f"lease-{i}") for i in range(3)]
+    clock.advance(3600)
+    for i in range(3):
+        open_lease(ctx, f"lease-{i}")
+    if failing == "start":
+        store.fail("update_many", Transient("firestore: unavailable"))
+    else:
+        store.on("update_many", lambda: store.on("update_many", lambda: store.fail(
+            "update_many", Transient("firestore: unavailable"))))  # the second call: the one that ends them
+    report = reap(ctx)
+    assert report.done == [] and len(report.failed) == 3
+    left = {r.instance_id: record_of(store, r.instance_id).state for r in recs}
+    if failing == "start":
+        assert set(left.values()) == {State.RUNNING} and all(gce.by_instance_id(r.instance_id) for r in recs)
+    else:
+        assert set(left.values()) == {State.TERMINATING} and all(gce.by_instance_id(r.instance_id) is None
+                                                                for r in recs)
+        clock.advance(31)
+    for i in range(3):
+        open_lease(ctx, f"lease-{i}")
+    again = reap(ctx)
+    assert len(again.done) == 3 and again.failed == []
+    assert all(record_of(store, r.instance_id).state is State.TERMINATED for r in recs) and gce.instances == {}
 
 
 def test_an_orphan_whose_deletion_is_not_confirmed_is_a_failure(make_ctx: MakeCtx, store: MemoryStore,

@@ -9,9 +9,9 @@ from tests.support.fake_provider import FakeProvider
 from tests.support.memory_store import MemoryStore
 
 from spotleash.errors import ProviderTransient, Transient
-from spotleash.model import State
+from spotleash.model import Lease, State
 from spotleash.services.context import Context
-from spotleash.services.terminate import terminate
+from spotleash.services.terminate import Gate, Wanted, terminate, terminate_many
 
 
 def test_terminate_deletes_confirms_then_records(ctx: Context, store: MemoryStore, gce: FakeProvider,
@@ -118,3 +118,55 @@ def test_a_failure_s_end_state_survives_a_delete_finished_by_someone_else(make_c
     clock.advance(60)
     done = terminate(ctx, rec.instance_id, "retry_delete", action="reap")
     assert done is not None and done.state is State.FAILED and done.reason == "package_unverified: sha256 differs"
+
+
+def test_terminate_many_deletes_each_and_ends_only_the_confirmed(make_ctx: MakeCtx, store: MemoryStore,
+                                                                 gce: FakeProvider, clock: FakeClock) -> None:
+    """terminate_many: as terminate, for several records in two store transactions. A record the provider keeps
+    listing stays TERMINATING with its error (the next reap retries it); an ended one is left as it is; an
+    unknown id has no record; the others end with their audit entry."""
+    ctx = make_ctx(confirm_delete_s=0.02)
+    fine, stuck, ended = (launched(ctx, f"lease-{i}") for i in range(3))
+    terminate(ctx, ended.instance_id, "release: done", action="release")
+    clock.advance(1800)
+    gce.fail("delete", ProviderTransient("503"), target=stuck.provider_id)
+    before = len(store.audit_entries())
+    out = terminate_many(ctx, {i: Wanted("max_runtime") for i in (fine.instance_id, stuck.instance_id,
+                                                                   ended.instance_id, "sl-unknown")},
+                         action="reap", parallel=4)
+    assert out["sl-unknown"].started is None and out["sl-unknown"].error is None
+    assert out[fine.instance_id].error is None and out[fine.instance_id].final == record_of(store, fine.instance_id)
+    assert record_of(store, fine.instance_id).state is State.TERMINATED and gce.by_instance_id(fine.instance_id) is None
+    assert out[stuck.instance_id].error == "503" and out[stuck.instance_id].final is None
+    assert record_of(store, stuck.instance_id).state is State.TERMINATING and gce.by_instance_id(stuck.instance_id)
+    assert out[ended.instance_id].started == record_of(store, ended.instance_id)  # left as it was
+    assert gce.calls_of("delete").count(ended.provider_id) == 1  # by its own release, not again
+    new = store.audit_entries()[before:]
+    assert [(e["action"], e["reason"], e["instance_id"]) for e in new] == [("reap", "max_runtime", fine.instance_id)]
+    assert new[0]["cost_so_far"] == pytest.approx(0.025)
+
+
+def test_terminate_many_asks_each_gate_in_its_starting_transaction(ctx: Context, store: MemoryStore,
+                                                                    gce: FakeProvider) -> None:
+    """A gate that says no spares its live record (not TERMINATING, nothing asked of the provider); the
+    gate of another record in the same call says yes and that one is deleted; each gate sees its own lease."""
+    kept, gone = launched(ctx, "lease-kept"), launched(ctx, "lease-gone")
+    asked: list[str | None] = []
+
+    def gate(answer: bool) -> Gate:
+        def ask(lease: Lease | None) -> bool:
+            asked.append(lease.lease_id if lease else None)
+            return answer
+        return ask
+
+    out = terminate_many(ctx, {kept.instance_id: Wanted("lease_expired", gate(False)),
+                               gone.instance_id: Wanted("lease_expired", gate(True))}, action="reap", parallel=2)
+    assert sorted(a or "-" for a in asked) == ["lease-gone", "lease-kept"]
+    assert out[kept.instance_id].started == record_of(store, kept.instance_id)
+    assert record_of(store, kept.instance_id).state is State.RUNNING and kept.provider_id not in gce.calls_of("delete")
+    assert record_of(store, gone.instance_id).state is State.TERMINATED and gce.by_instance_id(gone.instance_id) is None
+
+
+def test_terminate_many_of_nothing_touches_nothing(ctx: Context, store: MemoryStore) -> None:
+    store.fail("update_many", Transient("must not be called"))
+    assert terminate_many(ctx, {}, action="reap", parallel=4) == {}
