@@ -31,7 +31,9 @@ from spotleash.services.terminate import Outcome, Wanted, delete_at_provider, te
 from spotleash.wire.events import ReapTick
 
 log = get_logger(__name__)
-PARALLEL_DELETES = 8
+# Deletions confirmed side by side. 8 → 16: the 10,000-record bench (100 due) executed in 3.60 s median (3.17–5.13)
+# against 5.01 s (4.91–5.18), same machine, 2026-12-07; a reap deletes at most `reap_max_deletions` anyway.
+PARALLEL_DELETES = 16
 GATHER_PARALLEL = 6  # the reap's reads: three candidate queries and the providers' listings
 
 
