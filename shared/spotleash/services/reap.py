@@ -142,13 +142,11 @@ def _prepare(ctx: Context, rec: InstanceRecord, d: Decision) -> None:
         request_replacement(ctx, rec, d.reason)  # outbid, stopped, deleted behind our back, silent
 
 
-def _execute(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> bool:
+def _execute(ctx: Context, d: Decision) -> bool:
     """Carry out one decision on its own: True once done, False if a ``lease_expired`` decision's lease was
-    renewed since the reap read it (nothing deleted, the save audited). ``read``: the record the decision was
-    taken on (else it is read here). The reap runs its decisions on records together (``_execute_all``)."""
-    rec = None
-    if d.instance_id is not None and d.reason != "orphan":
-        rec = read if read is not None and read.instance_id == d.instance_id else ctx.store.get(d.instance_id)
+    renewed since the reap read it (nothing deleted, the save audited). The reap runs its decisions on the
+    records it read together (``_execute_all``); this serves orphans and records it did not read."""
+    rec = ctx.store.get(d.instance_id) if d.instance_id is not None and d.reason != "orphan" else None
     if rec is not None:
         _prepare(ctx, rec, d)
         seen: list[LeaseRecheck] = []
@@ -235,10 +233,10 @@ def sweep_abandoned_uploads(ctx: Context) -> list[str]:
     return swept
 
 
-def _attempt(ctx: Context, d: Decision, read: InstanceRecord | None = None) -> tuple[bool, str | None]:
+def _attempt(ctx: Context, d: Decision) -> tuple[bool, str | None]:
     """Execute one decision: (carried out, the error as text or None)."""
     try:
-        return _execute(ctx, d, read), None
+        return _execute(ctx, d), None
     except SpotleashError as e:
         log.warning("reap action failed", instance_id=d.instance_id, reason=d.reason, detail=str(e))
         return False, str(e)
