@@ -325,8 +325,8 @@ def router_load_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
 def router_load_notes(res: dict[str, Any]) -> list[str]:
     router = res.get("router", {}).get("spotleash", {})
     baselines = res.get("baselines", {})
-    return [f"router (wrk): Debian's wrk against the example's thumbnailer (a threading HTTP/1.0 server: one "
-            "connection per request, also behind a proxy) direct, through nginx (1 worker, upstream keep-alive, no "
+    return [f"router (wrk): Debian's wrk against the example's thumbnailer (waitress, 8 threads, HTTP/1.1 "
+            "keep-alive) direct, through nginx (1 worker, upstream keep-alive, no "
             "access log) and through `python -m spotleash.agent`'s router on the local stack (every request to the "
             f"local copy); {res.get('rounds', 0)} round(s) of {res.get('duration_s', 0):g} s per row and way, in a "
             "rotating order; median (p50) and p99 columns are wrk's, medians over the rounds; the added latency and "
