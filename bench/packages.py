@@ -386,6 +386,8 @@ def package_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
                     rows[-1]["ratio"] = by_n["median"] / raw_mb_s
         rows.append(_row("fetch_single", "instance blob fetch, one at a time", fetch["single"], unit="MB/s",
                          baseline=fetch["raw_one_object"].get("median"), baseline_name="the same bytes as one object"))
+        if raw_mb_s and fetch["single"].get("median") is not None:
+            rows[-1]["ratio"] = fetch["single"]["median"] / raw_mb_s
     ready = res.get("ready") or {}
     for provider, name in (("gce", "GCE"), ("vast", "VAST")):
         ph = ready.get(provider)
