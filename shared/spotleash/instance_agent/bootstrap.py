@@ -706,6 +706,14 @@ def install_command(python: str, root: Path, manifest: Mapping[str, Any], *, pip
 
 
 AGENT_MODULE = "spotleash.instance_agent.__main__"
+# the install's steps, each timed (``Installer.steps``; the heartbeat's ``timings`` carry them to the READY audit entry)
+INSTALL_STEPS = {
+    "assemble_s": "the root laid out from the verified blobs (app blob extracted, wheels linked, uv ready)",
+    "venv_s": "the venv made",
+    "deps_s": "the requirements installed offline",
+    "own_s": "spotleash installed without its core dependencies",
+    "warm_s": "the instance agent imported once (its .pyc files written)",
+}
 
 
 def warm_command(python: str, manifest: Mapping[str, Any]) -> list[str] | None:
@@ -739,8 +747,21 @@ class Installer:
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._cancelled = False
+        self.steps: dict[str, float] = {}  # the last install's step → seconds (the heartbeat's timings carry them)
 
-    def _run(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = ()) -> None:
+    def _run(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = (),
+             key: str | None = None) -> None:
+        t0 = time.monotonic()
+        try:
+            self._run_once(argv, step, log_path, drop_env)
+        finally:
+            if key is not None:
+                took = round(time.monotonic() - t0, 3)
+                self.steps[key] = round(self.steps.get(key, 0.0) + took, 3)
+                with log_path.open("a") as log:
+                    log.write(f"spotleash: {step}: {took:.3f} s\n")
+
+    def _run_once(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = ()) -> None:
         with self._lock:
             if self._cancelled:
                 raise PackageFailure("package_install_failed", f"{step}: cancelled")
@@ -814,15 +835,18 @@ class Installer:
         with log_path.open("a") as log:
             log.write(f"spotleash: {plan.path}\n")
         _log("installing the package", path=plan.path)
-        self._run(plan.make_venv, "uv venv" if uv else "python -m venv", log_path)
+        self.steps = {}
+        self._run(plan.make_venv, "uv venv" if uv else "python -m venv", log_path, key="venv_s")
         # what the new venv sees of the image (a venv made from a venv sees its base's packages, not the venv's):
         # asked of the venv's own python, before the install, so a lacking image is a clear reason, not a pip error
         check_image_provides(str(root / "venv" / "bin" / "python"), manifest)
-        self._run(plan.install, "uv pip install (offline)" if uv else "pip install (offline)", log_path)
+        self._run(plan.install, "uv pip install (offline)" if uv else "pip install (offline)", log_path, key="deps_s")
         if plan.install_no_deps is not None:  # after its dependencies: pip then checks nothing it left out
-            self._run(plan.install_no_deps, "installing spotleash without its core dependencies", log_path)
+            self._run(plan.install_no_deps, "installing spotleash without its core dependencies", log_path,
+                      key="own_s")
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
-            self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",))
+            self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",),
+                      key="warm_s")
 
     def prepare(self, archive: Path, sha256: str, work_dir: Path) -> tuple[Path, dict[str, Any]]:
         """(root, manifest) of a single-archive package (format 1): verified, extracted into a fresh ``root``,
@@ -1066,6 +1090,7 @@ def prepare_layered(manifest_path: Path, sha256: str, work_dir: Path, blob_files
     wheels = root / "wheels"
     wheels.mkdir()
     uv: Path | None = None
+    t0 = time.monotonic()
     for b in manifest["blobs"]:
         path = blob_files[b["sha256"]]
         if b["kind"] == "app":
@@ -1075,7 +1100,9 @@ def prepare_layered(manifest_path: Path, sha256: str, work_dir: Path, blob_files
         elif b["kind"] == "tool" and b["name"].startswith("uv-"):
             uv = uv_from_wheel(_named(path, b["name"], work_dir), work_dir / "tools")
     lay_out_artifacts(root, manifest, blob_files)
+    assembled = round(time.monotonic() - t0, 3)
     installer.install(root, manifest, uv)
+    installer.steps["assemble_s"] = assembled
     return root, manifest
 
 
@@ -1139,7 +1166,9 @@ def obtain(origin: Origin, sha256: str, work_dir: Path, installer: Installer, *,
                             retry_budget_s=retry_budget_s, on_blob=lambda b, path: early_tool(b, path, work_dir))
         t1 = time.monotonic()
         root, manifest = prepare_layered(manifest_path, sha256, work_dir, files, installer)
-    return root, manifest, {"fetch_s": round(t1 - t0, 3), "install_s": round(time.monotonic() - t1, 3)}
+    # the install's own steps beside the whole (a RecordingInstaller of the tests has none)
+    steps = {k: v for k, v in getattr(installer, "steps", {}).items() if k in INSTALL_STEPS}
+    return root, manifest, {"fetch_s": round(t1 - t0, 3), "install_s": round(time.monotonic() - t1, 3), **steps}
 
 
 # --------------------------------------------------------------------------- heartbeats of the bootstrap
