@@ -713,6 +713,7 @@ INSTALL_STEPS = {
     "deps_s": "the requirements installed offline",
     "own_s": "spotleash installed without its core dependencies",
     "warm_s": "the instance agent imported once (its .pyc files written)",
+    "app_s": "the app's own requirements installed, beside the agent's import",
 }
 
 
@@ -734,6 +735,9 @@ class InstallPlan:
     install: list[str]
     warm: list[str] | None = None  # see ``warm_command``
     install_no_deps: list[str] | None = None  # the manifest's ``no_deps``, after ``install``
+    excludes: tuple[str, ...] | None = None  # ``core_excludes``: written to ``EXCLUDES_FILE`` before ``install``
+    # the app's own requirements, installed while ``warm`` runs (the agent imports none of them)
+    install_beside: list[str] | None = None
 
 
 class Installer:
@@ -744,7 +748,7 @@ class Installer:
         self.python = python
         self.timeout_s = timeout_s
         self._pip_version = pip_version  # which pip ``python`` has decides how the venv is made
-        self._proc: subprocess.Popen[bytes] | None = None
+        self._procs: set[subprocess.Popen[bytes]] = set()  # what runs now (two beside each other at most)
         self._lock = threading.Lock()
         self._cancelled = False
         self.steps: dict[str, float] = {}  # the last install's step → seconds (the heartbeat's timings carry them)
@@ -766,19 +770,45 @@ class Installer:
             if self._cancelled:
                 raise PackageFailure("package_install_failed", f"{step}: cancelled")
             with log_path.open("ab") as out:
-                self._proc = subprocess.Popen(  # noqa: S603 - our own fixed argv
+                proc = subprocess.Popen(  # noqa: S603 - our own fixed argv
                     argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
                     env={k: v for k, v in os.environ.items() if k not in SECRET_ENV and k not in drop_env},
                 )
-        proc = self._proc
+            self._procs.add(proc)
         try:
             code = proc.wait(timeout=self.timeout_s)
         except subprocess.TimeoutExpired as e:
             self._kill(proc)
             raise PackageFailure("package_install_failed", f"{step} took longer than {self.timeout_s:g} s") from e
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
         if code != 0:
             tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-4:])
             raise PackageFailure("package_install_failed", f"{step} exited with code {code}: {tail}"[:480])
+
+    def _run_beside(self, steps: list[tuple[list[str], str, tuple[str, ...], str]], log_path: Path) -> None:
+        """(argv, step, drop_env, key) each, all at once; the first that fails ends the others and is the failure."""
+        failures: list[PackageFailure] = []
+
+        def one(argv: list[str], step: str, drop_env: tuple[str, ...], key: str) -> None:
+            try:
+                self._run(argv, step, log_path, drop_env, key)
+            except PackageFailure as e:
+                with self._lock:
+                    failures.append(e)
+                    others = [p for p in self._procs if p.poll() is None]
+                for p in others:
+                    self._kill(p)
+
+        threads = [threading.Thread(target=one, args=s, name=f"install-{s[3]}", daemon=True) for s in steps[1:]]
+        for t in threads:
+            t.start()
+        one(*steps[0])
+        for t in threads:
+            t.join()
+        if failures:
+            raise failures[0]
 
     @staticmethod
     def _kill(proc: subprocess.Popen[bytes]) -> None:
@@ -791,9 +821,10 @@ class Installer:
     def cancel(self) -> None:
         with self._lock:
             self._cancelled = True
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            self._kill(proc)
+            procs = list(self._procs)
+        for proc in procs:
+            if proc.poll() is None:
+                self._kill(proc)
 
     def plan(self, root: Path, manifest: Mapping[str, Any], uv: Path | None = None) -> InstallPlan:
         """How ``root/venv`` gets made and the package installed into it: with ``uv`` when the package ships it
@@ -808,6 +839,22 @@ class Installer:
             _log("the package relies on the image's packages (image_provides): pip installs, not uv")
             uv = None
         if uv is not None:
+            excludes = core_excludes(root / "wheels", manifest) if own else None
+            warm = warm_command(venv_python, manifest)
+            if excludes is not None:  # one resolution: spotleash with the rest, its core left out
+                agent, app = split_requirements(manifest)
+                if warm is None or not app:
+                    agent, app = agent + app, []
+                return InstallPlan(
+                    f"uv ({uv}) makes the venv and installs offline, spotleash without its core dependencies "
+                    f"({len(excludes)} left out) in the same resolution"
+                    + (", the app's requirements beside the agent's import" if app else ""),
+                    uv_venv_command(uv, self.python, venv, root, system_site=site),
+                    uv_install_command(uv, venv_python, root, manifest, excludes=excludes,
+                                       only=[*agent, *_requirements(manifest, True)]),
+                    warm, excludes=tuple(excludes),
+                    install_beside=uv_install_command(uv, venv_python, root, manifest, excludes=excludes, only=app)
+                    if app else None)
             return InstallPlan(f"uv ({uv}) makes the venv and installs offline",
                                uv_venv_command(uv, self.python, venv, root, system_site=site),
                                uv_install_command(uv, venv_python, root, manifest),
@@ -840,13 +887,19 @@ class Installer:
         # what the new venv sees of the image (a venv made from a venv sees its base's packages, not the venv's):
         # asked of the venv's own python, before the install, so a lacking image is a clear reason, not a pip error
         check_image_provides(str(root / "venv" / "bin" / "python"), manifest)
+        if plan.excludes:
+            (root / EXCLUDES_FILE).write_text("".join(f"{n}\n" for n in plan.excludes))
         self._run(plan.install, "uv pip install (offline)" if uv else "pip install (offline)", log_path, key="deps_s")
         if plan.install_no_deps is not None:  # after its dependencies: pip then checks nothing it left out
             self._run(plan.install_no_deps, "installing spotleash without its core dependencies", log_path,
                       key="own_s")
+        steps: list[tuple[list[str], str, tuple[str, ...], str]] = []
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
-            self._run(plan.warm, "importing the instance agent", log_path, drop_env=("PYTHONDONTWRITEBYTECODE",),
-                      key="warm_s")
+            steps.append((plan.warm, "importing the instance agent", ("PYTHONDONTWRITEBYTECODE",), "warm_s"))
+        if plan.install_beside is not None:
+            steps.append((plan.install_beside, "uv pip install of the app's requirements (offline)", (), "app_s"))
+        if steps:
+            self._run_beside(steps, log_path)
 
     def prepare(self, archive: Path, sha256: str, work_dir: Path) -> tuple[Path, dict[str, Any]]:
         """(root, manifest) of a single-archive package (format 1): verified, extracted into a fresh ``root``,
@@ -865,14 +918,76 @@ def uv_venv_command(uv: Path, python: str, venv: Path, root: Path, *, system_sit
             "--cache-dir", str(root.parent / "uv-cache"), str(venv)]
 
 
+def _dist_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def wheel_requires(wheel: Path) -> list[str]:
+    """The ``Requires-Dist`` lines of a wheel's METADATA."""
+    with zipfile.ZipFile(wheel) as z:
+        meta = next((n for n in z.namelist() if n.count("/") == 1 and n.endswith(".dist-info/METADATA")), None)
+        if meta is None:
+            raise ValueError(f"{wheel.name} has no METADATA")
+        text = z.read(meta).decode("utf-8", errors="replace")
+    head = text.split("\n\n", 1)[0]  # the headers; the long description follows the first empty line
+    return [line.split(":", 1)[1].strip() for line in head.splitlines() if line.lower().startswith("requires-dist:")]
+
+
+def core_excludes(wheels_dir: Path, manifest: Mapping[str, Any]) -> list[str] | None:
+    """What uv leaves out so the manifest's ``no_deps`` (spotleash) installs in the same resolution as its
+    ``requirements``: the names of the ``no_deps`` wheels' own (not extra) dependencies that no wheel of the
+    package provides. The package's wheels are the resolution of ``requirements`` at publish, so a dependency
+    without a wheel here is one of spotleash's core (the control plane's) no requirement needs; one with a wheel
+    stays in, and uv checks it like every other. None when a ``no_deps`` wheel cannot be found or read (then
+    two installs, the second ``--no-deps``, as pip does)."""
+    names = {_dist_name(w.name.split("-")[0]): w for w in wheels_dir.glob("*.whl")}
+    out: set[str] = set()
+    for r in manifest.get("no_deps") or []:
+        m = _REQUIREMENT.match(str(r))
+        wheel = names.get(_dist_name(m.group(1))) if m else None
+        if wheel is None:
+            return None
+        try:
+            requires = wheel_requires(wheel)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+            return None
+        for line in requires:
+            req, _, marker = line.partition(";")
+            dep = _REQUIREMENT.match(req)
+            if dep is None:
+                return None
+            if "extra" not in marker and _dist_name(dep.group(1)) not in names:
+                out.add(_dist_name(dep.group(1)))
+    return sorted(out)
+
+
+EXCLUDES_FILE = "uv-excludes.txt"  # in the package root: ``core_excludes``, one name a line
+
+
+def split_requirements(manifest: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(the instance agent's, the app's own) of the manifest's ``requirements``: the app's are those its
+    ``[app] requirements`` name; the rest is the ``instance`` extra's list (a line both name, twice in the
+    manifest, is the agent's too)."""
+    app = {str(r) for r in (manifest.get("app") or {}).get("requirements") or []}
+    every = _requirements(manifest, False)
+    agent = [r for r in every if r not in app or every.count(r) > 1]
+    return list(dict.fromkeys(agent)), list(dict.fromkeys(r for r in every if r in app))
+
+
 def uv_install_command(uv: Path, python: str, root: Path, manifest: Mapping[str, Any], *,
-                       no_deps: bool = False) -> list[str]:
+                       no_deps: bool = False, excludes: list[str] | None = None,
+                       only: list[str] | None = None) -> list[str]:
     """uv installs offline from the package's wheels only (``--no-config``: no index or find-links of the
     image's own uv settings); uv does not byte-compile unless asked, as ``pip --no-compile``. ``no_deps``: as
-    ``install_command``."""
+    ``install_command``. ``excludes`` (``core_excludes``, written to ``EXCLUDES_FILE`` by ``Installer.install``):
+    the manifest's ``no_deps`` install in this same resolution, those names left out (no second install).
+    ``only``: these requirements instead of the manifest's ``requirements``."""
+    wanted = [*(_requirements(manifest, no_deps) if only is None else only),
+              *(_requirements(manifest, True) if excludes is not None and only is None else [])]
     return [str(uv), "pip", "install", "--no-config", "--offline", "--no-index", "--quiet",
-            *(["--no-deps"] if no_deps else []), "--cache-dir", str(root.parent / "uv-cache"),
-            "--find-links", str(root / "wheels"), "--python", python, *_requirements(manifest, no_deps)]
+            *(["--no-deps"] if no_deps else []), *(["--excludes", str(root / EXCLUDES_FILE)] if excludes else []),
+            "--cache-dir", str(root.parent / "uv-cache"), "--find-links", str(root / "wheels"),
+            "--python", python, *wanted]
 
 
 # --------------------------------------------------------------------------- layered packages (format 2)
