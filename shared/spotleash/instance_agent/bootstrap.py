@@ -706,6 +706,7 @@ def install_command(python: str, root: Path, manifest: Mapping[str, Any], *, pip
 
 
 AGENT_MODULE = "spotleash.instance_agent.__main__"
+FRONT_MODULE = "spotleash.instance_agent.front"  # the agent imports it only when its config names a route credential
 # the install's steps, each timed (``Installer.steps``; the heartbeat's ``timings`` carry them to the READY audit entry)
 INSTALL_STEPS = {
     "assemble_s": "the root laid out from the verified blobs (app blob extracted, wheels linked, uv ready)",
@@ -717,15 +718,16 @@ INSTALL_STEPS = {
 }
 
 
-def warm_command(python: str, manifest: Mapping[str, Any]) -> list[str] | None:
+def warm_command(python: str, manifest: Mapping[str, Any], also: tuple[str, ...] = ()) -> list[str] | None:
     """Import the instance agent once in the new venv, so its modules are compiled before it starts; None when
     the package does not carry spotleash. Why: the install skips byte-compiling (``--no-compile``), and the
     agent is exec'd right after the bootstrap's last beat — compiling its imports there (seconds on a busy
     box, at every start where ``PYTHONDONTWRITEBYTECODE`` is set, as in many images) is a gap without beats
-    that a short heartbeat timeout counts as a lost instance. Here the bootstrap still beats."""
+    that a short heartbeat timeout counts as a lost instance. Here the bootstrap still beats. ``also``: modules
+    the agent imports only for some configs (``FRONT_MODULE``), when this instance's config is one of them."""
     names = {m.group(1).lower() for r in [*manifest.get("requirements", []), *manifest.get("no_deps", [])]
              if (m := re.match(r"\s*([A-Za-z0-9._-]+)", str(r)))}
-    return [python, "-c", f"import {AGENT_MODULE}"] if "spotleash" in names else None
+    return [python, "-c", f"import {', '.join([AGENT_MODULE, *also])}"] if "spotleash" in names else None
 
 
 @dataclass(frozen=True)
@@ -744,8 +746,9 @@ class Installer:
     """Verify → extract → venv → offline install; each step a subprocess that ``cancel`` can end."""
 
     def __init__(self, python: str = sys.executable, timeout_s: float = 900.0,
-                 pip_version: Callable[[str], str | None] = pip_version_of) -> None:
+                 pip_version: Callable[[str], str | None] = pip_version_of, warm_also: tuple[str, ...] = ()) -> None:
         self.python = python
+        self.warm_also = warm_also  # modules the warm import loads beside the agent's own (``warm_command``)
         self.timeout_s = timeout_s
         self._pip_version = pip_version  # which pip ``python`` has decides how the venv is made
         self._procs: set[subprocess.Popen[bytes]] = set()  # what runs now (two beside each other at most)
@@ -840,7 +843,7 @@ class Installer:
             uv = None
         if uv is not None:
             excludes = core_excludes(root / "wheels", manifest) if own else None
-            warm = warm_command(venv_python, manifest)
+            warm = warm_command(venv_python, manifest, self.warm_also)
             if excludes is not None:  # one resolution: spotleash with the rest, its core left out
                 agent, app = split_requirements(manifest)
                 if warm is None or not app:
@@ -858,21 +861,21 @@ class Installer:
             return InstallPlan(f"uv ({uv}) makes the venv and installs offline",
                                uv_venv_command(uv, self.python, venv, root, system_site=site),
                                uv_install_command(uv, venv_python, root, manifest),
-                               warm_command(venv_python, manifest),
+                               warm_command(venv_python, manifest, self.warm_also),
                                uv_install_command(uv, venv_python, root, manifest, no_deps=True) if own else None)
         version = self._pip_version(self.python)
         if has_python_option(version):
             return InstallPlan(
                 f"the pip {version} of {self.python} installs into a venv made without pip (--python)",
                 venv_command(self.python, venv, with_pip=False, system_site=site),
-                install_command(venv_python, root, manifest, pip_of=self.python), warm_command(venv_python, manifest),
+                install_command(venv_python, root, manifest, pip_of=self.python), warm_command(venv_python, manifest, self.warm_also),
                 install_command(venv_python, root, manifest, pip_of=self.python, no_deps=True) if own else None)
         needs = ".".join(map(str, PIP_PYTHON_OPTION))
         return InstallPlan(
             f"{self.python} has {f'pip {version}' if version else 'no pip'} (--python needs pip {needs}+): "
             "the venv gets a pip of its own (ensurepip), which installs",
             venv_command(self.python, venv, with_pip=True, system_site=site), install_command(venv_python, root, manifest),
-            warm_command(venv_python, manifest), install_command(venv_python, root, manifest, no_deps=True) if own else None)
+            warm_command(venv_python, manifest, self.warm_also), install_command(venv_python, root, manifest, no_deps=True) if own else None)
 
     def install(self, root: Path, manifest: Mapping[str, Any], uv: Path | None = None) -> None:
         """venv + offline install of the extracted package in ``root`` (its wheels in ``root/wheels``)."""
@@ -1359,7 +1362,8 @@ def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener
         blob_urls = cfg.get("blob_urls") if isinstance(cfg.get("blob_urls"), dict) else {}
         origin = origin_for(str(cfg.get("package_uri") or ""), str(cfg.get("package_url") or ""),
                             {str(k): str(v) for k, v in (blob_urls or {}).items()}, env=env, token=md_token)
-        root, manifest, steps = obtain(origin, sha, work_dir, Installer(python), opener=opener,
+        front = (FRONT_MODULE,) if cfg.get("route_credential_sha256") else ()  # the agent will import it too
+        root, manifest, steps = obtain(origin, sha, work_dir, Installer(python, warm_also=front), opener=opener,
                                        retry_budget_s=float(cfg.get("package_fetch_retry_s") or 300.0))
         if timings is not None:
             timings.update(steps)

@@ -109,3 +109,26 @@ def test_a_step_beside_another_that_fails_ends_it_and_is_the_failure(tmp_path: P
     assert "broken" in log.read_text() and not installer._procs  # the sleeper was ended, not waited for
     assert set(installer.steps) == {"warm_s", "app_s"}
     installer._run_beside([(["true"], "one", (), "warm_s"), (["true"], "two", (), "app_s")], log)
+
+
+def test_the_warm_import_loads_the_front_only_for_an_instance_that_runs_one() -> None:
+    manifest = {"requirements": ["pydantic"], "no_deps": ["spotleash==1"]}
+    assert bootstrap.warm_command("/v/bin/python", manifest) == ["/v/bin/python", "-c",
+                                                                 "import spotleash.instance_agent.__main__"]
+    plan = Installer(python="/usr/bin/python3", pip_version=lambda _p: "24.0",
+                     warm_also=(bootstrap.FRONT_MODULE,)).plan(Path("/w/pkg"), manifest)
+    assert plan.warm == ["/w/pkg/venv/bin/python", "-c",
+                         "import spotleash.instance_agent.__main__, spotleash.instance_agent.front"]
+
+
+def test_the_agent_imports_no_front_until_a_config_asks_for_one() -> None:
+    """The warm import and the agent's start load aiohttp and the router's channel only with a route credential."""
+    import subprocess
+    import sys
+
+    probe = ("import sys; import spotleash.instance_agent.__main__; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'yarl') "
+             "or m.startswith(('spotleash.router', 'spotleash.instance_agent.front.'))"
+             " or m == 'spotleash.instance_agent.front'))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)  # noqa: S603
+    assert out.stdout.strip() == "[]"
