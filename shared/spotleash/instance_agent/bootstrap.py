@@ -1160,6 +1160,9 @@ def _place(blob: Path, target: Path) -> None:
         shutil.copyfile(blob, target)
 
 
+_UV_RUNS: dict[Path, bool] = {}  # uv binary → whether ``uv --version`` ran, in this process
+
+
 def uv_from_wheel(wheel: Path, tools_dir: Path) -> Path | None:
     """uv's static binary out of its PyPI wheel (cached by the wheel's name); None when it does not run here
     (then pip installs)."""
@@ -1180,6 +1183,8 @@ def uv_from_wheel(wheel: Path, tools_dir: Path) -> Path | None:
         except (OSError, zipfile.BadZipFile) as e:
             _log("uv's wheel cannot be unpacked; pip installs", severity="WARNING", reason=str(e)[:200])
             return None
+    if dest in _UV_RUNS:  # asked already (the early unpack during the fetch): once is enough
+        return dest if _UV_RUNS[dest] else None
     try:
         ok = subprocess.run([str(dest), "--version"], capture_output=True, timeout=30,  # noqa: S603 - verified blob
                             check=False).returncode == 0
@@ -1187,6 +1192,7 @@ def uv_from_wheel(wheel: Path, tools_dir: Path) -> Path | None:
         ok = False
     if not ok:
         _log("uv does not run on this box; pip installs", severity="WARNING", uv=str(dest))
+    _UV_RUNS[dest] = ok
     return dest if ok else None
 
 
