@@ -714,7 +714,7 @@ INSTALL_STEPS = {
     "deps_s": "the requirements installed offline",
     "own_s": "spotleash installed without its core dependencies",
     "warm_s": "the instance agent imported once (its .pyc files written)",
-    "app_s": "the app's own requirements installed, beside the agent's import",
+    "app_s": "the app's (and the unused front's) requirements installed, beside the agent's import",
 }
 
 
@@ -738,7 +738,7 @@ class InstallPlan:
     warm: list[str] | None = None  # see ``warm_command``
     install_no_deps: list[str] | None = None  # the manifest's ``no_deps``, after ``install``
     excludes: tuple[str, ...] | None = None  # ``core_excludes``: written to ``EXCLUDES_FILE`` before ``install``
-    # the app's own requirements, installed while ``warm`` runs (the agent imports none of them)
+    # the app's own requirements and the front's (``split_requirements``), installed while ``warm`` runs
     install_beside: list[str] | None = None
 
 
@@ -845,13 +845,13 @@ class Installer:
             excludes = core_excludes(root / "wheels", manifest) if own else None
             warm = warm_command(venv_python, manifest, self.warm_also)
             if excludes is not None:  # one resolution: spotleash with the rest, its core left out
-                agent, app = split_requirements(manifest)
+                agent, app = split_requirements(manifest, front=FRONT_MODULE in self.warm_also)
                 if warm is None or not app:
                     agent, app = agent + app, []
                 return InstallPlan(
                     f"uv ({uv}) makes the venv and installs offline, spotleash without its core dependencies "
                     f"({len(excludes)} left out) in the same resolution"
-                    + (", the app's requirements beside the agent's import" if app else ""),
+                    + (f", {len(app)} requirements (the app's, the front's) beside the agent's import" if app else ""),
                     uv_venv_command(uv, self.python, venv, root, system_site=site),
                     uv_install_command(uv, venv_python, root, manifest, excludes=excludes,
                                        only=[*agent, *_requirements(manifest, True)]),
@@ -900,7 +900,10 @@ class Installer:
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
             steps.append((plan.warm, "importing the instance agent", ("PYTHONDONTWRITEBYTECODE",), "warm_s"))
         if plan.install_beside is not None:
-            steps.append((plan.install_beside, "uv pip install of the app's requirements (offline)", (), "app_s"))
+            # niced: the warm import is the longer of the two and single-threaded; uv's threads take the other core
+            nice = ["nice", "-n", "10"] if shutil.which("nice") else []
+            steps.append(([*nice, *plan.install_beside], "uv pip install of the app's and the front's requirements "
+                          "(offline)", (), "app_s"))
         if steps:
             self._run_beside(steps, log_path)
 
@@ -967,14 +970,26 @@ def core_excludes(wheels_dir: Path, manifest: Mapping[str, Any]) -> list[str] | 
 EXCLUDES_FILE = "uv-excludes.txt"  # in the package root: ``core_excludes``, one name a line
 
 
-def split_requirements(manifest: Mapping[str, Any]) -> tuple[list[str], list[str]]:
-    """(the instance agent's, the app's own) of the manifest's ``requirements``: the app's are those its
-    ``[app] requirements`` name; the rest is the ``instance`` extra's list (a line both name, twice in the
-    manifest, is the agent's too)."""
+# What the instance extra lists for the TLS front alone (``FRONT_MODULE``): the agent's start imports none of them
+# (tests/unit/instance_agent/test_install_one_resolution.py checks it), so without a front they install beside the
+# warm import, not before it.
+FRONT_ONLY = frozenset({"aiohttp", "cryptography", "yarl", "multidict", "prometheus-client"})
+
+
+def split_requirements(manifest: Mapping[str, Any], *, front: bool = False) -> tuple[list[str], list[str]]:
+    """(before the warm import, beside it) of the manifest's ``requirements``: beside it the app's own (those its
+    ``[app] requirements`` name) and, unless the agent runs a ``front``, the front's (``FRONT_ONLY``); before it
+    the rest of the ``instance`` extra's list (a line the app names too, twice in the manifest, goes first)."""
     app = {str(r) for r in (manifest.get("app") or {}).get("requirements") or []}
     every = _requirements(manifest, False)
-    agent = [r for r in every if r not in app or every.count(r) > 1]
-    return list(dict.fromkeys(agent)), list(dict.fromkeys(r for r in every if r in app))
+
+    def later(r: str) -> bool:
+        if r in app:
+            return every.count(r) == 1
+        m = _REQUIREMENT.match(r)
+        return not front and m is not None and _dist_name(m.group(1)) in FRONT_ONLY
+
+    return list(dict.fromkeys(r for r in every if not later(r))), list(dict.fromkeys(r for r in every if later(r)))
 
 
 def uv_install_command(uv: Path, python: str, root: Path, manifest: Mapping[str, Any], *,

@@ -58,9 +58,10 @@ def test_uv_installs_everything_in_one_resolution_when_it_can(tmp_path: Path) ->
     root = tmp_path
     _wheels(root)
     uv = root / "uv"
-    plan = Installer(pip_version=lambda _p: "24.0").plan(root, MANIFEST, uv)
+    # an instance that runs a front: everything before the warm import (it imports the front too)
+    plan = Installer(pip_version=lambda _p: "24.0", warm_also=(bootstrap.FRONT_MODULE,)).plan(root, MANIFEST, uv)
     assert plan.install_no_deps is None and plan.excludes == ("flask", "google-cloud-pubsub", "uvloop")
-    assert plan.install[-5:] == [*MANIFEST["requirements"], "spotleash==0.1.0"]
+    assert plan.install[-5:] == [*MANIFEST["requirements"], "spotleash==0.1.0"] and plan.install_beside is None
     i = plan.install.index("--excludes")
     assert plan.install[i + 1] == str(root / EXCLUDES_FILE) and "--no-deps" not in plan.install
     assert "same resolution" in plan.path and "3 left out" in plan.path
@@ -83,19 +84,24 @@ THUMBS = {**MANIFEST, "requirements": ["aiohttp>=3.9", "httpx>=0.27", "pydantic>
 
 
 def test_the_app_s_requirements_are_told_from_the_agent_s() -> None:
-    assert bootstrap.split_requirements(THUMBS) == (["aiohttp>=3.9", "httpx>=0.27", "pydantic>=2.10"],
-                                                    ["numpy>=1.26", "Pillow>=10"])
+    assert bootstrap.split_requirements(THUMBS, front=True) == (["aiohttp>=3.9", "httpx>=0.27", "pydantic>=2.10"],
+                                                                ["numpy>=1.26", "Pillow>=10"])
+    # no front: what only the front imports installs beside the warm import too (its names compared normalised)
+    front_too = {**THUMBS, "requirements": [*THUMBS["requirements"], "Prometheus_Client>=0.21"]}
+    assert bootstrap.split_requirements(front_too) == (["httpx>=0.27", "pydantic>=2.10"],
+                                                       ["aiohttp>=3.9", "numpy>=1.26", "Pillow>=10",
+                                                        "Prometheus_Client>=0.21"])
     # a line both name is in the manifest twice: the agent's import must find it installed
     both = {"requirements": ["httpx>=0.27", "numpy", "httpx>=0.27"], "app": {"requirements": ["numpy", "httpx>=0.27"]}}
-    assert bootstrap.split_requirements(both) == (["httpx>=0.27"], ["httpx>=0.27", "numpy"])
+    assert bootstrap.split_requirements(both) == (["httpx>=0.27"], ["numpy"])
     assert bootstrap.split_requirements({"requirements": ["a"]}) == (["a"], [])
 
 
 def test_the_app_s_requirements_install_beside_the_agent_s_import(tmp_path: Path) -> None:
     _wheels(tmp_path)
     plan = Installer().plan(tmp_path, THUMBS, tmp_path / "uv")
-    assert plan.install[-4:] == ["aiohttp>=3.9", "httpx>=0.27", "pydantic>=2.10", "spotleash==0.1.0"]
-    assert plan.install_beside is not None and plan.install_beside[-2:] == ["numpy>=1.26", "Pillow>=10"]
+    assert plan.install[-3:] == ["httpx>=0.27", "pydantic>=2.10", "spotleash==0.1.0"]
+    assert plan.install_beside is not None and plan.install_beside[-3:] == ["aiohttp>=3.9", "numpy>=1.26", "Pillow>=10"]
     assert "--excludes" in plan.install_beside and "spotleash==0.1.0" not in plan.install_beside
     assert plan.warm is not None and "beside the agent's import" in plan.path
 
@@ -122,12 +128,14 @@ def test_the_warm_import_loads_the_front_only_for_an_instance_that_runs_one() ->
 
 
 def test_the_agent_imports_no_front_until_a_config_asks_for_one() -> None:
-    """The warm import and the agent's start load aiohttp and the router's channel only with a route credential."""
+    """The warm import and the agent's start load the front's packages (``FRONT_ONLY``: installed beside the warm
+    import) and the router's channel only with a route credential."""
     import subprocess
     import sys
 
     probe = ("import sys; import spotleash.instance_agent.__main__; "
-             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'yarl') "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiohttp', 'yarl', 'cryptography', "
+             "'multidict', 'prometheus_client') "
              "or m.startswith(('spotleash.router', 'spotleash.instance_agent.front.'))"
              " or m == 'spotleash.instance_agent.front'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)  # noqa: S603
