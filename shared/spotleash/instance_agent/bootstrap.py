@@ -742,6 +742,9 @@ class InstallPlan:
     install_beside: list[str] | None = None
 
 
+Step = tuple[list[str], str, tuple[str, ...], str]  # argv, what it is, environment variables dropped, timing key
+
+
 class Installer:
     """Verify → extract → venv → offline install; each step a subprocess that ``cancel`` can end."""
 
@@ -790,8 +793,8 @@ class Installer:
             tail = " | ".join(log_path.read_text(errors="replace").strip().splitlines()[-4:])
             raise PackageFailure("package_install_failed", f"{step} exited with code {code}: {tail}"[:480])
 
-    def _run_beside(self, steps: list[tuple[list[str], str, tuple[str, ...], str]], log_path: Path) -> None:
-        """(argv, step, drop_env, key) each, all at once; the first that fails ends the others and is the failure."""
+    def _run_beside(self, steps: list[Step], log_path: Path) -> None:
+        """Every step at once; the first that fails ends the others and is the failure."""
         failures: list[PackageFailure] = []
 
         def one(argv: list[str], step: str, drop_env: tuple[str, ...], key: str) -> None:
@@ -896,14 +899,12 @@ class Installer:
         if plan.install_no_deps is not None:  # after its dependencies: pip then checks nothing it left out
             self._run(plan.install_no_deps, "installing spotleash without its core dependencies", log_path,
                       key="own_s")
-        steps: list[tuple[list[str], str, tuple[str, ...], str]] = []
+        steps: list[Step] = []
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
             steps.append((plan.warm, "importing the instance agent", ("PYTHONDONTWRITEBYTECODE",), "warm_s"))
         if plan.install_beside is not None:
-            # niced: the warm import is the longer of the two and single-threaded; uv's threads take the other core
-            nice = ["nice", "-n", "10"] if shutil.which("nice") else []
-            steps.append(([*nice, *plan.install_beside], "uv pip install of the app's and the front's requirements "
-                          "(offline)", (), "app_s"))
+            steps.append((plan.install_beside, "uv pip install of the app's and the front's requirements (offline)",
+                          (), "app_s"))
         if steps:
             self._run_beside(steps, log_path)
 

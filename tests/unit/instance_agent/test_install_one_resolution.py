@@ -114,7 +114,8 @@ def test_a_step_beside_another_that_fails_ends_it_and_is_the_failure(tmp_path: P
                                (["sh", "-c", "echo broken; exit 3"], "the failing one", (), "app_s")], log)
     assert "broken" in log.read_text() and not installer._procs  # the sleeper was ended, not waited for
     assert set(installer.steps) == {"warm_s", "app_s"}
-    installer._run_beside([(["true"], "one", (), "warm_s"), (["true"], "two", (), "app_s")], log)
+    installer._run_beside([(["true"], "one", (), "warm_s"), (["sh", "-c", "echo two ran"], "two", (), "app_s")], log)
+    assert "two ran" in log.read_text().splitlines()
 
 
 def test_the_warm_import_loads_the_front_only_for_an_instance_that_runs_one() -> None:
