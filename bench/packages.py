@@ -34,6 +34,7 @@ from typing import Any
 from bench.harness import Harness, log
 from bench.stats import summary
 from spotleash.adapters.storage import Storage
+from spotleash.instance_agent.bootstrap import INSTALL_STEPS
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
 from spotleash.topology import load_topology
@@ -281,6 +282,8 @@ def one_launch(h: Harness, provider: str, i: int) -> dict[str, Any]:
         "components_s": t["to_healthy_s"] - min(t.get("restore_s", 0.0), t["to_healthy_s"]),
         "total_s": _s(demand_at, ready_at),
     }
+    # the install's own steps (``bootstrap.INSTALL_STEPS``, in the heartbeat's timings since session 12)
+    phases.update({f"install_{k}": t[k] for k in INSTALL_STEPS if k in t})
     if insert_at is not None:
         insert = datetime.fromtimestamp(insert_at, tz=ready_at.tzinfo)
         phases["intent_to_insert_s"] = _s(rec.created_at, insert)
@@ -311,7 +314,8 @@ def ready_times(h: Harness, state_dir: Path, work: Path, runs: int, sha256: str 
         _set_launcher_env(state_dir, {"SPOTLEASH_PACKAGE_BUCKET": ""})
     for provider in ("gce", "vast"):
         runs_p = [r["phases"] for r in out["runs"] if r["provider"] == provider]
-        out[provider] = {k: summary([p[k] for p in runs_p]) for k in (runs_p[0] if runs_p else {})}
+        keys = set.intersection(*(set(p) for p in runs_p)) if runs_p else set()
+        out[provider] = {k: summary([p[k] for p in runs_p]) for k in sorted(keys)}
     return out
 
 
@@ -409,6 +413,8 @@ def package_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
                  "uv pip install)", ph["install_s"]),
             _row(f"ready_{provider}_components", f"{name}: components started → all healthy", ph["components_s"]),
         ]
+        rows += [_row(f"ready_{provider}_install_{k.removesuffix('_s')}", f"{name}: install step: {INSTALL_STEPS[k]}",
+                      ph[f"install_{k}"]) for k in INSTALL_STEPS if ph.get(f"install_{k}", {}).get("n")]
     return rows
 
 

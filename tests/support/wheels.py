@@ -13,11 +13,12 @@ def _record_hash(data: bytes) -> str:
     return base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
-def tiny_wheel(out_dir: Path, name: str = "tinylib", version: str = "1.0") -> Path:
-    """A real pure-Python wheel whose module has ``greet()``."""
+def tiny_wheel(out_dir: Path, name: str = "tinylib", version: str = "1.0", requires: tuple[str, ...] = ()) -> Path:
+    """A real pure-Python wheel whose module has ``greet()``; ``requires``: its ``Requires-Dist`` lines."""
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
     files = {
         f"{name}/__init__.py": b'def greet():\n    return "hello from tinylib"\n',
-        f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
+        f"{name}-{version}.dist-info/METADATA": (meta + "\nA long description.\nRequires-Dist: not-a-header\n").encode(),
         f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
     record = f"{name}-{version}.dist-info/RECORD"

@@ -116,6 +116,11 @@ def test_package_rows_split_demand_to_ready_and_render() -> None:
     assert table.count("\n") == len(rows) + 1 and "0 bytes uploaded" in table
     notes = package_notes(res)
     assert len(notes) == 2 and "intent → insert received" in notes[1]
+    # the install's own steps (the heartbeat's timings), each a row after the provider's others, when measured
+    res["ready"]["gce"] = {**phases, "install_warm_s": s(1.4, 1.6), "install_deps_s": s(0.5, 0.6)}
+    steps = [r for r in package_rows(res) if r["key"].startswith("ready_gce_install_")]
+    assert [r["key"] for r in steps] == ["ready_gce_install_deps", "ready_gce_install_warm"]
+    assert steps[1]["median"] == pytest.approx(1.5) and "imported once" in steps[1]["metric"]
 
 
 def test_router_rows_compare_with_direct_and_quote_the_targets() -> None:

@@ -40,6 +40,7 @@ import aiohttp
 from aiohttp import web
 from yarl import URL
 
+from spotleash.instance_agent.front_config import FrontConfig
 from spotleash.log import get_logger
 from spotleash.router.channel import (
     COMPONENT_HEADER,
@@ -58,25 +59,6 @@ from spotleash.supervisor import logfile
 log = get_logger(__name__)
 
 _ERRORS = (aiohttp.ClientError, TimeoutError, OSError)
-
-
-@dataclass(frozen=True)
-class FrontConfig:
-    components: Mapping[str, int]  # component name → its port on this instance's loopback
-    credential_sha256: str  # sha256 (hex) of the lease credential; the credential itself never comes here
-    listen_host: str = "0.0.0.0"  # noqa: S104 - the public side: TLS and a credential on every request
-    listen_port: int = 8443  # 0: any free port (tests)
-    upstream_host: str = "127.0.0.1"
-    connect_timeout_s: float = 2.0
-    idle_timeout_s: float = 300.0
-    max_connections: int = 256
-    common_name: str = "spotleash"
-    # component → its health path: requests for it are the router's probes and leave the box idle
-    quiet_paths: Mapping[str, str] = field(default_factory=dict)
-    log_paths: Mapping[str, Path] = field(default_factory=dict)  # component → its log file (the supervisor's)
-
-    def __repr__(self) -> str:
-        return f"FrontConfig(components={dict(self.components)}, listen={self.listen_host}:{self.listen_port})"
 
 
 def server_context(identity: TlsIdentity) -> ssl.SSLContext:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, TypeVar
 from spotleash.instance_agent import bootstrap, package
 from spotleash.instance_agent.bootstrap import Installer, PackageFailure
 from spotleash.instance_agent.environment import component_env
-from spotleash.instance_agent.front import FrontConfig, FrontThread
+from spotleash.instance_agent.front_config import FrontConfig
 from spotleash.instance_agent.metadata import MetadataClient, MetadataError
 from spotleash.instance_agent.package import Prepared
 from spotleash.log import get_logger
@@ -35,6 +35,7 @@ from spotleash.supervisor import ComponentRunner, Supervisor
 from spotleash.wire.events import ComponentReport, InstanceFailure
 
 if TYPE_CHECKING:
+    from spotleash.instance_agent.front import FrontThread
     from spotleash.wire.agent_config import AgentConfig
 
 log = get_logger(__name__)
@@ -149,6 +150,10 @@ class Workload:
         return self._endpoint(self.front_address[1] if self.front_address is not None else port)
 
     def _start_front(self, cfg: FrontConfig) -> None:
+        # here, not at the top: aiohttp and the router's channel load only on an instance that runs a front (the
+        # bootstrap's warm import compiled them when its config names a route credential)
+        from spotleash.instance_agent.front import FrontThread
+
         front = FrontThread(FrontConfig(
             components=LiveComponents(self, _port), credential_sha256=cfg.credential_sha256,
             listen_host=cfg.listen_host, listen_port=cfg.listen_port, common_name=self.instance_id or "spotleash",

@@ -129,7 +129,7 @@ def test_blobs_are_fetched_verified_and_assembled_and_a_verified_blob_is_never_f
     assert (root / "app" / "web.py").read_text() == "print('hi')\n"
     assert (root / "wheels" / "one-1.0-py3-none-any.whl").read_bytes() == b"wheel one"
     assert prepared(root, raw).manifest == m and installer.calls == [(root, None)]  # no uv blob: pip installs
-    assert set(steps) == {"fetch_s", "install_s"}
+    assert set(steps) == {"fetch_s", "install_s", "assemble_s"}  # the recording installer runs no step of its own
     assert all((tmp_path / "work" / "blobs" / s).read_bytes() == d for s, d in blobs.items())
 
     store.seen.clear()  # a second package root from the cache: nothing fetched again
