@@ -43,6 +43,9 @@ def start(command: list[str] | None, inst: Instance, *, metadata_host: str) -> p
     """Start the VM's process group (``command``, or its startup script); output to ``workdir/vm.log``."""
     assert inst.workdir is not None
     env = without_agent_env(os.environ)  # a real VM reads its configuration from its metadata server
+    # nor does it inherit the host's interpreter settings: with this one (set on these machines) every component
+    # start recompiled numpy and Pillow on the GCE fake only (the VAST fake builds its box's environment afresh)
+    env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1",
                 "PATH": vmshim.path_value(), vmshim.ROOT_VAR: str(inst.workdir / "root"),
                 vmshim.INSTANCE_VAR: vmshim.instance_mark("gce", inst.id)})
