@@ -49,13 +49,19 @@ else
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/spotleash-lanes-XXXXXX")
+# Each lane's pytest temporary files (its local stack's logs among them) stay here until this checkout's next run
+# of this mode: pytest's default numbered folders are rotated away by any later pytest on the machine, and with
+# them the logs that explain a failure.
+kept="${TMPDIR:-/tmp}/spotleash-lanes-last-$mode-$(pwd | cksum | cut -d' ' -f1)"
+rm -rf "$kept" && mkdir -p "$kept"
 SPOTLEASH_CHAOS_RESULTS_FILE=$work/chaos-a.json \
-  "$@" pytest -q -p no:cacheprovider -m "$mark" --durations=10 "${a_args[@]}" >"$work/lane-a.log" 2>&1 &
+  "$@" pytest -q -p no:cacheprovider -m "$mark" --durations=10 --basetemp="$kept/lane-a" "${a_args[@]}" \
+  >"$work/lane-a.log" 2>&1 &
 lane_a=$!
 trap 'kill "$lane_a" 2>/dev/null; rm -rf "$work"' EXIT
 echo "$mode, lane A (${a_args[*]}) runs in the background; its report follows this one"
 SPOTLEASH_CHAOS_RESULTS_FILE=$work/chaos-b.json \
-  "$@" pytest -q -p no:cacheprovider -m "$mark" --durations=15 "${b_args[@]}"
+  "$@" pytest -q -p no:cacheprovider -m "$mark" --durations=15 --basetemp="$kept/lane-b" "${b_args[@]}"
 rc_b=$?
 wait "$lane_a"
 rc_a=$?
@@ -67,5 +73,6 @@ if [ "$mode" = chaos ]; then  # one run's figures from both lanes, where a singl
 fi
 if [ "$rc_a" -ne 0 ] || [ "$rc_b" -ne 0 ]; then
   echo "make $([ "$mode" = suite ] && echo test || echo chaos): FAILED (lane A exit $rc_a, lane B exit $rc_b)" >&2
+  echo "each lane's temporary files, its local stack's logs in local-stack*/local/logs: $kept/lane-a, $kept/lane-b" >&2
   exit 1
 fi

@@ -98,7 +98,7 @@ def store() -> MemoryStore:
 def make_ctx(store: MemoryStore, gce: FakeProvider, vast: FakeSshProvider, clock: FakeClock,
              storage: Storage | None, **overrides: Any) -> Context:
     return Context(settings=Settings(**{**SETTINGS, **overrides}), store=store, clock=clock,
-                   providers={"gce": gce, "vast": vast}, sleep=clock.sleep, storage=storage)
+                   providers={"gce": gce, "vast": vast}, sleep=clock.sleep, ticks=clock.ticks, storage=storage)
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def world(firestore_host: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Context
     clock = FakeClock()
     gce = FakeProvider("gce", clock)
     ctx = Context(settings=Settings(**SETTINGS), store=FirestoreStore(firestore.Client(project=TEST_PROJECT), DEP),
-                  clock=clock, providers={"gce": gce, "vast": FakeSshProvider("vast", clock)}, sleep=clock.sleep)
+                  clock=clock, providers={"gce": gce, "vast": FakeSshProvider("vast", clock)}, sleep=clock.sleep, ticks=clock.ticks)
     return ctx, clock, gce
 
 

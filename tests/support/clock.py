@@ -19,6 +19,10 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
         return self.now
 
+    def ticks(self) -> float:
+        """``Context.ticks``: seconds that move only with this clock."""
+        return self.now.timestamp()
+
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.advance(seconds)

@@ -195,7 +195,6 @@ class SnapshotKeeper:
             return
         if not self._restore():
             return
-        self._saved_fingerprint = fingerprint(self.roots)  # what was restored is saved already
         next_periodic = self._clock() + self.interval_s if self.interval_s > 0 else math.inf
         while not self._stop.is_set():
             with self._cond:
@@ -236,6 +235,10 @@ class SnapshotKeeper:
             try:
                 self.restore_outcome = restore(self.roots, channel=self._channel, spool=self.spool, http=self._http,
                                                retry_budget_s=self.retry_budget_s)
+                # What was restored is saved already. Taken before anyone hears the restore is over: the
+                # components start then, and a change they made before this listing would count as saved
+                # and no periodic snapshot would ever take it.
+                self._saved_fingerprint = fingerprint(self.roots)
                 self.restored.set()
                 self._on_change()
                 return True

@@ -37,6 +37,9 @@ class Context:
     clock: Callable[[], datetime] = utcnow
     providers: dict[str, Provider] = field(default_factory=dict)
     sleep: Callable[[float], None] = time.sleep  # backoff between retries (a test's fake clock advances instead)
+    # What bounds a wait that ``sleep`` paces (a deletion's confirmation): a clock that only moves forward, as a
+    # step of the wall clock would end such a wait early or hold it late. A test's fake clock stands in with its sleep.
+    ticks: Callable[[], float] = time.monotonic
     prices: PriceBook | None = None  # Spot prices for the budget guard; None: the built-in table
     storage: Storage | None = None  # the package bucket (packages, snapshots); built when first used
     # Where a failover demand goes: None publishes it to the demand topic (on_demand launches it); a test

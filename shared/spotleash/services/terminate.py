@@ -31,9 +31,8 @@ def confirm_gone(provider: Provider, provider_id: str, timeout_s: float, *,
 
 
 def _confirm_gone(ctx: Context, provider: Provider, provider_id: str) -> bool:
-    """``confirm_gone`` on the context's clock and sleep (a test's fake clock advances instead of waiting)."""
-    return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s,
-                        clock=lambda: ctx.now().timestamp(), sleep=ctx.sleep)
+    """``confirm_gone`` on the context's ticks and sleep (a test's fake clock advances instead of waiting)."""
+    return confirm_gone(provider, provider_id, ctx.settings.confirm_delete_s, clock=ctx.ticks, sleep=ctx.sleep)
 
 
 def delete_at_provider(ctx: Context, provider_name: str, provider_id: str) -> bool:

@@ -33,7 +33,7 @@ def clock() -> FakeClock:
 @pytest.fixture
 def ctx(clock: FakeClock) -> Context:
     settings = Settings(deployment_id=DEP, heartbeat_signing_key="k" * 32, heartbeat_url="http://127.0.0.1:9/b")
-    return Context(settings=settings, store=MemoryStore(DEP), clock=clock, providers={}, sleep=clock.sleep)
+    return Context(settings=settings, store=MemoryStore(DEP), clock=clock, providers={}, sleep=clock.sleep, ticks=clock.ticks)
 
 
 def snap(ctx: Context, sid: str, state: SnapshotState, *, instance: str = "sl-a", lease: str = "lease-1",

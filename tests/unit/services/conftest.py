@@ -66,7 +66,7 @@ def vast(clock: FakeClock) -> FakeSshProvider:
 def make_ctx(store: MemoryStore, gce: FakeProvider, vast: FakeSshProvider, clock: FakeClock) -> MakeCtx:
     def make(**overrides: Any) -> Context:
         ctx = Context(settings=Settings(**{**BASE_SETTINGS, **overrides}), store=store, clock=clock,
-                      providers={"gce": gce, "vast": vast}, sleep=clock.sleep)
+                      providers={"gce": gce, "vast": vast}, sleep=clock.sleep, ticks=clock.ticks)
         ctx.demand_bus = lambda event: handle_demand(ctx, event)  # on_demand, in this process
         return ctx
 

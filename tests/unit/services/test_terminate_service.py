@@ -10,6 +10,7 @@ from tests.support.memory_store import MemoryStore
 
 from spotleash.errors import ProviderTransient, Transient
 from spotleash.model import Lease, State
+from spotleash.services import terminate as terminate_module
 from spotleash.services.context import Context
 from spotleash.services.terminate import Gate, Wanted, terminate, terminate_many
 
@@ -38,6 +39,45 @@ def test_terminated_is_written_only_once_the_provider_stops_listing_it(ctx: Cont
     done = terminate(ctx, rec.instance_id, "heartbeat_lost")
     assert done is not None and done.state is State.TERMINATED
     assert states_while_listed == [State.TERMINATING] * 3 and len(gce.calls_of("get")) == 3
+
+
+def _steady_ticks(ctx: Context, clock: FakeClock) -> list[float]:
+    """Ticks of their own: the context's sleep moves them and the wall clock (the fake clock) alike, and a test
+    can then step the wall clock alone."""
+    ticks = [0.0]
+
+    def sleep(seconds: float) -> None:
+        ticks[0] += seconds
+        clock.advance(seconds)
+
+    ctx.sleep, ctx.ticks = sleep, lambda: ticks[0]
+    return ticks
+
+
+def test_a_wall_clock_step_forward_does_not_end_the_confirmation(make_ctx: MakeCtx, store: MemoryStore,
+                                                                  gce: FakeProvider, clock: FakeClock) -> None:
+    # An hour's step at the first poll: timed on the wall clock, that wait ended at once (Transient, a redelivery)
+    ctx = make_ctx(confirm_delete_s=5.0)
+    _steady_ticks(ctx, clock)
+    rec = launched(ctx)
+    gce.delete_lag = 2
+    gce.on("get", lambda: clock.advance(3600))
+    done = terminate(ctx, rec.instance_id, "release: done", action="release")
+    assert done is not None and done.state is State.TERMINATED and len(gce.calls_of("get")) == 3
+
+
+def test_a_wall_clock_step_back_does_not_stretch_the_confirmation(make_ctx: MakeCtx, store: MemoryStore,
+                                                                  gce: FakeProvider, clock: FakeClock) -> None:
+    # An hour's step back: timed on the wall clock, a provider that never confirms was asked for an hour more
+    ctx = make_ctx(confirm_delete_s=5.0)
+    ticks = _steady_ticks(ctx, clock)
+    rec = launched(ctx)
+    gce.never_delete = True
+    gce.on("get", lambda: clock.advance(-3600))
+    with pytest.raises(Transient, match="has not confirmed the deletion"):
+        terminate(ctx, rec.instance_id, "max_runtime", action="reap")
+    poll = terminate_module.CONFIRM_POLL_S
+    assert 5.0 <= ticks[0] <= 5.0 + 2 * poll and len(gce.calls_of("get")) <= 5.0 / poll + 2
 
 
 def test_an_unconfirmed_delete_raises_and_leaves_the_record_terminating(make_ctx: MakeCtx, store: MemoryStore,
