@@ -210,6 +210,9 @@ class SnapshotKeeper:
                     self.periodic_checks += 1
                 if trigger != "periodic" or fingerprint(self.roots) != self._saved_fingerprint:
                     self._take(trigger, request_id)
+            except Exception as e:  # noqa: BLE001 - one snapshot's unforeseen error must not end every later one
+                log.error("snapshot failed unexpectedly; the keeper goes on", trigger=trigger, request_id=request_id,
+                          error=f"{type(e).__name__}: {e}"[:300])
             finally:
                 with self._cond:
                     self.busy = None

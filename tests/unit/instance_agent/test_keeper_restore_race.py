@@ -51,3 +51,29 @@ def test_state_written_the_moment_the_restore_ends_is_snapshotted(tmp_path: Path
     assert written  # on_change ran in the keeper's thread, before its periods
     uploads = [a for a in channel.asks if isinstance(a, UploadAsk)]
     assert uploads and uploads[0].trigger == "periodic"
+
+
+class _BreaksOnce(_Channel):
+    """The first upload ask raises what no snapshot code expects (a bug, a client's new exception)."""
+
+    def ask(self, ask: SnapshotAsk, budget_s: float | None = None) -> SnapshotReply:
+        if isinstance(ask, UploadAsk) and not any(isinstance(a, UploadAsk) for a in self.asks):
+            self.asks.append(ask)
+            raise RuntimeError("unforeseen")
+        return super().ask(ask, budget_s)
+
+
+def test_an_unforeseen_error_in_one_snapshot_does_not_end_the_later_ones(tmp_path: Path) -> None:
+    ws = tmp_path / "workspace"
+    ws.mkdir()
+    channel = _BreaksOnce()
+    keeper = SnapshotKeeper(lease_id="lease-1", instance_id="sl-1", channel=channel, spool=tmp_path / "spool",
+                            interval_s=0.01)
+    keeper.begin([ws])
+    try:
+        assert keeper.wait_restored(30) is None
+        (ws / "model.bin").write_bytes(b"weights v1" * 100)  # a change after the restore: snapshots follow
+        wait_until(lambda: sum(isinstance(a, UploadAsk) for a in channel.asks) >= 2, timeout_s=30, interval_s=0.01,
+                   what="a second snapshot after the first one raised")
+    finally:
+        keeper.stop()
