@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import statistics
-import subprocess
 import sys
-import time
-import urllib.request
+import tempfile
+from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -80,75 +79,43 @@ def serve_floor(upstream: str, port: int) -> None:
     uvloop.run(main())
 
 
-def _wait(url: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url, timeout=2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-
-
-def wrk(port: int, clients: int, seconds: float) -> tuple[float, float, float]:
-    """(req/s, p50 ms, p99 ms) of wrk against ``/healthz``."""
-    out = subprocess.run(["wrk", "-t1", f"-c{clients}", f"-d{seconds:g}s", "--latency",
-                          f"http://127.0.0.1:{port}/healthz"], capture_output=True, text=True, check=True).stdout
-
-    def ms(pct: str) -> float:
-        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
-        assert m is not None, out
-        return float(m.group(1)) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
-
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    assert rps is not None, out
-    return float(rps.group(1)), ms("50"), ms("99")
-
-
 def main(argv: list[str]) -> None:
     if argv and argv[0] == "serve":
         serve_floor(argv[1], int(argv[2]))
         return
     seconds = float(argv[0]) if argv else 4.0
     rounds = int(argv[1]) if len(argv) > 1 else 3
+    from bench.router_load import EXAMPLE, _process, _wait_for, wrk
     from local_emulator.procs import free_port
     from spotleash.router import ComponentRoute, RouterConfig, RouterService
 
     app_port, floor_port = free_port(), free_port()
     env = {**os.environ, "PORT": str(app_port), "HOST": "127.0.0.1"}
-    procs = [subprocess.Popen([sys.executable, "thumbnailer.py"], cwd=REPO / "examples" / "thumbs", env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    service: RouterService | None = None
-    try:
-        _wait(f"http://127.0.0.1:{app_port}/healthz")
-        procs.append(subprocess.Popen([sys.executable, "-m", "bench.router_floor", "serve",
-                                       f"http://127.0.0.1:{app_port}", str(floor_port)], cwd=REPO))
-        _wait(f"http://127.0.0.1:{floor_port}/healthz")
+    with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
+        stack.enter_context(_process([sys.executable, "thumbnailer.py"], Path(work) / "app.log", cwd=EXAMPLE, env=env))
+        _wait_for(f"http://127.0.0.1:{app_port}/healthz", "the app")
+        stack.enter_context(_process([sys.executable, "-m", "bench.router_floor", "serve",
+                                      f"http://127.0.0.1:{app_port}", str(floor_port)], Path(work) / "floor.log",
+                                     cwd=REPO))
+        _wait_for(f"http://127.0.0.1:{floor_port}/healthz", "the floor proxy")
         service = RouterService(RouterConfig(components=(
             ComponentRoute("thumbnailer", 0, f"http://127.0.0.1:{app_port}"),), credential="x" * 32))
         ways = {"direct": app_port, "router": service.start()["thumbnailer"][1], "floor": floor_port}
+        stack.callback(service.stop)
         print(f"load {os.getloadavg()[0]:.1f}; wrk {rounds} x {seconds:g} s per way, rotating")
         for clients in (1, 16):
-            got: dict[str, list[tuple[float, float, float]]] = {k: [] for k in ways}
+            got: dict[str, list[dict[str, Any]]] = {k: [] for k in ways}
             order = list(ways)
             for r in range(rounds):
                 for k in order[r % 3:] + order[:r % 3]:
-                    got[k].append(wrk(ways[k], clients, seconds))
+                    got[k].append(wrk(f"http://127.0.0.1:{ways[k]}/healthz", clients, seconds))
             for k in ways:
                 pairs = list(zip(got[k], got["direct"], strict=True))
-                print(f"{clients:2d} client(s) {k:7s} {statistics.median(x[0] for x in got[k]):7.0f} req/s, "
-                      f"{statistics.median(x[0] / d[0] for x, d in pairs):.2f}x direct, "
-                      f"{statistics.median(x[1] - d[1] for x, d in pairs):+.3f} ms at p50, "
-                      f"{statistics.median(x[2] - d[2] for x, d in pairs):+.3f} ms at p99")
+                print(f"{clients:2d} client(s) {k:7s} {statistics.median(x['rps'] for x in got[k]):7.0f} req/s, "
+                      f"{statistics.median(x['rps'] / d['rps'] for x, d in pairs):.2f}x direct, "
+                      f"{statistics.median(x['p50_ms'] - d['p50_ms'] for x, d in pairs):+.3f} ms at p50, "
+                      f"{statistics.median(x['p99_ms'] - d['p99_ms'] for x, d in pairs):+.3f} ms at p99")
         print(f"load {os.getloadavg()[0]:.1f}")
-    finally:
-        if service is not None:
-            service.stop()
-        for p in procs:
-            p.terminate()
-            p.wait(10)
 
 
 if __name__ == "__main__":
