@@ -131,10 +131,11 @@ def resolve(spotleash_wheel: Path, requirements: list[str], cache_dir: Path,
     provided = {requirement_name(r) for r in image_provides or []}
     requirements = without_provided(requirements, image_provides or [])
     instance = without_provided(instance_requirements(spotleash_wheel), image_provides or [])
+    # "core": False: sets resolved before the instance left spotleash's core out held it, and must not be reused
     key_src = json.dumps({"requires": _requires_dist(spotleash_wheel), "extra": INSTANCE_EXTRA, "core": False,
                           "version": _version(spotleash_wheel), "app": sorted(requirements),
                           "platform": PLATFORM, "python": PYTHON_VERSION}, sort_keys=True)
-    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]  # "core": False — sets resolved with the core differ
+    key = hashlib.sha256(key_src.encode()).hexdigest()[:32]
     files_dir = cache_dir / "files"
     index = cache_dir / f"resolved-{key}.json"
     if index.is_file():
