@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import faulthandler
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -69,11 +70,32 @@ class MissingDependency(StackError):
     """A program the local stack needs is not installed; the message says what to install."""
 
 
+LOWEST_FREE_PORT = 20000
+
+
+def ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (Linux: ``ip_local_port_range``; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port(host: str = LOOPBACK) -> int:
-    """A TCP port that is free on ``host`` right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port that is free on ``host`` right now, below the kernel's ephemeral range. A port the kernel handed
+    out (``bind(0)``) is one it hands out again: between this call and the server's bind, an emulator binding
+    port 0 or any outgoing connection could take it, and once did (the Firestore emulator's second port took a
+    function's port; the function never bound it, and its readiness check was answered by the emulator)."""
+    low = ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(LOWEST_FREE_PORT, low) if low > LOWEST_FREE_PORT + 1000 else 0
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise StackError(f"no free TCP port on {host} between {LOWEST_FREE_PORT} and {low}")
 
 
 def port_open(port: int, host: str = LOOPBACK, timeout: float = 0.2) -> bool:
