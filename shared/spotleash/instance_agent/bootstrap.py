@@ -757,6 +757,7 @@ class Installer:
         self._procs: set[subprocess.Popen[bytes]] = set()  # what runs now (two beside each other at most)
         self._lock = threading.Lock()
         self._cancelled = False
+        self._beside_failed = False  # a step of ``_run_beside`` failed: no step beside it starts after that
         self.steps: dict[str, float] = {}  # the last install's step → seconds (the heartbeat's timings carry them)
 
     def _run(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = (),
@@ -775,6 +776,8 @@ class Installer:
         with self._lock:
             if self._cancelled:
                 raise PackageFailure("package_install_failed", f"{step}: cancelled")
+            if self._beside_failed:
+                raise PackageFailure("package_install_failed", f"{step}: not started, a step beside it failed")
             with log_path.open("ab") as out:
                 proc = subprocess.Popen(  # noqa: S603 - our own fixed argv
                     argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, process_group=0,
@@ -796,13 +799,15 @@ class Installer:
     def _run_beside(self, steps: list[Step], log_path: Path) -> None:
         """Every step at once; the first that fails ends the others and is the failure."""
         failures: list[PackageFailure] = []
+        self._beside_failed = False
 
         def one(argv: list[str], step: str, drop_env: tuple[str, ...], key: str) -> None:
             try:
                 self._run(argv, step, log_path, drop_env, key)
             except PackageFailure as e:
-                with self._lock:
+                with self._lock:  # a step whose thread had not started its process yet must not start it
                     failures.append(e)
+                    self._beside_failed = True
                     others = [p for p in self._procs if p.poll() is None]
                 for p in others:
                     self._kill(p)
@@ -813,6 +818,7 @@ class Installer:
         one(*steps[0])
         for t in threads:
             t.join()
+        self._beside_failed = False
         if failures:
             raise failures[0]
 

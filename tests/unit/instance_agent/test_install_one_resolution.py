@@ -4,6 +4,7 @@ plan that says so. The real install with uv: tests/instance/test_install_paths.p
 
 from __future__ import annotations
 
+import time
 import zipfile
 from pathlib import Path
 
@@ -116,6 +117,28 @@ def test_a_step_beside_another_that_fails_ends_it_and_is_the_failure(tmp_path: P
     assert set(installer.steps) == {"warm_s", "app_s"}
     installer._run_beside([(["true"], "one", (), "warm_s"), (["sh", "-c", "echo two ran"], "two", (), "app_s")], log)
     assert "two ran" in log.read_text().splitlines()
+
+
+class _LateFirstStep(Installer):
+    """The main thread's step reaches its start only after the step beside it has failed (CI saw this order)."""
+
+    def _run(self, argv: list[str], step: str, log_path: Path, drop_env: tuple[str, ...] = (),
+             key: str | None = None) -> None:
+        if step == "the late one":
+            deadline = time.monotonic() + 10
+            while "app_s" not in self.steps and time.monotonic() < deadline:  # the failing step has ended
+                time.sleep(0.01)
+            time.sleep(0.2)  # and its failure has been handled
+        super()._run(argv, step, log_path, drop_env, key)
+
+
+def test_a_step_that_had_not_started_when_the_other_failed_never_starts(tmp_path: Path) -> None:
+    log = tmp_path / "install.log"
+    installer = _LateFirstStep(timeout_s=5)  # the old code started the late step and waited on it
+    with pytest.raises(PackageFailure, match="the failing one exited with code 3"):
+        installer._run_beside([(["sh", "-c", "echo late started; sleep 600"], "the late one", (), "warm_s"),
+                               (["sh", "-c", "exit 3"], "the failing one", (), "app_s")], log)
+    assert "late started" not in log.read_text() and not installer._procs
 
 
 def test_the_warm_import_loads_the_front_only_for_an_instance_that_runs_one() -> None:
