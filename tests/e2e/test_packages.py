@@ -34,6 +34,7 @@ from tests.e2e.flows import Flows
 from tests.e2e.packaged import MARKER, packages_on, thumbs_demand
 
 from local_emulator import procs
+from spotleash.instance_agent.bootstrap import REST_FILE, REST_STEP
 from spotleash.model import InstanceRecord, State
 from spotleash.polling import wait_until
 
@@ -94,13 +95,22 @@ def installed_with_uv(instance_id: str) -> bool:
     return "spotleash: uv (" in (venv.parent / "install.log").read_text()
 
 
-def agent_compiled_before_start(instance_id: str) -> bool:
-    """The instance agent's own modules have .pyc files in its venv: the bootstrap imported it once after the
-    offline install (``--no-compile``), whatever ``PYTHONDONTWRITEBYTECODE`` says (it is set on these machines)."""
+def agent_compiled_once(instance_id: str) -> bool:
+    """The instance agent's own modules have .pyc files in its venv (installed ``--no-compile``): its first
+    import wrote them, whatever ``PYTHONDONTWRITEBYTECODE`` says."""
     components = procs.find_marked(MARKER, instance_id)
     assert components, f"no component process of {instance_id}"
     venv = Path(components[0].environ()["VIRTUAL_ENV"])  # the package's venv: the agent's and its components'
     return any(venv.glob("lib/python3.*/site-packages/spotleash/instance_agent/__pycache__/agent.*.pyc"))
+
+
+def agent_installed_the_rest(instance_id: str) -> bool:
+    """The app's requirements were installed by the agent's process beside its own import (``RestInstall``):
+    the bootstrap imported nothing and left nothing behind."""
+    venv = Path(procs.find_marked(MARKER, instance_id)[0].environ()["VIRTUAL_ENV"])
+    log = (venv.parent / "install.log").read_text()
+    return f"spotleash: {REST_STEP}: " in log and "importing the instance agent" not in log \
+        and not (venv.parent / REST_FILE).exists()
 
 
 @pytest.mark.parametrize("provider", ["gce", "vast"])
@@ -122,7 +132,8 @@ def test_an_instance_pulls_the_package_and_runs_its_components(
         assert row["components"]["thumbnailer"]["state"] == "healthy"
         assert row["components"]["vectors"]["endpoint"] == rec.component_states["vectors"].endpoint
         assert procs.find_marked(MARKER, rec.instance_id), "the components run as marked processes"
-        assert agent_compiled_before_start(rec.instance_id), "the bootstrap compiled the agent's modules"
+        assert agent_compiled_once(rec.instance_id), "the agent's modules were compiled"
+        assert agent_installed_the_rest(rec.instance_id)
         assert installed_with_uv(rec.instance_id), "uv, fetched as a blob, installed the package"
         flows.release(lease, rec.instance_id)
         flows.wait_state(rec.instance_id, {State.TERMINATED}, timeout_s=60)

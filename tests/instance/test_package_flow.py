@@ -345,3 +345,33 @@ def test_bootstrap_reports_a_bad_package_and_exits(cloud: Cloud, tmp_path: Path)
     assert cloud.last()["failure"]["reason"] == "package_unverified"
     assert cloud.last()["components"]["web"]["state"] == "failing"
     assert not list(work.glob("pkg-*")) and not list((work / "archives").iterdir())
+
+
+@pytest.mark.skipif(not Path(SYSTEM_PYTHON).exists(), reason="no system python3")
+def test_the_agent_reports_the_install_s_last_step_failing_and_starts_nothing(cloud: Cloud, tmp_path: Path) -> None:
+    """The app's requirements the bootstrap leaves to the agent (``bootstrap.RestInstall``) fail: the agent's
+    heartbeat says ``package_install_failed`` with the step's output, and no component starts."""
+    from spotleash.instance_agent import bootstrap
+
+    sha = publish(cloud, tmp_path)
+    work = tmp_path / "boot-work"
+    env = bootstrap_env(cloud, sha, ["web"], "sl-rest-bad")
+    done = subprocess.run([SYSTEM_PYTHON, "-I", bootstrap.__file__, "--provider", "vast", "--work-dir", str(work),
+                           "--no-exec"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    root = Path(done.stdout.strip())
+    bootstrap.write_rest(root, ["sh", "-c", "echo 'no wheel for not-in-the-package'; exit 1"])
+    agent_env = {**os.environ, **{k: env[k] for k in ("SPOTLEASH_AGENT_CONFIG", "SPOTLEASH_HEARTBEAT_TOKEN")}}
+    proc = subprocess.Popen([sys.executable, "-m", "spotleash.instance_agent", "--provider", "vast",  # noqa: S603
+                             "--work-dir", str(work), "--package-root", str(root)],
+                            env=agent_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: cloud.last().get("failure") is not None, 60, "a failure report")
+        failure = cloud.last()["failure"]
+        assert failure["reason"] == "package_install_failed"
+        assert "exited with code 1" in failure["detail"] and "not-in-the-package" in failure["detail"]
+        assert not component_processes("sl-rest-bad") and not list((work / "logs").glob("web*"))
+        assert (root / bootstrap.REST_FILE).exists()  # a restarted agent tries it again
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -14,9 +14,26 @@ import sys
 from pathlib import Path
 from types import FrameType
 
-from spotleash.instance_agent.agent import agent_for
-from spotleash.log import configure
-from spotleash.providers import PROVIDER_NAMES, provider_info
+from spotleash.instance_agent import bootstrap  # the standard library only: imported before the agent's own
+
+
+def _start_the_install_s_rest(argv: list[str] | None) -> None:
+    """The app's requirements the bootstrap left (``bootstrap.RestInstall``) install while the imports below run."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--package-root", type=Path, default=None)
+    root = pre.parse_known_args(argv)[0].package_root
+    if root is not None:
+        bootstrap.start_rest(root)
+        # the agent's modules are compiled into its own venv once, whatever the image's PYTHONDONTWRITEBYTECODE
+        # says (components keep it): a restarted agent does not compile them again
+        sys.dont_write_bytecode = False
+
+
+_start_the_install_s_rest(sys.argv[1:] if __name__ == "__main__" else [])
+
+from spotleash.instance_agent.agent import agent_for  # noqa: E402 - after the install's rest has started
+from spotleash.log import configure  # noqa: E402
+from spotleash.providers import PROVIDER_NAMES, provider_info  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

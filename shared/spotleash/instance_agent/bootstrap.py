@@ -749,8 +749,11 @@ class Installer:
     """Verify → extract → venv → offline install; each step a subprocess that ``cancel`` can end."""
 
     def __init__(self, python: str = sys.executable, timeout_s: float = 900.0,
-                 pip_version: Callable[[str], str | None] = pip_version_of, warm_also: tuple[str, ...] = ()) -> None:
+                 pip_version: Callable[[str], str | None] = pip_version_of, warm_also: tuple[str, ...] = (),
+                 leave_rest: bool = False) -> None:
         self.python = python
+        # the bootstrap's, which execs the agent: the app's requirements are left to the agent's process (``REST_FILE``)
+        self.leave_rest = leave_rest
         self.warm_also = warm_also  # modules the warm import loads beside the agent's own (``warm_command``)
         self.timeout_s = timeout_s
         self._pip_version = pip_version  # which pip ``python`` has decides how the venv is made
@@ -905,12 +908,14 @@ class Installer:
         if plan.install_no_deps is not None:  # after its dependencies: pip then checks nothing it left out
             self._run(plan.install_no_deps, "installing spotleash without its core dependencies", log_path,
                       key="own_s")
+        if self.leave_rest and plan.install_beside is not None:
+            write_rest(root, plan.install_beside)
+            return
         steps: list[Step] = []
         if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
             steps.append((plan.warm, "importing the instance agent", ("PYTHONDONTWRITEBYTECODE",), "warm_s"))
         if plan.install_beside is not None:
-            steps.append((plan.install_beside, "uv pip install of the app's and the front's requirements (offline)",
-                          (), "app_s"))
+            steps.append((plan.install_beside, REST_STEP, (), "app_s"))
         if steps:
             self._run_beside(steps, log_path)
 
@@ -923,6 +928,79 @@ class Installer:
         extract_archive(archive, root, manifest["files"])
         self.install(root, manifest)
         return root, manifest
+
+
+REST_FILE = "install-rest.json"  # in the package root: the install's last step, left to the agent (``RestInstall``)
+REST_STEP = "uv pip install of the app's and the front's requirements (offline)"
+
+
+def write_rest(root: Path, argv: list[str]) -> None:
+    (root / REST_FILE).write_text(json.dumps({"argv": argv, "handed_over": time.monotonic()}))
+
+
+class RestInstall:
+    """The install's last step (the app's requirements, ``InstallPlan.install_beside``) run in the instance
+    agent's own process, beside its first import, instead of beside a throwaway import in the bootstrap: the
+    agent's modules are imported (and their exec paid) once, while uv installs. ``python -m
+    spotleash.instance_agent`` starts it before its own imports (``start_rest``); the workload waits for it before
+    the components start (``finish_rest``). The step's time and the install's whole (from the bootstrap's start of
+    it to this step's end: the monotonic clock is the machine's, shared across the exec) go to the timings."""
+
+    def __init__(self, root: Path) -> None:
+        spec = json.loads((root / REST_FILE).read_text())
+        self.root, self.argv, self.handed_over = root, [str(a) for a in spec["argv"]], float(spec["handed_over"])
+        self.installer = Installer()
+        self.error: PackageFailure | None = None
+        self.ended_at: float | None = None
+        self._thread = threading.Thread(target=self._run, name="install-rest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.installer._run(self.argv, REST_STEP, self.root / "install.log", key="app_s")
+            (self.root / REST_FILE).unlink(missing_ok=True)  # a restarted agent does not install it again
+        except PackageFailure as e:
+            self.error = e
+        except Exception as e:  # noqa: BLE001 - whatever it is, it is this install's failure, reported
+            self.error = PackageFailure("package_install_failed", f"{REST_STEP}: {type(e).__name__}: {e}"[:480])
+        finally:
+            self.ended_at = time.monotonic()
+
+    def wait(self) -> dict[str, float]:
+        """This step's timings (``app_s``; ``since_handover_s``: the bootstrap's hand-over to the step's end), or
+        its failure raised."""
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
+        assert self.ended_at is not None
+        return {**self.installer.steps, "since_handover_s": round(max(self.ended_at - self.handed_over, 0.0), 3)}
+
+
+_rest: dict[Path, RestInstall] = {}
+_rest_lock = threading.Lock()
+
+
+def start_rest(root: Path) -> None:
+    """Start the install's last step of ``root`` if the bootstrap left one (and it is not running already)."""
+    with _rest_lock:
+        if root not in _rest and (root / REST_FILE).is_file():
+            _rest[root] = RestInstall(root)
+
+
+def finish_rest(root: Path) -> dict[str, float]:
+    """Wait for the install's last step of ``root`` (started now if it was not); its timings ({} when there was
+    none), or its failure raised."""
+    start_rest(root)
+    with _rest_lock:
+        rest = _rest.get(root)
+    return rest.wait() if rest is not None else {}
+
+
+def cancel_rest() -> None:
+    with _rest_lock:
+        rests = list(_rest.values())
+    for rest in rests:
+        rest.installer.cancel()
 
 
 def uv_venv_command(uv: Path, python: str, venv: Path, root: Path, *, system_site: bool = False) -> list[str]:
@@ -1366,10 +1444,11 @@ def load_config(provider: str, env: Mapping[str, str], opener: Opener = _urlopen
 
 
 def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener = _urlopen,
-        python: str = sys.executable, timings: dict[str, float] | None = None,
+        python: str = sys.executable, timings: dict[str, float] | None = None, leave_rest: bool = True,
         ) -> tuple[Path, dict[str, Any]] | PackageFailure | None:
     """Fetch, verify, install, beating meanwhile; the prepared (root, manifest), the failure (reported), or
-    None when the config pins no package. ``timings`` gets ``fetch_s`` and ``install_s``."""
+    None when the config pins no package. ``timings`` gets ``fetch_s`` and ``install_s``. ``leave_rest``: the
+    app's requirements are left to the agent this process execs (``RestInstall``)."""
     cfg, token = load_config(provider, env, opener)
     sha = str(cfg.get("package_sha256") or "")
     if not sha:
@@ -1391,7 +1470,8 @@ def run(provider: str, work_dir: Path, env: Mapping[str, str], *, opener: Opener
         origin = origin_for(str(cfg.get("package_uri") or ""), str(cfg.get("package_url") or ""),
                             {str(k): str(v) for k, v in (blob_urls or {}).items()}, env=env, token=md_token)
         front = (FRONT_MODULE,) if cfg.get("route_credential_sha256") else ()  # the agent will import it too
-        root, manifest, steps = obtain(origin, sha, work_dir, Installer(python, warm_also=front), opener=opener,
+        installer = Installer(python, warm_also=front, leave_rest=leave_rest)
+        root, manifest, steps = obtain(origin, sha, work_dir, installer, opener=opener,
                                        retry_budget_s=float(cfg.get("package_fetch_retry_s") or 300.0))
         if timings is not None:
             timings.update(steps)
@@ -1420,7 +1500,7 @@ def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None
     args = p.parse_args(argv)
     timings: dict[str, float] = {}
     try:
-        got = run(args.provider, args.work_dir, env, timings=timings)
+        got = run(args.provider, args.work_dir, env, timings=timings, leave_rest=not args.no_exec)
     except (OSError, ValueError) as e:  # no config, no metadata server: nothing to report to
         _log("bootstrap cannot start", severity="ERROR", reason=str(e)[:300])
         return 2

@@ -225,6 +225,11 @@ class Workload:
                 t = self._step("restore", t)
                 if failed is not None:
                     raise PackageFailure(failed.reason, failed.detail)
+            if self.package_root is not None:  # the app's requirements, installing since the agent's start
+                rest = bootstrap.finish_rest(self.package_root)
+                if rest:
+                    self.timings["app_s"] = rest["app_s"]
+                    self.timings["install_s"] = round(self.timings.get("install_s", 0.0) + rest["since_handover_s"], 3)
             if self._stopping.is_set():
                 return
             sup = Supervisor(
@@ -255,6 +260,7 @@ class Workload:
             self._stopping.set()
             sup = self.supervisor
         self.installer.cancel()
+        bootstrap.cancel_rest()
         if sup is not None:
             sup.stop()
         if self._thread is not None:
