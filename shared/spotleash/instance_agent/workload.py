@@ -226,8 +226,10 @@ class Workload:
                 if failed is not None:
                     raise PackageFailure(failed.reason, failed.detail)
             if self.package_root is not None:  # the app's requirements, installing since the agent's start
+                waited = time.monotonic()
                 rest = bootstrap.finish_rest(self.package_root)
-                if rest:
+                if rest:  # rest_wait_s: how much of to_healthy_s was the install's (the rest ran beside it)
+                    self.timings["rest_wait_s"] = round(time.monotonic() - waited, 3)
                     self.timings["app_s"] = rest["app_s"]
                     self.timings["install_s"] = round(self.timings.get("install_s", 0.0) + rest["since_handover_s"], 3)
             if self._stopping.is_set():
