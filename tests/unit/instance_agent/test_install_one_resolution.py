@@ -87,11 +87,13 @@ THUMBS = {**MANIFEST, "requirements": ["aiohttp>=3.9", "httpx>=0.27", "pydantic>
 def test_the_app_s_requirements_are_told_from_the_agent_s() -> None:
     assert bootstrap.split_requirements(THUMBS, front=True) == (["aiohttp>=3.9", "httpx>=0.27", "pydantic>=2.10"],
                                                                 ["numpy>=1.26", "Pillow>=10"])
-    # no front: what only the front imports installs beside the warm import too (its names compared normalised)
+    # no front: what only the front imports is not installed (its names compared normalised)...
     front_too = {**THUMBS, "requirements": [*THUMBS["requirements"], "Prometheus_Client>=0.21"]}
-    assert bootstrap.split_requirements(front_too) == (["httpx>=0.27", "pydantic>=2.10"],
-                                                       ["aiohttp>=3.9", "numpy>=1.26", "Pillow>=10",
-                                                        "Prometheus_Client>=0.21"])
+    assert bootstrap.split_requirements(front_too) == (["httpx>=0.27", "pydantic>=2.10"], ["numpy>=1.26", "Pillow>=10"])
+    # ...unless the app names it
+    app_too = {**front_too, "app": {"requirements": ["numpy>=1.26", "Pillow>=10", "aiohttp>=3.9"]}}
+    assert bootstrap.split_requirements(app_too) == (["httpx>=0.27", "pydantic>=2.10"],
+                                                     ["aiohttp>=3.9", "numpy>=1.26", "Pillow>=10"])
     # a line both name is in the manifest twice: the agent's import must find it installed
     both = {"requirements": ["httpx>=0.27", "numpy", "httpx>=0.27"], "app": {"requirements": ["numpy", "httpx>=0.27"]}}
     assert bootstrap.split_requirements(both) == (["httpx>=0.27"], ["numpy"])
@@ -102,7 +104,8 @@ def test_the_app_s_requirements_install_beside_the_agent_s_import(tmp_path: Path
     _wheels(tmp_path)
     plan = Installer().plan(tmp_path, THUMBS, tmp_path / "uv")
     assert plan.install[-3:] == ["httpx>=0.27", "pydantic>=2.10", "spotleash==0.1.0"]
-    assert plan.install_beside is not None and plan.install_beside[-3:] == ["aiohttp>=3.9", "numpy>=1.26", "Pillow>=10"]
+    assert plan.install_beside is not None and plan.install_beside[-2:] == ["numpy>=1.26", "Pillow>=10"]
+    assert not any("aiohttp" in a for a in plan.install + plan.install_beside)  # no front: not installed at all
     assert "--excludes" in plan.install_beside and "spotleash==0.1.0" not in plan.install_beside
     assert plan.warm is not None and "beside the agent's import" in plan.path
 
