@@ -155,8 +155,8 @@ def publish_times(work: Path, runs: int) -> dict[str, Any]:
 
 def fetch_times(work: Path, sha256: str, runs: int) -> dict[str, Any]:
     """The instance's blob fetch (``bootstrap.fetch_blobs``) of examples/thumbs' blobs from the stack's Cloud
-    Storage emulator: 8 blobs at a time vs one at a time, each into an empty cache, beside the raw download
-    of the same bytes as one object in one stream (the baseline)."""
+    Storage emulator: 8, 4, 2 blobs at a time and one at a time, each into an empty cache, beside the raw download
+    of the same bytes as one object in one stream (the baseline), in rounds after one warm-up of each."""
     from spotleash.instance_agent import bootstrap
     from spotleash.wire.package import blob_object, manifest_object, parse_layered
 
@@ -175,25 +175,36 @@ def fetch_times(work: Path, sha256: str, runs: int) -> dict[str, Any]:
                       content_type="application/octet-stream")
     total = joined.stat().st_size
     out: dict[str, Any] = {"bytes": total, "blobs": len(blobs), "threads": bootstrap.FETCH_THREADS, "by_threads": {}}
-    # the instance's own thread count, then fewer: on a machine of few cores the streams share them with the server
-    for threads in dict.fromkeys((bootstrap.FETCH_THREADS, 8, 4, 2, 1)):
-        rates = []
-        for i in range(runs):
-            cache = work / f"fetch-{threads}-{i}"
-            t0 = time.monotonic()
-            bootstrap.fetch_blobs(origin, blobs, cache, threads=threads)
-            rates.append(total / 1e6 / (time.monotonic() - t0))
-            shutil.rmtree(cache, ignore_errors=True)
-        out["by_threads"][str(threads)] = summary(rates)
-    out["parallel"], out["single"] = out["by_threads"][str(bootstrap.FETCH_THREADS)], out["by_threads"]["1"]
-    raw = []
     src = bootstrap.Source(bootstrap.media_url(emulator, bucket, "bench/all-blobs.bin"))
-    for i in range(runs):
-        dest = work / f"raw-{i}.bin"
+    counts = list(dict.fromkeys((bootstrap.FETCH_THREADS, 8, 4, 2, 1)))
+
+    def one_fetch(threads: int, cache: Path) -> float:
+        t0 = time.monotonic()
+        bootstrap.fetch_blobs(origin, blobs, cache, threads=threads)
+        took = time.monotonic() - t0
+        shutil.rmtree(cache, ignore_errors=True)
+        return total / 1e6 / took
+
+    def one_raw(dest: Path) -> float:
         t0 = time.monotonic()
         bootstrap.download(src, dest, joined_sha)
-        raw.append(total / 1e6 / (time.monotonic() - t0))
+        took = time.monotonic() - t0
         dest.unlink()
+        return total / 1e6 / took
+
+    # one of each first, not counted: the first fetch after the upload was the slowest of every run (1.5-2x), and
+    # it went to whichever thread count came first; then rounds, each in a rotated order, the baseline in each
+    one_fetch(bootstrap.FETCH_THREADS, work / "fetch-warm")
+    one_raw(work / "raw-warm.bin")
+    rates: dict[int, list[float]] = {n: [] for n in counts}
+    raw: list[float] = []
+    for i in range(runs):
+        order = counts[i % len(counts):] + counts[:i % len(counts)]
+        for threads in order:
+            rates[threads].append(one_fetch(threads, work / f"fetch-{threads}-{i}"))
+        raw.append(one_raw(work / f"raw-{i}.bin"))
+    out["by_threads"] = {str(n): summary(r) for n, r in rates.items()}
+    out["parallel"], out["single"] = out["by_threads"][str(bootstrap.FETCH_THREADS)], out["by_threads"]["1"]
     out["raw_one_object"] = summary(raw)
     joined.unlink()
     log.info("bench blob fetch", parallel_mb_s=out["parallel"]["median"], single_mb_s=out["single"]["median"],
@@ -328,7 +339,7 @@ def ready_times(h: Harness, state_dir: Path, work: Path, runs: int, sha256: str 
 
 def package_section(h: Harness, state_dir: Path, work: Path, publish_runs: int, launch_runs: int) -> dict[str, Any]:
     pub = publish_times(work, publish_runs)
-    res = {"publish": pub, "fetch": fetch_times(work, pub["example"]["sha256"], max(publish_runs, 3))}
+    res = {"publish": pub, "fetch": fetch_times(work, pub["example"]["sha256"], max(publish_runs, 5))}
     res["ready"] = ready_times(h, state_dir, work, launch_runs, sha256=pub["example"]["sha256"])
     shutil.rmtree(work / "generated-app", ignore_errors=True)
     return res
@@ -417,9 +428,12 @@ def package_rows(res: dict[str, Any]) -> list[dict[str, Any]]:
             _row(f"ready_{provider}_fetch", f"{name}: manifest + blobs fetched and verified on the instance",
                  ph["fetch_s"]),
             _row(f"ready_{provider}_install", f"{name}: assemble + offline install (extract the app blob, uv venv, "
-                 "uv pip install)", ph["install_s"]),
+                 "uv pip install; the app's requirements in the agent's process, beside its import)", ph["install_s"]),
             _row(f"ready_{provider}_components", f"{name}: components started → all healthy", ph["components_s"]),
         ]
+        install = rows[-2]  # the issue's target: the example app installs on an instance in 1.5 s at most
+        if install["median"] is not None:
+            install.update(target="≤ 1.5 s", within_target=install["median"] <= 1.5)
         rows += [_row(f"ready_{provider}_install_{k.removesuffix('_s')}", f"{name}: install step: {INSTALL_STEPS[k]}",
                       ph[f"install_{k}"]) for k in INSTALL_STEPS if ph.get(f"install_{k}", {}).get("n")]
     return rows
