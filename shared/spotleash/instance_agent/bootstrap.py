@@ -930,7 +930,10 @@ class Installer:
         return root, manifest
 
 
-REST_FILE = "install-rest.json"  # in the package root: the install's last step, left to the agent (``RestInstall``)
+# In the package root: the install's last step, left to the agent (``RestInstall``), which runs its argv. Only the
+# bootstrap writes there: nothing of the package lands in the root itself (the app is under app/, weights under
+# artifacts/), and the root is the bootstrap's own mkdtemp (0700).
+REST_FILE = "install-rest.json"
 REST_STEP = "uv pip install of the app's requirements (offline)"
 
 
