@@ -16,9 +16,11 @@ import json
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from local_emulator.serving import Server
 
 PREFIX = "/computeMetadata/v1/"
 MAX_WAIT_S = 3600.0
@@ -47,8 +49,7 @@ class MetadataServer:
             def do_GET(self) -> None:  # noqa: N802 - stdlib name
                 outer._handle(self)
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._httpd.daemon_threads = True
+        self._httpd = Server(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="gce-metadata", daemon=True)
 
     @property

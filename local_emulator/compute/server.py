@@ -18,7 +18,7 @@ import json
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -28,6 +28,7 @@ from local_emulator.compute.errors import ApiError
 from local_emulator.compute.filters import compile_filter
 from local_emulator.compute.models import ZONES, ComputeModel, Instance
 from local_emulator.faults import FaultError
+from local_emulator.serving import Server
 
 BASE = "https://www.googleapis.com/compute/v1"
 MAX_RESULTS = 500
@@ -288,8 +289,7 @@ class ComputeFake:
             project=project, boot_delay_s=boot_delay_s, time_scale=time_scale, vm_command=vm_command, workdir=workdir
         )
         self.api = ComputeApi(self.model, wait_timeout_s)
-        self._httpd = ThreadingHTTPServer((host, port), _handler(self.api))
-        self._httpd.daemon_threads = True
+        self._httpd = Server((host, port), _handler(self.api))
         self._thread = threading.Thread(target=self._httpd.serve_forever, name="gce-fake-http", daemon=True)
 
     @property

@@ -30,13 +30,14 @@ import json
 import threading
 import time
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 import httpx
 
 from local_emulator.faults import FaultError, FaultPlan, FaultRule
 from local_emulator.procs import LOOPBACK
+from local_emulator.serving import Server
 from local_emulator.storage.preconditions import (
     Sessions,
     Target,
@@ -243,8 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(Server):
     plan: FaultPlan
     client: httpx.Client
     sessions: Sessions | None

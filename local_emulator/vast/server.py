@@ -30,12 +30,13 @@ import re
 import tempfile
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from local_emulator.faults import FaultError, FaultRule
+from local_emulator.serving import Server
 from local_emulator.vast import errors
 from local_emulator.vast.errors import VastApiError
 from local_emulator.vast.models import VastModel
@@ -322,8 +323,7 @@ class VastFake:
             self._tmp = tempfile.TemporaryDirectory(prefix="vast-fake-")
             data_dir = Path(self._tmp.name)
         handler = type("Handler", (_Handler,), {"fake": self})
-        self.httpd = ThreadingHTTPServer((host, port), handler)
-        self.httpd.daemon_threads = True
+        self.httpd = Server((host, port), handler)
         self.port = int(self.httpd.server_address[1])
         self.model = VastModel(api_key=api_key, host=host, url_getter=lambda: self.url, data_dir=data_dir,
                                boot_delay_s=boot_delay_s, seed=seed)
