@@ -487,7 +487,8 @@ def _start_all(
         raise StackError(str(e)) from e
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("SPOTLEASH_") and k not in EMULATOR_VARS}
-    proc_env = {**base, **file_env, MARKER_VAR: str(state_dir), "PYTHONUNBUFFERED": "1"}
+    proc_env = {**base, **file_env, MARKER_VAR: str(state_dir), "PYTHONUNBUFFERED": "1",
+                "SPOTLEASH_VAST_FAKE_LOG_DIR": str(logs / "vast-boxes")}  # vast.models.KEEP_LOGS_ENV
 
     # --- start everything at once (ports are known up front), then wait for each
     waits: list[tuple[ManagedProcess, Any]] = []

@@ -139,6 +139,26 @@ class Instance:
         }
 
 
+KEEP_LOGS_ENV = "SPOTLEASH_VAST_FAKE_LOG_DIR"  # the local stack sets it to its logs directory
+
+
+def _keep_logs(inst: Instance) -> None:
+    """A destroyed box's output (its onstart's; the bootstrap's, agent's and watchdog's in ``~/spotleash-logs``)
+    copied to ``$SPOTLEASH_VAST_FAKE_LOG_DIR/instance-<id>/``, when set: the disk goes with the box, and a failed
+    test's kept stack must still say why a box went quiet."""
+    kept = os.environ.get(KEEP_LOGS_ENV)
+    if not kept:
+        return
+    dest = Path(kept) / f"instance-{inst.id}"
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+        for log_file in [inst.folder / "onstart.log", *sorted((inst.root / "spotleash-logs").glob("*.log"))]:
+            if log_file.is_file():
+                shutil.copyfile(log_file, dest / log_file.name)
+    except OSError:
+        pass
+
+
 class VastModel:
     def __init__(self, *, api_key: str, host: str, url_getter: Any, data_dir: Path, boot_delay_s: float,
                  seed: int = 4) -> None:
@@ -362,6 +382,7 @@ class VastModel:
             proc, ssh, paused, relays = inst.proc, inst.ssh, inst.paused, inst.relays
             inst.proc, inst.ssh, inst.paused, inst.relays = None, None, None, []
         self._kill(iid, proc or paused, ssh, inst.spotleash_id, relays, paused=paused is not None)
+        _keep_logs(inst)
         shutil.rmtree(inst.folder, ignore_errors=True)  # the box's disk goes with it: destroy ends the bill
         log.info("instance destroyed", instance=iid)
 
