@@ -152,7 +152,7 @@ def _keep_logs(inst: Instance) -> None:
     dest = Path(kept) / f"instance-{inst.id}"
     try:
         dest.mkdir(parents=True, exist_ok=True)
-        for log_file in [inst.folder / "onstart.log", *sorted((inst.root / "spotleash-logs").glob("*.log"))]:
+        for log_file in [inst.folder / "onstart.log", *sorted((inst.folder / "spotleash-logs").glob("*.log"))]:
             if log_file.is_file():
                 shutil.copyfile(log_file, dest / log_file.name)
     except OSError:
