@@ -47,6 +47,7 @@ from typing import Any
 import httpx
 
 from bench.harness import Harness, log
+from bench.packages import after_install
 from bench.stats import ratio, summary
 from local_emulator.scheduler import reaper_paused
 from spotleash.decide import failover
@@ -153,8 +154,8 @@ def split_phases(rec: InstanceRecord, ready_entry: dict[str, Any], insert_at: da
     provider_boot = _s(started, rec.running_at)
     agent_start = _s(rec.first_heartbeat_at, started)
     fetch, install, to_healthy = t.get("fetch_s", 0.0), t.get("install_s", 0.0), t.get("to_healthy_s", 0.0)
-    # the instance agent's to_healthy runs from its own start, so it holds the restore (before components)
-    healthy = max(to_healthy - float(t.get("restore_s", ph["restore_s"] or 0.0)), 0.0)
+    # to_healthy holds the restore (the record's when the timings lack it) and the wait for the app's install
+    _, healthy, _ = after_install({"restore_s": float(ph["restore_s"] or 0.0), **t, "to_healthy_s": to_healthy})
     ready = ph["ready_s"]  # first beat → READY, restore excluded
     handoff = None if ready is None else max(ready - fetch - install - healthy, 0.0)
     out: dict[str, float | None] = {**ph, "launch_work_s": launch_work, "provider_create_s": provider_create,

@@ -34,7 +34,15 @@ import httpx
 
 from bench.failover import FIELD_VAST, TARGET_OWN_S, TARGET_TOTAL_S
 from bench.harness import Harness, log
-from bench.packages import EXAMPLE, WHEEL_CACHE, _bucket, _fresh_bucket, _publish, _set_launcher_env
+from bench.packages import (
+    EXAMPLE,
+    WHEEL_CACHE,
+    _bucket,
+    _fresh_bucket,
+    _publish,
+    _set_launcher_env,
+    after_install,
+)
 from bench.stats import summary
 from spotleash.model import ENDED, InstanceRecord, State
 from spotleash.polling import wait_until
@@ -312,10 +320,7 @@ def one_alarm(h: Harness, work: Path, i: int, *, gpu: bool) -> dict[str, Any]:
     def s(a: datetime, b: datetime) -> float:
         return (b - a).total_seconds()
 
-    restore = min(tm.get("restore_s", 0.0), tm["to_healthy_s"])
-    # the agent's wait for the app's requirements (rest_wait_s: it installs them beside its import) is in both
-    # install_s and to_healthy_s: counted once, in the install; the restore ran beside it
-    load = tm["to_healthy_s"] - restore - tm.get("rest_wait_s", 0.0)
+    restore, load, after = after_install(tm)  # load: the embedder starts, loads the weights → healthy
     phases = {
         # trace raised → the intent: the agent's detection, its demand published, Pub/Sub's push, on_demand (the
         # agent logs "demand published" once the publish call returns, which can be after the intent is written)
@@ -324,10 +329,9 @@ def one_alarm(h: Harness, work: Path, i: int, *, gpu: bool) -> dict[str, Any]:
         "boot_s": s(rec.running_at, started),  # the fake boots the box and starts the bootstrap
         "fetch_s": tm["fetch_s"],
         "install_s": tm["install_s"],
-        "load_s": load,  # the embedder starts, loads the weights → healthy
+        "load_s": load,
         "restore_s": restore,
-        "handoff_s": max(s(started, ready_at) - tm["fetch_s"] - tm["install_s"] - load
-                         - (0.0 if "rest_wait_s" in tm else restore), 0.0),
+        "handoff_s": max(s(started, ready_at) - tm["fetch_s"] - tm["install_s"] - after, 0.0),
         "route_s": s(ready_at, answer_at),  # READY → the router's first answer from the box
         "total_s": s(t0, answer_at),
     }

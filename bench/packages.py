@@ -26,7 +26,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -248,6 +248,17 @@ def _s(a: datetime, b: datetime) -> float:
     return (b - a).total_seconds()
 
 
+def after_install(t: Mapping[str, float]) -> tuple[float, float, float]:
+    """(restore, components, what of both ran after the install) from an instance's heartbeat timings. The agent's
+    ``to_healthy_s`` runs from its own start, so it holds the restore ask (a fresh lease has no snapshot: the ask's
+    round trip) and, where the agent's process installed the app's requirements (``rest_wait_s``), its wait for
+    them, which ``install_s`` counts already; that restore then ran beside the install. What is left is the
+    components' start → healthy."""
+    restore = min(t.get("restore_s", 0.0), t["to_healthy_s"])
+    components = max(t["to_healthy_s"] - restore - t.get("rest_wait_s", 0.0), 0.0)
+    return restore, components, components + (0.0 if "rest_wait_s" in t else restore)
+
+
 def one_launch(h: Harness, provider: str, i: int) -> dict[str, Any]:
     lease = f"lease-bench-pkg-{provider}-{i}"
     gpu = provider == "vast"
@@ -283,19 +294,14 @@ def one_launch(h: Harness, provider: str, i: int) -> dict[str, Any]:
     if started is None or not {"fetch_s", "install_s", "to_healthy_s"} <= set(t):
         raise RuntimeError(f"the READY entry of {rec.instance_id} carries no phase timings: {entry}")
     demand_at = datetime.fromtimestamp(t0, tz=ready_at.tzinfo)
-    # the agent's to_healthy runs from its start, so it holds the restore ask (a fresh lease has no snapshot: the
-    # ask's round trip) and, where the agent installed the app's requirements (rest_wait_s in the timings), its
-    # wait for them: install_s already counts that wait, and the restore ran beside it
-    restore = min(t.get("restore_s", 0.0), t["to_healthy_s"])
-    components = t["to_healthy_s"] - restore - t.get("rest_wait_s", 0.0)
+    restore, components, after = after_install(t)
     phases = {
         "demand_to_intent_s": _s(demand_at, rec.created_at),  # Pub/Sub push + on_demand up to the intent
         "create_call_s": _s(rec.created_at, rec.running_at),  # launch work + the provider's create call
         "boot_s": _s(rec.running_at, started),  # the provider boots the instance, runs its start script
         "fetch_s": t["fetch_s"],
         "install_s": t["install_s"],
-        "handoff_s": max(_s(started, ready_at) - t["fetch_s"] - t["install_s"] - components
-                         - (0.0 if "rest_wait_s" in t else restore), 0.0),
+        "handoff_s": max(_s(started, ready_at) - t["fetch_s"] - t["install_s"] - after, 0.0),
         "restore_s": restore,
         "components_s": components,
         "total_s": _s(demand_at, ready_at),

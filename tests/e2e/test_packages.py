@@ -89,25 +89,28 @@ def timings(rec: InstanceRecord, published_at: float) -> dict[str, float]:
             "demand_to_ready_s": round(ready_at.timestamp() - published_at, 2)}
 
 
+def _venv(instance_id: str) -> Path:
+    """The package's venv on the instance (the agent's and its components'), from a component process."""
+    components = procs.find_marked(MARKER, instance_id)
+    assert components, f"no component process of {instance_id}"
+    return Path(components[0].environ()["VIRTUAL_ENV"])
+
+
 def installed_with_uv(instance_id: str) -> bool:
     """The package root's install log says uv (shipped as a blob) made the venv and installed."""
-    venv = Path(procs.find_marked(MARKER, instance_id)[0].environ()["VIRTUAL_ENV"])
-    return "spotleash: uv (" in (venv.parent / "install.log").read_text()
+    return "spotleash: uv (" in (_venv(instance_id).parent / "install.log").read_text()
 
 
 def agent_compiled_once(instance_id: str) -> bool:
     """The instance agent's own modules have .pyc files in its venv (installed ``--no-compile``): its first
     import wrote them, whatever ``PYTHONDONTWRITEBYTECODE`` says."""
-    components = procs.find_marked(MARKER, instance_id)
-    assert components, f"no component process of {instance_id}"
-    venv = Path(components[0].environ()["VIRTUAL_ENV"])  # the package's venv: the agent's and its components'
-    return any(venv.glob("lib/python3.*/site-packages/spotleash/instance_agent/__pycache__/agent.*.pyc"))
+    return any(_venv(instance_id).glob("lib/python3.*/site-packages/spotleash/instance_agent/__pycache__/agent.*.pyc"))
 
 
 def agent_installed_the_rest(instance_id: str) -> bool:
     """The app's requirements were installed by the agent's process beside its own import (``RestInstall``):
     the bootstrap imported nothing and left nothing behind."""
-    venv = Path(procs.find_marked(MARKER, instance_id)[0].environ()["VIRTUAL_ENV"])
+    venv = _venv(instance_id)
     log = (venv.parent / "install.log").read_text()
     return f"spotleash: {REST_STEP}: " in log and "importing the instance agent" not in log \
         and not (venv.parent / REST_FILE).exists()
