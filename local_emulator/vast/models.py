@@ -40,7 +40,10 @@ from spotleash.log import get_logger
 
 log = get_logger("local_emulator.vast")
 
-FIRST_INSTANCE_ID = 21_000_000
+# Box ids start at a random point of this range: every process of a box carries its id (vmshim.INSTANCE_VAR) and a
+# destroy ends every process so marked, so two fakes on one machine (CI's two test lanes) that both counted from
+# one number each ended the other's boxes of the same id (an agent SIGTERMed 0.8 s after its start).
+INSTANCE_IDS = (21_000_000, 29_000_000)
 IDLE = "exec sleep 2147483647"
 # Faults of the model, not the transport: the offer is rented away between search and create; a bid
 # is refused yet leaves a stopped instance behind (as real VAST does).
@@ -175,7 +178,7 @@ class VastModel:
         self.faults = FaultPlan(effects=EFFECTS)
         self.calls: list[tuple[str, str, int]] = []  # (method, path, status) of every API call
         self._dead_keys: dict[int, tuple[str, ...]] = {}
-        self._next_id = FIRST_INSTANCE_ID
+        self._next_id = INSTANCE_IDS[0] + secrets.randbelow(INSTANCE_IDS[1] - INSTANCE_IDS[0])
         self._next_key = 1
         self._stop = threading.Event()
         self._ticker = threading.Thread(target=self._tick_loop, name="vast-ticker", daemon=True)

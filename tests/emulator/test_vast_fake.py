@@ -240,6 +240,40 @@ def test_destroy_ends_processes_that_left_the_box_s_process_group(vast_fake: Vas
              what="every process of the destroyed box to end")
 
 
+def _alive(pid: int) -> bool:
+    """Running: a box's process ended by a destroy stays a zombie of this process until the fake reaps it."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_a_destroy_in_one_fake_leaves_another_fake_s_boxes_running(vast_fake: VastFake) -> None:
+    """Two fakes on one machine (CI runs two test lanes, each with its stack): their box ids differ, so a destroy,
+    which ends every process marked with its box's id, never reaches the other fake's box. Both fakes counted
+    from one first id once, and lane A's destroys SIGTERMed lane B's agent of the same id."""
+    other = VastFake(api_key=API_KEY, boot_delay_s=0.2).start()
+    try:
+        ours, theirs = sdk(vast_fake), sdk(other)
+        ids = []
+        for v in (ours, theirs):
+            o = v.search_offers("num_gpus=1", order="dph_total", limit=1)[0]
+            ids.append(v.create_instance(o["id"], image="i", onstart_cmd="sleep 1000")["new_contract"])
+        assert ids[0] != ids[1]
+        wait_for(lambda: theirs.show_instance(ids[1])["actual_status"] == "running", timeout=20, what="their box")
+        box = other.model.get(ids[1]).proc
+        assert box is not None
+        before = {p.pid for p in psutil.Process(box.pid).children(recursive=True)} | {box.pid}
+        ours.destroy_instance(ids[0])  # its processes are ended before the call returns
+        gone = [pid for pid in before if not _alive(pid)]
+        assert not gone, f"destroying our box {ids[0]} ended processes of their box {ids[1]}: {gone}"
+        assert theirs.show_instance(ids[1])["actual_status"] == "running"
+    finally:
+        pids = instance_pids(other)
+        other.stop()
+        assert_no_instance_processes(pids)
+
+
 def test_process_mode_sigterm_kills_instances(tmp_path: object) -> None:
     port = free_port()
     p = subprocess.Popen([sys.executable, "-m", "local_emulator.vast", "--port", str(port), "--api-key", API_KEY,
