@@ -49,6 +49,7 @@ import httpx
 from bench.harness import Harness, log
 from bench.packages import after_install
 from bench.stats import ratio, summary
+from local_emulator import stack
 from local_emulator.scheduler import reaper_paused
 from spotleash.decide import failover
 from spotleash.model import ENDED, InstanceRecord, State
@@ -338,7 +339,8 @@ def state_before_outbid(vast_url: str, rec: InstanceRecord, state_mb: int) -> di
             "size_bytes": snap.get("size_bytes")}
 
 
-def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int, state_mb: int = 0) -> dict[str, Any]:
+def _run_provider(h: Harness, state_dir: Path, work: Path, gpu: bool, n: int, latency_n: int,
+                  state_mb: int = 0) -> dict[str, Any]:
     from local_emulator.routed_app import COMPONENTS, RoutedApp
 
     provider = "vast" if gpu else "gce"
@@ -373,7 +375,9 @@ def _run_provider(h: Harness, work: Path, gpu: bool, n: int, latency_n: int, sta
                 state = state_before_outbid(vast_url, rec, state_mb) if gpu and state_mb else None
                 # an outbid at production timings: no scheduled reap comes within the failover (beats every
                 # 30 s, a reap a minute), so only the agent's router can start it (spotleash.agent.loss)
-                with (reaper_paused(os.environ["SPOTLEASH_SCHEDULER_HOST"], h.settings.project, h.settings.region)
+                # (and every tick published before the pause handled: one refused while on_reap restarted comes back)
+                with (reaper_paused(os.environ["SPOTLEASH_SCHEDULER_HOST"], h.settings.project, h.settings.region,
+                                    handled=lambda: stack.handled_message_ids(state_dir, "on_reap"))
                       if gpu else contextlib.nullcontext()):
                     res = one_failover(h, app, load, rec, kill)
                 rec = res.pop("_rec")
@@ -410,7 +414,7 @@ def failover_section(h: Harness, state_dir: Path, work: Path, n: int, latency_n:
     try:
         for provider, gpu in (("gce", False), ("vast", True)):
             try:
-                into[provider] = _run_provider(h, work, gpu, n, latency_n if not gpu else 0, state_mb)
+                into[provider] = _run_provider(h, state_dir, work, gpu, n, latency_n if not gpu else 0, state_mb)
             except Exception as e:  # noqa: BLE001 - the other provider's figures still count
                 failed[provider] = f"{type(e).__name__}: {e}"[:3000]
                 log.error("bench failover failed", provider=provider, error=failed[provider])

@@ -176,6 +176,25 @@ def logs_dir(state_dir: Path) -> Path:
     return local_dir(state_dir) / "logs"
 
 
+def handled_message_ids(state_dir: Path, function: str) -> set[str]:
+    """The Pub/Sub message ids ``function`` has handled, from its log (``services.entry.handle_message``)."""
+    found: set[str] = set()
+    try:
+        lines = (logs_dir(Path(state_dir).resolve()) / f"{function}.log").read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return found
+    for line in lines:
+        if '"handled"' not in line:
+            continue
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("message") == "handled" and entry.get("message_id"):
+            found.add(str(entry["message_id"]))
+    return found
+
+
 def fn_url_var(function_name: str) -> str:
     return f"SPOTLEASH_FN_{function_name.upper()}_URL"
 

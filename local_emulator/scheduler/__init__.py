@@ -9,12 +9,17 @@ Run standalone: ``python -m local_emulator.scheduler --host 127.0.0.1 --port POR
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from local_emulator.scheduler.models import Scheduler, SchedulerFault
 from local_emulator.scheduler.server import SchedulerServer, control_call
+from spotleash.log import get_logger
+
+log = get_logger("local_emulator.scheduler")
+DRAIN_TIMEOUT_S = 120.0  # the reap subscription's backoff tops at 60 s (topology.json)
 
 __all__ = ["Scheduler", "SchedulerFault", "SchedulerServer", "control_call", "reaper_paused", "scheduler_client"]
 
@@ -29,9 +34,15 @@ def scheduler_client(host: str) -> Any:
 
 
 @contextmanager
-def reaper_paused(host: str, project: str, region: str) -> Iterator[None]:
+def reaper_paused(host: str, project: str, region: str, *, handled: Callable[[], set[str]] | None = None,
+                  drain_timeout_s: float = DRAIN_TIMEOUT_S) -> Iterator[None]:
     """The scheduler's reap job paused through the official client, resumed after: only what else asks for a
-    reap (an agent's tick naming an instance it lost) can then explain one."""
+    reap (an agent's tick naming an instance it lost) can then explain one.
+
+    With ``handled`` (the Pub/Sub message ids the reaper has handled), it also waits until every tick the job
+    published before the pause was handled: a tick whose push was refused (the function restarting) comes
+    back seconds later with the emulator's backoff, and would act inside the paused window."""
+    from spotleash.polling import wait_until
     from spotleash.topology import load_topology
 
     topo = load_topology()
@@ -40,6 +51,13 @@ def reaper_paused(host: str, project: str, region: str) -> Iterator[None]:
     client = scheduler_client(host)
     try:
         client.pause_job(name=name)
+        if handled is not None:
+            published, started = set(control_call(host, "Published").get(name, [])), time.monotonic()
+            waiting = sorted(published - handled())
+            wait_until(lambda: published <= handled(), timeout_s=drain_timeout_s, interval_s=0.2,
+                       what=f"the reaper to handle the {len(published)} ticks published before the pause")
+            log.info("reaper paused, its earlier ticks handled", waited_for=waiting,
+                     waited_s=round(time.monotonic() - started, 2))
         yield
     finally:
         client.resume_job(name=name)

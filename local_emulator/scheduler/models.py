@@ -70,7 +70,7 @@ class JobRecord:
     history: list[dict[str, object]] = field(default_factory=list)
 
 
-Dispatcher = Callable[[scheduler_v1.Job], None]
+Dispatcher = Callable[[scheduler_v1.Job], str | None]  # returns the Pub/Sub message id of a Pub/Sub target
 
 
 class Scheduler:
@@ -83,6 +83,7 @@ class Scheduler:
         self.faults = FaultPlan(effects=("fire_fails",))
         self._jobs: dict[str, JobRecord] = {}
         self._lock = threading.RLock()
+        self._firing = threading.Lock()  # held through each firing (pause waits for one under way)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -174,11 +175,14 @@ class Scheduler:
         log.info("job deleted", job=name)
 
     def pause(self, name: str) -> scheduler_v1.Job:
+        """Returns once no firing of the job is under way: what it published before is all in ``published``."""
         with self._lock:
             rec = self._get(name)
             rec.job.state = scheduler_v1.Job.State.PAUSED
             rec.next_run = None
-            return self._snapshot(rec)
+        with self._firing:
+            with self._lock:
+                return self._snapshot(rec)
 
     def resume(self, name: str) -> scheduler_v1.Job:
         with self._lock:
@@ -206,25 +210,39 @@ class Scheduler:
         with self._lock:
             return {n: r.fired for n, r in self._jobs.items()}
 
+    def published(self) -> dict[str, list[str]]:
+        """The Pub/Sub message ids of each job's last 50 firings (a test waits until its target handled them)."""
+        with self._lock:
+            return {n: [str(h["message_id"]) for h in r.history if h.get("message_id")] for n, r in self._jobs.items()}
+
     # ------------------------------------------------------------------ firing
     def _fire(self, rec: JobRecord, *, manual: bool) -> None:
+        with self._firing:
+            with self._lock:
+                if not manual and rec.job.state != scheduler_v1.Job.State.ENABLED:
+                    return  # paused between the tick that found it due and now
+            self._fire_now(rec, manual=manual)
+
+    def _fire_now(self, rec: JobRecord, *, manual: bool) -> None:
         job = rec.job
         started = self.clock.now()
         try:
             fault = self.faults.take("fire", path=job.name, effect="fire_fails")
             if fault is not None:
                 raise RuntimeError(fault.message or "injected fault: the job's target failed")
-            self._dispatch(job)
+            message_id = self._dispatch(job)
             status = status_pb2.Status(code=code_pb2.OK)
             log.info("job fired", job=job.name, manual=manual)
         except Exception as e:  # noqa: BLE001 - a failed target is recorded on the job, as Cloud Scheduler does
+            message_id = None
             status = status_pb2.Status(code=code_pb2.UNKNOWN, message=f"{type(e).__name__}: {e}")
             log.warning("job target failed", job=job.name, error=str(e))
         with self._lock:
             rec.fired += 1
             job.last_attempt_time = _ts(started)
             job.status = status  # type: ignore[assignment]
-            rec.history.append({"at": started.isoformat(), "code": status.code, "manual": manual})
+            rec.history.append({"at": started.isoformat(), "code": status.code, "manual": manual,
+                                "message_id": message_id})
             del rec.history[:-50]
 
     def tick(self) -> float:

@@ -2,7 +2,7 @@
 
 Implemented: CreateJob, GetJob, ListJobs, DeleteJob, PauseJob, ResumeJob, RunJob. UpdateJob and
 anything else answers UNIMPLEMENTED. A small control service (``spotleash.local.SchedulerControl``,
-JSON over gRPC bytes) offers Health, Reset and Fired (inspection) for tests, and the faults control of
+JSON over gRPC bytes) offers Health, Reset, Fired and Published (inspection) for tests, and the faults control of
 every fake (local_emulator.faults) as AddFault (POST /_control/faults), Faults (GET) and ClearFaults
 (DELETE), with the same JSON. RPC faults match the RPC name (``CreateJob``) and, as path, the request's
 job name or parent; the effect ``fire_fails`` makes a firing of the job (operation ``fire``) fail.
@@ -60,19 +60,19 @@ class Dispatcher:
                 )
             return self._publisher
 
-    def __call__(self, job: scheduler_v1.Job) -> None:
+    def __call__(self, job: scheduler_v1.Job) -> str | None:
         if "pubsub_target" in job:
             t = job.pubsub_target
             future = self._client().publish(t.topic_name, bytes(t.data), **dict(t.attributes))
-            future.result(timeout=PUBLISH_TIMEOUT_S)
-        elif "http_target" in job:
+            return str(future.result(timeout=PUBLISH_TIMEOUT_S))
+        if "http_target" in job:
             t = job.http_target
             method = scheduler_v1.HttpMethod(t.http_method or scheduler_v1.HttpMethod.POST).name
             r = httpx.request(method, t.uri, headers=dict(t.headers), content=bytes(t.body), timeout=30.0)
             if r.status_code >= 300:
                 raise RuntimeError(f"HTTP target answered {r.status_code}")
-        else:
-            raise RuntimeError("job has no supported target")
+            return None
+        raise RuntimeError("job has no supported target")
 
     def close(self) -> None:
         with self._lock:
@@ -193,6 +193,7 @@ class SchedulerServer:
             "Health": _unary(lambda _r, _c: {"ok": True, "project": self.project}, loads, dumps),
             "Reset": _unary(reset, loads, dumps),
             "Fired": _unary(lambda _r, _c: s.fired(), loads, dumps),
+            "Published": _unary(lambda _r, _c: s.published(), loads, dumps),
             "AddFault": _unary(faults("POST"), loads, dumps),
             "Faults": _unary(faults("GET"), loads, dumps),
             "ClearFaults": _unary(faults("DELETE"), loads, dumps),
@@ -223,7 +224,8 @@ class SchedulerServer:
 
 
 def control_call(address: str, method: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> Any:
-    """Call the fake's control service (Health, Reset, Fired, AddFault, Faults, ClearFaults) from any process."""
+    """Call the fake's control service (Health, Reset, Fired, Published, AddFault, Faults, ClearFaults) from any
+    process."""
     with grpc.insecure_channel(address) as ch:
         call = ch.unary_unary(
             f"/{CONTROL_SERVICE}/{method}",

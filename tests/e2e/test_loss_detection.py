@@ -1,11 +1,12 @@
 """An outbid VAST box is seen by the agent's router and replaced without a scheduled reap (issue 14).
 
 A VAST box that is outbid sends nothing. The reaper's scheduled pass would see it stopped at the provider,
-but in production that pass comes once a minute. Here the scheduler's reaper job is paused for the test, so
-only the agent can explain a replacement: its router's probe of the box's TLS front fails, the agent
-publishes a reap tick naming the box (reason ``probe_failed``), on_reap asks the VAST fake,
-finds the box stopped and publishes the failover demand in that pass. Everything is real: the agent
-(``python -m spotleash.agent`` with its router), the VAST fake box running the example app, the functions.
+but in production that pass comes once a minute. Here the scheduler's reaper job is paused for the test, and
+every tick it published before is handled, so only the agent can explain a replacement: its router's probe of
+the box's TLS front fails, the agent publishes a reap tick naming the box (reason ``probe_failed``), on_reap
+asks the VAST fake, finds the box stopped and publishes the failover demand in that pass. Everything is real:
+the agent (``python -m spotleash.agent`` with its router), the VAST fake box running the example app, the
+functions.
 The test prints the time from the outbid to each step (no timing assertion: a noisy machine).
 """
 
@@ -22,6 +23,7 @@ from tests.e2e.flows import Flows, running
 from tests.e2e.packaged import packages_on
 from tests.e2e.state_app import set_launcher_env, vast_control, wait_ready
 
+from local_emulator import stack
 from local_emulator.routed_app import RoutedApp
 from local_emulator.scheduler import reaper_paused
 from spotleash.model import InstanceRecord
@@ -57,7 +59,10 @@ def test_an_outbid_box_is_replaced_on_the_router_s_word_with_no_scheduled_reap(
     assert first.provider == "vast" and first.provider_id
     app.wait_served_by(first.instance_id, timeout_s=60)
 
-    with reaper_paused(local_stack.scheduler_host, flows.project, flows.settings.region):
+    # and the ticks published before the pause all handled: one refused while the fixture restarted on_reap comes
+    # back with the emulator's backoff, and once failed the box over before the router's check
+    with reaper_paused(local_stack.scheduler_host, flows.project, flows.settings.region,
+                       handled=lambda: stack.handled_message_ids(local_stack.state_dir, "on_reap")):
         outbid_at, t0 = datetime.now(UTC), time.monotonic()
         vast_control(f"outbid/{first.provider_id}")
 

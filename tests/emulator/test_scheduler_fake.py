@@ -197,6 +197,29 @@ def test_job_fires_on_its_cron_schedule_into_pubsub(client: Any, pubsub_emulator
         sub.close()
 
 
+def test_published_lists_every_message_a_paused_job_sent(fake: SchedulerServer, client: Any,
+                                                        pubsub_emulator: Any) -> None:
+    """``Published`` (control) names the Pub/Sub message of each firing, and once the pause has returned nothing
+    else comes: a test waits until its target handled exactly those (local_emulator.scheduler.reaper_paused)."""
+    project = pubsub_emulator.project
+    topic, subscription, sub = _topic_with_subscription(project)
+    job = client.create_job(parent=_parent(project), job=_job(project, "listed", topic))
+    try:
+        received = {m.message.message_id for m in _pull(sub, subscription, timeout_s=15)}
+        client.pause_job(name=job.name)
+        published = set(control_call(fake.address, "Published")[job.name])
+        deadline = time.monotonic() + 4
+        while time.monotonic() < deadline:  # what was in flight at the pause, then silence
+            r = sub.pull(subscription=subscription, max_messages=10, timeout=1)
+            received |= {m.message.message_id for m in r.received_messages}
+            if r.received_messages:
+                sub.acknowledge(subscription=subscription, ack_ids=[m.ack_id for m in r.received_messages])
+        assert published and published == received
+    finally:
+        client.delete_job(name=job.name)
+        sub.close()
+
+
 class _Recorder(BaseHTTPRequestHandler):
     received: list[tuple[str, str, bytes, dict[str, str]]] = []
 
