@@ -131,11 +131,11 @@ def wait_firestore_ready(proc: ManagedProcess, timeout: float = DEFAULT_TIMEOUT_
                explain_exit=_explainer("cloud-firestore-emulator", "google-cloud-cli-firestore-emulator"))
     listening = time.monotonic()
     wait_ready(proc, timeout=max(deadline - listening, 1.0),
-               check=lambda: _firestore_answers(port, max(deadline - time.monotonic(), 1.0)))
+               check=lambda: firestore_answers(port, max(deadline - time.monotonic(), 1.0)))
     log.info("firestore answered its first read", port=port, first_read_s=round(time.monotonic() - listening, 2))
 
 
-def _firestore_answers(port: int, timeout_s: float) -> bool:
+def firestore_answers(port: int, timeout_s: float = 10.0) -> bool:
     """One read, through the official client, of a document that does not exist: NOT_FOUND is an answer."""
     import grpc
     from google.api_core import exceptions as gexc
