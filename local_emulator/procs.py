@@ -396,6 +396,17 @@ def wait_ready(
     offset = 0
     seen_line = line is None
 
+    def still_running() -> None:
+        code = proc.exited_early()
+        if code is None:
+            return
+        tail = _tail(proc.log_path)
+        if explain_exit is not None:
+            why = explain_exit(tail)
+            if why:
+                raise MissingDependency(why)
+        raise StackError(f"{proc.name} exited (code {code}) before it was ready; end of {proc.log_path}:\n{tail}")
+
     def ready() -> bool:
         nonlocal offset, seen_line
         if not seen_line and line is not None:
@@ -407,16 +418,12 @@ def wait_ready(
                 seen_line = line.encode() in chunk
             except OSError:
                 pass
+        # Alive before and after the check: a process that could not bind its port exits, and another stack's part
+        # of the same kind listening there (CI runs two lanes) would answer the check for it.
+        still_running()
         if seen_line and (check is None or check()):
+            still_running()
             return True
-        code = proc.exited_early()
-        if code is not None:
-            tail = _tail(proc.log_path)
-            if explain_exit is not None:
-                why = explain_exit(tail)
-                if why:
-                    raise MissingDependency(why)
-            raise StackError(f"{proc.name} exited (code {code}) before it was ready; end of {proc.log_path}:\n{tail}")
         return False
 
     try:
