@@ -197,6 +197,25 @@ def test_delete_ends_processes_that_left_the_vm_s_process_group(clients: Any, co
                what="every process of the deleted VM to end")
 
 
+def test_a_vm_s_environment_is_its_own_not_the_control_plane_s(clients: Any, control: httpx.Client,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real VM reads its configuration from its metadata server: the fake's own environment (the control
+    plane's settings and secrets in a local stack) never reaches the guest."""
+    monkeypatch.setenv("SPOTLEASH_HEARTBEAT_SIGNING_KEY", "the-control-plane-s-secret")
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", "127.0.0.1:1")
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    script = "#!/bin/bash\nenv > guest.env\necho dumped\n"
+    insert(clients, resource("vm-env", metadata=compute_v1.Metadata(
+        items=[compute_v1.Items(key="startup-script", value=script)])))
+    info = inspect(control, "vm-env")
+    wait_until(lambda: "dumped" in open(info["log_path"]).read(), what="the guest's environment")
+    guest = dict(line.split("=", 1) for line in
+                 (Path(info["log_path"]).parent / "guest.env").read_text().splitlines() if "=" in line)
+    assert not {"SPOTLEASH_HEARTBEAT_SIGNING_KEY", "FIRESTORE_EMULATOR_HOST", "PYTHONDONTWRITEBYTECODE"} & set(guest)
+    assert guest["GCE_METADATA_HOST"] and guest["HOME"].startswith(str(Path(info["log_path"]).parent))
+    assert "the-control-plane-s-secret" not in "\n".join(guest.values())
+
+
 def test_stop_and_start(clients: Any, control: httpx.Client) -> None:
     ic, oc = clients
     insert(clients, resource("vm-stop"))

@@ -20,7 +20,7 @@ from local_emulator import procs, vmshim
 from local_emulator.compute.metadata_server import directory_listing
 from local_emulator.compute.models.resources import Instance
 from spotleash.log import get_logger
-from spotleash.wire.agent_config import CONFIG_KEY, without_agent_env
+from spotleash.wire.agent_config import CONFIG_KEY
 
 log = get_logger("local_emulator.compute.vm")
 
@@ -39,18 +39,32 @@ def startup_command(inst: Instance) -> list[str]:
     return ["bash", "-c", f"bash ./startup-script.sh; echo \"startup-script exited $?\"; {VM_IDLE}"]
 
 
+# What a fake VM takes from this machine's environment: the stand-in for storage.googleapis.com (the local stack's
+# Cloud Storage emulator), the interpreter's search path and temp dir, and the stack's marker (its `down` ends
+# the VM's processes too). Nothing else: a real VM gets its configuration from its metadata server only.
+PASSED_ON = ("STORAGE_EMULATOR_HOST", "PYTHONPATH", "VIRTUAL_ENV", "TMPDIR", "SPOTLEASH_LOCAL_STACK")
+
+
+def vm_env(inst: Instance, *, metadata_host: str) -> dict[str, str]:
+    """The guest's environment, built afresh as the VAST fake builds a box's. Inherited, it held the control
+    plane's settings and secrets (the heartbeat signing key, the VAST API key, the emulators' hosts) and the
+    host's interpreter settings: with PYTHONDONTWRITEBYTECODE every component start recompiled numpy and Pillow."""
+    assert inst.workdir is not None
+    root = inst.workdir / "root"
+    home = root / "root"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {"PATH": vmshim.path_value(), "HOME": str(home), "LANG": "C.UTF-8", "PYTHONUNBUFFERED": "1",
+           "GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host,
+           vmshim.ROOT_VAR: str(root), vmshim.INSTANCE_VAR: vmshim.instance_mark("gce", inst.id)}
+    env.update({var: os.environ[var] for var in PASSED_ON if var in os.environ})
+    return env
+
+
 def start(command: list[str] | None, inst: Instance, *, metadata_host: str) -> procs.ManagedProcess:
     """Start the VM's process group (``command``, or its startup script); output to ``workdir/vm.log``."""
     assert inst.workdir is not None
-    env = without_agent_env(os.environ)  # a real VM reads its configuration from its metadata server
-    # nor does it inherit the host's interpreter settings: with this one (set on these machines) every component
-    # start recompiled numpy and Pillow on the GCE fake only (the VAST fake builds its box's environment afresh)
-    env.pop("PYTHONDONTWRITEBYTECODE", None)
-    env.update({"GCE_METADATA_HOST": metadata_host, "GCE_METADATA_IP": metadata_host, "PYTHONUNBUFFERED": "1",
-                "PATH": vmshim.path_value(), vmshim.ROOT_VAR: str(inst.workdir / "root"),
-                vmshim.INSTANCE_VAR: vmshim.instance_mark("gce", inst.id)})
     return procs.spawn(f"gce-vm-{inst.name}", command or startup_command(inst), log_path=inst.workdir / "vm.log",
-                       port=None, env=env, cwd=inst.workdir)
+                       port=None, env=vm_env(inst, metadata_host=metadata_host), cwd=inst.workdir)
 
 
 def spotleash_id(inst: Instance) -> str:
