@@ -750,8 +750,11 @@ class Installer:
 
     def __init__(self, python: str = sys.executable, timeout_s: float = 900.0,
                  pip_version: Callable[[str], str | None] = pip_version_of, warm_also: tuple[str, ...] = (),
-                 leave_rest: bool = False) -> None:
+                 leave_rest: bool = False, warm: bool = True) -> None:
         self.python = python
+        # the venv's agent imported once to write its .pyc files, for the agent an exec starts from the venv; an
+        # agent that installs in its own process (``Workload`` without a bootstrap) runs already: nothing would
+        self.warm = warm
         # the bootstrap's, which execs the agent: the app's requirements are left to the agent's process (``REST_FILE``)
         self.leave_rest = leave_rest
         self.warm_also = warm_also  # modules the warm import loads beside the agent's own (``warm_command``)
@@ -912,7 +915,7 @@ class Installer:
             write_rest(root, plan.install_beside)
             return
         steps: list[Step] = []
-        if plan.warm is not None:  # writes the agent's .pyc files even where the image forbids it by default
+        if plan.warm is not None and self.warm:  # the agent's .pyc files, even where the image forbids them
             steps.append((plan.warm, "importing the instance agent", ("PYTHONDONTWRITEBYTECODE",), "warm_s"))
         if plan.install_beside is not None:
             steps.append((plan.install_beside, REST_STEP, (), "app_s"))

@@ -115,7 +115,7 @@ class Workload:
         self.work_dir = work_dir
         self._endpoint = endpoint
         self._on_change = on_change
-        self.installer = installer or Installer()
+        self.installer = installer or Installer(warm=False)  # this agent runs already: no import of the venv's
         self._env = dict(os.environ if env is None else env)
         self.fetch_retry_s = fetch_retry_s
         self.package_root = package_root  # already fetched, verified and installed (by the bootstrap)

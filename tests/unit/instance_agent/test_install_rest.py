@@ -35,11 +35,25 @@ def test_the_bootstrap_leaves_the_app_s_requirements_and_imports_nothing(tmp_pat
     assert installer.ran == ["venv_s", "deps_s"]  # no warm import: the agent's own import is the only one
     rest = json.loads((tmp_path / REST_FILE).read_text())
     assert rest["argv"] == plan.install_beside and rest["handed_over"] <= time.monotonic()
-    beside = _Recording()  # an install with no exec after it (the agent's in-process one) leaves nothing
+    beside = _Recording()  # an install with no exec after it leaves nothing
     (tmp_path / REST_FILE).unlink()
     beside.install(tmp_path, THUMBS, tmp_path / "uv")
     assert beside.ran[:2] == ["venv_s", "deps_s"] and sorted(beside.ran[2:]) == ["app_s", "warm_s"]  # beside
     assert not (tmp_path / REST_FILE).exists()
+
+
+def test_an_agent_that_installs_in_its_own_process_imports_nothing_of_the_venv(tmp_path: Path) -> None:
+    """Without a bootstrap (an image that brings spotleash), the running agent installs the package itself and
+    execs nothing after: an import of the venv's agent would only write .pyc files nobody loads (~0.6 s of CPU
+    beside the app's install)."""
+    from spotleash.instance_agent.workload import Workload, endpoint_for
+
+    _wheels(tmp_path)
+    workload = Workload(sha256="0" * 64, source=lambda: pytest.fail("not fetched here"), components=[],
+                        instance_id="i-1", work_dir=tmp_path / "work", endpoint=endpoint_for("127.0.0.1", {}))
+    in_process = _Recording(warm=workload.installer.warm)
+    in_process.install(tmp_path, THUMBS, tmp_path / "uv")
+    assert in_process.ran == ["venv_s", "deps_s", "app_s"] and not (tmp_path / REST_FILE).exists()
 
 
 def test_without_a_split_nothing_is_left(tmp_path: Path) -> None:
