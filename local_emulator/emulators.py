@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,9 +25,6 @@ from local_emulator.procs import (
     spawn,
     wait_ready,
 )
-from spotleash.log import get_logger
-
-log = get_logger("local_emulator.emulators")
 
 PUBSUB_READY = "Server started, listening on"
 FIRESTORE_READY = "Dev App Server is now running"
@@ -122,20 +118,20 @@ def spawn_firestore_emulator(
 
 
 def wait_firestore_ready(proc: ManagedProcess, timeout: float = DEFAULT_TIMEOUT_S) -> None:
-    """Ready once it has answered a read. Its first request runs its lazy set-up in a cold JVM: 0.7 s on an idle
-    machine, 15.8 s once on a loaded one, and a `spotleash check` run just after `local up` in CI lost its one
-    10 s read to it. ``up`` pays that cost under its own deadline, so the stack it hands over answers."""
-    port = proc.port or 0
-    deadline = time.monotonic() + timeout
-    wait_ready(proc, timeout=timeout, line=FIRESTORE_READY, check=lambda: port_open(port),
+    """Ready once it has answered a read (``firestore_ready``)."""
+    wait_ready(proc, timeout=timeout, line=FIRESTORE_READY, check=firestore_ready(proc.port or 0),
                explain_exit=_explainer("cloud-firestore-emulator", "google-cloud-cli-firestore-emulator"))
-    listening = time.monotonic()
-    wait_ready(proc, timeout=max(deadline - listening, 1.0),
-               check=lambda: firestore_answers(port, max(deadline - time.monotonic(), 1.0)))
-    log.info("firestore answered its first read", port=port, first_read_s=round(time.monotonic() - listening, 2))
 
 
-def firestore_answers(port: int, timeout_s: float = 10.0) -> bool:
+def firestore_ready(port: int) -> Callable[[], bool]:
+    """The Firestore emulator's readiness check, at its start and at a restart: listening and answering a read.
+    Its first request runs its lazy set-up in a cold JVM (0.7 s on an idle machine, 15.8 s once on a loaded one),
+    and a `spotleash check` run just after `local up` in CI lost its one 10 s read to it: the stack pays that
+    cost itself, under its own deadline (each try is bounded; a slow first one is simply tried again)."""
+    return lambda: port_open(port) and _firestore_answers(port)
+
+
+def _firestore_answers(port: int, timeout_s: float = 10.0) -> bool:
     """One read, through the official client, of a document that does not exist: NOT_FOUND is an answer."""
     import grpc
     from google.api_core import exceptions as gexc

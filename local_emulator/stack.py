@@ -643,8 +643,8 @@ def _part_ready_check(name: str, port: int | None) -> Any:
         return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_control/health", want_200=True)
     if name == gcs.NAME:
         return lambda: gcs.ready(port)
-    if name == "firestore":  # as up: ready once it has answered a read
-        return lambda: port_open(port) and emulators.firestore_answers(port)
+    if name == "firestore":
+        return emulators.firestore_ready(port)
     if name == "pubsub":
         return lambda: port_open(port)
     return lambda: _http_ready(f"http://{LOOPBACK}:{port}/_spotleash/ready", want_200=False)

@@ -158,8 +158,8 @@ def _keep_logs(inst: Instance) -> None:
         for log_file in [inst.folder / "onstart.log", *sorted((inst.folder / "spotleash-logs").glob("*.log"))]:
             if log_file.is_file():
                 shutil.copyfile(log_file, dest / log_file.name)
-    except OSError:
-        pass
+    except OSError as e:  # the destroy goes on: keeping its logs is for the reader, not the bill
+        log.warning("a destroyed box's logs were not kept", instance=inst.id, reason=str(e))
 
 
 class VastModel:
